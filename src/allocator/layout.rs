@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Pure arithmetic for `AlignedMemory` blocks: alignment masks, checked sizes and the
+//! zero ranges. Nothing here touches memory or GStreamer, so it is unit-tested directly.
+
+use std::fmt;
+
+/// The smallest alignment mask `AlignedMemory` ever uses: 64 bytes (a cache line, AVX-512).
+pub const MIN_ALIGN_MASK: usize = 63;
+
+/// The largest alignment `AlignedMemory` accepts: 1 GiB (a huge page). Larger masks are refused
+/// with [`LayoutError::AlignTooLarge`] instead of being passed to the system allocator.
+pub const MAX_ALIGN: usize = 1 << 30;
+
+/// Why a block cannot be laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutError {
+    /// `align` is not of the form `2^n - 1`.
+    InvalidAlignMask(usize),
+    /// The alignment is a valid mask but larger than [`MAX_ALIGN`].
+    AlignTooLarge(usize),
+    /// `prefix + size + padding`, rounded up to the alignment, does not fit in `isize`.
+    Overflow {
+        size: usize,
+        prefix: usize,
+        padding: usize,
+        align: usize,
+    },
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            LayoutError::InvalidAlignMask(mask) => write!(
+                f,
+                "invalid alignment mask {mask:#x}: it must be 2^n - 1 (e.g. 63 for 64 bytes)"
+            ),
+            LayoutError::AlignTooLarge(mask) => write!(
+                f,
+                "alignment mask {mask:#x} is larger than the maximum alignment of {MAX_ALIGN} bytes"
+            ),
+            LayoutError::Overflow {
+                size,
+                prefix,
+                padding,
+                align,
+            } => write!(
+                f,
+                "block size overflows: size {size} + prefix {prefix} + padding {padding} \
+                 aligned to mask {align:#x} does not fit in isize"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+/// `true` when `mask` is `2^n - 1` (0, 1, 3, 7, ...), the form GStreamer uses for alignments.
+pub const fn is_valid_align_mask(mask: usize) -> bool {
+    mask & mask.wrapping_add(1) == 0
+}
+
+/// The largest alignment mask that `addr` satisfies (`addr` must be non-zero for a useful
+/// answer; 0 is reported as the largest supported mask).
+pub const fn align_mask_of(addr: usize) -> usize {
+    if addr == 0 {
+        return MAX_ALIGN - 1;
+    }
+    let lowest = addr & addr.wrapping_neg();
+    let mask = lowest - 1;
+    if mask > MAX_ALIGN - 1 {
+        MAX_ALIGN - 1
+    } else {
+        mask
+    }
+}
+
+/// Rounds `value` up to a multiple of `mask + 1`, or `None` on overflow.
+pub const fn round_up(value: usize, mask: usize) -> Option<usize> {
+    match value.checked_add(mask) {
+        Some(v) => Some(v & !mask),
+        None => None,
+    }
+}
+
+/// Where everything sits in one `AlignedMemory` block.
+///
+/// The system allocation (`alloc_size` bytes aligned to `align_mask + 1`) starts with `shift`
+/// unused bytes, then the GstMemory *region* of `maxsize` bytes: `prefix` bytes, the payload
+/// (`size` bytes, starting at an address that is a multiple of the alignment), `padding`
+/// bytes, and the tail slack up to `maxsize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// Effective alignment mask: `params.align | MIN_ALIGN_MASK`.
+    pub align_mask: usize,
+    /// Bytes between the start of the system allocation and the region base.
+    pub shift: usize,
+    /// `round_up(prefix + size + padding, align)`: the region's size, the GstMemory `maxsize`.
+    pub maxsize: usize,
+    /// Size of the system allocation: `shift + maxsize`, never 0.
+    pub alloc_size: usize,
+    pub prefix: usize,
+    pub size: usize,
+    pub padding: usize,
+}
+
+impl BlockLayout {
+    /// Lays out a block for `size` payload bytes with the given prefix, padding and requested
+    /// alignment mask. Every computation is checked.
+    pub fn new(
+        size: usize,
+        prefix: usize,
+        padding: usize,
+        align: usize,
+    ) -> Result<BlockLayout, LayoutError> {
+        if !is_valid_align_mask(align) {
+            return Err(LayoutError::InvalidAlignMask(align));
+        }
+        let align_mask = align | MIN_ALIGN_MASK;
+        if align_mask > MAX_ALIGN - 1 {
+            return Err(LayoutError::AlignTooLarge(align));
+        }
+        let overflow = LayoutError::Overflow {
+            size,
+            prefix,
+            padding,
+            align,
+        };
+
+        // The payload starts at region + prefix; the region starts `shift` bytes into an
+        // allocation aligned to `align_mask + 1`, so region + prefix is aligned when
+        // shift + prefix is a multiple of the alignment.
+        let shift = prefix.wrapping_neg() & align_mask;
+        let used = prefix
+            .checked_add(size)
+            .and_then(|v| v.checked_add(padding))
+            .ok_or(overflow)?;
+        let maxsize = round_up(used, align_mask).ok_or(overflow)?;
+        let alloc_size = shift.checked_add(maxsize).ok_or(overflow)?;
+        // std::alloc::Layout (and gssize offsets in GStreamer) need the rounded size to fit in
+        // isize. Never ask for a zero-sized allocation: a zero-byte block still gets one
+        // aligned unit so that mapping it yields a real, non-NULL pointer.
+        let alloc_size = alloc_size.max(align_mask + 1);
+        if alloc_size > isize::MAX as usize - align_mask {
+            return Err(overflow);
+        }
+
+        Ok(BlockLayout {
+            align_mask,
+            shift,
+            maxsize,
+            alloc_size,
+            prefix,
+            size,
+            padding,
+        })
+    }
+
+    /// Alignment in bytes of the system allocation.
+    pub const fn alloc_align(&self) -> usize {
+        self.align_mask + 1
+    }
+
+    /// The region-relative range that `ZERO_PREFIXED` promises is zero.
+    pub const fn prefix_range(&self) -> std::ops::Range<usize> {
+        0..self.prefix
+    }
+
+    /// The region-relative range that `ZERO_PADDED` promises is zero: the padding and the
+    /// tail slack up to `maxsize`.
+    pub const fn padding_range(&self) -> std::ops::Range<usize> {
+        self.prefix + self.size..self.maxsize
+    }
+}
+
+/// Resolves a GStreamer `(offset, size)` request (as given to `gst_memory_share` or
+/// `gst_memory_copy`, both `gssize`, `size == -1` meaning "to the end of the valid data") into
+/// region-relative bounds, checking that the result lies inside `[0, maxsize]`.
+///
+/// `mem_offset`/`mem_size`/`maxsize` describe the memory being shared or copied. On success
+/// returns `(new_offset, new_size)` relative to the region base.
+pub fn sub_range(
+    mem_offset: usize,
+    mem_size: usize,
+    maxsize: usize,
+    offset: isize,
+    size: isize,
+    clamp_negative_size: bool,
+) -> Option<(usize, usize)> {
+    let start = mem_offset.checked_add_signed(offset)?;
+    let size = if size == -1 {
+        // size -1: from `offset` to the end of the valid data.
+        let remaining = (mem_size as isize).checked_sub(offset)?;
+        if remaining < 0 {
+            // Only a copy clamps: "0 bytes if the offset is past the end". Nothing is read,
+            // so the start needs no bounds check.
+            return clamp_negative_size.then_some((start.min(maxsize), 0));
+        } else {
+            remaining as usize
+        }
+    } else {
+        usize::try_from(size).ok()?
+    };
+    let end = start.checked_add(size)?;
+    if end > maxsize {
+        return None;
+    }
+    Some((start, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_masks_are_power_of_two_minus_one() {
+        for n in 0..usize::BITS {
+            assert!(is_valid_align_mask((1usize << n) - 1), "2^{n}-1");
+        }
+        assert!(is_valid_align_mask(usize::MAX));
+        for bad in [2, 5, 6, 62, 64, 100, 4096, usize::MAX - 1] {
+            assert!(!is_valid_align_mask(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_block_of_100_bytes_has_maxsize_128() {
+        let l = BlockLayout::new(100, 0, 0, 0).unwrap();
+        assert_eq!(l.align_mask, 63);
+        assert_eq!(l.maxsize, 128);
+        assert_eq!(l.shift, 0);
+        assert_eq!(l.padding_range(), 100..128);
+    }
+
+    #[test]
+    fn minimum_alignment_is_raised_by_params() {
+        assert_eq!(BlockLayout::new(1, 0, 0, 7).unwrap().align_mask, 63);
+        assert_eq!(BlockLayout::new(1, 0, 0, 4095).unwrap().align_mask, 4095);
+    }
+
+    #[test]
+    fn payload_offset_is_aligned_for_every_prefix() {
+        for mask in [0usize, 63, 127, 4095] {
+            for prefix in 0..200 {
+                let l = BlockLayout::new(10, prefix, 3, mask).unwrap();
+                assert_eq!((l.shift + prefix) & l.align_mask, 0, "prefix {prefix}");
+                assert!(l.shift <= l.align_mask);
+                assert!(l.maxsize >= prefix + 10 + 3);
+                assert_eq!(l.maxsize & l.align_mask, 0);
+                assert!(l.maxsize - (prefix + 13) <= l.align_mask);
+                assert_eq!(l.alloc_size, (l.shift + l.maxsize).max(l.align_mask + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn zero_ranges_cover_exactly_prefix_and_padding_plus_slack() {
+        let l = BlockLayout::new(100, 10, 5, 0).unwrap();
+        assert_eq!(l.prefix_range(), 0..10);
+        assert_eq!(l.padding_range(), 110..128);
+        assert_eq!(l.maxsize, 128);
+    }
+
+    #[test]
+    fn zero_size_still_allocates_one_aligned_unit() {
+        let l = BlockLayout::new(0, 0, 0, 0).unwrap();
+        assert_eq!(l.maxsize, 0);
+        assert_eq!(l.alloc_size, 64);
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_panic() {
+        let max = usize::MAX;
+        for (size, prefix, padding) in [
+            (max, 0, 0),
+            (0, max, 0),
+            (0, 0, max),
+            (max / 2, max / 2, 2),
+            (isize::MAX as usize, 0, 0),
+            (isize::MAX as usize - 10, 0, 0),
+        ] {
+            assert!(
+                matches!(
+                    BlockLayout::new(size, prefix, padding, 0),
+                    Err(LayoutError::Overflow { .. })
+                ),
+                "{size} {prefix} {padding}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_or_invalid_masks_are_refused() {
+        assert_eq!(
+            BlockLayout::new(1, 0, 0, usize::MAX),
+            Err(LayoutError::AlignTooLarge(usize::MAX))
+        );
+        assert_eq!(
+            BlockLayout::new(1, 0, 0, (1 << 40) - 1),
+            Err(LayoutError::AlignTooLarge((1 << 40) - 1))
+        );
+        assert_eq!(
+            BlockLayout::new(1, 0, 0, 100),
+            Err(LayoutError::InvalidAlignMask(100))
+        );
+        assert!(BlockLayout::new(1, 0, 0, MAX_ALIGN - 1).is_ok());
+    }
+
+    #[test]
+    fn align_mask_of_addresses() {
+        assert_eq!(align_mask_of(1), 0);
+        assert_eq!(align_mask_of(0x1000), 0xfff);
+        assert_eq!(align_mask_of(0x1040), 0x3f);
+        assert_eq!(align_mask_of(1 << 40), MAX_ALIGN - 1);
+    }
+
+    #[test]
+    fn sub_range_resolves_minus_one_and_checks_bounds() {
+        // memory: offset 10, size 100, maxsize 128
+        assert_eq!(sub_range(10, 100, 128, 0, -1, false), Some((10, 100)));
+        assert_eq!(sub_range(10, 100, 128, 20, -1, false), Some((30, 80)));
+        assert_eq!(sub_range(10, 100, 128, 100, -1, false), Some((110, 0)));
+        assert_eq!(sub_range(10, 100, 128, 101, -1, false), None);
+        assert_eq!(sub_range(10, 100, 128, 101, -1, true), Some((111, 0)));
+        assert_eq!(sub_range(10, 100, 128, 500, -1, true), Some((128, 0)));
+        assert_eq!(sub_range(10, 100, 128, -10, 5, false), Some((0, 5)));
+        assert_eq!(sub_range(10, 100, 128, -11, 5, false), None);
+        assert_eq!(sub_range(10, 100, 128, 0, 118, false), Some((10, 118)));
+        assert_eq!(sub_range(10, 100, 128, 0, 119, false), None);
+        assert_eq!(sub_range(10, 100, 128, isize::MAX, 1, false), None);
+        assert_eq!(sub_range(10, 100, 128, 0, -2, false), None);
+        assert_eq!(sub_range(10, 100, 128, 200, 0, true), None);
+    }
+}

@@ -1,0 +1,604 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The one module of memkit that is allowed `unsafe`: the `AlignedMemory` struct, the
+//! GstMemory vfuncs installed on the allocator, the allocator's `alloc`/`free`, and the safe
+//! wrappers that turn GStreamer's NULL returns into `Result`s.
+//!
+//! Layout of a block (see `layout.rs`): one system allocation aligned to the effective
+//! alignment, `shift` unused bytes, then the region of `maxsize` bytes that GStreamer sees:
+//! prefix, payload (aligned), padding, tail slack. Every share of a block points at the same
+//! region base and differs only in `offset`/`size`; only a root (`parent == NULL`) owns the
+//! backing storage.
+//!
+//! Rules every function here follows: no panics (an `extern "C"` function that panics aborts
+//! the host process), every size computation checked, NULL/FALSE plus a log line on failure.
+
+use std::alloc::{self, Layout};
+use std::ops::{Bound, RangeBounds};
+use std::ptr::{self, NonNull};
+
+use gst::ffi;
+use gst::glib;
+use gst::glib::translate::*;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::imp::{self, CAT};
+use super::layout::{self, BlockLayout};
+use super::{AlignedAllocator, AllocError, MEMORY_TYPE_CSTR, MemoryError};
+
+// `gst::memory_object_wrapper!` expects this helper macro at its call site.
+macro_rules! skip_assert_initialized {
+    () => {};
+}
+
+/// What a block owns and must release when it is freed.
+enum Backing {
+    /// A share: the root owns the storage; a share owns nothing.
+    Shared,
+    /// A root allocated by us: `alloc` with `layout`.
+    Owned { base: NonNull<u8>, layout: Layout },
+    /// A root wrapping a foreign owner (see [`wrap`]); the owner is dropped when the root is
+    /// freed, i.e. after every share of it is gone.
+    Wrapped { owner: *mut (dyn Send + 'static) },
+}
+
+/// The C struct behind every `AlignedMemory` memory: a `GstMemory` followed by our fields.
+/// Opaque to users; exposed only as the FFI type of [`AlignedMemory`].
+#[repr(C)]
+pub struct GstAlignedMemory {
+    mem: ffi::GstMemory,
+    /// Region base: what `mem_map` returns (core adds `offset`). Never NULL.
+    data: NonNull<u8>,
+    backing: Backing,
+}
+
+gst::memory_object_wrapper!(
+    AlignedMemory,
+    AlignedMemoryRef,
+    GstAlignedMemory,
+    |mem: &gst::MemoryRef| {
+        // A type check on the allocator's GType (not on the `mem_type` string, which any
+        // allocator could claim) guarantees the memory really is a `GstAlignedMemory`.
+        mem.allocator()
+            .is_some_and(|a| a.type_().is_a(AlignedAllocator::static_type()))
+    },
+    gst::Memory,
+    gst::MemoryRef
+);
+
+// SAFETY: the region is shared between threads exactly like GStreamer's own memories: all our
+// fields are immutable after construction, and access to the bytes is arbitrated by
+// GstMemory's lock (map/unmap) as for every GstMemory.
+unsafe impl Send for GstAlignedMemory {}
+// SAFETY: as above; `&GstAlignedMemory` only reads immutable fields.
+unsafe impl Sync for GstAlignedMemory {}
+
+fn flags_bits(flags: gst::MemoryFlags) -> ffi::GstMemoryFlags {
+    flags.into_glib()
+}
+
+/// Allocates a new root block. `allocator` is the GstAllocator the memory will point at.
+fn alloc_block(
+    allocator: *mut ffi::GstAllocator,
+    block: &BlockLayout,
+    flags: ffi::GstMemoryFlags,
+) -> Result<NonNull<GstAlignedMemory>, AllocError> {
+    let oom = AllocError::OutOfMemory {
+        size: block.alloc_size,
+        align: block.alloc_align(),
+    };
+    // BlockLayout::new already checked that alloc_size, rounded to the alignment, fits isize.
+    let layout = Layout::from_size_align(block.alloc_size, block.alloc_align()).map_err(|_| oom)?;
+    // SAFETY: `layout` has a non-zero size (BlockLayout guarantees alloc_size >= alignment).
+    let base = NonNull::new(unsafe { alloc::alloc(layout) }).ok_or(oom)?;
+    // SAFETY: shift <= align_mask < alloc_size, so the region base is inside the allocation.
+    let data = unsafe { base.add(block.shift) };
+
+    if flags & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+        let r = block.prefix_range();
+        // SAFETY: [0, prefix) lies inside the region of maxsize >= prefix bytes.
+        unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
+    }
+    if flags & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+        let r = block.padding_range();
+        // SAFETY: [prefix + size, maxsize) lies inside the region.
+        unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
+    }
+
+    let mem = Box::new(GstAlignedMemory {
+        // SAFETY: GstMemory is a plain C struct for which all-zeroes is a valid (uninitialised)
+        // state; gst_memory_init below fills it in.
+        mem: unsafe { std::mem::zeroed() },
+        data,
+        backing: Backing::Owned { base, layout },
+    });
+    let mem = Box::into_raw(mem);
+    // SAFETY: `mem` is a fresh, exclusively owned struct whose first field is a GstMemory;
+    // `allocator` is a live GstAllocator (gst_memory_init takes its own reference).
+    unsafe {
+        ffi::gst_memory_init(
+            mem.cast(),
+            flags,
+            allocator,
+            ptr::null_mut(),
+            block.maxsize,
+            block.align_mask,
+            block.prefix,
+            block.size,
+        );
+    }
+    gst::trace!(
+        CAT,
+        "allocated {:p}: size {} prefix {} padding {} align {:#x} maxsize {} flags {:#x}",
+        mem,
+        block.size,
+        block.prefix,
+        block.padding,
+        block.align_mask,
+        block.maxsize,
+        flags
+    );
+    // SAFETY: Box::into_raw never returns NULL.
+    Ok(unsafe { NonNull::new_unchecked(mem) })
+}
+
+/// Creates a share (sub-memory) of `root` covering region bytes `[offset, offset + size)`.
+///
+/// # Safety
+/// `root` must be a live root `GstAlignedMemory`, and the range must lie inside its maxsize.
+unsafe fn new_share(
+    root: *mut GstAlignedMemory,
+    offset: usize,
+    size: usize,
+) -> *mut ffi::GstMemory {
+    // SAFETY: the caller guarantees `root` is live; we only read immutable fields.
+    let (data, allocator, maxsize, align, root_flags) = unsafe {
+        let r = &*root;
+        (
+            r.data,
+            r.mem.allocator,
+            r.mem.maxsize,
+            r.mem.align,
+            r.mem.mini_object.flags,
+        )
+    };
+    debug_assert!(offset.checked_add(size).is_some_and(|end| end <= maxsize));
+    let child = Box::into_raw(Box::new(GstAlignedMemory {
+        // SAFETY: zeroed GstMemory, initialised right below.
+        mem: unsafe { std::mem::zeroed() },
+        data,
+        backing: Backing::Shared,
+    }));
+    // SAFETY: `child` is fresh; gst_memory_init refs the allocator, and takes an exclusive lock
+    // and a reference on `root`, which keeps the storage alive for the child's lifetime.
+    // A share is always read-only (GST_MEMORY_FLAG_READONLY == GST_MINI_OBJECT_FLAG_LOCK_READONLY).
+    unsafe {
+        ffi::gst_memory_init(
+            child.cast(),
+            root_flags | ffi::GST_MEMORY_FLAG_READONLY,
+            allocator,
+            root.cast(),
+            maxsize,
+            align,
+            offset,
+            size,
+        );
+    }
+    child.cast()
+}
+
+// ---------------------------------------------------------------------------------------------
+// GstMemory vfuncs, installed on every AlignedAllocator instance by `install_vfuncs`.
+// ---------------------------------------------------------------------------------------------
+
+/// `GstAllocator.mem_map` (contract of `gst_memory_map`): core has taken the lock; return the
+/// region base (core adds `offset`), the same pointer on every call; NULL only for
+/// NOT_MAPPABLE memory.
+unsafe extern "C" fn mem_map(
+    mem: *mut ffi::GstMemory,
+    _maxsize: usize,
+    _flags: ffi::GstMapFlags,
+) -> glib::ffi::gpointer {
+    // SAFETY: core only calls mem_map on live memory of this allocator, i.e. a GstAlignedMemory.
+    let mem = unsafe { &*(mem as *const GstAlignedMemory) };
+    if mem.mem.mini_object.flags & ffi::GST_MEMORY_FLAG_NOT_MAPPABLE != 0 {
+        gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
+        return ptr::null_mut();
+    }
+    mem.data.as_ptr().cast()
+}
+
+/// `GstAllocator.mem_unmap` (contract of `gst_memory_unmap`): nothing to release.
+unsafe extern "C" fn mem_unmap(_mem: *mut ffi::GstMemory) {}
+
+/// `GstAllocator.mem_share` (contract of `gst_memory_share`): a read-only sub-memory of the
+/// root with the same region, `offset = mem.offset + offset`, `size == -1` meaning to the end.
+/// Out-of-range requests give NULL and a warning (core does not check them).
+unsafe extern "C" fn mem_share(
+    mem: *mut ffi::GstMemory,
+    offset: isize,
+    size: isize,
+) -> *mut ffi::GstMemory {
+    // SAFETY: core calls mem_share on a live memory of this allocator, holding a lock on it.
+    let m = unsafe { &*(mem as *const GstAlignedMemory) };
+    let Some((new_offset, new_size)) =
+        layout::sub_range(m.mem.offset, m.mem.size, m.mem.maxsize, offset, size, false)
+    else {
+        gst::warning!(
+            CAT,
+            "share of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
+            m,
+            offset,
+            size,
+            m.mem.offset,
+            m.mem.size,
+            m.mem.maxsize
+        );
+        return ptr::null_mut();
+    };
+    let root = if m.mem.parent.is_null() {
+        mem
+    } else {
+        m.mem.parent
+    };
+    // SAFETY: the root of a live share is live (the share holds a reference on it), is a
+    // GstAlignedMemory of the same allocator, and has the same maxsize.
+    let share = unsafe { new_share(root.cast(), new_offset, new_size) };
+    gst::trace!(
+        CAT,
+        "shared {:p} -> {:p}: offset {} size {}",
+        mem,
+        share,
+        new_offset,
+        new_size
+    );
+    share
+}
+
+/// `GstAllocator.mem_copy` (contract of `gst_memory_copy`): a new writable root block holding
+/// `size` bytes from `offset` (`-1`: to the end, 0 bytes if the offset is past it), with the
+/// source's alignment. Works on memory mapped for writing: it reads the bytes directly.
+unsafe extern "C" fn mem_copy(
+    mem: *mut ffi::GstMemory,
+    offset: isize,
+    size: isize,
+) -> *mut ffi::GstMemory {
+    // SAFETY: core calls mem_copy on a live memory of this allocator.
+    let m = unsafe { &*(mem as *const GstAlignedMemory) };
+    let Some((start, len)) =
+        layout::sub_range(m.mem.offset, m.mem.size, m.mem.maxsize, offset, size, true)
+    else {
+        gst::warning!(
+            CAT,
+            "copy of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
+            m,
+            offset,
+            size,
+            m.mem.offset,
+            m.mem.size,
+            m.mem.maxsize
+        );
+        return ptr::null_mut();
+    };
+    let align = m.mem.align & (layout::MAX_ALIGN - 1);
+    let block = match BlockLayout::new(len, 0, 0, align) {
+        Ok(b) => b,
+        Err(err) => {
+            gst::warning!(CAT, "copy of {:p} failed: {}", m, err);
+            return ptr::null_mut();
+        }
+    };
+    match alloc_block(m.mem.allocator, &block, 0) {
+        Ok(copy) => {
+            // SAFETY: [start, start + len) is inside the source region (checked by sub_range),
+            // the new block's payload has room for `len` bytes, and the two never overlap.
+            unsafe {
+                let dst = copy.as_ref().data.as_ptr().add(block.prefix);
+                ptr::copy_nonoverlapping(m.data.as_ptr().add(start), dst, len);
+            }
+            gst::trace!(CAT, "copied {} bytes of {:p} to {:p}", len, m, copy);
+            copy.as_ptr().cast()
+        }
+        Err(err) => {
+            gst::warning!(CAT, "copy of {:p} failed: {}", m, err);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `GstAllocator.mem_is_span` (contract of `gst_memory_is_span`): core has checked that both
+/// memories have this allocator and the same non-NULL parent. TRUE iff `mem2` starts where
+/// `mem1` ends; `*offset` is `mem1`'s start relative to the parent's offset, ready for
+/// `gst_memory_share(parent, offset, ..)`.
+unsafe extern "C" fn mem_is_span(
+    mem1: *mut ffi::GstMemory,
+    mem2: *mut ffi::GstMemory,
+    offset: *mut usize,
+) -> glib::ffi::gboolean {
+    // SAFETY: core passes two live memories with the same live parent.
+    let (m1, m2) = unsafe { (&*mem1, &*mem2) };
+    debug_assert!(!m1.parent.is_null() && m1.parent == m2.parent);
+    if m1.parent.is_null() {
+        return glib::ffi::GFALSE;
+    }
+    if !offset.is_null() {
+        // SAFETY: the parent is live (both children hold a reference), `offset` is a valid
+        // out pointer. The subtraction wraps like core's gsize arithmetic would for a share
+        // that starts before the parent's offset; gst_memory_share reads it as a gssize.
+        unsafe { *offset = m1.offset.wrapping_sub((*m1.parent).offset) };
+    }
+    let contiguous = m1.offset.checked_add(m1.size) == Some(m2.offset);
+    contiguous.into_glib()
+}
+
+/// Installs the memory vfuncs and the memory type on a new allocator instance.
+pub(super) fn install_vfuncs(allocator: &AlignedAllocator) {
+    let ptr: *mut ffi::GstAllocator = allocator.upcast_ref::<gst::Allocator>().to_glib_none().0;
+    // SAFETY: called from `constructed`, before the instance is shared; the fields belong to
+    // the GstAllocator instance struct, and `MEMORY_TYPE_CSTR` is a static NUL-terminated string
+    // (core stores the pointer without copying it).
+    unsafe {
+        (*ptr).mem_type = MEMORY_TYPE_CSTR.as_ptr();
+        (*ptr).mem_map = Some(mem_map);
+        (*ptr).mem_unmap = Some(mem_unmap);
+        (*ptr).mem_copy = Some(mem_copy);
+        (*ptr).mem_share = Some(mem_share);
+        (*ptr).mem_is_span = Some(mem_is_span);
+        (*ptr).mem_map_full = None;
+        (*ptr).mem_unmap_full = None;
+    }
+}
+
+// SAFETY: `alloc` returns either NULL or a fully initialised GstAlignedMemory whose allocator is
+// this instance; `free` releases exactly what `alloc`, `mem_share`, `mem_copy` or `wrap` created.
+unsafe impl gst::subclass::prelude::AllocatorImpl for imp::AlignedAllocator {
+    /// `GstAllocatorClass.alloc` (contract of `gst_allocator_alloc`): NULL and a warning on
+    /// overflow or out-of-memory, never a panic.
+    unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut ffi::GstMemory {
+        let result = BlockLayout::new(size, params.prefix(), params.padding(), params.align())
+            .map_err(AllocError::from)
+            .and_then(|block| {
+                let allocator: *mut ffi::GstAllocator =
+                    self.obj().upcast_ref::<gst::Allocator>().to_glib_none().0;
+                alloc_block(allocator, &block, flags_bits(params.flags()))
+            });
+        match result {
+            Ok(mem) => mem.as_ptr().cast(),
+            Err(err) => {
+                gst::warning!(CAT, imp = self, "allocation failed: {}", err);
+                ptr::null_mut()
+            }
+        }
+    }
+
+    /// `GstAllocatorClass.free` (contract of `gst_allocator_free`): core has already released
+    /// the parent. Free the struct, and the storage if this is a root.
+    unsafe fn free(&self, memory: *mut ffi::GstMemory) {
+        // SAFETY: core calls free once, with refcount 0, on a memory this allocator created with
+        // Box::into_raw; nothing else references it any more.
+        let mem = unsafe { Box::from_raw(memory as *mut GstAlignedMemory) };
+        debug_assert_eq!(mem.mem.mini_object.refcount, 0);
+        gst::trace!(CAT, imp = self, "freeing {:p}", memory);
+        match mem.backing {
+            Backing::Shared => {}
+            Backing::Owned { base, layout } => {
+                // SAFETY: `base` was returned by alloc::alloc(layout) and is freed only here.
+                unsafe { alloc::dealloc(base.as_ptr(), layout) };
+            }
+            Backing::Wrapped { owner } => {
+                // SAFETY: `owner` came from Box::into_raw in `wrap` and is dropped only here.
+                drop(unsafe { Box::from_raw(owner) });
+            }
+        }
+    }
+}
+
+/// Allocates through this allocator, returning the typed memory or the reason it failed.
+pub(super) fn alloc(
+    allocator: &AlignedAllocator,
+    size: usize,
+    params: &gst::AllocationParams,
+) -> Result<AlignedMemory, AllocError> {
+    let block = BlockLayout::new(size, params.prefix(), params.padding(), params.align())?;
+    let ptr: *mut ffi::GstAllocator = allocator.upcast_ref::<gst::Allocator>().to_glib_none().0;
+    let mem = alloc_block(ptr, &block, flags_bits(params.flags())).inspect_err(|err| {
+        gst::warning!(CAT, obj = allocator, "allocation failed: {}", err);
+    })?;
+    // SAFETY: alloc_block returns a new memory with refcount 1 that we own.
+    Ok(unsafe { from_glib_full(mem.as_ptr()) })
+}
+
+/// Wraps a foreign owner's bytes as `AlignedMemory`. `bytes` extracts the region from the
+/// owner once it is boxed (so a `[u8; N]` owner does not move after we take its address).
+pub(super) fn wrap<T: Send + 'static>(
+    allocator: &AlignedAllocator,
+    owner: T,
+    offset: usize,
+    size: usize,
+    writable: bool,
+    bytes: impl FnOnce(&mut T) -> (*mut u8, usize),
+) -> Result<AlignedMemory, MemoryError> {
+    let owner: *mut T = Box::into_raw(Box::new(owner));
+    // SAFETY: `owner` is a valid, exclusively owned pointer until we hand it to the memory.
+    let (data, len) = bytes(unsafe { &mut *owner });
+    if offset.checked_add(size).is_none_or(|end| end > len) {
+        // SAFETY: `owner` came from Box::into_raw above and nothing else has it.
+        drop(unsafe { Box::from_raw(owner) });
+        return Err(MemoryError::OutOfRange {
+            offset: offset as isize,
+            size,
+            available: len,
+        });
+    }
+    // A slice's pointer is never NULL (an empty slice has a dangling, non-NULL one), so mapping
+    // an empty wrapped memory still yields a non-NULL pointer.
+    let Some(data) = NonNull::new(data) else {
+        // SAFETY: as above.
+        drop(unsafe { Box::from_raw(owner) });
+        return Err(MemoryError::Refused("the owner returned a NULL slice"));
+    };
+    let align = layout::align_mask_of((data.as_ptr() as usize).wrapping_add(offset));
+    let mem = Box::into_raw(Box::new(GstAlignedMemory {
+        // SAFETY: zeroed GstMemory, initialised right below.
+        mem: unsafe { std::mem::zeroed() },
+        data,
+        backing: Backing::Wrapped {
+            owner: owner as *mut (dyn Send + 'static),
+        },
+    }));
+    let flags = if writable {
+        0
+    } else {
+        ffi::GST_MEMORY_FLAG_READONLY
+    };
+    let alloc_ptr: *mut ffi::GstAllocator =
+        allocator.upcast_ref::<gst::Allocator>().to_glib_none().0;
+    // SAFETY: fresh struct; the region [data, data + len) stays valid until `free` drops the
+    // owner; offset + size <= len was checked above.
+    unsafe {
+        ffi::gst_memory_init(
+            mem.cast(),
+            flags,
+            alloc_ptr,
+            ptr::null_mut(),
+            len,
+            align,
+            offset,
+            size,
+        );
+    }
+    gst::debug!(
+        CAT,
+        obj = allocator,
+        "wrapped {} bytes at {:p} as {:p} (offset {} size {} align {:#x}, {})",
+        len,
+        data,
+        mem,
+        offset,
+        size,
+        align,
+        if writable { "writable" } else { "read-only" }
+    );
+    // SAFETY: a new memory with refcount 1 that we own.
+    Ok(unsafe { from_glib_full(mem) })
+}
+
+/// Resolves a Rust range relative to the valid data of a memory of `size` bytes.
+fn resolve(range: impl RangeBounds<usize>, size: usize) -> Result<(usize, usize), MemoryError> {
+    let start = match range.start_bound() {
+        Bound::Included(&v) => Some(v),
+        Bound::Excluded(&v) => v.checked_add(1),
+        Bound::Unbounded => Some(0),
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&v) => v.checked_add(1),
+        Bound::Excluded(&v) => Some(v),
+        Bound::Unbounded => Some(size),
+    };
+    match (start, end) {
+        (Some(s), Some(e)) if s <= e && e <= size => Ok((s, e - s)),
+        (s, e) => Err(MemoryError::OutOfRange {
+            offset: s.map_or(isize::MAX, |s| s.min(isize::MAX as usize) as isize),
+            size: e.unwrap_or(usize::MAX).saturating_sub(s.unwrap_or(0)),
+            available: size,
+        }),
+    }
+}
+
+impl AlignedMemoryRef {
+    /// Shares `range` (relative to the valid data) without copying: the result is a read-only
+    /// `AlignedMemory` whose parent is the root block. An empty range is valid. Unlike
+    /// `gst::MemoryRef::share`, this never panics: out-of-range requests, `NO_SHARE` memory and
+    /// memory currently mapped for writing give an error.
+    pub fn share(&self, range: impl RangeBounds<usize>) -> Result<AlignedMemory, MemoryError> {
+        let (offset, size) = resolve(range, self.size())?;
+        if self.flags().contains(gst::MemoryFlags::NO_SHARE) {
+            return Err(MemoryError::NoShare);
+        }
+        // SAFETY: `self` is a live memory; offset and size are within its valid data and fit
+        // in isize (a memory's size always does).
+        let ptr = unsafe {
+            ffi::gst_memory_share(self.as_mut_ptr().cast(), offset as isize, size as isize)
+        };
+        if ptr.is_null() {
+            return Err(MemoryError::Refused(
+                "GStreamer refused the share (is the memory mapped for writing?)",
+            ));
+        }
+        // SAFETY: a share of our memory is made by our mem_share, so it is a GstAlignedMemory,
+        // returned with a reference we now own.
+        Ok(unsafe { from_glib_full(ptr as *mut GstAlignedMemory) })
+    }
+
+    /// Copies `range` (relative to the valid data) into a new writable `AlignedMemory` with the
+    /// same alignment. Works while the memory is mapped for writing. Never panics.
+    pub fn copy_range(&self, range: impl RangeBounds<usize>) -> Result<AlignedMemory, MemoryError> {
+        let (offset, size) = resolve(range, self.size())?;
+        // SAFETY: as for `share`; mem_copy of this allocator returns a new GstAlignedMemory.
+        let ptr = unsafe {
+            ffi::gst_memory_copy(self.as_mut_ptr().cast(), offset as isize, size as isize)
+        };
+        if ptr.is_null() {
+            return Err(MemoryError::Refused("the copy could not be allocated"));
+        }
+        // SAFETY: a new memory with one reference, which we own.
+        Ok(unsafe { from_glib_full(ptr as *mut GstAlignedMemory) })
+    }
+
+    /// Resizes the valid data like `gst_memory_resize`: `offset` moves the start (it may be
+    /// negative, down to the region start), `size` is the new size. Errors, instead of
+    /// GStreamer's criticals, when the memory is not writable or the range leaves `maxsize`.
+    pub fn try_resize(&mut self, offset: isize, size: usize) -> Result<(), MemoryError> {
+        let (cur_offset, maxsize) = (self.offset(), self.maxsize());
+        let fits = cur_offset
+            .checked_add_signed(offset)
+            .and_then(|start| start.checked_add(size))
+            .is_some_and(|end| end <= maxsize);
+        if !fits {
+            return Err(MemoryError::OutOfRange {
+                offset,
+                size,
+                available: maxsize.saturating_sub(cur_offset),
+            });
+        }
+        // SAFETY: `self` is a live memory.
+        let writable: bool =
+            unsafe { from_glib(ffi::gst_memory_is_writable(self.as_mut_ptr().cast())) };
+        if !writable {
+            return Err(MemoryError::NotWritable);
+        }
+        // SAFETY: writable and in range, the two preconditions gst_memory_resize checks.
+        unsafe { ffi::gst_memory_resize(self.as_mut_ptr().cast(), offset, size) };
+        Ok(())
+    }
+
+    /// `true` when the memory is writable (`gst_memory_is_writable`): no other share or buffer
+    /// holds it and it is not read-only.
+    pub fn is_writable(&self) -> bool {
+        // SAFETY: `self` is a live memory.
+        unsafe { from_glib(ffi::gst_memory_is_writable(self.as_mut_ptr().cast())) }
+    }
+
+    /// `true` when this memory wraps a foreign owner (see `AlignedAllocator::wrap`).
+    pub fn is_wrapped(&self) -> bool {
+        // SAFETY: `self` points at a live GstAlignedMemory (checked by the type), whose root is
+        // live while `self` is.
+        unsafe {
+            let mem = &*self.as_ptr();
+            let root = if mem.mem.parent.is_null() {
+                mem
+            } else {
+                &*(mem.mem.parent as *const GstAlignedMemory)
+            };
+            matches!(root.backing, Backing::Wrapped { .. })
+        }
+    }
+
+    /// Address of the first payload byte (`region base + offset`), for alignment checks. It is
+    /// only an address: read or write the bytes through a map.
+    pub fn payload_addr(&self) -> usize {
+        // SAFETY: `self` points at a live GstAlignedMemory.
+        let mem = unsafe { &*self.as_ptr() };
+        (mem.data.as_ptr() as usize).wrapping_add(mem.mem.offset)
+    }
+}

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `AlignedMemory`: a `GstAllocator` whose payloads are aligned (64 bytes minimum), whose
+//! `maxsize` is rounded up to the alignment, and which zeroes exactly the prefix/padding it is
+//! asked to. This module is the safe public API; `memory.rs` holds the FFI.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::sync::LazyLock;
+
+use gst::glib;
+
+mod imp;
+pub mod layout;
+#[allow(unsafe_code)]
+mod memory;
+
+pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};
+pub use memory::{AlignedMemory, AlignedMemoryRef, GstAlignedMemory};
+
+/// The name `AlignedMemory` is registered under, and its memory type (`mem_type`).
+pub const ALIGNED_MEMORY: &str = "AlignedMemory";
+pub(crate) const MEMORY_TYPE_CSTR: &CStr = c"AlignedMemory";
+
+glib::wrapper! {
+    /// The `AlignedMemory` allocator (GType `MemkitAlignedAllocator`).
+    pub struct AlignedAllocator(ObjectSubclass<imp::AlignedAllocator>)
+        @extends gst::Allocator, gst::Object;
+}
+
+/// Why an allocation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocError {
+    /// `params.align` is not a mask of the form `2^n - 1`.
+    InvalidAlignMask(usize),
+    /// The alignment is larger than [`MAX_ALIGN`].
+    AlignTooLarge(usize),
+    /// `prefix + size + padding`, rounded up to the alignment, overflows.
+    Overflow {
+        size: usize,
+        prefix: usize,
+        padding: usize,
+        align: usize,
+    },
+    /// The system allocator could not provide `size` bytes aligned to `align`.
+    OutOfMemory { size: usize, align: usize },
+}
+
+impl From<LayoutError> for AllocError {
+    fn from(err: LayoutError) -> Self {
+        match err {
+            LayoutError::InvalidAlignMask(m) => AllocError::InvalidAlignMask(m),
+            LayoutError::AlignTooLarge(m) => AllocError::AlignTooLarge(m),
+            LayoutError::Overflow {
+                size,
+                prefix,
+                padding,
+                align,
+            } => AllocError::Overflow {
+                size,
+                prefix,
+                padding,
+                align,
+            },
+        }
+    }
+}
+
+impl fmt::Display for AllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            AllocError::InvalidAlignMask(m) => LayoutError::InvalidAlignMask(m).fmt(f),
+            AllocError::AlignTooLarge(m) => LayoutError::AlignTooLarge(m).fmt(f),
+            AllocError::Overflow {
+                size,
+                prefix,
+                padding,
+                align,
+            } => LayoutError::Overflow {
+                size,
+                prefix,
+                padding,
+                align,
+            }
+            .fmt(f),
+            AllocError::OutOfMemory { size, align } => {
+                write!(f, "out of memory: {size} bytes aligned to {align}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AllocError {}
+
+/// Why a share, copy, resize or wrap was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryError {
+    /// The requested range does not fit in the `available` bytes.
+    OutOfRange {
+        offset: isize,
+        size: usize,
+        available: usize,
+    },
+    /// The memory carries `GST_MEMORY_FLAG_NO_SHARE`.
+    NoShare,
+    /// The memory is shared or read-only, and the operation needs it writable.
+    NotWritable,
+    /// GStreamer or the system refused the operation.
+    Refused(&'static str),
+}
+
+impl fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MemoryError::OutOfRange {
+                offset,
+                size,
+                available,
+            } => write!(
+                f,
+                "range out of bounds: offset {offset} size {size}, only {available} bytes available"
+            ),
+            MemoryError::NoShare => f.write_str("the memory is flagged NO_SHARE"),
+            MemoryError::NotWritable => f.write_str("the memory is not writable"),
+            MemoryError::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for MemoryError {}
+
+static ALLOCATOR: LazyLock<AlignedAllocator> = LazyLock::new(|| {
+    let allocator = glib::Object::new::<AlignedAllocator>();
+    // gst_allocator_register takes a reference and marks the allocator MAY_BE_LEAKED; we keep
+    // ours in this static, so the registered instance lives as long as the process.
+    gst::Allocator::register(ALIGNED_MEMORY, allocator.clone());
+    allocator
+});
+
+/// The process-wide `AlignedMemory` allocator, registered under [`ALIGNED_MEMORY`] on first
+/// use (the plugin does this when it loads). GStreamer must be initialised.
+pub fn aligned_allocator() -> AlignedAllocator {
+    ALLOCATOR.clone()
+}
+
+impl AlignedAllocator {
+    /// Allocates `size` bytes with `params` (or the defaults). The payload is aligned to
+    /// `params.align() | 63`; invalid masks, overflow and out-of-memory give a typed error.
+    pub fn alloc(
+        &self,
+        size: usize,
+        params: Option<&gst::AllocationParams>,
+    ) -> Result<AlignedMemory, AllocError> {
+        let default = gst::AllocationParams::default();
+        memory::alloc(self, size, params.unwrap_or(&default))
+    }
+
+    /// Wraps a read-only owner (`Vec<u8>`, `Box<[u8]>`, `bytes::Bytes`, `&'static [u8]`, ...)
+    /// as `AlignedMemory` whose valid data is `owner[offset..offset + size]`. The memory is
+    /// `READONLY`; `align` reports the payload's real alignment. The owner is dropped exactly
+    /// once, when the last share of the memory is gone.
+    pub fn wrap<T: AsRef<[u8]> + Send + 'static>(
+        &self,
+        owner: T,
+        offset: usize,
+        size: usize,
+    ) -> Result<AlignedMemory, MemoryError> {
+        memory::wrap(self, owner, offset, size, false, |o| {
+            let s = (*o).as_ref();
+            (s.as_ptr().cast_mut(), s.len())
+        })
+    }
+
+    /// Like [`wrap`](Self::wrap), for an owner that can be written through: the memory is
+    /// writable while no one else holds it.
+    pub fn wrap_writable<T: AsMut<[u8]> + Send + 'static>(
+        &self,
+        owner: T,
+        offset: usize,
+        size: usize,
+    ) -> Result<AlignedMemory, MemoryError> {
+        memory::wrap(self, owner, offset, size, true, |o| {
+            let s = (*o).as_mut();
+            (s.as_mut_ptr(), s.len())
+        })
+    }
+}
+
+/// Registers the `AlignedMemory` allocator (called by `plugin_init`).
+pub fn register(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    LazyLock::force(&ALLOCATOR);
+    Ok(())
+}

@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: MPL-2.0
+//! memkit: a GStreamer plugin around `AlignedMemory`, an allocator with guarantees the system
+//! allocator does not give (aligned payloads, exact zeroing, zero-copy shares and spans).
+#![deny(unsafe_code)]
+
+pub use gst;
+
+pub mod allocator;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
+    allocator::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    memkit,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);
