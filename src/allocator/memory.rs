@@ -561,10 +561,7 @@ impl AlignedMemoryRef {
                 available: maxsize.saturating_sub(cur_offset),
             });
         }
-        // SAFETY: `self` is a live memory.
-        let writable: bool =
-            unsafe { from_glib(ffi::gst_memory_is_writable(self.as_mut_ptr().cast())) };
-        if !writable {
+        if !self.is_writable() {
             return Err(MemoryError::NotWritable);
         }
         // SAFETY: writable and in range, the two preconditions gst_memory_resize checks.
@@ -572,11 +569,11 @@ impl AlignedMemoryRef {
         Ok(())
     }
 
-    /// `true` when the memory is writable (`gst_memory_is_writable`): no other share or buffer
-    /// holds it and it is not read-only.
+    /// `gst_memory_is_writable`: fewer than two shares or buffers hold exclusive locks on it.
+    /// (As in GStreamer, this ignores `READONLY`, which only forbids mapping for writing.)
     pub fn is_writable(&self) -> bool {
-        // SAFETY: `self` is a live memory.
-        unsafe { from_glib(ffi::gst_memory_is_writable(self.as_mut_ptr().cast())) }
+        // SAFETY: `self` is a live memory (gst_memory_is_writable is this call, as a C macro).
+        unsafe { from_glib(ffi::gst_mini_object_is_writable(self.as_ptr().cast())) }
     }
 
     /// `true` when this memory wraps a foreign owner (see `AlignedAllocator::wrap`).
@@ -600,5 +597,94 @@ impl AlignedMemoryRef {
         // SAFETY: `self` points at a live GstAlignedMemory.
         let mem = unsafe { &*self.as_ptr() };
         (mem.data.as_ptr() as usize).wrapping_add(mem.mem.offset)
+    }
+}
+
+impl AlignedMemory {
+    /// `gst_memory_make_mapped` with `flags`: runs `f` on the mapped payload (pointer and
+    /// size), unmaps, and returns the memory that was mapped (this one, or a copy when this
+    /// one could not be mapped with `flags`).
+    fn make_mapped_with<R>(
+        self,
+        flags: ffi::GstMapFlags,
+        f: impl FnOnce(*mut u8, usize) -> R,
+    ) -> Result<(AlignedMemory, R), MemoryError> {
+        let mut info = std::mem::MaybeUninit::<ffi::GstMapInfo>::zeroed();
+        // SAFETY: make_mapped takes our reference and returns a new one (the same memory or a
+        // copy made by our mem_copy), or NULL after dropping ours; `info` is a valid out pointer.
+        let mem = unsafe {
+            ffi::gst_memory_make_mapped(self.into_glib_ptr().cast(), info.as_mut_ptr(), flags)
+        };
+        if mem.is_null() {
+            return Err(MemoryError::Refused("the memory could not be mapped"));
+        }
+        // SAFETY: make_mapped succeeded, so `info` is initialised; we unmap exactly once.
+        unsafe {
+            let info = info.assume_init_mut();
+            let r = f(info.data, info.size);
+            ffi::gst_memory_unmap(mem, info);
+            Ok((from_glib_full(mem as *mut GstAlignedMemory), r))
+        }
+    }
+
+    /// `gst_memory_make_mapped(READ)`: runs `f` on the payload mapped for reading.
+    pub fn make_mapped_readable<R>(
+        self,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<(AlignedMemory, R), MemoryError> {
+        self.make_mapped_with(ffi::GST_MAP_READ, |data, size| {
+            // SAFETY: the memory is mapped for reading for `size` bytes at `data` (non-NULL,
+            // our mem_map never returns NULL for a successful map) until after `f` returns.
+            f(unsafe { std::slice::from_raw_parts(data, size) })
+        })
+    }
+
+    /// `gst_memory_make_mapped(READWRITE)`: runs `f` on the payload mapped for writing. When
+    /// this memory is not writable (e.g. a share), a writable copy is mapped and returned.
+    pub fn make_mapped_writable<R>(
+        self,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<(AlignedMemory, R), MemoryError> {
+        self.make_mapped_with(ffi::GST_MAP_READ | ffi::GST_MAP_WRITE, |data, size| {
+            // SAFETY: mapped for writing (exclusive access) for `size` bytes at `data` until
+            // after `f` returns.
+            f(unsafe { std::slice::from_raw_parts_mut(data, size) })
+        })
+    }
+}
+
+impl AlignedMemoryRef {
+    /// The memory's current reference count (`GST_MINI_OBJECT_REFCOUNT_VALUE`), read
+    /// atomically. Other threads may change it right after; use it for checks and logs.
+    pub fn ref_count(&self) -> u32 {
+        // SAFETY: `refcount` is a gint that core only changes with atomic operations; it is
+        // properly aligned and lives as long as `self`.
+        let count = unsafe {
+            std::sync::atomic::AtomicI32::from_ptr(
+                ptr::addr_of!((*self.as_ptr()).mem.mini_object.refcount).cast_mut(),
+            )
+            .load(std::sync::atomic::Ordering::Acquire)
+        };
+        count.max(0) as u32
+    }
+}
+
+impl std::fmt::Debug for AlignedMemoryRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedMemory")
+            .field("ptr", &self.as_ptr())
+            .field("parent", &self.parent().map(|p| p.as_ptr()))
+            .field("maxsize", &self.maxsize())
+            .field("align", &self.align())
+            .field("offset", &self.offset())
+            .field("size", &self.size())
+            .field("flags", &self.flags())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AlignedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        AlignedMemoryRef::fmt(self, f)
     }
 }
