@@ -548,6 +548,8 @@ impl AlignedMemoryRef {
     /// Resizes the valid data like `gst_memory_resize`: `offset` moves the start (it may be
     /// negative, down to the region start), `size` is the new size. Errors, instead of
     /// GStreamer's criticals, when the memory is not writable or the range leaves `maxsize`.
+    /// Clears `ZERO_PREFIXED` when the start moves up and `ZERO_PADDED` whenever the end moves
+    /// down (core's own check misses the case where the new end lies before the old start).
     pub fn try_resize(&mut self, offset: isize, size: usize) -> Result<(), MemoryError> {
         let (cur_offset, maxsize) = (self.offset(), self.maxsize());
         let fits = cur_offset
@@ -564,8 +566,19 @@ impl AlignedMemoryRef {
         if !self.is_writable() {
             return Err(MemoryError::NotWritable);
         }
+        let old_end = cur_offset + self.size();
         // SAFETY: writable and in range, the two preconditions gst_memory_resize checks.
         unsafe { ffi::gst_memory_resize(self.as_mut_ptr().cast(), offset, size) };
+        // Core decides whether the end moved down with `offset + size < mem->size` in unsigned
+        // arithmetic, so when the new end lies before the old start it keeps ZERO_PADDED over
+        // bytes that held payload. Clear it whenever the end really moved down.
+        if self.offset() + self.size() < old_end {
+            // SAFETY: we hold `&mut self`, the only reference to this memory's struct, and core
+            // changes these flags non-atomically itself (GST_MINI_OBJECT_FLAG_UNSET).
+            unsafe {
+                (*self.as_mut_ptr()).mem.mini_object.flags &= !ffi::GST_MEMORY_FLAG_ZERO_PADDED
+            };
+        }
         Ok(())
     }
 
@@ -588,6 +601,24 @@ impl AlignedMemoryRef {
                 &*(mem.mem.parent as *const GstAlignedMemory)
             };
             matches!(root.backing, Backing::Wrapped { .. })
+        }
+    }
+
+    /// The pointer `gst_memory_map(READ)` hands out (as C code sees it, even for an empty
+    /// memory, where Rust map guards show an empty slice instead), or `None` when the memory
+    /// cannot be mapped for reading.
+    pub fn mapped_addr(&self) -> Option<usize> {
+        let mut info = std::mem::MaybeUninit::<ffi::GstMapInfo>::zeroed();
+        // SAFETY: `self` is live, `info` a valid out pointer; a successful map is unmapped once.
+        unsafe {
+            let mem = self.as_mut_ptr().cast();
+            if ffi::gst_memory_map(mem, info.as_mut_ptr(), ffi::GST_MAP_READ) == glib::ffi::GFALSE {
+                return None;
+            }
+            let info = info.assume_init_mut();
+            let addr = info.data as usize;
+            ffi::gst_memory_unmap(mem, info);
+            Some(addr)
         }
     }
 
@@ -633,8 +664,11 @@ impl AlignedMemory {
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<(AlignedMemory, R), MemoryError> {
         self.make_mapped_with(ffi::GST_MAP_READ, |data, size| {
-            // SAFETY: the memory is mapped for reading for `size` bytes at `data` (non-NULL,
-            // our mem_map never returns NULL for a successful map) until after `f` returns.
+            if data.is_null() || size == 0 {
+                return f(&[]);
+            }
+            // SAFETY: the memory is mapped for reading for `size` bytes at `data` until after
+            // `f` returns.
             f(unsafe { std::slice::from_raw_parts(data, size) })
         })
     }
@@ -646,6 +680,9 @@ impl AlignedMemory {
         f: impl FnOnce(&mut [u8]) -> R,
     ) -> Result<(AlignedMemory, R), MemoryError> {
         self.make_mapped_with(ffi::GST_MAP_READ | ffi::GST_MAP_WRITE, |data, size| {
+            if data.is_null() || size == 0 {
+                return f(&mut []);
+            }
             // SAFETY: mapped for writing (exclusive access) for `size` bytes at `data` until
             // after `f` returns.
             f(unsafe { std::slice::from_raw_parts_mut(data, size) })
