@@ -1,0 +1,553 @@
+/* SPDX-License-Identifier: MPL-2.0
+ *
+ * gst-check suite for memkit's AlignedMemory allocator, loaded through GST_PLUGIN_PATH and
+ * made the default allocator: GstMemory and GstBuffer behaviour on top of it, as C code sees it.
+ */
+
+#include <gst/check/gstcheck.h>
+#include <string.h>
+
+#define MEMKIT_TYPE "AlignedMemory"
+
+static GstAllocator *aligned;
+
+static void
+setup (void)
+{
+  GstPlugin *plugin = gst_plugin_load_by_name ("memkit");
+
+  fail_unless (plugin != NULL, "memkit not found: is GST_PLUGIN_PATH set?");
+  gst_object_unref (plugin);
+
+  aligned = gst_allocator_find (MEMKIT_TYPE);
+  fail_unless (aligned != NULL);
+  /* set_default takes ownership of a reference */
+  gst_allocator_set_default (gst_object_ref (aligned));
+}
+
+static void
+teardown (void)
+{
+  gst_allocator_set_default (gst_allocator_find (GST_ALLOCATOR_SYSMEM));
+  gst_object_unref (aligned);
+  aligned = NULL;
+}
+
+static guint8 *
+map_read (GstMemory * mem, GstMapInfo * info)
+{
+  fail_unless (gst_memory_map (mem, info, GST_MAP_READ));
+  return info->data;
+}
+
+static void
+fill (GstMemory * mem, guint8 seed)
+{
+  GstMapInfo info;
+  gsize i;
+
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_WRITE));
+  for (i = 0; i < info.size; i++)
+    info.data[i] = (guint8) (seed + i);
+  gst_memory_unmap (mem, &info);
+}
+
+GST_START_TEST (test_registered_and_default)
+{
+  GstMemory *mem;
+  GstAllocator *def = gst_allocator_find (NULL);
+
+  fail_unless_equals_string (aligned->mem_type, MEMKIT_TYPE);
+  fail_unless (def == aligned);
+  gst_object_unref (def);
+
+  mem = gst_allocator_alloc (NULL, 100, NULL);
+  fail_unless (mem != NULL);
+  fail_unless (gst_memory_is_type (mem, MEMKIT_TYPE));
+  fail_unless (mem->allocator == aligned);
+  fail_unless_equals_int (mem->maxsize, 128);
+  fail_unless_equals_int (mem->align, 63);
+  gst_memory_unref (mem);
+
+  fail_unless (gst_allocator_find ("NoSuchAllocator") == NULL);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_payload_aligned_for_any_prefix)
+{
+  gsize prefix, n;
+  gsize masks[] = { 0, 63, 127, 4095 };
+
+  for (n = 0; n < G_N_ELEMENTS (masks); n++) {
+    for (prefix = 0; prefix < 200; prefix++) {
+      GstAllocationParams params;
+      GstMapInfo info;
+      GstMemory *mem;
+
+      gst_allocation_params_init (&params);
+      params.align = masks[n];
+      params.prefix = prefix;
+      mem = gst_allocator_alloc (NULL, 10, &params);
+      fail_unless (mem != NULL);
+      fail_unless_equals_int (mem->offset, prefix);
+      map_read (mem, &info);
+      fail_unless (((guintptr) info.data & (masks[n] | 63)) == 0);
+      gst_memory_unmap (mem, &info);
+      gst_memory_unref (mem);
+    }
+  }
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_zero_prefix_and_padding)
+{
+  GstAllocationParams params;
+  GstMapInfo info;
+  GstMemory *mem;
+  gsize i;
+
+  gst_allocation_params_init (&params);
+  params.prefix = 10;
+  params.padding = 5;
+  params.flags = GST_MEMORY_FLAG_ZERO_PREFIXED | GST_MEMORY_FLAG_ZERO_PADDED;
+  mem = gst_allocator_alloc (NULL, 100, &params);
+  fail_unless_equals_int (mem->maxsize, 128);
+  fill (mem, 1);
+  /* the whole region: move the offset to 0 and the size to maxsize */
+  gst_memory_resize (mem, -10, 128);
+  map_read (mem, &info);
+  for (i = 0; i < 10; i++)
+    fail_unless_equals_int (info.data[i], 0);
+  fail_unless_equals_int (info.data[10], 1);
+  for (i = 110; i < 128; i++)
+    fail_unless_equals_int (info.data[i], 0);
+  gst_memory_unmap (mem, &info);
+  gst_memory_unref (mem);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_size_zero_maps_non_null)
+{
+  GstMapInfo info;
+  GstMemory *mem = gst_allocator_alloc (NULL, 0, NULL);
+
+  fail_unless (mem != NULL);
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_READWRITE));
+  fail_unless (info.data != NULL);
+  fail_unless_equals_int (info.size, 0);
+  gst_memory_unmap (mem, &info);
+  gst_memory_unref (mem);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_buffer_new_allocate_uses_aligned_memory)
+{
+  GstBuffer *buf = gst_buffer_new_allocate (NULL, 1000, NULL);
+  GstMemory *mem = gst_buffer_peek_memory (buf, 0);
+  GstMapInfo info;
+
+  fail_unless (gst_memory_is_type (mem, MEMKIT_TYPE));
+  fail_unless (gst_buffer_map (buf, &info, GST_MAP_WRITE));
+  fail_unless (((guintptr) info.data & 63) == 0);
+  memset (info.data, 0x42, info.size);
+  gst_buffer_unmap (buf, &info);
+  gst_buffer_unref (buf);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_buffer_map_of_contiguous_shares_is_zero_copy)
+{
+  GstAllocationParams params;
+  GstMemory *parent;
+  GstBuffer *buf = gst_buffer_new ();
+  GstMapInfo pinfo, binfo;
+  guint i;
+
+  gst_allocation_params_init (&params);
+  params.prefix = 64;           /* is_span offsets must be relative to this */
+  parent = gst_allocator_alloc (NULL, 16 * 256, &params);
+  fill (parent, 0);
+  for (i = 0; i < 16; i++)
+    gst_buffer_append_memory (buf, gst_memory_share (parent, i * 256, 256));
+  fail_unless_equals_int (gst_buffer_n_memory (buf), 16);
+
+  map_read (parent, &pinfo);
+  fail_unless (gst_buffer_map (buf, &binfo, GST_MAP_READ));
+  fail_unless (binfo.data == pinfo.data, "merge copied instead of sharing");
+  fail_unless_equals_int (binfo.size, 16 * 256);
+  fail_unless (memcmp (binfo.data, pinfo.data, binfo.size) == 0);
+  gst_buffer_unmap (buf, &binfo);
+  gst_memory_unmap (parent, &pinfo);
+
+  /* non-contiguous shares are merged by copying, into the default allocator: ours */
+  {
+    GstBuffer *gap = gst_buffer_new ();
+    GstMemory *merged;
+
+    gst_buffer_append_memory (gap, gst_memory_share (parent, 0, 100));
+    gst_buffer_append_memory (gap, gst_memory_share (parent, 200, 100));
+    fail_unless (gst_buffer_map (gap, &binfo, GST_MAP_READ));
+    map_read (parent, &pinfo);
+    fail_unless (binfo.data != pinfo.data);
+    fail_unless (memcmp (binfo.data, pinfo.data, 100) == 0);
+    fail_unless (memcmp (binfo.data + 100, pinfo.data + 200, 100) == 0);
+    gst_memory_unmap (parent, &pinfo);
+    gst_buffer_unmap (gap, &binfo);
+    merged = gst_buffer_get_all_memory (gap);
+    fail_unless (gst_memory_is_type (merged, MEMKIT_TYPE));
+    gst_memory_unref (merged);
+    gst_buffer_unref (gap);
+  }
+
+  gst_buffer_unref (buf);
+  gst_memory_unref (parent);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_is_span_offset_relative_to_prefixed_parent)
+{
+  GstAllocationParams params;
+  GstMemory *parent, *a, *b, *merged;
+  gsize offset = 12345;
+  GstMapInfo ainfo, minfo;
+
+  gst_allocation_params_init (&params);
+  params.prefix = 64;
+  parent = gst_allocator_alloc (NULL, 100, &params);
+  a = gst_memory_share (parent, 20, 10);
+  b = gst_memory_share (parent, 30, 20);
+  fail_unless (gst_memory_is_span (a, b, &offset));
+  fail_unless_equals_int (offset, 20);
+  fail_unless (gst_memory_is_span (a, b, NULL));
+  /* order matters (and, as with SystemMemory, *offset is written even on FALSE) */
+  {
+    gsize unused;
+
+    fail_if (gst_memory_is_span (b, a, &unused));
+  }
+
+  merged = gst_memory_share (parent, offset, 30);
+  map_read (a, &ainfo);
+  map_read (merged, &minfo);
+  fail_unless (ainfo.data == minfo.data);
+  gst_memory_unmap (merged, &minfo);
+  gst_memory_unmap (a, &ainfo);
+
+  gst_memory_unref (merged);
+  gst_memory_unref (a);
+  gst_memory_unref (b);
+  gst_memory_unref (parent);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_share_semantics)
+{
+  GstMemory *mem = gst_allocator_alloc (NULL, 200, NULL);
+  GstMemory *s1, *s2;
+  GstMapInfo info;
+
+  s1 = gst_memory_share (mem, 10, -1);
+  fail_unless_equals_int (s1->size, 190);
+  fail_unless_equals_int (s1->offset, 10);
+  fail_unless (s1->parent == mem);
+  fail_unless (GST_MEMORY_IS_READONLY (s1));
+  fail_unless_equals_int (s1->maxsize, mem->maxsize);
+  /* a share of a share points at the root */
+  s2 = gst_memory_share (s1, 5, 5);
+  fail_unless (s2->parent == mem);
+  fail_unless_equals_int (s2->offset, 15);
+  /* shares are read-only */
+  fail_if (gst_memory_map (s2, &info, GST_MAP_WRITE));
+  /* empty share */
+  gst_memory_unref (s2);
+  s2 = gst_memory_share (mem, 200, 0);
+  fail_unless (s2 != NULL);
+  fail_unless_equals_int (s2->size, 0);
+  gst_memory_unref (s2);
+  /* out of range: NULL, no crash */
+  fail_unless (gst_memory_share (mem, 0, 300) == NULL);
+  fail_unless (gst_memory_share (mem, 201, -1) == NULL);
+  fail_unless (gst_memory_share (mem, -1, 10) == NULL);
+  /* mapped for writing: refused */
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_WRITE));
+  fail_unless (gst_memory_share (mem, 0, 10) == NULL);
+  gst_memory_unmap (mem, &info);
+
+  gst_memory_unref (s1);
+  gst_memory_unref (mem);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_no_share_is_a_critical)
+{
+  GstAllocationParams params;
+  GstMemory *mem;
+
+  gst_allocation_params_init (&params);
+  params.flags = GST_MEMORY_FLAG_NO_SHARE;
+  mem = gst_allocator_alloc (NULL, 10, &params);
+  ASSERT_CRITICAL (fail_unless (gst_memory_share (mem, 0, 5) == NULL));
+  gst_memory_unref (mem);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_copy_keeps_alignment_and_works_while_write_mapped)
+{
+  GstAllocationParams params;
+  GstMemory *mem, *copy;
+  GstMapInfo winfo, cinfo;
+
+  gst_allocation_params_init (&params);
+  params.align = 4095;
+  params.prefix = 7;
+  mem = gst_allocator_alloc (NULL, 300, &params);
+  fill (mem, 3);
+  fail_unless (gst_memory_map (mem, &winfo, GST_MAP_WRITE));
+  winfo.data[0] = 0xEE;
+  copy = gst_memory_copy (mem, 0, -1);
+  fail_unless (copy != NULL);
+  fail_unless (gst_memory_is_type (copy, MEMKIT_TYPE));
+  fail_unless (copy->parent == NULL);
+  fail_unless (gst_memory_is_writable (copy));
+  fail_unless_equals_int (copy->align, 4095);
+  fail_unless_equals_int (copy->size, 300);
+  map_read (copy, &cinfo);
+  fail_unless (((guintptr) cinfo.data & 4095) == 0);
+  fail_unless_equals_int (cinfo.data[0], 0xEE);
+  fail_unless (memcmp (cinfo.data, winfo.data, 300) == 0);
+  gst_memory_unmap (copy, &cinfo);
+  gst_memory_unmap (mem, &winfo);
+  gst_memory_unref (copy);
+
+  /* offset past the end with size -1: an empty copy */
+  copy = gst_memory_copy (mem, 400, -1);
+  fail_unless (copy != NULL);
+  fail_unless_equals_int (copy->size, 0);
+  gst_memory_unref (copy);
+  /* out of range: NULL, no crash */
+  fail_unless (gst_memory_copy (mem, 0, 5000) == NULL);
+  fail_unless (gst_memory_copy (mem, -100, 10) == NULL);
+  gst_memory_unref (mem);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_buffer_copy_region)
+{
+  GstBuffer *buf = gst_buffer_new_allocate (NULL, 1000, NULL);
+  GstBuffer *region, *deep;
+  GstMapInfo binfo, rinfo;
+
+  gst_buffer_memset (buf, 0, 0x11, 1000);
+  /* a region copy shares the memory */
+  region = gst_buffer_copy_region (buf, GST_BUFFER_COPY_MEMORY, 100, 200);
+  fail_unless_equals_int (gst_buffer_get_size (region), 200);
+  fail_unless (gst_buffer_map (buf, &binfo, GST_MAP_READ));
+  fail_unless (gst_buffer_map (region, &rinfo, GST_MAP_READ));
+  fail_unless (rinfo.data == binfo.data + 100);
+  gst_buffer_unmap (region, &rinfo);
+
+  /* a deep region copy copies, into aligned memory */
+  deep = gst_buffer_copy_region (buf, GST_BUFFER_COPY_MEMORY | GST_BUFFER_COPY_DEEP, 100,
+      200);
+  fail_unless (gst_memory_is_type (gst_buffer_peek_memory (deep, 0), MEMKIT_TYPE));
+  fail_unless (gst_buffer_map (deep, &rinfo, GST_MAP_READ));
+  fail_unless (rinfo.data != binfo.data + 100);
+  fail_unless (((guintptr) rinfo.data & 63) == 0);
+  fail_unless (memcmp (rinfo.data, binfo.data + 100, 200) == 0);
+  gst_buffer_unmap (deep, &rinfo);
+  gst_buffer_unmap (buf, &binfo);
+
+  gst_buffer_unref (deep);
+  gst_buffer_unref (region);
+  gst_buffer_unref (buf);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_buffer_resize)
+{
+  GstBuffer *buf = gst_buffer_new_allocate (NULL, 100, NULL);
+  gsize offset, maxsize, size;
+
+  size = gst_buffer_get_sizes (buf, &offset, &maxsize);
+  fail_unless_equals_int (size, 100);
+  fail_unless_equals_int (maxsize, 128);
+  /* grow into the tail slack that the rounded maxsize makes usable */
+  gst_buffer_resize (buf, 0, 128);
+  fail_unless_equals_int (gst_buffer_get_size (buf), 128);
+  gst_buffer_resize (buf, 10, 50);
+  size = gst_buffer_get_sizes (buf, &offset, &maxsize);
+  fail_unless_equals_int (size, 50);
+  fail_unless_equals_int (offset, 10);
+  gst_buffer_set_size (buf, 0);
+  fail_unless_equals_int (gst_buffer_get_size (buf), 0);
+  gst_buffer_unref (buf);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_buffer_make_writable)
+{
+  GstBuffer *buf = gst_buffer_new_allocate (NULL, 64, NULL);
+  GstBuffer *other;
+  GstMapInfo info, oinfo;
+
+  gst_buffer_memset (buf, 0, 0x22, 64);
+  other = gst_buffer_ref (buf);
+  buf = gst_buffer_make_writable (buf);
+  fail_unless (buf != other);
+  /* the memory is now held by two buffers: a write map copies it, into aligned memory */
+  fail_unless (gst_buffer_map (buf, &info, GST_MAP_WRITE));
+  fail_unless (gst_memory_is_type (gst_buffer_peek_memory (buf, 0), MEMKIT_TYPE));
+  fail_unless (((guintptr) info.data & 63) == 0);
+  info.data[0] = 0x33;
+  fail_unless (gst_buffer_map (other, &oinfo, GST_MAP_READ));
+  fail_unless (oinfo.data != info.data);
+  fail_unless_equals_int (oinfo.data[0], 0x22);
+  gst_buffer_unmap (other, &oinfo);
+  gst_buffer_unmap (buf, &info);
+  gst_buffer_unref (other);
+  gst_buffer_unref (buf);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_make_mapped)
+{
+  GstMemory *mem = gst_allocator_alloc (NULL, 64, NULL);
+  GstMemory *share, *mapped;
+  GstMapInfo info;
+  guint8 *base;
+
+  fill (mem, 5);
+  base = map_read (mem, &info);
+  gst_memory_unmap (mem, &info);
+
+  /* writable memory: mapped in place */
+  gst_memory_ref (mem);
+  mapped = gst_memory_make_mapped (mem, &info, GST_MAP_WRITE);
+  fail_unless (mapped == mem);
+  fail_unless (info.data == base);
+  gst_memory_unmap (mapped, &info);
+  gst_memory_unref (mapped);
+
+  /* a read-only share asked for writing: a writable copy from our allocator */
+  share = gst_memory_share (mem, 8, 16);
+  mapped = gst_memory_make_mapped (share, &info, GST_MAP_WRITE);
+  fail_unless (mapped != NULL);
+  fail_unless (mapped != share);
+  fail_unless (gst_memory_is_type (mapped, MEMKIT_TYPE));
+  fail_unless (info.data != base + 8);
+  fail_unless_equals_int (info.size, 16);
+  fail_unless_equals_int (info.data[0], 5 + 8);
+  gst_memory_unmap (mapped, &info);
+  gst_memory_unref (mapped);
+
+  /* NOT_MAPPABLE refuses to map; make_mapped then falls back to a (mappable) copy, as it
+   * does for SystemMemory */
+  {
+    GstAllocationParams params;
+    GstMemory *nm;
+
+    gst_allocation_params_init (&params);
+    params.flags = GST_MEMORY_FLAG_NOT_MAPPABLE;
+    nm = gst_allocator_alloc (NULL, 16, &params);
+    fail_if (gst_memory_map (nm, &info, GST_MAP_READ));
+    gst_memory_ref (nm);
+    mapped = gst_memory_make_mapped (nm, &info, GST_MAP_READ);
+    fail_unless (mapped != NULL && mapped != nm);
+    fail_unless (gst_memory_is_type (mapped, MEMKIT_TYPE));
+    fail_if (GST_MEMORY_FLAG_IS_SET (mapped, GST_MEMORY_FLAG_NOT_MAPPABLE));
+    fail_unless_equals_int (info.size, 16);
+    gst_memory_unmap (mapped, &info);
+    gst_memory_unref (mapped);
+    gst_memory_unref (nm);
+  }
+  gst_memory_unref (mem);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_bad_input_gives_null_or_critical)
+{
+  GstAllocationParams params;
+
+  /* sizes that overflow: NULL, no crash */
+  fail_unless (gst_allocator_alloc (NULL, G_MAXSIZE, NULL) == NULL);
+  fail_unless (gst_allocator_alloc (NULL, G_MAXSSIZE, NULL) == NULL);
+  gst_allocation_params_init (&params);
+  params.prefix = G_MAXSIZE - 10;
+  fail_unless (gst_allocator_alloc (NULL, 100, &params) == NULL);
+  gst_allocation_params_init (&params);
+  params.padding = G_MAXSIZE;
+  fail_unless (gst_allocator_alloc (NULL, 1, &params) == NULL);
+  /* G_MAXSIZE is a valid mask to core, but no allocator can honour it */
+  gst_allocation_params_init (&params);
+  params.align = G_MAXSIZE;
+  fail_unless (gst_allocator_alloc (NULL, 1, &params) == NULL);
+  /* not a mask: core refuses with a critical before calling us */
+  gst_allocation_params_init (&params);
+  params.align = 100;
+  ASSERT_CRITICAL (gst_allocator_alloc (NULL, 1, &params));
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_resize_clears_zero_flags)
+{
+  GstAllocationParams params;
+  GstMemory *mem;
+
+  gst_allocation_params_init (&params);
+  params.prefix = 16;
+  params.padding = 16;
+  params.flags = GST_MEMORY_FLAG_ZERO_PREFIXED | GST_MEMORY_FLAG_ZERO_PADDED;
+  mem = gst_allocator_alloc (NULL, 100, &params);
+  gst_memory_resize (mem, 0, 90);
+  fail_if (GST_MEMORY_IS_ZERO_PADDED (mem));
+  fail_unless (GST_MEMORY_IS_ZERO_PREFIXED (mem));
+  gst_memory_resize (mem, 1, 80);
+  fail_if (GST_MEMORY_IS_ZERO_PREFIXED (mem));
+  gst_memory_unref (mem);
+}
+
+GST_END_TEST;
+
+static Suite *
+alignedmemory_suite (void)
+{
+  Suite *s = suite_create ("alignedmemory");
+  TCase *tc = tcase_create ("general");
+
+  suite_add_tcase (s, tc);
+  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_add_test (tc, test_registered_and_default);
+  tcase_add_test (tc, test_payload_aligned_for_any_prefix);
+  tcase_add_test (tc, test_zero_prefix_and_padding);
+  tcase_add_test (tc, test_size_zero_maps_non_null);
+  tcase_add_test (tc, test_buffer_new_allocate_uses_aligned_memory);
+  tcase_add_test (tc, test_buffer_map_of_contiguous_shares_is_zero_copy);
+  tcase_add_test (tc, test_is_span_offset_relative_to_prefixed_parent);
+  tcase_add_test (tc, test_share_semantics);
+  tcase_add_test (tc, test_no_share_is_a_critical);
+  tcase_add_test (tc, test_copy_keeps_alignment_and_works_while_write_mapped);
+  tcase_add_test (tc, test_buffer_copy_region);
+  tcase_add_test (tc, test_buffer_resize);
+  tcase_add_test (tc, test_buffer_make_writable);
+  tcase_add_test (tc, test_make_mapped);
+  tcase_add_test (tc, test_bad_input_gives_null_or_critical);
+  tcase_add_test (tc, test_resize_clears_zero_flags);
+  return s;
+}
+
+GST_CHECK_MAIN (alignedmemory);
