@@ -6,9 +6,11 @@
 pub use gst;
 
 pub mod allocator;
+pub mod elements;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
     allocator::register(plugin)?;
+    elements::register(plugin)?;
     Ok(())
 }
 

@@ -608,18 +608,7 @@ impl AlignedMemoryRef {
     /// memory, where Rust map guards show an empty slice instead), or `None` when the memory
     /// cannot be mapped for reading.
     pub fn mapped_addr(&self) -> Option<usize> {
-        let mut info = std::mem::MaybeUninit::<ffi::GstMapInfo>::zeroed();
-        // SAFETY: `self` is live, `info` a valid out pointer; a successful map is unmapped once.
-        unsafe {
-            let mem = self.as_mut_ptr().cast();
-            if ffi::gst_memory_map(mem, info.as_mut_ptr(), ffi::GST_MAP_READ) == glib::ffi::GFALSE {
-                return None;
-            }
-            let info = info.assume_init_mut();
-            let addr = info.data as usize;
-            ffi::gst_memory_unmap(mem, info);
-            Some(addr)
-        }
+        mapped_addr(self)
     }
 
     /// Address of the first payload byte (`region base + offset`), for alignment checks. It is
@@ -723,5 +712,66 @@ impl std::fmt::Debug for AlignedMemoryRef {
 impl std::fmt::Debug for AlignedMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         AlignedMemoryRef::fmt(self, f)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safe helpers for any GstMemory (of any allocator), used by the elements.
+// ---------------------------------------------------------------------------------------------
+
+/// The pointer `gst_memory_map(READ)` hands out for `mem` (what C code sees, also for an empty
+/// memory), or `None` when it cannot be mapped for reading.
+pub fn mapped_addr(mem: &gst::MemoryRef) -> Option<usize> {
+    with_mapped_region(mem, |region, offset, _| region.as_ptr() as usize + offset)
+}
+
+/// Maps `mem` for reading and runs `f` on its whole region `[0, maxsize)` (prefix, payload,
+/// padding and slack) with the payload's `offset` and `size`. `None` when it cannot be mapped.
+///
+/// Every GStreamer allocator's `mem_map` returns the region base and core adds `offset`, so the
+/// region starts `offset` bytes before the mapped pointer and spans `maxsize` bytes.
+pub fn with_mapped_region<R>(
+    mem: &gst::MemoryRef,
+    f: impl FnOnce(&[u8], usize, usize) -> R,
+) -> Option<R> {
+    let mut info = std::mem::MaybeUninit::<ffi::GstMapInfo>::zeroed();
+    let ptr = mem.as_ptr() as *mut ffi::GstMemory;
+    // SAFETY: `mem` is live; `info` is a valid out pointer; a successful map is unmapped once,
+    // after `f` returns. While mapped, [data - offset, data - offset + maxsize) is the memory's
+    // region (see above), readable for the duration of the map.
+    unsafe {
+        if ffi::gst_memory_map(ptr, info.as_mut_ptr(), ffi::GST_MAP_READ) == glib::ffi::GFALSE {
+            return None;
+        }
+        let info = info.assume_init_mut();
+        let (offset, size, maxsize) = ((*ptr).offset, (*ptr).size, (*ptr).maxsize);
+        let result = if info.data.is_null() {
+            None
+        } else {
+            let base = info.data.sub(offset);
+            let region = std::slice::from_raw_parts(base, maxsize);
+            Some(f(region, offset, size))
+        };
+        ffi::gst_memory_unmap(ptr, info);
+        result
+    }
+}
+
+/// `gst_memory_share` that never panics: `None` for `NO_SHARE` memory, memory mapped for
+/// writing, or a range outside `[0, maxsize]` (which core would not check).
+pub fn try_share(mem: &gst::MemoryRef, offset: usize, size: usize) -> Option<gst::Memory> {
+    let end = offset.checked_add(size)?;
+    if end > mem.size() || mem.flags().contains(gst::MemoryFlags::NO_SHARE) {
+        return None;
+    }
+    // SAFETY: `mem` is live and the range lies inside its valid data (so inside maxsize and
+    // within isize); the result, if any, is a new reference we own.
+    unsafe {
+        let shared = ffi::gst_memory_share(
+            mem.as_ptr() as *mut ffi::GstMemory,
+            offset as isize,
+            size as isize,
+        );
+        Option::<gst::Memory>::from_glib_full(shared)
     }
 }

@@ -15,7 +15,9 @@ pub mod layout;
 mod memory;
 
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};
-pub use memory::{AlignedMemory, AlignedMemoryRef, GstAlignedMemory};
+pub use memory::{
+    AlignedMemory, AlignedMemoryRef, GstAlignedMemory, mapped_addr, try_share, with_mapped_region,
+};
 
 /// The name `AlignedMemory` is registered under, and its memory type (`mem_type`).
 pub const ALIGNED_MEMORY: &str = "AlignedMemory";

@@ -1,0 +1,373 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `memalign`: every buffer it outputs has memory whose payload is aligned to `alignment` with
+//! at least `padding` zeroed bytes after it. Upstream is offered `AlignedMemory` in the
+//! ALLOCATION query, so producers that honour it allocate our memory and their buffers pass
+//! through untouched; anything else is copied into `AlignedMemory` once.
+//!
+//! Lock order: `settings` before `stats`; neither is held while pushing.
+
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_transform::GenerateOutputSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::allocator::{aligned_allocator, mapped_addr};
+use crate::elements::util::{MAX_ELEMENT_ALIGN, check_alignment};
+use crate::elements::{describe_buffer, post_stats, propose_allocator_first};
+
+const DEFAULT_ALIGNMENT: u32 = 64;
+const DEFAULT_PADDING: u32 = 0;
+const MAX_PADDING: u32 = 1024 * 1024;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "memalign",
+        gst::DebugColorFlags::empty(),
+        Some("memkit aligned-memory guarantee"),
+    )
+});
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    alignment: u32,
+    padding: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            alignment: DEFAULT_ALIGNMENT,
+            padding: DEFAULT_PADDING,
+        }
+    }
+}
+
+impl Settings {
+    fn params(&self) -> gst::AllocationParams {
+        let flags = if self.padding > 0 {
+            gst::MemoryFlags::ZERO_PADDED
+        } else {
+            gst::MemoryFlags::empty()
+        };
+        gst::AllocationParams::new(
+            flags,
+            (self.alignment - 1) as usize,
+            0,
+            self.padding as usize,
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    buffers: u64,
+    passed: u64,
+    copied: u64,
+    bytes_copied: u64,
+}
+
+impl Stats {
+    fn to_structure(&self) -> gst::Structure {
+        gst::Structure::builder("memalign")
+            .field("buffers", self.buffers)
+            .field("buffers-passed", self.passed)
+            .field("buffers-copied", self.copied)
+            .field("bytes-copied", self.bytes_copied)
+            .build()
+    }
+}
+
+#[derive(Default)]
+pub struct MemAlign {
+    settings: Mutex<Settings>,
+    stats: Mutex<Stats>,
+    /// A property value refused since the last start, reported on the bus at the next start.
+    refused: Mutex<Option<String>>,
+}
+
+/// Why a buffer cannot be checked or copied.
+struct Unmappable(usize);
+
+impl MemAlign {
+    /// Whether every memory of `buf` meets the settings.
+    fn meets(&self, buf: &gst::BufferRef, settings: &Settings) -> Result<bool, Unmappable> {
+        for (idx, mem) in buf.iter_memories().enumerate() {
+            let addr = mapped_addr(mem).ok_or(Unmappable(idx))?;
+            if addr % settings.alignment as usize != 0 {
+                gst::trace!(CAT, imp = self, "memory {idx} at {addr:#x} is not aligned");
+                return Ok(false);
+            }
+            if settings.padding > 0 {
+                let tail = mem.maxsize() - mem.offset() - mem.size();
+                if tail < settings.padding as usize
+                    || !mem.flags().contains(gst::MemoryFlags::ZERO_PADDED)
+                {
+                    gst::trace!(
+                        CAT,
+                        imp = self,
+                        "memory {idx} lacks {} zeroed bytes",
+                        settings.padding
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Copies `buf` (all its memories, its metadata) into one `AlignedMemory`.
+    fn aligned_copy(
+        &self,
+        buf: &gst::BufferRef,
+        settings: &Settings,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let size = buf.size();
+        let mut mem = aligned_allocator()
+            .alloc(size, Some(&settings.params()))
+            .map_err(|err| {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::NoSpaceLeft,
+                    ("Cannot allocate {} bytes: {}", size, err)
+                );
+                gst::FlowError::Error
+            })?;
+        {
+            let m = mem.get_mut().expect("a new memory is writable");
+            let mut dst = m.map_writable().map_err(|_| gst::FlowError::Error)?;
+            let dst = dst.as_mut_slice();
+            let mut pos = 0;
+            for (idx, src) in buf.iter_memories().enumerate() {
+                let map = src.map_readable().map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("Memory {} of the buffer cannot be mapped for reading", idx)
+                    );
+                    gst::FlowError::Error
+                })?;
+                dst[pos..pos + map.size()].copy_from_slice(map.as_slice());
+                pos += map.size();
+            }
+        }
+        let mut out = gst::Buffer::new();
+        {
+            let o = out.get_mut().expect("a new buffer is writable");
+            buf.copy_into(
+                o,
+                gst::BufferCopyFlags::FLAGS
+                    | gst::BufferCopyFlags::TIMESTAMPS
+                    | gst::BufferCopyFlags::META,
+                ..,
+            )
+            .map_err(|_| gst::FlowError::Error)?;
+            o.append_memory(mem.upcast_memory());
+        }
+        Ok(out)
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for MemAlign {
+    const NAME: &'static str = "GstMemAlign";
+    type Type = super::MemAlign;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for MemAlign {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecUInt::builder("alignment")
+                    .nick("Alignment")
+                    .blurb("Alignment in bytes of every output payload (a power of two)")
+                    .minimum(1)
+                    .maximum(MAX_ELEMENT_ALIGN)
+                    .default_value(DEFAULT_ALIGNMENT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("padding")
+                    .nick("Padding")
+                    .blurb("Zeroed bytes guaranteed after every output payload")
+                    .maximum(MAX_PADDING)
+                    .default_value(DEFAULT_PADDING)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Buffers seen, passed through and copied, and bytes copied")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "alignment" => {
+                let v = value.get::<u32>().expect("type checked upstream");
+                match check_alignment(v) {
+                    Ok(v) => settings.alignment = v,
+                    Err(why) => {
+                        let msg = format!("{why}: keeping alignment {}", settings.alignment);
+                        gst::warning!(CAT, imp = self, "{msg}");
+                        *self.refused.lock().unwrap() = Some(msg);
+                    }
+                }
+            }
+            "padding" => settings.padding = value.get().expect("type checked upstream"),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "alignment" => self.settings.lock().unwrap().alignment.to_value(),
+            "padding" => self.settings.lock().unwrap().padding.to_value(),
+            "stats" => self.stats.lock().unwrap().to_structure().to_value(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        // Passthrough from the start: ALLOCATION queries are answered (forwarded downstream,
+        // then ours added) even before caps, as for caps-less sources like filesrc.
+        self.obj().set_passthrough(true);
+    }
+}
+
+impl GstObjectImpl for MemAlign {}
+
+impl ElementImpl for MemAlign {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Memory aligner",
+                "Filter/Memory",
+                "Guarantees aligned, zero-padded buffer memory: proposes AlignedMemory upstream \
+                 and copies only buffers that do not meet the requirement",
+                "memkit developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::new_any();
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for MemAlign {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = true;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        *self.stats.lock().unwrap() = Stats::default();
+        if let Some(msg) = self.refused.lock().unwrap().take() {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", msg));
+        }
+        Ok(())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::Eos(_) = event.view() {
+            let stats = self.stats.lock().unwrap().to_structure();
+            gst::info!(CAT, imp = self, "EOS: {stats}");
+            post_stats(&*self.obj(), stats);
+        }
+        self.parent_sink_event(event)
+    }
+
+    fn propose_allocation(
+        &self,
+        decide_query: Option<&gst::query::Allocation>,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        // Forward downstream first (passthrough), then put AlignedMemory first: base classes
+        // use only the first allocator.
+        // Downstream not answering (fakesink, filesink) is normal: we still propose ours.
+        if let Err(err) = self.parent_propose_allocation(decide_query, query) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "downstream did not answer the ALLOCATION query: {err}"
+            );
+        }
+        let params = self.settings.lock().unwrap().params();
+        let allocator = aligned_allocator().upcast::<gst::Allocator>();
+        propose_allocator_first(query, &allocator, &params);
+        gst::debug!(CAT, imp = self, "proposed AlignedMemory with {params:?}");
+        Ok(())
+    }
+
+    fn generate_output(&self) -> Result<GenerateOutputSuccess, gst::FlowError> {
+        let Some(buf) = self.take_queued_buffer() else {
+            return Ok(GenerateOutputSuccess::NoOutput);
+        };
+        let settings = *self.settings.lock().unwrap();
+        let index = self.stats.lock().unwrap().buffers;
+        if buf.n_memory() == 0 {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{} has no memory: passed through",
+                describe_buffer(index, &buf)
+            );
+        }
+        let meets = self.meets(&buf, &settings).map_err(|Unmappable(idx)| {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Failed,
+                (
+                    "Memory {} of {} cannot be mapped for reading",
+                    idx,
+                    describe_buffer(index, &buf)
+                )
+            );
+            gst::FlowError::Error
+        })?;
+        let out = if meets {
+            let mut stats = self.stats.lock().unwrap();
+            stats.buffers += 1;
+            stats.passed += 1;
+            buf
+        } else {
+            let out = self.aligned_copy(&buf, &settings)?;
+            gst::log!(CAT, imp = self, "copied {}", describe_buffer(index, &buf));
+            let mut stats = self.stats.lock().unwrap();
+            stats.buffers += 1;
+            stats.copied += 1;
+            stats.bytes_copied += buf.size() as u64;
+            out
+        };
+        Ok(GenerateOutputSuccess::Buffer(out))
+    }
+}

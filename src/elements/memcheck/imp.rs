@@ -1,0 +1,320 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `memcheck`: passes buffers through unchanged and checks every memory of every buffer against
+//! what the user asks: payload `alignment`, `memory-type`, that ZERO_PREFIXED / ZERO_PADDED
+//! regions really hold zeros, and that the memory maps for reading. Each violation is logged
+//! with what was expected and found and counted; with `fail-on-violation` it is an ERROR.
+//!
+//! Lock order: `settings`, then `stats`.
+
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_transform::GenerateOutputSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::allocator::with_mapped_region;
+use crate::elements::util::{MAX_ELEMENT_ALIGN, check_alignment};
+use crate::elements::{describe_buffer, post_stats};
+
+const DEFAULT_ALIGNMENT: u32 = 1;
+const DEFAULT_FAIL_ON_VIOLATION: bool = false;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "memcheck",
+        gst::DebugColorFlags::empty(),
+        Some("memkit memory checker"),
+    )
+});
+
+#[derive(Debug, Clone)]
+struct Settings {
+    alignment: u32,
+    memory_type: Option<String>,
+    fail_on_violation: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            alignment: DEFAULT_ALIGNMENT,
+            memory_type: None,
+            fail_on_violation: DEFAULT_FAIL_ON_VIOLATION,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    buffers: u64,
+    memories: u64,
+    violations: u64,
+}
+
+impl Stats {
+    fn to_structure(&self) -> gst::Structure {
+        gst::Structure::builder("memcheck")
+            .field("buffers", self.buffers)
+            .field("memories", self.memories)
+            .field("violations", self.violations)
+            .build()
+    }
+}
+
+#[derive(Default)]
+pub struct MemCheck {
+    settings: Mutex<Settings>,
+    stats: Mutex<Stats>,
+    refused: Mutex<Option<String>>,
+}
+
+/// Checks one memory; returns each broken rule with what was expected and found.
+fn check_memory(mem: &gst::MemoryRef, settings: &Settings) -> Vec<String> {
+    let mut violations = Vec::new();
+    if let Some(want) = &settings.memory_type
+        && !mem.is_type(want.as_str())
+    {
+        let found = mem
+            .allocator()
+            .map_or("none".to_string(), |a| a.memory_type().to_string());
+        violations.push(format!("memory-type: expected {want}, found {found}"));
+    }
+    let flags = mem.flags();
+    let checked = with_mapped_region(mem, |region, offset, size| {
+        let mut found = Vec::new();
+        let addr = region.as_ptr() as usize + offset;
+        let align = settings.alignment as usize;
+        if !addr.is_multiple_of(align) {
+            found.push(format!(
+                "alignment: expected the payload aligned to {align} bytes, found address {addr:#x} (off by {})",
+                addr % align
+            ));
+        }
+        if flags.contains(gst::MemoryFlags::ZERO_PREFIXED)
+            && let Some(pos) = region[..offset].iter().position(|&b| b != 0)
+        {
+            found.push(format!(
+                "zero-prefix: ZERO_PREFIXED, but byte {pos} of the {offset}-byte prefix is {:#04x}",
+                region[pos]
+            ));
+        }
+        if flags.contains(gst::MemoryFlags::ZERO_PADDED) {
+            let tail = &region[offset + size..];
+            if let Some(pos) = tail.iter().position(|&b| b != 0) {
+                found.push(format!(
+                    "zero-padding: ZERO_PADDED, but byte {pos} of the {}-byte padding is {:#04x}",
+                    tail.len(),
+                    tail[pos]
+                ));
+            }
+        }
+        found
+    });
+    match checked {
+        Some(found) => violations.extend(found),
+        None => violations
+            .push("mappable: expected the memory to map for reading, it did not".to_string()),
+    }
+    violations
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for MemCheck {
+    const NAME: &'static str = "GstMemCheck";
+    type Type = super::MemCheck;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for MemCheck {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecUInt::builder("alignment")
+                    .nick("Alignment")
+                    .blurb("Required alignment in bytes of every payload (a power of two; 1 checks nothing)")
+                    .minimum(1)
+                    .maximum(MAX_ELEMENT_ALIGN)
+                    .default_value(DEFAULT_ALIGNMENT)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("memory-type")
+                    .nick("Memory type")
+                    .blurb("Required memory type (e.g. AlignedMemory, SystemMemory); unset checks nothing")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("fail-on-violation")
+                    .nick("Fail on violation")
+                    .blurb("Post an ERROR naming the buffer and the rule at the first violation")
+                    .default_value(DEFAULT_FAIL_ON_VIOLATION)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Buffers and memories checked, violations found")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "alignment" => {
+                let v = value.get::<u32>().expect("type checked upstream");
+                match check_alignment(v) {
+                    Ok(v) => settings.alignment = v,
+                    Err(why) => {
+                        let msg = format!("{why}: keeping alignment {}", settings.alignment);
+                        gst::warning!(CAT, imp = self, "{msg}");
+                        *self.refused.lock().unwrap() = Some(msg);
+                    }
+                }
+            }
+            "memory-type" => {
+                settings.memory_type = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|s| !s.is_empty())
+            }
+            "fail-on-violation" => {
+                settings.fail_on_violation = value.get().expect("type checked upstream")
+            }
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "alignment" => settings.alignment.to_value(),
+            "memory-type" => settings.memory_type.to_value(),
+            "fail-on-violation" => settings.fail_on_violation.to_value(),
+            "stats" => self.stats.lock().unwrap().to_structure().to_value(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        self.obj().set_passthrough(true);
+    }
+}
+
+impl GstObjectImpl for MemCheck {}
+
+impl ElementImpl for MemCheck {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Memory checker",
+                "Filter/Debug/Memory",
+                "Checks every memory of every buffer: payload alignment, memory type, zeroed \
+                 prefix/padding, mappability",
+                "memkit developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::new_any();
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for MemCheck {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = true;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        *self.stats.lock().unwrap() = Stats::default();
+        if let Some(msg) = self.refused.lock().unwrap().take() {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", msg));
+        }
+        Ok(())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::Eos(_) = event.view() {
+            let stats = self.stats.lock().unwrap().to_structure();
+            gst::info!(CAT, imp = self, "EOS: {stats}");
+            post_stats(&*self.obj(), stats);
+        }
+        self.parent_sink_event(event)
+    }
+
+    fn generate_output(&self) -> Result<GenerateOutputSuccess, gst::FlowError> {
+        let Some(buf) = self.take_queued_buffer() else {
+            return Ok(GenerateOutputSuccess::NoOutput);
+        };
+        let settings = self.settings.lock().unwrap().clone();
+        let index = self.stats.lock().unwrap().buffers;
+        if buf.n_memory() == 0 {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{} has no memory: nothing to check",
+                describe_buffer(index, &buf)
+            );
+        }
+        let mut first_violation = None;
+        let mut count = 0;
+        for (idx, mem) in buf.iter_memories().enumerate() {
+            for rule in check_memory(mem, &settings) {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "{} memory {idx}: {rule}",
+                    describe_buffer(index, &buf)
+                );
+                count += 1;
+                first_violation.get_or_insert((idx, rule));
+            }
+        }
+        {
+            let mut stats = self.stats.lock().unwrap();
+            stats.buffers += 1;
+            stats.memories += buf.n_memory() as u64;
+            stats.violations += count;
+        }
+        if let (true, Some((idx, rule))) = (settings.fail_on_violation, first_violation) {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Failed,
+                (
+                    "Memory check failed: {} memory {}: {}",
+                    describe_buffer(index, &buf),
+                    idx,
+                    rule
+                )
+            );
+            return Err(gst::FlowError::Error);
+        }
+        Ok(GenerateOutputSuccess::Buffer(buf))
+    }
+}

@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `memmerge`: coalesces consecutive buffers into buffers of `target-size` bytes. When the
+//! pieces of an output are contiguous shares of one parent (`gst_memory_is_span`), the output
+//! is a single share of that parent: zero-copy. Otherwise the bytes are copied once into
+//! `AlignedMemory`. The remainder is pushed at EOS, before a DISCONT buffer, before new caps and
+//! before a new segment, so bytes are never lost or reordered. A flush discards what is pending,
+//! as a flush asks.
+//!
+//! Lock order: `settings`, then `state`; neither is held while pushing.
+
+use std::collections::VecDeque;
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_transform::GenerateOutputSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::allocator::{aligned_allocator, try_share};
+use crate::elements::post_stats;
+
+const DEFAULT_TARGET_SIZE: u32 = 65536;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "memmerge",
+        gst::DebugColorFlags::empty(),
+        Some("memkit span-aware merger"),
+    )
+});
+
+/// Bytes waiting to be merged: the memories of (part of) one input buffer, and the metadata
+/// that belongs to its first byte.
+struct Piece {
+    buf: gst::Buffer,
+    pts: Option<gst::ClockTime>,
+    dts: Option<gst::ClockTime>,
+    discont: bool,
+}
+
+#[derive(Default)]
+struct State {
+    pending: VecDeque<Piece>,
+    pending_bytes: usize,
+    /// Merged buffers not pushed yet.
+    out: VecDeque<gst::Buffer>,
+    /// Byte offset in the stream of the next output.
+    offset: u64,
+    buffers_in: u64,
+    buffers_out: u64,
+    zero_copy: u64,
+    copied: u64,
+    bytes_copied: u64,
+}
+
+impl State {
+    fn to_structure(&self) -> gst::Structure {
+        gst::Structure::builder("memmerge")
+            .field("buffers-in", self.buffers_in)
+            .field("buffers-out", self.buffers_out)
+            .field("zero-copy-merges", self.zero_copy)
+            .field("copied-merges", self.copied)
+            .field("bytes-copied", self.bytes_copied)
+            .build()
+    }
+}
+
+pub struct MemMerge {
+    target_size: Mutex<u32>,
+    state: Mutex<State>,
+}
+
+impl MemMerge {
+    fn flow_error(&self, what: String) -> gst::FlowError {
+        gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", what));
+        gst::FlowError::Error
+    }
+
+    /// Splits `piece` after `at` bytes: the head keeps the metadata.
+    fn split(&self, piece: Piece, at: usize) -> Result<(Piece, Piece), gst::FlowError> {
+        let head = piece
+            .buf
+            .copy_region(gst::BufferCopyFlags::MEMORY, ..at)
+            .map_err(|e| {
+                self.flow_error(format!(
+                    "Cannot share the first {at} bytes of a buffer: {e}"
+                ))
+            })?;
+        let tail = piece
+            .buf
+            .copy_region(gst::BufferCopyFlags::MEMORY, at..)
+            .map_err(|e| self.flow_error(format!("Cannot share a buffer from byte {at}: {e}")))?;
+        Ok((
+            Piece { buf: head, ..piece },
+            Piece {
+                buf: tail,
+                pts: None,
+                dts: None,
+                discont: false,
+            },
+        ))
+    }
+
+    /// One memory holding the bytes of `pieces`: a share of their common parent when they are
+    /// contiguous spans of it, else a copy into AlignedMemory. Returns it and whether it copied.
+    fn merge_memory(
+        &self,
+        pieces: &[Piece],
+        total: usize,
+    ) -> Result<(gst::Memory, bool), gst::FlowError> {
+        let mems: Vec<&gst::MemoryRef> = pieces
+            .iter()
+            .flat_map(|p| p.buf.iter_memories())
+            .filter(|m| m.size() > 0)
+            .collect();
+        match mems.as_slice() {
+            [] => {
+                return Ok((
+                    aligned_allocator()
+                        .alloc(0, None)
+                        .map_err(|e| self.flow_error(e.to_string()))?
+                        .upcast_memory(),
+                    false,
+                ));
+            }
+            [one] => return Ok(((*one).to_owned(), false)),
+            [first, second, ..] => {
+                if let (Some(parent), Some(offset)) = (first.parent(), first.is_span(second)) {
+                    let contiguous = mems.windows(2).all(|w| w[0].is_span(w[1]).is_some());
+                    if contiguous {
+                        if let Some(shared) = try_share(parent, offset, total) {
+                            return Ok((shared, false));
+                        }
+                        gst::debug!(
+                            CAT,
+                            imp = self,
+                            "spans found but the parent cannot be shared: copying"
+                        );
+                    }
+                }
+            }
+        }
+        let mut mem = aligned_allocator()
+            .alloc(total, None)
+            .map_err(|e| self.flow_error(format!("Cannot allocate {total} bytes: {e}")))?;
+        {
+            let m = mem.get_mut().expect("a new memory is writable");
+            let mut dst = m.map_writable().map_err(|_| gst::FlowError::Error)?;
+            let dst = dst.as_mut_slice();
+            let mut pos = 0;
+            for src in mems {
+                let map = src.map_readable().map_err(|_| {
+                    self.flow_error("A memory to merge cannot be mapped for reading".into())
+                })?;
+                dst[pos..pos + map.size()].copy_from_slice(map.as_slice());
+                pos += map.size();
+            }
+        }
+        Ok((mem.upcast_memory(), true))
+    }
+
+    /// Merges `pieces` (`total` bytes) into one output buffer and queues it.
+    fn emit(
+        &self,
+        state: &mut State,
+        pieces: Vec<Piece>,
+        total: usize,
+    ) -> Result<(), gst::FlowError> {
+        let (mem, copied) = self.merge_memory(&pieces, total)?;
+        if copied {
+            state.copied += 1;
+            state.bytes_copied += total as u64;
+        } else {
+            state.zero_copy += 1;
+        }
+        let mut out = gst::Buffer::new();
+        {
+            let o = out.get_mut().expect("a new buffer is writable");
+            if let Some(first) = pieces.first() {
+                o.set_pts(first.pts);
+                o.set_dts(first.dts);
+                if first.discont {
+                    o.set_flags(gst::BufferFlags::DISCONT);
+                }
+            }
+            o.set_offset(state.offset);
+            o.set_offset_end(state.offset + total as u64);
+            o.append_memory(mem);
+        }
+        state.offset += total as u64;
+        state.out.push_back(out);
+        Ok(())
+    }
+
+    /// Queues everything pending (the remainder) as one output.
+    fn drain(&self, state: &mut State) -> Result<(), gst::FlowError> {
+        if state.pending_bytes == 0 {
+            state.pending.clear();
+            return Ok(());
+        }
+        let pieces: Vec<Piece> = state.pending.drain(..).collect();
+        let total = std::mem::take(&mut state.pending_bytes);
+        gst::debug!(CAT, imp = self, "draining {total} bytes");
+        self.emit(state, pieces, total)
+    }
+
+    fn accumulate(
+        &self,
+        state: &mut State,
+        buf: gst::Buffer,
+        target: usize,
+    ) -> Result<(), gst::FlowError> {
+        let discont = buf.flags().contains(gst::BufferFlags::DISCONT);
+        if discont {
+            self.drain(state)?;
+        }
+        if buf.size() == 0 {
+            gst::debug!(CAT, imp = self, "empty input buffer: nothing to merge");
+        }
+        state.pending_bytes += buf.size();
+        state.pending.push_back(Piece {
+            pts: buf.pts(),
+            dts: buf.dts(),
+            discont,
+            buf,
+        });
+        while state.pending_bytes >= target {
+            let mut need = target;
+            let mut take = Vec::new();
+            while need > 0 {
+                let piece = state
+                    .pending
+                    .pop_front()
+                    .expect("pending holds >= target bytes");
+                let size = piece.buf.size();
+                if size <= need {
+                    need -= size;
+                    take.push(piece);
+                } else {
+                    let (head, tail) = self.split(piece, need)?;
+                    take.push(head);
+                    state.pending.push_front(tail);
+                    need = 0;
+                }
+            }
+            state.pending_bytes -= target;
+            self.emit(state, take, target)?;
+        }
+        Ok(())
+    }
+
+    /// Pushes the remainder downstream from an event handler (serialized, so on the streaming
+    /// thread, in order).
+    fn push_remainder(&self) {
+        let outs: Vec<gst::Buffer> = {
+            let mut state = self.state.lock().unwrap();
+            if self.drain(&mut state).is_err() {
+                return;
+            }
+            state.buffers_out += state.out.len() as u64;
+            state.out.drain(..).collect()
+        };
+        for buf in outs {
+            if let Err(err) = self.obj().src_pad().push(buf) {
+                gst::debug!(CAT, imp = self, "pushing the remainder: {err:?}");
+                break;
+            }
+        }
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for MemMerge {
+    const NAME: &'static str = "GstMemMerge";
+    type Type = super::MemMerge;
+    type ParentType = gst_base::BaseTransform;
+
+    fn new() -> Self {
+        MemMerge {
+            target_size: Mutex::new(DEFAULT_TARGET_SIZE),
+            state: Mutex::default(),
+        }
+    }
+}
+
+impl ObjectImpl for MemMerge {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecUInt::builder("target-size")
+                    .nick("Target size")
+                    .blurb("Size in bytes of each output buffer (the remainder is pushed at EOS, DISCONT, caps and segment)")
+                    .minimum(1)
+                    .maximum(i32::MAX as u32)
+                    .default_value(DEFAULT_TARGET_SIZE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Buffers in and out, zero-copy and copied merges, bytes copied")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        match pspec.name() {
+            "target-size" => {
+                *self.target_size.lock().unwrap() = value.get().expect("type checked upstream")
+            }
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "target-size" => self.target_size.lock().unwrap().to_value(),
+            "stats" => self.state.lock().unwrap().to_structure().to_value(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        self.obj().set_passthrough(true);
+    }
+}
+
+impl GstObjectImpl for MemMerge {}
+
+impl ElementImpl for MemMerge {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Span-aware merger",
+                "Filter/Memory",
+                "Coalesces buffers into buffers of target-size bytes, zero-copy when the pieces are \
+                 contiguous shares of one parent",
+                "memkit developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::new_any();
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for MemMerge {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = true;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state.lock().unwrap() = State::default();
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state.lock().unwrap() = State::default();
+        Ok(())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        match event.view() {
+            gst::EventView::Eos(_) => {
+                self.push_remainder();
+                let stats = self.state.lock().unwrap().to_structure();
+                gst::info!(CAT, imp = self, "EOS: {stats}");
+                post_stats(&*self.obj(), stats);
+            }
+            // Bytes of the old format or segment go out before the new caps or segment.
+            gst::EventView::Caps(_) | gst::EventView::Segment(_) => self.push_remainder(),
+            gst::EventView::FlushStop(_) => {
+                let mut state = self.state.lock().unwrap();
+                state.pending.clear();
+                state.pending_bytes = 0;
+                state.out.clear();
+                state.offset = 0;
+            }
+            _ => {}
+        }
+        self.parent_sink_event(event)
+    }
+
+    fn generate_output(&self) -> Result<GenerateOutputSuccess, gst::FlowError> {
+        let queued = self.take_queued_buffer();
+        let target = *self.target_size.lock().unwrap() as usize;
+        let mut state = self.state.lock().unwrap();
+        if let Some(buf) = queued {
+            state.buffers_in += 1;
+            self.accumulate(&mut state, buf, target)?;
+        }
+        match state.out.pop_front() {
+            Some(buf) => {
+                state.buffers_out += 1;
+                Ok(GenerateOutputSuccess::Buffer(buf))
+            }
+            None => Ok(GenerateOutputSuccess::NoOutput),
+        }
+    }
+}
