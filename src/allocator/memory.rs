@@ -415,7 +415,7 @@ pub(super) fn wrap<T: Send + 'static>(
     owner: T,
     offset: usize,
     size: usize,
-    writable: bool,
+    flags: gst::MemoryFlags,
     bytes: impl FnOnce(&mut T) -> (*mut u8, usize),
 ) -> Result<AlignedMemory, MemoryError> {
     let owner: *mut T = Box::into_raw(Box::new(owner));
@@ -446,11 +446,8 @@ pub(super) fn wrap<T: Send + 'static>(
             owner: owner as *mut (dyn Send + 'static),
         },
     }));
-    let flags = if writable {
-        0
-    } else {
-        ffi::GST_MEMORY_FLAG_READONLY
-    };
+    let writable = !flags.contains(gst::MemoryFlags::READONLY);
+    let flags = flags_bits(flags);
     let alloc_ptr: *mut ffi::GstAllocator =
         allocator.upcast_ref::<gst::Allocator>().to_glib_none().0;
     // SAFETY: fresh struct; the region [data, data + len) stays valid until `free` drops the

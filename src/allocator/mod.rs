@@ -166,7 +166,21 @@ impl AlignedAllocator {
         offset: usize,
         size: usize,
     ) -> Result<AlignedMemory, MemoryError> {
-        memory::wrap(self, owner, offset, size, false, |o| {
+        self.wrap_with_flags(owner, offset, size, gst::MemoryFlags::empty())
+    }
+
+    /// [`wrap`](Self::wrap) with memory flags, like `gst_memory_new_wrapped`'s: `READONLY` is
+    /// always added. As with core, `ZERO_PREFIXED`/`ZERO_PADDED` are the caller's promise that
+    /// those bytes are zero (`memcheck` verifies such promises).
+    pub fn wrap_with_flags<T: AsRef<[u8]> + Send + 'static>(
+        &self,
+        owner: T,
+        offset: usize,
+        size: usize,
+        flags: gst::MemoryFlags,
+    ) -> Result<AlignedMemory, MemoryError> {
+        let flags = flags | gst::MemoryFlags::READONLY;
+        memory::wrap(self, owner, offset, size, flags, |o| {
             let s = (*o).as_ref();
             (s.as_ptr().cast_mut(), s.len())
         })
@@ -180,7 +194,8 @@ impl AlignedAllocator {
         offset: usize,
         size: usize,
     ) -> Result<AlignedMemory, MemoryError> {
-        memory::wrap(self, owner, offset, size, true, |o| {
+        let flags = gst::MemoryFlags::empty();
+        memory::wrap(self, owner, offset, size, flags, |o| {
             let s = (*o).as_mut();
             (s.as_mut_ptr(), s.len())
         })

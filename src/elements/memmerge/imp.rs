@@ -110,25 +110,23 @@ impl MemMerge {
         pieces: &[Piece],
         total: usize,
     ) -> Result<(gst::Memory, bool), gst::FlowError> {
-        let mems: Vec<&gst::MemoryRef> = pieces
+        // Owned references (`iter_memories_owned`): `MemoryRef::to_owned` would deep-copy.
+        let mems: Vec<gst::Memory> = pieces
             .iter()
-            .flat_map(|p| p.buf.iter_memories())
+            .flat_map(|p| p.buf.iter_memories_owned())
             .filter(|m| m.size() > 0)
             .collect();
         match mems.as_slice() {
             [] => {
-                return Ok((
-                    aligned_allocator()
-                        .alloc(0, None)
-                        .map_err(|e| self.flow_error(e.to_string()))?
-                        .upcast_memory(),
-                    false,
-                ));
+                let empty = aligned_allocator()
+                    .alloc(0, None)
+                    .map_err(|e| self.flow_error(e.to_string()))?;
+                return Ok((empty.upcast_memory(), false));
             }
-            [one] => return Ok(((*one).to_owned(), false)),
+            [one] => return Ok((one.clone(), false)),
             [first, second, ..] => {
                 if let (Some(parent), Some(offset)) = (first.parent(), first.is_span(second)) {
-                    let contiguous = mems.windows(2).all(|w| w[0].is_span(w[1]).is_some());
+                    let contiguous = mems.windows(2).all(|w| w[0].is_span(&w[1]).is_some());
                     if contiguous {
                         if let Some(shared) = try_share(parent, offset, total) {
                             return Ok((shared, false));
@@ -251,23 +249,20 @@ impl MemMerge {
         Ok(())
     }
 
-    /// Pushes the remainder downstream from an event handler (serialized, so on the streaming
-    /// thread, in order).
-    fn push_remainder(&self) {
+    /// Pushes the remainder downstream directly, on the streaming thread and in order: from a
+    /// serialized event, or before a DISCONT buffer is submitted (so that the base class's
+    /// DISCONT marking lands on the buffer after the discontinuity, not on the old bytes).
+    fn push_remainder(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
         let outs: Vec<gst::Buffer> = {
             let mut state = self.state.lock().unwrap();
-            if self.drain(&mut state).is_err() {
-                return;
-            }
+            self.drain(&mut state)?;
             state.buffers_out += state.out.len() as u64;
             state.out.drain(..).collect()
         };
         for buf in outs {
-            if let Err(err) = self.obj().src_pad().push(buf) {
-                gst::debug!(CAT, imp = self, "pushing the remainder: {err:?}");
-                break;
-            }
+            self.obj().src_pad().push(buf)?;
         }
+        Ok(gst::FlowSuccess::Ok)
     }
 }
 
@@ -389,13 +384,24 @@ impl BaseTransformImpl for MemMerge {
     fn sink_event(&self, event: gst::Event) -> bool {
         match event.view() {
             gst::EventView::Eos(_) => {
-                self.push_remainder();
+                if let Err(err) = self.push_remainder() {
+                    gst::debug!(CAT, imp = self, "pushing the remainder at EOS: {err:?}");
+                }
                 let stats = self.state.lock().unwrap().to_structure();
                 gst::info!(CAT, imp = self, "EOS: {stats}");
                 post_stats(&*self.obj(), stats);
             }
             // Bytes of the old format or segment go out before the new caps or segment.
-            gst::EventView::Caps(_) | gst::EventView::Segment(_) => self.push_remainder(),
+            gst::EventView::Caps(_) | gst::EventView::Segment(_) => {
+                if let Err(err) = self.push_remainder() {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "pushing the remainder before {:?}: {err:?}",
+                        event.type_()
+                    );
+                }
+            }
             gst::EventView::FlushStop(_) => {
                 let mut state = self.state.lock().unwrap();
                 state.pending.clear();
@@ -406,6 +412,17 @@ impl BaseTransformImpl for MemMerge {
             _ => {}
         }
         self.parent_sink_event(event)
+    }
+
+    fn submit_input_buffer(
+        &self,
+        is_discont: bool,
+        inbuf: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if inbuf.flags().contains(gst::BufferFlags::DISCONT) {
+            self.push_remainder()?;
+        }
+        self.parent_submit_input_buffer(is_discont, inbuf)
     }
 
     fn generate_output(&self) -> Result<GenerateOutputSuccess, gst::FlowError> {

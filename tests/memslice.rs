@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: MPL-2.0
+//! memslice: pieces of chunk-size bytes, shares of the input, with timestamps and offsets.
+
+use std::sync::Once;
+
+use gst::prelude::*;
+use gst_check::Harness;
+use gstmemkit::allocator::{aligned_allocator, mapped_addr};
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstmemkit::plugin_register_static().unwrap();
+    });
+}
+
+fn harness(chunk: u32) -> Harness {
+    let mut h = Harness::new("memslice");
+    h.element().unwrap().set_property("chunk-size", chunk);
+    h.set_src_caps_str("application/x-memkit-test");
+    h
+}
+
+fn input(size: usize, seed: u8) -> gst::Buffer {
+    let mut mem = aligned_allocator().alloc(size, None).unwrap();
+    mem.get_mut()
+        .unwrap()
+        .map_writable()
+        .unwrap()
+        .as_mut_slice()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = seed.wrapping_add(i as u8));
+    let mut buf = gst::Buffer::new();
+    {
+        let b = buf.get_mut().unwrap();
+        b.append_memory(mem.upcast_memory());
+        b.set_pts(gst::ClockTime::from_seconds(1));
+        b.set_dts(gst::ClockTime::from_mseconds(900));
+        b.set_flags(gst::BufferFlags::DISCONT);
+    }
+    buf
+}
+
+fn stat(h: &Harness, field: &str) -> u64 {
+    h.element()
+        .unwrap()
+        .property::<gst::Structure>("stats")
+        .get::<u64>(field)
+        .unwrap()
+}
+
+#[test]
+fn pieces_are_zero_copy_shares_with_metadata_on_the_first() {
+    init();
+    let mut h = harness(4096);
+    let buf = input(10000, 1);
+    let base = mapped_addr(buf.peek_memory(0)).unwrap();
+    let bytes = buf.map_readable().unwrap().as_slice().to_vec();
+    h.push(buf).unwrap();
+    assert_eq!(h.buffers_in_queue(), 3);
+    let mut pos = 0;
+    for (i, want) in [4096usize, 4096, 1808].into_iter().enumerate() {
+        let p = h.pull().unwrap();
+        assert_eq!(p.size(), want);
+        assert_eq!(p.n_memory(), 1);
+        let mem = p.peek_memory(0);
+        assert!(mem.parent().is_some(), "a share");
+        assert_eq!(mapped_addr(mem).unwrap(), base + pos, "zero-copy");
+        assert_eq!(
+            p.map_readable().unwrap().as_slice(),
+            &bytes[pos..pos + want]
+        );
+        assert_eq!(
+            (p.offset(), p.offset_end()),
+            (pos as u64, (pos + want) as u64)
+        );
+        if i == 0 {
+            assert_eq!(p.pts(), Some(gst::ClockTime::from_seconds(1)));
+            assert_eq!(p.dts(), Some(gst::ClockTime::from_mseconds(900)));
+            assert!(p.flags().contains(gst::BufferFlags::DISCONT));
+        } else {
+            assert_eq!((p.pts(), p.dts()), (None, None));
+            assert!(!p.flags().contains(gst::BufferFlags::DISCONT));
+        }
+        pos += want;
+    }
+    assert_eq!(
+        (
+            stat(&h, "buffers-in"),
+            stat(&h, "pieces-out"),
+            stat(&h, "bytes")
+        ),
+        (1, 3, 10000)
+    );
+}
+
+#[test]
+fn offsets_continue_across_buffers_and_restart_after_flush() {
+    init();
+    let mut h = harness(3000);
+    h.push(input(4000, 0)).unwrap();
+    h.push(input(2000, 0)).unwrap();
+    let offsets: Vec<_> = (0..3)
+        .map(|_| {
+            let p = h.pull().unwrap();
+            (p.offset(), p.offset_end())
+        })
+        .collect();
+    assert_eq!(offsets, [(0, 3000), (3000, 4000), (4000, 6000)]);
+    assert_eq!(h.buffers_in_queue(), 0);
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    h.push(input(10, 0)).unwrap();
+    let p = h.pull().unwrap();
+    assert_eq!((p.offset(), p.offset_end()), (0, 10));
+}
+
+#[test]
+fn empty_buffers_are_forwarded_as_one_empty_piece() {
+    init();
+    let mut h = harness(100);
+    let mut empty = gst::Buffer::new();
+    empty
+        .get_mut()
+        .unwrap()
+        .set_pts(gst::ClockTime::from_seconds(3));
+    let p = h.push_and_pull(empty).unwrap();
+    assert_eq!(p.size(), 0);
+    assert_eq!(p.pts(), Some(gst::ClockTime::from_seconds(3)));
+    assert_eq!(stat(&h, "pieces-out"), 1);
+}
+
+#[test]
+fn a_chunk_larger_than_the_buffer_gives_one_piece() {
+    init();
+    let mut h = harness(1 << 20);
+    let p = h.push_and_pull(input(777, 5)).unwrap();
+    assert_eq!(p.size(), 777);
+    assert_eq!(p.map_readable().unwrap().as_slice()[0], 5);
+}
+
+#[test]
+fn no_share_memory_is_copied_not_refused() {
+    init();
+    let mut h = harness(10);
+    let p = gst::AllocationParams::new(gst::MemoryFlags::NO_SHARE, 0, 0, 0);
+    let mut mem = aligned_allocator().alloc(25, Some(&p)).unwrap();
+    mem.get_mut()
+        .unwrap()
+        .map_writable()
+        .unwrap()
+        .as_mut_slice()
+        .fill(9);
+    let mut buf = gst::Buffer::new();
+    buf.get_mut().unwrap().append_memory(mem.upcast_memory());
+    h.push(buf).unwrap();
+    let sizes: Vec<_> = (0..3).map(|_| h.pull().unwrap().size()).collect();
+    assert_eq!(sizes, [10, 10, 5]);
+}
+
+#[test]
+fn chunk_size_zero_is_out_of_range() {
+    init();
+    let e = gst::ElementFactory::make("memslice").build().unwrap();
+    let pspec = e.find_property("chunk-size").unwrap();
+    let pspec = pspec.downcast_ref::<gst::glib::ParamSpecUInt>().unwrap();
+    // GObject refuses 0 (below the minimum) and keeps the old value.
+    assert_eq!((pspec.minimum(), pspec.default_value()), (1, 4096));
+}
