@@ -16,5 +16,23 @@ echo "== gst-inspect-1.0 memkit"
 G_DEBUG=fatal_warnings gst-inspect-1.0 memkit
 echo "== AlignedMemory next to SystemMemory (scripts/demo.py, through GObject introspection)"
 G_DEBUG=fatal_warnings /usr/bin/python3 scripts/demo.py
+
+demo() {
+    echo
+    echo "== $1"
+    shift
+    echo "gst-launch-1.0 -m $*"
+    # Show the counters each memkit element posts on EOS.
+    G_DEBUG=fatal_warnings gst-launch-1.0 -m "$@" 2>&1 | sed -n 's/^Got message #[0-9]* from element "\([a-z]*[0-9]*\)" (element): /  \1: /p'
+}
+demo "videotestsrc allocates AlignedMemory through memalign's proposal: nothing copied" \
+    videotestsrc num-buffers=60 ! video/x-raw,format=I420,width=1280,height=720 ! \
+    memalign alignment=4096 ! memcheck alignment=4096 memory-type=AlignedMemory fail-on-violation=true ! fakesink
+demo "fakesrc ignores the ALLOCATION query: memalign copies each buffer once" \
+    fakesrc num-buffers=100 sizetype=fixed sizemax=1000 ! memalign alignment=64 ! \
+    memcheck alignment=64 fail-on-violation=true ! fakesink
+demo "slice into 4 KiB shares and merge them back without copying" \
+    memsrc num-buffers=100 blocksize=65536 ! memslice chunk-size=4096 ! memmerge target-size=65536 ! \
+    memcheck memory-type=AlignedMemory fail-on-violation=true ! fakesink
 echo
 echo "The plugin is builddir/libgstmemkit.so; use it with GST_PLUGIN_PATH=$PWD/builddir"
