@@ -66,3 +66,74 @@ pub(crate) fn describe_buffer(index: u64, buf: &gst::BufferRef) -> String {
         buf.n_memory()
     )
 }
+
+/// The src and sink templates of an element that accepts any caps.
+pub(crate) fn any_caps_templates() -> Vec<gst::PadTemplate> {
+    let caps = gst::Caps::new_any();
+    [
+        ("src", gst::PadDirection::Src),
+        ("sink", gst::PadDirection::Sink),
+    ]
+    .into_iter()
+    .map(|(name, dir)| {
+        gst::PadTemplate::new(name, dir, gst::PadPresence::Always, &caps)
+            .expect("a static template is valid")
+    })
+    .collect()
+}
+
+/// The read-only `stats` property every memkit element has.
+pub(crate) fn stats_pspec(blurb: &'static str) -> glib::ParamSpec {
+    glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+        .nick("Statistics")
+        .blurb(blurb)
+        .read_only()
+        .build()
+}
+
+/// An `alignment` property: bytes, a power of two from 1 to 2 MiB.
+pub(crate) fn alignment_pspec(blurb: &'static str, default: u32, playing: bool) -> glib::ParamSpec {
+    let builder = glib::ParamSpecUInt::builder("alignment")
+        .nick("Alignment")
+        .blurb(blurb)
+        .minimum(1)
+        .maximum(util::MAX_ELEMENT_ALIGN)
+        .default_value(default);
+    if playing {
+        builder.mutable_playing().build()
+    } else {
+        builder.mutable_ready().build()
+    }
+}
+
+/// Property values an element refused; logged at once, and posted as a WARNING on the bus
+/// when the element starts (a property is usually set before the element has a bus).
+#[derive(Default)]
+pub(crate) struct Refusals(std::sync::Mutex<Option<String>>);
+
+impl Refusals {
+    /// Sets `slot` to `value` if it is a valid alignment, else keeps it and records why.
+    pub(crate) fn set_alignment(
+        &self,
+        cat: gst::DebugCategory,
+        obj: &impl IsA<gst::Object>,
+        slot: &mut u32,
+        value: u32,
+    ) {
+        match util::check_alignment(value) {
+            Ok(v) => *slot = v,
+            Err(why) => {
+                let msg = format!("{why}: keeping alignment {slot}");
+                gst::warning!(cat, obj = obj, "{msg}");
+                *self.0.lock().unwrap() = Some(msg);
+            }
+        }
+    }
+
+    /// Posts the last refusal, if any, as a WARNING message from `element`.
+    pub(crate) fn post<E: IsA<gst::Element> + IsA<gst::Object>>(&self, element: &E) {
+        if let Some(msg) = self.0.lock().unwrap().take() {
+            gst::element_warning!(element, gst::LibraryError::Settings, ("{}", msg));
+        }
+    }
+}

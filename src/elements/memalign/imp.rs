@@ -16,7 +16,6 @@ use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::allocator::{aligned_allocator, mapped_addr};
-use crate::elements::util::{MAX_ELEMENT_ALIGN, check_alignment};
 use crate::elements::{describe_buffer, post_stats, propose_allocator_first};
 
 const DEFAULT_ALIGNMENT: u32 = 64;
@@ -85,8 +84,7 @@ impl Stats {
 pub struct MemAlign {
     settings: Mutex<Settings>,
     stats: Mutex<Stats>,
-    /// A property value refused since the last start, reported on the bus at the next start.
-    refused: Mutex<Option<String>>,
+    refused: crate::elements::Refusals,
 }
 
 /// Why a buffer cannot be checked or copied.
@@ -182,14 +180,11 @@ impl ObjectImpl for MemAlign {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                glib::ParamSpecUInt::builder("alignment")
-                    .nick("Alignment")
-                    .blurb("Alignment in bytes of every output payload (a power of two)")
-                    .minimum(1)
-                    .maximum(MAX_ELEMENT_ALIGN)
-                    .default_value(DEFAULT_ALIGNMENT)
-                    .mutable_ready()
-                    .build(),
+                crate::elements::alignment_pspec(
+                    "Alignment in bytes of every output payload (a power of two)",
+                    DEFAULT_ALIGNMENT,
+                    false,
+                ),
                 glib::ParamSpecUInt::builder("padding")
                     .nick("Padding")
                     .blurb("Zeroed bytes guaranteed after every output payload")
@@ -197,11 +192,9 @@ impl ObjectImpl for MemAlign {
                     .default_value(DEFAULT_PADDING)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("Buffers seen, passed through and copied, and bytes copied")
-                    .read_only()
-                    .build(),
+                crate::elements::stats_pspec(
+                    "Buffers seen, passed through and copied, and bytes copied",
+                ),
             ]
         });
         PROPERTIES.as_ref()
@@ -212,14 +205,8 @@ impl ObjectImpl for MemAlign {
         match pspec.name() {
             "alignment" => {
                 let v = value.get::<u32>().expect("type checked upstream");
-                match check_alignment(v) {
-                    Ok(v) => settings.alignment = v,
-                    Err(why) => {
-                        let msg = format!("{why}: keeping alignment {}", settings.alignment);
-                        gst::warning!(CAT, imp = self, "{msg}");
-                        *self.refused.lock().unwrap() = Some(msg);
-                    }
-                }
+                self.refused
+                    .set_alignment(*CAT, &*self.obj(), &mut settings.alignment, v);
             }
             "padding" => settings.padding = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
@@ -260,25 +247,8 @@ impl ElementImpl for MemAlign {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::new_any();
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(crate::elements::any_caps_templates);
         TEMPLATES.as_ref()
     }
 }
@@ -291,9 +261,7 @@ impl BaseTransformImpl for MemAlign {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         *self.stats.lock().unwrap() = Stats::default();
-        if let Some(msg) = self.refused.lock().unwrap().take() {
-            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", msg));
-        }
+        self.refused.post(&*self.obj());
         Ok(())
     }
 

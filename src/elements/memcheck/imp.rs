@@ -16,7 +16,6 @@ use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::allocator::with_mapped_region;
-use crate::elements::util::{MAX_ELEMENT_ALIGN, check_alignment};
 use crate::elements::{describe_buffer, post_stats};
 
 const DEFAULT_ALIGNMENT: u32 = 1;
@@ -68,7 +67,7 @@ impl Stats {
 pub struct MemCheck {
     settings: Mutex<Settings>,
     stats: Mutex<Stats>,
-    refused: Mutex<Option<String>>,
+    refused: crate::elements::Refusals,
 }
 
 /// Checks one memory; returns each broken rule with what was expected and found.
@@ -132,14 +131,7 @@ impl ObjectImpl for MemCheck {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                glib::ParamSpecUInt::builder("alignment")
-                    .nick("Alignment")
-                    .blurb("Required alignment in bytes of every payload (a power of two; 1 checks nothing)")
-                    .minimum(1)
-                    .maximum(MAX_ELEMENT_ALIGN)
-                    .default_value(DEFAULT_ALIGNMENT)
-                    .mutable_playing()
-                    .build(),
+                crate::elements::alignment_pspec("Required alignment in bytes of every payload (a power of two; 1 checks nothing)", DEFAULT_ALIGNMENT, true),
                 glib::ParamSpecString::builder("memory-type")
                     .nick("Memory type")
                     .blurb("Required memory type (e.g. AlignedMemory, SystemMemory); unset checks nothing")
@@ -151,11 +143,7 @@ impl ObjectImpl for MemCheck {
                     .default_value(DEFAULT_FAIL_ON_VIOLATION)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("Buffers and memories checked, violations found")
-                    .read_only()
-                    .build(),
+                crate::elements::stats_pspec("Buffers and memories checked, violations found"),
             ]
         });
         PROPERTIES.as_ref()
@@ -166,14 +154,8 @@ impl ObjectImpl for MemCheck {
         match pspec.name() {
             "alignment" => {
                 let v = value.get::<u32>().expect("type checked upstream");
-                match check_alignment(v) {
-                    Ok(v) => settings.alignment = v,
-                    Err(why) => {
-                        let msg = format!("{why}: keeping alignment {}", settings.alignment);
-                        gst::warning!(CAT, imp = self, "{msg}");
-                        *self.refused.lock().unwrap() = Some(msg);
-                    }
-                }
+                self.refused
+                    .set_alignment(*CAT, &*self.obj(), &mut settings.alignment, v);
             }
             "memory-type" => {
                 settings.memory_type = value
@@ -222,25 +204,8 @@ impl ElementImpl for MemCheck {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::new_any();
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(crate::elements::any_caps_templates);
         TEMPLATES.as_ref()
     }
 }
@@ -253,9 +218,7 @@ impl BaseTransformImpl for MemCheck {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         *self.stats.lock().unwrap() = Stats::default();
-        if let Some(msg) = self.refused.lock().unwrap().take() {
-            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", msg));
-        }
+        self.refused.post(&*self.obj());
         Ok(())
     }
 

@@ -292,11 +292,7 @@ impl ObjectImpl for MemMerge {
                     .default_value(DEFAULT_TARGET_SIZE)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("Buffers in and out, zero-copy and copied merges, bytes copied")
-                    .read_only()
-                    .build(),
+                crate::elements::stats_pspec("Buffers in and out, zero-copy and copied merges, bytes copied"),
             ]
         });
         PROPERTIES.as_ref()
@@ -342,25 +338,8 @@ impl ElementImpl for MemMerge {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::new_any();
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(crate::elements::any_caps_templates);
         TEMPLATES.as_ref()
     }
 }

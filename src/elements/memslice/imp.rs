@@ -137,11 +137,7 @@ impl ObjectImpl for MemSlice {
                     .default_value(DEFAULT_CHUNK_SIZE)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("Buffers in, pieces out and bytes sliced")
-                    .read_only()
-                    .build(),
+                crate::elements::stats_pspec("Buffers in, pieces out and bytes sliced"),
             ]
         });
         PROPERTIES.as_ref()
@@ -186,25 +182,8 @@ impl ElementImpl for MemSlice {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::new_any();
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-            ]
-        });
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+            LazyLock::new(crate::elements::any_caps_templates);
         TEMPLATES.as_ref()
     }
 }

@@ -17,7 +17,7 @@ use gst_base::subclass::prelude::*;
 use super::MemSrcPattern;
 use crate::allocator::aligned_allocator;
 use crate::elements::post_stats;
-use crate::elements::util::{MAX_ELEMENT_ALIGN, Pattern, XorShift, check_alignment, fill_pattern};
+use crate::elements::util::{Pattern, XorShift, fill_pattern};
 
 const DEFAULT_ALIGNMENT: u32 = 1;
 const DEFAULT_PREFIX: u32 = 0;
@@ -101,7 +101,7 @@ impl State {
 pub struct MemSrc {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
-    refused: Mutex<Option<String>>,
+    refused: crate::elements::Refusals,
 }
 
 impl MemSrc {
@@ -167,14 +167,7 @@ impl ObjectImpl for MemSrc {
                             unset: what downstream proposes, else AlignedMemory")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt::builder("alignment")
-                    .nick("Alignment")
-                    .blurb("Alignment in bytes asked of the allocator (a power of two)")
-                    .minimum(1)
-                    .maximum(MAX_ELEMENT_ALIGN)
-                    .default_value(DEFAULT_ALIGNMENT)
-                    .mutable_ready()
-                    .build(),
+                crate::elements::alignment_pspec("Alignment in bytes asked of the allocator (a power of two)", DEFAULT_ALIGNMENT, false),
                 glib::ParamSpecUInt::builder("prefix")
                     .nick("Prefix")
                     .blurb("Bytes reserved before each payload")
@@ -212,11 +205,7 @@ impl ObjectImpl for MemSrc {
                     .default_value(DEFAULT_SEED)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("Buffers and bytes produced, and the allocator used")
-                    .read_only()
-                    .build(),
+                crate::elements::stats_pspec("Buffers and bytes produced, and the allocator used"),
             ]
         });
         PROPERTIES.as_ref()
@@ -233,14 +222,8 @@ impl ObjectImpl for MemSrc {
             }
             "alignment" => {
                 let v = value.get::<u32>().expect("type checked upstream");
-                match check_alignment(v) {
-                    Ok(v) => settings.alignment = v,
-                    Err(why) => {
-                        let msg = format!("{why}: keeping alignment {}", settings.alignment);
-                        gst::warning!(CAT, imp = self, "{msg}");
-                        *self.refused.lock().unwrap() = Some(msg);
-                    }
-                }
+                self.refused
+                    .set_alignment(*CAT, &*self.obj(), &mut settings.alignment, v);
             }
             "prefix" => settings.prefix = value.get().expect("type checked upstream"),
             "padding" => settings.padding = value.get().expect("type checked upstream"),
@@ -324,9 +307,7 @@ impl ElementImpl for MemSrc {
 impl BaseSrcImpl for MemSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        if let Some(msg) = self.refused.lock().unwrap().take() {
-            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", msg));
-        }
+        self.refused.post(&*self.obj());
         // An unknown allocator name is an error when the pipeline starts.
         let (allocator, params) = self.choose(&settings, None)?;
         *self.state.lock().unwrap() = Some(State {
