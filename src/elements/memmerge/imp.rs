@@ -356,7 +356,11 @@ impl BaseTransformImpl for MemMerge {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.state.lock().unwrap() = State::default();
+        // Drop what is pending; keep the counters readable until the next start.
+        let mut state = self.state.lock().unwrap();
+        state.pending.clear();
+        state.pending_bytes = 0;
+        state.out.clear();
         Ok(())
     }
 
