@@ -13,8 +13,11 @@
 //! the host process), every size computation checked, NULL/FALSE plus a log line on failure.
 
 use std::alloc::{self, Layout};
+use std::cell::RefCell;
 use std::ops::{Bound, RangeBounds};
 use std::ptr::{self, NonNull};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use gst::ffi;
 use gst::glib;
@@ -22,6 +25,7 @@ use gst::glib::translate::*;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::cache::{self, Cache, Key, LocalMagazine, Spares};
 use super::imp::{self, CAT};
 use super::layout::{self, BlockLayout};
 use super::{AlignedAllocator, AllocError, MEMORY_TYPE_CSTR, MemoryError};
@@ -31,15 +35,136 @@ macro_rules! skip_assert_initialized {
     () => {};
 }
 
+/// Storage of at least this many bytes is mapped from the kernel directly (so that freeing it
+/// returns it to the system at once) instead of coming from the heap.
+pub const MMAP_THRESHOLD: usize = 1 << 20;
+/// Storage of at least this many bytes is aligned to, and advised for, transparent huge pages.
+pub const HUGE_PAGE: usize = 2 << 20;
+const PAGE: usize = 4096;
+
+/// One allocation of `len` bytes aligned to `align`: from the heap, or from an anonymous
+/// mapping for large blocks. Dropping it releases it.
+struct Storage {
+    base: NonNull<u8>,
+    len: usize,
+    align: usize,
+    mapped: bool,
+}
+
+impl Storage {
+    /// `len` bytes aligned to `align` (a power of two no larger than `layout::MAX_ALIGN`).
+    fn new(len: usize, align: usize) -> Option<Storage> {
+        if len >= MMAP_THRESHOLD {
+            Self::map(len, align)
+        } else {
+            let layout = Layout::from_size_align(len.max(1), align).ok()?;
+            // SAFETY: `layout` has a non-zero size.
+            let base = NonNull::new(unsafe { alloc::alloc(layout) })?;
+            Some(Storage {
+                base,
+                len: layout.size(),
+                align,
+                mapped: false,
+            })
+        }
+    }
+
+    /// An anonymous private mapping (zero-filled by the kernel), aligned by over-mapping and
+    /// trimming the ends; blocks of [`HUGE_PAGE`] bytes or more are aligned to 2 MiB and
+    /// advised for transparent huge pages.
+    fn map(len: usize, align: usize) -> Option<Storage> {
+        use rustix::mm::{self, MapFlags, ProtFlags};
+        let len = layout::round_up(len, PAGE - 1)?;
+        let want = if len >= HUGE_PAGE {
+            align.max(HUGE_PAGE)
+        } else {
+            align.max(PAGE)
+        };
+        let total = len.checked_add(want - PAGE)?;
+        // SAFETY: a new anonymous mapping at an address of the kernel's choosing touches no
+        // existing memory.
+        let raw = unsafe {
+            mm::mmap_anonymous(
+                ptr::null_mut(),
+                total,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )
+        }
+        .ok()? as *mut u8;
+        let head = (raw as usize).wrapping_neg() & (want - 1);
+        let tail = total - head - len;
+        // SAFETY: [raw, raw + head) and [raw + head + len, raw + total) are page-aligned parts
+        // of the mapping we just made that no one else knows about. A failed unmap only leaves
+        // those unused pages mapped.
+        unsafe {
+            if head > 0 {
+                let _ = mm::munmap(raw.cast(), head);
+            }
+            if tail > 0 {
+                let _ = mm::munmap(raw.add(head + len).cast(), tail);
+            }
+        }
+        // SAFETY: head < want <= total, so the start lies inside the mapping.
+        let base = unsafe { raw.add(head) };
+        if len >= HUGE_PAGE {
+            // SAFETY: advice on our own mapping; it changes no contents. Kernels without
+            // transparent huge pages refuse it, which is fine.
+            let _ = unsafe { mm::madvise(base.cast(), len, mm::Advice::LinuxHugepage) };
+        }
+        Some(Storage {
+            base: NonNull::new(base)?,
+            len,
+            align: want,
+            mapped: true,
+        })
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: [base, base + len) is the mapping made by `map`, released only here.
+            let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+        } else {
+            // SAFETY: `base` came from alloc::alloc with this size and alignment, which
+            // `Layout::from_size_align` accepted then.
+            unsafe {
+                alloc::dealloc(
+                    self.base.as_ptr(),
+                    Layout::from_size_align_unchecked(self.len, self.align),
+                )
+            };
+        }
+    }
+}
+
+/// A foreign owner whose bytes a wrapped memory exposes; dropped exactly once, with the root.
+struct Owner(NonNull<dyn Send + 'static>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::into_raw in `wrap`, and only this drop frees it.
+        let owner = unsafe { Box::from_raw(self.0.as_ptr()) };
+        // A panicking Drop of user code must not unwind into GStreamer's C frames.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(owner))).is_err() {
+            gst::error!(
+                CAT,
+                "the owner of a wrapped memory panicked while being dropped"
+            );
+        }
+    }
+}
+
 /// What a block owns and must release when it is freed.
 enum Backing {
     /// A share: the root owns the storage; a share owns nothing.
     Shared,
-    /// A root allocated by us: `alloc` with `layout`.
-    Owned { base: NonNull<u8>, layout: Layout },
+    /// A root allocated by us. `key` is its free list in the cache (`None`: not cacheable).
+    Owned { storage: Storage, key: Option<Key> },
     /// A root wrapping a foreign owner (see [`wrap`]); the owner is dropped when the root is
     /// freed, i.e. after every share of it is gone.
-    Wrapped { owner: *mut (dyn Send + 'static) },
+    Wrapped(#[allow(dead_code, reason = "only its Drop matters")] Owner),
 }
 
 /// The C struct behind every `AlignedMemory` memory: a `GstMemory` followed by our fields.
@@ -67,8 +192,8 @@ gst::memory_object_wrapper!(
 );
 
 // SAFETY: the region is shared between threads exactly like GStreamer's own memories: all our
-// fields are immutable after construction, and access to the bytes is arbitrated by
-// GstMemory's lock (map/unmap) as for every GstMemory.
+// fields are immutable while the memory is alive, and access to the bytes is arbitrated by
+// GstMemory's lock (map/unmap) as for every GstMemory. A wrapped owner is `Send`.
 unsafe impl Send for GstAlignedMemory {}
 // SAFETY: as above; `&GstAlignedMemory` only reads immutable fields.
 unsafe impl Sync for GstAlignedMemory {}
@@ -77,22 +202,220 @@ fn flags_bits(flags: gst::MemoryFlags) -> ffi::GstMemoryFlags {
     flags.into_glib()
 }
 
-/// Allocates a new root block. `allocator` is the GstAllocator the memory will point at.
+// ---------------------------------------------------------------------------------------------
+// The recycling cache: freed roots (header and storage together) and spare share headers.
+// ---------------------------------------------------------------------------------------------
+
+/// A freed root block waiting in the cache: its header and its storage.
+pub(super) struct Block(Box<GstAlignedMemory>);
+
+thread_local! {
+    static MAGAZINE: RefCell<LocalMagazine<Block>> = const { RefCell::new(LocalMagazine::new()) };
+    static SPARE_HEADERS: RefCell<Spares<Box<GstAlignedMemory>>> =
+        const { RefCell::new(Spares::new(64)) };
+}
+
+static CACHE: LazyLock<Cache<Block>> = LazyLock::new(|| Cache::new(&MAGAZINE));
+
+/// The process-wide block cache.
+pub(super) fn cache() -> &'static Cache<Block> {
+    &CACHE
+}
+
+/// A header for a share: a spare one of this thread, or a new one.
+fn share_header(data: NonNull<u8>) -> Box<GstAlignedMemory> {
+    let spare = SPARE_HEADERS
+        .try_with(|s| s.try_borrow_mut().ok()?.take())
+        .ok()
+        .flatten();
+    match spare {
+        Some(mut h) => {
+            h.data = data;
+            h
+        }
+        None => Box::new(GstAlignedMemory {
+            // SAFETY: GstMemory is a plain C struct for which all-zeroes is a valid
+            // (uninitialised) state; `init_memory` fills it in.
+            mem: unsafe { std::mem::zeroed() },
+            data,
+            backing: Backing::Shared,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory initialisation without the allocator refcount.
+// ---------------------------------------------------------------------------------------------
+
+/// The registered `AlignedMemory` instance, which lives as long as the process (a static holds
+/// a reference): its memories need not hold a reference on it.
+static IMMORTAL: AtomicPtr<ffi::GstAllocator> = AtomicPtr::new(ptr::null_mut());
+
+/// The registered `AlignedMemory` allocator. This static holds a reference that is never
+/// dropped, which is what makes the instance immortal (see [`IMMORTAL`]).
+pub(super) static ALLOCATOR: LazyLock<AlignedAllocator> = LazyLock::new(|| {
+    let allocator = glib::Object::new::<AlignedAllocator>();
+    let ptr: *mut ffi::GstAllocator = allocator.upcast_ref::<gst::Allocator>().to_glib_none().0;
+    IMMORTAL.store(ptr, Ordering::Release);
+    // gst_allocator_register takes its own reference and marks the allocator MAY_BE_LEAKED.
+    gst::Allocator::register(super::ALIGNED_MEMORY, allocator.clone());
+    allocator
+});
+
+/// `GST_TYPE_MEMORY`, looked up once.
+fn memory_gtype() -> glib::ffi::GType {
+    static TYPE: LazyLock<glib::ffi::GType> = LazyLock::new(|| {
+        // SAFETY: a plain getter; GStreamer is initialised before any memory is made.
+        unsafe { ffi::gst_memory_get_type() }
+    });
+    *TYPE
+}
+
+/// `GstMiniObject.copy` of memories made without an allocator reference: what core's own
+/// does, `gst_memory_copy (mem, 0, -1)`.
+unsafe extern "C" fn mini_object_copy(obj: *const ffi::GstMiniObject) -> *mut ffi::GstMiniObject {
+    // SAFETY: core calls this with a live memory of ours.
+    unsafe { ffi::gst_memory_copy(obj as *mut ffi::GstMemory, 0, -1).cast() }
+}
+
+/// `GstMiniObject.free` of memories made without an allocator reference: what core's own does
+/// (release the parent, then free the memory), minus the allocator unref.
+unsafe extern "C" fn mini_object_free(obj: *mut ffi::GstMiniObject) {
+    let mem = obj as *mut ffi::GstMemory;
+    // SAFETY: core calls free once, at refcount 0, on a memory initialised by `init_memory`,
+    // whose parent (if any) we locked and referenced there.
+    unsafe {
+        let parent = (*mem).parent;
+        if !parent.is_null() {
+            ffi::gst_mini_object_unlock(parent.cast(), ffi::GST_LOCK_FLAG_EXCLUSIVE);
+            ffi::gst_mini_object_unref(parent.cast());
+        }
+        release(mem);
+    }
+}
+
+/// Initialises the GstMemory part of `mem` like `gst_memory_init`. Memories of the immortal
+/// registered allocator take no reference on it: a reference count shared by every memory
+/// would be written by every allocation and free on every core.
+///
+/// # Safety
+/// `mem` must be exclusively ours; `allocator` a live AlignedAllocator; `parent` NULL or a
+/// live memory of the same allocator (it gets locked and referenced).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn init_memory(
+    mem: *mut GstAlignedMemory,
+    flags: ffi::GstMemoryFlags,
+    allocator: *mut ffi::GstAllocator,
+    parent: *mut ffi::GstMemory,
+    maxsize: usize,
+    align: usize,
+    offset: usize,
+    size: usize,
+) {
+    // SAFETY: per the caller's contract. gst_memory_init and gst_mini_object_init set every
+    // field of the GstMiniObject (refcount, lock state, flags, qdata), and we set every other
+    // GstMemory field, so a recycled header is exactly like a fresh one.
+    unsafe {
+        if allocator != IMMORTAL.load(Ordering::Acquire) {
+            ffi::gst_memory_init(
+                mem.cast(),
+                flags,
+                allocator,
+                parent,
+                maxsize,
+                align,
+                offset,
+                size,
+            );
+            return;
+        }
+        ffi::gst_mini_object_init(
+            mem.cast(),
+            flags | ffi::GST_MINI_OBJECT_FLAG_LOCKABLE,
+            memory_gtype(),
+            Some(mini_object_copy),
+            None,
+            Some(mini_object_free),
+        );
+        let m = &mut (*mem).mem;
+        m.allocator = allocator;
+        if !parent.is_null() {
+            // As gst_memory_init: the share holds an exclusive lock and a reference on its
+            // parent, which keep the parent read-only and alive.
+            ffi::gst_mini_object_lock(parent.cast(), ffi::GST_LOCK_FLAG_EXCLUSIVE);
+            ffi::gst_mini_object_ref(parent.cast());
+        }
+        m.parent = parent;
+        m.maxsize = maxsize;
+        m.align = align;
+        m.offset = offset;
+        m.size = size;
+    }
+}
+
+/// Frees a memory at refcount 0 (its parent already released): recycles a root's block or a
+/// share's header when the cache has room, frees them otherwise.
+///
+/// # Safety
+/// `mem` must be a GstAlignedMemory created with `Box::into_raw` by this module, at refcount
+/// 0, referenced by nothing.
+unsafe fn release(mem: *mut ffi::GstMemory) {
+    // SAFETY: per the caller's contract.
+    let mut boxed = unsafe { Box::from_raw(mem as *mut GstAlignedMemory) };
+    // The cache holds no reference on any allocator.
+    boxed.mem.allocator = ptr::null_mut();
+    boxed.mem.parent = ptr::null_mut();
+    match boxed.backing {
+        Backing::Shared => {
+            let mut rejected = Some(boxed);
+            let _ = SPARE_HEADERS.try_with(|s| {
+                if let (Ok(mut s), Some(h)) = (s.try_borrow_mut(), rejected.take()) {
+                    rejected = s.put(h).err();
+                }
+            });
+            drop(rejected);
+        }
+        Backing::Owned { key: Some(key), .. } => drop(CACHE.put(key, Block(boxed))),
+        Backing::Owned { key: None, .. } | Backing::Wrapped(_) => drop(boxed),
+    }
+}
+
+/// Allocates a new root block, from the cache when it holds one of the right class.
+/// `allocator` is the GstAllocator the memory will point at.
 fn alloc_block(
     allocator: *mut ffi::GstAllocator,
     block: &BlockLayout,
     flags: ffi::GstMemoryFlags,
 ) -> Result<NonNull<GstAlignedMemory>, AllocError> {
-    let oom = AllocError::OutOfMemory {
-        size: block.alloc_size,
-        align: block.alloc_align(),
+    let align = block.alloc_align();
+    let (key, capacity) = match cache::key(block.alloc_size, align) {
+        Some((key, bytes)) => (Some(key), bytes),
+        None => (None, block.alloc_size),
     };
-    // BlockLayout::new already checked that alloc_size, rounded to the alignment, fits isize.
-    let layout = Layout::from_size_align(block.alloc_size, block.alloc_align()).map_err(|_| oom)?;
-    // SAFETY: `layout` has a non-zero size (BlockLayout guarantees alloc_size >= alignment).
-    let base = NonNull::new(unsafe { alloc::alloc(layout) }).ok_or(oom)?;
-    // SAFETY: shift <= align_mask < alloc_size, so the region base is inside the allocation.
-    let data = unsafe { base.add(block.shift) };
+    let cached = key.and_then(|k| CACHE.take(k)).map(|b| b.0);
+    let mut boxed = match cached {
+        Some(b) => b,
+        None => {
+            let storage = Storage::new(capacity, align).ok_or(AllocError::OutOfMemory {
+                size: capacity,
+                align,
+            })?;
+            Box::new(GstAlignedMemory {
+                // SAFETY: zeroed GstMemory, initialised by `init_memory` below.
+                mem: unsafe { std::mem::zeroed() },
+                data: storage.base,
+                backing: Backing::Owned { storage, key },
+            })
+        }
+    };
+    let Backing::Owned { storage, .. } = &boxed.backing else {
+        unreachable!("the cache holds only owned roots");
+    };
+    // SAFETY: shift <= align_mask < alloc_size <= storage.len, so the region base is inside the
+    // storage, and [base + shift, base + shift + maxsize) = [.., base + alloc_size) too.
+    let data = unsafe { storage.base.add(block.shift) };
+    boxed.data = data;
 
     if flags & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
         let r = block.prefix_range();
@@ -105,19 +428,11 @@ fn alloc_block(
         unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
     }
 
-    let mem = Box::new(GstAlignedMemory {
-        // SAFETY: GstMemory is a plain C struct for which all-zeroes is a valid (uninitialised)
-        // state; gst_memory_init below fills it in.
-        mem: unsafe { std::mem::zeroed() },
-        data,
-        backing: Backing::Owned { base, layout },
-    });
-    let mem = Box::into_raw(mem);
-    // SAFETY: `mem` is a fresh, exclusively owned struct whose first field is a GstMemory;
-    // `allocator` is a live GstAllocator (gst_memory_init takes its own reference).
+    let mem = Box::into_raw(boxed);
+    // SAFETY: `mem` is exclusively ours and `allocator` is live; no parent.
     unsafe {
-        ffi::gst_memory_init(
-            mem.cast(),
+        init_memory(
+            mem,
             flags,
             allocator,
             ptr::null_mut(),
@@ -127,17 +442,7 @@ fn alloc_block(
             block.size,
         );
     }
-    gst::trace!(
-        CAT,
-        "allocated {:p}: size {} prefix {} padding {} align {:#x} maxsize {} flags {:#x}",
-        mem,
-        block.size,
-        block.prefix,
-        block.padding,
-        block.align_mask,
-        block.maxsize,
-        flags
-    );
+    // No log line here: this is the hot path (statistics count allocations instead).
     // SAFETY: Box::into_raw never returns NULL.
     Ok(unsafe { NonNull::new_unchecked(mem) })
 }
@@ -163,18 +468,13 @@ unsafe fn new_share(
         )
     };
     debug_assert!(offset.checked_add(size).is_some_and(|end| end <= maxsize));
-    let child = Box::into_raw(Box::new(GstAlignedMemory {
-        // SAFETY: zeroed GstMemory, initialised right below.
-        mem: unsafe { std::mem::zeroed() },
-        data,
-        backing: Backing::Shared,
-    }));
-    // SAFETY: `child` is fresh; gst_memory_init refs the allocator, and takes an exclusive lock
-    // and a reference on `root`, which keeps the storage alive for the child's lifetime.
-    // A share is always read-only (GST_MEMORY_FLAG_READONLY == GST_MINI_OBJECT_FLAG_LOCK_READONLY).
+    let child = Box::into_raw(share_header(data));
+    // SAFETY: `child` is exclusively ours; init_memory takes an exclusive lock and a reference
+    // on `root`, which keep the storage alive for the child's lifetime. A share is always
+    // read-only (GST_MEMORY_FLAG_READONLY == GST_MINI_OBJECT_FLAG_LOCK_READONLY).
     unsafe {
-        ffi::gst_memory_init(
-            child.cast(),
+        init_memory(
+            child,
             root_flags | ffi::GST_MEMORY_FLAG_READONLY,
             allocator,
             root.cast(),
@@ -374,22 +674,9 @@ unsafe impl gst::subclass::prelude::AllocatorImpl for imp::AlignedAllocator {
     /// `GstAllocatorClass.free` (contract of `gst_allocator_free`): core has already released
     /// the parent. Free the struct, and the storage if this is a root.
     unsafe fn free(&self, memory: *mut ffi::GstMemory) {
-        // SAFETY: core calls free once, with refcount 0, on a memory this allocator created with
-        // Box::into_raw; nothing else references it any more.
-        let mem = unsafe { Box::from_raw(memory as *mut GstAlignedMemory) };
-        debug_assert_eq!(mem.mem.mini_object.refcount, 0);
-        gst::trace!(CAT, imp = self, "freeing {:p}", memory);
-        match mem.backing {
-            Backing::Shared => {}
-            Backing::Owned { base, layout } => {
-                // SAFETY: `base` was returned by alloc::alloc(layout) and is freed only here.
-                unsafe { alloc::dealloc(base.as_ptr(), layout) };
-            }
-            Backing::Wrapped { owner } => {
-                // SAFETY: `owner` came from Box::into_raw in `wrap` and is dropped only here.
-                drop(unsafe { Box::from_raw(owner) });
-            }
-        }
+        // SAFETY: core calls free once, with refcount 0, on a memory this allocator created
+        // (with gst_memory_init, for instances other than the registered one).
+        unsafe { release(memory) };
     }
 }
 
@@ -418,12 +705,14 @@ pub(super) fn wrap<T: Send + 'static>(
     flags: gst::MemoryFlags,
     bytes: impl FnOnce(&mut T) -> (*mut u8, usize),
 ) -> Result<AlignedMemory, MemoryError> {
-    let owner: *mut T = Box::into_raw(Box::new(owner));
-    // SAFETY: `owner` is a valid, exclusively owned pointer until we hand it to the memory.
-    let (data, len) = bytes(unsafe { &mut *owner });
+    let raw: *mut T = Box::into_raw(Box::new(owner));
+    // SAFETY: `raw` is valid and exclusively owned; the bytes it yields stay valid (the box
+    // never moves its contents) until `Owner` drops it.
+    let (data, len) = bytes(unsafe { &mut *raw });
+    // From here on, `owner` frees the box on every path.
+    // SAFETY: Box::into_raw never returns NULL.
+    let owner = Owner(unsafe { NonNull::new_unchecked(raw as *mut (dyn Send + 'static)) });
     if offset.checked_add(size).is_none_or(|end| end > len) {
-        // SAFETY: `owner` came from Box::into_raw above and nothing else has it.
-        drop(unsafe { Box::from_raw(owner) });
         return Err(MemoryError::OutOfRange {
             offset: offset as isize,
             size,
@@ -433,8 +722,6 @@ pub(super) fn wrap<T: Send + 'static>(
     // A slice's pointer is never NULL (an empty slice has a dangling, non-NULL one), so mapping
     // an empty wrapped memory still yields a non-NULL pointer.
     let Some(data) = NonNull::new(data) else {
-        // SAFETY: as above.
-        drop(unsafe { Box::from_raw(owner) });
         return Err(MemoryError::Refused("the owner returned a NULL slice"));
     };
     let align = layout::align_mask_of((data.as_ptr() as usize).wrapping_add(offset));
@@ -442,19 +729,17 @@ pub(super) fn wrap<T: Send + 'static>(
         // SAFETY: zeroed GstMemory, initialised right below.
         mem: unsafe { std::mem::zeroed() },
         data,
-        backing: Backing::Wrapped {
-            owner: owner as *mut (dyn Send + 'static),
-        },
+        backing: Backing::Wrapped(owner),
     }));
     let writable = !flags.contains(gst::MemoryFlags::READONLY);
     let flags = flags_bits(flags);
     let alloc_ptr: *mut ffi::GstAllocator =
         allocator.upcast_ref::<gst::Allocator>().to_glib_none().0;
-    // SAFETY: fresh struct; the region [data, data + len) stays valid until `free` drops the
-    // owner; offset + size <= len was checked above.
+    // SAFETY: fresh struct; the region [data, data + len) stays valid until `release` drops
+    // the owner; offset + size <= len was checked above.
     unsafe {
-        ffi::gst_memory_init(
-            mem.cast(),
+        init_memory(
+            mem,
             flags,
             alloc_ptr,
             ptr::null_mut(),
@@ -462,8 +747,8 @@ pub(super) fn wrap<T: Send + 'static>(
             align,
             offset,
             size,
-        );
-    }
+        )
+    };
     gst::debug!(
         CAT,
         obj = allocator,
@@ -597,7 +882,7 @@ impl AlignedMemoryRef {
             } else {
                 &*(mem.mem.parent as *const GstAlignedMemory)
             };
-            matches!(root.backing, Backing::Wrapped { .. })
+            matches!(root.backing, Backing::Wrapped(_))
         }
     }
 

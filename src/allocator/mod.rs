@@ -9,11 +9,13 @@ use std::sync::LazyLock;
 
 use gst::glib;
 
+mod cache;
 mod imp;
 pub mod layout;
 #[allow(unsafe_code)]
 mod memory;
 
+pub use cache::{DEFAULT_MAX_CACHED_BYTES, ENV_MAX_CACHED_BYTES};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};
 pub use memory::{
     AlignedMemory, AlignedMemoryRef, GstAlignedMemory, mapped_addr, try_share, with_mapped_region,
@@ -130,18 +132,32 @@ impl fmt::Display for MemoryError {
 
 impl std::error::Error for MemoryError {}
 
-static ALLOCATOR: LazyLock<AlignedAllocator> = LazyLock::new(|| {
-    let allocator = glib::Object::new::<AlignedAllocator>();
-    // gst_allocator_register takes a reference and marks the allocator MAY_BE_LEAKED; we keep
-    // ours in this static, so the registered instance lives as long as the process.
-    gst::Allocator::register(ALIGNED_MEMORY, allocator.clone());
-    allocator
-});
-
 /// The process-wide `AlignedMemory` allocator, registered under [`ALIGNED_MEMORY`] on first
 /// use (the plugin does this when it loads). GStreamer must be initialised.
 pub fn aligned_allocator() -> AlignedAllocator {
-    ALLOCATOR.clone()
+    memory::ALLOCATOR.clone()
+}
+
+/// Frees every block the recycling cache holds (the shared pool and this thread's free
+/// lists), returning their memory to the system. Other threads' free lists are returned when
+/// those threads end, or shrink as they are used once `max-cached-bytes` is lowered.
+pub fn trim_cache() {
+    memory::cache().trim();
+}
+
+/// Bytes the recycling cache holds (the shared pool and this thread's free lists).
+pub fn cached_bytes() -> usize {
+    memory::cache().cached_bytes()
+}
+
+/// The bound of the recycling cache, in bytes (the allocator's `max-cached-bytes`).
+pub fn max_cached_bytes() -> usize {
+    memory::cache().max_bytes()
+}
+
+/// Sets the bound of the recycling cache (0 disables it) and trims it to the new bound.
+pub fn set_max_cached_bytes(max: usize) {
+    memory::cache().set_max_bytes(max);
 }
 
 impl AlignedAllocator {
@@ -204,6 +220,6 @@ impl AlignedAllocator {
 
 /// Registers the `AlignedMemory` allocator (called by `plugin_init`).
 pub fn register(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    LazyLock::force(&ALLOCATOR);
+    LazyLock::force(&memory::ALLOCATOR);
     Ok(())
 }
