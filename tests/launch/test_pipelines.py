@@ -108,7 +108,9 @@ class IssuePipelines(LaunchTestCase):
 
     def test_system_memory_fails_the_alignment_rule(self):
         proc = self.run_fail(
-            "memsrc allocator=SystemMemory alignment=1 ! memcheck alignment=4096 "
+            # SystemMemory aligns the region start, not the payload: with a 16-byte prefix
+            # the payload is 16 bytes past a 64-byte boundary, never 4096-aligned.
+            "memsrc allocator=SystemMemory alignment=64 prefix=16 ! memcheck alignment=4096 "
             "fail-on-violation=true ! fakesink")
         text = proc.stdout + proc.stderr
         self.assertRegex(text, r"ERROR: from element .*memcheck0: Memory check failed: buffer #0 "
