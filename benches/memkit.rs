@@ -155,8 +155,21 @@ fn map_share(cfg: &Config) {
 fn copies(cfg: &Config) {
     let size = 1 << 20;
     let n = iters(cfg, 2_000);
-    let a = ours().alloc(size, None).unwrap();
-    let s = sys().alloc(size, None).unwrap();
+    // Sources written first: untouched anonymous pages all map the kernel's one zero page,
+    // which would make the copies read from cache.
+    let filled = |alloc: gst::Allocator| {
+        let mut m = alloc.alloc(size, None).unwrap();
+        m.get_mut()
+            .unwrap()
+            .map_writable()
+            .unwrap()
+            .as_mut_slice()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        m
+    };
+    let (a, s) = (filled(ours()), filled(sys()));
     let gbps = |ns: f64| size as f64 / ns;
     let (ma, _, _) = compare(
         cfg,
@@ -165,7 +178,7 @@ fn copies(cfg: &Config) {
         || ns_per_op(n, || drop(black_box(a.copy_range(..)))),
         || ns_per_op(n, || drop(black_box(s.copy_range(..)))),
     );
-    let src = vec![1u8; size];
+    let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let mut dst = vec![0u8; size];
     let mut memcpy = Vec::new();
     for _ in 0..cfg.repeats {
