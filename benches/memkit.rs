@@ -417,6 +417,8 @@ fn rss_kib() -> u64 {
 fn rss(cfg: &Config) {
     let a = ours();
     let count = iters(cfg, 256);
+    // Start from an empty cache, so that "before" holds no blocks of the earlier sections.
+    gstmemkit::allocator::trim_cache();
     let before = rss_kib();
     let burst: Vec<gst::Memory> = (0..count)
         .map(|_| {
