@@ -523,6 +523,60 @@ GST_START_TEST (test_resize_clears_zero_flags)
 
 GST_END_TEST;
 
+/* The recycling cache, as a C user sees it: the allocator's properties, a block reused with
+ * its ZERO ranges zeroed again, and no reference on the registered allocator per memory.
+ * Runs with the cache on (its default) and off (MEMKIT_MAX_CACHED_BYTES=0). */
+GST_START_TEST (test_cache_properties_and_reuse)
+{
+  guint64 max = 0, cached = 0;
+  GstAllocationParams params;
+  GstMemory *mem, *again;
+  GstMapInfo info;
+  gint refs = GST_OBJECT_REFCOUNT_VALUE (aligned);
+  const gchar *env = g_getenv ("MEMKIT_MAX_CACHED_BYTES");
+  gboolean on = env == NULL || g_strcmp0 (env, "0") != 0;
+
+  g_object_get (aligned, "max-cached-bytes", &max, NULL);
+  fail_unless_equals_uint64 (max, on ? (guint64) 64 << 20 : 0);
+
+  gst_allocation_params_init (&params);
+  params.flags = GST_MEMORY_FLAG_ZERO_PREFIXED | GST_MEMORY_FLAG_ZERO_PADDED;
+  params.prefix = 64;
+  params.padding = 64;
+  mem = gst_allocator_alloc (aligned, 1000, &params);
+  fail_unless_equals_int (GST_OBJECT_REFCOUNT_VALUE (aligned), refs);
+  /* dirty the whole region, then free it */
+  gst_memory_resize (mem, -64, mem->maxsize);
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_WRITE));
+  memset (info.data, 0xaa, info.size);
+  gst_memory_unmap (mem, &info);
+  gst_memory_unref (mem);
+
+  g_object_get (aligned, "cached-bytes", &cached, NULL);
+  if (on)
+    fail_unless (cached >= 1152);
+  else
+    fail_unless_equals_uint64 (cached, 0);
+
+  again = gst_allocator_alloc (aligned, 1000, &params);
+  fail_unless_equals_int (again->offset, 64);
+  fail_unless_equals_int (again->size, 1000);
+  fail_unless (GST_MEMORY_IS_ZERO_PREFIXED (again));
+  fail_unless (GST_MEMORY_IS_ZERO_PADDED (again));
+  fail_unless (gst_memory_is_writable (again));
+  gst_memory_resize (again, -64, again->maxsize);
+  fail_unless (gst_memory_map (again, &info, GST_MAP_READ));
+  for (gsize i = 0; i < 64; i++)
+    fail_unless_equals_int (info.data[i], 0);
+  for (gsize i = 1064; i < info.size; i++)
+    fail_unless_equals_int (info.data[i], 0);
+  gst_memory_unmap (again, &info);
+  gst_memory_unref (again);
+  fail_unless_equals_int (GST_OBJECT_REFCOUNT_VALUE (aligned), refs);
+}
+
+GST_END_TEST;
+
 static Suite *
 alignedmemory_suite (void)
 {
@@ -547,6 +601,7 @@ alignedmemory_suite (void)
   tcase_add_test (tc, test_make_mapped);
   tcase_add_test (tc, test_bad_input_gives_null_or_critical);
   tcase_add_test (tc, test_resize_clears_zero_flags);
+  tcase_add_test (tc, test_cache_properties_and_reuse);
   return s;
 }
 

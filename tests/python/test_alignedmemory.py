@@ -183,6 +183,34 @@ class AlignedMemoryTest(unittest.TestCase):
         self.assertTrue(mem.is_type("AlignedMemory"))
         self.assertFalse(mem.is_type("SystemMemory"))
 
+    def test_cache_properties(self):
+        default = self.alloc.get_property("max-cached-bytes")
+        self.assertEqual(default, 64 << 20)
+        try:
+            mems = [self.alloc.alloc(1 << 20, None) for _ in range(3)]
+            del mems
+            self.assertGreaterEqual(self.alloc.get_property("cached-bytes"), 3 << 20)
+            self.alloc.set_property("max-cached-bytes", 0)
+            self.assertEqual(self.alloc.get_property("max-cached-bytes"), 0)
+            mems = [self.alloc.alloc(4096, None) for _ in range(3)]
+            del mems
+            self.assertEqual(self.alloc.get_property("cached-bytes"), 0)
+        finally:
+            self.alloc.set_property("max-cached-bytes", default)
+
+    def test_reused_block_is_zeroed_where_promised(self):
+        mem = self.alloc.alloc(1000, params(ZERO, 0, 64, 64))
+        mem.resize(-64, mem.get_sizes()[2])
+        write(mem, b"\xaa" * mem.get_sizes()[0])
+        del mem
+        again = self.alloc.alloc(1000, params(ZERO, 0, 64, 64))
+        self.assertEqual(again.get_sizes(), (1000, 64, 1152))
+        self.assertTrue(again.mini_object.flags & Gst.MemoryFlags.ZERO_PREFIXED)
+        again.resize(-64, 1152)
+        region = read(again)
+        self.assertEqual(region[:64], bytes(64))
+        self.assertEqual(region[1064:], bytes(88))
+
     def test_resize(self):
         mem = self.alloc.alloc(100, params(ZERO, 0, 16, 16))
         mem.resize(0, 90)
