@@ -58,7 +58,7 @@ pub const fn class_bytes(class: u16) -> usize {
 
 /// Rounds `size` up to its size class (four per power of two, so at most 25% is wasted):
 /// `(class index, class size)`, or `None` for blocks too large to cache.
-pub fn size_class(size: usize) -> Option<(u16, usize)> {
+pub const fn size_class(size: usize) -> Option<(u16, usize)> {
     if size > MAX_CACHED_BLOCK {
         return None;
     }

@@ -46,13 +46,69 @@ impl ObjectImpl for AlignedAllocator {
                     )
                     .read_only()
                     .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "memkit-allocator-stats: blocks-live, bytes-live, peak-bytes, \
+                         cached-bytes, allocations, frees, cache-hits, cache-misses, shares, \
+                         copies, bytes-copied, span-hits, maps, wraps, guard-violations (all \
+                         guint64, process-wide; reset with the reset-stats action signal)",
+                    )
+                    .read_only()
+                    .build(),
+                glib::ParamSpecBoolean::builder("collect-stats")
+                    .nick("Collect statistics")
+                    .blurb(
+                        "Count allocations, frees, shares, copies, maps (MEMKIT_STATS=0 starts \
+                         with it off)",
+                    )
+                    .default_value(true)
+                    .build(),
+                glib::ParamSpecBoolean::builder("guard")
+                    .nick("Guard mode")
+                    .blurb(
+                        "Give new blocks canaries before the region and after maxsize, fill \
+                         prefix and padding, poison freed blocks, and check them on write-unmap \
+                         and free (MEMKIT_GUARD=1 starts with it on, MEMKIT_GUARD=abort also \
+                         aborts on a violation)",
+                    )
+                    .default_value(false)
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
     }
 
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            vec![
+                glib::subclass::Signal::builder("reset-stats")
+                    .action()
+                    .class_handler(|_| {
+                        super::reset_stats();
+                        None
+                    })
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
+    }
+
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         match pspec.name() {
+            "collect-stats" => {
+                super::stats::set_enabled(value.get().expect("type checked upstream"));
+            }
+            "guard" => {
+                let on = value.get().expect("type checked upstream");
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "guard mode {}",
+                    if on { "on" } else { "off" }
+                );
+                super::set_guard_enabled(on);
+            }
             "max-cached-bytes" => {
                 let max = value.get::<u64>().expect("type checked upstream");
                 let max = usize::try_from(max).unwrap_or(usize::MAX);
@@ -67,6 +123,9 @@ impl ObjectImpl for AlignedAllocator {
         match pspec.name() {
             "max-cached-bytes" => (super::max_cached_bytes() as u64).to_value(),
             "cached-bytes" => (super::cached_bytes() as u64).to_value(),
+            "stats" => super::stats().to_structure().to_value(),
+            "collect-stats" => super::stats::enabled().to_value(),
+            "guard" => super::guard_enabled().to_value(),
             _ => unimplemented!(),
         }
     }

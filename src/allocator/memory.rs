@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::ops::{Bound, RangeBounds};
 use std::ptr::{self, NonNull};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use gst::ffi;
 use gst::glib;
@@ -28,6 +28,7 @@ use gst::subclass::prelude::*;
 use super::cache::{self, Cache, Key, LocalMagazine, Spares};
 use super::imp::{self, CAT};
 use super::layout::{self, BlockLayout};
+use super::stats::{self, Counter};
 use super::{AlignedAllocator, AllocError, MEMORY_TYPE_CSTR, MemoryError};
 
 // `gst::memory_object_wrapper!` expects this helper macro at its call site.
@@ -160,8 +161,13 @@ impl Drop for Owner {
 enum Backing {
     /// A share: the root owns the storage; a share owns nothing.
     Shared,
-    /// A root allocated by us. `key` is its free list in the cache (`None`: not cacheable).
-    Owned { storage: Storage, key: Option<Key> },
+    /// A root allocated by us. `key` is its free list in the cache (`None`: not cacheable);
+    /// `guard` is set for blocks allocated in guard mode.
+    Owned {
+        storage: Storage,
+        key: Option<Key>,
+        guard: Option<Guard>,
+    },
     /// A root wrapping a foreign owner (see [`wrap`]); the owner is dropped when the root is
     /// freed, i.e. after every share of it is gone.
     Wrapped(#[allow(dead_code, reason = "only its Drop matters")] Owner),
@@ -244,6 +250,264 @@ fn share_header(data: NonNull<u8>) -> Box<GstAlignedMemory> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Guard mode: canaries around the region, the prefix and padding filled, freed blocks poisoned.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of canary before and after the region of a guarded block.
+pub const CANARY: usize = 64;
+/// The canary pattern.
+pub const CANARY_BYTE: u8 = 0xFD;
+/// What the prefix and padding of a guarded block hold when no ZERO flag asks for zeros.
+pub const FILL_BYTE: u8 = 0xFB;
+/// What a freed guarded block is overwritten with.
+pub const POISON_BYTE: u8 = 0xDD;
+
+/// Off unless `MEMKIT_GUARD` says otherwise (read when the registered allocator is created).
+static GUARD: AtomicBool = AtomicBool::new(false);
+static GUARD_ABORT: LazyLock<bool> =
+    LazyLock::new(|| std::env::var("MEMKIT_GUARD").is_ok_and(|v| v.trim() == "abort"));
+
+/// Whether new blocks get guards.
+pub(super) fn guard_enabled() -> bool {
+    GUARD.load(Ordering::Relaxed)
+}
+
+/// Turns guard mode on or off for blocks allocated from now on.
+pub(super) fn set_guard_enabled(on: bool) {
+    GUARD.store(on, Ordering::Relaxed);
+}
+
+/// What a guarded root remembers to check itself: where its prefix ended and its padding
+/// began when it was allocated, and what they were filled with.
+struct Guard {
+    prefix: usize,
+    end: usize,
+    prefix_fill: u8,
+    padding_fill: u8,
+    /// Set once a violation has been reported, so one damage is reported once.
+    reported: AtomicBool,
+    /// Set once an element has been named for it (at a pad push).
+    named: AtomicBool,
+}
+
+/// A damaged range of a guarded block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardViolation {
+    /// `"before the region"`, `"after maxsize"`, `"prefix"` or `"padding"`.
+    pub area: &'static str,
+    /// Damaged bytes, relative to the region base (negative: before it).
+    pub range: std::ops::Range<isize>,
+    /// The block's maxsize, and its offset and size when checked.
+    pub maxsize: usize,
+    pub offset: usize,
+    pub size: usize,
+}
+
+impl std::fmt::Display for GuardViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} damaged: bytes {}..{} of a block of maxsize {} (offset {}, size {})",
+            self.area, self.range.start, self.range.end, self.maxsize, self.offset, self.size
+        )
+    }
+}
+
+/// The first and last index (exclusive) in `bytes` that differ from `expected`.
+fn damaged(bytes: &[u8], expected: u8) -> Option<std::ops::Range<usize>> {
+    let first = bytes.iter().position(|&b| b != expected)?;
+    let last = bytes.iter().rposition(|&b| b != expected)?;
+    Some(first..last + 1)
+}
+
+/// Checks the canaries, prefix and padding of a guarded root.
+fn check_guard(root: &GstAlignedMemory) -> Vec<GuardViolation> {
+    let Backing::Owned { guard: Some(g), .. } = &root.backing else {
+        return Vec::new();
+    };
+    let (offset, size, maxsize) = (root.mem.offset, root.mem.size, root.mem.maxsize);
+    let base = root.data.as_ptr();
+    // SAFETY: a guarded block's storage holds CANARY bytes before and after its region
+    // (`alloc_guarded`), and the region itself; the root is alive. Reading bytes that another
+    // thread may be writing is what every checker of this kind does: the values are only
+    // compared, and u8 has no invalid values.
+    let (front, region, back) = unsafe {
+        (
+            std::slice::from_raw_parts(base.sub(CANARY), CANARY),
+            std::slice::from_raw_parts(base, maxsize),
+            std::slice::from_raw_parts(base.add(maxsize), CANARY),
+        )
+    };
+    let mut out = Vec::new();
+    let mut push = |area, r: std::ops::Range<usize>, shift: isize| {
+        out.push(GuardViolation {
+            area,
+            range: r.start as isize + shift..r.end as isize + shift,
+            maxsize,
+            offset,
+            size,
+        })
+    };
+    if let Some(r) = damaged(front, CANARY_BYTE) {
+        push("before the region", r, -(CANARY as isize));
+    }
+    // The prefix still outside the valid data, and the padding still after it.
+    let prefix_end = g.prefix.min(offset).min(maxsize);
+    if let Some(r) = damaged(&region[..prefix_end], g.prefix_fill) {
+        push("prefix", r, 0);
+    }
+    let pad_start = g.end.max(offset.saturating_add(size)).min(maxsize);
+    if let Some(r) = damaged(&region[pad_start..], g.padding_fill) {
+        push("padding", r, pad_start as isize);
+    }
+    if let Some(r) = damaged(back, CANARY_BYTE) {
+        push("after maxsize", r, maxsize as isize);
+    }
+    out
+}
+
+/// Logs, counts and records violations of `root` (once per block), naming `element` when
+/// known; aborts under `MEMKIT_GUARD=abort`. Returns whether there were any.
+fn report_guard(root: &GstAlignedMemory, when: &str, element: Option<&str>) -> bool {
+    let Backing::Owned { guard: Some(g), .. } = &root.backing else {
+        return false;
+    };
+    if g.reported.load(Ordering::Relaxed) {
+        // Already reported (at a write-unmap, where no element is known): the first pad push
+        // of the damaged block names the element that pushed it.
+        if let Some(e) = element
+            && !g.named.swap(true, Ordering::Relaxed)
+        {
+            gst::error!(
+                CAT,
+                "guard: damaged block {:p} pushed by element {}",
+                root,
+                e
+            );
+            stats::name_violations(root as *const _ as usize, e);
+            return true;
+        }
+        return false;
+    }
+    let violations = check_guard(root);
+    if violations.is_empty() {
+        return false;
+    }
+    if g.reported.swap(true, Ordering::Relaxed) {
+        return false;
+    }
+    if element.is_some() {
+        g.named.store(true, Ordering::Relaxed);
+    }
+    for v in &violations {
+        let who = element.map_or(String::new(), |e| format!(" by element {e}"));
+        gst::error!(CAT, "guard: block {:p} {}{} (found {})", root, v, who, when);
+        stats::count(Counter::GuardViolations, 1);
+        stats::record_violation(stats::Violation {
+            block: root as *const _ as usize,
+            element: element.map(str::to_owned),
+            block_maxsize: v.maxsize,
+            area: v.area,
+            range: v.range.clone(),
+            when: when.to_owned(),
+        });
+        if *GUARD_ABORT {
+            eprintln!(
+                "memkit guard: block {:p} {}{} (found {}): aborting (MEMKIT_GUARD=abort)",
+                root, v, who, when
+            );
+            std::process::abort();
+        }
+    }
+    true
+}
+
+/// The root of a live AlignedMemory memory (`mem` itself or its parent).
+///
+/// # Safety
+/// `mem` must be a live GstAlignedMemory.
+unsafe fn root_of<'a>(mem: *const GstAlignedMemory) -> &'a GstAlignedMemory {
+    // SAFETY: per the caller; a share's parent is its root and is alive while it is.
+    unsafe {
+        let parent = (*mem).mem.parent;
+        if parent.is_null() {
+            &*mem
+        } else {
+            &*(parent as *const GstAlignedMemory)
+        }
+    }
+}
+
+/// Checks the guards of the block behind `mem` if it is a guarded `AlignedMemory` block,
+/// reporting a damage once, naming `element`. `true` when a new violation was found.
+pub fn check_memory_guard(mem: &gst::MemoryRef, element: Option<&str>) -> bool {
+    let Some(m) = mem.downcast_memory_ref::<AlignedMemory>() else {
+        return false;
+    };
+    // SAFETY: the typed reference guarantees a live GstAlignedMemory.
+    let root = unsafe { root_of(m.as_ptr()) };
+    report_guard(root, "at a pad push", element)
+}
+
+/// Allocates storage for a guarded block: canaries around the region, prefix and padding
+/// filled (with zeros where the flags promise them, else `FILL_BYTE`).
+fn alloc_guarded(
+    block: &BlockLayout,
+    flags: ffi::GstMemoryFlags,
+) -> Result<Box<GstAlignedMemory>, AllocError> {
+    let align = block.alloc_align();
+    let front = layout::round_up(CANARY, block.align_mask).ok_or(AllocError::OutOfMemory {
+        size: block.alloc_size,
+        align,
+    })?;
+    let len = front
+        .checked_add(block.alloc_size)
+        .and_then(|l| l.checked_add(CANARY))
+        .ok_or(AllocError::OutOfMemory {
+            size: block.alloc_size,
+            align,
+        })?;
+    let storage = Storage::new(len, align).ok_or(AllocError::OutOfMemory { size: len, align })?;
+    // SAFETY: front + shift + maxsize + CANARY <= len, all inside the storage.
+    let data = unsafe { storage.base.add(front + block.shift) };
+    let prefix_fill = if flags & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+        0
+    } else {
+        FILL_BYTE
+    };
+    let padding_fill = if flags & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+        0
+    } else {
+        FILL_BYTE
+    };
+    // SAFETY: the ranges below lie in the storage: [data - CANARY, data + maxsize + CANARY).
+    unsafe {
+        ptr::write_bytes(data.as_ptr().sub(CANARY), CANARY_BYTE, CANARY);
+        ptr::write_bytes(data.as_ptr(), prefix_fill, block.prefix);
+        let r = block.padding_range();
+        ptr::write_bytes(data.as_ptr().add(r.start), padding_fill, r.len());
+        ptr::write_bytes(data.as_ptr().add(block.maxsize), CANARY_BYTE, CANARY);
+    }
+    Ok(Box::new(GstAlignedMemory {
+        // SAFETY: zeroed GstMemory, initialised by `init_memory`.
+        mem: unsafe { std::mem::zeroed() },
+        data,
+        backing: Backing::Owned {
+            storage,
+            key: None,
+            guard: Some(Guard {
+                prefix: block.prefix,
+                end: block.prefix + block.size,
+                prefix_fill,
+                padding_fill,
+                reported: AtomicBool::new(false),
+                named: AtomicBool::new(false),
+            }),
+        },
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Memory initialisation without the allocator refcount.
 // ---------------------------------------------------------------------------------------------
 
@@ -254,6 +518,12 @@ static IMMORTAL: AtomicPtr<ffi::GstAllocator> = AtomicPtr::new(ptr::null_mut());
 /// The registered `AlignedMemory` allocator. This static holds a reference that is never
 /// dropped, which is what makes the instance immortal (see [`IMMORTAL`]).
 pub(super) static ALLOCATOR: LazyLock<AlignedAllocator> = LazyLock::new(|| {
+    if std::env::var("MEMKIT_GUARD")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "abort" | "true" | "yes"))
+    {
+        set_guard_enabled(true);
+    }
+    stats::init_from_env();
     let allocator = glib::Object::new::<AlignedAllocator>();
     let ptr: *mut ffi::GstAllocator = allocator.upcast_ref::<gst::Allocator>().to_glib_none().0;
     IMMORTAL.store(ptr, Ordering::Release);
@@ -366,6 +636,9 @@ unsafe fn release(mem: *mut ffi::GstMemory) {
     // The cache holds no reference on any allocator.
     boxed.mem.allocator = ptr::null_mut();
     boxed.mem.parent = ptr::null_mut();
+    if !matches!(boxed.backing, Backing::Shared) {
+        stats::block_died(mem as usize, boxed.mem.maxsize);
+    }
     match boxed.backing {
         Backing::Shared => {
             let mut rejected = Some(boxed);
@@ -375,6 +648,17 @@ unsafe fn release(mem: *mut ffi::GstMemory) {
                 }
             });
             drop(rejected);
+        }
+        Backing::Owned {
+            guard: Some(_),
+            ref storage,
+            ..
+        } => {
+            report_guard(&boxed, "when the block was freed", None);
+            // SAFETY: the storage is ours alone now; poisoning it makes a use after free
+            // read POISON_BYTE instead of stale data.
+            unsafe { ptr::write_bytes(storage.base.as_ptr(), POISON_BYTE, storage.len) };
+            drop(boxed);
         }
         Backing::Owned { key: Some(key), .. } => drop(CACHE.put(key, Block(boxed))),
         Backing::Owned { key: None, .. } | Backing::Wrapped(_) => drop(boxed),
@@ -393,9 +677,19 @@ fn alloc_block(
         Some((key, bytes)) => (Some(key), bytes),
         None => (None, block.alloc_size),
     };
-    let cached = key.and_then(|k| CACHE.take(k)).map(|b| b.0);
+    let guarded = guard_enabled();
+    let cached = if guarded {
+        None
+    } else {
+        key.and_then(|k| CACHE.take(k)).map(|b| b.0)
+    };
+    // Hits are derived (cacheable allocations minus misses); a guarded block counts as a miss.
+    if key.is_some() && cached.is_none() {
+        stats::count(Counter::CacheMisses, 1);
+    }
     let mut boxed = match cached {
         Some(b) => b,
+        None if guarded => alloc_guarded(block, flags)?,
         None => {
             let storage = Storage::new(capacity, align).ok_or(AllocError::OutOfMemory {
                 size: capacity,
@@ -405,24 +699,33 @@ fn alloc_block(
                 // SAFETY: zeroed GstMemory, initialised by `init_memory` below.
                 mem: unsafe { std::mem::zeroed() },
                 data: storage.base,
-                backing: Backing::Owned { storage, key },
+                backing: Backing::Owned {
+                    storage,
+                    key,
+                    guard: None,
+                },
             })
         }
     };
-    let Backing::Owned { storage, .. } = &boxed.backing else {
-        unreachable!("the cache holds only owned roots");
+    let data = match &boxed.backing {
+        // A guarded block's region was placed (and its ranges filled) by alloc_guarded.
+        Backing::Owned { guard: Some(_), .. } => boxed.data,
+        Backing::Owned { storage, .. } => {
+            // SAFETY: shift <= align_mask < alloc_size <= storage.len, so the region base is
+            // inside the storage, and [base + shift, base + alloc_size) too.
+            unsafe { storage.base.add(block.shift) }
+        }
+        _ => unreachable!("alloc_block makes and the cache holds only owned roots"),
     };
-    // SAFETY: shift <= align_mask < alloc_size <= storage.len, so the region base is inside the
-    // storage, and [base + shift, base + shift + maxsize) = [.., base + alloc_size) too.
-    let data = unsafe { storage.base.add(block.shift) };
     boxed.data = data;
+    let zero = if guarded { 0 } else { flags };
 
-    if flags & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+    if zero & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
         let r = block.prefix_range();
         // SAFETY: [0, prefix) lies inside the region of maxsize >= prefix bytes.
         unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
     }
-    if flags & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+    if zero & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
         let r = block.padding_range();
         // SAFETY: [prefix + size, maxsize) lies inside the region.
         unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
@@ -443,6 +746,7 @@ fn alloc_block(
         );
     }
     // No log line here: this is the hot path (statistics count allocations instead).
+    stats::block_born(mem as usize, block.maxsize, key.map(|k| k.class), false);
     // SAFETY: Box::into_raw never returns NULL.
     Ok(unsafe { NonNull::new_unchecked(mem) })
 }
@@ -505,11 +809,26 @@ unsafe extern "C" fn mem_map(
         gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
         return ptr::null_mut();
     }
+    stats::count(Counter::Maps, 1);
     mem.data.as_ptr().cast()
 }
 
 /// `GstAllocator.mem_unmap` (contract of `gst_memory_unmap`): nothing to release.
 unsafe extern "C" fn mem_unmap(_mem: *mut ffi::GstMemory) {}
+
+/// `GstAllocator.mem_unmap_full`: nothing to release either, but when a guarded block was
+/// mapped for writing, its guards are checked now, right after the writer is done.
+unsafe extern "C" fn mem_unmap_full(mem: *mut ffi::GstMemory, info: *mut ffi::GstMapInfo) {
+    // SAFETY: core passes a live memory of ours and the GstMapInfo of its map.
+    unsafe {
+        if (*info).flags & ffi::GST_MAP_WRITE != 0 {
+            let root = root_of(mem as *const GstAlignedMemory);
+            if matches!(root.backing, Backing::Owned { guard: Some(_), .. }) {
+                report_guard(root, "when a write mapping was released", None);
+            }
+        }
+    }
+}
 
 /// `GstAllocator.mem_share` (contract of `gst_memory_share`): a read-only sub-memory of the
 /// root with the same region, `offset = mem.offset + offset`, `size == -1` meaning to the end.
@@ -544,6 +863,7 @@ unsafe extern "C" fn mem_share(
     // SAFETY: the root of a live share is live (the share holds a reference on it), is a
     // GstAlignedMemory of the same allocator, and has the same maxsize.
     let share = unsafe { new_share(root.cast(), new_offset, new_size) };
+    stats::count(Counter::Shares, 1);
     gst::trace!(
         CAT,
         "shared {:p} -> {:p}: offset {} size {}",
@@ -597,6 +917,8 @@ unsafe extern "C" fn mem_copy(
                 ptr::copy_nonoverlapping(m.data.as_ptr().add(start), dst, len);
             }
             gst::trace!(CAT, "copied {} bytes of {:p} to {:p}", len, m, copy);
+            stats::count(Counter::Copies, 1);
+            stats::count(Counter::BytesCopied, len as u64);
             copy.as_ptr().cast()
         }
         Err(err) => {
@@ -628,6 +950,9 @@ unsafe extern "C" fn mem_is_span(
         unsafe { *offset = m1.offset.wrapping_sub((*m1.parent).offset) };
     }
     let contiguous = m1.offset.checked_add(m1.size) == Some(m2.offset);
+    if contiguous {
+        stats::count(Counter::SpanHits, 1);
+    }
     contiguous.into_glib()
 }
 
@@ -645,7 +970,7 @@ pub(super) fn install_vfuncs(allocator: &AlignedAllocator) {
         (*ptr).mem_share = Some(mem_share);
         (*ptr).mem_is_span = Some(mem_is_span);
         (*ptr).mem_map_full = None;
-        (*ptr).mem_unmap_full = None;
+        (*ptr).mem_unmap_full = Some(mem_unmap_full);
     }
 }
 
@@ -749,6 +1074,7 @@ pub(super) fn wrap<T: Send + 'static>(
             size,
         )
     };
+    stats::block_born(mem as usize, len, None, true);
     gst::debug!(
         CAT,
         obj = allocator,

@@ -14,12 +14,14 @@ mod imp;
 pub mod layout;
 #[allow(unsafe_code)]
 mod memory;
+pub mod stats;
 
 pub use cache::{DEFAULT_MAX_CACHED_BYTES, ENV_MAX_CACHED_BYTES};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};
 pub use memory::{
     AlignedMemory, AlignedMemoryRef, GstAlignedMemory, mapped_addr, try_share, with_mapped_region,
 };
+pub use memory::{CANARY, CANARY_BYTE, FILL_BYTE, GuardViolation, POISON_BYTE, check_memory_guard};
 
 /// The name `AlignedMemory` is registered under, and its memory type (`mem_type`).
 pub const ALIGNED_MEMORY: &str = "AlignedMemory";
@@ -216,6 +218,28 @@ impl AlignedAllocator {
             (s.as_mut_ptr(), s.len())
         })
     }
+}
+
+/// A snapshot of the allocator statistics (all `AlignedMemory` instances of the process, all
+/// threads), as the allocator's `stats` property shows them.
+pub fn stats() -> stats::Stats {
+    stats::snapshot(cached_bytes())
+}
+
+/// Zeroes the statistics' counters (the allocator's `reset-stats` action signal).
+pub fn reset_stats() {
+    stats::reset();
+}
+
+/// Whether new blocks get guard canaries (the allocator's `guard` property, `MEMKIT_GUARD`).
+pub fn guard_enabled() -> bool {
+    memory::guard_enabled()
+}
+
+/// Turns guard mode on or off for blocks allocated from now on. Blocks keep the mode they
+/// were allocated with.
+pub fn set_guard_enabled(on: bool) {
+    memory::set_guard_enabled(on);
 }
 
 /// Registers the `AlignedMemory` allocator (called by `plugin_init`).
