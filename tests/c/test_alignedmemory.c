@@ -577,6 +577,68 @@ GST_START_TEST (test_cache_properties_and_reuse)
 
 GST_END_TEST;
 
+static guint64
+stat (const gchar * field)
+{
+  GstStructure *s = NULL;
+  guint64 v = G_MAXUINT64;
+
+  g_object_get (aligned, "stats", &s, NULL);
+  fail_unless (s != NULL);
+  fail_unless_equals_string (gst_structure_get_name (s), "memkit-allocator-stats");
+  fail_unless (gst_structure_get_uint64 (s, field, &v), "no field %s", field);
+  gst_structure_free (s);
+  return v;
+}
+
+/* Statistics read with g_object_get after a scripted sequence, and reset. */
+GST_START_TEST (test_stats_exact_counts)
+{
+  GstMemory *a, *b, *s1, *s2, *copy;
+  GstMapInfo info;
+  gsize offset;
+
+  g_signal_emit_by_name (aligned, "reset-stats");
+  fail_unless_equals_uint64 (stat ("allocations"), 0);
+  fail_unless_equals_uint64 (stat ("blocks-live"), 0);
+
+  a = gst_allocator_alloc (aligned, 1000, NULL);       /* maxsize 1024 */
+  b = gst_allocator_alloc (aligned, 5000, NULL);       /* maxsize 5056 */
+  s1 = gst_memory_share (a, 0, 100);
+  s2 = gst_memory_share (a, 100, 200);
+  fail_unless (gst_memory_is_span (s1, s2, &offset));
+  fail_unless (gst_memory_map (b, &info, GST_MAP_WRITE));
+  gst_memory_unmap (b, &info);
+  copy = gst_memory_copy (b, 0, 3000);                 /* maxsize 3008 */
+
+  fail_unless_equals_uint64 (stat ("allocations"), 3);
+  fail_unless_equals_uint64 (stat ("cache-hits") + stat ("cache-misses"), 3);
+  fail_unless_equals_uint64 (stat ("blocks-live"), 3);
+  fail_unless_equals_uint64 (stat ("bytes-live"), 1024 + 5056 + 3008);
+  fail_unless_equals_uint64 (stat ("shares"), 2);
+  fail_unless_equals_uint64 (stat ("span-hits"), 1);
+  fail_unless_equals_uint64 (stat ("maps"), 1);
+  fail_unless_equals_uint64 (stat ("copies"), 1);
+  fail_unless_equals_uint64 (stat ("bytes-copied"), 3000);
+  fail_unless_equals_uint64 (stat ("guard-violations"), 0);
+
+  gst_memory_unref (s1);
+  gst_memory_unref (s2);
+  gst_memory_unref (copy);
+  gst_memory_unref (a);
+  gst_memory_unref (b);
+  fail_unless_equals_uint64 (stat ("frees"), 3);
+  fail_unless_equals_uint64 (stat ("blocks-live"), 0);
+  fail_unless_equals_uint64 (stat ("bytes-live"), 0);
+  fail_unless (stat ("peak-bytes") >= 1024 + 5056 + 3008);
+
+  g_signal_emit_by_name (aligned, "reset-stats");
+  fail_unless_equals_uint64 (stat ("frees"), 0);
+  fail_unless_equals_uint64 (stat ("shares"), 0);
+}
+
+GST_END_TEST;
+
 static Suite *
 alignedmemory_suite (void)
 {
@@ -602,6 +664,7 @@ alignedmemory_suite (void)
   tcase_add_test (tc, test_bad_input_gives_null_or_critical);
   tcase_add_test (tc, test_resize_clears_zero_flags);
   tcase_add_test (tc, test_cache_properties_and_reuse);
+  tcase_add_test (tc, test_stats_exact_counts);
   return s;
 }
 

@@ -183,6 +183,35 @@ class AlignedMemoryTest(unittest.TestCase):
         self.assertTrue(mem.is_type("AlignedMemory"))
         self.assertFalse(mem.is_type("SystemMemory"))
 
+    def test_stats_exact_counts(self):
+        self.alloc.emit("reset-stats")
+
+        def stat(name):
+            ok, v = self.alloc.get_property("stats").get_uint64(name)
+            self.assertTrue(ok, name)
+            return v
+
+        self.assertEqual(stat("allocations"), 0)
+        a = self.alloc.alloc(1000, None)
+        b = a.share(0, 10)
+        c = a.share(10, 10)
+        self.assertTrue(b.is_span(c)[0])
+        d = a.copy(0, 100)
+        read(a)
+        self.assertEqual(stat("allocations"), 2)
+        self.assertEqual(stat("blocks-live"), 2)
+        self.assertEqual(stat("bytes-live"), 1024 + 128)
+        self.assertEqual(stat("shares"), 2)
+        self.assertEqual(stat("span-hits"), 1)
+        self.assertEqual(stat("copies"), 1)
+        self.assertEqual(stat("bytes-copied"), 100)
+        self.assertEqual(stat("maps"), 1)
+        del a, b, c, d
+        self.assertEqual(stat("frees"), 2)
+        self.assertEqual(stat("blocks-live"), 0)
+        self.alloc.emit("reset-stats")
+        self.assertEqual(stat("frees"), 0)
+
     def test_cache_properties(self):
         default = self.alloc.get_property("max-cached-bytes")
         self.assertEqual(default, 64 << 20)
