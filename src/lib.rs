@@ -7,10 +7,12 @@ pub use gst;
 
 pub mod allocator;
 pub mod elements;
+pub mod tracer;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
     allocator::register(plugin)?;
     elements::register(plugin)?;
+    tracer::register(plugin)?;
     Ok(())
 }
 

@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The `memkit` tracer's GObject subclass.
+
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use crate::allocator;
+
+pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "memkittracer",
+        gst::DebugColorFlags::empty(),
+        Some("memkit tracer: memory audit of any pipeline"),
+    )
+});
+
+#[derive(Debug, Default)]
+struct Settings {
+    guard: bool,
+    report: Option<String>,
+}
+
+#[derive(Default)]
+pub struct MemkitTracer {
+    settings: Mutex<Settings>,
+    /// Whether the exit report was printed already.
+    finished: Mutex<bool>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for MemkitTracer {
+    const NAME: &'static str = "MemkitTracer";
+    type Type = super::MemkitTracer;
+    type ParentType = gst::Tracer;
+}
+
+impl MemkitTracer {
+    fn print_report(&self, title: &str, at_exit: bool) {
+        let report = super::report::Report::collect(title, at_exit);
+        eprint!("{}", report.to_text());
+        let path = self.settings.lock().unwrap().report.clone();
+        if let Some(path) = path {
+            if let Err(err) = std::fs::write(&path, report.to_json()) {
+                gst::error!(
+                    CAT,
+                    imp = self,
+                    "cannot write the report to {}: {}",
+                    path,
+                    err
+                );
+                eprintln!("memkit: cannot write the report to {path}: {err}");
+            } else {
+                gst::info!(CAT, imp = self, "report written to {}", path);
+            }
+        }
+    }
+
+    fn check_buffer(&self, pad: &gst::Pad, buffer: &gst::BufferRef) {
+        let mut element: Option<String> = None;
+        for mem in buffer.iter_memories() {
+            let name = element.get_or_insert_with(|| {
+                pad.parent_element()
+                    .map_or_else(|| pad.name().to_string(), |e| e.name().to_string())
+            });
+            if allocator::check_memory_guard(mem, Some(name)) {
+                gst::error!(
+                    CAT,
+                    obj = pad,
+                    "buffer pushed by {} has a damaged AlignedMemory block",
+                    name
+                );
+            }
+        }
+    }
+}
+
+impl ObjectImpl for MemkitTracer {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecBoolean::builder("guard")
+                    .nick("Guard mode")
+                    .blurb(
+                        "Allocate AlignedMemory blocks with guards and check every pushed buffer",
+                    )
+                    .default_value(false)
+                    .construct()
+                    .build(),
+                glib::ParamSpecString::builder("report")
+                    .nick("Report file")
+                    .blurb("Also write the report as JSON to this path")
+                    .construct()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "guard" => {
+                settings.guard = value.get().expect("type checked upstream");
+                if settings.guard {
+                    allocator::set_guard_enabled(true);
+                }
+            }
+            "report" => settings.report = value.get().expect("type checked upstream"),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "guard" => settings.guard.to_value(),
+            "report" => settings.report.to_value(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        // Every element that allocates with the default allocator now gets AlignedMemory.
+        allocator::aligned_allocator()
+            .upcast::<gst::Allocator>()
+            .set_default();
+        allocator::stats::set_enabled(true);
+        allocator::stats::set_tracking(true);
+        allocator::reset_stats();
+        self.register_hook(TracerHook::PadPushPre);
+        self.register_hook(TracerHook::PadPushListPre);
+        self.register_hook(TracerHook::ElementChangeStatePost);
+        gst::info!(
+            CAT,
+            imp = self,
+            "memkit tracer active: AlignedMemory is the default allocator ({:?})",
+            self.settings.lock().unwrap()
+        );
+    }
+
+    fn dispose(&self) {
+        let mut finished = self.finished.lock().unwrap();
+        if !*finished {
+            *finished = true;
+            drop(finished);
+            self.print_report("exit", true);
+        }
+    }
+}
+
+impl GstObjectImpl for MemkitTracer {}
+
+impl TracerImpl for MemkitTracer {
+    const USE_STRUCTURE_PARAMS: bool = true;
+
+    fn pad_push_pre(&self, _ts: u64, pad: &gst::Pad, buffer: &gst::Buffer) {
+        self.check_buffer(pad, buffer);
+    }
+
+    fn pad_push_list_pre(&self, _ts: u64, pad: &gst::Pad, list: &gst::BufferList) {
+        for buffer in list.iter() {
+            self.check_buffer(pad, buffer);
+        }
+    }
+
+    fn element_change_state_post(
+        &self,
+        _ts: u64,
+        element: &gst::Element,
+        change: gst::StateChange,
+        result: Result<gst::StateChangeSuccess, gst::StateChangeError>,
+    ) {
+        // A top-level pipeline has stopped: report what it did.
+        if change == gst::StateChange::ReadyToNull
+            && result.is_ok()
+            && element.parent().is_none()
+            && element.is::<gst::Pipeline>()
+        {
+            self.print_report(&format!("pipeline {} stopped", element.name()), false);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The `memkit` tracer: audits the memory of any pipeline without changing it.
+//!
+//! `GST_TRACERS="memkit(guard=true,report=/tmp/report.json)" gst-launch-1.0 ...` makes
+//! `AlignedMemory` the process-wide default allocator, records every live block, checks the
+//! guards of every buffer at every pad push (naming the element that pushed a damaged one),
+//! and prints a report when a pipeline stops and when the process ends.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+pub mod report;
+
+glib::wrapper! {
+    /// The `memkit` tracer (GType `MemkitTracer`).
+    pub struct MemkitTracer(ObjectSubclass<imp::MemkitTracer>) @extends gst::Tracer, gst::Object;
+}
+
+/// Registers the tracer.
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Tracer::register(Some(plugin), "memkit", MemkitTracer::static_type())
+}
