@@ -6,7 +6,7 @@
 //! medians of both and the median of the per-repeat ratios (memkit / system: below 1 is
 //! faster). `-- --quick` runs every figure once with few iterations: a smoke test for CI, not
 //! a measurement. Other words select sections: `-- allocs map_share copies buffer_map threads
-//! frames pipelines rss`.
+//! frames observability pipelines rss`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -88,6 +88,52 @@ fn alloc_unref(cfg: &Config, label: &str, size: usize, params: &gst::AllocationP
         "ns/op",
         || ns_per_op(n, || drop(black_box(a.alloc(size, Some(params)).unwrap()))),
         || ns_per_op(n, || drop(black_box(s.alloc(size, Some(params)).unwrap()))),
+    );
+}
+
+/// memkit against itself: statistics on vs off, and guard mode vs off (1 KiB alloc+unref and
+/// share+unref). Rows read "on  off  on/off".
+fn observability(cfg: &Config) {
+    use gstmemkit::allocator::{set_guard_enabled, stats};
+    let n = iters(cfg, 200_000);
+    let a = ours();
+    let run = |stats_on: bool, guard: bool| {
+        stats::set_enabled(stats_on);
+        set_guard_enabled(guard);
+        let t = ns_per_op(n, || {
+            let m = a.alloc(1024, None).unwrap();
+            drop(black_box(m.share(0..512)));
+        });
+        stats::set_enabled(true);
+        set_guard_enabled(false);
+        t
+    };
+    let plain = |stats_on: bool| {
+        stats::set_enabled(stats_on);
+        let t = ns_per_op(n, || drop(black_box(a.alloc(1024, None).unwrap())));
+        stats::set_enabled(true);
+        t
+    };
+    compare(
+        cfg,
+        "stats on vs off: alloc+unref 1 KiB",
+        "ns/op (memkit with / without)",
+        || plain(true),
+        || plain(false),
+    );
+    compare(
+        cfg,
+        "stats on vs off: alloc+share+unref 1 KiB",
+        "ns/op (memkit with / without)",
+        || run(true, false),
+        || run(false, false),
+    );
+    compare(
+        cfg,
+        "guard on vs off: alloc+share+unref 1 KiB",
+        "ns/op (memkit with / without)",
+        || run(true, true),
+        || run(true, false),
     );
 }
 
@@ -469,13 +515,14 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     type Section = (&'static str, fn(&Config));
-    let sections: [Section; 8] = [
+    let sections: [Section; 9] = [
         ("allocs", allocs),
         ("map_share", map_share),
         ("copies", copies),
         ("buffer_map", buffer_map),
         ("threads", threads),
         ("frames", frames),
+        ("observability", observability),
         ("pipelines", pipelines),
         ("rss", rss),
     ];
