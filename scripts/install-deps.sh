@@ -3,7 +3,7 @@
 # toolchain. Run as root to install; otherwise it prints the command to run.
 set -eu
 
-PACKAGES="libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
+PACKAGES="libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools gir1.2-gst-plugins-base-1.0
 gstreamer1.0-plugins-base gstreamer1.0-plugins-good python3-gst-1.0 python3-gi
 meson ninja-build pkg-config gcc valgrind"
 

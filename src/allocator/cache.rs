@@ -215,7 +215,7 @@ impl<T> Pool<T> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The process-wide cache of one block type (memory.rs instantiates it for its blocks).
+// The process-wide cache of one block type (memory/mod.rs instantiates it for its blocks).
 // ---------------------------------------------------------------------------------------------
 
 fn initial_max() -> usize {

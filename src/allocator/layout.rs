@@ -18,6 +18,8 @@ pub enum LayoutError {
     InvalidAlignMask(usize),
     /// The alignment is a valid mask but larger than [`MAX_ALIGN`].
     AlignTooLarge(usize),
+    /// A `MemfdMemory` payload can be aligned at most to a page.
+    AlignAbovePage { align: usize, page: usize },
     /// `prefix + size + padding`, rounded up to the alignment, does not fit in `isize`.
     Overflow {
         size: usize,
@@ -37,6 +39,11 @@ impl fmt::Display for LayoutError {
             LayoutError::AlignTooLarge(mask) => write!(
                 f,
                 "alignment mask {mask:#x} is larger than the maximum alignment of {MAX_ALIGN} bytes"
+            ),
+            LayoutError::AlignAbovePage { align, page } => write!(
+                f,
+                "alignment mask {align:#x} is larger than the page size ({page} bytes): memfd \
+                 memory is mapped from a page boundary, so its payload aligns at most to a page"
             ),
             LayoutError::Overflow {
                 size,
@@ -207,6 +214,60 @@ pub fn sub_range(
     Some((start, size))
 }
 
+/// Where everything sits in one `MemfdMemory` block: one memfd of `maxsize` bytes (a multiple
+/// of the page size, at least one page), mapped from its start, so the payload can only be
+/// aligned by its offset: `offset` is `prefix` rounded up to the alignment (the payload is
+/// aligned because mappings start on a page and the alignment is at most a page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemfdLayout {
+    pub align_mask: usize,
+    pub offset: usize,
+    pub size: usize,
+    pub maxsize: usize,
+}
+
+impl MemfdLayout {
+    pub fn new(
+        size: usize,
+        prefix: usize,
+        padding: usize,
+        align: usize,
+        page_size: usize,
+    ) -> Result<MemfdLayout, LayoutError> {
+        if !is_valid_align_mask(align) {
+            return Err(LayoutError::InvalidAlignMask(align));
+        }
+        let align_mask = align | MIN_ALIGN_MASK;
+        if align_mask > page_size - 1 {
+            return Err(LayoutError::AlignAbovePage {
+                align,
+                page: page_size,
+            });
+        }
+        let overflow = LayoutError::Overflow {
+            size,
+            prefix,
+            padding,
+            align,
+        };
+        let offset = round_up(prefix, align_mask).ok_or(overflow)?;
+        let used = offset
+            .checked_add(size)
+            .and_then(|v| v.checked_add(padding))
+            .ok_or(overflow)?;
+        let maxsize = round_up(used.max(1), page_size - 1).ok_or(overflow)?;
+        if maxsize > isize::MAX as usize {
+            return Err(overflow);
+        }
+        Ok(MemfdLayout {
+            align_mask,
+            offset,
+            size,
+            maxsize,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +390,35 @@ mod tests {
         assert_eq!(sub_range(10, 100, 128, isize::MAX, 1, false), None);
         assert_eq!(sub_range(10, 100, 128, 0, -2, false), None);
         assert_eq!(sub_range(10, 100, 128, 200, 0, true), None);
+    }
+
+    #[test]
+    fn memfd_layout_rounds_offset_and_maxsize() {
+        let l = MemfdLayout::new(100, 0, 0, 0, 4096).unwrap();
+        assert_eq!(
+            (l.align_mask, l.offset, l.size, l.maxsize),
+            (63, 0, 100, 4096)
+        );
+        let l = MemfdLayout::new(5000, 10, 20, 255, 4096).unwrap();
+        assert_eq!((l.offset, l.maxsize), (256, 8192));
+        let l = MemfdLayout::new(0, 0, 0, 0, 4096).unwrap();
+        assert_eq!(l.maxsize, 4096, "an empty block still maps a page");
+        let l = MemfdLayout::new(4096, 0, 0, 4095, 4096).unwrap();
+        assert_eq!((l.offset, l.maxsize), (0, 4096));
+        assert_eq!(
+            MemfdLayout::new(1, 0, 0, 8191, 4096),
+            Err(LayoutError::AlignAbovePage {
+                align: 8191,
+                page: 4096
+            })
+        );
+        assert_eq!(
+            MemfdLayout::new(1, 0, 0, 5, 4096),
+            Err(LayoutError::InvalidAlignMask(5))
+        );
+        assert!(matches!(
+            MemfdLayout::new(usize::MAX - 10, 64, 0, 0, 4096),
+            Err(LayoutError::Overflow { .. })
+        ));
     }
 }

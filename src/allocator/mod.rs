@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `AlignedMemory`: a `GstAllocator` whose payloads are aligned (64 bytes minimum), whose
 //! `maxsize` is rounded up to the alignment, and which zeroes exactly the prefix/padding it is
-//! asked to. This module is the safe public API; `memory.rs` holds the FFI.
+//! asked to. This module is the safe public API; `memory/` holds the FFI.
 
 use std::ffi::CStr;
 use std::fmt;
@@ -12,6 +12,8 @@ use gst::glib;
 mod cache;
 mod imp;
 pub mod layout;
+pub mod memfd;
+mod memfd_imp;
 #[allow(unsafe_code)]
 mod memory;
 pub mod stats;
@@ -40,6 +42,10 @@ pub enum AllocError {
     InvalidAlignMask(usize),
     /// The alignment is larger than [`MAX_ALIGN`].
     AlignTooLarge(usize),
+    /// `MemfdMemory`: the alignment is larger than a page.
+    AlignAbovePage { align: usize, page: usize },
+    /// `MemfdMemory`: a system call failed (`what`, with its errno).
+    System { what: &'static str, errno: i32 },
     /// `prefix + size + padding`, rounded up to the alignment, overflows.
     Overflow {
         size: usize,
@@ -56,6 +62,9 @@ impl From<LayoutError> for AllocError {
         match err {
             LayoutError::InvalidAlignMask(m) => AllocError::InvalidAlignMask(m),
             LayoutError::AlignTooLarge(m) => AllocError::AlignTooLarge(m),
+            LayoutError::AlignAbovePage { align, page } => {
+                AllocError::AlignAbovePage { align, page }
+            }
             LayoutError::Overflow {
                 size,
                 prefix,
@@ -76,6 +85,14 @@ impl fmt::Display for AllocError {
         match *self {
             AllocError::InvalidAlignMask(m) => LayoutError::InvalidAlignMask(m).fmt(f),
             AllocError::AlignTooLarge(m) => LayoutError::AlignTooLarge(m).fmt(f),
+            AllocError::AlignAbovePage { align, page } => {
+                LayoutError::AlignAbovePage { align, page }.fmt(f)
+            }
+            AllocError::System { what, errno } => write!(
+                f,
+                "{what} failed: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
             AllocError::Overflow {
                 size,
                 prefix,
@@ -242,8 +259,9 @@ pub fn set_guard_enabled(on: bool) {
     memory::set_guard_enabled(on);
 }
 
-/// Registers the `AlignedMemory` allocator (called by `plugin_init`).
+/// Registers the `AlignedMemory` and `MemfdMemory` allocators (called by `plugin_init`).
 pub fn register(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     LazyLock::force(&memory::ALLOCATOR);
+    memfd::register();
     Ok(())
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The one module of memkit that is allowed `unsafe`: the `AlignedMemory` struct, the
 //! GstMemory vfuncs installed on the allocator, the allocator's `alloc`/`free`, and the safe
-//! wrappers that turn GStreamer's NULL returns into `Result`s.
+//! wrappers that turn GStreamer's NULL returns into `Result`s; and, in `memfd`, the FFI
+//! half of `MemfdMemory`.
 //!
 //! Layout of a block (see `layout.rs`): one system allocation aligned to the effective
 //! alignment, `shift` unused bytes, then the region of `maxsize` bytes that GStreamer sees:
@@ -30,6 +31,8 @@ use super::imp::{self, CAT};
 use super::layout::{self, BlockLayout};
 use super::stats::{self, Counter};
 use super::{AlignedAllocator, AllocError, MEMORY_TYPE_CSTR, MemoryError};
+
+pub(super) mod memfd;
 
 // `gst::memory_object_wrapper!` expects this helper macro at its call site.
 macro_rules! skip_assert_initialized {

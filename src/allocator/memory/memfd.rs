@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The FFI half of `MemfdMemory`: handing a memfd to `gst_fd_allocator_alloc`, setting the
+//! block's layout, and the memory vfuncs that 1.22's fd memory lacks or gets wrong (share
+//! sizes, `is_span`, an fd-backed `copy`). The fd memory struct itself stays GStreamer's.
+
+use std::os::fd::IntoRawFd;
+use std::ptr;
+use std::sync::OnceLock;
+
+use gst::ffi;
+use gst::glib;
+use gst::glib::translate::*;
+use gst::prelude::*;
+use gst_allocators::prelude::*;
+
+use super::super::AllocError;
+use super::super::layout;
+use super::super::memfd::{self, MemfdAllocator};
+use super::super::memfd_imp::{self, CAT};
+
+type ShareFn = unsafe extern "C" fn(*mut ffi::GstMemory, isize, isize) -> *mut ffi::GstMemory;
+
+/// GstFdAllocator's own `mem_share`, which ours calls once the range is resolved and checked.
+static FD_SHARE: OnceLock<ShareFn> = OnceLock::new();
+
+/// Allocates a `MemfdMemory` block through `allocator`.
+pub(in crate::allocator) fn alloc(
+    allocator: &MemfdAllocator,
+    size: usize,
+    params: &gst::AllocationParams,
+) -> Result<gst::Memory, AllocError> {
+    let (l, fd) = memfd::new_block(size, params)?;
+    let raw = fd.into_raw_fd();
+    // SAFETY: gst_fd_allocator_alloc takes ownership of `raw` (GstFdMemory closes it when the
+    // root is freed; on failure it returns NULL without taking it, so we close it).
+    let mem = match unsafe {
+        allocator.alloc_fd(raw, l.maxsize, gst_allocators::FdMemoryFlags::KEEP_MAPPED)
+    } {
+        Ok(m) => m,
+        Err(_) => {
+            // SAFETY: GStreamer did not take the descriptor; it is still ours to close.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+            return Err(AllocError::System {
+                what: "gst_fd_allocator_alloc",
+                errno: 0,
+            });
+        }
+    };
+    // A fresh memfd is all zeros: ZERO_PREFIXED/ZERO_PADDED hold without writing anything.
+    let flags = params.flags().into_glib();
+    // SAFETY: `mem` is a new memory with one reference, ours alone; offset + size <= maxsize
+    // by the layout.
+    unsafe {
+        let m = mem.as_ptr() as *mut ffi::GstMemory;
+        (*m).offset = l.offset;
+        (*m).size = l.size;
+        (*m).align = l.align_mask;
+        (*m).mini_object.flags |= flags;
+    }
+    gst::trace!(
+        CAT,
+        obj = allocator,
+        "allocated memfd {} for {:?}: offset {} size {} maxsize {}",
+        raw,
+        mem.as_ptr(),
+        l.offset,
+        l.size,
+        l.maxsize
+    );
+    Ok(mem)
+}
+
+/// `mem_share`: resolves `size == -1` against the memory's own size (1.22 uses its maxsize,
+/// so a share of a share is too long) and refuses ranges outside it, then lets GstFdAllocator
+/// make the share.
+unsafe extern "C" fn mem_share(
+    mem: *mut ffi::GstMemory,
+    offset: isize,
+    size: isize,
+) -> *mut ffi::GstMemory {
+    // SAFETY: core calls this with a live memory of ours, holding a lock on it.
+    let m = unsafe { &*mem };
+    let Some((_, new_size)) = layout::sub_range(m.offset, m.size, m.maxsize, offset, size, false)
+    else {
+        gst::warning!(
+            CAT,
+            "share of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
+            mem,
+            offset,
+            size,
+            m.offset,
+            m.size,
+            m.maxsize
+        );
+        return ptr::null_mut();
+    };
+    let Some(share) = FD_SHARE.get() else {
+        return ptr::null_mut();
+    };
+    // SAFETY: the original fd share, with an explicit size that fits.
+    unsafe { share(mem, offset, new_size as isize) }
+}
+
+/// `mem_is_span`: contiguous shares of one parent (core checked allocator and parent).
+unsafe extern "C" fn mem_is_span(
+    mem1: *mut ffi::GstMemory,
+    mem2: *mut ffi::GstMemory,
+    offset: *mut usize,
+) -> glib::ffi::gboolean {
+    // SAFETY: core passes two live memories with the same live parent.
+    let (m1, m2) = unsafe { (&*mem1, &*mem2) };
+    if m1.parent.is_null() {
+        return glib::ffi::GFALSE;
+    }
+    if !offset.is_null() {
+        // SAFETY: valid out pointer; the parent is live.
+        unsafe { *offset = m1.offset.wrapping_sub((*m1.parent).offset) };
+    }
+    (m1.offset.checked_add(m1.size) == Some(m2.offset)).into_glib()
+}
+
+/// `mem_copy`: a new `MemfdMemory` block with the same alignment, holding the range. Reads the
+/// source through its allocator's map directly, so it works while the source is mapped for
+/// writing (as for `AlignedMemory`).
+unsafe extern "C" fn mem_copy(
+    mem: *mut ffi::GstMemory,
+    offset: isize,
+    size: isize,
+) -> *mut ffi::GstMemory {
+    // SAFETY: core calls this with a live memory of ours.
+    let m = unsafe { &*mem };
+    let Some((start, len)) = layout::sub_range(m.offset, m.size, m.maxsize, offset, size, true)
+    else {
+        gst::warning!(
+            CAT,
+            "copy of {:p} out of range: offset {} size {}",
+            mem,
+            offset,
+            size
+        );
+        return ptr::null_mut();
+    };
+    let params = gst::AllocationParams::new(
+        gst::MemoryFlags::empty(),
+        m.align & (memfd::page_size() - 1),
+        0,
+        0,
+    );
+    let copy = match memfd::memfd_allocator().alloc(len, Some(&params)) {
+        Ok(c) => c,
+        Err(err) => {
+            gst::warning!(CAT, "copy of {:p} failed: {}", mem, err);
+            return ptr::null_mut();
+        }
+    };
+    // SAFETY: `m.allocator` is ours (GstFdAllocator's map/unmap); mapping READ through the
+    // vfunc skips the lock (the caller may hold a write map) and returns the region base,
+    // valid for maxsize bytes until the matching unmap. The copy is new and writable.
+    unsafe {
+        let alloc = m.allocator;
+        let (Some(map), Some(unmap)) = ((*alloc).mem_map, (*alloc).mem_unmap) else {
+            return ptr::null_mut();
+        };
+        let src = map(mem, m.maxsize, ffi::GST_MAP_READ) as *const u8;
+        if src.is_null() {
+            gst::warning!(CAT, "copy of {:p} failed: cannot map it", mem);
+            return ptr::null_mut();
+        }
+        let mut copy = copy;
+        let ok = match copy.get_mut().map(|c| c.map_writable()) {
+            Some(Ok(mut dst)) => {
+                if len > 0 {
+                    ptr::copy_nonoverlapping(src.add(start), dst.as_mut_slice().as_mut_ptr(), len);
+                }
+                true
+            }
+            _ => false,
+        };
+        unmap(mem);
+        if !ok {
+            return ptr::null_mut();
+        }
+        copy.into_glib_ptr()
+    }
+}
+
+/// Installs our vfuncs over GstFdAllocator's on a new instance.
+pub(in crate::allocator) fn install_vfuncs(allocator: &MemfdAllocator) {
+    let ptr: *mut ffi::GstAllocator = allocator.upcast_ref::<gst::Allocator>().to_glib_none().0;
+    // SAFETY: called from `constructed`, before the instance is shared; GstFdAllocator's
+    // instance init has already set its own mem_share, which we keep to call.
+    unsafe {
+        if let Some(orig) = (*ptr).mem_share
+            && orig as *const () != mem_share as *const ()
+        {
+            let _ = FD_SHARE.set(orig);
+        }
+        (*ptr).mem_share = Some(mem_share);
+        (*ptr).mem_is_span = Some(mem_is_span);
+        (*ptr).mem_copy = Some(mem_copy);
+    }
+}
+
+// SAFETY: `alloc` returns NULL or a fully initialised fd memory of this allocator; `free`
+// stays GstFdAllocator's (the default implementation chains up), which unmaps and closes it.
+unsafe impl gst::subclass::prelude::AllocatorImpl for memfd_imp::MemfdAllocator {
+    unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut ffi::GstMemory {
+        use gst::subclass::prelude::ObjectSubclassExt;
+        match alloc(&self.obj(), size, params) {
+            Ok(mem) => mem.into_glib_ptr(),
+            Err(err) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "allocation of {} bytes failed: {}",
+                    size,
+                    err
+                );
+                ptr::null_mut()
+            }
+        }
+    }
+}
+
+/// A new descriptor (close-on-exec) for the file behind `mem`, if it is fd memory of any
+/// allocator: for sending to another process, or checking seals. `mem` keeps its own.
+pub fn dup_fd(mem: &gst::MemoryRef) -> std::io::Result<std::os::fd::OwnedFd> {
+    let Some(fd_mem) = mem.downcast_memory_ref::<gst_allocators::FdMemory>() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not fd memory",
+        ));
+    };
+    let raw = fd_mem.fd();
+    if raw < 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "fd memory without a descriptor",
+        ));
+    }
+    // SAFETY: `raw` is owned by the live memory `mem` borrows, open for at least as long as
+    // this borrow, which ends before we return.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    Ok(rustix::io::fcntl_dupfd_cloexec(borrowed, 0)?)
+}
