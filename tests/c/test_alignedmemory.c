@@ -5,6 +5,7 @@
  */
 
 #include <gst/check/gstcheck.h>
+#include <gst/allocators/gstfdmemory.h>
 #include <string.h>
 
 #define MEMKIT_TYPE "AlignedMemory"
@@ -639,6 +640,59 @@ GST_START_TEST (test_stats_exact_counts)
 
 GST_END_TEST;
 
+/* MemfdMemory from C: fd memory, shares of shares with the right size, spans, and a buffer
+ * of contiguous shares that maps without copying. */
+GST_START_TEST (test_memfd_memory)
+{
+  GstAllocator *memfd = gst_allocator_find ("MemfdMemory");
+  GstMemory *mem, *share, *sub, *a, *b;
+  GstAllocationParams params;
+  GstBuffer *buf;
+  GstMapInfo info, binfo;
+  gsize offset;
+
+  fail_unless (memfd != NULL);
+  fail_unless (GST_IS_FD_ALLOCATOR (memfd));
+  gst_allocation_params_init (&params);
+  params.prefix = 100;
+  mem = gst_allocator_alloc (memfd, 8000, &params);
+  fail_unless (gst_is_fd_memory (mem));
+  fail_unless (gst_fd_memory_get_fd (mem) >= 0);
+  fail_unless_equals_int (mem->offset, 128);
+  fail_unless_equals_int (mem->maxsize, 8192);
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_WRITE));
+  for (gsize i = 0; i < info.size; i++)
+    info.data[i] = (guint8) i;
+  gst_memory_unmap (mem, &info);
+
+  share = gst_memory_share (mem, 1000, 3000);
+  sub = gst_memory_share (share, 500, -1);
+  fail_unless_equals_int (sub->size, 2500);
+  fail_unless_equals_int (sub->offset, 128 + 1500);
+  fail_unless (gst_memory_share (mem, 0, 9000) == NULL);
+
+  a = gst_memory_share (mem, 0, 4000);
+  b = gst_memory_share (mem, 4000, 4000);
+  fail_unless (gst_memory_is_span (a, b, &offset));
+  fail_unless_equals_int (offset, 0);
+  buf = gst_buffer_new ();
+  gst_buffer_append_memory (buf, a);
+  gst_buffer_append_memory (buf, b);
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_READ));
+  fail_unless (gst_buffer_map (buf, &binfo, GST_MAP_READ));
+  fail_unless (binfo.data == info.data, "contiguous shares map without copying");
+  gst_buffer_unmap (buf, &binfo);
+  gst_memory_unmap (mem, &info);
+
+  gst_buffer_unref (buf);
+  gst_memory_unref (sub);
+  gst_memory_unref (share);
+  gst_memory_unref (mem);
+  gst_object_unref (memfd);
+}
+
+GST_END_TEST;
+
 static Suite *
 alignedmemory_suite (void)
 {
@@ -665,6 +719,7 @@ alignedmemory_suite (void)
   tcase_add_test (tc, test_resize_clears_zero_flags);
   tcase_add_test (tc, test_cache_properties_and_reuse);
   tcase_add_test (tc, test_stats_exact_counts);
+  tcase_add_test (tc, test_memfd_memory);
   return s;
 }
 

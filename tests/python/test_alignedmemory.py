@@ -10,7 +10,8 @@ import unittest
 import gi
 
 gi.require_version("Gst", "1.0")
-from gi.repository import GLib, Gst  # noqa: E402
+gi.require_version("GstAllocators", "1.0")
+from gi.repository import GLib, Gst, GstAllocators  # noqa: E402
 
 Gst.init(None)
 
@@ -304,6 +305,50 @@ def make_mapped_in_child(allocator):
     if proc.returncode == 0 and not critical:
         return True, proc.stdout.strip()
     return False, proc.stderr + f" (exit {proc.returncode})"
+
+class MemfdMemoryTest(unittest.TestCase):
+    """MemfdMemory through GObject introspection: fd memory whose shares have the right sizes."""
+
+    # GI resolves .alloc() on a GstFdAllocator to gst_fd_allocator_alloc (which wraps an
+    # existing descriptor): call Gst.Allocator.alloc explicitly.
+    def setUp(self):
+        self.alloc = Gst.Allocator.find("MemfdMemory")
+        self.assertIsNotNone(self.alloc)
+
+    def test_fd_memory(self):
+        mem = Gst.Allocator.alloc(self.alloc, 1000, params(ZERO, 0, 100, 0))
+        self.assertTrue(GstAllocators.is_fd_memory(mem))
+        self.assertGreaterEqual(GstAllocators.fd_memory_get_fd(mem), 0)
+        self.assertEqual(mem.get_sizes(), (1000, 128, 4096))
+        self.assertTrue(mem.mini_object.flags & Gst.MemoryFlags.ZERO_PREFIXED)
+        self.assertEqual(read(mem), bytes(1000))
+
+    def test_share_minus_one_is_to_the_end_of_the_share(self):
+        mem = Gst.Allocator.alloc(self.alloc, 8000, None)
+        write(mem, bytes(range(256)) * 31 + bytes(64))
+        share = mem.share(1000, 3000)
+        sub = share.share(500, -1)
+        # 1.22's own fd memory gives maxsize - offset here (a share running past its parent).
+        self.assertEqual(sub.get_sizes()[0], 2500)
+        self.assertEqual(sub.offset, 1500)
+        self.assertEqual(read(sub)[:4], bytes([1500 % 256, 1501 % 256, 1502 % 256, 1503 % 256]))
+        self.assertIsNone(mem.share(0, 9000), "out of range: refused, not a wild share")
+
+    def test_contiguous_shares_span(self):
+        mem = Gst.Allocator.alloc(self.alloc, 4000, None)
+        a, b = mem.share(0, 1000), mem.share(1000, 1000)
+        ok, offset = a.is_span(b)
+        self.assertTrue(ok)
+        self.assertEqual(offset, 0)
+        self.assertFalse(b.is_span(a)[0])
+
+    def test_copy_is_memfd_memory(self):
+        mem = Gst.Allocator.alloc(self.alloc, 100, None)
+        write(mem, b"x" * 100)
+        copy = mem.copy(10, 50)
+        self.assertTrue(GstAllocators.is_fd_memory(copy))
+        self.assertEqual(read(copy), b"x" * 50)
+
 
 def GObjectTypeName(obj):
     return obj.__gtype__.name

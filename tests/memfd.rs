@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `MemfdMemory` (issue 5): fd memory another process can map, with AlignedMemory's alignment
+//! and zeroing guarantees, sealed memfds, correct shares and spans.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::Once;
+
+use gst::prelude::*;
+use gst_allocators::FdMemoryRef;
+use gstmemkit::allocator::memfd::{
+    MEMFD_MEMORY, dup_fd, is_memfd_memory, memfd_allocator, page_size,
+};
+use gstmemkit::allocator::{AllocError, mapped_addr, with_mapped_region};
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstmemkit::plugin_register_static().unwrap();
+    });
+}
+
+fn fd_of(mem: &gst::MemoryRef) -> i32 {
+    mem.downcast_memory_ref::<gst_allocators::FdMemory>()
+        .map(FdMemoryRef::fd)
+        .expect("fd memory")
+}
+
+fn params(
+    flags: gst::MemoryFlags,
+    align: usize,
+    prefix: usize,
+    padding: usize,
+) -> gst::AllocationParams {
+    gst::AllocationParams::new(flags, align, prefix, padding)
+}
+
+#[test]
+fn registered_findable_and_fd_memory() {
+    init();
+    let found = gst::Allocator::find(Some(MEMFD_MEMORY)).expect("registered");
+    assert!(
+        found.is::<gst_allocators::FdAllocator>(),
+        "a GstFdAllocator subclass"
+    );
+    let mem = found.alloc(1000, None).unwrap();
+    assert!(is_memfd_memory(&mem));
+    assert!(mem.is_type("fd"), "memory type is GStreamer's fd type");
+    assert!(fd_of(&mem) >= 0);
+    assert_eq!(mem.allocator().unwrap(), &found);
+}
+
+#[test]
+fn layout_alignment_and_page_rounded_maxsize() {
+    init();
+    let a = memfd_allocator();
+    let page = page_size();
+    let m = a.alloc(100, None).unwrap();
+    assert_eq!(
+        (m.offset(), m.size(), m.maxsize(), m.align()),
+        (0, 100, page, 63)
+    );
+    assert_eq!(mapped_addr(&m).unwrap() % 64, 0);
+
+    let p = params(gst::MemoryFlags::empty(), 255, 10, 20);
+    let m = a.alloc(5000, Some(&p)).unwrap();
+    assert_eq!(m.offset(), 256, "the prefix is rounded up to the alignment");
+    assert_eq!(m.size(), 5000);
+    assert_eq!(m.maxsize(), 2 * page);
+    assert_eq!(mapped_addr(&m).unwrap() % 256, 0, "payload aligned");
+
+    let empty = a.alloc(0, None).unwrap();
+    assert_eq!(empty.maxsize(), page);
+    assert_ne!(
+        mapped_addr(&empty),
+        Some(0),
+        "size 0 maps with a real pointer"
+    );
+
+    let too_much = params(gst::MemoryFlags::empty(), 2 * page - 1, 0, 0);
+    assert_eq!(
+        a.alloc(10, Some(&too_much)).unwrap_err(),
+        AllocError::AlignAbovePage {
+            align: 2 * page - 1,
+            page
+        }
+    );
+    let msg = a.alloc(10, Some(&too_much)).unwrap_err().to_string();
+    assert!(msg.contains("larger than the page size"), "{msg}");
+    // Through core: NULL, not a crash.
+    let core: gst::Allocator = a.clone().upcast();
+    assert!(core.alloc(10, Some(&too_much)).is_err());
+    let bad_mask = params(gst::MemoryFlags::empty(), 5, 0, 0);
+    assert_eq!(
+        a.alloc(10, Some(&bad_mask)).unwrap_err(),
+        AllocError::InvalidAlignMask(5)
+    );
+    assert!(matches!(
+        a.alloc(
+            usize::MAX - 100,
+            Some(&params(gst::MemoryFlags::empty(), 0, 4096, 0))
+        ),
+        Err(AllocError::Overflow { .. })
+    ));
+}
+
+#[test]
+fn zero_flags_hold_and_cost_nothing() {
+    init();
+    let a = memfd_allocator();
+    let flags = gst::MemoryFlags::ZERO_PREFIXED | gst::MemoryFlags::ZERO_PADDED;
+    let m = a.alloc(1000, Some(&params(flags, 0, 64, 64))).unwrap();
+    assert!(m.flags().contains(flags));
+    let all_zero = with_mapped_region(&m, |region, offset, size| {
+        region[..offset].iter().all(|&b| b == 0) && region[offset + size..].iter().all(|&b| b == 0)
+    })
+    .unwrap();
+    assert!(all_zero);
+}
+
+#[test]
+fn each_block_is_a_sealed_close_on_exec_memfd() {
+    use rustix::fs::{SealFlags, fcntl_get_seals, ftruncate};
+    init();
+    let m = memfd_allocator().alloc(10_000, None).unwrap();
+    let fd = fd_of(&m);
+    // The duplicate shares the file (and its seals) with the memory's own descriptor.
+    let dup = dup_fd(&m).unwrap();
+    let seals = fcntl_get_seals(&dup).unwrap();
+    assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
+    assert!(
+        ftruncate(&dup, 10).is_err(),
+        "no one can shrink it under a mapping"
+    );
+    // The memory's own descriptor is close-on-exec (O_CLOEXEC = 0o2000000 in fdinfo's flags).
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap();
+    assert_ne!(flags & 0o2000000, 0, "close-on-exec");
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    assert!(
+        link.to_string_lossy().starts_with("/memfd:memkit"),
+        "{link:?}"
+    );
+    assert!(
+        dup_fd(&gst::Memory::from_slice(vec![1u8; 4])).is_err(),
+        "not fd memory"
+    );
+}
+
+#[test]
+fn shares_of_shares_have_the_right_size_and_spans_merge() {
+    init();
+    let a = memfd_allocator();
+    let mut m = a.alloc(8000, None).unwrap();
+    {
+        let mut w = m.get_mut().unwrap().map_writable().unwrap();
+        for (i, b) in w.as_mut_slice().iter_mut().enumerate() {
+            *b = i as u8;
+        }
+    }
+    let s1 = m.share(100..4100);
+    assert_eq!((s1.offset(), s1.size()), (100, 4000));
+    let s2 = s1.share(1000..);
+    assert_eq!((s2.offset(), s2.size()), (1100, 3000), "a share of a share");
+    assert_eq!(
+        s2.parent().unwrap().as_ptr(),
+        m.as_ptr(),
+        "parent is the root"
+    );
+    assert_eq!(fd_of(&s2), fd_of(&m));
+    assert_eq!(s2.map_readable().unwrap()[0], (1100 % 256) as u8);
+
+    // Contiguous shares span, and a buffer of them maps without copying.
+    let left = m.share(0..4000);
+    let right = m.share(4000..8000);
+    assert_eq!(left.is_span(&right), Some(0));
+    assert_eq!(right.is_span(&left), None);
+    let base = mapped_addr(&m).unwrap();
+    let mut buf = gst::Buffer::new();
+    {
+        let b = buf.get_mut().unwrap();
+        b.append_memory(left);
+        b.append_memory(right);
+    }
+    let map = buf.map_readable().unwrap();
+    assert_eq!(map.as_slice().as_ptr() as usize, base, "zero-copy merge");
+    assert_eq!(map.as_slice()[4000], (4000 % 256) as u8);
+}
+
+#[test]
+fn copies_are_memfd_memory_with_the_same_bytes_and_alignment() {
+    init();
+    let a = memfd_allocator();
+    let p = params(gst::MemoryFlags::empty(), 1023, 0, 0);
+    let mut m = a.alloc(3000, Some(&p)).unwrap();
+    m.get_mut()
+        .unwrap()
+        .map_writable()
+        .unwrap()
+        .as_mut_slice()
+        .fill(0x3c);
+    let c = m.copy_range(10..2010);
+    assert!(is_memfd_memory(&c));
+    assert_ne!(fd_of(&c), fd_of(&m));
+    assert_eq!(c.size(), 2000);
+    assert_eq!(c.align(), 1023);
+    assert_eq!(mapped_addr(&c).unwrap() % 1024, 0);
+    assert!(c.map_readable().unwrap().iter().all(|&b| b == 0x3c));
+    assert!(c.is_writable());
+}
+
+#[test]
+fn another_process_maps_the_block_through_its_descriptor() {
+    init();
+    let a = memfd_allocator();
+    let mut m = a
+        .alloc(
+            4096 * 3,
+            Some(&params(gst::MemoryFlags::empty(), 0, 128, 0)),
+        )
+        .unwrap();
+    {
+        let mut w = m.get_mut().unwrap().map_writable().unwrap();
+        w.as_mut_slice()[..11].copy_from_slice(b"from memkit");
+    }
+    let (offset, maxsize) = (m.offset(), m.maxsize());
+    // The child gets a duplicate of the descriptor as its standard input and mmaps it.
+    let dup = dup_fd(&m).unwrap();
+    let script = format!(
+        "import mmap, sys; m = mmap.mmap(0, {maxsize}, prot=mmap.PROT_READ); \
+         sys.stdout.write(m[{offset}:{offset} + 11].decode())"
+    );
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(Stdio::from(dup))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out, "from memkit");
+}
