@@ -305,3 +305,38 @@ class ReadmeExamples(LaunchTestCase):
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
+
+
+class MemfdPipelines(LaunchTestCase):
+    """MemfdMemory through memsrc, memalign and memcheck (issue 5)."""
+
+    def test_memsrc_allocates_fd_memory(self):
+        proc = self.run_ok("memsrc allocator=MemfdMemory num-buffers=20 blocksize=1048576 "
+                           "pattern=counter prefix=100 alignment=4096 ! "
+                           "memcheck memory-type=fd alignment=4096 fail-on-violation=true name=c ! fakesink")
+        self.assertEqual(stats(proc.stdout)["c"]["violations"], 0)
+        self.assertEqual(stats(proc.stdout)["c"]["memories"], 20)
+
+    def test_memalign_proposes_memfd_and_passes_through(self):
+        proc = self.run_ok("videotestsrc num-buffers=30 ! memalign allocator=MemfdMemory name=a ! "
+                           "memcheck memory-type=fd fail-on-violation=true ! fakesink")
+        s = stats(proc.stdout)["a"]
+        self.assertEqual((s["buffers-passed"], s["buffers-copied"]), (30, 0))
+
+    def test_memalign_copies_other_memory_into_memfd(self):
+        proc = self.run_ok("fakesrc num-buffers=10 sizetype=fixed sizemax=1000 ! "
+                           "memalign allocator=MemfdMemory name=a ! "
+                           "memcheck memory-type=fd fail-on-violation=true ! fakesink")
+        s = stats(proc.stdout)["a"]
+        self.assertEqual((s["buffers-copied"], s["bytes-copied"]), (10, 10000))
+
+    def test_memcheck_requires_fd_memory(self):
+        proc = self.run_fail("memsrc num-buffers=1 ! memcheck memory-type=fd fail-on-violation=true ! "
+                             "fakesink")
+        self.assertRegex(proc.stdout + proc.stderr, r"memory-type: expected fd")
+
+    def test_alignment_above_a_page_is_a_clear_error(self):
+        proc = self.run_fail("fakesrc num-buffers=1 sizetype=fixed sizemax=100 ! "
+                             "memalign allocator=MemfdMemory alignment=8192 ! fakesink")
+        self.assertRegex(proc.stdout + proc.stderr,
+                         r"Cannot allocate 100 bytes aligned to 8192 from MemfdMemory")

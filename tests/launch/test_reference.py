@@ -88,7 +88,9 @@ class ReferenceMatchesPlugin(unittest.TestCase):
                     elif kind == "boolean":
                         self.assertIn(f"Default: {default}", block)
                     elif kind == "string":
-                        self.assertIn('Default: null', block)
+                        null = default in ("", "NULL")
+                        self.assertIn("Default: null" if null else f'Default: "{default}"',
+                                      block)
                     elif kind == "enum":
                         self.assertRegex(block, rf'Default: \d+, "{default}"')
                     else:

@@ -15,10 +15,21 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::allocator::{aligned_allocator, mapped_addr};
+use crate::allocator::{ALIGNED_MEMORY, AlignedAllocator, aligned_allocator, mapped_addr};
 use crate::elements::{describe_buffer, post_stats, propose_allocator_first};
 
 const DEFAULT_ALIGNMENT: u32 = 64;
+
+/// The name an allocator is registered under, for messages and the `allocator` property.
+fn allocator_name(allocator: &gst::Allocator) -> String {
+    if allocator.type_() == AlignedAllocator::static_type() {
+        return ALIGNED_MEMORY.to_owned();
+    }
+    if allocator.is::<crate::allocator::memfd::MemfdAllocator>() {
+        return crate::allocator::memfd::MEMFD_MEMORY.to_owned();
+    }
+    allocator.name().to_string()
+}
 const DEFAULT_PADDING: u32 = 0;
 const MAX_PADDING: u32 = 1024 * 1024;
 
@@ -30,10 +41,11 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Settings {
     alignment: u32,
     padding: u32,
+    allocator: gst::Allocator,
 }
 
 impl Default for Settings {
@@ -41,6 +53,7 @@ impl Default for Settings {
         Settings {
             alignment: DEFAULT_ALIGNMENT,
             padding: DEFAULT_PADDING,
+            allocator: aligned_allocator().upcast(),
         }
     }
 }
@@ -93,7 +106,18 @@ struct Unmappable(usize);
 impl MemAlign {
     /// Whether every memory of `buf` meets the settings.
     fn meets(&self, buf: &gst::BufferRef, settings: &Settings) -> Result<bool, Unmappable> {
+        let any_allocator = settings.allocator.type_() == AlignedAllocator::static_type();
         for (idx, mem) in buf.iter_memories().enumerate() {
+            // With another allocator than AlignedMemory, the output must come from it (e.g.
+            // allocator=MemfdMemory guarantees fd memory).
+            if !any_allocator && mem.allocator() != Some(&settings.allocator) {
+                gst::trace!(
+                    CAT,
+                    imp = self,
+                    "memory {idx} is not from the chosen allocator"
+                );
+                return Ok(false);
+            }
             let addr = mapped_addr(mem).ok_or(Unmappable(idx))?;
             if addr % settings.alignment as usize != 0 {
                 gst::trace!(CAT, imp = self, "memory {idx} at {addr:#x} is not aligned");
@@ -117,20 +141,28 @@ impl MemAlign {
         Ok(true)
     }
 
-    /// Copies `buf` (all its memories, its metadata) into one `AlignedMemory`.
+    /// Copies `buf` (all its memories, its metadata) into one memory of the chosen allocator.
     fn aligned_copy(
         &self,
         buf: &gst::BufferRef,
         settings: &Settings,
     ) -> Result<gst::Buffer, gst::FlowError> {
         let size = buf.size();
-        let mut mem = aligned_allocator()
+        let mut mem = settings
+            .allocator
             .alloc(size, Some(&settings.params()))
             .map_err(|err| {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::NoSpaceLeft,
-                    ("Cannot allocate {} bytes: {}", size, err)
+                    (
+                        "Cannot allocate {} bytes aligned to {} from {}: {}",
+                        size,
+                        settings.alignment,
+                        allocator_name(&settings.allocator),
+                        err
+                    ),
+                    ["the allocator's debug category has the reason"]
                 );
                 gst::FlowError::Error
             })?;
@@ -163,7 +195,7 @@ impl MemAlign {
                 ..,
             )
             .map_err(|_| gst::FlowError::Error)?;
-            o.append_memory(mem.upcast_memory());
+            o.append_memory(mem);
         }
         Ok(out)
     }
@@ -192,6 +224,15 @@ impl ObjectImpl for MemAlign {
                     .default_value(DEFAULT_PADDING)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("allocator")
+                    .nick("Allocator")
+                    .blurb(
+                        "Registered allocator to propose upstream and to copy into, e.g. \
+                         AlignedMemory or MemfdMemory; with another than AlignedMemory, memory \
+                         from other allocators is copied into it",
+                    )
+                    .default_value(Some(ALIGNED_MEMORY))
+                    .build(),
                 crate::elements::stats_pspec(
                     "Buffers seen, passed through and copied, and bytes copied",
                 ),
@@ -209,6 +250,22 @@ impl ObjectImpl for MemAlign {
                     .set_alignment(*CAT, &*self.obj(), &mut settings.alignment, v);
             }
             "padding" => settings.padding = value.get().expect("type checked upstream"),
+            "allocator" => {
+                let name = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| ALIGNED_MEMORY.to_owned());
+                match gst::Allocator::find(Some(&name)) {
+                    Some(a) => settings.allocator = a,
+                    None => gst::warning!(
+                        CAT,
+                        imp = self,
+                        "no allocator is registered as {:?}: keeping {}",
+                        name,
+                        allocator_name(&settings.allocator)
+                    ),
+                }
+            }
             _ => unimplemented!(),
         }
     }
@@ -217,6 +274,7 @@ impl ObjectImpl for MemAlign {
         match pspec.name() {
             "alignment" => self.settings.lock().unwrap().alignment.to_value(),
             "padding" => self.settings.lock().unwrap().padding.to_value(),
+            "allocator" => allocator_name(&self.settings.lock().unwrap().allocator).to_value(),
             "stats" => self.stats.lock().unwrap().to_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -289,10 +347,12 @@ impl BaseTransformImpl for MemAlign {
                 "downstream did not answer the ALLOCATION query: {err}"
             );
         }
-        let params = self.settings.lock().unwrap().params();
-        let allocator = aligned_allocator().upcast::<gst::Allocator>();
+        let (params, allocator) = {
+            let settings = self.settings.lock().unwrap();
+            (settings.params(), settings.allocator.clone())
+        };
         propose_allocator_first(query, &allocator, &params);
-        gst::debug!(CAT, imp = self, "proposed AlignedMemory with {params:?}");
+        gst::debug!(CAT, imp = self, "proposed {allocator:?} with {params:?}");
         Ok(())
     }
 
@@ -300,7 +360,7 @@ impl BaseTransformImpl for MemAlign {
         let Some(buf) = self.take_queued_buffer() else {
             return Ok(GenerateOutputSuccess::NoOutput);
         };
-        let settings = *self.settings.lock().unwrap();
+        let settings = self.settings.lock().unwrap().clone();
         let index = self.stats.lock().unwrap().buffers;
         if buf.n_memory() == 0 {
             gst::warning!(
