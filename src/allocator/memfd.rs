@@ -93,10 +93,19 @@ impl MemfdAllocator {
     }
 }
 
-pub use super::memory::memfd::dup_fd;
+pub use super::memory::memfd::{dup_fd, wrap_fd};
 
 /// `true` when `mem` is `MemfdMemory` memory.
 pub fn is_memfd_memory(mem: &gst::MemoryRef) -> bool {
     mem.allocator()
         .is_some_and(|a| a.type_().is_a(MemfdAllocator::static_type()))
+}
+
+/// `true` when `mem` is fd memory whose file is a memfd sealed against shrinking: what
+/// `memfdsink` can send as it is (another process can map it without risk of it shrinking).
+pub fn is_sealed_memfd(mem: &gst::MemoryRef) -> bool {
+    dup_fd(mem)
+        .ok()
+        .and_then(|fd| rustix::fs::fcntl_get_seals(&fd).ok())
+        .is_some_and(|s| s.contains(rustix::fs::SealFlags::SHRINK))
 }

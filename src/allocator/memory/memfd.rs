@@ -3,9 +3,10 @@
 //! block's layout, and the memory vfuncs that 1.22's fd memory lacks or gets wrong (share
 //! sizes, `is_span`, an fd-backed `copy`). The fd memory struct itself stays GStreamer's.
 
-use std::os::fd::IntoRawFd;
+use std::collections::HashMap;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::ptr;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, Mutex, OnceLock};
 
 use gst::ffi;
 use gst::glib;
@@ -201,9 +202,81 @@ pub(in crate::allocator) fn install_vfuncs(allocator: &MemfdAllocator) {
     }
 }
 
+/// Owners to drop when a wrapped root is freed (keyed by the memory's address): this is how
+/// `memfdsrc` learns that the consumer is done with a block.
+static ON_FREE: LazyLock<Mutex<HashMap<usize, Box<dyn Send>>>> = LazyLock::new(Default::default);
+
+/// Wraps a received descriptor as read-only `MemfdMemory` with the given layout. The file
+/// must be at least `maxsize` bytes and sealed against shrinking (so a mapping can never run
+/// past its end), and `offset + size <= maxsize`. `on_free` is dropped when the memory and
+/// every share of it are gone.
+pub fn wrap_fd(
+    fd: OwnedFd,
+    maxsize: usize,
+    offset: usize,
+    size: usize,
+    on_free: Option<Box<dyn Send>>,
+) -> Result<gst::Memory, String> {
+    use rustix::fs::{SealFlags, fcntl_get_seals, fstat};
+    if maxsize == 0 || offset.checked_add(size).is_none_or(|end| end > maxsize) {
+        return Err(format!(
+            "bad layout: offset {offset} size {size} maxsize {maxsize}"
+        ));
+    }
+    let st = fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+    if (st.st_size as u64) < maxsize as u64 {
+        return Err(format!(
+            "the file has {} bytes, fewer than maxsize {maxsize}",
+            st.st_size
+        ));
+    }
+    let seals = fcntl_get_seals(&fd).map_err(|e| format!("not a sealable memfd: {e}"))?;
+    if !seals.contains(SealFlags::SHRINK) {
+        return Err("the file is not sealed against shrinking".into());
+    }
+    let allocator = memfd::memfd_allocator();
+    let raw = fd.into_raw_fd();
+    // SAFETY: as in `alloc`: GStreamer owns `raw` from here, or we close it on failure.
+    let mem = match unsafe {
+        allocator.alloc_fd(raw, maxsize, gst_allocators::FdMemoryFlags::KEEP_MAPPED)
+    } {
+        Ok(m) => m,
+        Err(_) => {
+            // SAFETY: not taken by GStreamer.
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+            return Err("gst_fd_allocator_alloc failed".into());
+        }
+    };
+    // SAFETY: a new memory, ours alone; the layout was checked above.
+    unsafe {
+        let m = mem.as_ptr() as *mut ffi::GstMemory;
+        (*m).offset = offset;
+        (*m).size = size;
+        (*m).mini_object.flags |= ffi::GST_MEMORY_FLAG_READONLY;
+    }
+    if let Some(owner) = on_free
+        && let Ok(mut map) = ON_FREE.lock()
+    {
+        map.insert(mem.as_ptr() as usize, owner);
+    }
+    Ok(mem)
+}
+
 // SAFETY: `alloc` returns NULL or a fully initialised fd memory of this allocator; `free`
-// stays GstFdAllocator's (the default implementation chains up), which unmaps and closes it.
+// chains up to GstFdAllocator's, which unmaps and closes it.
 unsafe impl gst::subclass::prelude::AllocatorImpl for memfd_imp::MemfdAllocator {
+    unsafe fn free(&self, memory: *mut ffi::GstMemory) {
+        use gst::subclass::prelude::AllocatorImplExt;
+        let owner = ON_FREE
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&(memory as usize)));
+        // SAFETY: core calls free once per memory of ours; GstFdAllocator releases it.
+        unsafe { self.parent_free(memory) };
+        // Dropped after the block is unmapped and closed: the producer may reuse it now.
+        drop(owner);
+    }
+
     unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut ffi::GstMemory {
         use gst::subclass::prelude::ObjectSubclassExt;
         match alloc(&self.obj(), size, params) {
