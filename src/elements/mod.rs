@@ -6,6 +6,9 @@ use gst::prelude::*;
 
 pub mod memalign;
 pub mod memcheck;
+pub mod memfdproto;
+pub mod memfdsink;
+pub mod memfdsrc;
 pub mod memmerge;
 pub mod memslice;
 pub mod memsrc;
@@ -18,6 +21,8 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     memmerge::register(plugin)?;
     memcheck::register(plugin)?;
     memsrc::register(plugin)?;
+    memfdsink::register(plugin)?;
+    memfdsrc::register(plugin)?;
     Ok(())
 }
 
