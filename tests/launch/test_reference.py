@@ -16,7 +16,7 @@ from gi.repository import GObject, Gst  # noqa: E402
 Gst.init(None)
 
 ROOT = Path(__file__).resolve().parents[2]
-ELEMENTS = ["memalign", "memslice", "memmerge", "memcheck", "memsrc"]
+ELEMENTS = ["memalign", "memslice", "memmerge", "memcheck", "memsrc", "memfdsink", "memfdsrc"]
 TYPES = {"guint": "uint", "guint64": "uint64", "gchararray": "string", "gboolean": "boolean",
          "GstStructure": "structure"}
 
@@ -28,6 +28,8 @@ def readme_tables():
     tables = {}
     for chunk in section.split("\n### ")[1:]:
         name = chunk.split("\n", 1)[0].strip()
+        if not name.startswith("mem"):
+            continue  # prose sections such as "Across processes"
         rows = {}
         for line in chunk.splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -103,7 +105,7 @@ class ReferenceMatchesPlugin(unittest.TestCase):
             with self.subTest(element=name):
                 for key in ("long-name", "klass", "description", "author"):
                     self.assertTrue(factory.get_metadata(key), key)
-                self.assertIn(factory.get_metadata("klass").split("/")[0], ("Filter", "Source"))
+                self.assertIn(factory.get_metadata("klass").split("/")[0], ("Filter", "Source", "Sink"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,311 @@
+# SPDX-License-Identifier: MPL-2.0
+"""memfdsink and memfdsrc: a stream carried between gst-launch-1.0 processes as memfd
+descriptors, and every fault of issue 5, scripted.
+
+Run with Debian's /usr/bin/python3 and GST_PLUGIN_PATH pointing at the built plugin.
+"""
+
+import os
+import re
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+TIMEOUT = 120
+STATS_RE = re.compile(r'Got message #\d+ from element "([^"]+)" \(element\): (\S+), (.*);$', re.M)
+FIELD_RE = re.compile(r"([\w-]+)=\((\w+)\)([^,]*)")
+
+
+def env():
+    e = dict(os.environ)
+    e["G_DEBUG"] = "fatal_warnings"
+    e.pop("GST_TRACERS", None)
+    return e
+
+
+def start(pipeline, messages=True):
+    args = ["gst-launch-1.0", *(["-m"] if messages else ["-q"]), *pipeline.split()]
+    return subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc, timeout=TIMEOUT):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def stats(output):
+    result = {}
+    for element, _struct, fields in STATS_RE.findall(output):
+        result[element] = {n: int(v) if t.startswith("guint") else v
+                           for n, t, v in FIELD_RE.findall(fields)}
+    return result
+
+
+def wait_for(path, timeout=10):
+    end = time.time() + timeout
+    while not os.path.exists(path):
+        if time.time() > end:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class MemfdTestCase(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.sock = os.path.join(self.tmp.name, "memkit.sock")
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        self.tmp.cleanup()
+
+    def spawn(self, pipeline, **kw):
+        p = start(pipeline, **kw)
+        self.procs.append(p)
+        return p
+
+    def path(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def expected(self, n, blocksize):
+        out = self.path("expected.bin")
+        subprocess.run(["gst-launch-1.0", "-q", "memsrc", f"num-buffers={n}",
+                        f"blocksize={blocksize}", "pattern=counter", "!", "filesink",
+                        f"location={out}"], env=env(), check=True, timeout=TIMEOUT)
+        return read(out)
+
+
+class TwoProcesses(MemfdTestCase):
+    def test_issue_stream_is_byte_identical_and_zero_copy(self):
+        out = self.path("out.bin")
+        prod = self.spawn("memsrc allocator=MemfdMemory num-buffers=500 blocksize=1048576 "
+                          f"pattern=counter ! memfdsink socket-path={self.sock} name=s")
+        wait_for(self.sock)
+        self.assertEqual(stat.S_IMODE(os.stat(self.sock).st_mode), 0o600,
+                         "only the owning user may connect")
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! "
+                          f"memcheck fail-on-violation=true ! filesink location={out}")
+        rc, text = finish(cons)
+        self.assertEqual(rc, 0, text[-3000:])
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        self.assertEqual(read(out), self.expected(500, 1048576))
+        s = stats(ptext)["s"]
+        self.assertEqual((s["buffers"], s["bytes-copied"], s["buffers-copied"]), (500, 0, 0))
+        self.assertEqual(stats(text)["r"]["buffers"], 500)
+        self.assertFalse(os.path.exists(self.sock), "the socket is removed at stop")
+
+    def test_video_through_memalign_and_videoconvert(self):
+        prod = self.spawn("videotestsrc num-buffers=60 ! video/x-raw,format=I420,width=640,height=480 ! "
+                          f"memalign allocator=MemfdMemory name=a ! memfdsink socket-path={self.sock} name=s")
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! videoconvert ! "
+                          "video/x-raw,format=RGBA ! fakesink")
+        rc, text = finish(cons)
+        self.assertEqual(rc, 0, text[-3000:])
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        self.assertEqual(stats(ptext)["a"]["buffers-copied"], 0)
+        self.assertEqual(stats(ptext)["s"]["bytes-copied"], 0)
+        self.assertEqual(stats(text)["r"]["buffers"], 60)
+
+    def test_other_memory_is_copied_once_into_memfd(self):
+        out = self.path("out.bin")
+        prod = self.spawn(f"memsrc num-buffers=20 blocksize=10000 pattern=counter ! "
+                          f"memfdsink socket-path={self.sock} name=s")
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} ! filesink location={out}")
+        rc, text = finish(cons)
+        self.assertEqual(rc, 0, text[-3000:])
+        _, ptext = finish(prod)
+        s = stats(ptext)["s"]
+        self.assertEqual((s["buffers-copied"], s["bytes-copied"]), (20, 200000))
+        self.assertEqual(read(out), self.expected(20, 10000))
+
+    def test_two_consumers_each_get_every_buffer(self):
+        outs = [self.path("a.bin"), self.path("b.bin")]
+        prod = self.spawn("memsrc allocator=MemfdMemory num-buffers=100 blocksize=65536 "
+                          f"pattern=counter ! memfdsink socket-path={self.sock} min-consumers=2 name=s")
+        cons = [self.spawn(f"memfdsrc socket-path={self.sock} ! filesink location={o}")
+                for o in outs]
+        for c in cons:
+            rc, text = finish(c)
+            self.assertEqual(rc, 0, text[-3000:])
+        _, ptext = finish(prod)
+        expected = self.expected(100, 65536)
+        for o in outs:
+            self.assertEqual(read(o), expected)
+        self.assertEqual(stats(ptext)["s"]["consumers-connected"], 2)
+
+    def test_consumer_may_connect_before_the_producer(self):
+        out = self.path("out.bin")
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} timeout=20000 ! filesink location={out}")
+        time.sleep(0.5)
+        prod = self.spawn("memsrc allocator=MemfdMemory num-buffers=10 blocksize=4096 "
+                          f"pattern=counter ! memfdsink socket-path={self.sock}")
+        rc, text = finish(cons)
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertEqual(finish(prod)[0], 0)
+        self.assertEqual(read(out), self.expected(10, 4096))
+
+
+class Faults(MemfdTestCase):
+    def test_consumer_killed_mid_stream(self):
+        prod = self.spawn("memsrc allocator=MemfdMemory num-buffers=400 blocksize=65536 "
+                          f"pattern=counter ! memfdsink socket-path={self.sock} name=s")
+        wait_for(self.sock)
+        time.sleep(0.3)  # the producer waits for a consumer (min-consumers=1)
+        idle_fds = fd_count(prod.pid)
+        slow = self.spawn(f"memfdsrc socket-path={self.sock} ! identity sleep-time=20000 ! fakesink")
+        time.sleep(1.0)
+        self.assertIsNone(prod.poll())
+        slow.send_signal(signal.SIGKILL)
+        slow.communicate()
+        time.sleep(0.5)
+        self.assertIsNone(prod.poll(), "the producer survives the consumer")
+        self.assertEqual(fd_count(prod.pid), idle_fds,
+                         "the dropped consumer's socket and blocks are released")
+        out = self.path("out.bin")
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} ! filesink location={out}")
+        rc, text = finish(cons)
+        self.assertEqual(rc, 0, text[-3000:])
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        s = stats(ptext)["s"]
+        self.assertEqual((s["consumers-connected"], s["consumers-dropped"]), (2, 1))
+        self.assertGreater(os.path.getsize(out), 0)
+
+    def test_producer_killed_is_a_clear_error(self):
+        prod = self.spawn("memsrc allocator=MemfdMemory blocksize=4096 ! "
+                          f"identity sleep-time=10000 ! memfdsink socket-path={self.sock}")
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} ! fakesink")
+        time.sleep(1.0)
+        prod.send_signal(signal.SIGKILL)
+        prod.communicate()
+        rc, text = finish(cons)
+        self.assertNotEqual(rc, 0)
+        self.assertGreater(rc, 0, "an error exit, not a crash")
+        self.assertRegex(text, r"The producer at .* went away \(connection closed\)")
+
+    def test_consumer_reconnects_to_a_new_producer(self):
+        first = self.spawn("memsrc allocator=MemfdMemory blocksize=4096 ! "
+                           f"identity sleep-time=10000 ! memfdsink socket-path={self.sock}")
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} reconnect=true timeout=20000 name=r ! fakesink")
+        time.sleep(1.0)
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+        time.sleep(0.3)
+        second = self.spawn("memsrc allocator=MemfdMemory num-buffers=20 blocksize=4096 ! "
+                            f"memfdsink socket-path={self.sock}")
+        rc, text = finish(cons)
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertEqual(finish(second)[0], 0)
+        # At least one: a reconnection can also land in the dying producer's backlog first.
+        self.assertGreaterEqual(stats(text)["r"]["reconnects"], 1)
+        self.assertEqual(stats(text)["r"]["buffers"] >= 20, True)
+
+    def fake_producer(self, packets, fds=()):
+        """A listening SOCK_SEQPACKET socket that sends `packets` to its first client."""
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        srv.bind(self.sock)
+        srv.listen(1)
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} ! fakesink")
+        conn, _ = srv.accept()
+        for p in packets:
+            socket.send_fds(conn, [p], list(fds))
+        rc, text = finish(cons)
+        conn.close()
+        srv.close()
+        return rc, text
+
+    def test_garbage_is_a_clear_error(self):
+        rc, text = self.fake_producer([b"this is not memkit at all"])
+        self.assertGreater(rc, 0)
+        self.assertRegex(text, r"Malformed message from the producer: bad magic")
+
+    def test_truncated_message_is_a_clear_error(self):
+        header = struct.pack("<IBB", 0x44464B4D, 1, 3)  # a buffer message, fields missing
+        rc, text = self.fake_producer([header + b"\x01\x02"])
+        self.assertGreater(rc, 0)
+        self.assertRegex(text, r"Malformed message from the producer: truncated message")
+
+    def test_oversized_message_is_a_clear_error(self):
+        rc, text = self.fake_producer([b"\x00" * (200 * 1024)])
+        self.assertGreater(rc, 0)
+        self.assertRegex(text, r"message larger than 65536 bytes")
+
+    def test_descriptor_that_is_not_a_sealed_memfd_is_refused(self):
+        with open(self.path("plain"), "wb") as f:
+            f.write(b"\x00" * 8192)
+        fd = os.open(self.path("plain"), os.O_RDWR)
+        msg = struct.pack("<IBB", 0x44464B4D, 1, 3) + struct.pack("<6QII", 1, 0, 0, 0, 0, 0, 0, 1)
+        msg += struct.pack("<3Q", 0, 100, 8192)
+        rc, text = self.fake_producer([msg], fds=[fd])
+        os.close(fd)
+        self.assertGreater(rc, 0)
+        self.assertRegex(text, r"Unusable memory from the producer: .*not a sealable memfd|not sealed")
+
+    def test_garbage_from_a_consumer_drops_only_that_consumer(self):
+        prod = self.spawn("memsrc allocator=MemfdMemory num-buffers=50 blocksize=4096 ! "
+                          f"memfdsink socket-path={self.sock} name=s")
+        wait_for(self.sock)
+        bad = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        bad.connect(self.sock)
+        bad.send(b"garbage from a consumer")
+        time.sleep(0.3)
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} ! fakesink")
+        rc, text = finish(cons)
+        self.assertEqual(rc, 0, text[-3000:])
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        self.assertGreaterEqual(stats(ptext)["s"]["consumers-dropped"], 1)
+        bad.close()
+
+    def test_socket_path_that_is_not_ours_is_a_clear_error(self):
+        with open(self.sock, "w") as f:
+            f.write("a file")
+        proc = self.spawn(f"memsrc num-buffers=1 ! memfdsink socket-path={self.sock}")
+        rc, text = finish(proc)
+        self.assertGreater(rc, 0)
+        self.assertRegex(text, r"socket path .* exists and is not a socket")
+        self.assertEqual(read(self.sock), b"a file", "left untouched")
+
+    def test_socket_in_use_is_a_clear_error(self):
+        first = self.spawn("memsrc allocator=MemfdMemory blocksize=4096 ! "
+                           f"memfdsink socket-path={self.sock}")
+        wait_for(self.sock)
+        second = self.spawn(f"memsrc num-buffers=1 ! memfdsink socket-path={self.sock}")
+        rc, text = finish(second)
+        self.assertGreater(rc, 0)
+        self.assertRegex(text, r"is in use by a running memfdsink")
+        self.assertIsNone(first.poll())
+
+    def test_missing_socket_path_is_a_clear_error(self):
+        proc = self.spawn("memsrc num-buffers=1 ! memfdsink")
+        rc, text = finish(proc)
+        self.assertGreater(rc, 0)
+        self.assertIn("memfdsink needs socket-path", text)
+        proc = self.spawn(f"memfdsrc socket-path={self.sock} timeout=200 ! fakesink")
+        rc, text = finish(proc)
+        self.assertGreater(rc, 0)
+        self.assertRegex(text, r"no producer after 200 ms")
+
+
+if __name__ == "__main__":
+    unittest.main()
