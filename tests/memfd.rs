@@ -251,3 +251,53 @@ fn another_process_maps_the_block_through_its_descriptor() {
     assert!(child.wait().unwrap().success());
     assert_eq!(out, "from memkit");
 }
+
+#[test]
+fn freed_blocks_are_recycled_like_fresh_ones() {
+    init();
+    let a = memfd_allocator();
+    let flags = gst::MemoryFlags::ZERO_PREFIXED | gst::MemoryFlags::ZERO_PADDED;
+    let p = params(flags, 0, 64, 64);
+    // A size no other test uses, so that this block's class is ours alone.
+    let size = 3 * page_size() + 17;
+    let mut m = a.alloc(size, Some(&p)).unwrap();
+    let inode = |m: &gst::MemoryRef| rustix::fs::fstat(dup_fd(m).unwrap()).unwrap().st_ino;
+    let first = inode(&m);
+    {
+        // Dirty the whole region: payload through a map, prefix and padding by moving the
+        // bounds over them.
+        let mm = m.get_mut().unwrap();
+        mm.resize_maxsize(..);
+        assert_eq!(mm.offset(), 0);
+        mm.map_writable().unwrap().as_mut_slice().fill(0xee);
+    }
+    drop(m);
+    let again = a.alloc(size, Some(&p)).unwrap();
+    assert_eq!(inode(&again), first, "the same memfd, reused");
+    assert_eq!((again.offset(), again.size()), (64, size));
+    assert!(again.flags().contains(flags));
+    assert!(again.is_writable());
+    let (prefix_zero, padding_zero, payload_kept) =
+        with_mapped_region(&again, |region, offset, size| {
+            (
+                region[..offset].iter().all(|&b| b == 0),
+                region[offset + size..].iter().all(|&b| b == 0),
+                region[offset..offset + size].iter().all(|&b| b == 0xee),
+            )
+        })
+        .unwrap();
+    assert!(prefix_zero && padding_zero, "ZERO ranges zeroed again");
+    assert!(
+        payload_kept,
+        "the payload is not zeroed: only the promised ranges are"
+    );
+    // Trimming frees recycled blocks: their descriptors close.
+    drop(again);
+    let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    gstmemkit::allocator::trim_cache();
+    let after = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    assert!(
+        after < before,
+        "trim closes recycled memfds ({before} -> {after})"
+    );
+}

@@ -13,7 +13,6 @@ use gst::glib;
 use gst::prelude::*;
 
 use super::AllocError;
-use super::layout::MemfdLayout;
 
 /// The name `MemfdMemory` is registered under.
 pub const MEMFD_MEMORY: &str = "MemfdMemory";
@@ -62,22 +61,6 @@ pub(super) fn create_memfd(len: usize) -> Result<OwnedFd, AllocError> {
     fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
         .map_err(errno("fcntl(F_ADD_SEALS)"))?;
     Ok(fd)
-}
-
-/// Lays out and creates a block: the layout and the memfd for it.
-pub(super) fn new_block(
-    size: usize,
-    params: &gst::AllocationParams,
-) -> Result<(MemfdLayout, OwnedFd), AllocError> {
-    let layout = MemfdLayout::new(
-        size,
-        params.prefix(),
-        params.padding(),
-        params.align(),
-        page_size(),
-    )?;
-    let fd = create_memfd(layout.maxsize)?;
-    Ok((layout, fd))
 }
 
 impl MemfdAllocator {

@@ -162,11 +162,13 @@ pub fn aligned_allocator() -> AlignedAllocator {
 /// those threads end, or shrink as they are used once `max-cached-bytes` is lowered.
 pub fn trim_cache() {
     memory::cache().trim();
+    memory::memfd::trim_recycled();
 }
 
-/// Bytes the recycling cache holds (the shared pool and this thread's free lists).
+/// Bytes the recycling caches hold: AlignedMemory's shared pool and this thread's free lists,
+/// and MemfdMemory's recycled blocks.
 pub fn cached_bytes() -> usize {
-    memory::cache().cached_bytes()
+    memory::cache().cached_bytes() + memory::memfd::recycled_bytes()
 }
 
 /// The bound of the recycling cache, in bytes (the allocator's `max-cached-bytes`).

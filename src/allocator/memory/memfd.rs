@@ -25,12 +25,105 @@ type ShareFn = unsafe extern "C" fn(*mut ffi::GstMemory, isize, isize) -> *mut f
 static FD_SHARE: OnceLock<ShareFn> = OnceLock::new();
 
 /// Allocates a `MemfdMemory` block through `allocator`.
+/// Freed blocks kept for reuse, by maxsize: the memory objects themselves, still mapped and
+/// with their pages faulted in (a fresh memfd costs a page fault and a zeroed page per 4 KiB).
+#[derive(Default)]
+struct Recycled {
+    blocks: HashMap<usize, Vec<gst::Memory>>,
+    bytes: usize,
+}
+
+static RECYCLED: LazyLock<Mutex<Recycled>> = LazyLock::new(Default::default);
+
+/// `GstMiniObject.dispose` of the blocks `alloc` makes: when the last reference goes (after
+/// every consumer released the block, for memfdsink), the block is kept for reuse while the
+/// recycling bound allows, the way GstBufferPool recycles buffers; otherwise it is freed.
+unsafe extern "C" fn recycle_dispose(obj: *mut ffi::GstMiniObject) -> glib::ffi::gboolean {
+    let mem = obj as *mut ffi::GstMemory;
+    // SAFETY: core calls dispose with refcount 0 on a live memory of ours, a root (`alloc`
+    // sets this hook on roots only), with no share or map left.
+    unsafe {
+        let maxsize = (*mem).maxsize;
+        let max = super::cache().max_bytes();
+        let Ok(mut r) = RECYCLED.try_lock() else {
+            return glib::ffi::GTRUE;
+        };
+        if r.bytes + maxsize > max {
+            return glib::ffi::GTRUE;
+        }
+        // Resurrect it: the reference we take is the one the cache owns.
+        ffi::gst_mini_object_ref(obj);
+        r.bytes += maxsize;
+        r.blocks
+            .entry(maxsize)
+            .or_default()
+            .push(from_glib_full(mem));
+    }
+    glib::ffi::GFALSE
+}
+
+/// Takes a recycled block of `maxsize` bytes.
+fn take_recycled(maxsize: usize) -> Option<gst::Memory> {
+    let mut r = RECYCLED.lock().ok()?;
+    let mem = r.blocks.get_mut(&maxsize)?.pop()?;
+    r.bytes -= maxsize;
+    Some(mem)
+}
+
+/// Frees every recycled block (part of `trim_cache`).
+pub(in crate::allocator) fn trim_recycled() {
+    let blocks: Vec<gst::Memory> = match RECYCLED.lock() {
+        Ok(mut r) => {
+            r.bytes = 0;
+            r.blocks.drain().flat_map(|(_, v)| v).collect()
+        }
+        Err(_) => return,
+    };
+    for mem in blocks {
+        // SAFETY: we own the only reference; without the hook the unref below frees it.
+        unsafe { (*(mem.as_ptr() as *mut ffi::GstMemory)).mini_object.dispose = None };
+        drop(mem);
+    }
+}
+
+/// Bytes held by recycled blocks.
+pub(in crate::allocator) fn recycled_bytes() -> usize {
+    RECYCLED.lock().map(|r| r.bytes).unwrap_or(0)
+}
+
+/// Allocates a `MemfdMemory` block through `allocator`: a recycled one of the same size, or
+/// a new sealed memfd.
 pub(in crate::allocator) fn alloc(
     allocator: &MemfdAllocator,
     size: usize,
     params: &gst::AllocationParams,
 ) -> Result<gst::Memory, AllocError> {
-    let (l, fd) = memfd::new_block(size, params)?;
+    let l = layout::MemfdLayout::new(
+        size,
+        params.prefix(),
+        params.padding(),
+        params.align(),
+        memfd::page_size(),
+    )?;
+    let flags = params.flags().into_glib();
+    if let Some(mem) = take_recycled(l.maxsize) {
+        // SAFETY: the cache held the only reference: the memory is ours alone, unmapped and
+        // unlocked (it was disposed at refcount 0). Only the fields a fresh block would have
+        // differently are set; the lockable flag that gst_memory_init set is kept.
+        unsafe {
+            let m = mem.as_ptr() as *mut ffi::GstMemory;
+            (*m).offset = l.offset;
+            (*m).size = l.size;
+            (*m).align = l.align_mask;
+            (*m).mini_object.flags = ffi::GST_MINI_OBJECT_FLAG_LOCKABLE | flags;
+        }
+        let zero = flags & (ffi::GST_MEMORY_FLAG_ZERO_PREFIXED | ffi::GST_MEMORY_FLAG_ZERO_PADDED);
+        if zero != 0 {
+            zero_ranges(&mem, l.offset, l.size, zero)?;
+        }
+        return Ok(mem);
+    }
+    let fd = memfd::create_memfd(l.maxsize)?;
     let raw = fd.into_raw_fd();
     // SAFETY: gst_fd_allocator_alloc takes ownership of `raw` (GstFdMemory closes it when the
     // root is freed; on failure it returns NULL without taking it, so we close it).
@@ -48,7 +141,6 @@ pub(in crate::allocator) fn alloc(
         }
     };
     // A fresh memfd is all zeros: ZERO_PREFIXED/ZERO_PADDED hold without writing anything.
-    let flags = params.flags().into_glib();
     // SAFETY: `mem` is a new memory with one reference, ours alone; offset + size <= maxsize
     // by the layout.
     unsafe {
@@ -57,6 +149,7 @@ pub(in crate::allocator) fn alloc(
         (*m).size = l.size;
         (*m).align = l.align_mask;
         (*m).mini_object.flags |= flags;
+        (*m).mini_object.dispose = Some(recycle_dispose);
     }
     gst::trace!(
         CAT,
@@ -69,6 +162,38 @@ pub(in crate::allocator) fn alloc(
         l.maxsize
     );
     Ok(mem)
+}
+
+/// Zeroes the prefix and/or the padding (to maxsize) of a recycled block.
+fn zero_ranges(
+    mem: &gst::Memory,
+    offset: usize,
+    size: usize,
+    which: ffi::GstMemoryFlags,
+) -> Result<(), AllocError> {
+    let ptr = mem.as_ptr() as *mut ffi::GstMemory;
+    let mut info = std::mem::MaybeUninit::<ffi::GstMapInfo>::zeroed();
+    // SAFETY: `mem` is ours alone; a successful map is unmapped once; while mapped the region
+    // is [data - offset, data - offset + maxsize) (GstFdMemory maps the whole file from 0).
+    unsafe {
+        if ffi::gst_memory_map(ptr, info.as_mut_ptr(), ffi::GST_MAP_WRITE) == glib::ffi::GFALSE {
+            return Err(AllocError::System {
+                what: "mapping a recycled memfd",
+                errno: 0,
+            });
+        }
+        let info = info.assume_init_mut();
+        let base = info.data.sub(offset);
+        if which & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+            ptr::write_bytes(base, 0, offset);
+        }
+        if which & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+            let end = offset + size;
+            ptr::write_bytes(base.add(end), 0, (*ptr).maxsize - end);
+        }
+        ffi::gst_memory_unmap(ptr, info);
+    }
+    Ok(())
 }
 
 /// `mem_share`: resolves `size == -1` against the memory's own size (1.22 uses its maxsize,
