@@ -20,6 +20,30 @@ use super::super::memfd::{self, MemfdAllocator};
 use super::super::memfd_imp::{self, CAT};
 
 type ShareFn = unsafe extern "C" fn(*mut ffi::GstMemory, isize, isize) -> *mut ffi::GstMemory;
+type MapFn =
+    unsafe extern "C" fn(*mut ffi::GstMemory, usize, ffi::GstMapFlags) -> glib::ffi::gpointer;
+
+/// GstFdAllocator's own `mem_map`, which ours calls for mappable memory.
+static FD_MAP: OnceLock<MapFn> = OnceLock::new();
+
+/// `mem_map`: NOT_MAPPABLE memory refuses to map (1.22's fd memory maps it anyway).
+unsafe extern "C" fn mem_map(
+    mem: *mut ffi::GstMemory,
+    maxsize: usize,
+    flags: ffi::GstMapFlags,
+) -> glib::ffi::gpointer {
+    // SAFETY: core calls this with a live memory of ours, locked for `flags`.
+    unsafe {
+        if (*mem).mini_object.flags & ffi::GST_MEMORY_FLAG_NOT_MAPPABLE != 0 {
+            gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
+            return ptr::null_mut();
+        }
+        match FD_MAP.get() {
+            Some(map) => map(mem, maxsize, flags),
+            None => ptr::null_mut(),
+        }
+    }
+}
 
 /// GstFdAllocator's own `mem_share`, which ours calls once the range is resolved and checked.
 static FD_SHARE: OnceLock<ShareFn> = OnceLock::new();
@@ -279,12 +303,13 @@ unsafe extern "C" fn mem_copy(
             return ptr::null_mut();
         }
     };
-    // SAFETY: `m.allocator` is ours (GstFdAllocator's map/unmap); mapping READ through the
-    // vfunc skips the lock (the caller may hold a write map) and returns the region base,
-    // valid for maxsize bytes until the matching unmap. The copy is new and writable.
+    // SAFETY: `m.allocator` is ours; GstFdAllocator's own map (NOT_MAPPABLE memory is still
+    // copied, so that gst_memory_make_mapped can fall back to the copy), called directly, skips
+    // the lock (the caller may hold a write map) and returns the region base, valid for maxsize
+    // bytes until the matching unmap. The copy is new and writable.
     unsafe {
         let alloc = m.allocator;
-        let (Some(map), Some(unmap)) = ((*alloc).mem_map, (*alloc).mem_unmap) else {
+        let (Some(&map), Some(unmap)) = (FD_MAP.get(), (*alloc).mem_unmap) else {
             return ptr::null_mut();
         };
         let src = map(mem, m.maxsize, ffi::GST_MAP_READ) as *const u8;
@@ -321,6 +346,12 @@ pub(in crate::allocator) fn install_vfuncs(allocator: &MemfdAllocator) {
         {
             let _ = FD_SHARE.set(orig);
         }
+        if let Some(orig) = (*ptr).mem_map
+            && orig as *const () != mem_map as *const ()
+        {
+            let _ = FD_MAP.set(orig);
+        }
+        (*ptr).mem_map = Some(mem_map);
         (*ptr).mem_share = Some(mem_share);
         (*ptr).mem_is_span = Some(mem_is_span);
         (*ptr).mem_copy = Some(mem_copy);
