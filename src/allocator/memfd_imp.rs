@@ -5,6 +5,7 @@
 use std::sync::LazyLock;
 
 use gst::glib;
+use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -26,6 +27,45 @@ impl ObjectSubclass for MemfdAllocator {
 }
 
 impl ObjectImpl for MemfdAllocator {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "memkit-memfd-stats: blocks-live, bytes-live, cached-bytes, allocations, \
+                         recycled, frees, wraps, shares, copies, bytes-copied, span-hits, maps \
+                         (guint64, process-wide; reset with the reset-stats action signal)",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "stats" => super::memfd::stats::to_structure().to_value(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: LazyLock<Vec<glib::subclass::Signal>> = LazyLock::new(|| {
+            vec![
+                glib::subclass::Signal::builder("reset-stats")
+                    .action()
+                    .class_handler(|_| {
+                        super::memfd::stats::reset();
+                        None
+                    })
+                    .build(),
+            ]
+        });
+        SIGNALS.as_ref()
+    }
+
     fn constructed(&self) {
         self.parent_constructed();
         super::memory::memfd::install_vfuncs(&self.obj());

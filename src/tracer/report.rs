@@ -16,6 +16,8 @@ pub struct Report {
     pub live_blocks: Vec<(usize, usize)>,
     pub guard: bool,
     pub violations: Vec<allocator::stats::Violation>,
+    /// MemfdMemory's statistics (`memkit-memfd-stats`).
+    pub memfd: gst::Structure,
 }
 
 /// `1536` -> `"1.5 KiB"`.
@@ -60,6 +62,7 @@ impl Report {
             live_blocks: allocator::stats::tracked_blocks(),
             guard: allocator::guard_enabled(),
             violations: allocator::stats::violations(),
+            memfd: allocator::memfd::stats::to_structure(),
         }
     }
 
@@ -115,6 +118,22 @@ impl Report {
                 })
                 .collect();
             let _ = writeln!(t, "  by size class {}", classes.join(", "));
+        }
+        let m = |f: &str| self.memfd.get::<u64>(f).unwrap_or(0);
+        if m("allocations") + m("wraps") > 0 {
+            let _ = writeln!(
+                t,
+                "  MemfdMemory   allocations {} (recycled {}), received {}, frees {}, live {} in {} \
+                 blocks, zero-copy merges {}, copies {}",
+                m("allocations"),
+                m("recycled"),
+                m("wraps"),
+                m("frees"),
+                human(m("bytes-live")),
+                m("blocks-live"),
+                m("span-hits"),
+                m("copies")
+            );
         }
         let _ = writeln!(
             t,
@@ -180,6 +199,12 @@ impl Report {
             })
             .collect();
         let _ = writeln!(j, "  \"by-size-class\": [{}],", classes.join(", "));
+        let memfd: Vec<String> = self
+            .memfd
+            .iter()
+            .map(|(k, v)| format!("{}: {}", json_str(k), v.get::<u64>().unwrap_or(0)))
+            .collect();
+        let _ = writeln!(j, "  \"memfd-stats\": {{{}}},", memfd.join(", "));
         let _ = writeln!(j, "  \"guard\": {},", self.guard);
         let violations: Vec<String> = self
             .violations

@@ -16,6 +16,7 @@ use gst_allocators::prelude::*;
 
 use super::super::AllocError;
 use super::super::layout;
+use super::super::memfd::stats::{self as mstats, Counter as M};
 use super::super::memfd::{self, MemfdAllocator};
 use super::super::memfd_imp::{self, CAT};
 
@@ -39,7 +40,13 @@ unsafe extern "C" fn mem_map(
             return ptr::null_mut();
         }
         match FD_MAP.get() {
-            Some(map) => map(mem, maxsize, flags),
+            Some(map) => {
+                let data = map(mem, maxsize, flags);
+                if !data.is_null() {
+                    mstats::count(M::Maps, 1);
+                }
+                data
+            }
             None => ptr::null_mut(),
         }
     }
@@ -77,6 +84,8 @@ unsafe extern "C" fn recycle_dispose(obj: *mut ffi::GstMiniObject) -> glib::ffi:
         }
         // Resurrect it: the reference we take is the one the cache owns.
         ffi::gst_mini_object_ref(obj);
+        mstats::count(M::Frees, 1);
+        mstats::block(maxsize, false);
         r.bytes += maxsize;
         r.blocks
             .entry(maxsize)
@@ -145,6 +154,9 @@ pub(in crate::allocator) fn alloc(
         if zero != 0 {
             zero_ranges(&mem, l.offset, l.size, zero)?;
         }
+        mstats::count(M::Allocations, 1);
+        mstats::count(M::Recycled, 1);
+        mstats::block(l.maxsize, true);
         return Ok(mem);
     }
     let fd = memfd::create_memfd(l.maxsize)?;
@@ -185,6 +197,8 @@ pub(in crate::allocator) fn alloc(
         l.size,
         l.maxsize
     );
+    mstats::count(M::Allocations, 1);
+    mstats::block(l.maxsize, true);
     Ok(mem)
 }
 
@@ -247,6 +261,7 @@ unsafe extern "C" fn mem_share(
     let Some(share) = FD_SHARE.get() else {
         return ptr::null_mut();
     };
+    mstats::count(M::Shares, 1);
     // SAFETY: the original fd share, with an explicit size that fits.
     unsafe { share(mem, offset, new_size as isize) }
 }
@@ -266,7 +281,11 @@ unsafe extern "C" fn mem_is_span(
         // SAFETY: valid out pointer; the parent is live.
         unsafe { *offset = m1.offset.wrapping_sub((*m1.parent).offset) };
     }
-    (m1.offset.checked_add(m1.size) == Some(m2.offset)).into_glib()
+    let span = m1.offset.checked_add(m1.size) == Some(m2.offset);
+    if span {
+        mstats::count(M::SpanHits, 1);
+    }
+    span.into_glib()
 }
 
 /// `mem_copy`: a new `MemfdMemory` block with the same alignment, holding the range. Reads the
@@ -331,6 +350,8 @@ unsafe extern "C" fn mem_copy(
         if !ok {
             return ptr::null_mut();
         }
+        mstats::count(M::Copies, 1);
+        mstats::count(M::BytesCopied, len as u64);
         copy.into_glib_ptr()
     }
 }
@@ -410,11 +431,15 @@ pub fn wrap_fd(
         (*m).size = size;
         (*m).mini_object.flags |= ffi::GST_MEMORY_FLAG_READONLY;
     }
-    if let Some(owner) = on_free
-        && let Ok(mut map) = ON_FREE.lock()
-    {
-        map.insert(mem.as_ptr() as usize, owner);
+    if let Ok(mut map) = ON_FREE.lock() {
+        // Registered even without an owner: `free` then knows this root was wrapped.
+        map.insert(
+            mem.as_ptr() as usize,
+            on_free.unwrap_or_else(|| Box::new(())),
+        );
     }
+    mstats::count(M::Wraps, 1);
+    mstats::block(maxsize, true);
     Ok(mem)
 }
 
@@ -427,6 +452,20 @@ unsafe impl gst::subclass::prelude::AllocatorImpl for memfd_imp::MemfdAllocator 
             .lock()
             .ok()
             .and_then(|mut m| m.remove(&(memory as usize)));
+        // SAFETY: `memory` is live until parent_free below.
+        let (root, recyclable, maxsize) = unsafe {
+            (
+                (*memory).parent.is_null(),
+                (*memory).mini_object.dispose.is_some(),
+                (*memory).maxsize,
+            )
+        };
+        // A root dies here unless it was a recycled block being trimmed (counted when it went
+        // to the cache): blocks we allocated keep their dispose hook, wrapped ones an owner.
+        if root && (recyclable || owner.is_some()) {
+            mstats::count(M::Frees, 1);
+            mstats::block(maxsize, false);
+        }
         // SAFETY: core calls free once per memory of ours; GstFdAllocator releases it.
         unsafe { self.parent_free(memory) };
         // Dropped after the block is unmapped and closed: the producer may reuse it now.
