@@ -2,30 +2,15 @@
 //! The GstMemory contract (shared/SEMANTICS.md) and memkit's own guarantees, checked on
 //! `AlignedMemory` through the safe Rust API and through GStreamer's C entry points.
 
-use std::sync::Once;
+mod common;
+use common::{init, params};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gst::prelude::*;
 use gstmemkit::allocator::{
     ALIGNED_MEMORY, AlignedMemory, AllocError, MemoryError, aligned_allocator,
 };
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
-
-fn params(
-    flags: gst::MemoryFlags,
-    align: usize,
-    prefix: usize,
-    padding: usize,
-) -> gst::AllocationParams {
-    gst::AllocationParams::new(flags, align, prefix, padding)
-}
 
 const ZERO_FLAGS: gst::MemoryFlags = gst::MemoryFlags::from_bits_truncate(
     gst::MemoryFlags::ZERO_PREFIXED.bits() | gst::MemoryFlags::ZERO_PADDED.bits(),

@@ -6,7 +6,8 @@
 //! alignment (its mapping starts on a page, so the payload can only be aligned by its offset)
 //! and rounds `maxsize` up to a page.
 
-use std::sync::Once;
+mod common;
+use common::{init, params};
 
 use gst::prelude::*;
 use gstmemkit::allocator::{
@@ -15,29 +16,12 @@ use gstmemkit::allocator::{
 
 const ALLOCATORS: [&str; 2] = [ALIGNED_MEMORY, MEMFD_MEMORY];
 
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
-
 fn each(f: impl Fn(&str, &gst::Allocator)) {
     init();
     for name in ALLOCATORS {
         let a = gst::Allocator::find(Some(name)).unwrap();
         f(name, &a);
     }
-}
-
-fn params(
-    flags: gst::MemoryFlags,
-    align: usize,
-    prefix: usize,
-    padding: usize,
-) -> gst::AllocationParams {
-    gst::AllocationParams::new(flags, align, prefix, padding)
 }
 
 /// The offset a block gets for `prefix` at alignment mask `mask` (after the 63 minimum).

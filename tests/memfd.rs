@@ -2,9 +2,11 @@
 //! `MemfdMemory` (issue 5): fd memory another process can map, with AlignedMemory's alignment
 //! and zeroing guarantees, sealed memfds, correct shares and spans.
 
+mod common;
+use common::{init, params};
+
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::Once;
 
 use gst::prelude::*;
 use gst_allocators::FdMemoryRef;
@@ -13,27 +15,10 @@ use gstmemkit::allocator::memfd::{
 };
 use gstmemkit::allocator::{AllocError, mapped_addr, with_mapped_region};
 
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
-
 fn fd_of(mem: &gst::MemoryRef) -> i32 {
     mem.downcast_memory_ref::<gst_allocators::FdMemory>()
         .map(FdMemoryRef::fd)
         .expect("fd memory")
-}
-
-fn params(
-    flags: gst::MemoryFlags,
-    align: usize,
-    prefix: usize,
-    padding: usize,
-) -> gst::AllocationParams {
-    gst::AllocationParams::new(flags, align, prefix, padding)
 }
 
 #[test]

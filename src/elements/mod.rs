@@ -72,19 +72,23 @@ pub(crate) fn describe_buffer(index: u64, buf: &gst::BufferRef) -> String {
     )
 }
 
+/// An always-present pad template `name` with any caps.
+pub(crate) fn any_caps_template(name: &str, direction: gst::PadDirection) -> gst::PadTemplate {
+    gst::PadTemplate::new(
+        name,
+        direction,
+        gst::PadPresence::Always,
+        &gst::Caps::new_any(),
+    )
+    .expect("a static template is valid")
+}
+
 /// The src and sink templates of an element that accepts any caps.
 pub(crate) fn any_caps_templates() -> Vec<gst::PadTemplate> {
-    let caps = gst::Caps::new_any();
-    [
-        ("src", gst::PadDirection::Src),
-        ("sink", gst::PadDirection::Sink),
+    vec![
+        any_caps_template("src", gst::PadDirection::Src),
+        any_caps_template("sink", gst::PadDirection::Sink),
     ]
-    .into_iter()
-    .map(|(name, dir)| {
-        gst::PadTemplate::new(name, dir, gst::PadPresence::Always, &caps)
-            .expect("a static template is valid")
-    })
-    .collect()
 }
 
 /// The read-only `stats` property every memkit element has.

@@ -244,18 +244,7 @@ unsafe extern "C" fn mem_share(
 ) -> *mut ffi::GstMemory {
     // SAFETY: core calls this with a live memory of ours, holding a lock on it.
     let m = unsafe { &*mem };
-    let Some((_, new_size)) = layout::sub_range(m.offset, m.size, m.maxsize, offset, size, false)
-    else {
-        gst::warning!(
-            CAT,
-            "share of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
-            mem,
-            offset,
-            size,
-            m.offset,
-            m.size,
-            m.maxsize
-        );
+    let Some((_, new_size)) = super::resolve_request(*CAT, "share", m, offset, size, false) else {
         return ptr::null_mut();
     };
     let Some(share) = FD_SHARE.get() else {
@@ -273,15 +262,7 @@ unsafe extern "C" fn mem_is_span(
     offset: *mut usize,
 ) -> glib::ffi::gboolean {
     // SAFETY: core passes two live memories with the same live parent.
-    let (m1, m2) = unsafe { (&*mem1, &*mem2) };
-    if m1.parent.is_null() {
-        return glib::ffi::GFALSE;
-    }
-    if !offset.is_null() {
-        // SAFETY: valid out pointer; the parent is live.
-        unsafe { *offset = m1.offset.wrapping_sub((*m1.parent).offset) };
-    }
-    let span = m1.offset.checked_add(m1.size) == Some(m2.offset);
+    let span = unsafe { super::is_span(mem1, mem2, offset) };
     if span {
         mstats::count(M::SpanHits, 1);
     }
@@ -298,15 +279,7 @@ unsafe extern "C" fn mem_copy(
 ) -> *mut ffi::GstMemory {
     // SAFETY: core calls this with a live memory of ours.
     let m = unsafe { &*mem };
-    let Some((start, len)) = layout::sub_range(m.offset, m.size, m.maxsize, offset, size, true)
-    else {
-        gst::warning!(
-            CAT,
-            "copy of {:p} out of range: offset {} size {}",
-            mem,
-            offset,
-            size
-        );
+    let Some((start, len)) = super::resolve_request(*CAT, "copy", m, offset, size, true) else {
         return ptr::null_mut();
     };
     let params = gst::AllocationParams::new(

@@ -833,6 +833,59 @@ unsafe extern "C" fn mem_unmap_full(mem: *mut ffi::GstMemory, info: *mut ffi::Gs
     }
 }
 
+/// Resolves a `mem_share`/`mem_copy` request on `m` into region-relative `(offset, size)`
+/// (see `layout::sub_range`), or logs the refusal at WARNING in `cat` and gives `None`.
+fn resolve_request(
+    cat: gst::DebugCategory,
+    what: &str,
+    m: &ffi::GstMemory,
+    offset: isize,
+    size: isize,
+    clamp: bool,
+) -> Option<(usize, usize)> {
+    let r = layout::sub_range(m.offset, m.size, m.maxsize, offset, size, clamp);
+    if r.is_none() {
+        gst::warning!(
+            cat,
+            "{} of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
+            what,
+            m,
+            offset,
+            size,
+            m.offset,
+            m.size,
+            m.maxsize
+        );
+    }
+    r
+}
+
+/// The body of every memkit `mem_is_span`: core has checked that both memories have this
+/// allocator and the same non-NULL parent. TRUE iff `mem2` starts where `mem1` ends;
+/// `*offset` is `mem1`'s start relative to the parent's offset, ready for
+/// `gst_memory_share(parent, offset, ..)`.
+///
+/// # Safety
+/// `mem1` and `mem2` must be live memories with the same live parent; `offset` NULL or valid.
+unsafe fn is_span(
+    mem1: *mut ffi::GstMemory,
+    mem2: *mut ffi::GstMemory,
+    offset: *mut usize,
+) -> bool {
+    // SAFETY: per the caller.
+    let (m1, m2) = unsafe { (&*mem1, &*mem2) };
+    if m1.parent.is_null() {
+        return false;
+    }
+    if !offset.is_null() {
+        // SAFETY: the parent is live (both children hold a reference), `offset` is a valid
+        // out pointer. The subtraction wraps like core's gsize arithmetic would for a share
+        // that starts before the parent's offset; gst_memory_share reads it as a gssize.
+        unsafe { *offset = m1.offset.wrapping_sub((*m1.parent).offset) };
+    }
+    m1.offset.checked_add(m1.size) == Some(m2.offset)
+}
+
 /// `GstAllocator.mem_share` (contract of `gst_memory_share`): a read-only sub-memory of the
 /// root with the same region, `offset = mem.offset + offset`, `size == -1` meaning to the end.
 /// Out-of-range requests give NULL and a warning (core does not check them).
@@ -843,19 +896,8 @@ unsafe extern "C" fn mem_share(
 ) -> *mut ffi::GstMemory {
     // SAFETY: core calls mem_share on a live memory of this allocator, holding a lock on it.
     let m = unsafe { &*(mem as *const GstAlignedMemory) };
-    let Some((new_offset, new_size)) =
-        layout::sub_range(m.mem.offset, m.mem.size, m.mem.maxsize, offset, size, false)
+    let Some((new_offset, new_size)) = resolve_request(*CAT, "share", &m.mem, offset, size, false)
     else {
-        gst::warning!(
-            CAT,
-            "share of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
-            m,
-            offset,
-            size,
-            m.mem.offset,
-            m.mem.size,
-            m.mem.maxsize
-        );
         return ptr::null_mut();
     };
     let root = if m.mem.parent.is_null() {
@@ -888,19 +930,7 @@ unsafe extern "C" fn mem_copy(
 ) -> *mut ffi::GstMemory {
     // SAFETY: core calls mem_copy on a live memory of this allocator.
     let m = unsafe { &*(mem as *const GstAlignedMemory) };
-    let Some((start, len)) =
-        layout::sub_range(m.mem.offset, m.mem.size, m.mem.maxsize, offset, size, true)
-    else {
-        gst::warning!(
-            CAT,
-            "copy of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
-            m,
-            offset,
-            size,
-            m.mem.offset,
-            m.mem.size,
-            m.mem.maxsize
-        );
+    let Some((start, len)) = resolve_request(*CAT, "copy", &m.mem, offset, size, true) else {
         return ptr::null_mut();
     };
     let align = m.mem.align & (layout::MAX_ALIGN - 1);
@@ -941,18 +971,7 @@ unsafe extern "C" fn mem_is_span(
     offset: *mut usize,
 ) -> glib::ffi::gboolean {
     // SAFETY: core passes two live memories with the same live parent.
-    let (m1, m2) = unsafe { (&*mem1, &*mem2) };
-    debug_assert!(!m1.parent.is_null() && m1.parent == m2.parent);
-    if m1.parent.is_null() {
-        return glib::ffi::GFALSE;
-    }
-    if !offset.is_null() {
-        // SAFETY: the parent is live (both children hold a reference), `offset` is a valid
-        // out pointer. The subtraction wraps like core's gsize arithmetic would for a share
-        // that starts before the parent's offset; gst_memory_share reads it as a gssize.
-        unsafe { *offset = m1.offset.wrapping_sub((*m1.parent).offset) };
-    }
-    let contiguous = m1.offset.checked_add(m1.size) == Some(m2.offset);
+    let contiguous = unsafe { is_span(mem1, mem2, offset) };
     if contiguous {
         stats::count(Counter::SpanHits, 1);
     }

@@ -441,15 +441,10 @@ impl ElementImpl for MemfdSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &gst::Caps::new_any(),
-                )
-                .expect("valid template"),
-            ]
+            vec![crate::elements::any_caps_template(
+                "sink",
+                gst::PadDirection::Sink,
+            )]
         });
         TEMPLATES.as_ref()
     }

@@ -250,15 +250,10 @@ impl ElementImpl for MemfdSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &gst::Caps::new_any(),
-                )
-                .expect("valid template"),
-            ]
+            vec![crate::elements::any_caps_template(
+                "src",
+                gst::PadDirection::Src,
+            )]
         });
         TEMPLATES.as_ref()
     }
