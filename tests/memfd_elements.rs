@@ -2,17 +2,13 @@
 //! memfdsink and memfdsrc in one process (two pipelines): every block is released back to the
 //! producer, the bytes arrive intact, and no descriptor is left open afterwards.
 
-use std::sync::Once;
+mod common;
+use common::init;
+
+/// The descriptor count is process-wide: the tests here run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 use gst::prelude::*;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -32,9 +28,11 @@ fn run_to_eos(p: &gst::Element) {
 
 #[test]
 fn blocks_are_released_and_no_descriptor_leaks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     init();
     let path = std::env::temp_dir().join(format!("memkit-test-{}.sock", std::process::id()));
     let path = path.to_str().unwrap().to_owned();
+    gstmemkit::allocator::trim_cache();
     let before = open_fds();
     let producer = gst::parse::launch(&format!(
         "memsrc allocator=MemfdMemory num-buffers=200 blocksize=65536 pattern=counter ! \
@@ -106,4 +104,82 @@ fn blocks_are_released_and_no_descriptor_leaks() {
     gstmemkit::allocator::trim_cache();
     assert_eq!(open_fds(), before, "no descriptor left open");
     assert!(!std::path::Path::new(&path).exists(), "socket removed");
+}
+
+#[test]
+fn timestamps_flags_and_reference_timestamp_metas_cross() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init();
+    let path = std::env::temp_dir().join(format!("memkit-meta-{}.sock", std::process::id()));
+    let path = path.to_str().unwrap().to_owned();
+    let producer = gst::parse::launch(&format!(
+        "appsrc name=in format=time caps=application/x-test ! memfdsink socket-path={path}"
+    ))
+    .unwrap();
+    let consumer = gst::parse::launch(&format!(
+        "memfdsrc socket-path={path} ! appsink name=out sync=false"
+    ))
+    .unwrap();
+    producer.set_state(gst::State::Playing).unwrap();
+    consumer.set_state(gst::State::Playing).unwrap();
+    let src = producer
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("in")
+        .unwrap();
+    let ntp = gst::Caps::builder("timestamp/x-ntp").build();
+    for i in 0..3u64 {
+        let mut b = gst::Buffer::from_mut_slice(vec![i as u8; 100]);
+        {
+            let b = b.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(40 * i));
+            b.set_duration(gst::ClockTime::from_mseconds(40));
+            b.set_offset(i);
+            if i == 1 {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+            gst::ReferenceTimestampMeta::add(
+                b,
+                &ntp,
+                gst::ClockTime::from_seconds(1000 + i),
+                gst::ClockTime::NONE,
+            );
+        }
+        let _ = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
+    }
+    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    let sink = consumer
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("out")
+        .unwrap();
+    for i in 0..3u64 {
+        let sample = sink
+            .emit_by_name::<Option<gst::Sample>>("pull-sample", &[])
+            .expect("a sample");
+        assert_eq!(
+            sample.caps().unwrap().structure(0).unwrap().name(),
+            "application/x-test"
+        );
+        let b = sample.buffer().unwrap();
+        assert_eq!(b.pts(), Some(gst::ClockTime::from_mseconds(40 * i)));
+        assert_eq!(b.duration(), Some(gst::ClockTime::from_mseconds(40)));
+        assert_eq!(b.offset(), i);
+        assert_eq!(b.flags().contains(gst::BufferFlags::DELTA_UNIT), i == 1);
+        let metas: Vec<_> = b
+            .iter_meta::<gst::ReferenceTimestampMeta>()
+            .map(|m| (m.reference().to_string(), m.timestamp(), m.duration()))
+            .collect();
+        assert_eq!(
+            metas,
+            vec![(
+                "timestamp/x-ntp".to_string(),
+                gst::ClockTime::from_seconds(1000 + i),
+                None
+            )]
+        );
+        assert_eq!(b.map_readable().unwrap().as_slice(), &[i as u8; 100][..]);
+    }
+    consumer.set_state(gst::State::Null).unwrap();
+    producer.set_state(gst::State::Null).unwrap();
 }

@@ -30,6 +30,8 @@ pub const VERSION: u8 = 1;
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// The most memories (descriptors) one buffer may carry.
 pub const MAX_MEMORIES: usize = 16;
+/// The most reference timestamp metas one buffer may carry.
+pub const MAX_METAS: usize = 16;
 
 const KIND_CAPS: u8 = 1;
 const KIND_EVENT: u8 = 2;
@@ -54,6 +56,9 @@ pub struct MemWire {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BufferWire {
+    /// Reference timestamp metas: `(reference caps, timestamp, duration)` in nanoseconds
+    /// (`u64::MAX`: none). The one kind of GstMeta that 1.22 can carry generically.
+    pub refs: Vec<(String, u64, u64)>,
     pub id: u64,
     pub pts: u64,
     pub dts: u64,
@@ -89,6 +94,7 @@ pub enum ProtoError {
     /// Bytes left over after the last field.
     Trailing(usize),
     TooManyMemories(u32),
+    TooManyMetas(u32),
     /// The number of descriptors does not match the memories.
     Descriptors {
         expected: usize,
@@ -114,6 +120,9 @@ impl std::fmt::Display for ProtoError {
             ProtoError::Trailing(n) => write!(f, "{n} unexpected bytes after the message"),
             ProtoError::TooManyMemories(n) => {
                 write!(f, "{n} memories in one buffer (at most {MAX_MEMORIES})")
+            }
+            ProtoError::TooManyMetas(n) => {
+                write!(f, "{n} metas in one buffer (at most {MAX_METAS})")
             }
             ProtoError::Descriptors { expected, received } => {
                 write!(f, "{received} descriptors received for {expected} memories")
@@ -167,6 +176,12 @@ impl Message {
                         v.extend_from_slice(&x.to_le_bytes());
                     }
                 }
+                v.extend_from_slice(&(b.refs.len() as u32).to_le_bytes());
+                for (caps, ts, dur) in &b.refs {
+                    put_str(&mut v, caps);
+                    v.extend_from_slice(&ts.to_le_bytes());
+                    v.extend_from_slice(&dur.to_le_bytes());
+                }
                 v
             }
             Message::Release(id) => {
@@ -215,7 +230,16 @@ impl Message {
                         maxsize: r.u64()?,
                     });
                 }
+                let nrefs = r.u32()?;
+                if nrefs as usize > MAX_METAS {
+                    return Err(ProtoError::TooManyMetas(nrefs));
+                }
+                let mut refs = Vec::with_capacity(nrefs as usize);
+                for _ in 0..nrefs {
+                    refs.push((r.string()?, r.u64()?, r.u64()?));
+                }
                 Message::Buffer(BufferWire {
+                    refs,
                     id,
                     pts,
                     dts,
@@ -437,6 +461,7 @@ mod tests {
 
     fn buffer() -> Message {
         Message::Buffer(BufferWire {
+            refs: vec![("timestamp/x-ntp".into(), 5, u64::MAX)],
             id: 7,
             pts: 1,
             dts: u64::MAX,

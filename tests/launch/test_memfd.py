@@ -260,7 +260,7 @@ class Faults(MemfdTestCase):
             f.write(b"\x00" * 8192)
         fd = os.open(self.path("plain"), os.O_RDWR)
         msg = struct.pack("<IBB", 0x44464B4D, 1, 3) + struct.pack("<6QII", 1, 0, 0, 0, 0, 0, 0, 1)
-        msg += struct.pack("<3Q", 0, 100, 8192)
+        msg += struct.pack("<3Q", 0, 100, 8192) + struct.pack("<I", 0)  # one memory, no metas
         rc, text = self.fake_producer([msg], fds=[fd])
         os.close(fd)
         self.assertGreater(rc, 0)

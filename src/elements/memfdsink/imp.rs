@@ -628,7 +628,19 @@ impl BaseSinkImpl for MemfdSink {
             }
             (id, targets)
         };
+        let refs = buffer
+            .iter_meta::<gst::ReferenceTimestampMeta>()
+            .take(proto::MAX_METAS)
+            .map(|m| {
+                (
+                    m.reference().to_string(),
+                    m.timestamp().nseconds(),
+                    m.duration().map_or(u64::MAX, |d| d.nseconds()),
+                )
+            })
+            .collect();
         let packet = Message::Buffer(BufferWire {
+            refs,
             id,
             pts: buffer.pts().map_or(u64::MAX, |t| t.nseconds()),
             dts: buffer.dts().map_or(u64::MAX, |t| t.nseconds()),

@@ -172,6 +172,13 @@ impl MemfdSrc {
             b.set_offset(w.offset);
             b.set_offset_end(w.offset_end);
             b.set_flags(gst::BufferFlags::from_bits_truncate(w.flags));
+            for (caps, ts, dur) in &w.refs {
+                let caps = gst::Caps::from_str(caps).map_err(|_| {
+                    self.fail("Malformed reference timestamp meta from the producer")
+                })?;
+                let dur = (*dur != u64::MAX).then(|| gst::ClockTime::from_nseconds(*dur));
+                gst::ReferenceTimestampMeta::add(b, &caps, gst::ClockTime::from_nseconds(*ts), dur);
+            }
         }
         Ok(buffer)
     }
