@@ -693,6 +693,217 @@ GST_START_TEST (test_memfd_memory)
 
 GST_END_TEST;
 
+/* ---- the contract on both allocators: the same checks, looped over AlignedMemory and
+ * MemfdMemory (MemfdMemory rounds the prefix up to the alignment: its mapping starts on a
+ * page, so the payload is aligned through its offset). */
+
+static const gchar *both[] = { "AlignedMemory", "MemfdMemory" };
+
+static GstAllocator *
+find_nth (gint i)
+{
+  GstAllocator *a = gst_allocator_find (both[i]);
+  fail_unless (a != NULL, "%s not registered", both[i]);
+  return a;
+}
+
+GST_START_TEST (test_both_alloc_fields)
+{
+  GstAllocator *a = find_nth (__i__);
+  GstAllocationParams params;
+  GstMemory *mem;
+  GstMapInfo info;
+  gsize want = __i__ == 0 ? 64 : 256;
+
+  gst_allocation_params_init (&params);
+  params.align = 255;
+  params.prefix = 64;
+  params.padding = 32;
+  mem = gst_allocator_alloc (a, 1000, &params);
+  fail_unless (mem != NULL);
+  fail_unless (mem->allocator == a);
+  fail_unless (mem->parent == NULL);
+  fail_unless_equals_int (mem->size, 1000);
+  fail_unless_equals_int (mem->offset, want);
+  fail_unless (mem->maxsize >= want + 1000 + 32);
+  fail_unless (gst_memory_is_writable (mem));
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_READ));
+  fail_unless (((guintptr) info.data) % 256 == 0, "%s: payload aligned", both[__i__]);
+  gst_memory_unmap (mem, &info);
+  gst_memory_unref (mem);
+  gst_object_unref (a);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_both_zero_flags)
+{
+  GstAllocator *a = find_nth (__i__);
+  GstAllocationParams params;
+  GstMemory *mem;
+  GstMapInfo info;
+  gsize i, offset, maxsize;
+
+  gst_allocation_params_init (&params);
+  params.flags = GST_MEMORY_FLAG_ZERO_PREFIXED | GST_MEMORY_FLAG_ZERO_PADDED;
+  params.prefix = 64;
+  params.padding = 64;
+  mem = gst_allocator_alloc (a, 777, &params);
+  fail_unless (GST_MEMORY_IS_ZERO_PREFIXED (mem) && GST_MEMORY_IS_ZERO_PADDED (mem));
+  offset = mem->offset;
+  maxsize = mem->maxsize;
+  gst_memory_resize (mem, -(gssize) offset, maxsize);
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_READ));
+  for (i = 0; i < offset; i++)
+    fail_unless_equals_int (info.data[i], 0);
+  for (i = offset + 777; i < maxsize; i++)
+    fail_unless_equals_int (info.data[i], 0);
+  gst_memory_unmap (mem, &info);
+  gst_memory_unref (mem);
+  gst_object_unref (a);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_both_maps)
+{
+  GstAllocator *a = find_nth (__i__);
+  GstMemory *mem = gst_allocator_alloc (a, 4096, NULL);
+  GstMapInfo r1, r2, w;
+
+  fail_unless (gst_memory_map (mem, &r1, GST_MAP_READ));
+  fail_unless (gst_memory_map (mem, &r2, GST_MAP_READ));
+  fail_unless (r1.data == r2.data, "repeated maps give the same pointer");
+  fail_if (gst_memory_map (mem, &w, GST_MAP_WRITE), "READ then WRITE fails");
+  gst_memory_unmap (mem, &r2);
+  gst_memory_unmap (mem, &r1);
+  fail_unless (gst_memory_map (mem, &w, GST_MAP_WRITE));
+  fail_if (gst_memory_map (mem, &r1, GST_MAP_READ), "WRITE then READ fails");
+  fail_unless (w.data == r2.data);
+  gst_memory_unmap (mem, &w);
+  gst_memory_unref (mem);
+  gst_object_unref (a);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_both_share)
+{
+  GstAllocator *a = find_nth (__i__);
+  GstMemory *mem = gst_allocator_alloc (a, 3000, NULL);
+  GstMemory *s1, *s2, *empty;
+
+  s1 = gst_memory_share (mem, 100, 1000);
+  fail_unless (s1->parent == mem);
+  fail_unless_equals_int (s1->offset, mem->offset + 100);
+  fail_unless_equals_int (s1->size, 1000);
+  fail_unless (GST_MEMORY_IS_READONLY (s1));
+  fail_unless_equals_int (s1->maxsize, mem->maxsize);
+  s2 = gst_memory_share (s1, 200, -1);
+  fail_unless (s2->parent == mem, "a share of a share points at the root");
+  fail_unless_equals_int (s2->size, 800);
+  empty = gst_memory_share (s1, 1000, 0);
+  fail_unless (empty != NULL && empty->size == 0);
+  fail_unless (gst_memory_share (s1, 500, mem->maxsize) == NULL, "past maxsize: NULL");
+  fail_if (gst_memory_is_writable (mem));
+  gst_memory_unref (empty);
+  gst_memory_unref (s2);
+  gst_memory_unref (s1);
+  fail_unless (gst_memory_is_writable (mem));
+  gst_memory_unref (mem);
+  gst_object_unref (a);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_both_copy_while_write_mapped)
+{
+  GstAllocator *a = find_nth (__i__);
+  GstAllocationParams params;
+  GstMemory *mem, *copy;
+  GstMapInfo w, r;
+
+  gst_allocation_params_init (&params);
+  params.align = 1023;
+  mem = gst_allocator_alloc (a, 2000, &params);
+  fail_unless (gst_memory_map (mem, &w, GST_MAP_WRITE));
+  memset (w.data, 0x5a, w.size);
+  copy = gst_memory_copy (mem, 10, 100);
+  gst_memory_unmap (mem, &w);
+  fail_unless (copy != NULL, "%s: copy works while write-mapped", both[__i__]);
+  fail_unless (copy->allocator == a);
+  fail_unless (copy->parent == NULL);
+  fail_unless (gst_memory_is_writable (copy));
+  fail_unless_equals_int (copy->size, 100);
+  fail_unless ((copy->align & 1023) == 1023, "alignment kept");
+  fail_unless (gst_memory_map (copy, &r, GST_MAP_READ));
+  fail_unless (((guintptr) r.data) % 1024 == 0);
+  fail_unless_equals_int (r.data[0], 0x5a);
+  fail_unless_equals_int (r.data[99], 0x5a);
+  gst_memory_unmap (copy, &r);
+  gst_memory_unref (copy);
+  copy = gst_memory_copy (mem, 0, 0);
+  fail_unless (copy != NULL && copy->size == 0, "an empty copy");
+  gst_memory_unref (copy);
+  gst_memory_unref (mem);
+  gst_object_unref (a);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_both_not_mappable)
+{
+  GstAllocator *a = find_nth (__i__);
+  GstAllocationParams params;
+  GstMemory *mem, *mapped;
+  GstMapInfo info;
+
+  gst_allocation_params_init (&params);
+  params.flags = GST_MEMORY_FLAG_NOT_MAPPABLE;
+  mem = gst_allocator_alloc (a, 100, &params);
+  fail_if (gst_memory_map (mem, &info, GST_MAP_READ), "%s: NOT_MAPPABLE", both[__i__]);
+  mapped = gst_memory_make_mapped (mem, &info, GST_MAP_READ);
+  fail_unless (mapped != NULL, "make_mapped falls back to a mappable copy");
+  fail_unless_equals_int (info.size, 100);
+  gst_memory_unmap (mapped, &info);
+  gst_memory_unref (mapped);
+  gst_object_unref (a);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_both_span_and_buffer_map)
+{
+  GstAllocator *a = find_nth (__i__);
+  GstAllocationParams params;
+  GstMemory *mem;
+  GstBuffer *buf = gst_buffer_new ();
+  GstMapInfo info, binfo;
+  gsize off = 0;
+  gint k;
+
+  gst_allocation_params_init (&params);
+  params.prefix = 64;
+  mem = gst_allocator_alloc (a, 8192, &params);
+  for (k = 0; k < 4; k++)
+    gst_buffer_append_memory (buf, gst_memory_share (mem, k * 2048, 2048));
+  fail_unless (gst_memory_is_span (gst_buffer_peek_memory (buf, 1),
+          gst_buffer_peek_memory (buf, 2), &off));
+  fail_unless_equals_int (off, 2048);
+  fail_if (gst_memory_is_span (gst_buffer_peek_memory (buf, 2),
+          gst_buffer_peek_memory (buf, 1), NULL));
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_READ));
+  fail_unless (gst_buffer_map (buf, &binfo, GST_MAP_READ));
+  fail_unless (binfo.data == info.data, "%s: zero-copy", both[__i__]);
+  gst_buffer_unmap (buf, &binfo);
+  gst_memory_unmap (mem, &info);
+  gst_buffer_unref (buf);
+  gst_memory_unref (mem);
+  gst_object_unref (a);
+}
+
+GST_END_TEST;
+
 static Suite *
 alignedmemory_suite (void)
 {
@@ -720,6 +931,17 @@ alignedmemory_suite (void)
   tcase_add_test (tc, test_cache_properties_and_reuse);
   tcase_add_test (tc, test_stats_exact_counts);
   tcase_add_test (tc, test_memfd_memory);
+
+  tc = tcase_create ("both allocators");
+  suite_add_tcase (s, tc);
+  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_add_loop_test (tc, test_both_alloc_fields, 0, 2);
+  tcase_add_loop_test (tc, test_both_zero_flags, 0, 2);
+  tcase_add_loop_test (tc, test_both_maps, 0, 2);
+  tcase_add_loop_test (tc, test_both_share, 0, 2);
+  tcase_add_loop_test (tc, test_both_copy_while_write_mapped, 0, 2);
+  tcase_add_loop_test (tc, test_both_not_mappable, 0, 2);
+  tcase_add_loop_test (tc, test_both_span_and_buffer_map, 0, 2);
   return s;
 }
 

@@ -270,8 +270,8 @@ unsafe extern "C" fn mem_is_span(
 }
 
 /// `mem_copy`: a new `MemfdMemory` block with the same alignment, holding the range. Reads the
-/// source through its allocator's map directly, so it works while the source is mapped for
-/// writing (as for `AlignedMemory`).
+/// source from its file, so it works while the source is mapped for writing (as for
+/// `AlignedMemory`) and on NOT_MAPPABLE memory.
 unsafe extern "C" fn mem_copy(
     mem: *mut ffi::GstMemory,
     offset: isize,
@@ -295,38 +295,46 @@ unsafe extern "C" fn mem_copy(
             return ptr::null_mut();
         }
     };
-    // SAFETY: `m.allocator` is ours; GstFdAllocator's own map (NOT_MAPPABLE memory is still
-    // copied, so that gst_memory_make_mapped can fall back to the copy), called directly, skips
-    // the lock (the caller may hold a write map) and returns the region base, valid for maxsize
-    // bytes until the matching unmap. The copy is new and writable.
-    unsafe {
-        let alloc = m.allocator;
-        let (Some(&map), Some(unmap)) = (FD_MAP.get(), (*alloc).mem_unmap) else {
-            return ptr::null_mut();
-        };
-        let src = map(mem, m.maxsize, ffi::GST_MAP_READ) as *const u8;
-        if src.is_null() {
-            gst::warning!(CAT, "copy of {:p} failed: cannot map it", mem);
-            return ptr::null_mut();
-        }
-        let mut copy = copy;
-        let ok = match copy.get_mut().map(|c| c.map_writable()) {
-            Some(Ok(mut dst)) => {
-                if len > 0 {
-                    ptr::copy_nonoverlapping(src.add(start), dst.as_mut_slice().as_mut_ptr(), len);
-                }
-                true
-            }
-            _ => false,
-        };
-        unmap(mem);
-        if !ok {
-            return ptr::null_mut();
-        }
-        mstats::count(M::Copies, 1);
-        mstats::count(M::BytesCopied, len as u64);
-        copy.into_glib_ptr()
+    // The bytes are read from the file with pread, not through a mapping: that works whatever
+    // the source's map state (mapped for writing, NOT_MAPPABLE, never mapped).
+    // SAFETY: `mem` is fd memory of ours, whose descriptor stays open while it lives.
+    let raw = unsafe { gst_allocators::ffi::gst_fd_memory_get_fd(mem) };
+    if raw < 0 {
+        return ptr::null_mut();
     }
+    // SAFETY: as above; the borrow ends before this function returns.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    let mut copy = copy;
+    let ok = match copy.get_mut().map(|c| c.map_writable()) {
+        Some(Ok(mut dst)) => {
+            let dst = dst.as_mut_slice();
+            let mut done = 0;
+            let mut ok = true;
+            while done < len {
+                match rustix::io::pread(fd, &mut dst[done..len], (start + done) as u64) {
+                    Ok(0) => {
+                        ok = false;
+                        break;
+                    }
+                    Ok(n) => done += n,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => {
+                        gst::warning!(CAT, "copy of {:p} failed: pread: {}", mem, e);
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            ok
+        }
+        _ => false,
+    };
+    if !ok {
+        return ptr::null_mut();
+    }
+    mstats::count(M::Copies, 1);
+    mstats::count(M::BytesCopied, len as u64);
+    copy.into_glib_ptr()
 }
 
 /// Installs our vfuncs over GstFdAllocator's on a new instance.
