@@ -107,7 +107,7 @@ fn blocks_are_released_and_no_descriptor_leaks() {
 }
 
 #[test]
-fn timestamps_flags_and_reference_timestamp_metas_cross() {
+fn timestamps_flags_and_metas_cross() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     init();
     let path = std::env::temp_dir().join(format!("memkit-meta-{}.sock", std::process::id()));
@@ -129,9 +129,20 @@ fn timestamps_flags_and_reference_timestamp_metas_cross() {
         .unwrap();
     let ntp = gst::Caps::builder("timestamp/x-ntp").build();
     for i in 0..3u64 {
-        let mut b = gst::Buffer::from_mut_slice(vec![i as u8; 100]);
+        // A 16x4 GRAY8 frame with rows padded to 32 bytes: the video meta says so.
+        let mut b = gst::Buffer::from_mut_slice(vec![i as u8; 128]);
         {
             let b = b.get_mut().unwrap();
+            gst_video::VideoMeta::add_full(
+                b,
+                gst_video::VideoFrameFlags::empty(),
+                gst_video::VideoFormat::Gray8,
+                16,
+                4,
+                &[0],
+                &[32],
+            )
+            .unwrap();
             b.set_pts(gst::ClockTime::from_mseconds(40 * i));
             b.set_duration(gst::ClockTime::from_mseconds(40));
             b.set_offset(i);
@@ -178,7 +189,26 @@ fn timestamps_flags_and_reference_timestamp_metas_cross() {
                 None
             )]
         );
-        assert_eq!(b.map_readable().unwrap().as_slice(), &[i as u8; 100][..]);
+        let vm = b
+            .meta::<gst_video::VideoMeta>()
+            .expect("the video meta crossed");
+        assert_eq!(
+            (
+                vm.format(),
+                vm.width(),
+                vm.height(),
+                vm.stride(),
+                vm.offset()
+            ),
+            (
+                gst_video::VideoFormat::Gray8,
+                16,
+                4,
+                &[32][..],
+                &[0usize][..]
+            )
+        );
+        assert_eq!(b.map_readable().unwrap().as_slice(), &[i as u8; 128][..]);
     }
     consumer.set_state(gst::State::Null).unwrap();
     producer.set_state(gst::State::Null).unwrap();

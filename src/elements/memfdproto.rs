@@ -54,8 +54,25 @@ pub struct MemWire {
     pub maxsize: u64,
 }
 
+/// A GstVideoMeta: how the frame's planes lie in the buffer (strides may be padded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoMetaWire {
+    pub flags: u32,
+    /// The format's name (`I420`, `RGBA`, ...).
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    pub offsets: Vec<u64>,
+    pub strides: Vec<i32>,
+}
+
+/// The most planes a video meta has.
+pub const MAX_PLANES: usize = 4;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BufferWire {
+    /// Video metas of the buffer.
+    pub video: Vec<VideoMetaWire>,
     /// Reference timestamp metas: `(reference caps, timestamp, duration)` in nanoseconds
     /// (`u64::MAX`: none). The one kind of GstMeta that 1.22 can carry generically.
     pub refs: Vec<(String, u64, u64)>,
@@ -95,6 +112,7 @@ pub enum ProtoError {
     Trailing(usize),
     TooManyMemories(u32),
     TooManyMetas(u32),
+    TooManyPlanes(u32),
     /// The number of descriptors does not match the memories.
     Descriptors {
         expected: usize,
@@ -123,6 +141,9 @@ impl std::fmt::Display for ProtoError {
             }
             ProtoError::TooManyMetas(n) => {
                 write!(f, "{n} metas in one buffer (at most {MAX_METAS})")
+            }
+            ProtoError::TooManyPlanes(n) => {
+                write!(f, "{n} planes in a video meta (at most {MAX_PLANES})")
             }
             ProtoError::Descriptors { expected, received } => {
                 write!(f, "{received} descriptors received for {expected} memories")
@@ -182,6 +203,18 @@ impl Message {
                     v.extend_from_slice(&ts.to_le_bytes());
                     v.extend_from_slice(&dur.to_le_bytes());
                 }
+                v.extend_from_slice(&(b.video.len() as u32).to_le_bytes());
+                for m in &b.video {
+                    v.extend_from_slice(&m.flags.to_le_bytes());
+                    put_str(&mut v, &m.format);
+                    v.extend_from_slice(&m.width.to_le_bytes());
+                    v.extend_from_slice(&m.height.to_le_bytes());
+                    v.extend_from_slice(&(m.offsets.len() as u32).to_le_bytes());
+                    for (o, s) in m.offsets.iter().zip(&m.strides) {
+                        v.extend_from_slice(&o.to_le_bytes());
+                        v.extend_from_slice(&s.to_le_bytes());
+                    }
+                }
                 v
             }
             Message::Release(id) => {
@@ -238,7 +271,36 @@ impl Message {
                 for _ in 0..nrefs {
                     refs.push((r.string()?, r.u64()?, r.u64()?));
                 }
+                let nvideo = r.u32()?;
+                if nvideo as usize > MAX_METAS {
+                    return Err(ProtoError::TooManyMetas(nvideo));
+                }
+                let mut video = Vec::with_capacity(nvideo as usize);
+                for _ in 0..nvideo {
+                    let flags = r.u32()?;
+                    let format = r.string()?;
+                    let (width, height) = (r.u32()?, r.u32()?);
+                    let planes = r.u32()?;
+                    if planes as usize > MAX_PLANES {
+                        return Err(ProtoError::TooManyPlanes(planes));
+                    }
+                    let mut offsets = Vec::with_capacity(planes as usize);
+                    let mut strides = Vec::with_capacity(planes as usize);
+                    for _ in 0..planes {
+                        offsets.push(r.u64()?);
+                        strides.push(r.u32()? as i32);
+                    }
+                    video.push(VideoMetaWire {
+                        flags,
+                        format,
+                        width,
+                        height,
+                        offsets,
+                        strides,
+                    });
+                }
                 Message::Buffer(BufferWire {
+                    video,
                     refs,
                     id,
                     pts,
@@ -426,19 +488,26 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], timeout: Duration) -> Result<R
     }
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let r = net::recvmsg(
-        sock.as_fd(),
-        &mut [IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-    );
-    let msg = match r {
-        Ok(m) => m,
-        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
-            return Ok(Received::Idle);
+    // A peer that closes while our own messages to it are unread (a producer stopping with
+    // releases in flight) makes the kernel report ECONNRESET once, ahead of the packets it
+    // had already queued for us: read on, so that none of them (the EOS above all) is lost.
+    let mut reset = false;
+    let msg = loop {
+        match net::recvmsg(
+            sock.as_fd(),
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        ) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::CONNRESET) if !reset => reset = true,
+            Err(rustix::io::Errno::CONNRESET) => return Ok(Received::Closed),
+            Err(rustix::io::Errno::AGAIN) if reset => return Ok(Received::Closed),
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                return Ok(Received::Idle);
+            }
+            Err(e) => return Err(format!("receive failed: {e}")),
         }
-        Err(rustix::io::Errno::CONNRESET) => return Ok(Received::Closed),
-        Err(e) => return Err(format!("receive failed: {e}")),
     };
     let mut fds = Vec::new();
     for m in control.drain() {
@@ -461,6 +530,14 @@ mod tests {
 
     fn buffer() -> Message {
         Message::Buffer(BufferWire {
+            video: vec![VideoMetaWire {
+                flags: 0,
+                format: "I420".into(),
+                width: 320,
+                height: 240,
+                offsets: vec![0, 81920, 102400],
+                strides: vec![320, 160, 160],
+            }],
             refs: vec![("timestamp/x-ntp".into(), 5, u64::MAX)],
             id: 7,
             pts: 1,

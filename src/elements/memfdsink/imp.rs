@@ -518,6 +518,22 @@ impl BaseSinkImpl for MemfdSink {
         Ok(())
     }
 
+    fn propose_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        // Video metas cross, so upstream may lay planes out with padded strides; and blocks
+        // from MemfdMemory are sent without a copy.
+        query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        let allocator: gst::Allocator = memfd_allocator().upcast();
+        crate::elements::propose_allocator_first(
+            query,
+            &allocator,
+            &gst::AllocationParams::default(),
+        );
+        Ok(())
+    }
+
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let packet = Message::Caps(caps.to_string()).encode();
         if packet.len() > proto::MAX_MESSAGE {
@@ -575,6 +591,10 @@ impl BaseSinkImpl for MemfdSink {
                 return Err(gst::FlowError::Flushing);
             }
         }
+        // Metas are read from the buffer as it came: a copy into MemfdMemory keeps every
+        // memory's size, so a video meta's plane offsets stay right, but core does not copy
+        // memory-tagged metas (such as GstVideoMeta) into a buffer it did not copy memory to.
+        let input = buffer.clone();
         let (buffer, mems, fds) = self.prepare(buffer)?;
         // Back-pressure: wait while a consumer holds max-outstanding buffers unreleased; one
         // that releases nothing for SEND_TIMEOUT is dropped.
@@ -628,7 +648,7 @@ impl BaseSinkImpl for MemfdSink {
             }
             (id, targets)
         };
-        let refs = buffer
+        let refs = input
             .iter_meta::<gst::ReferenceTimestampMeta>()
             .take(proto::MAX_METAS)
             .map(|m| {
@@ -639,7 +659,20 @@ impl BaseSinkImpl for MemfdSink {
                 )
             })
             .collect();
+        let video = input
+            .iter_meta::<gst_video::VideoMeta>()
+            .take(proto::MAX_METAS)
+            .map(|m| proto::VideoMetaWire {
+                flags: m.video_frame_flags().bits(),
+                format: m.format().to_str().to_string(),
+                width: m.width(),
+                height: m.height(),
+                offsets: m.offset().iter().map(|&o| o as u64).collect(),
+                strides: m.stride().to_vec(),
+            })
+            .collect();
         let packet = Message::Buffer(BufferWire {
+            video,
             refs,
             id,
             pts: buffer.pts().map_or(u64::MAX, |t| t.nseconds()),

@@ -172,6 +172,20 @@ impl MemfdSrc {
             b.set_offset(w.offset);
             b.set_offset_end(w.offset_end);
             b.set_flags(gst::BufferFlags::from_bits_truncate(w.flags));
+            for v in &w.video {
+                let format = gst_video::VideoFormat::from_string(&v.format);
+                let offsets: Vec<usize> = v.offsets.iter().map(|&o| o as usize).collect();
+                gst_video::VideoMeta::add_full(
+                    b,
+                    gst_video::VideoFrameFlags::from_bits_truncate(v.flags),
+                    format,
+                    v.width,
+                    v.height,
+                    &offsets,
+                    &v.strides,
+                )
+                .map_err(|e| self.fail(&format!("Unusable video meta from the producer: {e}")))?;
+            }
             for (caps, ts, dur) in &w.refs {
                 let caps = gst::Caps::from_str(caps).map_err(|_| {
                     self.fail("Malformed reference timestamp meta from the producer")
