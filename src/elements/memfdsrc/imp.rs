@@ -172,8 +172,12 @@ impl MemfdSrc {
             b.set_offset(w.offset);
             b.set_offset_end(w.offset_end);
             b.set_flags(gst::BufferFlags::from_bits_truncate(w.flags));
+            let size = b.size();
             for v in &w.video {
                 let format = gst_video::VideoFormat::from_string(&v.format);
+                check_video_meta(v, format, size).map_err(|e| {
+                    self.fail(&format!("Unusable video meta from the producer: {e}"))
+                })?;
                 let offsets: Vec<usize> = v.offsets.iter().map(|&o| o as usize).collect();
                 gst_video::VideoMeta::add_full(
                     b,
@@ -196,6 +200,55 @@ impl MemfdSrc {
         }
         Ok(buffer)
     }
+}
+
+/// Checks that a received video meta describes planes that lie inside the buffer's `size`
+/// bytes, so that no element downstream is led to read past the memory.
+fn check_video_meta(
+    v: &proto::VideoMetaWire,
+    format: gst_video::VideoFormat,
+    size: usize,
+) -> Result<(), String> {
+    if matches!(
+        format,
+        gst_video::VideoFormat::Unknown | gst_video::VideoFormat::Encoded
+    ) {
+        return Err(format!("unknown video format {:?}", v.format));
+    }
+    let finfo = gst_video::VideoFormatInfo::from_format(format);
+    let planes = finfo.n_planes() as usize;
+    if v.offsets.len() != planes || v.strides.len() != planes {
+        return Err(format!(
+            "{} has {planes} planes, the meta describes {}",
+            v.format,
+            v.offsets.len()
+        ));
+    }
+    for c in 0..finfo.n_components() as usize {
+        let plane = finfo.plane()[c] as usize;
+        let stride = v.strides[plane];
+        if stride <= 0 {
+            return Err(format!("stride {stride} of plane {plane} is not positive"));
+        }
+        let rows = u64::from(finfo.scale_height(c as u8, v.height));
+        let row_bytes =
+            u64::from(finfo.scale_width(c as u8, v.width)) * finfo.pixel_stride()[c].max(1) as u64;
+        let end = rows
+            .checked_sub(1)
+            .map(|r| {
+                v.offsets[plane]
+                    .saturating_add(r.saturating_mul(stride as u64))
+                    .saturating_add(row_bytes.max(stride as u64))
+            })
+            .unwrap_or(v.offsets[plane]);
+        if end > size as u64 {
+            return Err(format!(
+                "plane {plane} of a {}x{} {} frame ends at byte {end}, past the {size}-byte buffer",
+                v.width, v.height, v.format
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl ObjectImpl for MemfdSrc {
