@@ -286,3 +286,54 @@ fn freed_blocks_are_recycled_like_fresh_ones() {
         "trim closes recycled memfds ({before} -> {after})"
     );
 }
+
+/// Hardening (issue 9, fault 3): `wrap_fd` reads the seals before the size. A sender that
+/// shrinks an unsealed memfd and then seals it, racing the checks, must never get a memory
+/// accepted whose file is now shorter than its maxsize (a mapping past the end: SIGBUS).
+/// The racer busy-waits for a start flag and then waits a different number of spins each
+/// round, sweeping its shrink-and-seal across the checks; with the checks the other way round
+/// (size, then seals) some rounds are accepted.
+#[test]
+fn wrap_fd_reads_seals_before_size() {
+    use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, fstat, ftruncate, memfd_create};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    init();
+    const LEN: usize = 65536;
+    const ROUNDS: u32 = 4000;
+    let mut accepted = 0;
+    for round in 0..ROUNDS {
+        let fd = memfd_create(c"race", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        ftruncate(&fd, LEN as u64).unwrap();
+        let theirs = fd.try_clone().unwrap();
+        let go = Arc::new(AtomicBool::new(false));
+        let racer = {
+            let go = go.clone();
+            std::thread::spawn(move || {
+                while !go.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                for _ in 0..(round % 400) {
+                    std::hint::spin_loop();
+                }
+                ftruncate(&theirs, 0).unwrap();
+                fcntl_add_seals(&theirs, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+            })
+        };
+        // Let the racer reach its spin before starting it.
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        go.store(true, Ordering::Release);
+        let wrapped = gstmemkit::allocator::memfd::wrap_fd(fd, LEN, 0, LEN, None);
+        racer.join().unwrap();
+        if let Ok(mem) = wrapped {
+            accepted += 1;
+            let size = fstat(dup_fd(&mem).unwrap()).unwrap().st_size;
+            assert!(
+                size as usize >= LEN,
+                "round {round}: accepted a {LEN}-byte memory whose file now has {size} bytes"
+            );
+        }
+    }
+    // With seals read first, a file sealed in time was shrunk first: every round is refused.
+    assert_eq!(accepted, 0, "a shrunk file was accepted");
+}

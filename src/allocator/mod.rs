@@ -55,6 +55,8 @@ pub enum AllocError {
     },
     /// The system allocator could not provide `size` bytes aligned to `align`.
     OutOfMemory { size: usize, align: usize },
+    /// An internal invariant did not hold (a bug in memkit): the allocation is refused.
+    Internal(&'static str),
 }
 
 impl From<LayoutError> for AllocError {
@@ -108,6 +110,7 @@ impl fmt::Display for AllocError {
             AllocError::OutOfMemory { size, align } => {
                 write!(f, "out of memory: {size} bytes aligned to {align}")
             }
+            AllocError::Internal(why) => write!(f, "internal error: {why}"),
         }
     }
 }

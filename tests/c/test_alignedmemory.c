@@ -693,6 +693,102 @@ GST_START_TEST (test_memfd_memory)
 
 GST_END_TEST;
 
+/* Hardening (issue 9, fault 8): a recycled MemfdMemory block gives the same answer as a fresh
+ * memfd for every flag combination, ZERO_* together with READONLY or NOT_MAPPABLE included.
+ * Each request is made twice: first after a plain block of the same size was freed (so the
+ * cache hands it back), then at a size never freed before (a fresh memfd); both succeed. */
+GST_START_TEST (test_memfd_recycled_block_same_answer)
+{
+  GstAllocator *memfd = gst_allocator_find ("MemfdMemory");
+  const GstMemoryFlags combos[] = {
+    GST_MEMORY_FLAG_ZERO_PREFIXED | GST_MEMORY_FLAG_READONLY,
+    GST_MEMORY_FLAG_ZERO_PADDED | GST_MEMORY_FLAG_READONLY,
+    GST_MEMORY_FLAG_ZERO_PREFIXED | GST_MEMORY_FLAG_NOT_MAPPABLE,
+    GST_MEMORY_FLAG_ZERO_PADDED | GST_MEMORY_FLAG_NOT_MAPPABLE,
+    GST_MEMORY_FLAG_ZERO_PREFIXED | GST_MEMORY_FLAG_ZERO_PADDED,
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (combos); i++) {
+    for (guint fresh = 0; fresh < 2; fresh++) {
+      GstAllocationParams params;
+      GstMemory *mem;
+      GstMapInfo info;
+      gsize size = fresh ? 100000 + i * 8192 : 3000;
+
+      gst_allocation_params_init (&params);
+      params.prefix = 64;
+      params.padding = 100;
+      if (!fresh) {
+        /* A dirty block of the same size goes back to the cache. */
+        GstMemory *dirty = gst_allocator_alloc (memfd, size, &params);
+        fail_unless (dirty != NULL);
+        gst_memory_resize (dirty, -(gssize) dirty->offset, dirty->maxsize);
+        fail_unless (gst_memory_map (dirty, &info, GST_MAP_WRITE));
+        memset (info.data, 0xee, info.size);
+        gst_memory_unmap (dirty, &info);
+        gst_memory_unref (dirty);
+      }
+      params.flags = combos[i];
+      mem = gst_allocator_alloc (memfd, size, &params);
+      fail_unless (mem != NULL, "flags %#x, %s block: NULL", combos[i],
+          fresh ? "fresh" : "recycled");
+      fail_unless_equals_int (GST_MINI_OBJECT_FLAGS (mem) & combos[i], combos[i]);
+      fail_unless_equals_int (mem->size, size);
+      if (!(combos[i] & (GST_MEMORY_FLAG_READONLY | GST_MEMORY_FLAG_NOT_MAPPABLE))) {
+        /* The zeroed ranges read as zeros, recycled or not. */
+        gst_memory_resize (mem, -(gssize) mem->offset, mem->maxsize);
+        fail_unless (gst_memory_map (mem, &info, GST_MAP_READ));
+        for (gsize b = 0; b < 64; b++)
+          fail_unless_equals_int (info.data[b], 0);
+        for (gsize b = 64 + size; b < info.size; b++)
+          fail_unless_equals_int (info.data[b], 0);
+        gst_memory_unmap (mem, &info);
+      }
+      if (combos[i] & GST_MEMORY_FLAG_READONLY)
+        fail_if (gst_memory_map (mem, &info, GST_MAP_WRITE));
+      if (combos[i] & GST_MEMORY_FLAG_NOT_MAPPABLE)
+        fail_if (gst_memory_map (mem, &info, GST_MAP_READ));
+      gst_memory_unref (mem);
+    }
+  }
+  gst_object_unref (memfd);
+}
+
+GST_END_TEST;
+
+/* Hardening (issue 9, fault 9): one stray gst_memory_unmap (a CRITICAL from core) does not
+ * poison the block: it still maps read-write, and so does the recycled block a later,
+ * unrelated allocation of the same size gets. */
+GST_START_TEST (test_memfd_stray_unmap_does_not_poison)
+{
+  GstAllocator *memfd = gst_allocator_find ("MemfdMemory");
+  GstMemory *mem;
+  GstMapInfo info, stray;
+
+  for (guint round = 0; round < 2; round++) {
+    mem = gst_allocator_alloc (memfd, 5000, NULL);
+    fail_unless (mem != NULL);
+    /* A read-only mapping first, so a later write map needs the block's map count at 0. */
+    fail_unless (gst_memory_map (mem, &info, GST_MAP_READ));
+    stray = info;
+    gst_memory_unmap (mem, &info);
+    ASSERT_CRITICAL (gst_memory_unmap (mem, &stray));
+    fail_unless (gst_memory_map (mem, &info, GST_MAP_WRITE),
+        "round %u: a read-write map after a stray unmap", round);
+    info.data[0] = 1;
+    gst_memory_unmap (mem, &info);
+    gst_memory_unref (mem);
+  }
+  /* The next owner of the recycled block maps it read-write too. */
+  mem = gst_allocator_alloc (memfd, 5000, NULL);
+  fail_unless (gst_memory_map (mem, &info, GST_MAP_READ | GST_MAP_WRITE));
+  gst_memory_unmap (mem, &info);
+  gst_memory_unref (mem);
+  gst_object_unref (memfd);
+}
+
+GST_END_TEST;
+
 /* ---- the contract on both allocators: the same checks, looped over AlignedMemory and
  * MemfdMemory (MemfdMemory rounds the prefix up to the alignment: its mapping starts on a
  * page, so the payload is aligned through its offset). */
@@ -931,6 +1027,8 @@ alignedmemory_suite (void)
   tcase_add_test (tc, test_cache_properties_and_reuse);
   tcase_add_test (tc, test_stats_exact_counts);
   tcase_add_test (tc, test_memfd_memory);
+  tcase_add_test (tc, test_memfd_recycled_block_same_answer);
+  tcase_add_test (tc, test_memfd_stray_unmap_does_not_poison);
 
   tc = tcase_create ("both allocators");
   suite_add_tcase (s, tc);

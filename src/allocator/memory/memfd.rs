@@ -23,6 +23,24 @@ use super::super::memfd_imp::{self, CAT};
 type ShareFn = unsafe extern "C" fn(*mut ffi::GstMemory, isize, isize) -> *mut ffi::GstMemory;
 type MapFn =
     unsafe extern "C" fn(*mut ffi::GstMemory, usize, ffi::GstMapFlags) -> glib::ffi::gpointer;
+type UnmapFn = unsafe extern "C" fn(*mut ffi::GstMemory);
+
+/// The lock-count bits of `GstMiniObject.lockstate` (`LOCK_MASK` in gstminiobject.c): how
+/// many read/write locks the object holds. `gst_memory_map` takes one before calling
+/// `mem_map`, and `gst_memory_unmap` releases it only after `mem_unmap` returns.
+const LOCK_MASK: i32 = 0xff00;
+
+/// `GstMiniObject.lockstate` of `mem`, read atomically (core changes it with atomics).
+///
+/// # Safety
+/// `mem` must point to a live memory.
+unsafe fn lockstate(mem: *mut ffi::GstMemory) -> i32 {
+    // SAFETY: per the caller the field is live; core only ever accesses it atomically.
+    unsafe {
+        std::sync::atomic::AtomicI32::from_ptr(&raw mut (*mem).mini_object.lockstate)
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
 
 /// GstFdAllocator's own `mem_map`, which ours calls for mappable memory.
 static FD_MAP: OnceLock<MapFn> = OnceLock::new();
@@ -52,6 +70,30 @@ unsafe extern "C" fn mem_map(
     }
 }
 
+/// GstFdAllocator's own `mem_unmap`, which ours calls for balanced unmaps.
+static FD_UNMAP: OnceLock<UnmapFn> = OnceLock::new();
+
+/// `mem_unmap`: passes a balanced unmap on to GstFdAllocator, and ignores an unbalanced one
+/// (a `gst_memory_unmap` without its map, which core reports with a CRITICAL from the lock
+/// but still forwards here). GstFdMemory in keep-mapped mode would count its maps down to -1,
+/// after which no read-write map ever succeeds again: for a recycled block, for its later,
+/// unrelated owners too.
+unsafe extern "C" fn mem_unmap(mem: *mut ffi::GstMemory) {
+    // SAFETY: core calls this with a live memory of ours.
+    if unsafe { lockstate(mem) } & LOCK_MASK == 0 {
+        gst::warning!(
+            CAT,
+            "ignoring an unbalanced unmap of {:p} (not mapped)",
+            mem
+        );
+        return;
+    }
+    if let Some(unmap) = FD_UNMAP.get() {
+        // SAFETY: GstFdAllocator's own unmap, for a map it made.
+        unsafe { unmap(mem) }
+    }
+}
+
 /// GstFdAllocator's own `mem_share`, which ours calls once the range is resolved and checked.
 static FD_SHARE: OnceLock<ShareFn> = OnceLock::new();
 
@@ -75,6 +117,17 @@ unsafe extern "C" fn recycle_dispose(obj: *mut ffi::GstMiniObject) -> glib::ffi:
     // sets this hook on roots only), with no share or map left.
     unsafe {
         let maxsize = (*mem).maxsize;
+        // A block still locked (mapped and never unmapped, or its lock count otherwise off)
+        // is not like a fresh one: free it instead of handing it to a later owner.
+        if lockstate(mem) != 0 {
+            gst::warning!(
+                CAT,
+                "not recycling {:p}: freed while locked or mapped (lockstate {:#x})",
+                mem,
+                lockstate(mem)
+            );
+            return glib::ffi::GTRUE;
+        }
         let max = super::cache().max_bytes();
         let Ok(mut r) = RECYCLED.try_lock() else {
             return glib::ffi::GTRUE;
@@ -103,6 +156,13 @@ fn take_recycled(maxsize: usize) -> Option<gst::Memory> {
     Some(mem)
 }
 
+/// Frees a block taken from the cache (its dispose hook cleared, so it is not recycled again).
+fn discard(mem: gst::Memory) {
+    // SAFETY: we own the only reference; without the hook the unref in drop frees it.
+    unsafe { (*(mem.as_ptr() as *mut ffi::GstMemory)).mini_object.dispose = None };
+    drop(mem);
+}
+
 /// Frees every recycled block (part of `trim_cache`).
 pub(in crate::allocator) fn trim_recycled() {
     let blocks: Vec<gst::Memory> = match RECYCLED.lock() {
@@ -113,9 +173,7 @@ pub(in crate::allocator) fn trim_recycled() {
         Err(_) => return,
     };
     for mem in blocks {
-        // SAFETY: we own the only reference; without the hook the unref below frees it.
-        unsafe { (*(mem.as_ptr() as *mut ffi::GstMemory)).mini_object.dispose = None };
-        drop(mem);
+        discard(mem);
     }
 }
 
@@ -141,23 +199,37 @@ pub(in crate::allocator) fn alloc(
     let flags = params.flags().into_glib();
     if let Some(mem) = take_recycled(l.maxsize) {
         // SAFETY: the cache held the only reference: the memory is ours alone, unmapped and
-        // unlocked (it was disposed at refcount 0). Only the fields a fresh block would have
-        // differently are set; the lockable flag that gst_memory_init set is kept.
+        // unlocked (it was disposed at refcount 0 with lockstate 0). Only the fields a fresh
+        // block would have differently are set; the lockable flag that gst_memory_init set is
+        // kept. The caller's flags come last, after zeroing: READONLY or NOT_MAPPABLE would
+        // refuse the write map that zeroing takes.
         unsafe {
             let m = mem.as_ptr() as *mut ffi::GstMemory;
             (*m).offset = l.offset;
             (*m).size = l.size;
             (*m).align = l.align_mask;
-            (*m).mini_object.flags = ffi::GST_MINI_OBJECT_FLAG_LOCKABLE | flags;
+            (*m).mini_object.flags = ffi::GST_MINI_OBJECT_FLAG_LOCKABLE;
         }
         let zero = flags & (ffi::GST_MEMORY_FLAG_ZERO_PREFIXED | ffi::GST_MEMORY_FLAG_ZERO_PADDED);
-        if zero != 0 {
-            zero_ranges(&mem, l.offset, l.size, zero)?;
+        // Zeroing, or (with nothing to zero) a bare read-write map, also proves the block maps
+        // read-write like a fresh one; one that does not is freed, and a fresh block made.
+        match zero_ranges(&mem, l.offset, l.size, zero) {
+            Ok(()) => {
+                // SAFETY: as above.
+                unsafe {
+                    let m = mem.as_ptr() as *mut ffi::GstMemory;
+                    (*m).mini_object.flags |= flags;
+                }
+                mstats::count(M::Allocations, 1);
+                mstats::count(M::Recycled, 1);
+                mstats::block(l.maxsize, true);
+                return Ok(mem);
+            }
+            Err(err) => {
+                gst::warning!(CAT, obj = allocator, "dropping a recycled block: {}", err);
+                discard(mem);
+            }
         }
-        mstats::count(M::Allocations, 1);
-        mstats::count(M::Recycled, 1);
-        mstats::block(l.maxsize, true);
-        return Ok(mem);
     }
     let fd = memfd::create_memfd(l.maxsize)?;
     let raw = fd.into_raw_fd();
@@ -202,7 +274,8 @@ pub(in crate::allocator) fn alloc(
     Ok(mem)
 }
 
-/// Zeroes the prefix and/or the padding (to maxsize) of a recycled block.
+/// Maps a recycled block read-write and zeroes its prefix and/or its padding (to maxsize), as
+/// `which` says (nothing: the map alone, which proves the block maps read-write).
 fn zero_ranges(
     mem: &gst::Memory,
     offset: usize,
@@ -215,10 +288,9 @@ fn zero_ranges(
     // is [data - offset, data - offset + maxsize) (GstFdMemory maps the whole file from 0).
     unsafe {
         if ffi::gst_memory_map(ptr, info.as_mut_ptr(), ffi::GST_MAP_WRITE) == glib::ffi::GFALSE {
-            return Err(AllocError::System {
-                what: "mapping a recycled memfd",
-                errno: 0,
-            });
+            return Err(AllocError::Internal(
+                "a recycled MemfdMemory block does not map read-write",
+            ));
         }
         let info = info.assume_init_mut();
         let base = info.data.sub(offset);
@@ -353,7 +425,13 @@ pub(in crate::allocator) fn install_vfuncs(allocator: &MemfdAllocator) {
         {
             let _ = FD_MAP.set(orig);
         }
+        if let Some(orig) = (*ptr).mem_unmap
+            && orig as *const () != mem_unmap as *const ()
+        {
+            let _ = FD_UNMAP.set(orig);
+        }
         (*ptr).mem_map = Some(mem_map);
+        (*ptr).mem_unmap = Some(mem_unmap);
         (*ptr).mem_share = Some(mem_share);
         (*ptr).mem_is_span = Some(mem_is_span);
         (*ptr).mem_copy = Some(mem_copy);
@@ -381,16 +459,19 @@ pub fn wrap_fd(
             "bad layout: offset {offset} size {size} maxsize {maxsize}"
         ));
     }
+    // Seals first, size second: once SHRINK is sealed the size can only grow, so the size
+    // read next holds for as long as the mapping lives. (The other order lets a sender
+    // shrink an unsealed file between the two reads, then seal it: SIGBUS on access.)
+    let seals = fcntl_get_seals(&fd).map_err(|e| format!("not a sealable memfd: {e}"))?;
+    if !seals.contains(SealFlags::SHRINK) {
+        return Err("the file is not sealed against shrinking".into());
+    }
     let st = fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
     if (st.st_size as u64) < maxsize as u64 {
         return Err(format!(
             "the file has {} bytes, fewer than maxsize {maxsize}",
             st.st_size
         ));
-    }
-    let seals = fcntl_get_seals(&fd).map_err(|e| format!("not a sealable memfd: {e}"))?;
-    if !seals.contains(SealFlags::SHRINK) {
-        return Err("the file is not sealed against shrinking".into());
     }
     let allocator = memfd::memfd_allocator();
     let raw = fd.into_raw_fd();

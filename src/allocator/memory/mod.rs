@@ -44,7 +44,11 @@ macro_rules! skip_assert_initialized {
 pub const MMAP_THRESHOLD: usize = 1 << 20;
 /// Storage of at least this many bytes is aligned to, and advised for, transparent huge pages.
 pub const HUGE_PAGE: usize = 2 << 20;
-const PAGE: usize = 4096;
+
+/// The system's page size (4 KiB on x86-64, 16 or 64 KiB on some arm64 and ppc64 kernels).
+fn page() -> usize {
+    rustix::param::page_size()
+}
 
 /// One allocation of `len` bytes aligned to `align`: from the heap, or from an anonymous
 /// mapping for large blocks. Dropping it releases it.
@@ -78,13 +82,14 @@ impl Storage {
     /// advised for transparent huge pages.
     fn map(len: usize, align: usize) -> Option<Storage> {
         use rustix::mm::{self, MapFlags, ProtFlags};
-        let len = layout::round_up(len, PAGE - 1)?;
+        let page = page();
+        let len = layout::round_up(len, page - 1)?;
         let want = if len >= HUGE_PAGE {
-            align.max(HUGE_PAGE)
+            align.max(HUGE_PAGE).max(page)
         } else {
-            align.max(PAGE)
+            align.max(page)
         };
-        let total = len.checked_add(want - PAGE)?;
+        let total = len.checked_add(want - page)?;
         // SAFETY: a new anonymous mapping at an address of the kernel's choosing touches no
         // existing memory.
         let raw = unsafe {
@@ -718,7 +723,12 @@ fn alloc_block(
             // inside the storage, and [base + shift, base + alloc_size) too.
             unsafe { storage.base.add(block.shift) }
         }
-        _ => unreachable!("alloc_block makes and the cache holds only owned roots"),
+        // alloc_block makes and the cache holds only owned roots; should that ever not hold,
+        // this is an allocation failure (NULL to C), never a panic under an FFI vfunc.
+        Backing::Shared | Backing::Wrapped(_) => {
+            drop(boxed);
+            return Err(AllocError::Internal("a cached block is not an owned root"));
+        }
     };
     boxed.data = data;
     let zero = if guarded { 0 } else { flags };
