@@ -439,8 +439,27 @@ pub fn accept(listener: &OwnedFd) -> std::io::Result<OwnedFd> {
     Ok(net::accept_with(listener, SocketFlags::CLOEXEC)?)
 }
 
-/// Sends one packet with `fds` attached. Never raises SIGPIPE: a gone peer is an error.
+/// Sends one packet with `fds` attached, waiting while the peer's queue is full (up to the
+/// socket's send timeout). Never raises SIGPIPE: a gone peer is an error.
 pub fn send(sock: BorrowedFd<'_>, packet: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    send_with(sock, packet, fds, SendFlags::NOSIGNAL)
+}
+
+/// Sends one packet without ever waiting: a full queue is `ErrorKind::WouldBlock`.
+pub fn try_send(
+    sock: BorrowedFd<'_>,
+    packet: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    send_with(sock, packet, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+}
+
+fn send_with(
+    sock: BorrowedFd<'_>,
+    packet: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: SendFlags,
+) -> std::io::Result<()> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -448,12 +467,7 @@ pub fn send(sock: BorrowedFd<'_>, packet: &[u8], fds: &[BorrowedFd<'_>]) -> std:
             "too many descriptors for one message",
         ));
     }
-    let n = net::sendmsg(
-        sock,
-        &[IoSlice::new(packet)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+    let n = net::sendmsg(sock, &[IoSlice::new(packet)], &mut control, flags)?;
     if n != packet.len() {
         return Err(std::io::Error::other("short send"));
     }

@@ -2,7 +2,15 @@
 //! `memfdsrc`: receives a stream from a `memfdsink` in another process. Each memory arrives as
 //! a descriptor and is wrapped, without copying, as read-only `MemfdMemory`; when the last
 //! memory of a buffer is freed, a release message tells the producer it may reuse the blocks.
+//!
+//! The producer is not trusted: every message is validated before use (caps must be fixed,
+//! segments valid, memories sealed and no larger than `max-memory-size`, video metas must
+//! describe planes that lie inside their memory). Releases are queued and sent without ever
+//! blocking the thread that frees a buffer; a producer that stops reading them is an error
+//! once [`MAX_PENDING_RELEASES`] are waiting.
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -30,12 +38,17 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+const DEFAULT_MAX_MEMORY_SIZE: u64 = 1 << 30;
+/// Releases waiting for the producer to read them (its socket queue full) before the
+/// producer is taken to be misbehaving and the stream fails.
+pub const MAX_PENDING_RELEASES: usize = 1024;
 
 #[derive(Debug, Clone)]
 struct Settings {
     socket_path: Option<String>,
     timeout_ms: u32,
     reconnect: bool,
+    max_memory_size: u64,
 }
 
 impl Default for Settings {
@@ -44,6 +57,7 @@ impl Default for Settings {
             socket_path: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             reconnect: false,
+            max_memory_size: DEFAULT_MAX_MEMORY_SIZE,
         }
     }
 }
@@ -65,24 +79,90 @@ impl Stats {
     }
 }
 
-/// Sends the release of buffer `id` when dropped (when every memory of the buffer is freed).
+/// One connection to the producer, and the releases waiting to be sent on it. Releases are
+/// sent without blocking: from whichever thread frees a buffer when the socket takes them,
+/// else later from the streaming thread ([`Connection::flush`]).
+struct Connection {
+    sock: OwnedFd,
+    releases: Mutex<Releases>,
+}
+
+#[derive(Default)]
+struct Releases {
+    pending: VecDeque<u64>,
+    /// More than [`MAX_PENDING_RELEASES`] were waiting: the producer does not read.
+    overflowed: bool,
+}
+
+impl Connection {
+    fn new(sock: OwnedFd) -> Arc<Self> {
+        Arc::new(Connection {
+            sock,
+            releases: Mutex::default(),
+        })
+    }
+
+    fn releases(&self) -> std::sync::MutexGuard<'_, Releases> {
+        self.releases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues the release of buffer `id` and sends what the socket takes, never waiting.
+    fn release(&self, id: u64) {
+        let mut r = self.releases();
+        if r.pending.len() >= MAX_PENDING_RELEASES {
+            r.overflowed = true;
+            return;
+        }
+        r.pending.push_back(id);
+        self.send_pending(&mut r);
+    }
+
+    fn send_pending(&self, r: &mut Releases) {
+        while let Some(&id) = r.pending.front() {
+            match proto::try_send(self.sock.as_fd(), &Message::Release(id).encode(), &[]) {
+                Ok(()) => {
+                    r.pending.pop_front();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // The producer is gone: nothing to tell it any more.
+                    r.pending.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends what waits; `Err(pending)` when the producer has stopped reading releases.
+    fn flush(&self) -> Result<(), usize> {
+        let mut r = self.releases();
+        self.send_pending(&mut r);
+        if r.overflowed {
+            Err(r.pending.len())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Queues the release of buffer `id` when dropped (when every memory of the buffer is freed).
 struct Release {
     id: u64,
-    sock: Arc<OwnedFd>,
+    conn: Arc<Connection>,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let packet = Message::Release(self.id).encode();
-        // The producer may be gone: nothing to tell then.
-        let _ = proto::send(self.sock.as_fd(), &packet, &[]);
+        self.conn.release(self.id);
     }
 }
 
 #[derive(Default)]
 pub struct MemfdSrc {
     settings: Mutex<Settings>,
-    sock: Mutex<Option<Arc<OwnedFd>>>,
+    conn: Mutex<Option<Arc<Connection>>>,
+    /// The negotiated video caps, to check received video metas against.
+    video_info: Mutex<Option<gst_video::VideoInfo>>,
     stats: Mutex<Stats>,
     flushing: AtomicBool,
 }
@@ -95,7 +175,7 @@ impl ObjectSubclass for MemfdSrc {
 }
 
 impl MemfdSrc {
-    fn connect(&self) -> Result<Arc<OwnedFd>, String> {
+    fn connect(&self) -> Result<Arc<Connection>, String> {
         let settings = self.settings.lock().unwrap().clone();
         let Some(path) = settings.socket_path else {
             return Err("memfdsrc needs socket-path".into());
@@ -106,9 +186,9 @@ impl MemfdSrc {
             || self.flushing.load(Ordering::Relaxed),
         )?;
         gst::info!(CAT, imp = self, "connected to {}", path);
-        let sock = Arc::new(sock);
-        *self.sock.lock().unwrap() = Some(sock.clone());
-        Ok(sock)
+        let conn = Connection::new(sock);
+        *self.conn.lock().unwrap() = Some(conn.clone());
+        Ok(conn)
     }
 
     fn path(&self) -> String {
@@ -134,7 +214,7 @@ impl MemfdSrc {
         &self,
         w: BufferWire,
         fds: Vec<OwnedFd>,
-        sock: &Arc<OwnedFd>,
+        conn: &Arc<Connection>,
     ) -> Result<gst::Buffer, gst::FlowError> {
         if fds.len() != w.mems.len() {
             return Err(self.fail(&format!(
@@ -145,14 +225,22 @@ impl MemfdSrc {
                 }
             )));
         }
+        let max_size = self.settings.lock().unwrap().max_memory_size;
         let release: Arc<dyn Send + Sync> = Arc::new(Release {
             id: w.id,
-            sock: sock.clone(),
+            conn: conn.clone(),
         });
         let mut buffer = gst::Buffer::new();
         {
             let b = buffer.get_mut().expect("new buffer");
             for (m, fd) in w.mems.iter().zip(fds) {
+                if m.maxsize > max_size {
+                    return Err(self.fail(&format!(
+                        "Unusable memory from the producer: {} bytes, more than max-memory-size \
+                         ({max_size})",
+                        m.maxsize
+                    )));
+                }
                 let (Ok(maxsize), Ok(offset), Ok(size)) = (
                     usize::try_from(m.maxsize),
                     usize::try_from(m.offset),
@@ -172,24 +260,7 @@ impl MemfdSrc {
             b.set_offset(w.offset);
             b.set_offset_end(w.offset_end);
             b.set_flags(gst::BufferFlags::from_bits_truncate(w.flags));
-            let size = b.size();
-            for v in &w.video {
-                let format = gst_video::VideoFormat::from_string(&v.format);
-                check_video_meta(v, format, size).map_err(|e| {
-                    self.fail(&format!("Unusable video meta from the producer: {e}"))
-                })?;
-                let offsets: Vec<usize> = v.offsets.iter().map(|&o| o as usize).collect();
-                gst_video::VideoMeta::add_full(
-                    b,
-                    gst_video::VideoFrameFlags::from_bits_truncate(v.flags),
-                    format,
-                    v.width,
-                    v.height,
-                    &offsets,
-                    &v.strides,
-                )
-                .map_err(|e| self.fail(&format!("Unusable video meta from the producer: {e}")))?;
-            }
+            self.add_video_metas(b, &w.video)?;
             for (caps, ts, dur) in &w.refs {
                 let caps = gst::Caps::from_str(caps).map_err(|_| {
                     self.fail("Malformed reference timestamp meta from the producer")
@@ -200,52 +271,125 @@ impl MemfdSrc {
         }
         Ok(buffer)
     }
+
+    /// Adds the received video metas to `b`, each checked first (see [`check_video_meta`]).
+    fn add_video_metas(
+        &self,
+        b: &mut gst::BufferRef,
+        metas: &[proto::VideoMetaWire],
+    ) -> Result<(), gst::FlowError> {
+        let mut memories = Vec::with_capacity(b.n_memory());
+        let mut start = 0u64;
+        for m in b.iter_memories() {
+            memories.push(start..start + m.size() as u64);
+            start += m.size() as u64;
+        }
+        let caps = self.video_info.lock().unwrap().clone();
+        for v in metas {
+            let format = gst_video::VideoFormat::from_string(&v.format);
+            check_video_meta(v, format, &memories, caps.as_ref())
+                .map_err(|e| self.fail(&format!("Unusable video meta from the producer: {e}")))?;
+            let offsets: Vec<usize> = v.offsets.iter().map(|&o| o as usize).collect();
+            gst_video::VideoMeta::add_full(
+                b,
+                gst_video::VideoFrameFlags::from_bits_truncate(v.flags),
+                format,
+                v.width,
+                v.height,
+                &offsets,
+                &v.strides,
+            )
+            .map_err(|e| self.fail(&format!("Unusable video meta from the producer: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Applies caps from the producer: they must be fixed (anything else would reach
+    /// `gst_event_new_caps` and raise a CRITICAL).
+    fn apply_caps(&self, text: &str) -> Result<(), gst::FlowError> {
+        let caps =
+            gst::Caps::from_str(text).map_err(|_| self.fail("Malformed caps from the producer"))?;
+        if !caps.is_fixed() {
+            return Err(self.fail(&format!("Caps from the producer are not fixed: {caps}")));
+        }
+        gst::debug!(CAT, imp = self, "caps {}", caps);
+        *self.video_info.lock().unwrap() = gst_video::VideoInfo::from_caps(&caps).ok();
+        self.obj()
+            .set_caps(&caps)
+            .map_err(|_| gst::FlowError::NotNegotiated)
+    }
+
+    /// Applies a segment from the producer, refusing one `gst_event_new_segment` would not
+    /// take (rate or applied rate 0 or not finite, undefined format).
+    fn apply_segment(&self, text: &str) -> Result<(), gst::FlowError> {
+        let segment = gst::Structure::from_str(text)
+            .ok()
+            .and_then(|s| s.get::<gst::Segment>("segment").ok())
+            .ok_or_else(|| self.fail("Malformed segment from the producer"))?;
+        let rates = [segment.rate(), segment.applied_rate()];
+        if rates.iter().any(|r| *r == 0.0 || !r.is_finite())
+            || segment.format() == gst::Format::Undefined
+        {
+            return Err(self.fail(&format!(
+                "Invalid segment from the producer: rate {}, applied rate {}, format {:?}",
+                rates[0],
+                rates[1],
+                segment.format()
+            )));
+        }
+        if self.obj().new_segment(&segment).is_err() {
+            gst::warning!(CAT, imp = self, "segment {:?} refused", segment);
+        }
+        Ok(())
+    }
 }
 
-/// Checks that a received video meta describes planes that lie inside the buffer's `size`
-/// bytes, so that no element downstream is led to read past the memory.
+/// Checks that a received video meta describes a frame whose every plane, as libgstvideo will
+/// read it, lies inside the one memory that holds its first byte (`memories`: each memory's
+/// byte range in the buffer), and that it agrees with the negotiated caps (what
+/// `gst_video_frame_map` would otherwise refuse with a CRITICAL).
 fn check_video_meta(
     v: &proto::VideoMetaWire,
     format: gst_video::VideoFormat,
-    size: usize,
+    memories: &[Range<u64>],
+    caps: Option<&gst_video::VideoInfo>,
 ) -> Result<(), String> {
-    if matches!(
-        format,
-        gst_video::VideoFormat::Unknown | gst_video::VideoFormat::Encoded
-    ) {
-        return Err(format!("unknown video format {:?}", v.format));
-    }
-    let finfo = gst_video::VideoFormatInfo::from_format(format);
-    let planes = finfo.n_planes() as usize;
-    if v.offsets.len() != planes || v.strides.len() != planes {
+    let frame = format!("{}x{} {}", v.width, v.height, v.format);
+    if let Some(info) = caps
+        && (info.format() != format || info.width() > v.width || info.height() > v.height)
+    {
         return Err(format!(
-            "{} has {planes} planes, the meta describes {}",
-            v.format,
-            v.offsets.len()
+            "a {frame} frame does not match the caps ({}x{} {})",
+            info.width(),
+            info.height(),
+            info.format().to_str()
         ));
     }
-    for c in 0..finfo.n_components() as usize {
-        let plane = finfo.plane()[c] as usize;
-        let stride = v.strides[plane];
-        if stride <= 0 {
-            return Err(format!("stride {stride} of plane {plane} is not positive"));
-        }
-        let rows = u64::from(finfo.scale_height(c as u8, v.height));
-        let row_bytes =
-            u64::from(finfo.scale_width(c as u8, v.width)) * finfo.pixel_stride()[c].max(1) as u64;
-        let end = rows
-            .checked_sub(1)
-            .map(|r| {
-                v.offsets[plane]
-                    .saturating_add(r.saturating_mul(stride as u64))
-                    .saturating_add(row_bytes.max(stride as u64))
-            })
-            .unwrap_or(v.offsets[plane]);
-        if end > size as u64 {
-            return Err(format!(
-                "plane {plane} of a {}x{} {} frame ends at byte {end}, past the {size}-byte buffer",
-                v.width, v.height, v.format
-            ));
+    let planes = super::video::plane_ranges(format, v.width, v.height, &v.offsets, &v.strides)?;
+    let size = memories.last().map_or(0, |m| m.end);
+    for (p, plane) in planes.iter().enumerate() {
+        let memory = memories
+            .iter()
+            .find(|m| m.contains(&plane.start))
+            .ok_or_else(|| {
+                format!(
+                    "plane {p} of a {frame} frame starts at byte {}, past the {size}-byte buffer",
+                    plane.start
+                )
+            })?;
+        if plane.end > memory.end {
+            return Err(if memories.len() == 1 {
+                format!(
+                    "plane {p} of a {frame} frame ends at byte {}, past the {size}-byte buffer",
+                    plane.end
+                )
+            } else {
+                format!(
+                    "plane {p} of a {frame} frame ends at byte {}, past the memory it starts \
+                     in (bytes {}..{} of the buffer)",
+                    plane.end, memory.start, memory.end
+                )
+            });
         }
     }
     Ok(())
@@ -273,6 +417,13 @@ impl ObjectImpl for MemfdSrc {
                     .default_value(false)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt64::builder("max-memory-size")
+                    .nick("Maximum memory size")
+                    .blurb("Largest memory (its maxsize, in bytes) accepted from the producer; a larger one is an error")
+                    .minimum(1)
+                    .default_value(DEFAULT_MAX_MEMORY_SIZE)
+                    .mutable_ready()
+                    .build(),
                 crate::elements::stats_pspec("Buffers and bytes received, reconnections"),
             ]
         });
@@ -285,6 +436,9 @@ impl ObjectImpl for MemfdSrc {
             "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
             "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
             "reconnect" => settings.reconnect = value.get().expect("type checked upstream"),
+            "max-memory-size" => {
+                settings.max_memory_size = value.get().expect("type checked upstream")
+            }
             _ => unimplemented!(),
         }
     }
@@ -295,6 +449,7 @@ impl ObjectImpl for MemfdSrc {
             "socket-path" => settings.socket_path.to_value(),
             "timeout" => settings.timeout_ms.to_value(),
             "reconnect" => settings.reconnect.to_value(),
+            "max-memory-size" => settings.max_memory_size.to_value(),
             "stats" => self.stats.lock().unwrap().to_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -344,7 +499,8 @@ impl BaseSrcImpl for MemfdSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.sock.lock().unwrap() = None;
+        *self.conn.lock().unwrap() = None;
+        *self.video_info.lock().unwrap() = None;
         Ok(())
     }
 
@@ -370,10 +526,16 @@ impl PushSrcImpl for MemfdSrc {
     ) -> Result<CreateSuccess, gst::FlowError> {
         let mut packet = vec![0u8; proto::MAX_MESSAGE];
         loop {
-            let Some(sock) = self.sock.lock().unwrap().clone() else {
+            let Some(conn) = self.conn.lock().unwrap().clone() else {
                 return Err(gst::FlowError::Flushing);
             };
-            let got = proto::recv(sock.as_fd(), &mut packet, Duration::from_millis(100))
+            if let Err(pending) = conn.flush() {
+                return Err(self.fail(&format!(
+                    "The producer does not read its release messages ({pending} waiting, at \
+                     most {MAX_PENDING_RELEASES})"
+                )));
+            }
+            let got = proto::recv(conn.sock.as_fd(), &mut packet, Duration::from_millis(100))
                 .map_err(|e| self.fail(&format!("Receiving from the producer failed: {e}")))?;
             let (n, fds) = match got {
                 Received::Idle => {
@@ -400,31 +562,15 @@ impl PushSrcImpl for MemfdSrc {
             let msg = Message::decode(&packet[..n])
                 .map_err(|e| self.fail(&format!("Malformed message from the producer: {e}")))?;
             match msg {
-                Message::Caps(text) => {
-                    let caps = gst::Caps::from_str(&text)
-                        .map_err(|_| self.fail("Malformed caps from the producer"))?;
-                    gst::debug!(CAT, imp = self, "caps {}", caps);
-                    self.obj()
-                        .set_caps(&caps)
-                        .map_err(|_| gst::FlowError::NotNegotiated)?;
-                }
-                Message::Event(EventKind::Segment, text) => {
-                    let s = gst::Structure::from_str(&text)
-                        .map_err(|_| self.fail("Malformed segment from the producer"))?;
-                    let segment = s
-                        .get::<gst::Segment>("segment")
-                        .map_err(|_| self.fail("Malformed segment from the producer"))?;
-                    if self.obj().new_segment(&segment).is_err() {
-                        gst::warning!(CAT, imp = self, "segment {:?} refused", segment);
-                    }
-                }
+                Message::Caps(text) => self.apply_caps(&text)?,
+                Message::Event(EventKind::Segment, text) => self.apply_segment(&text)?,
                 Message::Event(EventKind::StreamStart, _) => {}
                 Message::Event(EventKind::Eos, _) => {
                     post_stats(&*self.obj(), self.stats.lock().unwrap().to_structure());
                     return Err(gst::FlowError::Eos);
                 }
                 Message::Buffer(w) => {
-                    let buffer = self.make_buffer(w, fds, &sock)?;
+                    let buffer = self.make_buffer(w, fds, &conn)?;
                     let mut stats = self.stats.lock().unwrap();
                     stats.buffers += 1;
                     stats.bytes += buffer.size() as u64;

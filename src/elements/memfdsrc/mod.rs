@@ -3,6 +3,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+pub mod video;
 
 glib::wrapper! {
     /// Receives a stream from a `memfdsink` in another process, memories as fd memory.

@@ -1,0 +1,564 @@
+// SPDX-License-Identifier: MPL-2.0
+//! memfdsrc against a hostile producer (issue 9): a fake producer in this process speaks the
+//! wire protocol and sends what a real memfdsink never would. Every attack must end in a clean
+//! element error (or be harmless), never a crash, a hang, a CRITICAL, or bytes from outside
+//! what the producer sent reaching downstream.
+
+mod common;
+use common::init;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gst::prelude::*;
+use gstmemkit::elements::memfdproto::{
+    self as proto, BufferWire, EventKind, MemWire, Message, VideoMetaWire,
+};
+use gstmemkit::elements::memfdsrc::video::plane_ranges;
+use rustix::fs::{MemfdFlags, SealFlags};
+
+/// One packet and the descriptors that go with it.
+type Packet = (Vec<u8>, Vec<OwnedFd>);
+
+fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("memkit-hostile-{}-{name}.sock", std::process::id()))
+}
+
+/// A sealed memfd holding `bytes`.
+fn memfd(bytes: &[u8]) -> OwnedFd {
+    let fd = rustix::fs::memfd_create(c"hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .unwrap();
+    rustix::fs::ftruncate(&fd, bytes.len() as u64).unwrap();
+    let mut done = 0;
+    while done < bytes.len() {
+        done += rustix::io::pwrite(&fd, &bytes[done..], done as u64).unwrap();
+    }
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    fd
+}
+
+fn caps_packet(caps: &str) -> Packet {
+    (Message::Caps(caps.into()).encode(), vec![])
+}
+
+fn segment_text() -> String {
+    init();
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    gst::event::Segment::new(&segment)
+        .structure()
+        .unwrap()
+        .to_string()
+}
+
+fn segment_packet() -> Packet {
+    (
+        Message::Event(EventKind::Segment, segment_text()).encode(),
+        vec![],
+    )
+}
+
+fn eos_packet() -> Packet {
+    (
+        Message::Event(EventKind::Eos, String::new()).encode(),
+        vec![],
+    )
+}
+
+/// A buffer message: one memory per `(fd, offset, size, maxsize)`.
+fn buffer_packet(
+    id: u64,
+    mems: Vec<(OwnedFd, u64, u64, u64)>,
+    video: Vec<VideoMetaWire>,
+) -> Packet {
+    let (fds, wires): (Vec<_>, Vec<_>) = mems
+        .into_iter()
+        .map(|(fd, offset, size, maxsize)| {
+            (
+                fd,
+                MemWire {
+                    offset,
+                    size,
+                    maxsize,
+                },
+            )
+        })
+        .unzip();
+    let msg = Message::Buffer(BufferWire {
+        video,
+        refs: vec![],
+        id,
+        pts: u64::MAX,
+        dts: u64::MAX,
+        duration: u64::MAX,
+        offset: u64::MAX,
+        offset_end: u64::MAX,
+        flags: 0,
+        mems: wires,
+    });
+    (msg.encode(), fds)
+}
+
+/// Serves `packets` to the first consumer, then keeps the connection open (reading nothing)
+/// until the consumer leaves. Returns the producer's thread.
+fn fake_producer(path: PathBuf, packets: Vec<Packet>) -> std::thread::JoinHandle<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = proto::listen_at(&path, 0o600).unwrap();
+    std::thread::spawn(move || {
+        let sock = proto::accept(&listener).unwrap();
+        for (bytes, fds) in &packets {
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            if proto::send(sock.as_fd(), bytes, &borrowed).is_err() {
+                break; // the consumer already gave up
+            }
+        }
+        // Wait for the consumer to hang up; never read its releases.
+        let mut pfd = [rustix::event::PollFd::new(
+            &sock,
+            rustix::event::PollFlags::RDHUP,
+        )];
+        let ts = rustix::event::Timespec {
+            tv_sec: 60,
+            tv_nsec: 0,
+        };
+        let _ = rustix::event::poll(&mut pfd, Some(&ts));
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+/// Runs `memfdsrc ! <sink>` against a fake producer sending `packets`: the error message the
+/// pipeline ended with, or `None` at EOS.
+fn consume(name: &str, packets: Vec<Packet>, props: &str) -> Option<String> {
+    init();
+    let path = socket_path(name);
+    let producer = fake_producer(path.clone(), packets);
+    let pipeline = gst::parse::launch(&format!(
+        "memfdsrc socket-path={} timeout=5000 {props} ! fakesink",
+        path.display()
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let mut result = Some("no EOS or error within 60 s".to_string());
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => {
+                result = None;
+                break;
+            }
+            gst::MessageView::Error(e) => {
+                result = Some(format!("{} {:?}", e.error(), e.debug()));
+                break;
+            }
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    drop(pipeline);
+    producer.join().unwrap();
+    result
+}
+
+fn assert_refused(result: Option<String>, pattern: &str) {
+    let msg = result.unwrap_or_else(|| panic!("accepted; expected an error with {pattern:?}"));
+    assert!(
+        msg.contains(pattern),
+        "expected an error with {pattern:?}, got: {msg}"
+    );
+}
+
+fn video_meta(
+    format: &str,
+    width: u32,
+    height: u32,
+    offsets: &[u64],
+    strides: &[i32],
+) -> VideoMetaWire {
+    VideoMetaWire {
+        flags: 0,
+        format: format.into(),
+        width,
+        height,
+        offsets: offsets.to_vec(),
+        strides: strides.to_vec(),
+    }
+}
+
+fn video_caps(format: &str, width: u32, height: u32) -> String {
+    format!(
+        "video/x-raw, format=(string){format}, width=(int){width}, height=(int){height}, framerate=(fraction)0/1"
+    )
+}
+
+// ----- fault 1: video metas -----------------------------------------------------------------
+
+/// A deterministic byte stream.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+const TRAIL: usize = 64 * 1024;
+
+/// Every raw format GStreamer knows, each frame sent three times with a meta of libgstvideo's
+/// own layout and a memory of exactly the bytes memfdsrc computes its planes to need: twice
+/// with different bytes after the memory (inside the same memfd), once flush against the end
+/// of its memfd. Each received frame is converted with libgstvideo (`VideoConverter`, to the
+/// format's unpack format: no colour conversion) and the first two outputs must be equal: had
+/// any plane been read past the bytes memfdsrc accepted, the trailing bytes would show.
+#[test]
+fn every_format_reads_only_the_bytes_sent() {
+    init();
+    let (width, height) = (70u32, 38u32);
+    let formats: Vec<gst_video::VideoFormat> = gst_video::VideoFormat::iter_raw()
+        .filter(|f| {
+            gst_video::VideoFormatInfo::from_format(*f).unpack_format()
+                != gst_video::VideoFormat::Unknown
+        })
+        .collect();
+    let mut packets = vec![segment_packet()];
+    let mut expected = Vec::new();
+    let page = rustix::param::page_size();
+    for (n, &format) in formats.iter().enumerate() {
+        let info = gst_video::VideoInfo::builder(format, width, height)
+            .build()
+            .unwrap();
+        let offsets: Vec<u64> = info.offset().iter().map(|&o| o as u64).collect();
+        let planes = plane_ranges(format, width, height, &offsets, info.stride())
+            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        let size = planes.iter().map(|r| r.end).max().unwrap() as usize;
+        let frame = noise(size, n as u64);
+        let name = format.to_str().to_string();
+        packets.push(caps_packet(&video_caps(&name, width, height)));
+        let meta = || video_meta(&name, width, height, &offsets, info.stride());
+        for trail in [0x00u8, 0xff] {
+            // [ 4096 lead bytes | the frame | TRAIL bytes of `trail` ]
+            let mut bytes = vec![0x5a; page];
+            bytes.extend_from_slice(&frame);
+            bytes.extend(std::iter::repeat_n(trail, TRAIL));
+            let total = bytes.len() as u64;
+            packets.push(buffer_packet(
+                packets.len() as u64,
+                vec![(memfd(&bytes), page as u64, size as u64, total)],
+                vec![meta()],
+            ));
+        }
+        // Flush against the end of a page-rounded memfd.
+        let total = size.div_ceil(page) * page;
+        let mut bytes = vec![0x5a; total - size];
+        bytes.extend_from_slice(&frame);
+        packets.push(buffer_packet(
+            packets.len() as u64,
+            vec![(
+                memfd(&bytes),
+                (total - size) as u64,
+                size as u64,
+                total as u64,
+            )],
+            vec![meta()],
+        ));
+        expected.push(format);
+    }
+    packets.push(eos_packet());
+    // Every raw format of GStreamer 1.22 has an unpack function: about a hundred.
+    assert!(expected.len() >= 90, "only {} formats", expected.len());
+    eprintln!("{} formats", expected.len());
+
+    let path = socket_path("formats");
+    let producer = fake_producer(path.clone(), packets);
+    let pipeline = gst::parse::launch(&format!(
+        "memfdsrc socket-path={} ! appsink name=out sync=false max-buffers=4",
+        path.display()
+    ))
+    .unwrap();
+    let sink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("out")
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // One converter per format, to its unpack format: the frame as libgstvideo reads it.
+    let converter_for = |info: &gst_video::VideoInfo| {
+        let unpack = info.format_info().unpack_format();
+        let out_info = gst_video::VideoInfo::builder(unpack, info.width(), info.height())
+            .build()
+            .unwrap();
+        let converter = gst_video::VideoConverter::new(
+            info,
+            &out_info,
+            Some(gst_video::VideoConverterConfig::new()),
+        )
+        .unwrap();
+        (converter, out_info)
+    };
+    for format in &expected {
+        let mut outputs = Vec::new();
+        let mut converter = None;
+        for _ in 0..3 {
+            let sample = sink
+                .emit_by_name::<Option<gst::Sample>>("pull-sample", &[])
+                .unwrap_or_else(|| panic!("{format:?}: no sample (refused?)"));
+            let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+            assert_eq!(info.format(), *format);
+            let (conv, out_info) = converter.get_or_insert_with(|| converter_for(&info));
+            let frame =
+                gst_video::VideoFrame::from_buffer_readable(sample.buffer_owned().unwrap(), &info)
+                    .unwrap();
+            let mut out = gst_video::VideoFrame::from_buffer_writable(
+                gst::Buffer::with_size(out_info.size()).unwrap(),
+                out_info,
+            )
+            .unwrap();
+            conv.frame(&frame, &mut out);
+            outputs.push(out.plane_data(0).unwrap().to_vec());
+        }
+        assert!(
+            outputs[0] == outputs[1],
+            "{format:?}: the bytes after the memory changed the frame: read past the memory"
+        );
+        assert!(
+            outputs[0] == outputs[2],
+            "{format:?}: the frame flush against the end of its memfd converts differently"
+        );
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    drop((sink, pipeline));
+    producer.join().unwrap();
+}
+
+/// One frame of `format` whose memory is one byte shorter than its planes need, the planes as
+/// libgstvideo lays them out: refused.
+fn one_byte_short(format: gst_video::VideoFormat, strides: Option<&[i32]>) -> Option<String> {
+    init();
+    let (width, height) = (64u32, 256u32);
+    let info = gst_video::VideoInfo::builder(format, width, height)
+        .build()
+        .unwrap();
+    let offsets: Vec<u64> = info.offset().iter().map(|&o| o as u64).collect();
+    let strides = strides.unwrap_or(info.stride());
+    let name = format.to_str().to_string();
+    let size = match plane_ranges(format, width, height, &offsets, strides) {
+        Ok(p) => p.iter().map(|r| r.end).max().unwrap() - 1,
+        Err(_) => info.size() as u64,
+    };
+    let fd = memfd(&vec![0u8; size as usize]);
+    consume(
+        &format!("short-{name}"),
+        vec![
+            caps_packet(&video_caps(&name, width, height)),
+            segment_packet(),
+            buffer_packet(
+                1,
+                vec![(fd, 0, size, size)],
+                vec![video_meta(&name, width, height, &offsets, strides)],
+            ),
+            eos_packet(),
+        ],
+        "",
+    )
+}
+
+#[test]
+fn frames_one_byte_short_are_refused_for_packed_tiled_and_palette_formats() {
+    use gst_video::VideoFormat as F;
+    for format in [
+        F::I420,
+        F::V210,
+        F::Uyvp,
+        F::Iyu1,
+        F::Gray10Le32,
+        F::Nv1210le32,
+        F::Nv128l128,
+        F::Nv1232l32,
+        F::Nv1264z32,
+        F::Nv1216l32s,
+        F::Nv124l4,
+        F::Rgb8p,
+    ] {
+        assert_refused(one_byte_short(format, None), "Unusable video meta");
+    }
+}
+
+#[test]
+fn tile_counts_that_do_not_cover_the_frame_are_refused() {
+    // NV12_8L128 whose strides say one row of tiles and no column count worth the name: the
+    // old row-based check let this through and videoconvert read past the memfd (SIGSEGV).
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv128l128, 64, 256)
+        .build()
+        .unwrap();
+    let x_tiles = info.stride()[0] & 0xffff;
+    assert_refused(
+        one_byte_short(gst_video::VideoFormat::Nv128l128, Some(&[x_tiles, x_tiles])),
+        "tiles, the frame needs",
+    );
+}
+
+#[test]
+fn a_plane_across_two_memories_is_refused() {
+    // I420 320x240 over two memories: plane 0 starts in the first and runs into the second;
+    // gst_video_meta_map maps only the first.
+    init();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 320, 240)
+        .build()
+        .unwrap();
+    let offsets: Vec<u64> = info.offset().iter().map(|&o| o as u64).collect();
+    let half = info.size() as u64 / 2;
+    let result = consume(
+        "two-memories",
+        vec![
+            caps_packet(&video_caps("I420", 320, 240)),
+            segment_packet(),
+            buffer_packet(
+                1,
+                vec![
+                    (memfd(&vec![0; half as usize]), 0, half, half),
+                    (memfd(&vec![0; half as usize]), 0, half, half),
+                ],
+                vec![video_meta("I420", 320, 240, &offsets, info.stride())],
+            ),
+            eos_packet(),
+        ],
+        "",
+    );
+    assert_refused(result, "past the memory it starts in");
+}
+
+#[test]
+fn a_meta_that_disagrees_with_the_caps_is_refused() {
+    // The caps say 640x480, the meta a smaller frame: gst_video_frame_map would raise a
+    // CRITICAL; memfdsrc refuses the buffer instead.
+    init();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 16, 16)
+        .build()
+        .unwrap();
+    let result = consume(
+        "meta-vs-caps",
+        vec![
+            caps_packet(&video_caps("GRAY8", 640, 480)),
+            segment_packet(),
+            buffer_packet(
+                1,
+                vec![(memfd(&[0; 256]), 0, 256, 256)],
+                vec![video_meta("GRAY8", 16, 16, &[0], info.stride())],
+            ),
+            eos_packet(),
+        ],
+        "",
+    );
+    assert_refused(result, "does not match the caps");
+}
+
+// ----- fault 2: a producer that never reads releases -----------------------------------------
+
+#[test]
+fn a_producer_that_reads_no_releases_is_an_error_not_a_hang() {
+    // Thousands of small buffers, every release left unread: the socket fills, releases queue
+    // up without blocking the streaming thread, and past the bound the stream fails cleanly.
+    // (Before: the free blocked in sendmsg forever, with the streaming thread in it.)
+    let fd = memfd(&[7u8; 4096]);
+    let mut packets = vec![caps_packet("application/octet-stream"), segment_packet()];
+    for id in 0..6000 {
+        packets.push(buffer_packet(
+            id,
+            vec![(fd.try_clone().unwrap(), 0, 4096, 4096)],
+            vec![],
+        ));
+    }
+    packets.push(eos_packet());
+    let start = std::time::Instant::now();
+    let result = consume("no-releases", packets, "");
+    assert_refused(result, "does not read its release messages");
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+// ----- fault 4: caps and segments that would raise CRITICALs --------------------------------
+
+#[test]
+fn caps_that_are_not_fixed_are_refused() {
+    for caps in [
+        "video/x-raw, width=(int)[ 1, 100 ]",
+        "video/x-raw, format=(string){ I420, NV12 }",
+        "ANY",
+        "EMPTY",
+        "audio/x-raw; video/x-raw",
+    ] {
+        let result = consume(
+            "unfixed",
+            vec![caps_packet(caps), segment_packet(), eos_packet()],
+            "",
+        );
+        assert_refused(result, "are not fixed");
+    }
+}
+
+#[test]
+fn a_segment_with_rate_zero_is_refused() {
+    let text = segment_text();
+    let zero = text.replacen(", rate=(double)1", ", rate=(double)0", 1);
+    assert_ne!(zero, text, "the segment string has a rate field: {text}");
+    let result = consume(
+        "rate0",
+        vec![
+            caps_packet("application/octet-stream"),
+            (Message::Event(EventKind::Segment, zero).encode(), vec![]),
+            eos_packet(),
+        ],
+        "",
+    );
+    assert_refused(result, "Invalid segment from the producer: rate 0");
+}
+
+// ----- fault 5: memory size bound -----------------------------------------------------------
+
+#[test]
+fn a_huge_sparse_memfd_is_refused() {
+    // A sealed, sparse 64 TiB memfd: costs the producer nothing, and was mapped.
+    let fd =
+        rustix::fs::memfd_create(c"huge", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    let huge = 64u64 << 40;
+    rustix::fs::ftruncate(&fd, huge).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    let result = consume(
+        "huge",
+        vec![
+            caps_packet("application/octet-stream"),
+            segment_packet(),
+            buffer_packet(1, vec![(fd, 0, huge, huge)], vec![]),
+            eos_packet(),
+        ],
+        "",
+    );
+    assert_refused(result, "more than max-memory-size (1073741824)");
+}
+
+#[test]
+fn max_memory_size_is_a_property() {
+    let fd = memfd(&[1u8; 8192]);
+    let packets = |fd: OwnedFd| {
+        vec![
+            caps_packet("application/octet-stream"),
+            segment_packet(),
+            buffer_packet(1, vec![(fd, 0, 8192, 8192)], vec![]),
+            eos_packet(),
+        ]
+    };
+    assert_eq!(
+        consume(
+            "max-ok",
+            packets(fd.try_clone().unwrap()),
+            "max-memory-size=8192"
+        ),
+        None
+    );
+    assert_refused(
+        consume("max-small", packets(fd), "max-memory-size=8191"),
+        "8192 bytes, more than max-memory-size (8191)",
+    );
+}
