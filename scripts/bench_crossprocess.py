@@ -50,7 +50,7 @@ def main():
             b = os.path.join(tmp, f"shm{i}.sock")
             mk = lambda: run(  # noqa: E731
                 f"memsrc allocator=MemfdMemory num-buffers={BUFFERS} blocksize={BLOCK} ! "
-                f"memfdsink socket-path={a}",
+                f"memfdsink on-full=wait socket-path={a}",
                 f"memfdsrc socket-path={a} ! fakesink sync=false", a)
             sh = lambda: run(  # noqa: E731
                 f"memsrc num-buffers={BUFFERS} blocksize={BLOCK} ! shmsink socket-path={b} "

@@ -43,10 +43,10 @@ G_DEBUG=fatal_warnings GST_TRACERS=memkit gst-launch-1.0 -q videotestsrc num-buf
 echo
 echo "== two processes: frames travel as memfd descriptors, nothing copied"
 sock="${TMPDIR:-/tmp}/memkit-demo-$$.sock"
-echo "gst-launch-1.0 -m videotestsrc num-buffers=100 ! memalign allocator=MemfdMemory ! memfdsink socket-path=$sock &"
+echo "gst-launch-1.0 -m videotestsrc num-buffers=100 ! memalign allocator=MemfdMemory ! memfdsink on-full=wait socket-path=$sock &"
 echo "gst-launch-1.0 -m memfdsrc socket-path=$sock ! videoconvert ! fakesink"
 G_DEBUG=fatal_warnings gst-launch-1.0 -m videotestsrc num-buffers=100 ! video/x-raw,format=I420,width=640,height=480 ! \
-    memalign allocator=MemfdMemory ! memfdsink socket-path="$sock" 2>&1 \
+    memalign allocator=MemfdMemory ! memfdsink on-full=wait socket-path="$sock" 2>&1 \
     | sed -n 's/^Got message #[0-9]* from element "\([a-z]*[0-9]*\)" (element): /  producer \1: /p' &
 producer=$!
 G_DEBUG=fatal_warnings gst-launch-1.0 -m memfdsrc socket-path="$sock" ! videoconvert ! fakesink 2>&1 \

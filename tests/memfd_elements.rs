@@ -36,7 +36,7 @@ fn blocks_are_released_and_no_descriptor_leaks() {
     let before = open_fds();
     let producer = gst::parse::launch(&format!(
         "memsrc allocator=MemfdMemory num-buffers=200 blocksize=65536 pattern=counter ! \
-         memfdsink name=s socket-path={path}"
+         memfdsink name=s on-full=wait socket-path={path}"
     ))
     .unwrap();
     let consumer = gst::parse::launch(&format!(
@@ -113,7 +113,7 @@ fn timestamps_flags_and_metas_cross() {
     let path = std::env::temp_dir().join(format!("memkit-meta-{}.sock", std::process::id()));
     let path = path.to_str().unwrap().to_owned();
     let producer = gst::parse::launch(&format!(
-        "appsrc name=in format=time caps=application/x-test ! memfdsink socket-path={path}"
+        "appsrc name=in format=time caps=application/x-test ! memfdsink on-full=wait socket-path={path}"
     ))
     .unwrap();
     let consumer = gst::parse::launch(&format!(

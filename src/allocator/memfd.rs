@@ -51,16 +51,26 @@ fn errno(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> AllocError {
 }
 
 /// A new memfd of `len` bytes (zero-filled by the kernel), close-on-exec, sealed against
-/// shrinking and growing (so no holder can cut it short under someone's mapping) and against
-/// further seal changes.
+/// shrinking and growing (so no holder can cut it short under someone's mapping). The
+/// allocator seals it against writes next, once it has its own mapping ([`seal_writes`]).
 pub(super) fn create_memfd(len: usize) -> Result<OwnedFd, AllocError> {
     use rustix::fs::{self, MemfdFlags, SealFlags};
     let fd = fs::memfd_create(c"memkit", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
         .map_err(errno("memfd_create"))?;
     fs::ftruncate(&fd, len as u64).map_err(errno("ftruncate"))?;
-    fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+    fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)
         .map_err(errno("fcntl(F_ADD_SEALS)"))?;
     Ok(fd)
+}
+
+/// Seals a memfd against writes through any new descriptor or mapping
+/// (`F_SEAL_FUTURE_WRITE`, Linux >= 5.1) and against further seal changes: the mapping the
+/// allocator already holds stays writable, but no process the descriptor is sent to can
+/// write the block, not even by reopening `/proc/self/fd/N`.
+pub(super) fn seal_writes(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), AllocError> {
+    use rustix::fs::{self, SealFlags};
+    fs::fcntl_add_seals(fd, SealFlags::FUTURE_WRITE | SealFlags::SEAL)
+        .map_err(errno("fcntl(F_ADD_SEALS, F_SEAL_FUTURE_WRITE)"))
 }
 
 impl MemfdAllocator {
@@ -76,7 +86,7 @@ impl MemfdAllocator {
     }
 }
 
-pub use super::memory::memfd::{dup_fd, wrap_fd};
+pub use super::memory::memfd::{dup_fd, retire, wrap_fd};
 
 /// `true` when `mem` is `MemfdMemory` memory.
 pub fn is_memfd_memory(mem: &gst::MemoryRef) -> bool {
@@ -84,13 +94,19 @@ pub fn is_memfd_memory(mem: &gst::MemoryRef) -> bool {
         .is_some_and(|a| a.type_().is_a(MemfdAllocator::static_type()))
 }
 
-/// `true` when `mem` is fd memory whose file is a memfd sealed against shrinking: what
-/// `memfdsink` can send as it is (another process can map it without risk of it shrinking).
+/// `true` when `mem` is fd memory whose file is a memfd sealed against shrinking and against
+/// writes by whoever receives it (`F_SEAL_FUTURE_WRITE` or `F_SEAL_WRITE`): what `memfdsink`
+/// can send as it is (another process can map it without risk of it shrinking, and cannot
+/// change what other consumers read).
 pub fn is_sealed_memfd(mem: &gst::MemoryRef) -> bool {
+    use rustix::fs::SealFlags;
     dup_fd(mem)
         .ok()
         .and_then(|fd| rustix::fs::fcntl_get_seals(&fd).ok())
-        .is_some_and(|s| s.contains(rustix::fs::SealFlags::SHRINK))
+        .is_some_and(|s| {
+            s.contains(SealFlags::SHRINK)
+                && s.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE)
+        })
 }
 
 /// `MemfdMemory`'s statistics. Its operations are system calls and mappings, so plain shared

@@ -454,6 +454,37 @@ pub fn try_send(
     send_with(sock, packet, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
 }
 
+/// Sends one packet, waiting at most `timeout` for room in the peer's queue (whatever the
+/// socket's own send timeout): `ErrorKind::WouldBlock` when there was none.
+pub fn send_within(
+    sock: BorrowedFd<'_>,
+    packet: &[u8],
+    fds: &[BorrowedFd<'_>],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match try_send(sock, packet, fds) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let ts = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: left.subsec_nanos() as i64,
+        };
+        let mut pfd = [PollFd::new(&sock, PollFlags::OUT)];
+        match poll(&mut pfd, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn send_with(
     sock: BorrowedFd<'_>,
     packet: &[u8],

@@ -45,6 +45,12 @@ unsafe fn lockstate(mem: *mut ffi::GstMemory) -> i32 {
 /// GstFdAllocator's own `mem_map`, which ours calls for mappable memory.
 static FD_MAP: OnceLock<MapFn> = OnceLock::new();
 
+thread_local! {
+    /// Set while the allocator maps a block for itself (zeroing, the first map before the
+    /// write seal): such maps are not counted in the statistics.
+    static OWN_MAP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// `mem_map`: NOT_MAPPABLE memory refuses to map (1.22's fd memory maps it anyway).
 unsafe extern "C" fn mem_map(
     mem: *mut ffi::GstMemory,
@@ -60,7 +66,7 @@ unsafe extern "C" fn mem_map(
         match FD_MAP.get() {
             Some(map) => {
                 let data = map(mem, maxsize, flags);
-                if !data.is_null() {
+                if !data.is_null() && !OWN_MAP.get() {
                     mstats::count(M::Maps, 1);
                 }
                 data
@@ -156,6 +162,35 @@ fn take_recycled(maxsize: usize) -> Option<gst::Memory> {
     Some(mem)
 }
 
+/// `GstMiniObject.dispose` of a block [`retire`]d while in use: freed, never recycled.
+unsafe extern "C" fn retired_dispose(_obj: *mut ffi::GstMiniObject) -> glib::ffi::gboolean {
+    glib::ffi::GTRUE
+}
+
+/// Keeps the block behind `mem` (a `MemfdMemory` block or a share of one) from being recycled
+/// when it is freed: for a block a consumer still held when it went away, which may still map
+/// it. Returns whether the block was recyclable (and now is not).
+pub fn retire(mem: &gst::MemoryRef) -> bool {
+    let m = mem.as_ptr() as *mut ffi::GstMemory;
+    // SAFETY: `mem` is live, and so is its parent (a share holds a reference to it). Only a
+    // root we allocated carries `recycle_dispose`; the hook is read at the root's last unref,
+    // which cannot run while `mem` holds its reference, and memfdsink retires blocks under
+    // its one state lock.
+    unsafe {
+        let root = if (*m).parent.is_null() {
+            m
+        } else {
+            (*m).parent
+        };
+        let hook = (*root).mini_object.dispose;
+        if hook.is_some_and(|h| h as *const () == recycle_dispose as *const ()) {
+            (*root).mini_object.dispose = Some(retired_dispose);
+            return true;
+        }
+    }
+    false
+}
+
 /// Frees a block taken from the cache (its dispose hook cleared, so it is not recycled again).
 fn discard(mem: gst::Memory) {
     // SAFETY: we own the only reference; without the hook the unref in drop frees it.
@@ -242,23 +277,30 @@ pub(in crate::allocator) fn alloc(
         Err(_) => {
             // SAFETY: GStreamer did not take the descriptor; it is still ours to close.
             drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
-            return Err(AllocError::System {
-                what: "gst_fd_allocator_alloc",
-                errno: 0,
-            });
+            return Err(AllocError::Internal("gst_fd_allocator_alloc returned NULL"));
         }
     };
-    // A fresh memfd is all zeros: ZERO_PREFIXED/ZERO_PADDED hold without writing anything.
     // SAFETY: `mem` is a new memory with one reference, ours alone; offset + size <= maxsize
-    // by the layout.
+    // by the layout. The caller's flags are set last, after the first map below.
     unsafe {
         let m = mem.as_ptr() as *mut ffi::GstMemory;
         (*m).offset = l.offset;
         (*m).size = l.size;
         (*m).align = l.align_mask;
-        (*m).mini_object.flags |= flags;
         (*m).mini_object.dispose = Some(recycle_dispose);
     }
+    // Our own read-write mapping first (kept: KEEP_MAPPED), then the write seal: from then
+    // on no new writable mapping of the file can be made, by us or by a receiver. A fresh
+    // memfd is all zeros: ZERO_PREFIXED/ZERO_PADDED hold without writing anything.
+    // SAFETY: the descriptor is owned by `mem`, live for this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    if let Err(err) = zero_ranges(&mem, l.offset, l.size, 0).and_then(|()| memfd::seal_writes(fd)) {
+        // Not into the cache: an unsealed block must never be handed out.
+        discard(mem);
+        return Err(err);
+    }
+    // SAFETY: as above.
+    unsafe { (*(mem.as_ptr() as *mut ffi::GstMemory)).mini_object.flags |= flags };
     gst::trace!(
         CAT,
         obj = allocator,
@@ -287,7 +329,10 @@ fn zero_ranges(
     // SAFETY: `mem` is ours alone; a successful map is unmapped once; while mapped the region
     // is [data - offset, data - offset + maxsize) (GstFdMemory maps the whole file from 0).
     unsafe {
-        if ffi::gst_memory_map(ptr, info.as_mut_ptr(), ffi::GST_MAP_WRITE) == glib::ffi::GFALSE {
+        OWN_MAP.set(true);
+        let mapped = ffi::gst_memory_map(ptr, info.as_mut_ptr(), ffi::GST_MAP_WRITE);
+        OWN_MAP.set(false);
+        if mapped == glib::ffi::GFALSE {
             return Err(AllocError::Internal(
                 "a recycled MemfdMemory block does not map read-write",
             ));

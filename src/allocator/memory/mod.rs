@@ -1397,6 +1397,29 @@ pub fn with_mapped_region<R>(
     }
 }
 
+/// How many holders (shares and buffers) a memory may have before memkit's elements copy
+/// instead of sharing it again: well below the 65535 that core's 16-bit share count in
+/// `GstMiniObject.lockstate` can hold (past it, lock accounting is corrupted).
+pub const MAX_LIVE_SHARES: u32 = 16384;
+
+/// How many holders the block behind `mem` has now: core's share count of its root (each
+/// share of a memory and each buffer holding it takes an exclusive lock on it).
+pub fn live_shares(mem: &gst::MemoryRef) -> u32 {
+    let m = mem.as_ptr() as *mut ffi::GstMemory;
+    // SAFETY: `mem` is live, and so is its parent (a share holds a reference to it); core
+    // only ever changes `lockstate` atomically.
+    unsafe {
+        let root = if (*m).parent.is_null() {
+            m
+        } else {
+            (*m).parent
+        };
+        let state = std::sync::atomic::AtomicI32::from_ptr(&raw mut (*root).mini_object.lockstate)
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (state as u32) >> 16
+    }
+}
+
 /// `gst_memory_share` that never panics: `None` for `NO_SHARE` memory, memory mapped for
 /// writing, or a range outside `[0, maxsize]` (which core would not check).
 pub fn try_share(mem: &gst::MemoryRef, offset: usize, size: usize) -> Option<gst::Memory> {

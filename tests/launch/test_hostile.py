@@ -1,0 +1,276 @@
+# SPDX-License-Identifier: MPL-2.0
+"""memfdsink against hostile consumers (issue 9): a fake consumer in this process speaks the
+wire protocol to a real gst-launch-1.0 producer and tries what memfdsrc never would: writing
+the producer's memory, keeping blocks after leaving, never releasing, flooding connections.
+
+Run with Debian's /usr/bin/python3 and GST_PLUGIN_PATH pointing at the built plugin.
+"""
+
+import mmap
+import os
+import resource
+import socket
+import struct
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_memfd import MemfdTestCase, finish, read, stats, wait_for
+
+MAGIC = 0x44464B4D
+KIND_BUFFER = 3
+KIND_RELEASE = 4
+
+
+def parse_buffer(packet):
+    """(id, [(offset, size, maxsize)]) of a buffer message, or None for any other message."""
+    magic, _version, kind = struct.unpack_from("<IBB", packet)
+    assert magic == MAGIC
+    if kind != KIND_BUFFER:
+        return None
+    fields = struct.unpack_from("<6QII", packet, 6)
+    bid, nmems = fields[0], fields[7]
+    mems = [struct.unpack_from("<3Q", packet, 6 + 56 + 24 * i) for i in range(nmems)]
+    return bid, mems
+
+
+def release(sock, bid):
+    sock.send(struct.pack("<IBBQ", MAGIC, 1, KIND_RELEASE, bid))
+
+
+def connect(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def next_buffer(sock, timeout=30):
+    """The next buffer message: (id, mems, fds)."""
+    sock.settimeout(timeout)
+    while True:
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 65536, 16)
+        if not msg:
+            raise ConnectionError("the producer closed the connection")
+        parsed = parse_buffer(msg)
+        if parsed is None:
+            for fd in fds:
+                os.close(fd)
+            continue
+        return parsed[0], parsed[1], fds
+
+
+class HostileConsumers(MemfdTestCase):
+    def producer(self, pipeline_tail, **kw):
+        return self.spawn("memsrc allocator=MemfdMemory " + pipeline_tail, **kw)
+
+    def test_a_consumer_cannot_write_the_producers_memory(self):
+        prod = self.producer(f"blocksize=4096 num-buffers=20 pattern=counter ! "
+                             f"identity sleep-time=20000 ! memfdsink socket-path={self.sock}")
+        wait_for(self.sock)
+        cons = connect(self.sock)
+        bid, mems, fds = next_buffer(cons)
+        fd = fds[0]
+        maxsize = mems[0][2]
+        # A shared writable mapping of the received descriptor is refused...
+        with self.assertRaises(PermissionError):
+            mmap.mmap(fd, maxsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # ...and so is writing through a descriptor reopened read-write from /proc.
+        reopened = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+        with self.assertRaises(PermissionError):
+            os.pwrite(reopened, b"overwritten", 0)
+        os.close(reopened)
+        with self.assertRaises(PermissionError):
+            os.ftruncate(fd, 0)
+        # Reading is what it was sent for.
+        view = mmap.mmap(fd, maxsize, mmap.MAP_SHARED, mmap.PROT_READ)
+        offset, size = mems[0][0], mems[0][1]
+        self.assertEqual(view[offset:offset + 4], bytes([0, 1, 2, 3]))
+        view.close()
+        for f in fds:
+            os.close(f)
+        release(cons, bid)
+        cons.close()
+        prod.kill()
+        prod.communicate()
+
+    def test_a_consumer_that_leaves_holding_blocks_sees_no_later_frames(self):
+        # Recycling on (the default): without retiring, the blocks the leaver held would be
+        # reused for later frames, which it could still read through its descriptors.
+        prod = self.producer(f"blocksize=65536 num-buffers=300 pattern=random ! "
+                             f"identity sleep-time=3000 ! "
+                             f"memfdsink socket-path={self.sock} on-full=wait name=s")
+        wait_for(self.sock)
+        leaver = connect(self.sock)
+        kept = []
+        for _ in range(5):
+            _bid, mems, fds = next_buffer(leaver)
+            offset, size, _maxsize = mems[0]
+            kept.append((fds[0], offset, size, os.pread(fds[0], size, offset)))
+        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
+        time.sleep(0.2)
+        leaver.close()  # leaves holding five blocks, keeping their descriptors
+        rc, text = finish(good)
+        self.assertEqual(rc, 0, text[-3000:])
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        for fd, offset, size, snapshot in kept:
+            self.assertEqual(os.pread(fd, size, offset), snapshot,
+                             "a block the leaver held was reused for a later frame")
+            os.close(fd)
+        self.assertGreaterEqual(stats(ptext)["s"]["blocks-retired"], 5)
+
+    def test_stop_unlinks_only_its_own_socket(self):
+        prod = self.producer(f"blocksize=4096 num-buffers=40 ! identity sleep-time=20000 ! "
+                             f"memfdsink socket-path={self.sock}")
+        wait_for(self.sock)
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} ! fakesink")
+        time.sleep(0.3)
+        # Someone else takes the path over while the producer runs.
+        os.unlink(self.sock)
+        with open(self.sock, "w") as f:
+            f.write("not memkit's")
+        self.assertEqual(finish(prod)[0], 0)
+        finish(cons)
+        self.assertEqual(read(self.sock), b"not memkit's", "the producer removed a file not its own")
+
+    def test_stop_leaves_another_producers_socket(self):
+        first = self.producer(f"blocksize=4096 num-buffers=40 ! identity sleep-time=20000 ! "
+                              f"memfdsink socket-path={self.sock}")
+        wait_for(self.sock)
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} ! fakesink")
+        time.sleep(0.3)
+        os.unlink(self.sock)
+        second = self.producer(f"blocksize=4096 ! identity sleep-time=20000 ! "
+                               f"memfdsink socket-path={self.sock}")
+        wait_for(self.sock)
+        inode = os.stat(self.sock).st_ino
+        self.assertEqual(finish(first)[0], 0)
+        finish(cons)
+        self.assertTrue(os.path.exists(self.sock), "the first producer removed the second's socket")
+        self.assertEqual(os.stat(self.sock).st_ino, inode)
+        self.assertIsNone(second.poll())
+
+    def hostile_reconnector(self, stop):
+        """Connects, reads everything and releases nothing; reconnects whenever dropped."""
+        reconnects = 0
+        while not stop.is_set():
+            try:
+                s = connect(self.sock)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            s.settimeout(0.2)
+            try:
+                while not stop.is_set():
+                    try:
+                        msg, fds, _f, _a = socket.recv_fds(s, 65536, 16)
+                    except socket.timeout:
+                        continue
+                    for fd in fds:
+                        os.close(fd)
+                    if not msg:
+                        break
+            except OSError:
+                pass
+            s.close()
+            reconnects += 1
+        return reconnects
+
+    def run_with_hostile_reconnector(self, policy):
+        n = 3000
+        prod = self.producer(f"blocksize=4096 num-buffers={n} ! identity sleep-time=500 ! "
+                             f"memfdsink socket-path={self.sock} on-full={policy} name=s")
+        wait_for(self.sock)
+        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
+        time.sleep(0.3)
+        stop = threading.Event()
+        hostile = threading.Thread(target=self.hostile_reconnector, args=(stop,))
+        hostile.start()
+        start = time.time()
+        try:
+            rc, text = finish(good, timeout=120)
+        finally:
+            stop.set()
+            hostile.join()
+        elapsed = time.time() - start
+        self.assertEqual(rc, 0, text[-3000:])
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        received = stats(text)["r"]["buffers"]
+        # Before: every time the hostile consumer filled up, the stream stalled for 10 s
+        # (about 14 buffers/s for everyone). Now it never waits on it: the good consumer runs
+        # at the producer's pace (about 2 s for the 3000 buffers here, generously bounded).
+        self.assertLess(elapsed, 30, f"the good consumer took {elapsed:.1f} s")
+        self.assertGreaterEqual(received, n * 9 // 10, f"only {received} of {n} received")
+        return stats(ptext)["s"]
+
+    def test_a_consumer_that_never_releases_does_not_slow_the_others_drop(self):
+        s = self.run_with_hostile_reconnector("drop")
+        self.assertGreater(s["buffers-dropped"], 0, "the hostile consumer's buffers were dropped")
+
+    def test_a_consumer_that_never_releases_does_not_slow_the_others_disconnect(self):
+        s = self.run_with_hostile_reconnector("disconnect")
+        self.assertGreater(s["consumers-dropped"], 0, "the hostile consumer was disconnected")
+
+    def flood(self, count):
+        socks = []
+        for _ in range(count):
+            try:
+                socks.append(connect(self.sock))
+            except OSError:
+                time.sleep(0.001)
+        return socks
+
+    def test_idle_connections_are_capped_and_do_not_stall_the_stream(self):
+        n = 2000
+        prod = self.producer(f"blocksize=4096 num-buffers={n} ! identity sleep-time=1000 ! "
+                             f"memfdsink socket-path={self.sock} name=s")
+        wait_for(self.sock)
+        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
+        time.sleep(0.3)
+        start = time.time()
+        idle = self.flood(300)
+        rc, text = finish(good, timeout=120)
+        elapsed = time.time() - start
+        for s in idle:
+            s.close()
+        self.assertEqual(rc, 0, text[-3000:])
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        s = stats(ptext)["s"]
+        self.assertLess(elapsed, 30, f"the stream took {elapsed:.1f} s")
+        self.assertGreaterEqual(stats(text)["r"]["buffers"], n * 9 // 10)
+        self.assertGreater(s["consumers-refused"], 0)
+        self.assertLessEqual(s["consumers-connected"] - s["consumers-dropped"], 32)
+
+    def test_connection_flood_under_a_low_descriptor_limit(self):
+        # Before: every connection was accepted, and at the limit the producer could not make
+        # a memfd any more (EMFILE): the stream failed. Now at most max-consumers are served.
+        def low_limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+
+        n = 1000
+        prod = self.spawn(f"memsrc allocator=MemfdMemory blocksize=4096 num-buffers={n} ! "
+                          f"identity sleep-time=1000 ! memfdsink socket-path={self.sock} name=s",
+                          preexec=low_limit)
+        wait_for(self.sock)
+        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
+        time.sleep(0.3)
+        idle = self.flood(300)
+        rc, text = finish(good, timeout=120)
+        for s in idle:
+            s.close()
+        self.assertEqual(rc, 0, text[-3000:])
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        self.assertGreaterEqual(stats(text)["r"]["buffers"], n * 9 // 10)
+
+
+if __name__ == "__main__":
+    unittest.main()
