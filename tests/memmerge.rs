@@ -243,3 +243,48 @@ fn slice_then_merge_round_trips_byte_exactly() {
         assert_eq!(got, expected, "chunk {chunk} target {target}");
     }
 }
+
+/// Hardening (issue 9, fault 10): a 65535-byte buffer merged into one-byte outputs, every
+/// output kept downstream (the harness holds them): outputs are made one at a time, and past
+/// `MAX_LIVE_SHARES` holders of the memory they are copies, so core's 16-bit share count
+/// never overflows (which raised CRITICALs, fatal here).
+#[test]
+fn one_byte_outputs_held_downstream_never_overflow_the_share_count() {
+    init();
+    let mut h = harness(1);
+    let input = parent(65_535, 3);
+    let expected = bytes(&input);
+    h.push(input).unwrap();
+    let mut outputs = Vec::with_capacity(65_535);
+    while let Some(out) = h.try_pull() {
+        outputs.push(out);
+    }
+    assert_eq!(outputs.len(), 65_535);
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(bytes(out), &expected[i..i + 1]);
+    }
+    assert!(stat(&h, "pieces-copied") > 0);
+}
+
+/// Many small spans pending at once are merged into one share as they come (not held as
+/// 70000 shares): a memslice-style stream of one-byte shares into a 70000-byte output.
+#[test]
+fn many_pending_pieces_are_merged_as_they_come() {
+    init();
+    let mut h = harness(70_000);
+    let input = parent(70_000, 5);
+    let expected = bytes(&input);
+    for i in 0..70_000 {
+        let piece = input
+            .copy_region(gst::BufferCopyFlags::MEMORY, i..i + 1)
+            .unwrap();
+        h.push(piece).unwrap();
+        assert!(
+            gstmemkit::allocator::live_shares(&input.peek_memory(0)) < 2048,
+            "at most about a thousand pending shares at any time"
+        );
+    }
+    let out = h.pull().unwrap();
+    assert_eq!(bytes(&out), expected);
+    assert_eq!(stat(&h, "bytes-copied"), 0, "contiguous spans: zero-copy");
+}

@@ -171,3 +171,40 @@ fn chunk_size_zero_is_out_of_range() {
     // GObject refuses 0 (below the minimum) and keeps the old value.
     assert_eq!((pspec.minimum(), pspec.default_value()), (1, 4096));
 }
+
+/// Hardening (issue 9, fault 10): core counts a memory's shares in 16 bits. 70000 one-byte
+/// pieces of one memory, all kept by downstream (the harness holds every output), must not
+/// overflow it (CRITICALs from gst_mini_object_unlock, fatal here): past
+/// `MAX_LIVE_SHARES` holders the pieces are copies, and every byte is still right.
+#[test]
+fn many_pieces_held_downstream_never_overflow_the_share_count() {
+    init();
+    let mut h = harness(1);
+    let input = input(70_000, 9);
+    let expected: Vec<u8> = input.map_readable().unwrap().as_slice().to_vec();
+    h.push(input).unwrap();
+    let mut pieces = Vec::with_capacity(70_000);
+    while let Some(piece) = h.try_pull() {
+        pieces.push(piece);
+    }
+    assert_eq!(pieces.len(), 70_000);
+    for (i, piece) in pieces.iter().enumerate() {
+        assert_eq!(
+            piece.map_readable().unwrap().as_slice(),
+            &expected[i..i + 1]
+        );
+    }
+    let copied = stat(&h, "pieces-copied");
+    assert!(
+        copied > 0 && copied < 70_000,
+        "pieces beyond the holder bound are copied, the others shared: {copied}"
+    );
+    assert!(
+        pieces
+            .iter()
+            .map(|p| gstmemkit::allocator::live_shares(&p.peek_memory(0)))
+            .max()
+            .unwrap()
+            <= gstmemkit::allocator::MAX_LIVE_SHARES + 1
+    );
+}

@@ -146,3 +146,21 @@ impl Refusals {
         }
     }
 }
+
+/// Bytes `range` of `buf` as a new buffer: shares of its memories, or, when one of those
+/// memories already has [`crate::allocator::MAX_LIVE_SHARES`] holders, a copy (core counts a
+/// memory's shares in 16 bits; past 65535 its lock accounting breaks). The flag says whether
+/// it copied.
+pub(crate) fn share_region(
+    buf: &gst::Buffer,
+    range: std::ops::Range<usize>,
+) -> Result<(gst::Buffer, bool), glib::BoolError> {
+    let crowded = buf
+        .iter_memories()
+        .any(|m| crate::allocator::live_shares(m) >= crate::allocator::MAX_LIVE_SHARES);
+    let mut flags = gst::BufferCopyFlags::MEMORY;
+    if crowded {
+        flags |= gst::BufferCopyFlags::DEEP;
+    }
+    Ok((buf.copy_region(flags, range)?, crowded))
+}

@@ -20,13 +20,42 @@ pub fn check_alignment(value: u32) -> Result<u32, String> {
 
 /// Splits `size` bytes into consecutive `(offset, len)` pieces of `chunk` bytes, the last one
 /// possibly shorter. An empty input gives one empty piece, so it is forwarded, not dropped.
-pub fn chunks(size: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+pub fn chunks(size: usize, chunk: usize) -> Chunks {
     let chunk = chunk.max(1);
-    let count = if size == 0 { 1 } else { size.div_ceil(chunk) };
-    (0..count).map(move |i| {
-        let offset = i * chunk;
-        (offset, chunk.min(size - offset))
-    })
+    Chunks {
+        size,
+        chunk,
+        next: 0,
+        count: if size == 0 { 1 } else { size.div_ceil(chunk) },
+    }
+}
+
+/// The pieces [`chunks`] plans, computed one at a time (a plan can be kept while its pieces
+/// are pushed, whatever their number).
+#[derive(Debug, Clone)]
+pub struct Chunks {
+    size: usize,
+    chunk: usize,
+    next: usize,
+    count: usize,
+}
+
+impl Iterator for Chunks {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.next >= self.count {
+            return None;
+        }
+        let offset = self.next * self.chunk;
+        self.next += 1;
+        Some((offset, self.chunk.min(self.size - offset)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.count - self.next;
+        (left, Some(left))
+    }
 }
 
 /// The byte patterns `memsrc` can produce, reproducibly.

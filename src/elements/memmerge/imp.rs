@@ -6,6 +6,11 @@
 //! before a new segment, so bytes are never lost or reordered. A flush discards what is pending,
 //! as a flush asks.
 //!
+//! Outputs are assembled one at a time, as they are pushed, and more than
+//! [`MAX_PENDING_PIECES`] pieces waiting are merged into one (a share when they are spans), so
+//! memmerge never holds tens of thousands of shares of one memory: core counts them in 16 bits.
+//! Should a memory have `MAX_LIVE_SHARES` holders anyway, pieces are copied, with a warning.
+//!
 //! Lock order: `settings`, then `state`; neither is held while pushing.
 
 use std::collections::VecDeque;
@@ -19,9 +24,11 @@ use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::allocator::{aligned_allocator, try_share};
-use crate::elements::post_stats;
+use crate::elements::{post_stats, share_region};
 
 const DEFAULT_TARGET_SIZE: u32 = 65536;
+/// Pieces waiting to be merged before they are merged into one.
+const MAX_PENDING_PIECES: usize = 1024;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -53,6 +60,8 @@ struct State {
     zero_copy: u64,
     copied: u64,
     bytes_copied: u64,
+    /// Pieces copied because their memory had MAX_LIVE_SHARES holders.
+    pieces_copied: u64,
 }
 
 impl State {
@@ -63,6 +72,7 @@ impl State {
             .field("zero-copy-merges", self.zero_copy)
             .field("copied-merges", self.copied)
             .field("bytes-copied", self.bytes_copied)
+            .field("pieces-copied", self.pieces_copied)
             .build()
     }
 }
@@ -79,19 +89,34 @@ impl MemMerge {
     }
 
     /// Splits `piece` after `at` bytes: the head keeps the metadata.
-    fn split(&self, piece: Piece, at: usize) -> Result<(Piece, Piece), gst::FlowError> {
-        let head = piece
-            .buf
-            .copy_region(gst::BufferCopyFlags::MEMORY, ..at)
-            .map_err(|e| {
-                self.flow_error(format!(
-                    "Cannot share the first {at} bytes of a buffer: {e}"
-                ))
-            })?;
-        let tail = piece
-            .buf
-            .copy_region(gst::BufferCopyFlags::MEMORY, at..)
+    fn split(
+        &self,
+        state: &mut State,
+        piece: Piece,
+        at: usize,
+    ) -> Result<(Piece, Piece), gst::FlowError> {
+        let size = piece.buf.size();
+        let (head, head_copied) = share_region(&piece.buf, 0..at).map_err(|e| {
+            self.flow_error(format!(
+                "Cannot share the first {at} bytes of a buffer: {e}"
+            ))
+        })?;
+        let (tail, tail_copied) = share_region(&piece.buf, at..size)
             .map_err(|e| self.flow_error(format!("Cannot share a buffer from byte {at}: {e}")))?;
+        for copied in [head_copied, tail_copied] {
+            if copied {
+                if state.pieces_copied == 0 {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "a memory has {} holders already: copying pieces instead of sharing \
+                         it further",
+                        crate::allocator::MAX_LIVE_SHARES
+                    );
+                }
+                state.pieces_copied += 1;
+            }
+        }
         Ok((
             Piece { buf: head, ..piece },
             Piece {
@@ -204,12 +229,8 @@ impl MemMerge {
         self.emit(state, pieces, total)
     }
 
-    fn accumulate(
-        &self,
-        state: &mut State,
-        buf: gst::Buffer,
-        target: usize,
-    ) -> Result<(), gst::FlowError> {
+    /// Adds `buf` to what is pending (after draining what came before a DISCONT).
+    fn accumulate(&self, state: &mut State, buf: gst::Buffer) -> Result<(), gst::FlowError> {
         let discont = buf.flags().contains(gst::BufferFlags::DISCONT);
         if discont {
             self.drain(state)?;
@@ -224,45 +245,85 @@ impl MemMerge {
             discont,
             buf,
         });
-        while state.pending_bytes >= target {
-            let mut need = target;
-            let mut take = Vec::new();
-            while need > 0 {
-                let piece = state
-                    .pending
-                    .pop_front()
-                    .expect("pending holds >= target bytes");
-                let size = piece.buf.size();
-                if size <= need {
-                    need -= size;
-                    take.push(piece);
-                } else {
-                    let (head, tail) = self.split(piece, need)?;
-                    take.push(head);
-                    state.pending.push_front(tail);
-                    need = 0;
-                }
-            }
-            state.pending_bytes -= target;
-            self.emit(state, take, target)?;
+        if state.pending.len() > MAX_PENDING_PIECES {
+            self.compact(state)?;
         }
         Ok(())
+    }
+
+    /// Merges every pending piece into one (a share of their parent when they are spans).
+    fn compact(&self, state: &mut State) -> Result<(), gst::FlowError> {
+        let pieces: Vec<Piece> = state.pending.drain(..).collect();
+        let total = state.pending_bytes;
+        gst::debug!(CAT, imp = self, "merging {} pending pieces", pieces.len());
+        let (mem, copied) = self.merge_memory(&pieces, total)?;
+        if copied {
+            state.bytes_copied += total as u64;
+        }
+        let mut buf = gst::Buffer::new();
+        buf.get_mut()
+            .expect("a new buffer is writable")
+            .append_memory(mem);
+        let first = &pieces[0];
+        state.pending.push_back(Piece {
+            buf,
+            pts: first.pts,
+            dts: first.dts,
+            discont: first.discont,
+        });
+        Ok(())
+    }
+
+    /// Queues one output of `target` bytes if that many are pending; whether it did.
+    fn produce_one(&self, state: &mut State, target: usize) -> Result<bool, gst::FlowError> {
+        if state.pending_bytes < target {
+            return Ok(false);
+        }
+        let mut need = target;
+        let mut take = Vec::new();
+        while need > 0 {
+            let piece = state
+                .pending
+                .pop_front()
+                .expect("pending holds >= target bytes");
+            let size = piece.buf.size();
+            if size <= need {
+                need -= size;
+                take.push(piece);
+            } else {
+                let (head, tail) = self.split(state, piece, need)?;
+                take.push(head);
+                state.pending.push_front(tail);
+                need = 0;
+            }
+        }
+        state.pending_bytes -= target;
+        self.emit(state, take, target)?;
+        Ok(true)
     }
 
     /// Pushes the remainder downstream directly, on the streaming thread and in order: from a
     /// serialized event, or before a DISCONT buffer is submitted (so that the base class's
     /// DISCONT marking lands on the buffer after the discontinuity, not on the old bytes).
     fn push_remainder(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let outs: Vec<gst::Buffer> = {
-            let mut state = self.state.lock().unwrap();
-            self.drain(&mut state)?;
-            state.buffers_out += state.out.len() as u64;
-            state.out.drain(..).collect()
-        };
-        for buf in outs {
-            self.obj().src_pad().push(buf)?;
+        let target = *self.target_size.lock().unwrap() as usize;
+        loop {
+            let next = {
+                let mut state = self.state.lock().unwrap();
+                if state.out.is_empty() && !self.produce_one(&mut state, target)? {
+                    self.drain(&mut state)?;
+                }
+                let next = state.out.pop_front();
+                if next.is_some() {
+                    state.buffers_out += 1;
+                }
+                next
+            };
+            match next {
+                Some(buf) => self.obj().src_pad().push(buf)?,
+                None => return Ok(gst::FlowSuccess::Ok),
+            };
         }
-        Ok(gst::FlowSuccess::Ok)
     }
 }
 
@@ -414,7 +475,11 @@ impl BaseTransformImpl for MemMerge {
         let mut state = self.state.lock().unwrap();
         if let Some(buf) = queued {
             state.buffers_in += 1;
-            self.accumulate(&mut state, buf, target)?;
+            self.accumulate(&mut state, buf)?;
+        }
+        // One output per call: the base class calls again until there is none.
+        if state.out.is_empty() {
+            self.produce_one(&mut state, target)?;
         }
         match state.out.pop_front() {
             Some(buf) => {

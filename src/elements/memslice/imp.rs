@@ -3,9 +3,13 @@
 //! without copying: every piece holds shares of the input memory. The first piece carries the
 //! input's PTS/DTS and DISCONT flag; every piece carries its byte offset in the stream.
 //!
+//! Pieces are cut one at a time, as they are pushed, so memslice itself holds at most one
+//! share. Should a memory already have `MAX_LIVE_SHARES` holders (downstream keeping tens of
+//! thousands of pieces), pieces are copied instead, with a warning: core counts shares in 16
+//! bits.
+//!
 //! Lock order: `settings`, then `state`; neither is held while pushing.
 
-use std::collections::VecDeque;
 use std::sync::{LazyLock, Mutex};
 
 use gst::glib;
@@ -15,8 +19,8 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::elements::util::chunks;
-use crate::elements::{describe_buffer, post_stats};
+use crate::elements::util::{Chunks, chunks};
+use crate::elements::{describe_buffer, post_stats, share_region};
 
 const DEFAULT_CHUNK_SIZE: u32 = 4096;
 
@@ -28,14 +32,25 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
+/// The input being cut: the buffer, its index, and the pieces still to cut.
+#[derive(Debug)]
+struct Input {
+    buf: gst::Buffer,
+    index: u64,
+    /// Offset and size of each piece still to cut.
+    pieces: Chunks,
+    first: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Pieces of the current input still to be pushed.
-    pending: VecDeque<gst::Buffer>,
+    /// The input whose pieces are still to be cut and pushed.
+    input: Option<Input>,
     /// Byte offset in the stream of the next piece.
     offset: u64,
     buffers_in: u64,
     pieces_out: u64,
+    pieces_copied: u64,
     bytes: u64,
 }
 
@@ -44,6 +59,7 @@ impl State {
         gst::Structure::builder("memslice")
             .field("buffers-in", self.buffers_in)
             .field("pieces-out", self.pieces_out)
+            .field("pieces-copied", self.pieces_copied)
             .field("bytes", self.bytes)
             .build()
     }
@@ -56,58 +72,64 @@ pub struct MemSlice {
 }
 
 impl MemSlice {
-    fn slice(
-        &self,
-        buf: &gst::Buffer,
-        chunk: usize,
-        state: &mut State,
-    ) -> Result<(), gst::FlowError> {
-        let index = state.buffers_in;
-        if buf.size() == 0 {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "{} is empty: forwarded as one empty piece",
-                describe_buffer(index, buf)
-            );
-        }
-        for (i, (off, len)) in chunks(buf.size(), chunk).enumerate() {
-            // Shares of the input memory (core copies only NO_SHARE memory).
-            let mut piece = if buf.size() == 0 {
-                gst::Buffer::new()
-            } else {
-                buf.copy_region(gst::BufferCopyFlags::MEMORY, off..off + len)
-                    .map_err(|err| {
-                        gst::element_imp_error!(
-                            self,
-                            gst::StreamError::Failed,
-                            (
-                                "Cannot share bytes {}..{} of {}: {}",
-                                off,
-                                off + len,
-                                describe_buffer(index, buf),
-                                err
-                            )
-                        );
-                        gst::FlowError::Error
-                    })?
-            };
-            {
-                let p = piece.get_mut().expect("a new buffer is writable");
-                if i == 0 {
-                    p.set_pts(buf.pts());
-                    p.set_dts(buf.dts());
-                    if buf.flags().contains(gst::BufferFlags::DISCONT) {
-                        p.set_flags(gst::BufferFlags::DISCONT);
-                    }
+    /// Cuts the next piece of the current input, if any is left.
+    fn next_piece(&self, state: &mut State) -> Result<Option<gst::Buffer>, gst::FlowError> {
+        let Some(input) = state.input.as_mut() else {
+            return Ok(None);
+        };
+        let Some((off, len)) = input.pieces.next() else {
+            state.input = None;
+            return Ok(None);
+        };
+        let buf = &input.buf;
+        // Shares of the input memory (core copies only NO_SHARE memory).
+        let mut piece = if buf.size() == 0 {
+            gst::Buffer::new()
+        } else {
+            let (piece, copied) = share_region(buf, off..off + len).map_err(|err| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    (
+                        "Cannot share bytes {}..{} of {}: {}",
+                        off,
+                        off + len,
+                        describe_buffer(input.index, buf),
+                        err
+                    )
+                );
+                gst::FlowError::Error
+            })?;
+            if copied {
+                if state.pieces_copied == 0 {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "the input memory has {} holders already: copying pieces instead of \
+                         sharing it further",
+                        crate::allocator::MAX_LIVE_SHARES
+                    );
                 }
-                p.set_offset(state.offset);
-                p.set_offset_end(state.offset + len as u64);
+                state.pieces_copied += 1;
             }
-            state.offset += len as u64;
-            state.pending.push_back(piece);
+            piece
+        };
+        let input = state.input.as_mut().expect("checked above");
+        {
+            let p = piece.get_mut().expect("a new buffer is writable");
+            if input.first {
+                p.set_pts(input.buf.pts());
+                p.set_dts(input.buf.dts());
+                if input.buf.flags().contains(gst::BufferFlags::DISCONT) {
+                    p.set_flags(gst::BufferFlags::DISCONT);
+                }
+                input.first = false;
+            }
+            p.set_offset(state.offset);
+            p.set_offset_end(state.offset + len as u64);
         }
-        Ok(())
+        state.offset += len as u64;
+        Ok(Some(piece))
     }
 }
 
@@ -208,7 +230,7 @@ impl BaseTransformImpl for MemSlice {
             }
             gst::EventView::FlushStop(_) | gst::EventView::StreamStart(_) => {
                 let mut state = self.state.lock().unwrap();
-                state.pending.clear();
+                state.input = None;
                 state.offset = 0;
             }
             _ => {}
@@ -221,11 +243,25 @@ impl BaseTransformImpl for MemSlice {
         let chunk = *self.chunk_size.lock().unwrap() as usize;
         let mut state = self.state.lock().unwrap();
         if let Some(buf) = queued {
-            self.slice(&buf, chunk, &mut state)?;
+            let index = state.buffers_in;
+            if buf.size() == 0 {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "{} is empty: forwarded as one empty piece",
+                    describe_buffer(index, &buf)
+                );
+            }
             state.buffers_in += 1;
             state.bytes += buf.size() as u64;
+            state.input = Some(Input {
+                pieces: chunks(buf.size(), chunk),
+                buf,
+                index,
+                first: true,
+            });
         }
-        match state.pending.pop_front() {
+        match self.next_piece(&mut state)? {
             Some(piece) => {
                 state.pieces_out += 1;
                 Ok(GenerateOutputSuccess::Buffer(piece))
