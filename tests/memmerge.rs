@@ -280,7 +280,7 @@ fn many_pending_pieces_are_merged_as_they_come() {
             .unwrap();
         h.push(piece).unwrap();
         assert!(
-            gstmemkit::allocator::live_shares(&input.peek_memory(0)) < 2048,
+            gstmemkit::allocator::live_shares(input.peek_memory(0)) < 2048,
             "at most about a thousand pending shares at any time"
         );
     }

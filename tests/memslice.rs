@@ -202,7 +202,7 @@ fn many_pieces_held_downstream_never_overflow_the_share_count() {
     assert!(
         pieces
             .iter()
-            .map(|p| gstmemkit::allocator::live_shares(&p.peek_memory(0)))
+            .map(|p| gstmemkit::allocator::live_shares(p.peek_memory(0)))
             .max()
             .unwrap()
             <= gstmemkit::allocator::MAX_LIVE_SHARES + 1

@@ -6,6 +6,7 @@ the producer's memory, keeping blocks after leaving, never releasing, flooding c
 Run with Debian's /usr/bin/python3 and GST_PLUGIN_PATH pointing at the built plugin.
 """
 
+import ctypes
 import mmap
 import os
 import resource
@@ -87,6 +88,18 @@ class HostileConsumers(MemfdTestCase):
         os.close(reopened)
         with self.assertRaises(PermissionError):
             os.ftruncate(fd, 0)
+        # Nor can a read-only shared mapping be made writable afterwards.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        addr = libc.mmap(None, maxsize, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        self.assertNotEqual(addr, ctypes.c_void_p(-1).value)
+        self.assertEqual(libc.mprotect(addr, maxsize, mmap.PROT_READ | mmap.PROT_WRITE), -1,
+                         "mprotect made the mapping writable")
+        libc.munmap(addr, maxsize)
         # Reading is what it was sent for.
         view = mmap.mmap(fd, maxsize, mmap.MAP_SHARED, mmap.PROT_READ)
         offset, size = mems[0][0], mems[0][1]

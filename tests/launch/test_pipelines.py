@@ -27,7 +27,7 @@ def launch(pipeline, fatal_warnings=True, extra=("-m",)):
     completed process, with stdout and stderr as text."""
     env = dict(os.environ)
     if fatal_warnings:
-        env["G_DEBUG"] = "fatal_warnings"
+        env["G_DEBUG"] = "fatal_warnings,fatal-criticals"
     else:
         env.pop("G_DEBUG", None)
     args = ["gst-launch-1.0", *extra, *shlex.split(pipeline)]
@@ -210,6 +210,27 @@ class BadInput(LaunchTestCase):
         self.assertEqual(s["memcheck0"]["buffers"], 10)
         self.assertEqual(s["memcheck0"]["memories"], 0)
         self.assertEqual(s["memcheck0"]["violations"], 0)
+
+
+class ShareCount(LaunchTestCase):
+    """Hardening (issue 9, fault 10): the issue's own pipelines, which made more than 65535
+    live shares of one memory (core's 16-bit share count) and raised CRITICALs; here under
+    G_DEBUG=fatal-criticals, so one would abort."""
+
+    def test_one_byte_merges_of_a_65535_byte_buffer(self):
+        out = self.run_ok("memsrc num-buffers=1 blocksize=65535 ! memmerge target-size=1 ! "
+                          "fakesink", extra=("-m",)).stdout
+        s = stats(out)["memmerge0"]
+        self.assertEqual(s["buffers-out"], 65535)
+        self.assertEqual(s["bytes-copied"], 0, "fakesink frees each output: nothing copied")
+
+    def test_one_byte_slices_merged_back_into_70000_bytes(self):
+        out = self.run_ok("memsrc num-buffers=1 blocksize=70000 ! memslice chunk-size=1 ! "
+                          "memmerge target-size=70000 ! fakesink").stdout
+        s = stats(out)
+        self.assertEqual(s["memslice0"]["pieces-out"], 70000)
+        self.assertEqual(s["memmerge0"]["buffers-out"], 1)
+        self.assertEqual(s["memmerge0"]["zero-copy-merges"], 1)
 
 
 class Renegotiation(unittest.TestCase):

@@ -171,17 +171,11 @@ unsafe extern "C" fn retired_dispose(_obj: *mut ffi::GstMiniObject) -> glib::ffi
 /// when it is freed: for a block a consumer still held when it went away, which may still map
 /// it. Returns whether the block was recyclable (and now is not).
 pub fn retire(mem: &gst::MemoryRef) -> bool {
-    let m = mem.as_ptr() as *mut ffi::GstMemory;
-    // SAFETY: `mem` is live, and so is its parent (a share holds a reference to it). Only a
-    // root we allocated carries `recycle_dispose`; the hook is read at the root's last unref,
-    // which cannot run while `mem` holds its reference, and memfdsink retires blocks under
-    // its one state lock.
+    let root = super::root_memory(mem);
+    // SAFETY: the root is live while `mem` is. Only a root we allocated carries
+    // `recycle_dispose`; the hook is read at the root's last unref, which cannot run while
+    // `mem` holds its reference, and memfdsink retires blocks under its one state lock.
     unsafe {
-        let root = if (*m).parent.is_null() {
-            m
-        } else {
-            (*m).parent
-        };
         let hook = (*root).mini_object.dispose;
         if hook.is_some_and(|h| h as *const () == recycle_dispose as *const ()) {
             (*root).mini_object.dispose = Some(retired_dispose);

@@ -1405,19 +1405,22 @@ pub const MAX_LIVE_SHARES: u32 = 16384;
 /// How many holders the block behind `mem` has now: core's share count of its root (each
 /// share of a memory and each buffer holding it takes an exclusive lock on it).
 pub fn live_shares(mem: &gst::MemoryRef) -> u32 {
+    let root = root_memory(mem);
+    // SAFETY: the root is live while `mem` is; core only ever changes `lockstate` atomically.
+    let state = unsafe {
+        std::sync::atomic::AtomicI32::from_ptr(&raw mut (*root).mini_object.lockstate)
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    (state as u32) >> 16
+}
+
+/// The root of `mem`: itself, or the memory it shares (core makes every share's parent the
+/// root). Live for as long as `mem` is (a share holds a reference to its parent).
+fn root_memory(mem: &gst::MemoryRef) -> *mut ffi::GstMemory {
     let m = mem.as_ptr() as *mut ffi::GstMemory;
-    // SAFETY: `mem` is live, and so is its parent (a share holds a reference to it); core
-    // only ever changes `lockstate` atomically.
-    unsafe {
-        let root = if (*m).parent.is_null() {
-            m
-        } else {
-            (*m).parent
-        };
-        let state = std::sync::atomic::AtomicI32::from_ptr(&raw mut (*root).mini_object.lockstate)
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (state as u32) >> 16
-    }
+    // SAFETY: `mem` is live.
+    let parent = unsafe { (*m).parent };
+    if parent.is_null() { m } else { parent }
 }
 
 /// `gst_memory_share` that never panics: `None` for `NO_SHARE` memory, memory mapped for
