@@ -240,9 +240,15 @@ pub(in crate::allocator) fn alloc(
             (*m).mini_object.flags = ffi::GST_MINI_OBJECT_FLAG_LOCKABLE;
         }
         let zero = flags & (ffi::GST_MEMORY_FLAG_ZERO_PREFIXED | ffi::GST_MEMORY_FLAG_ZERO_PADDED);
-        // Zeroing, or (with nothing to zero) a bare read-write map, also proves the block maps
-        // read-write like a fresh one; one that does not is freed, and a fresh block made.
-        match zero_ranges(&mem, l.offset, l.size, zero) {
+        // Its map state is a fresh block's: `mem_unmap` never lets an unbalanced unmap reach
+        // GstFdMemory's map count, and a block disposed while locked was not recycled. Should
+        // zeroing fail to map it all the same, it is freed and a fresh block made.
+        let zeroed = if zero != 0 {
+            zero_ranges(&mem, l.offset, l.size, zero)
+        } else {
+            Ok(())
+        };
+        match zeroed {
             Ok(()) => {
                 // SAFETY: as above.
                 unsafe {
