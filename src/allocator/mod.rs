@@ -267,6 +267,7 @@ pub fn set_guard_enabled(on: bool) {
 
 /// Registers the `AlignedMemory` and `MemfdMemory` allocators (called by `plugin_init`).
 pub fn register(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    memory::init_memory_hooks();
     LazyLock::force(&memory::ALLOCATOR);
     memfd::register();
     Ok(())

@@ -789,6 +789,87 @@ GST_START_TEST (test_memfd_stray_unmap_does_not_poison)
 
 GST_END_TEST;
 
+#if GST_CHECK_VERSION(1, 26, 0)
+/* GStreamer >= 1.26 fires the memory-init and memory-free-pre/post tracer hooks from
+ * gst_memory_init and core's free: with a tracer active, memkit's memories go through them
+ * too, so a tracer counts AlignedMemory and MemfdMemory like SystemMemory. */
+typedef struct
+{
+  GstTracer parent;
+} CountTracer;
+typedef struct
+{
+  GstTracerClass parent_class;
+} CountTracerClass;
+G_DEFINE_TYPE (CountTracer, count_tracer, GST_TYPE_TRACER);
+static void
+count_tracer_class_init (CountTracerClass * klass)
+{
+}
+
+static void
+count_tracer_init (CountTracer * self)
+{
+}
+
+static GstAllocator *counted;
+static gint inits, frees_pre, frees_post;
+
+static void
+on_memory_init (GObject * self, GstClockTime ts, GstMemory * mem)
+{
+  if (mem->allocator == counted)
+    inits++;
+}
+
+static void
+on_memory_free_pre (GObject * self, GstClockTime ts, GstMemory * mem)
+{
+  if (mem->allocator == counted)
+    frees_pre++;
+}
+
+static void
+on_memory_free_post (GObject * self, GstClockTime ts, GstMemory * mem)
+{
+  frees_post++;
+}
+
+GST_START_TEST (test_memory_tracer_hooks_see_every_allocator)
+{
+  const gchar *names[] = { "SystemMemory", "AlignedMemory", "MemfdMemory" };
+  GstTracer *tracer = g_object_new (count_tracer_get_type (), NULL);
+
+  gst_tracing_register_hook (tracer, "memory-init", G_CALLBACK (on_memory_init));
+  gst_tracing_register_hook (tracer, "memory-free-pre",
+      G_CALLBACK (on_memory_free_pre));
+  gst_tracing_register_hook (tracer, "memory-free-post",
+      G_CALLBACK (on_memory_free_post));
+  for (guint i = 0; i < G_N_ELEMENTS (names); i++) {
+    counted = gst_allocator_find (names[i]);
+    fail_unless (counted != NULL);
+    inits = frees_pre = frees_post = 0;
+    for (gint n = 0; n < 100; n++) {
+      GstMemory *mem = gst_allocator_alloc (counted, 4096, NULL);
+      GstMemory *share = gst_memory_share (mem, 0, 100);
+      gst_memory_unref (share);
+      gst_memory_unref (mem);
+    }
+    /* Each round: the memory and its share. */
+    fail_unless (inits == 200, "%s: memory-init fired %d times, not 200", names[i], inits);
+    fail_unless (frees_pre == 200, "%s: memory-free-pre fired %d times, not 200", names[i],
+        frees_pre);
+    fail_unless (frees_post == 200, "%s: memory-free-post fired %d times, not 200",
+        names[i], frees_post);
+    gst_object_unref (counted);
+  }
+  /* The tracing framework keeps its reference to the tracer for the process. */
+  gst_object_unref (tracer);
+}
+
+GST_END_TEST;
+#endif
+
 /* ---- the contract on both allocators: the same checks, looped over AlignedMemory and
  * MemfdMemory (MemfdMemory rounds the prefix up to the alignment: its mapping starts on a
  * page, so the payload is aligned through its offset). */
@@ -866,16 +947,19 @@ GST_START_TEST (test_both_maps)
   GstAllocator *a = find_nth (__i__);
   GstMemory *mem = gst_allocator_alloc (a, 4096, NULL);
   GstMapInfo r1, r2, w;
+  guint8 *read_data;
 
   fail_unless (gst_memory_map (mem, &r1, GST_MAP_READ));
   fail_unless (gst_memory_map (mem, &r2, GST_MAP_READ));
   fail_unless (r1.data == r2.data, "repeated maps give the same pointer");
   fail_if (gst_memory_map (mem, &w, GST_MAP_WRITE), "READ then WRITE fails");
+  /* Kept before unmapping: since 1.28 gst_memory_unmap clears the GstMapInfo. */
+  read_data = r2.data;
   gst_memory_unmap (mem, &r2);
   gst_memory_unmap (mem, &r1);
   fail_unless (gst_memory_map (mem, &w, GST_MAP_WRITE));
   fail_if (gst_memory_map (mem, &r1, GST_MAP_READ), "WRITE then READ fails");
-  fail_unless (w.data == r2.data);
+  fail_unless (w.data == read_data);
   gst_memory_unmap (mem, &w);
   gst_memory_unref (mem);
   gst_object_unref (a);
@@ -1029,6 +1113,9 @@ alignedmemory_suite (void)
   tcase_add_test (tc, test_memfd_memory);
   tcase_add_test (tc, test_memfd_recycled_block_same_answer);
   tcase_add_test (tc, test_memfd_stray_unmap_does_not_poison);
+#if GST_CHECK_VERSION(1, 26, 0)
+  tcase_add_test (tc, test_memory_tracer_hooks_see_every_allocator);
+#endif
 
   tc = tcase_create ("both allocators");
   suite_add_tcase (s, tc);

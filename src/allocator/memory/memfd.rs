@@ -123,6 +123,11 @@ unsafe extern "C" fn recycle_dispose(obj: *mut ffi::GstMiniObject) -> glib::ffi:
     // sets this hook on roots only), with no share or map left.
     unsafe {
         let maxsize = (*mem).maxsize;
+        // With a tracer active, blocks are freed by core like any memory (which fires the
+        // memory-free hooks) and every allocation is a fresh one (memory-init).
+        if super::traced() {
+            return glib::ffi::GTRUE;
+        }
         // A block still locked (mapped and never unmapped, or its lock count otherwise off)
         // is not like a fresh one: free it instead of handing it to a later owner.
         if lockstate(mem) != 0 {
@@ -226,7 +231,12 @@ pub(in crate::allocator) fn alloc(
         memfd::page_size(),
     )?;
     let flags = params.flags().into_glib();
-    if let Some(mem) = take_recycled(l.maxsize) {
+    let recycled = if super::traced() {
+        None
+    } else {
+        take_recycled(l.maxsize)
+    };
+    if let Some(mem) = recycled {
         // SAFETY: the cache held the only reference: the memory is ours alone, unmapped and
         // unlocked (it was disposed at refcount 0 with lockstate 0). Only the fields a fresh
         // block would have differently are set; the lockable flag that gst_memory_init set is

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::ops::{Bound, RangeBounds};
 use std::ptr::{self, NonNull};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
 use gst::ffi;
 use gst::glib;
@@ -572,6 +572,62 @@ unsafe extern "C" fn mini_object_free(obj: *mut ffi::GstMiniObject) {
     }
 }
 
+/// Whether memories take GStreamer's own init and free: [`NO_HOOKS`] before 1.26, which has
+/// no memory tracer hooks; [`WATCH`] on 1.26 and newer until a tracer is active; then
+/// [`TRACED`] for the rest of the process.
+static MEMORY_HOOKS: AtomicU8 = AtomicU8::new(NO_HOOKS);
+const NO_HOOKS: u8 = 0;
+const WATCH: u8 = 1;
+const TRACED: u8 = 2;
+
+/// Reads the running GStreamer's version once: from 1.26, `gst_memory_init` and core's
+/// memory free fire the `memory-init` and `memory-free-pre/post` tracer hooks.
+pub(in crate::allocator) fn init_memory_hooks() {
+    let (major, minor, ..) = gst::version();
+    if (major, minor) >= (1, 26) {
+        MEMORY_HOOKS.store(WATCH, Ordering::Relaxed);
+    }
+}
+
+/// `true` once a tracer is active on a GStreamer with memory tracer hooks. From then on the
+/// registered allocator's memories are initialised with `gst_memory_init` and freed by core
+/// (taking a reference on the allocator, like any memory), and MemfdMemory recycles nothing,
+/// so that every allocation and free reaches the hooks; tracers cannot see memory made any
+/// other way. Without a tracer the fast path stays (one call that returns at once).
+#[inline]
+pub(in crate::allocator) fn traced() -> bool {
+    match MEMORY_HOOKS.load(Ordering::Relaxed) {
+        NO_HOOKS => false,
+        TRACED => true,
+        _ => tracer_active(),
+    }
+}
+
+/// `GDestroyNotify` for the tracer list.
+unsafe extern "C" fn unref_tracer(tracer: glib::ffi::gpointer) {
+    // SAFETY: each element of the list is a tracer reference the list owns.
+    unsafe { ffi::gst_object_unref(tracer.cast()) }
+}
+
+#[inline(never)]
+fn tracer_active() -> bool {
+    // SAFETY: returns NULL at once when no tracer has registered a hook, else a new list of
+    // new tracer references, freed here.
+    unsafe {
+        let list = ffi::gst_tracing_get_active_tracers();
+        if list.is_null() {
+            return false;
+        }
+        glib::ffi::g_list_free_full(list, Some(unref_tracer));
+    }
+    MEMORY_HOOKS.store(TRACED, Ordering::Relaxed);
+    gst::info!(
+        CAT,
+        "a tracer is active: memories now take GStreamer's own init and free path"
+    );
+    true
+}
+
 /// Initialises the GstMemory part of `mem` like `gst_memory_init`. Memories of the immortal
 /// registered allocator take no reference on it: a reference count shared by every memory
 /// would be written by every allocation and free on every core.
@@ -595,7 +651,7 @@ unsafe fn init_memory(
     // field of the GstMiniObject (refcount, lock state, flags, qdata), and we set every other
     // GstMemory field, so a recycled header is exactly like a fresh one.
     unsafe {
-        if allocator != IMMORTAL.load(Ordering::Acquire) {
+        if allocator != IMMORTAL.load(Ordering::Acquire) || traced() {
             ffi::gst_memory_init(
                 mem.cast(),
                 flags,
