@@ -72,12 +72,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(basename "$tarball")" ]; then
     ninja -C "$work/build-unixfd" install >/dev/null
     basename "$tarball" >"$stamp"
 fi
-echo "== GStreamer $(PATH=$prefix/bin:$PATH gst-launch-1.0 --gst-version | sed -n 's/.*version //p') in $prefix ($(($(date +%s) - start)) s so far)"
-
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 export LD_LIBRARY_PATH=$prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PATH=$prefix/bin:$PATH
 export GST_PLUGIN_SYSTEM_PATH=$prefix/lib/gstreamer-1.0
+echo "== GStreamer $(gst-launch-1.0 --gst-version | sed -n 's/.*version //p') in $prefix ($(($(date +%s) - start)) s so far)"
 export CARGO_TARGET_DIR=$work/target
 build=$work/build-memkit
 if [ ! -f "$build/build.ninja" ]; then
