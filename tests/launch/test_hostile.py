@@ -138,33 +138,36 @@ class HostileConsumers(MemfdTestCase):
             os.close(fd)
         self.assertGreaterEqual(stats(ptext)["s"]["blocks-retired"], 5)
 
-    def test_stop_unlinks_only_its_own_socket(self):
+    def stop_after_takeover(self, take_over):
+        """A producer streaming to a consumer; mid-stream its socket path is unlinked and
+        `take_over()` puts something else there; then the producer reaches EOS and stops."""
         prod = self.producer(f"blocksize=4096 num-buffers=40 ! identity sleep-time=20000 ! "
                              f"memfdsink socket-path={self.sock}")
         wait_for(self.sock)
         cons = self.spawn(f"memfdsrc socket-path={self.sock} ! fakesink")
         time.sleep(0.3)
-        # Someone else takes the path over while the producer runs.
         os.unlink(self.sock)
-        with open(self.sock, "w") as f:
-            f.write("not memkit's")
+        result = take_over()
         self.assertEqual(finish(prod)[0], 0)
         finish(cons)
+        return result
+
+    def test_stop_unlinks_only_its_own_socket(self):
+        def put_a_file():
+            with open(self.sock, "w") as f:
+                f.write("not memkit's")
+
+        self.stop_after_takeover(put_a_file)
         self.assertEqual(read(self.sock), b"not memkit's", "the producer removed a file not its own")
 
     def test_stop_leaves_another_producers_socket(self):
-        first = self.producer(f"blocksize=4096 num-buffers=40 ! identity sleep-time=20000 ! "
-                              f"memfdsink socket-path={self.sock}")
-        wait_for(self.sock)
-        cons = self.spawn(f"memfdsrc socket-path={self.sock} ! fakesink")
-        time.sleep(0.3)
-        os.unlink(self.sock)
-        second = self.producer(f"blocksize=4096 ! identity sleep-time=20000 ! "
-                               f"memfdsink socket-path={self.sock}")
-        wait_for(self.sock)
-        inode = os.stat(self.sock).st_ino
-        self.assertEqual(finish(first)[0], 0)
-        finish(cons)
+        def start_another():
+            second = self.producer(f"blocksize=4096 ! identity sleep-time=20000 ! "
+                                   f"memfdsink socket-path={self.sock}")
+            wait_for(self.sock)
+            return second, os.stat(self.sock).st_ino
+
+        second, inode = self.stop_after_takeover(start_another)
         self.assertTrue(os.path.exists(self.sock), "the first producer removed the second's socket")
         self.assertEqual(os.stat(self.sock).st_ino, inode)
         self.assertIsNone(second.poll())

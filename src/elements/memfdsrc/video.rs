@@ -182,6 +182,49 @@ mod tests {
     }
 
     #[test]
+    fn hostile_sizes_strides_and_offsets_are_errors_not_panics() {
+        init();
+        let max = u64::MAX;
+        for format in VideoFormat::iter_raw() {
+            let planes = VideoFormatInfo::from_format(format).n_planes() as usize;
+            for (w, h) in [
+                (0, 1),
+                (1, 0),
+                (u32::MAX, u32::MAX),
+                (1 << 20, 1 << 20),
+                (3, 1),
+            ] {
+                for stride in [i32::MIN, -1, 0, 1, i32::MAX] {
+                    for offset in [0, max - 1, max] {
+                        // Any answer but a panic (or a CRITICAL, fatal in the test run); and an
+                        // answer, when there is one, never wraps around.
+                        if let Ok(r) =
+                            plane_ranges(format, w, h, &vec![offset; planes], &vec![stride; planes])
+                        {
+                            assert!(r.iter().all(|p| p.start <= p.end), "{format:?}");
+                        }
+                    }
+                }
+            }
+            // Plane counts that do not match the format.
+            assert!(
+                plane_ranges(
+                    format,
+                    8,
+                    8,
+                    &[0; 5][..planes.saturating_sub(1)],
+                    &[8; 4][..planes.saturating_sub(1)]
+                )
+                .is_err()
+            );
+        }
+        assert!(plane_ranges(VideoFormat::Unknown, 8, 8, &[0], &[8]).is_err());
+        assert!(plane_ranges(VideoFormat::Encoded, 8, 8, &[0], &[8]).is_err());
+        // Zero-sized frames are refused outright.
+        assert!(plane_ranges(VideoFormat::Gray8, 0, 8, &[0], &[8]).is_err());
+    }
+
+    #[test]
     fn zflipz_index_matches_the_documented_table() {
         // gst_video_tile_get_index's table for 8 columns.
         let rows: [[u64; 8]; 4] = [
