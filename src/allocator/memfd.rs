@@ -86,7 +86,9 @@ impl MemfdAllocator {
     }
 }
 
-pub use super::memory::memfd::{dup_fd, retire, wrap_fd};
+pub use super::memory::memfd::{
+    Block, FreedBlocks, block_of, dup_fd, retire_block, share_block, subscribe_freed, wrap_fd,
+};
 
 /// `true` when `mem` is `MemfdMemory` memory.
 pub fn is_memfd_memory(mem: &gst::MemoryRef) -> bool {

@@ -140,6 +140,12 @@ unsafe extern "C" fn recycle_dispose(obj: *mut ffi::GstMiniObject) -> glib::ffi:
             return glib::ffi::GTRUE;
         }
         let max = super::cache().max_bytes();
+        // Lock order: BLOCKS, then RECYCLED (as `retire_block`), so that a block retired by
+        // id is either seen retired here or found in the cache there.
+        let blocks = BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        if blocks.get(&(mem as usize)).is_some_and(|b| b.retired) {
+            return glib::ffi::GTRUE;
+        }
         let Ok(mut r) = RECYCLED.try_lock() else {
             return glib::ffi::GTRUE;
         };
@@ -167,27 +173,159 @@ fn take_recycled(maxsize: usize) -> Option<gst::Memory> {
     Some(mem)
 }
 
-/// `GstMiniObject.dispose` of a block [`retire`]d while in use: freed, never recycled.
-unsafe extern "C" fn retired_dispose(_obj: *mut ffi::GstMiniObject) -> glib::ffi::gboolean {
-    glib::ffi::GTRUE
+/// A root block the transport has seen: its id (never reused in this process), whether it was
+/// ever sent to another process, and whether it was retired (is never to be recycled).
+struct BlockEntry {
+    id: u64,
+    sent: bool,
+    retired: bool,
 }
 
-/// Keeps the block behind `mem` (a `MemfdMemory` block or a share of one) from being recycled
-/// when it is freed: for a block a consumer still held when it went away, which may still map
-/// it. Returns whether the block was recyclable (and now is not).
-pub fn retire(mem: &gst::MemoryRef) -> bool {
-    let root = super::root_memory(mem);
-    // SAFETY: the root is live while `mem` is. Only a root we allocated carries
-    // `recycle_dispose`; the hook is read at the root's last unref, which cannot run while
-    // `mem` holds its reference, and memfdsink retires blocks under its one state lock.
-    unsafe {
-        let hook = (*root).mini_object.dispose;
-        if hook.is_some_and(|h| h as *const () == recycle_dispose as *const ()) {
-            (*root).mini_object.dispose = Some(retired_dispose);
-            return true;
+/// The transport's view of live root blocks, keyed by the root memory's address (an entry is
+/// removed when its root is freed, before the address can be reused).
+static BLOCKS: LazyLock<Mutex<HashMap<usize, BlockEntry>>> = LazyLock::new(Default::default);
+static NEXT_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Ids of blocks sent to another process and since freed, for one transport to retire.
+#[derive(Default)]
+pub struct FreedBlocks(Mutex<Vec<u64>>);
+
+impl FreedBlocks {
+    /// The ids freed since the last call.
+    pub fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+static FREED: LazyLock<Mutex<Vec<std::sync::Weak<FreedBlocks>>>> = LazyLock::new(Default::default);
+
+/// A queue that receives the id of every block that was [`block_of`]'d and has since been
+/// freed, until the returned `Arc` is dropped.
+pub fn subscribe_freed() -> std::sync::Arc<FreedBlocks> {
+    let q = std::sync::Arc::new(FreedBlocks::default());
+    let mut subs = FREED.lock().unwrap_or_else(|e| e.into_inner());
+    subs.retain(|w| w.strong_count() > 0);
+    subs.push(std::sync::Arc::downgrade(&q));
+    q
+}
+
+/// Called from `free` for a root: forgets its entry and tells the subscribers.
+fn block_freed(root: *mut ffi::GstMemory) {
+    let gone = BLOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(root as usize));
+    if let Some(BlockEntry { id, sent: true, .. }) = gone {
+        for q in FREED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|w| w.upgrade())
+        {
+            q.0.lock().unwrap_or_else(|e| e.into_inner()).push(id);
         }
     }
-    false
+}
+
+/// The block behind a memory, as the transport sends it.
+pub struct Block<'a> {
+    /// The block's id: the same for every memory of this block for as long as it lives
+    /// (recycling included), never reused.
+    pub id: u64,
+    /// The size of the block's file (its root's maxsize).
+    pub size: usize,
+    /// The block's descriptor, owned by the memory.
+    pub fd: std::os::fd::BorrowedFd<'a>,
+}
+
+/// The `MemfdMemory` block behind `mem` (a block or a share of one), if it may be sent to
+/// another process as it is: a root of this allocator whose memfd is sealed against shrinking
+/// and against writes by receivers. Marks the block as sent.
+pub fn block_of(mem: &gst::MemoryRef) -> Option<Block<'_>> {
+    if !memfd::is_memfd_memory(mem) {
+        return None;
+    }
+    let fd_mem = mem.downcast_memory_ref::<gst_allocators::FdMemory>()?;
+    let raw = fd_mem.fd();
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: the descriptor is owned by the live memory `mem` borrows (a share uses its
+    // root's), open for as long as the borrow we return it with.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    let root = super::root_memory(mem);
+    // SAFETY: the root is live while `mem` is.
+    let size = unsafe { (*root).maxsize };
+    let mut blocks = BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(b) = blocks.get_mut(&(root as usize)) {
+        b.sent = true;
+        return Some(Block { id: b.id, size, fd });
+    }
+    // First seen: a block we allocated is sealed; a wrapped one (received) must be checked.
+    if !memfd::is_sealed_memfd(mem) {
+        return None;
+    }
+    let id = NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    blocks.insert(
+        root as usize,
+        BlockEntry {
+            id,
+            sent: true,
+            retired: false,
+        },
+    );
+    Some(Block { id, size, fd })
+}
+
+/// Keeps block `id` from ever being recycled (a consumer that may still map it went away): a
+/// cached block is freed now, one in use when its last reference goes.
+pub fn retire_block(id: u64) {
+    let cached = {
+        let mut blocks = BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((&root, entry)) = blocks.iter_mut().find(|(_, b)| b.id == id) else {
+            return;
+        };
+        entry.retired = true;
+        let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = None;
+        for list in r.blocks.values_mut() {
+            if let Some(i) = list.iter().position(|m| m.as_ptr() as usize == root) {
+                found = Some(list.swap_remove(i));
+                break;
+            }
+        }
+        if let Some(m) = &found {
+            r.bytes -= m.maxsize();
+        }
+        found
+    };
+    // Outside the locks: freeing it runs `free`, which takes BLOCKS.
+    if let Some(mem) = cached {
+        discard(mem);
+    }
+}
+
+/// A read-only share `offset..offset + size` of `root` (a block from [`wrap_fd`]) whose
+/// `on_free` is dropped when the share is freed: how `memfdsrc` hands out a buffer's memory
+/// without a new mapping and learns when the consumer is done with it.
+pub fn share_block(
+    root: &gst::MemoryRef,
+    offset: usize,
+    size: usize,
+    on_free: Box<dyn Send>,
+) -> Result<gst::Memory, String> {
+    let share = super::try_share(root, offset, size).ok_or_else(|| {
+        format!(
+            "bytes {offset}..{} are outside the {}-byte block",
+            offset as u128 + size as u128,
+            root.size()
+        )
+    })?;
+    ON_FREE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(share.as_ptr() as usize, on_free);
+    Ok(share)
 }
 
 /// Frees a block taken from the cache (its dispose hook cleared, so it is not recycled again).
@@ -582,6 +720,9 @@ unsafe impl gst::subclass::prelude::AllocatorImpl for memfd_imp::MemfdAllocator 
         if root && (recyclable || owner.is_some()) {
             mstats::count(M::Frees, 1);
             mstats::block(maxsize, false);
+        }
+        if root {
+            block_freed(memory);
         }
         // SAFETY: core calls free once per memory of ours; GstFdAllocator releases it.
         unsafe { self.parent_free(memory) };
