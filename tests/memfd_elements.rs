@@ -213,3 +213,97 @@ fn timestamps_flags_and_metas_cross() {
     consumer.set_state(gst::State::Null).unwrap();
     producer.set_state(gst::State::Null).unwrap();
 }
+
+/// Streams `n` buffers of `blocksize` from `memsrc allocator=MemfdMemory` to `memfdsrc` (with
+/// `src_props`), reading each; returns the producer's and the consumer's stats.
+fn stream(name: &str, n: u32, blocksize: u32, src_props: &str) -> (gst::Structure, gst::Structure) {
+    let path = std::env::temp_dir().join(format!("memkit-{name}-{}.sock", std::process::id()));
+    let path = path.to_str().unwrap().to_owned();
+    let producer = gst::parse::launch(&format!(
+        "memsrc allocator=MemfdMemory num-buffers={n} blocksize={blocksize} pattern=counter ! \
+         memfdsink name=s on-full=wait socket-path={path}"
+    ))
+    .unwrap();
+    let consumer = gst::parse::launch(&format!(
+        "memfdsrc name=r socket-path={path} {src_props} ! appsink name=out sync=false"
+    ))
+    .unwrap();
+    producer.set_state(gst::State::Playing).unwrap();
+    consumer.set_state(gst::State::Playing).unwrap();
+    let by_name = |p: &gst::Element, n: &str| p.downcast_ref::<gst::Bin>().unwrap().by_name(n);
+    let sink = by_name(&consumer, "out").unwrap();
+    let mut received = 0;
+    while let Some(sample) = sink.emit_by_name::<Option<gst::Sample>>("pull-sample", &[]) {
+        let map = sample.buffer().unwrap().map_readable().unwrap();
+        assert_eq!(
+            map[1],
+            map[0].wrapping_add(1),
+            "the counter pattern crossed"
+        );
+        received += 1;
+    }
+    assert_eq!(received, n, "every buffer arrived");
+    run_to_eos(&producer);
+    let r = by_name(&consumer, "r")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    consumer.set_state(gst::State::Null).unwrap();
+    producer.set_state(gst::State::Null).unwrap();
+    let s = by_name(&producer, "s")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    (s, r)
+}
+
+#[test]
+fn each_block_crosses_once_and_is_wrapped_once() {
+    use gstmemkit::allocator::memfd::stats::{self, Counter};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init();
+    stats::reset();
+    let (s, r) = stream("once", 400, 65536, "");
+    let announced = r.get::<u64>("blocks-announced").unwrap();
+    assert_eq!(s.get::<u64>("blocks-announced").unwrap(), announced);
+    // The blocks circulate: far fewer cross than buffers do.
+    assert!(
+        announced > 0 && announced < 100,
+        "{announced} blocks for 400 buffers"
+    );
+    // The consumer wraps (and maps) each block once, not each buffer's memory.
+    assert_eq!(stats::get(Counter::Wraps), announced);
+}
+
+/// Runs `f` with `MemfdMemory` recycling off (a cache bound of 0), restoring it after.
+fn without_recycling<T>(f: impl FnOnce() -> T) -> T {
+    let max = gstmemkit::allocator::max_cached_bytes();
+    gstmemkit::allocator::set_max_cached_bytes(0);
+    let result = f();
+    gstmemkit::allocator::set_max_cached_bytes(max);
+    result
+}
+
+#[test]
+fn blocks_freed_by_the_producer_are_unmapped_by_the_consumer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init();
+    // No recycling: every block the consumer releases is freed at the producer. Its mapping
+    // at the consumer would keep its pages alive: the producer retires it.
+    let (s, r) = without_recycling(|| stream("freed", 300, 4096, ""));
+    assert!(s.get::<u64>("blocks-announced").unwrap() >= 300, "{s}");
+    let mapped = r.get::<u64>("blocks-mapped").unwrap();
+    assert!(mapped <= 70, "{mapped} blocks still mapped: {r}");
+    assert!(
+        r.get::<u64>("blocks-retired").unwrap() >= 300 - mapped,
+        "{r}"
+    );
+}
+
+#[test]
+fn the_consumers_bound_is_kept_by_retiring_idle_blocks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init();
+    // 300 blocks cross (none recycled); the consumer maps at most 16 at once.
+    let (_s, r) = without_recycling(|| stream("bound", 300, 4096, "max-blocks=16"));
+    assert!(r.get::<u64>("blocks-announced").unwrap() >= 300, "{r}");
+    assert!(r.get::<u64>("blocks-mapped").unwrap() <= 16, "{r}");
+}

@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gst::prelude::*;
-use gstmemkit::elements::memfdproto::{
-    self as proto, BufferWire, EventKind, MemWire, Message, VideoMetaWire,
-};
 use gstmemkit::elements::memfdsrc::video::plane_ranges;
+use gstmemkit::transport::socket as proto;
+use gstmemkit::transport::wire::{
+    BlockWire, BufferWire, EventKind, MemWire, Message, VideoMetaWire,
+};
 use rustix::fs::{MemfdFlags, SealFlags};
 
 /// One packet and the descriptors that go with it.
@@ -65,36 +66,40 @@ fn eos_packet() -> Packet {
     )
 }
 
-/// A buffer message: one memory per `(fd, offset, size, maxsize)`.
+/// A buffer message: one memory per `(fd, offset, size, maxsize)`, each in a block of its own
+/// (announced with this buffer, ids from `id * 100`).
 fn buffer_packet(
     id: u64,
     mems: Vec<(OwnedFd, u64, u64, u64)>,
     video: Vec<VideoMetaWire>,
 ) -> Packet {
-    let (fds, wires): (Vec<_>, Vec<_>) = mems
-        .into_iter()
-        .map(|(fd, offset, size, maxsize)| {
-            (
-                fd,
-                MemWire {
-                    offset,
-                    size,
-                    maxsize,
-                },
-            )
-        })
-        .unzip();
+    let mut fds = Vec::new();
+    let mut blocks = Vec::new();
+    let mut wires = Vec::new();
+    for (i, (fd, offset, size, maxsize)) in mems.into_iter().enumerate() {
+        let block = id * 100 + i as u64;
+        fds.push(fd);
+        blocks.push(BlockWire {
+            id: block,
+            size: maxsize,
+        });
+        wires.push(MemWire {
+            block,
+            offset,
+            size,
+        });
+    }
     let msg = Message::Buffer(BufferWire {
+        blocks,
+        mems: wires,
         video,
-        refs: vec![],
         id,
         pts: u64::MAX,
         dts: u64::MAX,
         duration: u64::MAX,
         offset: u64::MAX,
         offset_end: u64::MAX,
-        flags: 0,
-        mems: wires,
+        ..BufferWire::default()
     });
     (msg.encode(), fds)
 }
@@ -464,12 +469,19 @@ fn a_producer_that_reads_no_releases_is_an_error_not_a_hang() {
     // (Before: the free blocked in sendmsg forever, with the streaming thread in it.)
     let fd = memfd(&[7u8; 4096]);
     let mut packets = vec![caps_packet("application/octet-stream"), segment_packet()];
-    for id in 0..6000 {
-        packets.push(buffer_packet(
+    packets.push(buffer_packet(1, vec![(fd, 0, 4096, 4096)], vec![]));
+    for id in 2..6000 {
+        // The block announced with the first buffer (id 100), named again: no descriptor.
+        let msg = Message::Buffer(BufferWire {
+            mems: vec![MemWire {
+                block: 100,
+                offset: 0,
+                size: 4096,
+            }],
             id,
-            vec![(fd.try_clone().unwrap(), 0, 4096, 4096)],
-            vec![],
-        ));
+            ..BufferWire::default()
+        });
+        packets.push((msg.encode(), vec![]));
     }
     packets.push(eos_packet());
     let start = std::time::Instant::now();
@@ -560,5 +572,122 @@ fn max_memory_size_is_a_property() {
     assert_refused(
         consume("max-small", packets(fd), "max-memory-size=8191"),
         "8192 bytes, more than max-memory-size (8191)",
+    );
+}
+
+// ----- protocol 2: the block registry -------------------------------------------------------
+
+/// A buffer message that announces `blocks` (id and memfd each) and has one memory per
+/// `(block, offset, size)`.
+fn registry_packet(id: u64, blocks: Vec<(u64, OwnedFd)>, mems: &[(u64, u64, u64)]) -> Packet {
+    let (ids, fds): (Vec<u64>, Vec<OwnedFd>) = blocks.into_iter().unzip();
+    let msg = Message::Buffer(BufferWire {
+        blocks: ids.iter().map(|&id| BlockWire { id, size: 4096 }).collect(),
+        mems: mems
+            .iter()
+            .map(|&(block, offset, size)| MemWire {
+                block,
+                offset,
+                size,
+            })
+            .collect(),
+        id,
+        ..BufferWire::default()
+    });
+    (msg.encode(), fds)
+}
+
+fn consume_registry(name: &str, buffers: Vec<Packet>, props: &str) -> Option<String> {
+    let mut packets = vec![caps_packet("application/octet-stream"), segment_packet()];
+    packets.extend(buffers);
+    packets.push(eos_packet());
+    consume(name, packets, props)
+}
+
+#[test]
+fn a_producer_that_announces_more_blocks_than_the_bound_is_refused() {
+    // Sixteen blocks fit; the seventeenth, with none retired, is refused.
+    let buffers = (1..=17)
+        .map(|b| registry_packet(b, vec![(b, memfd(&[0; 4096]))], &[(b, 0, 4096)]))
+        .collect();
+    let result = consume_registry("too-many", buffers, "max-blocks=16");
+    assert_refused(
+        result,
+        "the producer announced more than 16 blocks (max-blocks) without retiring any",
+    );
+}
+
+#[test]
+fn retired_blocks_make_room() {
+    // The same seventeen blocks, each retired with the next buffer: accepted.
+    let buffers = (1..=17)
+        .map(|b| {
+            let (bytes, fds) = registry_packet(b, vec![(b, memfd(&[0; 4096]))], &[(b, 0, 4096)]);
+            let mut msg = match Message::decode(&bytes).unwrap() {
+                Message::Buffer(w) => w,
+                _ => unreachable!(),
+            };
+            msg.retire = if b > 1 { vec![b - 1] } else { vec![] };
+            (Message::Buffer(msg).encode(), fds)
+        })
+        .collect();
+    assert_eq!(consume_registry("retired", buffers, "max-blocks=16"), None);
+}
+
+#[test]
+fn a_memory_in_a_block_never_announced_is_refused() {
+    let buffers = vec![registry_packet(1, vec![], &[(42, 0, 100)])];
+    assert_refused(
+        consume_registry("unknown-block", buffers, ""),
+        "a memory lies in block 42, never announced",
+    );
+}
+
+#[test]
+fn a_memory_outside_its_block_is_refused() {
+    for (offset, size) in [(0, 4097), (4000, 200), (u64::MAX, 2), (1, u64::MAX)] {
+        let buffers = vec![registry_packet(
+            1,
+            vec![(7, memfd(&[0; 4096]))],
+            &[(7, offset, size)],
+        )];
+        let result = consume_registry("outside", buffers, "");
+        let msg = result.unwrap_or_else(|| panic!("{offset}+{size} accepted"));
+        assert!(
+            msg.contains("outside the 4096-byte block") || msg.contains("bytes 18446744073"),
+            "{offset}+{size}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_block_announced_twice_is_refused() {
+    let buffers = vec![
+        registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]),
+        registry_packet(2, vec![(7, memfd(&[1; 4096]))], &[(7, 0, 10)]),
+    ];
+    assert_refused(
+        consume_registry("twice", buffers, ""),
+        "block 7 was announced twice",
+    );
+}
+
+#[test]
+fn descriptors_that_do_not_match_the_announced_blocks_are_refused() {
+    let (bytes, _fds) = registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]);
+    let extra = vec![memfd(&[0; 4096]), memfd(&[0; 4096])];
+    assert_refused(
+        consume_registry("descriptors", vec![(bytes, extra)], ""),
+        "2 descriptors received for 1 blocks",
+    );
+}
+
+#[test]
+fn a_producer_speaking_another_version_is_refused_naming_both() {
+    let mut old = Message::Caps("application/octet-stream".into()).encode();
+    old[4] = 1;
+    assert_refused(
+        consume("version", vec![(old, vec![])], ""),
+        "the peer speaks memfd protocol version 1, this memkit speaks version 2",
     );
 }

@@ -6,7 +6,6 @@ use gst::prelude::*;
 
 pub mod memalign;
 pub mod memcheck;
-pub mod memfdproto;
 pub mod memfdsink;
 pub mod memfdsrc;
 pub mod memmerge;

@@ -21,38 +21,51 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_memfd import MemfdTestCase, finish, read, stats, wait_for
 
 MAGIC = 0x44464B4D
+VERSION = 2
 KIND_BUFFER = 3
 KIND_RELEASE = 4
+KIND_HELLO = 5
 
 
 def parse_buffer(packet):
-    """(id, [(offset, size, maxsize)]) of a buffer message, or None for any other message."""
+    """(id, retired block ids, announced [(block id, size)], [(block id, offset, size)]) of a
+    buffer message (protocol 2), or None for any other message."""
     magic, _version, kind = struct.unpack_from("<IBB", packet)
     assert magic == MAGIC
     if kind != KIND_BUFFER:
         return None
-    fields = struct.unpack_from("<6QII", packet, 6)
-    bid, nmems = fields[0], fields[7]
-    mems = [struct.unpack_from("<3Q", packet, 6 + 56 + 24 * i) for i in range(nmems)]
-    return bid, mems
+    bid = struct.unpack_from("<Q", packet, 6)[0]
+    pos = 6 + 52
+    (nretire,) = struct.unpack_from("<I", packet, pos)
+    retired = list(struct.unpack_from(f"<{nretire}Q", packet, pos + 4))
+    pos += 4 + 8 * nretire
+    (nblocks,) = struct.unpack_from("<I", packet, pos)
+    blocks = [struct.unpack_from("<2Q", packet, pos + 4 + 16 * i) for i in range(nblocks)]
+    pos += 4 + 16 * nblocks
+    (nmems,) = struct.unpack_from("<I", packet, pos)
+    mems = [struct.unpack_from("<3Q", packet, pos + 4 + 24 * i) for i in range(nmems)]
+    return bid, retired, blocks, mems
 
 
 def release(sock, bid):
-    sock.send(struct.pack("<IBBQ", MAGIC, 1, KIND_RELEASE, bid))
+    sock.send(struct.pack("<IBBIQ", MAGIC, VERSION, KIND_RELEASE, 1, bid))
 
 
-def connect(path):
+def connect(path, max_blocks=512):
+    """A consumer's connection, its hello sent."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         s.connect(path)
+        s.send(struct.pack("<IBBI", MAGIC, VERSION, KIND_HELLO, max_blocks))
     except OSError:
         s.close()
         raise
     return s
 
 
-def next_buffer(sock, timeout=30):
-    """The next buffer message: (id, mems, fds)."""
+def next_buffer(sock, registry, timeout=30):
+    """The next buffer message: (id, [(fd, offset, size, block size)]), keeping `registry`
+    (block id -> (fd, size)) as the producer announces and retires blocks."""
     sock.settimeout(timeout)
     while True:
         msg, fds, _flags, _addr = socket.recv_fds(sock, 65536, 16)
@@ -63,7 +76,12 @@ def next_buffer(sock, timeout=30):
             for fd in fds:
                 os.close(fd)
             continue
-        return parsed[0], parsed[1], fds
+        bid, retired, blocks, mems = parsed
+        for block in retired:
+            os.close(registry.pop(block)[0])
+        for (block, size), fd in zip(blocks, fds):
+            registry[block] = (fd, size)
+        return bid, [(registry[b][0], off, size, registry[b][1]) for b, off, size in mems]
 
 
 class HostileConsumers(MemfdTestCase):
@@ -75,9 +93,9 @@ class HostileConsumers(MemfdTestCase):
                              f"identity sleep-time=20000 ! memfdsink socket-path={self.sock}")
         wait_for(self.sock)
         cons = connect(self.sock)
-        bid, mems, fds = next_buffer(cons)
-        fd = fds[0]
-        maxsize = mems[0][2]
+        registry = {}
+        bid, mems = next_buffer(cons, registry)
+        fd, offset, size, maxsize = mems[0]
         # A shared writable mapping of the received descriptor is refused...
         with self.assertRaises(PermissionError):
             mmap.mmap(fd, maxsize, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -102,10 +120,9 @@ class HostileConsumers(MemfdTestCase):
         libc.munmap(addr, maxsize)
         # Reading is what it was sent for.
         view = mmap.mmap(fd, maxsize, mmap.MAP_SHARED, mmap.PROT_READ)
-        offset, size = mems[0][0], mems[0][1]
         self.assertEqual(view[offset:offset + 4], bytes([0, 1, 2, 3]))
         view.close()
-        for f in fds:
+        for f, _size in registry.values():
             os.close(f)
         release(cons, bid)
         cons.close()
@@ -121,10 +138,13 @@ class HostileConsumers(MemfdTestCase):
         wait_for(self.sock)
         leaver = connect(self.sock)
         kept = []
+        registry = {}
         for _ in range(5):
-            _bid, mems, fds = next_buffer(leaver)
-            offset, size, _maxsize = mems[0]
-            kept.append((fds[0], offset, size, os.pread(fds[0], size, offset)))
+            _bid, mems = next_buffer(leaver, registry)
+            fd, offset, size, _block_size = mems[0]
+            kept.append((os.dup(fd), offset, size, os.pread(fd, size, offset)))
+        for fd, _size in registry.values():
+            os.close(fd)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
         time.sleep(0.2)
         leaver.close()  # leaves holding five blocks, keeping their descriptors
@@ -137,6 +157,22 @@ class HostileConsumers(MemfdTestCase):
                              "a block the leaver held was reused for a later frame")
             os.close(fd)
         self.assertGreaterEqual(stats(ptext)["s"]["blocks-retired"], 5)
+
+    def test_a_consumer_whose_hello_cannot_hold_a_buffer_is_dropped(self):
+        prod = self.producer(f"blocksize=4096 num-buffers=30 ! identity sleep-time=20000 ! "
+                             f"memfdsink socket-path={self.sock} on-full=wait name=s")
+        wait_for(self.sock)
+        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
+        time.sleep(0.2)
+        small = connect(self.sock, max_blocks=3)  # fewer than the 16 blocks a buffer may use
+        rc, text = finish(good)
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertEqual(stats(text)["r"]["buffers"], 30)
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        s = stats(ptext)["s"]
+        self.assertEqual((s["consumers-connected"], s["consumers-dropped"]), (2, 1))
+        small.close()
 
     def stop_after_takeover(self, take_over):
         """A producer streaming to a consumer; mid-stream its socket path is unlinked and

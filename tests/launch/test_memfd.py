@@ -95,6 +95,13 @@ class MemfdTestCase(unittest.TestCase):
         return read(out)
 
 
+def buffer_header(block_size):
+    """The start of a protocol-2 buffer message (id 1) that retires nothing and announces
+    block 1 of `block_size` bytes (its descriptor goes with the packet)."""
+    msg = struct.pack("<IBB", 0x44464B4D, 2, 3) + struct.pack("<6QI", 1, 0, 0, 0, 0, 0, 0)
+    return msg + struct.pack("<I", 0) + struct.pack("<I2Q", 1, 1, block_size)
+
+
 class TwoProcesses(MemfdTestCase):
     def test_upstream_allocates_what_memfdsink_proposes(self):
         out = self.path("out.bin")
@@ -264,7 +271,7 @@ class Faults(MemfdTestCase):
         self.assertRegex(text, r"Malformed message from the producer: bad magic")
 
     def test_truncated_message_is_a_clear_error(self):
-        header = struct.pack("<IBB", 0x44464B4D, 1, 3)  # a buffer message, fields missing
+        header = struct.pack("<IBB", 0x44464B4D, 2, 3)  # a buffer message, fields missing
         rc, text = self.fake_producer([header + b"\x01\x02"])
         self.assertGreater(rc, 0)
         self.assertRegex(text, r"Malformed message from the producer: truncated message")
@@ -278,9 +285,9 @@ class Faults(MemfdTestCase):
         with open(self.path("plain"), "wb") as f:
             f.write(b"\x00" * 8192)
         fd = os.open(self.path("plain"), os.O_RDWR)
-        msg = struct.pack("<IBB", 0x44464B4D, 1, 3) + struct.pack("<6QII", 1, 0, 0, 0, 0, 0, 0, 1)
-        # one memory, no reference timestamp metas, no video metas
-        msg += struct.pack("<3Q", 0, 100, 8192) + struct.pack("<II", 0, 0)
+        msg = buffer_header(block_size=8192)
+        # one memory: 100 bytes of block 1; no reference timestamp metas, no video metas
+        msg += struct.pack("<I3Q", 1, 1, 0, 100) + struct.pack("<II", 0, 0)
         rc, text = self.fake_producer([msg], fds=[fd])
         os.close(fd)
         self.assertGreater(rc, 0)
@@ -292,8 +299,8 @@ class Faults(MemfdTestCase):
         os.ftruncate(fd, 4096)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
         fmt = b"I420"
-        msg = struct.pack("<IBB", 0x44464B4D, 1, 3) + struct.pack("<6QII", 1, 0, 0, 0, 0, 0, 0, 1)
-        msg += struct.pack("<3Q", 0, 100, 4096) + struct.pack("<I", 0)  # 100 bytes, no ref metas
+        msg = buffer_header(block_size=4096)
+        msg += struct.pack("<I3Q", 1, 1, 0, 100) + struct.pack("<I", 0)  # 100 bytes, no ref metas
         # one video meta: a 640x480 I420 frame cannot lie in 100 bytes
         msg += struct.pack("<II", 1, 0) + struct.pack("<I", len(fmt)) + fmt
         msg += struct.pack("<III", 640, 480, 3)

@@ -1,27 +1,15 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `memfdsink`: serves a stream to consumers (`memfdsrc` in other processes) over a Unix
-//! `SOCK_SEQPACKET` socket. Each memory goes as a descriptor: sealed memfd memory as it is
-//! (zero-copy), anything else copied once into `MemfdMemory`. A block sent to a consumer is
-//! kept (a buffer reference) until that consumer releases it or goes away.
+//! socket: a thin element over [`crate::transport::server`]. Each memory of a buffer goes as
+//! a range of a `MemfdMemory` block, the block itself (its descriptor) only the first time a
+//! consumer needs it; memory that is not a `MemfdMemory` block is copied once into one.
 //!
-//! A service thread accepts consumers (replaying caps, stream-start and segment to late ones,
-//! outside the state lock), reads their release messages, and drops the ones that hang up or
-//! misbehave. At most `max-consumers` are served; more are refused at once.
-//!
-//! Consumers are not trusted. Each has its own bound of unreleased buffers
-//! (`max-outstanding`); what happens when one reaches it is `on-full`: its buffers are dropped
-//! (the default: the others go on at full rate), it is disconnected, or the stream waits for it
-//! (lossless back-pressure, for consumers you trust; after `full-timeout` it is disconnected).
-//! Except in `wait` mode, sends never block: a consumer that does not read its socket misses
-//! buffers, or is dropped. Blocks a consumer held when it went away are retired (never
-//! recycled), so it cannot see later frames through them; the memfds are sealed against
-//! writes (`F_SEAL_FUTURE_WRITE`), so no consumer can change what the others read.
+//! Consumers are not trusted: see the transport for the bounds (`max-outstanding`,
+//! `max-consumers`, the consumer's own bound of mapped blocks), `on-full`, and why a block a
+//! consumer was ever sent is retired when it leaves.
 
-use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use gst::glib;
@@ -29,15 +17,16 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use crate::allocator::memfd::{self, is_sealed_memfd, memfd_allocator};
-use crate::elements::memfdproto::{self as proto, BufferWire, EventKind, MemWire, Message};
+use crate::allocator::memfd::{self, memfd_allocator};
 use crate::elements::post_stats;
+use crate::transport::server::{self, Limits, Outgoing, Server};
+use crate::transport::wire::{self, BlockWire, BufferWire, EventKind, MemWire};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "memfdsink",
         gst::DebugColorFlags::empty(),
-        Some("memkit cross-process sink (memfd descriptors over a Unix socket)"),
+        Some("memkit cross-process sink (memfd blocks over a Unix socket)"),
     )
 });
 
@@ -47,11 +36,6 @@ const DEFAULT_MAX_CONSUMERS: u32 = 32;
 const DEFAULT_MAX_OUTSTANDING: u32 = 64;
 const DEFAULT_ON_FULL: OnFull = OnFull::Drop;
 const DEFAULT_FULL_TIMEOUT_MS: u32 = 10_000;
-/// A blocking send (`on-full=wait`) to a consumer that does not read gives up after this.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Otherwise an event (caps, segment, EOS) waits this long for room in a consumer's queue
-/// before that consumer, which does not read, is dropped.
-const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What memfdsink does with a consumer that holds `max-outstanding` buffers unreleased.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
@@ -101,84 +85,53 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_consumers: self.max_consumers as usize,
+            max_outstanding: self.max_outstanding as usize,
+            on_full: match self.on_full {
+                OnFull::Drop => server::OnFull::Drop,
+                OnFull::Disconnect => server::OnFull::Disconnect,
+                OnFull::Wait => server::OnFull::Wait,
+            },
+            full_timeout: Duration::from_millis(self.full_timeout_ms.into()),
+        }
+    }
+}
+
+/// What the element counts itself; the rest comes from the server.
 #[derive(Debug, Default, Clone)]
-struct Stats {
+struct Copies {
     buffers: u64,
-    buffers_copied: u64,
-    bytes_copied: u64,
-    bytes_sent: u64,
-    consumers_connected: u64,
-    consumers_dropped: u64,
-    consumers_refused: u64,
-    buffers_dropped: u64,
-    blocks_retired: u64,
-    released: u64,
+    bytes: u64,
 }
 
-impl Stats {
-    fn to_structure(&self, consumers: usize, outstanding: usize) -> gst::Structure {
-        gst::Structure::builder("memfdsink")
-            .field("buffers", self.buffers)
-            .field("buffers-copied", self.buffers_copied)
-            .field("bytes-copied", self.bytes_copied)
-            .field("bytes-sent", self.bytes_sent)
-            .field("consumers", consumers as u64)
-            .field("consumers-connected", self.consumers_connected)
-            .field("consumers-dropped", self.consumers_dropped)
-            .field("consumers-refused", self.consumers_refused)
-            .field("buffers-dropped", self.buffers_dropped)
-            .field("blocks-retired", self.blocks_retired)
-            .field("released", self.released)
-            .field("outstanding", outstanding as u64)
-            .build()
-    }
-}
-
-struct Client {
-    id: u64,
-    sock: Arc<OwnedFd>,
-    /// Buffers sent and not yet released, by message id: they keep their blocks alive.
-    outstanding: HashMap<u64, gst::Buffer>,
-}
-
-#[derive(Default)]
-struct Shared {
-    clients: Vec<Client>,
-    /// Packets a consumer that connects late gets first: caps, stream-start, segment.
-    caps: Option<Vec<u8>>,
-    stream_start: Option<Vec<u8>>,
-    segment: Option<Vec<u8>>,
-    /// Bumped whenever caps, stream-start or segment change: a consumer being accepted
-    /// replays them again if they changed while it was sent the previous ones.
-    replay_generation: u64,
-    stats: Stats,
-    next_client: u64,
-    next_buffer: u64,
-    running: bool,
-    flushing: bool,
-    /// The socket we bound: its path, device and inode (to unlink only that one at stop).
-    path: Option<(PathBuf, u64, u64)>,
-}
-
-impl Shared {
-    fn outstanding(&self) -> usize {
-        self.clients.iter().map(|c| c.outstanding.len()).sum()
-    }
-
-    fn replay(&self) -> Vec<Vec<u8>> {
-        [&self.caps, &self.stream_start, &self.segment]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect()
-    }
+fn stats_structure(s: &server::Stats, c: &Copies) -> gst::Structure {
+    gst::Structure::builder("memfdsink")
+        .field("buffers", s.buffers)
+        .field("buffers-copied", c.buffers)
+        .field("bytes-copied", c.bytes)
+        .field("bytes-sent", s.bytes_sent)
+        .field("blocks-announced", s.blocks_announced)
+        .field("consumers", s.consumers)
+        .field("consumers-connected", s.consumers_connected)
+        .field("consumers-dropped", s.consumers_dropped)
+        .field("consumers-refused", s.consumers_refused)
+        .field("buffers-dropped", s.buffers_dropped)
+        .field("blocks-retired", s.blocks_retired)
+        .field("released", s.released)
+        .field("outstanding", s.outstanding)
+        .build()
 }
 
 #[derive(Default)]
 pub struct MemfdSink {
     settings: Mutex<Settings>,
-    shared: Arc<(Mutex<Shared>, Condvar)>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    server: Mutex<Option<std::sync::Arc<Server>>>,
+    copies: Mutex<Copies>,
+    /// Server stats kept after stop, for the `stats` property.
+    last_stats: Mutex<server::Stats>,
 }
 
 #[glib::object_subclass]
@@ -188,421 +141,103 @@ impl ObjectSubclass for MemfdSink {
     type ParentType = gst_base::BaseSink;
 }
 
-/// Drops a consumer. The blocks of the buffers it still held are retired: it may keep them
-/// mapped, so they must never carry a later frame.
-fn drop_client(shared: &mut Shared, id: u64, why: &str, obj: &impl IsA<gst::Object>) {
-    if let Some(pos) = shared.clients.iter().position(|c| c.id == id) {
-        let c = shared.clients.remove(pos);
-        shared.stats.consumers_dropped += 1;
-        shared.stats.blocks_retired += retire_blocks(&c);
-        gst::warning!(
-            CAT,
-            obj = obj,
-            "dropping consumer {}: {} ({} outstanding buffers released, their blocks retired)",
-            id,
-            why,
-            c.outstanding.len()
-        );
-    }
-}
-
-/// Retires the blocks of every buffer `client` holds; returns how many were recyclable.
-fn retire_blocks(client: &Client) -> u64 {
-    client
-        .outstanding
-        .values()
-        .flat_map(|b| b.iter_memories())
-        .filter(|m| memfd::retire(m))
-        .count() as u64
-}
-
-/// Unlinks the socket at `path` if it is still the one we bound (same device and inode):
-/// never another memfdsink's socket that took the path over, nor a file put there.
-fn remove_own_socket(path: &std::path::Path, dev: u64, ino: u64, obj: &impl IsA<gst::Object>) {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() && m.dev() == dev && m.ino() == ino => {
-            let _ = std::fs::remove_file(path);
-        }
-        Ok(_) => gst::warning!(
-            CAT,
-            obj = obj,
-            "{} is no longer our socket: left in place",
-            path.display()
-        ),
-        Err(_) => {}
-    }
-}
-
-/// Accepts a new consumer: refused when `max-consumers` are connected; otherwise it is sent
-/// caps, stream-start and segment (outside the state lock, without blocking) and then joins.
-fn accept_client(
-    shared: &Arc<(Mutex<Shared>, Condvar)>,
-    sock: OwnedFd,
-    element: &super::MemfdSink,
-) {
-    let (max, on_full) = {
-        let s = element.imp().settings.lock().unwrap();
-        (s.max_consumers as usize, s.on_full)
-    };
-    if on_full == OnFull::Wait {
-        let _ = rustix::net::sockopt::set_socket_timeout(
-            &sock,
-            rustix::net::sockopt::Timeout::Send,
-            Some(SEND_TIMEOUT),
-        );
-    }
-    let mut sent_generation = None;
-    loop {
-        let (generation, replay) = {
-            let mut s = shared.0.lock().unwrap();
-            if s.clients.len() >= max {
-                s.stats.consumers_refused += 1;
-                gst::warning!(
-                    CAT,
-                    obj = element,
-                    "refusing a consumer: {} connected (max-consumers)",
-                    s.clients.len()
-                );
-                return; // closing the socket tells it
-            }
-            if sent_generation == Some(s.replay_generation) {
-                s.next_client += 1;
-                let id = s.next_client;
-                s.clients.push(Client {
-                    id,
-                    sock: Arc::new(sock),
-                    outstanding: HashMap::new(),
-                });
-                s.stats.consumers_connected += 1;
-                gst::info!(CAT, obj = element, "consumer {} connected", id);
-                shared.1.notify_all();
-                return;
-            }
-            (s.replay_generation, s.replay())
-        };
-        // A new socket's queue is empty: these few packets never wait.
-        if !replay
-            .iter()
-            .all(|p| proto::try_send(sock.as_fd(), p, &[]).is_ok())
-        {
-            gst::debug!(CAT, obj = element, "a new consumer left during the replay");
-            return;
-        }
-        sent_generation = Some(generation);
-    }
-}
-
-/// The service thread: accepts consumers and reads their releases until `running` is false.
-fn serve(
-    shared: Arc<(Mutex<Shared>, Condvar)>,
-    listener: OwnedFd,
-    obj: glib::WeakRef<super::MemfdSink>,
-) {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let mut buf = vec![0u8; proto::MAX_MESSAGE];
-    let mut listen_pause: Option<std::time::Instant> = None;
-    let tick = Timespec {
-        tv_sec: 0,
-        tv_nsec: 50_000_000,
-    };
-    loop {
-        let socks: Vec<(u64, Arc<OwnedFd>)> = {
-            let s = shared.0.lock().unwrap();
-            if !s.running {
-                break;
-            }
-            s.clients.iter().map(|c| (c.id, c.sock.clone())).collect()
-        };
-        let Some(element) = obj.upgrade() else {
-            break;
-        };
-        let mut fds = Vec::with_capacity(socks.len() + 1);
-        let listen = listen_pause.is_none_or(|t| std::time::Instant::now() >= t);
-        fds.push(PollFd::new(
-            &listener,
-            if listen {
-                PollFlags::IN
-            } else {
-                PollFlags::empty()
-            },
-        ));
-        for (_, s) in &socks {
-            fds.push(PollFd::new(s.as_ref(), PollFlags::IN));
-        }
-        if poll(&mut fds, Some(&tick)).unwrap_or(0) == 0 {
-            continue;
-        }
-        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
-        drop(fds);
-        if listen {
-            listen_pause = None;
-        }
-        if ready[0] {
-            match proto::accept(&listener) {
-                Ok(sock) => accept_client(&shared, sock, &element),
-                Err(e) => {
-                    gst::warning!(CAT, obj = element, "accept failed: {}", e);
-                    // Out of descriptors (EMFILE/ENFILE): the connection stays pending and
-                    // the listener readable; leave it alone for a while instead of spinning.
-                    listen_pause = Some(std::time::Instant::now() + Duration::from_millis(200));
-                }
-            }
-        }
-        for (i, (id, sock)) in socks.iter().enumerate() {
-            if !ready[i + 1] {
-                continue;
-            }
-            let got = proto::recv(sock.as_fd(), &mut buf, Duration::ZERO);
-            let mut s = shared.0.lock().unwrap();
-            match got {
-                Ok(proto::Received::Packet(n, _fds)) => match Message::decode(&buf[..n]) {
-                    Ok(Message::Release(bid)) => {
-                        if let Some(c) = s.clients.iter_mut().find(|c| c.id == *id)
-                            && c.outstanding.remove(&bid).is_some()
-                        {
-                            s.stats.released += 1;
-                        }
-                    }
-                    Ok(other) => drop_client(
-                        &mut s,
-                        *id,
-                        &format!("unexpected message {other:?}"),
-                        &element,
-                    ),
-                    Err(e) => drop_client(&mut s, *id, &format!("bad message: {e}"), &element),
-                },
-                Ok(proto::Received::Closed) => drop_client(&mut s, *id, "hung up", &element),
-                Ok(proto::Received::Idle) => {}
-                Err(e) => drop_client(&mut s, *id, &e, &element),
-            }
-            shared.1.notify_all();
-        }
-    }
-}
-
 impl MemfdSink {
-    /// The buffer to send: its memories as sealed memfds (copying the others once into
-    /// `MemfdMemory`), with the wire description and the descriptors.
-    fn prepare(
-        &self,
-        buffer: &gst::Buffer,
-    ) -> Result<(gst::Buffer, Vec<MemWire>, Vec<OwnedFd>), gst::FlowError> {
+    fn server(&self) -> Option<std::sync::Arc<Server>> {
+        self.server.lock().unwrap().clone()
+    }
+
+    fn stats(&self) -> gst::Structure {
+        let s = self
+            .server()
+            .map_or_else(|| self.last_stats.lock().unwrap().clone(), |s| s.stats());
+        stats_structure(&s, &self.copies.lock().unwrap())
+    }
+
+    fn error(&self, err: gst::ErrorMessage) -> gst::FlowError {
+        self.post_error_message(err);
+        gst::FlowError::Error
+    }
+
+    /// `buffer` as sent: memories that are not `MemfdMemory` blocks copied once into one.
+    fn sendable(&self, buffer: &gst::Buffer) -> Result<gst::Buffer, gst::FlowError> {
         let n = buffer.n_memory();
-        if n > proto::MAX_MEMORIES {
-            gst::element_imp_error!(
-                self,
+        if n > wire::MAX_MEMORIES {
+            return Err(self.error(gst::error_msg!(
                 gst::StreamError::Format,
                 (
                     "Buffer has {} memories, at most {} can be sent",
                     n,
-                    proto::MAX_MEMORIES
+                    wire::MAX_MEMORIES
                 )
-            );
-            return Err(gst::FlowError::Error);
+            )));
         }
-        let needs_copy = buffer.iter_memories().any(|m| !is_sealed_memfd(m));
-        let buffer = if needs_copy {
-            let mut out = gst::Buffer::new();
-            let mut copied = 0u64;
-            {
-                let o = out.get_mut().expect("new buffer");
-                buffer
-                    .copy_into(
-                        o,
-                        gst::BufferCopyFlags::FLAGS
-                            | gst::BufferCopyFlags::TIMESTAMPS
-                            | gst::BufferCopyFlags::META,
-                        ..,
-                    )
-                    .map_err(|_| gst::FlowError::Error)?;
-                for mem in buffer.iter_memories() {
-                    if is_sealed_memfd(mem) {
-                        o.append_memory(mem.to_owned());
-                        continue;
-                    }
-                    let map = mem.map_readable().map_err(|_| {
-                        gst::element_imp_error!(
-                            self,
-                            gst::StreamError::Failed,
-                            ("A memory of the buffer cannot be mapped for reading")
-                        );
-                        gst::FlowError::Error
-                    })?;
-                    let mut copy = memfd_allocator().alloc(map.size(), None).map_err(|e| {
-                        gst::element_imp_error!(
-                            self,
-                            gst::ResourceError::NoSpaceLeft,
-                            ("Cannot allocate MemfdMemory: {}", e)
-                        );
-                        gst::FlowError::Error
-                    })?;
-                    copy.get_mut()
-                        .expect("new memory")
-                        .map_writable()
-                        .map_err(|_| gst::FlowError::Error)?
-                        .copy_from_slice(map.as_slice());
-                    copied += map.size() as u64;
-                    o.append_memory(copy);
+        if buffer.iter_memories().all(|m| memfd::block_of(m).is_some()) {
+            return Ok(buffer.clone());
+        }
+        let mut out = gst::Buffer::new();
+        let mut copied = 0u64;
+        {
+            let o = out.get_mut().expect("new buffer");
+            let flags = gst::BufferCopyFlags::FLAGS
+                | gst::BufferCopyFlags::TIMESTAMPS
+                | gst::BufferCopyFlags::META;
+            buffer.copy_into(o, flags, ..).map_err(|_| {
+                self.error(gst::error_msg!(
+                    gst::CoreError::Failed,
+                    ("Cannot copy metas")
+                ))
+            })?;
+            for mem in buffer.iter_memories() {
+                if memfd::block_of(mem).is_some() {
+                    o.append_memory(mem.to_owned());
+                    continue;
                 }
+                o.append_memory(self.copy_memory(mem)?);
+                copied += mem.size() as u64;
             }
-            let mut s = self.shared.0.lock().unwrap();
-            s.stats.buffers_copied += 1;
-            s.stats.bytes_copied += copied;
-            out
-        } else {
-            buffer.clone()
-        };
-        let mut wires = Vec::with_capacity(n);
-        let mut fds = Vec::with_capacity(n);
-        for mem in buffer.iter_memories() {
-            fds.push(memfd::dup_fd(mem).map_err(|e| {
-                gst::element_imp_error!(
-                    self,
+        }
+        let mut c = self.copies.lock().unwrap();
+        c.buffers += 1;
+        c.bytes += copied;
+        Ok(out)
+    }
+
+    fn copy_memory(&self, mem: &gst::MemoryRef) -> Result<gst::Memory, gst::FlowError> {
+        let map = mem.map_readable().map_err(|_| {
+            self.error(gst::error_msg!(
+                gst::StreamError::Failed,
+                ("A memory of the buffer cannot be mapped for reading")
+            ))
+        })?;
+        let mut copy = memfd_allocator().alloc(map.size(), None).map_err(|e| {
+            self.error(gst::error_msg!(
+                gst::ResourceError::NoSpaceLeft,
+                ("Cannot allocate MemfdMemory: {}", e)
+            ))
+        })?;
+        let mut dst = copy
+            .get_mut()
+            .expect("new memory")
+            .map_writable()
+            .map_err(|_| {
+                self.error(gst::error_msg!(
                     gst::ResourceError::Failed,
-                    ("Cannot duplicate a memory's descriptor: {}", e)
-                );
-                gst::FlowError::Error
-            })?);
-            wires.push(MemWire {
-                offset: mem.offset() as u64,
-                size: mem.size() as u64,
-                maxsize: mem.maxsize() as u64,
-            });
-        }
-        Ok((buffer, wires, fds))
-    }
-
-    /// Sends `packet` (an event) to every consumer; drops the ones that fail (in `wait` mode
-    /// after the send timeout, otherwise those whose queue stays full until the deadline).
-    fn broadcast(&self, packet: &[u8]) {
-        let wait = self.settings.lock().unwrap().on_full == OnFull::Wait;
-        let socks: Vec<(u64, Arc<OwnedFd>)> = {
-            let s = self.shared.0.lock().unwrap();
-            s.clients.iter().map(|c| (c.id, c.sock.clone())).collect()
-        };
-        // One deadline for all: however many consumers do not read, an event costs the
-        // stream at most EVENT_SEND_TIMEOUT.
-        let deadline = std::time::Instant::now() + EVENT_SEND_TIMEOUT;
-        for (id, sock) in socks {
-            let sent = if wait {
-                proto::send(sock.as_fd(), packet, &[])
-            } else {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                proto::send_within(sock.as_fd(), packet, &[], left)
-            };
-            if let Err(e) = sent {
-                let mut s = self.shared.0.lock().unwrap();
-                drop_client(&mut s, id, &format!("send failed: {e}"), &*self.obj());
-            }
-        }
-    }
-
-    /// `on-full=wait`: waits while a consumer holds `max_out` buffers unreleased; one that
-    /// releases nothing for `timeout` is dropped.
-    fn wait_for_room(&self, max_out: usize, timeout: Duration) -> Result<(), gst::FlowError> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut s = self.shared.0.lock().unwrap();
-        loop {
-            if s.flushing {
-                return Err(gst::FlowError::Flushing);
-            }
-            let full: Vec<u64> = s
-                .clients
-                .iter()
-                .filter(|c| c.outstanding.len() >= max_out)
-                .map(|c| c.id)
-                .collect();
-            if full.is_empty() {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                for id in full {
-                    let why = format!(
-                        "released nothing for {} ms with {max_out} buffers outstanding",
-                        timeout.as_millis()
-                    );
-                    drop_client(&mut s, id, &why, &*self.obj());
-                }
-                return Ok(());
-            }
-            s = self
-                .shared
-                .1
-                .wait_timeout(s, Duration::from_millis(50))
-                .unwrap()
-                .0;
-        }
-    }
-
-    /// Records buffer `id` as outstanding for every consumer with room for it, applying
-    /// `on-full` to the others; returns the consumers to send it to.
-    fn enlist(
-        &self,
-        buffer: &gst::Buffer,
-        max_out: usize,
-        on_full: OnFull,
-    ) -> (u64, Vec<(u64, Arc<OwnedFd>)>) {
-        let mut s = self.shared.0.lock().unwrap();
-        s.next_buffer += 1;
-        let id = s.next_buffer;
-        let mut targets = Vec::with_capacity(s.clients.len());
-        let mut full = Vec::new();
-        for c in s.clients.iter_mut() {
-            if c.outstanding.len() >= max_out {
-                full.push(c.id);
-                continue;
-            }
-            // Record first, send second: a release can never arrive before its record.
-            c.outstanding.insert(id, buffer.clone());
-            targets.push((c.id, c.sock.clone()));
-        }
-        for cid in full {
-            match on_full {
-                OnFull::Drop => {
-                    s.stats.buffers_dropped += 1;
-                    gst::trace!(CAT, imp = self, "consumer {} is full: buffer dropped", cid);
-                }
-                OnFull::Disconnect | OnFull::Wait => {
-                    let why = format!("holds {max_out} buffers unreleased (max-outstanding)");
-                    drop_client(&mut s, cid, &why, &*self.obj());
-                }
-            }
-        }
-        (id, targets)
+                    ("A new MemfdMemory block does not map for writing")
+                ))
+            })?;
+        dst.copy_from_slice(map.as_slice());
+        drop(dst);
+        Ok(copy)
     }
 }
 
-impl MemfdSink {
-    /// Holds the stream until at least `min` consumers are connected.
-    fn wait_for_consumers(&self, min: usize) -> Result<(), gst::FlowError> {
-        let mut s = self.shared.0.lock().unwrap();
-        while s.clients.len() < min && !s.flushing && s.running {
-            s = self
-                .shared
-                .1
-                .wait_timeout(s, Duration::from_millis(100))
-                .unwrap()
-                .0;
-        }
-        if s.flushing {
-            return Err(gst::FlowError::Flushing);
-        }
-        Ok(())
-    }
-}
-
-/// The wire description of `buffer` (the one sent, its memories sealed memfds) with the metas
-/// of `input` (the buffer as it came).
-fn wire_buffer(
-    input: &gst::Buffer,
-    buffer: &gst::Buffer,
-    id: u64,
-    mems: Vec<MemWire>,
-) -> BufferWire {
+/// The wire description of `sent` (its memories `MemfdMemory` blocks) with the metas of
+/// `input` (the buffer as it came: core does not copy memory-tagged metas such as
+/// GstVideoMeta into a buffer it did not copy memory to), and the blocks it uses.
+fn describe<'a>(input: &gst::Buffer, sent: &'a gst::Buffer, id: u64) -> Outgoing<'a> {
     let refs = input
         .iter_meta::<gst::ReferenceTimestampMeta>()
-        .take(proto::MAX_METAS)
+        .take(wire::MAX_METAS)
         .map(|m| {
             (
                 m.reference().to_string(),
@@ -613,8 +248,8 @@ fn wire_buffer(
         .collect();
     let video = input
         .iter_meta::<gst_video::VideoMeta>()
-        .take(proto::MAX_METAS)
-        .map(|m| proto::VideoMetaWire {
+        .take(wire::MAX_METAS)
+        .map(|m| wire::VideoMetaWire {
             flags: m.video_frame_flags().bits(),
             format: m.format().to_str().to_string(),
             width: m.width(),
@@ -623,17 +258,41 @@ fn wire_buffer(
             strides: m.stride().to_vec(),
         })
         .collect();
-    BufferWire {
+    let mut blocks = Vec::with_capacity(sent.n_memory());
+    let mut mems = Vec::with_capacity(sent.n_memory());
+    for mem in sent.iter_memories() {
+        let b = memfd::block_of(mem).expect("every memory is a MemfdMemory block");
+        mems.push(MemWire {
+            block: b.id,
+            offset: mem.offset() as u64,
+            size: mem.size() as u64,
+        });
+        blocks.push((
+            BlockWire {
+                id: b.id,
+                size: b.size as u64,
+            },
+            b.fd,
+        ));
+    }
+    let time = |t: Option<gst::ClockTime>| t.map_or(u64::MAX, |t| t.nseconds());
+    let wire = BufferWire {
+        mems,
         video,
         refs,
         id,
-        pts: buffer.pts().map_or(u64::MAX, |t| t.nseconds()),
-        dts: buffer.dts().map_or(u64::MAX, |t| t.nseconds()),
-        duration: buffer.duration().map_or(u64::MAX, |t| t.nseconds()),
-        offset: buffer.offset(),
-        offset_end: buffer.offset_end(),
-        flags: buffer.flags().bits(),
-        mems,
+        pts: time(sent.pts()),
+        dts: time(sent.dts()),
+        duration: time(sent.duration()),
+        offset: sent.offset(),
+        offset_end: sent.offset_end(),
+        flags: sent.flags().bits(),
+        ..BufferWire::default()
+    };
+    Outgoing {
+        hold: sent.clone(),
+        wire,
+        blocks,
     }
 }
 
@@ -710,26 +369,28 @@ impl ObjectImpl for MemfdSink {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock().unwrap();
+        let v = || value.get::<u32>().expect("type checked upstream");
         match pspec.name() {
             "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
-            "socket-mode" => settings.socket_mode = value.get().expect("type checked upstream"),
-            "min-consumers" => {
-                settings.min_consumers = value.get().expect("type checked upstream");
-                self.shared.1.notify_all();
-            }
-            "max-outstanding" => {
-                settings.max_outstanding = value.get().expect("type checked upstream")
-            }
-            "max-consumers" => settings.max_consumers = value.get().expect("type checked upstream"),
+            "socket-mode" => settings.socket_mode = v(),
+            "min-consumers" => settings.min_consumers = v(),
+            "max-outstanding" => settings.max_outstanding = v(),
+            "max-consumers" => settings.max_consumers = v(),
             "on-full" => settings.on_full = value.get().expect("type checked upstream"),
-            "full-timeout" => {
-                settings.full_timeout_ms = value.get().expect("type checked upstream")
-            }
+            "full-timeout" => settings.full_timeout_ms = v(),
             _ => unimplemented!(),
+        }
+        let limits = settings.limits();
+        drop(settings);
+        if let Some(server) = self.server() {
+            server.set_limits(limits);
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats().to_value();
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "socket-path" => settings.socket_path.to_value(),
@@ -739,12 +400,6 @@ impl ObjectImpl for MemfdSink {
             "max-consumers" => settings.max_consumers.to_value(),
             "on-full" => settings.on_full.to_value(),
             "full-timeout" => settings.full_timeout_ms.to_value(),
-            "stats" => {
-                let s = self.shared.0.lock().unwrap();
-                s.stats
-                    .to_structure(s.clients.len(), s.outstanding())
-                    .to_value()
-            }
             _ => unimplemented!(),
         }
     }
@@ -787,73 +442,46 @@ impl BaseSinkImpl for MemfdSink {
             ));
         };
         let path = PathBuf::from(path);
-        let listener = proto::listen_at(&path, settings.socket_mode).map_err(|e| {
-            gst::error_msg!(gst::ResourceError::OpenWrite, ("Cannot serve on {}", e))
-        })?;
-        let bound = {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenWrite,
-                    ("Cannot serve on {}", proto::path_error(&path, e))
-                )
+        let server =
+            Server::start(&path, settings.socket_mode, settings.limits()).map_err(|e| {
+                gst::error_msg!(gst::ResourceError::OpenWrite, ("Cannot serve on {}", e))
             })?;
-            (path.clone(), meta.dev(), meta.ino())
-        };
-        {
-            let mut s = self.shared.0.lock().unwrap();
-            *s = Shared {
-                running: true,
-                path: Some(bound),
-                ..Shared::default()
-            };
-        }
-        let shared = self.shared.clone();
-        let weak = self.obj().downgrade();
-        let handle = std::thread::Builder::new()
-            .name("memfdsink".into())
-            .spawn(move || serve(shared, listener, weak))
-            .map_err(|e| {
-                gst::error_msg!(gst::ResourceError::Failed, ("Cannot start a thread: {}", e))
-            })?;
-        *self.thread.lock().unwrap() = Some(handle);
+        *self.copies.lock().unwrap() = Copies::default();
+        *self.server.lock().unwrap() = Some(std::sync::Arc::new(server));
         gst::info!(CAT, imp = self, "serving on {}", path.display());
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        let path = {
-            let mut s = self.shared.0.lock().unwrap();
-            s.running = false;
-            s.path.take()
+        let Some(server) = self.server.lock().unwrap().take() else {
+            return Ok(());
         };
-        self.shared.1.notify_all();
-        if let Some(t) = self.thread.lock().unwrap().take() {
-            let _ = t.join();
-        }
-        {
-            let mut s = self.shared.0.lock().unwrap();
-            // Consumers still connected may still map what they hold: retire those blocks.
-            let clients = std::mem::take(&mut s.clients);
-            s.stats.blocks_retired += clients.iter().map(retire_blocks).sum::<u64>();
-            s.caps = None;
-            s.stream_start = None;
-            s.segment = None;
-        }
-        if let Some((p, dev, ino)) = path {
-            remove_own_socket(&p, dev, ino, &*self.obj());
+        // The streaming thread has stopped: ours is normally the last reference (else the
+        // server stops when the last one goes).
+        match std::sync::Arc::try_unwrap(server) {
+            Ok(server) => {
+                let (stats, unlinked) = server.stop();
+                *self.last_stats.lock().unwrap() = stats;
+                if let Err(e) = unlinked {
+                    gst::warning!(CAT, imp = self, "{}", e);
+                }
+            }
+            Err(server) => *self.last_stats.lock().unwrap() = server.stats(),
         }
         Ok(())
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
-        self.shared.0.lock().unwrap().flushing = true;
-        self.shared.1.notify_all();
+        if let Some(server) = self.server() {
+            server.set_flushing(true);
+        }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
-        self.shared.0.lock().unwrap().flushing = false;
+        if let Some(server) = self.server() {
+            server.set_flushing(false);
+        }
         Ok(())
     }
 
@@ -874,17 +502,12 @@ impl BaseSinkImpl for MemfdSink {
     }
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let packet = Message::Caps(caps.to_string()).encode();
-        if packet.len() > proto::MAX_MESSAGE {
-            return Err(gst::loggable_error!(CAT, "caps too large to send"));
-        }
-        {
-            let mut s = self.shared.0.lock().unwrap();
-            s.caps = Some(packet.clone());
-            s.replay_generation += 1;
-        }
-        self.broadcast(&packet);
-        Ok(())
+        let server = self
+            .server()
+            .ok_or_else(|| gst::loggable_error!(CAT, "caps before start"))?;
+        server
+            .caps(&caps.to_string())
+            .map_err(|e| gst::loggable_error!(CAT, "{}", e))
     }
 
     fn event(&self, event: gst::Event) -> bool {
@@ -894,66 +517,32 @@ impl BaseSinkImpl for MemfdSink {
             gst::EventView::Eos(_) => Some(EventKind::Eos),
             _ => None,
         };
-        if let Some(kind) = kind {
-            let text = event.structure().map(|s| s.to_string()).unwrap_or_default();
-            let packet = Message::Event(kind, text).encode();
-            {
-                let mut s = self.shared.0.lock().unwrap();
-                s.replay_generation += 1;
-                match kind {
-                    EventKind::StreamStart => s.stream_start = Some(packet.clone()),
-                    EventKind::Segment => s.segment = Some(packet.clone()),
-                    EventKind::Eos => {
-                        let stats = s.stats.to_structure(s.clients.len(), s.outstanding());
-                        drop(s);
-                        post_stats(&*self.obj(), stats);
-                    }
-                }
+        if let (Some(kind), Some(server)) = (kind, self.server()) {
+            if kind == EventKind::Eos {
+                post_stats(&*self.obj(), self.stats());
             }
-            self.broadcast(&packet);
+            let text = event.structure().map(|s| s.to_string()).unwrap_or_default();
+            server.event(kind, text);
         }
         self.parent_event(event)
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Some(server) = self.server() else {
+            return Err(gst::FlowError::Flushing);
+        };
         let settings = self.settings.lock().unwrap().clone();
-        let max_out = settings.max_outstanding as usize;
-        self.wait_for_consumers(settings.min_consumers as usize)?;
-        // Metas are read from the buffer as it came: a copy into MemfdMemory keeps every
-        // memory's size, so a video meta's plane offsets stay right, but core does not copy
-        // memory-tagged metas (such as GstVideoMeta) into a buffer it did not copy memory to.
-        let input = buffer.clone();
-        let (buffer, mems, fds) = self.prepare(buffer)?;
+        let flushing = |_| gst::FlowError::Flushing;
+        server
+            .wait_for_consumers(settings.min_consumers as usize)
+            .map_err(flushing)?;
+        let sent = self.sendable(buffer)?;
+        let out = describe(buffer, &sent, server.next_buffer_id());
         if settings.on_full == OnFull::Wait {
-            let timeout = Duration::from_millis(settings.full_timeout_ms.into());
-            self.wait_for_room(max_out, timeout)?;
+            let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
+            server.wait_for_room(&blocks).map_err(flushing)?;
         }
-        let (id, targets) = self.enlist(&buffer, max_out, settings.on_full);
-        let packet = Message::Buffer(wire_buffer(&input, &buffer, id, mems)).encode();
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        for (cid, sock) in targets {
-            let sent = if settings.on_full == OnFull::Wait {
-                proto::send(sock.as_fd(), &packet, &borrowed)
-            } else {
-                proto::try_send(sock.as_fd(), &packet, &borrowed)
-            };
-            let mut s = self.shared.0.lock().unwrap();
-            match sent {
-                Ok(()) => s.stats.bytes_sent += buffer.size() as u64,
-                // Its socket queue is full: it does not read. Treated like a full consumer.
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && settings.on_full == OnFull::Drop =>
-                {
-                    if let Some(c) = s.clients.iter_mut().find(|c| c.id == cid) {
-                        c.outstanding.remove(&id);
-                    }
-                    s.stats.buffers_dropped += 1;
-                }
-                Err(e) => drop_client(&mut s, cid, &format!("send: {e}"), &*self.obj()),
-            }
-        }
-        self.shared.0.lock().unwrap().stats.buffers += 1;
+        server.send(out);
         Ok(gst::FlowSuccess::Ok)
     }
 }

@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: MPL-2.0
-//! `memfdsrc`: receives a stream from a `memfdsink` in another process. Each memory arrives as
-//! a descriptor and is wrapped, without copying, as read-only `MemfdMemory`; when the last
-//! memory of a buffer is freed, a release message tells the producer it may reuse the blocks.
+//! `memfdsrc`: receives a stream from a `memfdsink` in another process: a thin element over
+//! [`crate::transport::client`]. Each block the producer announces is mapped once (read-only
+//! `MemfdMemory`) and kept in a registry of at most `max-blocks`; each memory of a buffer is a
+//! share of its block, so nothing is copied or mapped per buffer. When the last memory of a
+//! buffer is freed, a release tells the producer it may reuse the buffer's blocks.
 //!
 //! The producer is not trusted: every message is validated before use (caps must be fixed,
-//! segments valid, memories sealed and no larger than `max-memory-size`, video metas must
-//! describe planes that lie inside their memory). Releases are queued and sent without ever
-//! blocking the thread that frees a buffer; a producer that stops reading them is an error
-//! once [`MAX_PENDING_RELEASES`] are waiting.
+//! segments valid, blocks sealed, no larger than `max-memory-size` and no more than
+//! `max-blocks`, memories inside their block, video metas must describe planes that lie
+//! inside their memory). Releases are queued and sent without ever blocking the thread that
+//! frees a buffer; a producer that stops reading them is an error once
+//! [`MAX_PENDING_RELEASES`] are waiting.
 
-use std::collections::VecDeque;
 use std::ops::Range;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,23 +27,22 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::allocator::memfd::wrap_fd;
-use crate::elements::memfdproto::{self as proto, BufferWire, EventKind, Message, Received};
 use crate::elements::post_stats;
+use crate::transport::client::{Connection, MAX_PENDING_RELEASES, Registry, Release};
+use crate::transport::socket::{self, Received};
+use crate::transport::wire::{self as proto, BufferWire, EventKind, Message};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "memfdsrc",
         gst::DebugColorFlags::empty(),
-        Some("memkit cross-process source (memfd descriptors over a Unix socket)"),
+        Some("memkit cross-process source (memfd blocks over a Unix socket)"),
     )
 });
 
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_MAX_MEMORY_SIZE: u64 = 1 << 30;
-/// Releases waiting for the producer to read them (its socket queue full) before the
-/// producer is taken to be misbehaving and the stream fails.
-pub const MAX_PENDING_RELEASES: usize = 1024;
+const DEFAULT_MAX_BLOCKS: u32 = 512;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -49,6 +50,7 @@ struct Settings {
     timeout_ms: u32,
     reconnect: bool,
     max_memory_size: u64,
+    max_blocks: u32,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             reconnect: false,
             max_memory_size: DEFAULT_MAX_MEMORY_SIZE,
+            max_blocks: DEFAULT_MAX_BLOCKS,
         }
     }
 }
@@ -67,6 +70,9 @@ struct Stats {
     buffers: u64,
     bytes: u64,
     reconnects: u64,
+    blocks_announced: u64,
+    blocks_retired: u64,
+    blocks_mapped: u64,
 }
 
 impl Stats {
@@ -75,92 +81,25 @@ impl Stats {
             .field("buffers", self.buffers)
             .field("bytes", self.bytes)
             .field("reconnects", self.reconnects)
+            .field("blocks-announced", self.blocks_announced)
+            .field("blocks-retired", self.blocks_retired)
+            .field("blocks-mapped", self.blocks_mapped)
             .build()
     }
 }
 
-/// One connection to the producer, and the releases waiting to be sent on it. Releases are
-/// sent without blocking: from whichever thread frees a buffer when the socket takes them,
-/// else later from the streaming thread ([`Connection::flush`]).
-struct Connection {
-    sock: OwnedFd,
-    releases: Mutex<Releases>,
-}
-
-#[derive(Default)]
-struct Releases {
-    pending: VecDeque<u64>,
-    /// More than [`MAX_PENDING_RELEASES`] were waiting: the producer does not read.
-    overflowed: bool,
-}
-
-impl Connection {
-    fn new(sock: OwnedFd) -> Arc<Self> {
-        Arc::new(Connection {
-            sock,
-            releases: Mutex::default(),
-        })
-    }
-
-    fn releases(&self) -> std::sync::MutexGuard<'_, Releases> {
-        self.releases.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues the release of buffer `id` and sends what the socket takes, never waiting.
-    fn release(&self, id: u64) {
-        let mut r = self.releases();
-        if r.pending.len() >= MAX_PENDING_RELEASES {
-            r.overflowed = true;
-            return;
-        }
-        r.pending.push_back(id);
-        self.send_pending(&mut r);
-    }
-
-    fn send_pending(&self, r: &mut Releases) {
-        while let Some(&id) = r.pending.front() {
-            match proto::try_send(self.sock.as_fd(), &Message::Release(id).encode(), &[]) {
-                Ok(()) => {
-                    r.pending.pop_front();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    // The producer is gone: nothing to tell it any more.
-                    r.pending.clear();
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Sends what waits; `Err(pending)` when the producer has stopped reading releases.
-    fn flush(&self) -> Result<(), usize> {
-        let mut r = self.releases();
-        self.send_pending(&mut r);
-        if r.overflowed {
-            Err(r.pending.len())
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// Queues the release of buffer `id` when dropped (when every memory of the buffer is freed).
-struct Release {
-    id: u64,
+/// A connection to the producer and the blocks it announced on it.
+struct Link {
     conn: Arc<Connection>,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        self.conn.release(self.id);
-    }
+    registry: Registry<gst::Memory>,
+    /// Where packets are received.
+    packet: Vec<u8>,
 }
 
 #[derive(Default)]
 pub struct MemfdSrc {
     settings: Mutex<Settings>,
-    conn: Mutex<Option<Arc<Connection>>>,
+    link: Mutex<Option<Link>>,
     /// The negotiated video caps, to check received video metas against.
     video_info: Mutex<Option<gst_video::VideoInfo>>,
     stats: Mutex<Stats>,
@@ -175,20 +114,26 @@ impl ObjectSubclass for MemfdSrc {
 }
 
 impl MemfdSrc {
-    fn connect(&self) -> Result<Arc<Connection>, String> {
+    /// Connects (again): a new connection, an empty registry.
+    fn connect(&self) -> Result<(), String> {
         let settings = self.settings.lock().unwrap().clone();
         let Some(path) = settings.socket_path else {
             return Err("memfdsrc needs socket-path".into());
         };
-        let sock = proto::connect(
+        *self.link.lock().unwrap() = None;
+        let sock = socket::connect(
             &PathBuf::from(&path),
             Duration::from_millis(settings.timeout_ms as u64),
             || self.flushing.load(Ordering::Relaxed),
         )?;
         gst::info!(CAT, imp = self, "connected to {}", path);
-        let conn = Connection::new(sock);
-        *self.conn.lock().unwrap() = Some(conn.clone());
-        Ok(conn)
+        *self.link.lock().unwrap() = Some(Link {
+            conn: Connection::new(sock, settings.max_blocks)?,
+            registry: Registry::new(settings.max_blocks as usize),
+            packet: vec![0; proto::MAX_MESSAGE],
+        });
+        self.stats.lock().unwrap().blocks_mapped = 0;
+        Ok(())
     }
 
     fn path(&self) -> String {
@@ -214,43 +159,25 @@ impl MemfdSrc {
         &self,
         w: BufferWire,
         fds: Vec<OwnedFd>,
-        conn: &Arc<Connection>,
+        link: &mut Link,
     ) -> Result<gst::Buffer, gst::FlowError> {
-        if fds.len() != w.mems.len() {
-            return Err(self.fail(&format!(
-                "Malformed message from the producer: {}",
-                proto::ProtoError::Descriptors {
-                    expected: w.mems.len(),
-                    received: fds.len()
-                }
-            )));
-        }
         let max_size = self.settings.lock().unwrap().max_memory_size;
-        let release: Arc<dyn Send + Sync> = Arc::new(Release {
-            id: w.id,
-            conn: conn.clone(),
-        });
+        let release = Release::new(w.id, link.conn.clone());
+        let before = link.registry.len();
+        let memories = link
+            .registry
+            .receive(&w, fds, max_size, &release)
+            .map_err(|e| self.fail(&format!("Unusable memory from the producer: {e}")))?;
+        {
+            let mut stats = self.stats.lock().unwrap();
+            stats.blocks_announced += w.blocks.len() as u64;
+            stats.blocks_retired += (before + w.blocks.len() - link.registry.len()) as u64;
+            stats.blocks_mapped = link.registry.len() as u64;
+        }
         let mut buffer = gst::Buffer::new();
         {
             let b = buffer.get_mut().expect("new buffer");
-            for (m, fd) in w.mems.iter().zip(fds) {
-                if m.maxsize > max_size {
-                    return Err(self.fail(&format!(
-                        "Unusable memory from the producer: {} bytes, more than max-memory-size \
-                         ({max_size})",
-                        m.maxsize
-                    )));
-                }
-                let (Ok(maxsize), Ok(offset), Ok(size)) = (
-                    usize::try_from(m.maxsize),
-                    usize::try_from(m.offset),
-                    usize::try_from(m.size),
-                ) else {
-                    return Err(self.fail("Malformed message from the producer: sizes"));
-                };
-                let owner: Box<dyn Send> = Box::new(release.clone());
-                let mem = wrap_fd(fd, maxsize, offset, size, Some(owner))
-                    .map_err(|e| self.fail(&format!("Unusable memory from the producer: {e}")))?;
+            for mem in memories {
                 b.append_memory(mem);
             }
             let time = |v: u64| (v != u64::MAX).then(|| gst::ClockTime::from_nseconds(v));
@@ -419,12 +346,23 @@ impl ObjectImpl for MemfdSrc {
                     .build(),
                 glib::ParamSpecUInt64::builder("max-memory-size")
                     .nick("Maximum memory size")
-                    .blurb("Largest memory (its maxsize, in bytes) accepted from the producer; a larger one is an error")
+                    .blurb("Largest block (memfd) accepted from the producer, in bytes; a larger one is an error")
                     .minimum(1)
                     .default_value(DEFAULT_MAX_MEMORY_SIZE)
                     .mutable_ready()
                     .build(),
-                crate::elements::stats_pspec("Buffers and bytes received, reconnections"),
+                glib::ParamSpecUInt::builder("max-blocks")
+                    .nick("Maximum blocks")
+                    .blurb("Blocks of the producer kept mapped at once (each mapped once, reused by every buffer in it); a producer that announces more is an error")
+                    .minimum(proto::MAX_MEMORIES as u32)
+                    .maximum(65536)
+                    .default_value(DEFAULT_MAX_BLOCKS)
+                    .mutable_ready()
+                    .build(),
+                crate::elements::stats_pspec(
+                    "Buffers and bytes received, reconnections, blocks announced by the \
+                     producer, retired by it, and mapped now",
+                ),
             ]
         });
         PROPERTIES.as_ref()
@@ -439,6 +377,7 @@ impl ObjectImpl for MemfdSrc {
             "max-memory-size" => {
                 settings.max_memory_size = value.get().expect("type checked upstream")
             }
+            "max-blocks" => settings.max_blocks = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -450,6 +389,7 @@ impl ObjectImpl for MemfdSrc {
             "timeout" => settings.timeout_ms.to_value(),
             "reconnect" => settings.reconnect.to_value(),
             "max-memory-size" => settings.max_memory_size.to_value(),
+            "max-blocks" => settings.max_blocks.to_value(),
             "stats" => self.stats.lock().unwrap().to_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -499,7 +439,7 @@ impl BaseSrcImpl for MemfdSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.conn.lock().unwrap() = None;
+        *self.link.lock().unwrap() = None;
         *self.video_info.lock().unwrap() = None;
         Ok(())
     }
@@ -524,20 +464,12 @@ impl PushSrcImpl for MemfdSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let mut packet = vec![0u8; proto::MAX_MESSAGE];
         loop {
-            let Some(conn) = self.conn.lock().unwrap().clone() else {
+            let mut guard = self.link.lock().unwrap();
+            let Some(link) = guard.as_mut() else {
                 return Err(gst::FlowError::Flushing);
             };
-            if let Err(pending) = conn.flush() {
-                return Err(self.fail(&format!(
-                    "The producer does not read its release messages ({pending} waiting, at \
-                     most {MAX_PENDING_RELEASES})"
-                )));
-            }
-            let got = proto::recv(conn.sock.as_fd(), &mut packet, Duration::from_millis(100))
-                .map_err(|e| self.fail(&format!("Receiving from the producer failed: {e}")))?;
-            let (n, fds) = match got {
+            let (n, fds) = match self.receive(link)? {
                 Received::Idle => {
                     if self.flushing.load(Ordering::Relaxed) {
                         return Err(gst::FlowError::Flushing);
@@ -545,21 +477,13 @@ impl PushSrcImpl for MemfdSrc {
                     continue;
                 }
                 Received::Closed => {
-                    if !self.settings.lock().unwrap().reconnect {
-                        return Err(self.fail(&format!(
-                            "The producer at {} went away (connection closed)",
-                            self.path()
-                        )));
-                    }
-                    gst::warning!(CAT, imp = self, "producer went away: reconnecting");
-                    self.connect()
-                        .map_err(|e| self.fail(&format!("Cannot reconnect: {e}")))?;
-                    self.stats.lock().unwrap().reconnects += 1;
+                    drop(guard);
+                    self.reconnect()?;
                     continue;
                 }
                 Received::Packet(n, fds) => (n, fds),
             };
-            let msg = Message::decode(&packet[..n])
+            let msg = Message::decode(&link.packet[..n])
                 .map_err(|e| self.fail(&format!("Malformed message from the producer: {e}")))?;
             match msg {
                 Message::Caps(text) => self.apply_caps(&text)?,
@@ -570,16 +494,51 @@ impl PushSrcImpl for MemfdSrc {
                     return Err(gst::FlowError::Eos);
                 }
                 Message::Buffer(w) => {
-                    let buffer = self.make_buffer(w, fds, &conn)?;
+                    let buffer = self.make_buffer(w, fds, link)?;
                     let mut stats = self.stats.lock().unwrap();
                     stats.buffers += 1;
                     stats.bytes += buffer.size() as u64;
                     return Ok(CreateSuccess::NewBuffer(buffer));
                 }
-                Message::Release(_) => {
-                    return Err(self.fail("Malformed message from the producer: a release"));
+                Message::Release(_) | Message::Hello { .. } => {
+                    return Err(self.fail(&format!(
+                        "Malformed message from the producer: {msg:?} is a consumer's message"
+                    )));
                 }
             }
         }
+    }
+}
+
+impl MemfdSrc {
+    /// Sends the releases that wait, then waits a little for the producer's next packet.
+    fn receive(&self, link: &mut Link) -> Result<Received, gst::FlowError> {
+        if let Err(pending) = link.conn.flush() {
+            return Err(self.fail(&format!(
+                "The producer does not read its release messages ({pending} waiting, at \
+                 most {MAX_PENDING_RELEASES})"
+            )));
+        }
+        socket::recv(
+            link.conn.sock(),
+            &mut link.packet,
+            Duration::from_millis(100),
+        )
+        .map_err(|e| self.fail(&format!("Receiving from the producer failed: {e}")))
+    }
+
+    /// The producer went away: an error, or (`reconnect`) a new connection.
+    fn reconnect(&self) -> Result<(), gst::FlowError> {
+        if !self.settings.lock().unwrap().reconnect {
+            return Err(self.fail(&format!(
+                "The producer at {} went away (connection closed)",
+                self.path()
+            )));
+        }
+        gst::warning!(CAT, imp = self, "producer went away: reconnecting");
+        self.connect()
+            .map_err(|e| self.fail(&format!("Cannot reconnect: {e}")))?;
+        self.stats.lock().unwrap().reconnects += 1;
+        Ok(())
     }
 }

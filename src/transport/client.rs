@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The consumer side: the connection (hello, batched releases that never block) and the block
+//! registry. Each block the producer announces is wrapped once as read-only `MemfdMemory`
+//! (mapped once, on first use, and kept mapped); each memory of a buffer is a share of it, so
+//! a buffer costs no descriptor, no mmap and, once the block's pages are mapped, no page
+//! fault. `memfdsrc` is a thin element over [`Connection`] and [`Registry`].
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::allocator::memfd;
+
+use super::socket;
+use super::wire::{BufferWire, MAX_IDS, Message, ProtoError};
+
+/// Releases waiting for the producer to read them (its socket queue full) before the
+/// producer is taken to be misbehaving and the stream fails.
+pub const MAX_PENDING_RELEASES: usize = 1024;
+
+/// One connection to the producer, and the releases waiting to be sent on it. Releases are
+/// sent without blocking: from whichever thread frees a buffer when the socket takes them,
+/// else later ([`Connection::flush`]); all that wait go in one message.
+pub struct Connection {
+    sock: OwnedFd,
+    releases: Mutex<Releases>,
+}
+
+#[derive(Default)]
+struct Releases {
+    pending: VecDeque<u64>,
+    /// More than [`MAX_PENDING_RELEASES`] were waiting: the producer does not read.
+    overflowed: bool,
+}
+
+impl Connection {
+    /// A connection on `sock`, whose hello (`max_blocks`) is sent at once.
+    pub fn new(sock: OwnedFd, max_blocks: u32) -> Result<Arc<Self>, String> {
+        socket::try_send(sock.as_fd(), &Message::Hello { max_blocks }.encode(), &[])
+            .map_err(|e| format!("cannot greet the producer: {e}"))?;
+        Ok(Arc::new(Connection {
+            sock,
+            releases: Mutex::default(),
+        }))
+    }
+
+    pub fn sock(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    fn releases(&self) -> MutexGuard<'_, Releases> {
+        self.releases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues the release of buffer `id` and sends what the socket takes, never waiting.
+    pub fn release(&self, id: u64) {
+        let mut r = self.releases();
+        if r.pending.len() >= MAX_PENDING_RELEASES {
+            r.overflowed = true;
+            return;
+        }
+        r.pending.push_back(id);
+        self.send_pending(&mut r);
+    }
+
+    fn send_pending(&self, r: &mut Releases) {
+        while !r.pending.is_empty() {
+            let n = r.pending.len().min(MAX_IDS);
+            let ids: Vec<u64> = r.pending.iter().take(n).copied().collect();
+            match socket::try_send(self.sock.as_fd(), &Message::Release(ids).encode(), &[]) {
+                Ok(()) => {
+                    r.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // The producer is gone: nothing to tell it any more.
+                    r.pending.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends what waits; `Err(pending)` when the producer has stopped reading releases.
+    pub fn flush(&self) -> Result<(), usize> {
+        let mut r = self.releases();
+        self.send_pending(&mut r);
+        if r.overflowed {
+            Err(r.pending.len())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Queues the release of buffer `id` when dropped (when every memory of the buffer is freed).
+pub struct Release {
+    id: u64,
+    conn: Arc<Connection>,
+}
+
+impl Release {
+    pub fn new(id: u64, conn: Arc<Connection>) -> Arc<Self> {
+        Arc::new(Release { id, conn })
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.conn.release(self.id);
+    }
+}
+
+/// Why the producer's blocks or memories cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockError {
+    /// More blocks mapped than the bound we sent in our hello.
+    TooMany(usize),
+    Duplicate(u64),
+    Unknown(u64),
+    TooLarge {
+        size: u64,
+        max: u64,
+    },
+    /// Outside the block, or the descriptor is unusable.
+    Unusable(String),
+    Protocol(ProtoError),
+}
+
+impl std::fmt::Display for BlockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockError::TooMany(max) => write!(
+                f,
+                "the producer announced more than {max} blocks (max-blocks) without retiring any"
+            ),
+            BlockError::Duplicate(id) => write!(f, "block {id} was announced twice"),
+            BlockError::Unknown(id) => write!(f, "a memory lies in block {id}, never announced"),
+            BlockError::TooLarge { size, max } => write!(
+                f,
+                "a block of {size} bytes, more than max-memory-size ({max})"
+            ),
+            BlockError::Unusable(why) => f.write_str(why),
+            BlockError::Protocol(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BlockError {}
+
+/// The blocks the producer announced and has not retired, by id: at most `max_blocks`.
+#[derive(Debug)]
+pub struct Registry<M> {
+    max_blocks: usize,
+    blocks: HashMap<u64, M>,
+}
+
+impl<M> Registry<M> {
+    pub fn new(max_blocks: usize) -> Self {
+        Registry {
+            max_blocks,
+            blocks: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Forgets retired blocks (unknown ids are ignored): each is unmapped once no buffer
+    /// still uses it. Returns how many were known.
+    pub fn retire(&mut self, ids: &[u64]) -> usize {
+        ids.iter()
+            .filter(|id| self.blocks.remove(id).is_some())
+            .count()
+    }
+
+    /// Registers block `id`, refused past the bound or for an id already registered.
+    pub fn announce(&mut self, id: u64, block: M) -> Result<(), BlockError> {
+        if self.blocks.contains_key(&id) {
+            return Err(BlockError::Duplicate(id));
+        }
+        if self.blocks.len() >= self.max_blocks {
+            return Err(BlockError::TooMany(self.max_blocks));
+        }
+        self.blocks.insert(id, block);
+        Ok(())
+    }
+
+    pub fn get(&self, id: u64) -> Result<&M, BlockError> {
+        self.blocks.get(&id).ok_or(BlockError::Unknown(id))
+    }
+}
+
+impl Registry<gst::Memory> {
+    /// Applies a buffer message's retirements and announcements (`fds`: one per announced
+    /// block, in order), then returns its memories: shares of registered blocks that let
+    /// `release` go when freed.
+    pub fn receive(
+        &mut self,
+        w: &BufferWire,
+        fds: Vec<OwnedFd>,
+        max_size: u64,
+        release: &Arc<Release>,
+    ) -> Result<Vec<gst::Memory>, BlockError> {
+        if fds.len() != w.blocks.len() {
+            return Err(BlockError::Protocol(ProtoError::Descriptors {
+                expected: w.blocks.len(),
+                received: fds.len(),
+            }));
+        }
+        self.retire(&w.retire);
+        for (b, fd) in w.blocks.iter().zip(fds) {
+            if b.size > max_size {
+                return Err(BlockError::TooLarge {
+                    size: b.size,
+                    max: max_size,
+                });
+            }
+            let size = usize::try_from(b.size).map_err(|_| BlockError::TooLarge {
+                size: b.size,
+                max: max_size,
+            })?;
+            let root = memfd::wrap_fd(fd, size, 0, size, None).map_err(BlockError::Unusable)?;
+            self.announce(b.id, root)?;
+        }
+        w.mems
+            .iter()
+            .map(|m| {
+                let root = self.get(m.block)?;
+                let range = usize::try_from(m.offset)
+                    .ok()
+                    .zip(usize::try_from(m.size).ok());
+                let (offset, size) = range.ok_or_else(|| {
+                    BlockError::Unusable(format!("bytes {}+{} of a block", m.offset, m.size))
+                })?;
+                let owner: Box<dyn Send> = Box::new(release.clone());
+                memfd::share_block(root, offset, size, owner).map_err(BlockError::Unusable)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_is_bounded_and_refuses_duplicates_and_unknown_blocks() {
+        let mut r = Registry::new(2);
+        r.announce(1, "a").unwrap();
+        assert_eq!(r.announce(1, "b"), Err(BlockError::Duplicate(1)));
+        r.announce(2, "b").unwrap();
+        assert_eq!(r.announce(3, "c"), Err(BlockError::TooMany(2)));
+        assert_eq!(r.get(3), Err(BlockError::Unknown(3)));
+        assert_eq!(r.retire(&[1, 99]), 1, "unknown ids are ignored");
+        r.announce(3, "c").unwrap();
+        assert_eq!((r.len(), *r.get(3).unwrap()), (2, "c"));
+    }
+
+    #[test]
+    fn releases_are_batched_while_the_producer_does_not_read() {
+        let (a, b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let conn = Connection::new(a, 64).unwrap();
+        let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
+        let mut next = || match socket::recv(b.as_fd(), &mut buf, std::time::Duration::ZERO) {
+            Ok(socket::Received::Packet(n, _)) => Some(Message::decode(&buf[..n]).unwrap()),
+            _ => None,
+        };
+        assert_eq!(next(), Some(Message::Hello { max_blocks: 64 }));
+        // Fill the producer's queue, as a producer that stops reading would let it fill.
+        let mut id = 0;
+        loop {
+            id += 1;
+            conn.release(id);
+            if !conn.releases().pending.is_empty() {
+                break;
+            }
+        }
+        for _ in 0..10 {
+            id += 1;
+            conn.release(id);
+        }
+        let waiting = conn.releases().pending.len();
+        assert_eq!(waiting, 11);
+        // The producer reads again: what waited goes in one message.
+        let mut singles = 0;
+        while let Some(Message::Release(ids)) = next() {
+            assert_eq!(ids.len(), 1);
+            singles += 1;
+        }
+        assert_eq!(singles, id - 11);
+        conn.flush().unwrap();
+        match next() {
+            Some(Message::Release(ids)) => assert_eq!(ids.len(), waiting),
+            other => panic!("expected one batched release, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+// SPDX-License-Identifier: MPL-2.0
+//! What the producer knows of one consumer: the blocks it has mapped (announced and not yet
+//! retired), every block it was ever sent (retired for good when it leaves: it may keep its
+//! mappings), and the buffers it holds. Pure bookkeeping, no sockets: the server sends what
+//! [`Peer::plan`] decides.
+
+use std::collections::{HashMap, HashSet};
+
+use super::wire::{BlockWire, MAX_IDS};
+
+/// Why a buffer cannot go to this consumer now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// It holds `max-outstanding` buffers.
+    Outstanding,
+    /// Every block it has mapped is in use by a buffer it holds, and the new ones would take
+    /// it past the bound it gave in its hello.
+    Blocks,
+}
+
+/// What to send a consumer with one buffer: the blocks to retire first, the blocks to
+/// announce (with a descriptor each).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub retire: Vec<u64>,
+    pub announce: Vec<BlockWire>,
+    /// Retired to make room (rather than freed): restored if the buffer is not sent.
+    evicted: Vec<(u64, u64)>,
+}
+
+/// One consumer, holding `H` for each buffer it has not released (what keeps the buffer's
+/// blocks alive and out of the producer's cache).
+#[derive(Debug)]
+pub struct Peer<H> {
+    pub id: u64,
+    /// The most blocks it maps at once (its hello), `None` before the hello.
+    max_blocks: Option<usize>,
+    /// Blocks mapped, with the sequence number of their last use.
+    mapped: HashMap<u64, u64>,
+    /// Every block ever announced to it and not yet freed.
+    ever: HashSet<u64>,
+    /// Buffers sent and not released: what is held, and the blocks they use.
+    outstanding: HashMap<u64, (H, Vec<u64>)>,
+    /// Blocks to retire with the next buffer (freed at the producer).
+    pending_retire: Vec<u64>,
+    seq: u64,
+}
+
+impl<H> Peer<H> {
+    pub fn new(id: u64) -> Self {
+        Peer {
+            id,
+            max_blocks: None,
+            mapped: HashMap::new(),
+            ever: HashSet::new(),
+            outstanding: HashMap::new(),
+            pending_retire: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    /// Its hello: the most blocks it keeps mapped. `Err` when that cannot hold one buffer.
+    pub fn hello(&mut self, max_blocks: u32, per_buffer: usize) -> Result<(), String> {
+        if (max_blocks as usize) < per_buffer {
+            return Err(format!(
+                "maps at most {max_blocks} blocks, fewer than one buffer may need ({per_buffer})"
+            ));
+        }
+        self.max_blocks = Some(max_blocks as usize);
+        Ok(())
+    }
+
+    /// Whether it said hello (before that it is sent events, not buffers).
+    pub fn ready(&self) -> bool {
+        self.max_blocks.is_some()
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    pub fn mapped(&self) -> usize {
+        self.mapped.len()
+    }
+
+    /// Plans sending buffer `id`, whose memories lie in `blocks` (id and size each, repeats
+    /// allowed), holding `hold` until it is released. Blocks it has not mapped are announced;
+    /// to stay within its bound, blocks it maps but no held buffer uses are retired, least
+    /// recently used first.
+    pub fn plan(
+        &mut self,
+        id: u64,
+        blocks: &[BlockWire],
+        hold: H,
+        max_outstanding: usize,
+    ) -> Result<Plan, Full> {
+        let (announce, over) = self.needs(blocks, max_outstanding)?;
+        let evicted = self.evict(over, blocks);
+        self.seq += 1;
+        for b in blocks {
+            self.mapped.insert(b.id, self.seq);
+            self.ever.insert(b.id);
+        }
+        let ids = blocks.iter().map(|b| b.id).collect();
+        self.outstanding.insert(id, (hold, ids));
+        let mut retire: Vec<u64> = evicted.iter().map(|&(b, _)| b).collect();
+        let room = MAX_IDS
+            .saturating_sub(retire.len())
+            .min(self.pending_retire.len());
+        retire.extend(self.pending_retire.drain(..room));
+        Ok(Plan {
+            retire,
+            announce,
+            evicted,
+        })
+    }
+
+    /// Whether a buffer in `blocks` can go to it now (what [`plan`](Self::plan) checks).
+    pub fn fits(&self, blocks: &[BlockWire], max_outstanding: usize) -> Result<(), Full> {
+        self.needs(blocks, max_outstanding).map(|_| ())
+    }
+
+    /// The blocks to announce for a buffer in `blocks`, and how many mapped blocks must be
+    /// retired first to stay within the bound; `Err` when that many are not idle.
+    fn needs(
+        &self,
+        blocks: &[BlockWire],
+        max_outstanding: usize,
+    ) -> Result<(Vec<BlockWire>, usize), Full> {
+        if self.outstanding.len() >= max_outstanding {
+            return Err(Full::Outstanding);
+        }
+        let mut announce: Vec<BlockWire> = Vec::new();
+        for b in blocks {
+            if !self.mapped.contains_key(&b.id) && !announce.iter().any(|a| a.id == b.id) {
+                announce.push(*b);
+            }
+        }
+        let max = self.max_blocks.unwrap_or(0);
+        let over = (self.mapped.len() + announce.len()).saturating_sub(max);
+        if over > 0 && self.idle(blocks).len() < over {
+            return Err(Full::Blocks);
+        }
+        Ok((announce, over))
+    }
+
+    /// Mapped blocks that neither a held buffer nor `blocks` uses, with their last use.
+    fn idle(&self, blocks: &[BlockWire]) -> Vec<(u64, u64)> {
+        let busy: HashSet<u64> = self
+            .outstanding
+            .values()
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .chain(blocks.iter().map(|b| b.id))
+            .collect();
+        self.mapped
+            .iter()
+            .filter(|(b, _)| !busy.contains(b))
+            .map(|(&b, &seq)| (b, seq))
+            .collect()
+    }
+
+    /// Retires the `n` least recently used idle blocks (checked to exist by `needs`) from
+    /// the mapped set; returns them with their last use, to restore them.
+    fn evict(&mut self, n: usize, blocks: &[BlockWire]) -> Vec<(u64, u64)> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut idle = self.idle(blocks);
+        idle.sort_unstable_by_key(|&(_, seq)| seq);
+        idle.truncate(n);
+        for (b, _) in &idle {
+            self.mapped.remove(b);
+        }
+        idle
+    }
+
+    /// Undoes [`plan`](Self::plan) for a buffer that was not sent after all (its socket was
+    /// full): it holds nothing and maps what it mapped before.
+    pub fn unsend(&mut self, id: u64, plan: Plan) -> Option<H> {
+        for b in &plan.announce {
+            self.mapped.remove(&b.id);
+            self.ever.remove(&b.id);
+        }
+        self.mapped.extend(plan.evicted.iter().copied());
+        let freed: Vec<u64> = plan
+            .retire
+            .into_iter()
+            .filter(|b| !plan.evicted.iter().any(|(e, _)| e == b))
+            .collect();
+        self.pending_retire.splice(0..0, freed);
+        self.outstanding.remove(&id).map(|(h, _)| h)
+    }
+
+    /// It released buffer `id`: what was held for it, if it held it.
+    pub fn release(&mut self, id: u64) -> Option<H> {
+        self.outstanding.remove(&id).map(|(h, _)| h)
+    }
+
+    /// Blocks freed at the producer: those it maps are retired with the next buffer.
+    pub fn freed(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.ever.remove(id);
+            if self.mapped.remove(id).is_some() {
+                self.pending_retire.push(*id);
+            }
+        }
+    }
+
+    /// It left: every block it was ever sent that is still alive (to retire for good), and
+    /// what it held.
+    pub fn leave(self) -> (Vec<u64>, Vec<H>) {
+        (
+            self.ever.into_iter().collect(),
+            self.outstanding.into_values().map(|(h, _)| h).collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blk(id: u64) -> BlockWire {
+        BlockWire { id, size: 4096 }
+    }
+
+    fn peer(max_blocks: u32) -> Peer<u64> {
+        let mut p = Peer::new(1);
+        p.hello(max_blocks, 1).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_block_is_announced_once() {
+        let mut p = peer(8);
+        let first = p.plan(1, &[blk(10), blk(10), blk(11)], 1, 64).unwrap();
+        assert_eq!(first.announce, vec![blk(10), blk(11)]);
+        let again = p.plan(2, &[blk(11), blk(10)], 2, 64).unwrap();
+        assert!(again.announce.is_empty() && again.retire.is_empty());
+        assert_eq!(p.mapped(), 2);
+    }
+
+    #[test]
+    fn the_bound_is_kept_by_retiring_the_least_recently_used_idle_block() {
+        let mut p = peer(2);
+        p.plan(1, &[blk(1)], 1, 64).unwrap();
+        p.plan(2, &[blk(2)], 2, 64).unwrap();
+        p.release(1);
+        p.release(2);
+        p.plan(3, &[blk(1)], 3, 64).unwrap(); // block 1 used again: block 2 is older
+        p.release(3);
+        let plan = p.plan(4, &[blk(3)], 4, 64).unwrap();
+        assert_eq!(plan.retire, vec![2]);
+        assert_eq!(plan.announce, vec![blk(3)]);
+        assert_eq!(p.mapped(), 2);
+    }
+
+    #[test]
+    fn blocks_in_held_buffers_are_never_evicted() {
+        let mut p = peer(2);
+        p.plan(1, &[blk(1)], 1, 64).unwrap();
+        p.plan(2, &[blk(2)], 2, 64).unwrap();
+        assert_eq!(p.fits(&[blk(3)], 64), Err(Full::Blocks));
+        assert_eq!(
+            p.fits(&[blk(2)], 64),
+            Ok(()),
+            "a mapped block needs no room"
+        );
+        assert_eq!(p.plan(3, &[blk(3)], 3, 64), Err(Full::Blocks));
+        assert_eq!(p.mapped(), 2, "a refused plan changes nothing");
+        p.release(1);
+        assert_eq!(p.plan(3, &[blk(3)], 3, 64).unwrap().retire, vec![1]);
+    }
+
+    #[test]
+    fn max_outstanding_is_a_bound() {
+        let mut p = peer(8);
+        p.plan(1, &[blk(1)], 1, 1).unwrap();
+        assert_eq!(p.plan(2, &[blk(1)], 2, 1), Err(Full::Outstanding));
+        assert_eq!(p.release(1), Some(1));
+        assert_eq!(
+            p.release(1),
+            None,
+            "a second release of the same buffer is nothing"
+        );
+        assert!(p.plan(2, &[blk(1)], 2, 1).is_ok());
+    }
+
+    #[test]
+    fn unsend_restores_what_the_consumer_maps() {
+        let mut p = peer(1);
+        p.plan(1, &[blk(1)], 1, 64).unwrap();
+        p.release(1);
+        p.freed(&[7]); // not mapped: nothing to retire
+        let plan = p.plan(2, &[blk(2)], 2, 64).unwrap();
+        assert_eq!(plan.retire, vec![1]);
+        assert_eq!(p.unsend(2, plan), Some(2));
+        // As before: block 1 mapped, so the next buffer evicts it again.
+        let plan = p.plan(3, &[blk(2)], 3, 64).unwrap();
+        assert_eq!((plan.retire, plan.announce), (vec![1], vec![blk(2)]));
+    }
+
+    #[test]
+    fn freed_blocks_are_retired_with_the_next_buffer_and_forgotten() {
+        let mut p = peer(8);
+        p.plan(1, &[blk(1), blk(2)], 1, 64).unwrap();
+        p.freed(&[1]);
+        let plan = p.plan(2, &[blk(2)], 2, 64).unwrap();
+        assert_eq!(plan.retire, vec![1]);
+        let (ever, held) = p.leave();
+        assert_eq!(ever, vec![2], "a freed block is not retired again");
+        let mut held = held;
+        held.sort();
+        assert_eq!(held, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_hello_too_small_for_one_buffer_is_refused() {
+        let mut p: Peer<()> = Peer::new(1);
+        assert!(!p.ready());
+        assert!(p.hello(3, 16).is_err());
+        assert!(!p.ready());
+        p.hello(16, 16).unwrap();
+        assert!(p.ready());
+    }
+}

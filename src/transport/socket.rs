@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The Unix sockets of the transport (rustix): one `SOCK_SEQPACKET` connection per consumer,
+//! every message one packet of at most [`MAX_MESSAGE`](super::wire::MAX_MESSAGE) bytes, descriptors as `SCM_RIGHTS`.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use rustix::net::{
+    self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+
+use super::wire::{MAX_MEMORIES, ProtoError};
+
+/// Why a socket path cannot be used.
+pub fn path_error(path: &Path, why: impl std::fmt::Display) -> String {
+    format!("socket path {}: {why}", path.display())
+}
+
+fn seqpacket() -> std::io::Result<OwnedFd> {
+    Ok(net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Creates the listening socket at `path` with permissions `mode`. An existing path is
+/// replaced only when it is a stale socket of ours (owned by us, nobody listening); anything
+/// else there (a file, another user's socket, a live producer) is an error.
+pub fn listen_at(path: &Path, mode: u32) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(path_error(path, "exists and is not a socket"));
+        }
+        let uid = rustix::process::getuid().as_raw();
+        if meta.uid() != uid {
+            return Err(path_error(
+                path,
+                format!("is owned by uid {}, not by us (uid {uid})", meta.uid()),
+            ));
+        }
+        if connect_once(path).is_ok() {
+            return Err(path_error(path, "is in use by a running memfdsink"));
+        }
+        std::fs::remove_file(path).map_err(|e| path_error(path, format!("stale: {e}")))?;
+    }
+    let addr = SocketAddrUnix::new(path).map_err(|e| path_error(path, e))?;
+    let fd = seqpacket().map_err(|e| path_error(path, e))?;
+    net::bind(&fd, &addr).map_err(|e| path_error(path, format!("cannot bind: {e}")))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| path_error(path, format!("cannot set permissions: {e}")))?;
+    net::listen(&fd, 16).map_err(|e| path_error(path, format!("cannot listen: {e}")))?;
+    Ok(fd)
+}
+
+fn connect_once(path: &Path) -> std::io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path)?;
+    let fd = seqpacket()?;
+    net::connect(&fd, &addr)?;
+    Ok(fd)
+}
+
+/// Connects to the producer at `path`, retrying until `timeout` has passed (the producer may
+/// not be there yet) or `cancelled` says to stop.
+pub fn connect(
+    path: &Path,
+    timeout: Duration,
+    cancelled: impl Fn() -> bool,
+) -> Result<OwnedFd, String> {
+    let start = std::time::Instant::now();
+    loop {
+        match connect_once(path) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => {
+                if start.elapsed() >= timeout || cancelled() {
+                    return Err(path_error(
+                        path,
+                        format!("no producer after {} ms: {e}", timeout.as_millis()),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Accepts a pending connection, if any (the listener is polled first).
+pub fn accept(listener: &OwnedFd) -> std::io::Result<OwnedFd> {
+    Ok(net::accept_with(listener, SocketFlags::CLOEXEC)?)
+}
+
+/// Sends one packet with `fds` attached, waiting while the peer's queue is full (up to the
+/// socket's send timeout). Never raises SIGPIPE: a gone peer is an error.
+pub fn send(sock: BorrowedFd<'_>, packet: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    send_with(sock, packet, fds, SendFlags::NOSIGNAL)
+}
+
+/// Sends one packet without ever waiting: a full queue is `ErrorKind::WouldBlock`.
+pub fn try_send(
+    sock: BorrowedFd<'_>,
+    packet: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    send_with(sock, packet, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+}
+
+/// Sends one packet, waiting at most `timeout` for room in the peer's queue (whatever the
+/// socket's own send timeout): `ErrorKind::WouldBlock` when there was none.
+pub fn send_within(
+    sock: BorrowedFd<'_>,
+    packet: &[u8],
+    fds: &[BorrowedFd<'_>],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match try_send(sock, packet, fds) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let ts = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: left.subsec_nanos() as i64,
+        };
+        let mut pfd = [PollFd::new(&sock, PollFlags::OUT)];
+        match poll(&mut pfd, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn send_with(
+    sock: BorrowedFd<'_>,
+    packet: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: SendFlags,
+) -> std::io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other(
+            "too many descriptors for one message",
+        ));
+    }
+    let n = net::sendmsg(sock, &[IoSlice::new(packet)], &mut control, flags)?;
+    if n != packet.len() {
+        return Err(std::io::Error::other("short send"));
+    }
+    Ok(())
+}
+
+/// What one receive gave.
+pub enum Received {
+    /// A packet of this many bytes (in the caller's buffer), and the descriptors that came
+    /// with it (closed when dropped).
+    Packet(usize, Vec<OwnedFd>),
+    /// The peer closed the connection.
+    Closed,
+    /// Nothing within the timeout.
+    Idle,
+}
+
+/// Waits up to `timeout` for a packet on `sock` and receives it into `buf` (which must hold
+/// [`MAX_MESSAGE`](super::wire::MAX_MESSAGE) bytes). A larger packet is an error (and its descriptors are closed).
+pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], timeout: Duration) -> Result<Received, String> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut pfd = [PollFd::new(&sock, PollFlags::IN)];
+    let ts = Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as i64,
+    };
+    match poll(&mut pfd, Some(&ts)) {
+        Ok(0) => return Ok(Received::Idle),
+        Ok(_) => {}
+        Err(rustix::io::Errno::INTR) => return Ok(Received::Idle),
+        Err(e) => return Err(format!("poll failed: {e}")),
+    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // A peer that closes while our own messages to it are unread (a producer stopping with
+    // releases in flight) makes the kernel report ECONNRESET once, ahead of the packets it
+    // had already queued for us: read on, so that none of them (the EOS above all) is lost.
+    let mut reset = false;
+    let msg = loop {
+        match net::recvmsg(
+            sock.as_fd(),
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        ) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::CONNRESET) if !reset => reset = true,
+            Err(rustix::io::Errno::CONNRESET) => return Ok(Received::Closed),
+            Err(rustix::io::Errno::AGAIN) if reset => return Ok(Received::Closed),
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                return Ok(Received::Idle);
+            }
+            Err(e) => return Err(format!("receive failed: {e}")),
+        }
+    };
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg.flags.contains(net::ReturnFlags::TRUNC) || msg.flags.contains(net::ReturnFlags::CTRUNC) {
+        return Err(ProtoError::Oversized.to_string());
+    }
+    if msg.bytes == 0 {
+        return Ok(Received::Closed);
+    }
+    Ok(Received::Packet(msg.bytes, fds))
+}
