@@ -169,3 +169,26 @@ fn invalid_alignment_is_refused() {
     e.set_property("alignment", 24u32);
     assert_eq!(e.property::<u32>("alignment"), 1);
 }
+
+#[test]
+fn pattern_none_leaves_the_payload_unwritten() {
+    use gstmemkit::allocator::memfd::stats::{self, Counter};
+    init();
+    // MemfdMemory counts every map: memsrc maps a block only to write the pattern.
+    let maps = |pattern: &str| {
+        let mut h = source(&[
+            ("allocator", "MemfdMemory"),
+            ("blocksize", "8192"),
+            ("pattern", pattern),
+            ("num-buffers", "5"),
+        ]);
+        h.play();
+        let before = stats::get(Counter::Maps);
+        let buffers: Vec<gst::Buffer> = (0..5).map(|_| h.pull().unwrap()).collect();
+        let after = stats::get(Counter::Maps);
+        assert!(buffers.iter().all(|b| b.size() == 8192));
+        after - before
+    };
+    assert_eq!(maps("zero"), 5, "pattern=zero writes every buffer");
+    assert_eq!(maps("none"), 0, "pattern=none writes nothing");
+}

@@ -67,12 +67,15 @@ pub enum Pattern {
     Counter,
     /// A xorshift64* stream seeded with `seed`, the same for every run.
     Random,
+    /// Not written at all.
+    None,
 }
 
 /// Fills `dest` with `pattern`, for the bytes starting at stream offset `stream_offset`.
 /// `rng` carries the random stream's state between calls.
 pub fn fill_pattern(dest: &mut [u8], pattern: Pattern, stream_offset: u64, rng: &mut XorShift) {
     match pattern {
+        Pattern::None => {}
         Pattern::Zero => dest.fill(0),
         Pattern::Counter => {
             for (i, b) in dest.iter_mut().enumerate() {

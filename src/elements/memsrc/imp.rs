@@ -312,6 +312,7 @@ impl BaseSrcImpl for MemSrc {
                 MemSrcPattern::Zero => Pattern::Zero,
                 MemSrcPattern::Counter => Pattern::Counter,
                 MemSrcPattern::Random => Pattern::Random,
+                MemSrcPattern::None => Pattern::None,
             },
             rng: XorShift::new(settings.seed),
             offset: 0,
@@ -378,7 +379,8 @@ impl PushSrcImpl for MemSrc {
                 );
                 gst::FlowError::Error
             })?;
-        {
+        // pattern=none: not even mapped (a camera's hardware writes its frames).
+        if state.pattern != Pattern::None {
             let m = mem.get_mut().expect("a new memory is writable");
             let mut map = m.map_writable().map_err(|_| {
                 gst::element_imp_error!(

@@ -19,6 +19,12 @@ pub enum MemSrcPattern {
     Counter = 1,
     #[enum_value(name = "Random: a reproducible stream from the seed", nick = "random")]
     Random = 2,
+    #[enum_value(
+        name = "None: the payload is not written (what the allocator gave: zeros when fresh, \
+                an earlier buffer's bytes when recycled), like a camera whose hardware writes it",
+        nick = "none"
+    )]
+    None = 3,
 }
 
 glib::wrapper! {
