@@ -174,3 +174,18 @@ fn invalid_alignment_is_refused_and_memory_type_can_be_unset() {
     e.set_property("memory-type", None::<&str>);
     assert_eq!(e.property::<Option<String>>("memory-type"), None);
 }
+
+#[test]
+fn read_pages_reads_every_page_of_every_payload() {
+    init();
+    let pages = |props: &[(&str, &str)]| {
+        let mut h = harness(props);
+        // 3 pages and a bit, and one page exactly.
+        let buf = buffer_of(vec![aligned(3 * 4096 + 1, None), aligned(4096, None)]);
+        h.push_and_pull(buf).unwrap();
+        let s = h.element().unwrap().property::<gst::Structure>("stats");
+        s.get::<u64>("pages-read").unwrap()
+    };
+    assert_eq!(pages(&[]), 0, "off by default");
+    assert_eq!(pages(&[("read-pages", "true")]), 5);
+}

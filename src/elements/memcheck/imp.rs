@@ -34,6 +34,7 @@ struct Settings {
     alignment: u32,
     memory_type: Option<String>,
     fail_on_violation: bool,
+    read_pages: bool,
 }
 
 impl Default for Settings {
@@ -42,6 +43,7 @@ impl Default for Settings {
             alignment: DEFAULT_ALIGNMENT,
             memory_type: None,
             fail_on_violation: DEFAULT_FAIL_ON_VIOLATION,
+            read_pages: false,
         }
     }
 }
@@ -51,6 +53,7 @@ struct Stats {
     buffers: u64,
     memories: u64,
     violations: u64,
+    pages_read: u64,
 }
 
 impl Stats {
@@ -59,6 +62,7 @@ impl Stats {
             .field("buffers", self.buffers)
             .field("memories", self.memories)
             .field("violations", self.violations)
+            .field("pages-read", self.pages_read)
             .build()
     }
 }
@@ -70,8 +74,23 @@ pub struct MemCheck {
     refused: crate::elements::Refusals,
 }
 
-/// Checks one memory; returns each broken rule with what was expected and found.
-fn check_memory(mem: &gst::MemoryRef, settings: &Settings) -> Vec<String> {
+/// The stride of `read-pages`: one byte read per this many.
+const PAGE: usize = 4096;
+
+/// Reads one byte of every page of `payload` (as a consumer that reads the data would fault
+/// its pages in); returns how many pages.
+fn read_pages(payload: &[u8]) -> u64 {
+    let mut sum = 0u8;
+    for &b in payload.iter().step_by(PAGE) {
+        sum = sum.wrapping_add(std::hint::black_box(b));
+    }
+    std::hint::black_box(sum);
+    payload.len().div_ceil(PAGE) as u64
+}
+
+/// Checks one memory; returns each broken rule with what was expected and found, and the
+/// pages read (`read-pages`).
+fn check_memory(mem: &gst::MemoryRef, settings: &Settings) -> (Vec<String>, u64) {
     let mut violations = Vec::new();
     if let Some(want) = &settings.memory_type
         && !mem.is_type(want.as_str())
@@ -82,8 +101,12 @@ fn check_memory(mem: &gst::MemoryRef, settings: &Settings) -> Vec<String> {
         violations.push(format!("memory-type: expected {want}, found {found}"));
     }
     let flags = mem.flags();
+    let mut pages = 0;
     let checked = with_mapped_region(mem, |region, offset, size| {
         let mut found = Vec::new();
+        if settings.read_pages {
+            pages = read_pages(&region[offset..offset + size]);
+        }
         let addr = region.as_ptr() as usize + offset;
         let align = settings.alignment as usize;
         if !addr.is_multiple_of(align) {
@@ -117,7 +140,7 @@ fn check_memory(mem: &gst::MemoryRef, settings: &Settings) -> Vec<String> {
         None => violations
             .push("mappable: expected the memory to map for reading, it did not".to_string()),
     }
-    violations
+    (violations, pages)
 }
 
 #[glib::object_subclass]
@@ -143,7 +166,13 @@ impl ObjectImpl for MemCheck {
                     .default_value(DEFAULT_FAIL_ON_VIOLATION)
                     .mutable_playing()
                     .build(),
-                crate::elements::stats_pspec("Buffers and memories checked, violations found"),
+                glib::ParamSpecBoolean::builder("read-pages")
+                    .nick("Read pages")
+                    .blurb("Read one byte of every page of each payload, as a consumer that reads the data would (for benchmarks)")
+                    .default_value(false)
+                    .mutable_playing()
+                    .build(),
+                crate::elements::stats_pspec("Buffers and memories checked, violations found, pages read"),
             ]
         });
         PROPERTIES.as_ref()
@@ -166,6 +195,7 @@ impl ObjectImpl for MemCheck {
             "fail-on-violation" => {
                 settings.fail_on_violation = value.get().expect("type checked upstream")
             }
+            "read-pages" => settings.read_pages = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -176,6 +206,7 @@ impl ObjectImpl for MemCheck {
             "alignment" => settings.alignment.to_value(),
             "memory-type" => settings.memory_type.to_value(),
             "fail-on-violation" => settings.fail_on_violation.to_value(),
+            "read-pages" => settings.read_pages.to_value(),
             "stats" => self.stats.lock().unwrap().to_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -247,8 +278,11 @@ impl BaseTransformImpl for MemCheck {
         }
         let mut first_violation = None;
         let mut count = 0;
+        let mut pages = 0;
         for (idx, mem) in buf.iter_memories().enumerate() {
-            for rule in check_memory(mem, &settings) {
+            let (rules, read) = check_memory(mem, &settings);
+            pages += read;
+            for rule in rules {
                 gst::warning!(
                     CAT,
                     imp = self,
@@ -264,6 +298,7 @@ impl BaseTransformImpl for MemCheck {
             stats.buffers += 1;
             stats.memories += buf.n_memory() as u64;
             stats.violations += count;
+            stats.pages_read += pages;
         }
         if let (true, Some((idx, rule))) = (settings.fail_on_violation, first_violation) {
             gst::element_imp_error!(
