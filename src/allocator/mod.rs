@@ -22,7 +22,7 @@ pub use cache::{DEFAULT_MAX_CACHED_BYTES, ENV_MAX_CACHED_BYTES};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};
 pub use memory::{
     AlignedMemory, AlignedMemoryRef, GstAlignedMemory, MAX_LIVE_SHARES, live_shares, mapped_addr,
-    try_share, with_mapped_region,
+    memory_type_of, try_share, with_mapped_region,
 };
 pub use memory::{CANARY, CANARY_BYTE, FILL_BYTE, GuardViolation, POISON_BYTE, check_memory_guard};
 

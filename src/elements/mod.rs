@@ -163,3 +163,9 @@ pub(crate) fn share_region(
     }
     Ok((buf.copy_region(flags, range)?, crowded))
 }
+
+/// The name of `allocator`'s memory type, for stats and messages: `(unnamed)` for an
+/// allocator that set none (shmsink's), which `gst::Allocator::memory_type` cannot read.
+pub(crate) fn allocator_name(allocator: &gst::Allocator) -> String {
+    crate::allocator::memory_type_of(allocator).unwrap_or_else(|| "(unnamed)".to_owned())
+}

@@ -10,6 +10,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -352,6 +353,21 @@ class MemfdPipelines(LaunchTestCase):
                            "memcheck memory-type=fd fail-on-violation=true ! fakesink")
         s = stats(proc.stdout)["a"]
         self.assertEqual((s["buffers-copied"], s["bytes-copied"]), (10, 10000))
+
+    def test_an_allocator_without_a_memory_type_is_no_crash(self):
+        # shmsink proposes an allocator whose mem_type is NULL: memsrc allocates from it and
+        # names it in its stats, memcheck names it in a violation. (Both crashed in strlen.)
+        if shutil.which("gst-inspect-1.0") and subprocess.run(
+                ["gst-inspect-1.0", "shmsink"], capture_output=True).returncode != 0:
+            self.skipTest("shmsink (gstreamer1.0-plugins-bad) is not installed")
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = launch(f"memsrc num-buffers=3 name=src ! memcheck memory-type=AlignedMemory name=c ! "
+                          f"shmsink socket-path={tmp}/shm.sock wait-for-connection=false sync=false")
+        # shmsink 1.22 itself posts an error when it stops ("Failed waiting on fd activity"):
+        # what matters is that nothing crashed and both elements named the allocator.
+        self.assertGreaterEqual(proc.returncode, 0, f"crashed\n{proc.stderr[-2000:]}")
+        self.assertEqual(stats(proc.stdout)["c"]["violations"], 3, proc.stdout[-2000:])
+        self.assertIn("unnamed", stats(proc.stdout)["src"]["allocator"])
 
     def test_memcheck_requires_fd_memory(self):
         # async=false: gst-launch-1.0 1.22 can hang when an error during preroll races EOS.

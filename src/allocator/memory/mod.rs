@@ -1479,6 +1479,21 @@ fn root_memory(mem: &gst::MemoryRef) -> *mut ffi::GstMemory {
     if parent.is_null() { m } else { parent }
 }
 
+/// The memory type `allocator` gives its memories (`GstAllocator.mem_type`), if it set one.
+/// `gst::Allocator::memory_type` assumes it did; some allocators (shmsink's) leave it NULL.
+pub fn memory_type_of(allocator: &gst::Allocator) -> Option<String> {
+    let ptr = allocator.as_ptr();
+    // SAFETY: `allocator` is a live GstAllocator; `mem_type` is set (if at all) before the
+    // allocator is handed out and never freed while it lives, and is a NUL-terminated string.
+    unsafe {
+        let t = (*ptr).mem_type;
+        if t.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(t).to_str().ok().map(str::to_owned)
+    }
+}
+
 /// `gst_memory_share` that never panics: `None` for `NO_SHARE` memory, memory mapped for
 /// writing, or a range outside `[0, maxsize]` (which core would not check).
 pub fn try_share(mem: &gst::MemoryRef, offset: usize, size: usize) -> Option<gst::Memory> {

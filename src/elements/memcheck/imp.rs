@@ -97,7 +97,7 @@ fn check_memory(mem: &gst::MemoryRef, settings: &Settings) -> (Vec<String>, u64)
     {
         let found = mem
             .allocator()
-            .map_or("none".to_string(), |a| a.memory_type().to_string());
+            .map_or("none".to_string(), crate::elements::allocator_name);
         violations.push(format!("memory-type: expected {want}, found {found}"));
     }
     let flags = mem.flags();

@@ -92,7 +92,10 @@ impl State {
         gst::Structure::builder("memsrc")
             .field("buffers", self.buffers)
             .field("bytes", self.offset)
-            .field("allocator", self.allocator.memory_type().as_str())
+            .field(
+                "allocator",
+                crate::elements::allocator_name(&self.allocator),
+            )
             .build()
     }
 }
@@ -342,7 +345,7 @@ impl BaseSrcImpl for MemSrc {
             CAT,
             imp = self,
             "allocating from {} with {params:?}",
-            allocator.memory_type()
+            crate::elements::allocator_name(&allocator)
         );
         if let Some(state) = &mut *self.state.lock().unwrap() {
             state.allocator = allocator;
@@ -372,7 +375,7 @@ impl PushSrcImpl for MemSrc {
                     gst::ResourceError::NoSpaceLeft,
                     (
                         "{} could not allocate {} bytes: {}",
-                        state.allocator.memory_type(),
+                        crate::elements::allocator_name(&state.allocator),
                         size,
                         err
                     )
@@ -388,7 +391,7 @@ impl PushSrcImpl for MemSrc {
                     gst::ResourceError::Write,
                     (
                         "Memory from {} cannot be mapped for writing",
-                        state.allocator.memory_type()
+                        crate::elements::allocator_name(&state.allocator)
                     )
                 );
                 gst::FlowError::Error
