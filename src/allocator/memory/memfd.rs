@@ -146,9 +146,11 @@ unsafe extern "C" fn recycle_dispose(obj: *mut ffi::GstMiniObject) -> glib::ffi:
         if blocks.get(&(mem as usize)).is_some_and(|b| b.retired) {
             return glib::ffi::GTRUE;
         }
-        let Ok(mut r) = RECYCLED.try_lock() else {
-            return glib::ffi::GTRUE;
-        };
+        // Waits for the lock rather than freeing the block when another thread holds it (a
+        // take or a trim: never long, and nothing that holds it frees a memory): under load,
+        // giving up freed one block in a few, and each fresh memfd costs its pages' faults
+        // again, here and in every process it is sent to.
+        let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
         if r.bytes + maxsize > max {
             return glib::ffi::GTRUE;
         }
