@@ -19,7 +19,7 @@ use crate::allocator::memfd::{self, FreedBlocks};
 
 use super::peer::{Full, Peer, Plan};
 use super::socket;
-use super::wire::{BlockWire, BufferWire, EventKind, MAX_MEMORIES, MAX_MESSAGE, Message};
+use super::wire::{self, BlockWire, BufferWire, EventKind, MAX_MEMORIES, MAX_MESSAGE, Message};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -143,7 +143,8 @@ fn lock(state: &State) -> MutexGuard<'_, Shared> {
 }
 
 /// A buffer to send: what is held while consumers use it, its description without the
-/// per-consumer parts, and the blocks its memories lie in (with their descriptors).
+/// per-consumer parts (its id is given by [`Server::send`]), and the blocks its memories lie
+/// in (with their descriptors).
 pub struct Outgoing<'a> {
     pub hold: gst::Buffer,
     pub wire: BufferWire,
@@ -337,21 +338,22 @@ impl Server {
         }
     }
 
-    /// Sends a buffer to every consumer that said hello and has room for it.
-    pub fn send(&self, out: Outgoing<'_>) {
+    /// Numbers the buffer and sends it to every consumer that said hello and has room for
+    /// it.
+    pub fn send(&self, mut out: Outgoing<'_>) {
         let size = out.hold.size() as u64;
-        let (on_full, targets) = self.enlist(&out);
-        let plain = Message::Buffer(out.wire.clone()).encode();
+        let (on_full, targets) = self.enlist(&mut out);
+        let plain = wire::encode_buffer(&out.wire);
+        let (mut sent_bytes, mut announced) = (0, 0);
         for (id, sock, plan) in targets {
-            let sent = self.send_one(&sock, &out, &plan, &plain, on_full);
-            let mut s = lock(&self.state);
-            match sent {
+            match self.send_one(&sock, &out, &plan, &plain, on_full) {
                 Ok(()) => {
-                    s.stats.bytes_sent += size;
-                    s.stats.blocks_announced += plan.announce.len() as u64;
+                    sent_bytes += size;
+                    announced += plan.announce.len() as u64;
                 }
                 // Its socket queue is full: it does not read. Treated like a full consumer.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && on_full == OnFull::Drop => {
+                    let mut s = lock(&self.state);
                     let held = s
                         .consumers
                         .iter_mut()
@@ -361,10 +363,13 @@ impl Server {
                     drop(s);
                     drop(held);
                 }
-                Err(e) => s.drop_consumer(id, &format!("send: {e}")),
+                Err(e) => lock(&self.state).drop_consumer(id, &format!("send: {e}")),
             }
         }
-        lock(&self.state).stats.buffers += 1;
+        let mut s = lock(&self.state);
+        s.stats.buffers += 1;
+        s.stats.bytes_sent += sent_bytes;
+        s.stats.blocks_announced += announced;
     }
 
     fn send_one(
@@ -383,13 +388,14 @@ impl Server {
                 blocks: plan.announce.clone(),
                 ..out.wire.clone()
             };
+            let packet = wire::encode_buffer(&wire);
             let fds: Vec<BorrowedFd<'_>> = plan
                 .announce
                 .iter()
                 .filter_map(|a| out.blocks.iter().find(|(b, _)| b.id == a.id))
                 .map(|(_, fd)| *fd)
                 .collect();
-            (Some(Message::Buffer(wire).encode()), fds)
+            (Some(packet), fds)
         };
         let packet = packet.as_deref().unwrap_or(plain);
         if on_full == OnFull::Wait {
@@ -401,12 +407,14 @@ impl Server {
 
     /// Numbers the buffer and plans it for every consumer with room, applying the full
     /// policy to the others; returns the consumers to send it to.
-    fn enlist(&self, out: &Outgoing<'_>) -> (OnFull, Vec<(u64, Arc<OwnedFd>, Plan)>) {
+    fn enlist(&self, out: &mut Outgoing<'_>) -> (OnFull, Vec<(u64, Arc<OwnedFd>, Plan)>) {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
         let mut s = lock(&self.state);
         let (max_out, on_full) = (s.limits.max_outstanding, s.limits.on_full);
-        let id = out.wire.id;
+        s.next_buffer += 1;
+        let id = s.next_buffer;
+        out.wire.id = id;
         let mut targets = Vec::with_capacity(s.consumers.len());
         let mut full = Vec::new();
         for c in s.consumers.iter_mut().filter(|c| c.peer.ready()) {
@@ -435,13 +443,6 @@ impl Server {
             }
         }
         (on_full, targets)
-    }
-
-    /// A number for the next buffer.
-    pub fn next_buffer_id(&self) -> u64 {
-        let mut s = lock(&self.state);
-        s.next_buffer += 1;
-        s.next_buffer
     }
 
     /// Stops serving: the thread ends, every consumer's blocks are retired, our socket (and
@@ -553,15 +554,17 @@ fn accept(state: &State, sock: OwnedFd) {
     }
 }
 
-/// Handles one packet from consumer `id`.
-fn handle(s: &mut Shared, id: u64, packet: &[u8]) {
+/// Handles one packet from consumer `id`; returns the buffers it released (to be let go
+/// outside the state lock: freeing them recycles their blocks).
+fn handle(s: &mut Shared, id: u64, packet: &[u8]) -> Vec<gst::Buffer> {
     let Some(c) = s.consumers.iter_mut().find(|c| c.peer.id == id) else {
-        return;
+        return Vec::new();
     };
     match Message::decode(packet) {
         Ok(Message::Release(ids)) => {
             let held: Vec<gst::Buffer> = ids.iter().filter_map(|b| c.peer.release(*b)).collect();
             s.stats.released += held.len() as u64;
+            return held;
         }
         Ok(Message::Hello { max_blocks }) if !c.peer.ready() => {
             if let Err(e) = c.peer.hello(max_blocks, MAX_MEMORIES) {
@@ -571,6 +574,33 @@ fn handle(s: &mut Shared, id: u64, packet: &[u8]) {
         Ok(other) => s.drop_consumer(id, &format!("unexpected message {other:?}")),
         Err(e) => s.drop_consumer(id, &format!("bad message: {e}")),
     }
+    Vec::new()
+}
+
+/// The most packets read from one consumer before the others get their turn.
+const DRAIN: usize = 64;
+
+/// Reads what consumer `id` has sent (up to [`DRAIN`] packets).
+fn drain(state: &State, id: u64, sock: &OwnedFd, buf: &mut [u8]) {
+    for _ in 0..DRAIN {
+        let got = socket::recv(sock.as_fd(), buf, Duration::ZERO);
+        let mut s = lock(state);
+        let released = match got {
+            Ok(socket::Received::Packet(n, _fds)) => handle(&mut s, id, &buf[..n]),
+            Ok(socket::Received::Idle) => break,
+            Ok(socket::Received::Closed) => {
+                s.drop_consumer(id, "hung up");
+                break;
+            }
+            Err(e) => {
+                s.drop_consumer(id, &e);
+                break;
+            }
+        };
+        drop(s);
+        drop(released);
+    }
+    state.1.notify_all();
 }
 
 /// The service thread: accepts consumers and reads their messages until `running` is false.
@@ -626,16 +656,7 @@ fn serve(state: State, listener: OwnedFd) {
             }
         }
         for ((id, sock), _) in socks.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
-            let got = socket::recv(sock.as_fd(), &mut buf, Duration::ZERO);
-            let mut s = lock(&state);
-            match got {
-                Ok(socket::Received::Packet(n, _fds)) => handle(&mut s, *id, &buf[..n]),
-                Ok(socket::Received::Closed) => s.drop_consumer(*id, "hung up"),
-                Ok(socket::Received::Idle) => {}
-                Err(e) => s.drop_consumer(*id, &e),
-            }
-            drop(s);
-            state.1.notify_all();
+            drain(&state, *id, sock, &mut buf);
         }
     }
 }

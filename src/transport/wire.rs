@@ -274,7 +274,8 @@ impl Message {
     }
 }
 
-fn encode_buffer(b: &BufferWire) -> Vec<u8> {
+/// The packet of `Message::Buffer(b)`, without moving or cloning `b`.
+pub fn encode_buffer(b: &BufferWire) -> Vec<u8> {
     let mut w = Writer::new(KIND_BUFFER);
     for x in [b.id, b.pts, b.dts, b.duration, b.offset, b.offset_end] {
         w.u64(x);

@@ -234,7 +234,7 @@ impl MemfdSink {
 /// The wire description of `sent` (its memories `MemfdMemory` blocks) with the metas of
 /// `input` (the buffer as it came: core does not copy memory-tagged metas such as
 /// GstVideoMeta into a buffer it did not copy memory to), and the blocks it uses.
-fn describe<'a>(input: &gst::Buffer, sent: &'a gst::Buffer, id: u64) -> Outgoing<'a> {
+fn describe<'a>(input: &gst::Buffer, sent: &'a gst::Buffer) -> Outgoing<'a> {
     let refs = input
         .iter_meta::<gst::ReferenceTimestampMeta>()
         .take(wire::MAX_METAS)
@@ -280,7 +280,6 @@ fn describe<'a>(input: &gst::Buffer, sent: &'a gst::Buffer, id: u64) -> Outgoing
         mems,
         video,
         refs,
-        id,
         pts: time(sent.pts()),
         dts: time(sent.dts()),
         duration: time(sent.duration()),
@@ -531,14 +530,15 @@ impl BaseSinkImpl for MemfdSink {
         let Some(server) = self.server() else {
             return Err(gst::FlowError::Flushing);
         };
-        let settings = self.settings.lock().unwrap().clone();
+        let (min_consumers, on_full) = {
+            let s = self.settings.lock().unwrap();
+            (s.min_consumers as usize, s.on_full)
+        };
         let flushing = |_| gst::FlowError::Flushing;
-        server
-            .wait_for_consumers(settings.min_consumers as usize)
-            .map_err(flushing)?;
+        server.wait_for_consumers(min_consumers).map_err(flushing)?;
         let sent = self.sendable(buffer)?;
-        let out = describe(buffer, &sent, server.next_buffer_id());
-        if settings.on_full == OnFull::Wait {
+        let out = describe(buffer, &sent);
+        if on_full == OnFull::Wait {
             let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
             server.wait_for_room(&blocks).map_err(flushing)?;
         }

@@ -94,6 +94,8 @@ struct Link {
     registry: Registry<gst::Memory>,
     /// Where packets are received.
     packet: Vec<u8>,
+    /// The last receive found a packet: the next one looks before it polls.
+    busy: bool,
 }
 
 #[derive(Default)]
@@ -131,6 +133,7 @@ impl MemfdSrc {
             conn: Connection::new(sock, settings.max_blocks)?,
             registry: Registry::new(settings.max_blocks as usize),
             packet: vec![0; proto::MAX_MESSAGE],
+            busy: false,
         });
         self.stats.lock().unwrap().blocks_mapped = 0;
         Ok(())
@@ -519,12 +522,15 @@ impl MemfdSrc {
                  most {MAX_PENDING_RELEASES})"
             )));
         }
-        socket::recv(
+        let got = socket::recv_hinted(
             link.conn.sock(),
             &mut link.packet,
             Duration::from_millis(100),
+            link.busy,
         )
-        .map_err(|e| self.fail(&format!("Receiving from the producer failed: {e}")))
+        .map_err(|e| self.fail(&format!("Receiving from the producer failed: {e}")))?;
+        link.busy = matches!(got, Received::Packet(..));
+        Ok(got)
     }
 
     /// The producer went away: an error, or (`reconnect`) a new connection.
