@@ -5,7 +5,7 @@ set -eu
 
 PACKAGES="libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools gir1.2-gst-plugins-base-1.0
 gstreamer1.0-plugins-base gstreamer1.0-plugins-good python3-gst-1.0 python3-gi
-meson ninja-build pkg-config gcc valgrind"
+meson ninja-build pkg-config gcc valgrind gstreamer1.0-plugins-bad"
 
 missing=""
 for p in $PACKAGES; do
