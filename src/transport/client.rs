@@ -18,9 +18,15 @@ use super::wire::{BufferWire, MAX_IDS, Message, ProtoError};
 /// producer is taken to be misbehaving and the stream fails.
 pub const MAX_PENDING_RELEASES: usize = 1024;
 
+/// Releases gathered into one message while the consumer is busy (has packets to read).
+pub const RELEASE_BATCH: usize = 8;
+
 /// One connection to the producer, and the releases waiting to be sent on it. Releases are
-/// sent without blocking: from whichever thread frees a buffer when the socket takes them,
-/// else later ([`Connection::flush`]); all that wait go in one message.
+/// never sent blocking. While the streaming thread waits for the producer (idle), a release is
+/// sent at once, from whichever thread frees the buffer; while it is busy with packets already
+/// queued, releases gather and go [`RELEASE_BATCH`] to a message, or all at once when it next
+/// runs out of packets ([`Connection::idle`]): one message and one wakeup of the producer for
+/// several buffers under load, none held back when the stream waits.
 pub struct Connection {
     sock: OwnedFd,
     releases: Mutex<Releases>,
@@ -29,6 +35,8 @@ pub struct Connection {
 #[derive(Default)]
 struct Releases {
     pending: VecDeque<u64>,
+    /// The streaming thread waits for the producer: send at once.
+    idle: bool,
     /// More than [`MAX_PENDING_RELEASES`] were waiting: the producer does not read.
     overflowed: bool,
 }
@@ -40,7 +48,10 @@ impl Connection {
             .map_err(|e| format!("cannot greet the producer: {e}"))?;
         Ok(Arc::new(Connection {
             sock,
-            releases: Mutex::default(),
+            releases: Mutex::new(Releases {
+                idle: true,
+                ..Releases::default()
+            }),
         }))
     }
 
@@ -60,7 +71,9 @@ impl Connection {
             return;
         }
         r.pending.push_back(id);
-        self.send_pending(&mut r);
+        if r.idle || r.pending.len() >= RELEASE_BATCH {
+            self.send_pending(&mut r);
+        }
     }
 
     fn send_pending(&self, r: &mut Releases) {
@@ -78,6 +91,32 @@ impl Connection {
                     break;
                 }
             }
+        }
+    }
+
+    /// The streaming thread is about to wait for the producer (`true`: what waits is sent,
+    /// and later releases go at once) or has a packet to handle (`false`: releases gather).
+    /// `Err(pending)` when the producer has stopped reading releases.
+    pub fn idle(&self, idle: bool) -> Result<(), usize> {
+        let mut r = self.releases();
+        r.idle = idle;
+        if idle {
+            self.send_pending(&mut r);
+        }
+        if r.overflowed {
+            Err(r.pending.len())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `Err(pending)` when the producer has stopped reading releases.
+    pub fn check(&self) -> Result<(), usize> {
+        let r = self.releases();
+        if r.overflowed {
+            Err(r.pending.len())
+        } else {
+            Ok(())
         }
     }
 
@@ -260,6 +299,46 @@ mod tests {
         assert_eq!(r.retire(&[1, 99]), 1, "unknown ids are ignored");
         r.announce(3, "c").unwrap();
         assert_eq!((r.len(), *r.get(3).unwrap()), (2, "c"));
+    }
+
+    #[test]
+    fn releases_gather_while_busy_and_go_at_once_when_idle() {
+        let (a, b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let conn = Connection::new(a, 64).unwrap();
+        let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
+        let mut next = || match socket::recv(b.as_fd(), &mut buf, std::time::Duration::ZERO) {
+            Ok(socket::Received::Packet(n, _)) => Some(Message::decode(&buf[..n]).unwrap()),
+            _ => None,
+        };
+        assert_eq!(next(), Some(Message::Hello { max_blocks: 64 }));
+        conn.release(1);
+        assert_eq!(
+            next(),
+            Some(Message::Release(vec![1])),
+            "idle: sent at once"
+        );
+        conn.idle(false).unwrap();
+        for id in 2..2 + RELEASE_BATCH as u64 - 1 {
+            conn.release(id);
+        }
+        assert_eq!(next(), None, "busy: gathered");
+        conn.release(100);
+        let batch: Vec<u64> = (2..2 + RELEASE_BATCH as u64 - 1).chain([100]).collect();
+        assert_eq!(next(), Some(Message::Release(batch)), "a full batch goes");
+        conn.release(101);
+        assert_eq!(next(), None);
+        conn.idle(true).unwrap();
+        assert_eq!(
+            next(),
+            Some(Message::Release(vec![101])),
+            "idle again: what waits goes"
+        );
     }
 
     #[test]

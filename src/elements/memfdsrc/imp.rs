@@ -442,7 +442,10 @@ impl BaseSrcImpl for MemfdSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.link.lock().unwrap() = None;
+        // Buffers still downstream hold the connection: released at once when freed.
+        if let Some(link) = self.link.lock().unwrap().take() {
+            let _ = link.conn.idle(true);
+        }
         *self.video_info.lock().unwrap() = None;
         Ok(())
     }
@@ -493,6 +496,8 @@ impl PushSrcImpl for MemfdSrc {
                 Message::Event(EventKind::Segment, text) => self.apply_segment(&text)?,
                 Message::Event(EventKind::StreamStart, _) => {}
                 Message::Event(EventKind::Eos, _) => {
+                    // Nothing more to read: buffers freed from now on are released at once.
+                    let _ = link.conn.idle(true);
                     post_stats(&*self.obj(), self.stats.lock().unwrap().to_structure());
                     return Err(gst::FlowError::Eos);
                 }
@@ -514,21 +519,33 @@ impl PushSrcImpl for MemfdSrc {
 }
 
 impl MemfdSrc {
-    /// Sends the releases that wait, then waits a little for the producer's next packet.
+    /// The producer's next packet: one already queued is taken at once (releases keep
+    /// gathering); otherwise the releases that wait are sent and it waits a little.
     fn receive(&self, link: &mut Link) -> Result<Received, gst::FlowError> {
-        if let Err(pending) = link.conn.flush() {
-            return Err(self.fail(&format!(
+        let failed = |e| self.fail(&format!("Receiving from the producer failed: {e}"));
+        let stalled = |pending| {
+            self.fail(&format!(
                 "The producer does not read its release messages ({pending} waiting, at \
                  most {MAX_PENDING_RELEASES})"
-            )));
+            ))
+        };
+        link.conn.check().map_err(stalled)?;
+        if link.busy {
+            let got =
+                socket::recv(link.conn.sock(), &mut link.packet, Duration::ZERO).map_err(failed)?;
+            if matches!(got, Received::Packet(..)) {
+                return Ok(got);
+            }
         }
+        link.conn.idle(true).map_err(stalled)?;
         let got = socket::recv_hinted(
             link.conn.sock(),
             &mut link.packet,
             Duration::from_millis(100),
-            link.busy,
-        )
-        .map_err(|e| self.fail(&format!("Receiving from the producer failed: {e}")))?;
+            false,
+        );
+        link.conn.idle(false).map_err(stalled)?;
+        let got = got.map_err(failed)?;
         link.busy = matches!(got, Received::Packet(..));
         Ok(got)
     }
