@@ -189,17 +189,18 @@ def throughput(cases, repeats, tmp):
     return rows
 
 
-def floor(repeats, tmp):
-    """The floor of the message pattern (scripts/socket_floor.c): µs per buffer of a bare
-    message and release over a SOCK_SEQPACKET pair between two processes, or None without a
-    C compiler."""
+def floor(repeats, tmp, *args):
+    """A floor from scripts/socket_floor.c, median of `repeats` runs: with no `args` the µs per
+    buffer of a bare message and release over a SOCK_SEQPACKET pair between two processes;
+    with ("write", size) the GB/s of memset over blocks of `size`. None without a C compiler."""
     exe = os.path.join(tmp, "socket_floor")
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "socket_floor.c")
-    if subprocess.run(["cc", "-O2", "-o", exe, src], capture_output=True).returncode != 0:
+    if not os.path.exists(exe) and subprocess.run(["cc", "-O2", "-o", exe, src],
+                                                  capture_output=True).returncode != 0:
         return None
-    runs = [int(subprocess.run([exe, "300000"], capture_output=True, text=True,
-                               check=True).stdout) for _ in range(repeats)]
-    return statistics.median(runs) / 1000
+    runs = [float(subprocess.run([exe, *(args or ["300000"])], capture_output=True, text=True,
+                                 check=True).stdout) for _ in range(repeats)]
+    return statistics.median(runs) / (1 if args else 1000)
 
 
 # ----- latency: GI processes with a probe on the element named "tap" --------------------------
@@ -310,6 +311,10 @@ def main():
             bare = floor(repeats, tmp)
             print(f"per buffer at 4 KiB (µs): {per}; floor, a bare message and release "
                   f"between two processes: {bare:.1f}" if bare else "(no cc: no floor)")
+            for size in (MIB, 8 * MIB):
+                w = floor(repeats, tmp, "write", str(size))
+                if w:
+                    print(f"floor of the writing producer at {size >> 20} MiB: memset {w:.2f} GB/s")
         if not args.no_latency and args.against == "shm":
             latency(repeats, tmp, buffers=60 if args.quick else 300)
 
