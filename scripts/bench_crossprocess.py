@@ -189,18 +189,33 @@ def throughput(cases, repeats, tmp):
     return rows
 
 
-def floor(repeats, tmp, *args):
-    """A floor from scripts/socket_floor.c, median of `repeats` runs: with no `args` the µs per
-    buffer of a bare message and release over a SOCK_SEQPACKET pair between two processes;
-    with ("write", size) the GB/s of memset over blocks of `size`. None without a C compiler."""
+def floor(repeats, tmp):
+    """The floor of the message pattern (scripts/socket_floor.c): µs per buffer of a bare
+    message and release over a SOCK_SEQPACKET pair between two processes, median of `repeats`
+    runs, or None without a C compiler."""
     exe = os.path.join(tmp, "socket_floor")
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "socket_floor.c")
-    if not os.path.exists(exe) and subprocess.run(["cc", "-O2", "-o", exe, src],
-                                                  capture_output=True).returncode != 0:
+    if subprocess.run(["cc", "-O2", "-o", exe, src], capture_output=True).returncode != 0:
         return None
-    runs = [float(subprocess.run([exe, *(args or ["300000"])], capture_output=True, text=True,
-                                 check=True).stdout) for _ in range(repeats)]
-    return statistics.median(runs) / (1 if args else 1000)
+    runs = [int(subprocess.run([exe, "300000"], capture_output=True, text=True,
+                               check=True).stdout) for _ in range(repeats)]
+    return statistics.median(runs) / 1000
+
+
+def producer_alone(repeats, size, counts):
+    """GB/s of the writing producer with no transport at all (`memsrc pattern=zero !
+    fakesink`, one process, differential like the cases): what writing each frame costs by
+    itself. Its one block in flight stays in the CPU cache, which a transport's 64 do not."""
+    rates = []
+    for _ in range(repeats):
+        t = []
+        for n in counts:
+            t0 = time.perf_counter()
+            subprocess.run(["gst-launch-1.0", "-q", *(f"memsrc num-buffers={n} blocksize={size} "
+                            "pattern=zero ! fakesink sync=false").split()], env=env(), check=True)
+            t.append(time.perf_counter() - t0)
+        rates.append((counts[1] - counts[0]) * size / max(t[1] - t[0], 1e-6) / 1e9)
+    return statistics.median(rates)
 
 
 # ----- latency: GI processes with a probe on the element named "tap" --------------------------
@@ -311,10 +326,10 @@ def main():
             bare = floor(repeats, tmp)
             print(f"per buffer at 4 KiB (µs): {per}; floor, a bare message and release "
                   f"between two processes: {bare:.1f}" if bare else "(no cc: no floor)")
-            for size in (MIB, 8 * MIB):
-                w = floor(repeats, tmp, "write", str(size))
-                if w:
-                    print(f"floor of the writing producer at {size >> 20} MiB: memset {w:.2f} GB/s")
+            for case in CASES:
+                if case[1] == "zero":
+                    print(f"the writing producer alone at {case[3] >> 20} MiB (no transport): "
+                          f"{producer_alone(repeats, case[3], case[5]):.2f} GB/s")
         if not args.no_latency and args.against == "shm":
             latency(repeats, tmp, buffers=60 if args.quick else 300)
 

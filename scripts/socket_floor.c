@@ -6,12 +6,7 @@
  *
  *   cc -O2 -o socket_floor scripts/socket_floor.c && ./socket_floor [buffers]
  *
- * Prints the nanoseconds per buffer (producer's wall time / buffers).
- *
- *   ./socket_floor write SIZE
- *
- * The floor of a producer that writes each frame: GB/s of memset over a SIZE-byte buffer
- * (64 of them in turn, like 64 blocks in flight), one process, nothing else. */
+ * Prints the nanoseconds per buffer (producer's wall time / buffers). */
 
 #include <poll.h>
 #include <stdio.h>
@@ -33,35 +28,8 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static int write_floor(size_t size)
-{
-    enum { BLOCKS = 64 };
-    char *blocks[BLOCKS];
-    for (int i = 0; i < BLOCKS; i++) {
-        blocks[i] = malloc(size);
-        if (!blocks[i])
-            return 1;
-        memset(blocks[i], 1, size); /* faulted in: steady state */
-    }
-    long rounds = 0;
-    double t0 = now(), t;
-    do {
-        for (int i = 0; i < BLOCKS; i++)
-            memset(blocks[i], (int)rounds, size);
-        __asm__ volatile("" ::: "memory");
-        rounds++;
-        t = now() - t0;
-    } while (t < 0.3);
-    printf("%.2f\n", (double)rounds * BLOCKS * size / t / 1e9);
-    for (int i = 0; i < BLOCKS; i++)
-        free(blocks[i]);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    if (argc > 2 && strcmp(argv[1], "write") == 0)
-        return write_floor((size_t)atol(argv[2]));
     long n = argc > 1 ? atol(argv[1]) : 200000;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) != 0) {
