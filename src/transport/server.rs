@@ -603,15 +603,40 @@ fn drain(state: &State, id: u64, sock: &OwnedFd, buf: &mut [u8]) {
     state.1.notify_all();
 }
 
-/// The service thread: accepts consumers and reads their messages until `running` is false.
-fn serve(state: State, listener: OwnedFd) {
+/// Waits up to 50 ms for the listener (when `listen`) or a consumer's socket to be readable:
+/// which are (the listener first), or `None` when none is.
+fn wait_ready(
+    listener: &OwnedFd,
+    listen: bool,
+    socks: &[(u64, Arc<OwnedFd>)],
+) -> Option<Vec<bool>> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut listen_pause: Option<Instant> = None;
     let tick = Timespec {
         tv_sec: 0,
         tv_nsec: 50_000_000,
     };
+    let flags = if listen {
+        PollFlags::IN
+    } else {
+        PollFlags::empty()
+    };
+    let mut fds = Vec::with_capacity(socks.len() + 1);
+    fds.push(PollFd::new(listener, flags));
+    fds.extend(
+        socks
+            .iter()
+            .map(|(_, s)| PollFd::new(s.as_ref(), PollFlags::IN)),
+    );
+    if poll(&mut fds, Some(&tick)).unwrap_or(0) == 0 {
+        return None;
+    }
+    Some(fds.iter().map(|f| !f.revents().is_empty()).collect())
+}
+
+/// The service thread: accepts consumers and reads their messages until `running` is false.
+fn serve(state: State, listener: OwnedFd) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut listen_pause: Option<Instant> = None;
     loop {
         let socks: Vec<(u64, Arc<OwnedFd>)> = {
             let s = lock(&state);
@@ -624,23 +649,9 @@ fn serve(state: State, listener: OwnedFd) {
                 .collect()
         };
         let listen = listen_pause.is_none_or(|t| Instant::now() >= t);
-        let mut fds = Vec::with_capacity(socks.len() + 1);
-        let flags = if listen {
-            PollFlags::IN
-        } else {
-            PollFlags::empty()
-        };
-        fds.push(PollFd::new(&listener, flags));
-        fds.extend(
-            socks
-                .iter()
-                .map(|(_, s)| PollFd::new(s.as_ref(), PollFlags::IN)),
-        );
-        if poll(&mut fds, Some(&tick)).unwrap_or(0) == 0 {
+        let Some(ready) = wait_ready(&listener, listen, &socks) else {
             continue;
-        }
-        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
-        drop(fds);
+        };
         if listen {
             listen_pause = None;
         }

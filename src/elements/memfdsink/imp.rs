@@ -231,10 +231,10 @@ impl MemfdSink {
     }
 }
 
-/// The wire description of `sent` (its memories `MemfdMemory` blocks) with the metas of
-/// `input` (the buffer as it came: core does not copy memory-tagged metas such as
-/// GstVideoMeta into a buffer it did not copy memory to), and the blocks it uses.
-fn describe<'a>(input: &gst::Buffer, sent: &'a gst::Buffer) -> Outgoing<'a> {
+/// The metas of `input` that cross: reference timestamp metas and video metas.
+type Metas = (Vec<(String, u64, u64)>, Vec<wire::VideoMetaWire>);
+
+fn wire_metas(input: &gst::Buffer) -> Metas {
     let refs = input
         .iter_meta::<gst::ReferenceTimestampMeta>()
         .take(wire::MAX_METAS)
@@ -258,6 +258,14 @@ fn describe<'a>(input: &gst::Buffer, sent: &'a gst::Buffer) -> Outgoing<'a> {
             strides: m.stride().to_vec(),
         })
         .collect();
+    (refs, video)
+}
+
+/// The wire description of `sent` (its memories `MemfdMemory` blocks) with the metas of
+/// `input` (the buffer as it came: core does not copy memory-tagged metas such as
+/// GstVideoMeta into a buffer it did not copy memory to), and the blocks it uses.
+fn describe<'a>(input: &gst::Buffer, sent: &'a gst::Buffer) -> Outgoing<'a> {
+    let (refs, video) = wire_metas(input);
     let mut blocks = Vec::with_capacity(sent.n_memory());
     let mut mems = Vec::with_capacity(sent.n_memory());
     for mem in sent.iter_memories() {
