@@ -301,8 +301,9 @@ mod tests {
         assert_eq!((r.len(), *r.get(3).unwrap()), (2, "c"));
     }
 
-    #[test]
-    fn releases_gather_while_busy_and_go_at_once_when_idle() {
+    /// A connection on one end of a socket pair (its hello read from the other end), and the
+    /// other end: the producer's.
+    fn connection() -> (Arc<Connection>, OwnedFd) {
         let (a, b) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::SEQPACKET,
@@ -312,11 +313,26 @@ mod tests {
         .unwrap();
         let conn = Connection::new(a, 64).unwrap();
         let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
-        let mut next = || match socket::recv(b.as_fd(), &mut buf, std::time::Duration::ZERO) {
+        assert_eq!(
+            next_message(&b, &mut buf),
+            Some(Message::Hello { max_blocks: 64 })
+        );
+        (conn, b)
+    }
+
+    /// The next message queued on `sock`, if any.
+    fn next_message(sock: &OwnedFd, buf: &mut [u8]) -> Option<Message> {
+        match socket::recv(sock.as_fd(), buf, std::time::Duration::ZERO) {
             Ok(socket::Received::Packet(n, _)) => Some(Message::decode(&buf[..n]).unwrap()),
             _ => None,
-        };
-        assert_eq!(next(), Some(Message::Hello { max_blocks: 64 }));
+        }
+    }
+
+    #[test]
+    fn releases_gather_while_busy_and_go_at_once_when_idle() {
+        let (conn, b) = connection();
+        let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
+        let mut next = || next_message(&b, &mut buf);
         conn.release(1);
         assert_eq!(
             next(),
@@ -343,20 +359,9 @@ mod tests {
 
     #[test]
     fn releases_are_batched_while_the_producer_does_not_read() {
-        let (a, b) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
-        let conn = Connection::new(a, 64).unwrap();
+        let (conn, b) = connection();
         let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
-        let mut next = || match socket::recv(b.as_fd(), &mut buf, std::time::Duration::ZERO) {
-            Ok(socket::Received::Packet(n, _)) => Some(Message::decode(&buf[..n]).unwrap()),
-            _ => None,
-        };
-        assert_eq!(next(), Some(Message::Hello { max_blocks: 64 }));
+        let mut next = || next_message(&b, &mut buf);
         // Fill the producer's queue, as a producer that stops reading would let it fill.
         let mut id = 0;
         loop {
