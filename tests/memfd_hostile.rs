@@ -691,3 +691,22 @@ fn a_producer_speaking_another_version_is_refused_naming_both() {
         "the peer speaks memfd protocol version 1, this memkit speaks version 2",
     );
 }
+
+#[test]
+fn a_block_of_zero_bytes_is_refused() {
+    let fd = memfd(&[]);
+    let msg = Message::Buffer(BufferWire {
+        blocks: vec![BlockWire { id: 1, size: 0 }],
+        mems: vec![MemWire {
+            block: 1,
+            offset: 0,
+            size: 0,
+        }],
+        id: 1,
+        ..BufferWire::default()
+    });
+    assert_refused(
+        consume_registry("zero-block", vec![(msg.encode(), vec![fd])], ""),
+        "bad layout: offset 0 size 0 maxsize 0",
+    );
+}

@@ -119,17 +119,6 @@ impl Connection {
             Ok(())
         }
     }
-
-    /// Sends what waits; `Err(pending)` when the producer has stopped reading releases.
-    pub fn flush(&self) -> Result<(), usize> {
-        let mut r = self.releases();
-        self.send_pending(&mut r);
-        if r.overflowed {
-            Err(r.pending.len())
-        } else {
-            Ok(())
-        }
-    }
 }
 
 /// Queues the release of buffer `id` when dropped (when every memory of the buffer is freed).
@@ -384,7 +373,7 @@ mod tests {
             singles += 1;
         }
         assert_eq!(singles, id - 11);
-        conn.flush().unwrap();
+        conn.idle(true).unwrap();
         match next() {
             Some(Message::Release(ids)) => assert_eq!(ids.len(), waiting),
             other => panic!("expected one batched release, got {other:?}"),
