@@ -290,8 +290,11 @@ fn blocks_freed_by_the_producer_are_unmapped_by_the_consumer() {
     // at the consumer would keep its pages alive: the producer retires it.
     let (s, r) = without_recycling(|| stream("freed", 300, 4096, ""));
     assert!(s.get::<u64>("blocks-announced").unwrap() >= 300, "{s}");
+    // Still mapped at the end, at most: the blocks of the buffers it may hold (max-outstanding
+    // 64), and those freed after the last buffer that could carry their retirement (a release
+    // batch and the service thread's lag). Without retirement: all 300.
     let mapped = r.get::<u64>("blocks-mapped").unwrap();
-    assert!(mapped <= 70, "{mapped} blocks still mapped: {r}");
+    assert!(mapped <= 100, "{mapped} blocks still mapped: {r}");
     assert!(
         r.get::<u64>("blocks-retired").unwrap() >= 300 - mapped,
         "{r}"
