@@ -8,9 +8,8 @@
 use std::sync::{Mutex, MutexGuard, Once};
 
 use gst::prelude::*;
-use gstmemkit::allocator::{
-    self, AlignedAllocator, AlignedMemory, aligned_allocator, with_mapped_region,
-};
+use gstmemkit::allocator::{self, AlignedAllocator, AlignedMemory, aligned_allocator};
+use gstmemkit::elements::memory::with_mapped_region;
 
 static LOCK: Mutex<()> = Mutex::new(());
 

@@ -10,9 +10,8 @@ mod common;
 use common::{init, params};
 
 use gst::prelude::*;
-use gstmemkit::allocator::{
-    ALIGNED_MEMORY, mapped_addr, memfd::MEMFD_MEMORY, try_share, with_mapped_region,
-};
+use gstmemkit::allocator::{ALIGNED_MEMORY, memfd::MEMFD_MEMORY};
+use gstmemkit::elements::memory::{mapped_addr, try_share, with_mapped_region};
 
 const ALLOCATORS: [&str; 2] = [ALIGNED_MEMORY, MEMFD_MEMORY];
 

@@ -5,7 +5,8 @@ use std::sync::Once;
 
 use gst::prelude::*;
 use gst_check::Harness;
-use gstmemkit::allocator::{AlignedMemory, aligned_allocator, mapped_addr};
+use gstmemkit::allocator::{AlignedMemory, aligned_allocator};
+use gstmemkit::elements::memory::mapped_addr;
 
 fn init() {
     static INIT: Once = Once::new();

@@ -10,10 +10,11 @@ use std::process::{Command, Stdio};
 
 use gst::prelude::*;
 use gst_allocators::FdMemoryRef;
+use gstmemkit::allocator::AllocError;
 use gstmemkit::allocator::memfd::{
     MEMFD_MEMORY, dup_fd, is_memfd_memory, memfd_allocator, page_size,
 };
-use gstmemkit::allocator::{AllocError, mapped_addr, with_mapped_region};
+use gstmemkit::elements::memory::{mapped_addr, with_mapped_region};
 
 fn fd_of(mem: &gst::MemoryRef) -> i32 {
     mem.downcast_memory_ref::<gst_allocators::FdMemory>()

@@ -5,7 +5,8 @@ use std::sync::Once;
 
 use gst::prelude::*;
 use gst_check::Harness;
-use gstmemkit::allocator::{AlignedMemory, aligned_allocator, mapped_addr};
+use gstmemkit::allocator::{AlignedMemory, aligned_allocator};
+use gstmemkit::elements::memory::mapped_addr;
 
 fn init() {
     static INIT: Once = Once::new();
@@ -280,7 +281,7 @@ fn many_pending_pieces_are_merged_as_they_come() {
             .unwrap();
         h.push(piece).unwrap();
         assert!(
-            gstmemkit::allocator::live_shares(input.peek_memory(0)) < 2048,
+            gstmemkit::elements::memory::live_shares(input.peek_memory(0)) < 2048,
             "at most about a thousand pending shares at any time"
         );
     }

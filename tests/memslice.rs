@@ -5,7 +5,8 @@ use std::sync::Once;
 
 use gst::prelude::*;
 use gst_check::Harness;
-use gstmemkit::allocator::{aligned_allocator, mapped_addr};
+use gstmemkit::allocator::aligned_allocator;
+use gstmemkit::elements::memory::mapped_addr;
 
 fn init() {
     static INIT: Once = Once::new();
@@ -202,9 +203,9 @@ fn many_pieces_held_downstream_never_overflow_the_share_count() {
     assert!(
         pieces
             .iter()
-            .map(|p| gstmemkit::allocator::live_shares(p.peek_memory(0)))
+            .map(|p| gstmemkit::elements::memory::live_shares(p.peek_memory(0)))
             .max()
             .unwrap()
-            <= gstmemkit::allocator::MAX_LIVE_SHARES + 1
+            <= gstmemkit::elements::memory::MAX_LIVE_SHARES + 1
     );
 }

@@ -62,7 +62,7 @@ impl Report {
             live_blocks: allocator::stats::tracked_blocks(),
             guard: allocator::guard_enabled(),
             violations: allocator::stats::violations(),
-            memfd: allocator::memfd::stats::to_structure(),
+            memfd: allocator::memfd::stats::to_structure(allocator::memfd::cached_bytes()),
         }
     }
 

@@ -8,6 +8,10 @@
 //! a consumer was ever sent are retired when it leaves (never recycled: it may keep them
 //! mapped), and blocks are sealed against writes, so no consumer can change what another
 //! reads.
+//!
+//! Longer than 600 lines: [`Server`]'s shared state, its send path and its service thread
+//! keep one set of invariants under one lock (who is connected, what each was sent and
+//! holds); apart, each half would reach into the other's internals.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};

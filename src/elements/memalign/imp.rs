@@ -15,8 +15,9 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::allocator::{ALIGNED_MEMORY, AlignedAllocator, aligned_allocator, mapped_addr};
-use crate::elements::{describe_buffer, post_stats, propose_allocator_first};
+use crate::allocator::{ALIGNED_MEMORY, AlignedAllocator, aligned_allocator};
+use crate::elements::common::{describe_buffer, post_stats, propose_allocator_first};
+use crate::elements::memory::mapped_addr;
 
 const DEFAULT_ALIGNMENT: u32 = 64;
 
@@ -97,7 +98,7 @@ impl Stats {
 pub struct MemAlign {
     settings: Mutex<Settings>,
     stats: Mutex<Stats>,
-    refused: crate::elements::Refusals,
+    refused: crate::elements::common::Refusals,
 }
 
 /// Why a buffer cannot be checked or copied.
@@ -212,7 +213,7 @@ impl ObjectImpl for MemAlign {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                crate::elements::alignment_pspec(
+                crate::elements::common::alignment_pspec(
                     "Alignment in bytes of every output payload (a power of two)",
                     DEFAULT_ALIGNMENT,
                     false,
@@ -233,7 +234,7 @@ impl ObjectImpl for MemAlign {
                     )
                     .default_value(Some(ALIGNED_MEMORY))
                     .build(),
-                crate::elements::stats_pspec(
+                crate::elements::common::stats_pspec(
                     "Buffers seen, passed through and copied, and bytes copied",
                 ),
             ]
@@ -306,7 +307,7 @@ impl ElementImpl for MemAlign {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
-            LazyLock::new(crate::elements::any_caps_templates);
+            LazyLock::new(crate::elements::common::any_caps_templates);
         TEMPLATES.as_ref()
     }
 }

@@ -15,8 +15,8 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::allocator::with_mapped_region;
-use crate::elements::{describe_buffer, post_stats};
+use crate::elements::common::{describe_buffer, post_stats};
+use crate::elements::memory::with_mapped_region;
 
 const DEFAULT_ALIGNMENT: u32 = 1;
 const DEFAULT_FAIL_ON_VIOLATION: bool = false;
@@ -71,7 +71,7 @@ impl Stats {
 pub struct MemCheck {
     settings: Mutex<Settings>,
     stats: Mutex<Stats>,
-    refused: crate::elements::Refusals,
+    refused: crate::elements::common::Refusals,
 }
 
 /// The stride of `read-pages`: one byte read per this many.
@@ -97,7 +97,7 @@ fn check_memory(mem: &gst::MemoryRef, settings: &Settings) -> (Vec<String>, u64)
     {
         let found = mem
             .allocator()
-            .map_or("none".to_string(), crate::elements::allocator_name);
+            .map_or("none".to_string(), crate::elements::common::allocator_name);
         violations.push(format!("memory-type: expected {want}, found {found}"));
     }
     let flags = mem.flags();
@@ -154,7 +154,7 @@ impl ObjectImpl for MemCheck {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                crate::elements::alignment_pspec("Required alignment in bytes of every payload (a power of two; 1 checks nothing)", DEFAULT_ALIGNMENT, true),
+                crate::elements::common::alignment_pspec("Required alignment in bytes of every payload (a power of two; 1 checks nothing)", DEFAULT_ALIGNMENT, true),
                 glib::ParamSpecString::builder("memory-type")
                     .nick("Memory type")
                     .blurb("Required memory type (e.g. AlignedMemory, SystemMemory); unset checks nothing")
@@ -172,7 +172,7 @@ impl ObjectImpl for MemCheck {
                     .default_value(false)
                     .mutable_playing()
                     .build(),
-                crate::elements::stats_pspec("Buffers and memories checked, violations found, pages read"),
+                crate::elements::common::stats_pspec("Buffers and memories checked, violations found, pages read"),
             ]
         });
         PROPERTIES.as_ref()
@@ -236,7 +236,7 @@ impl ElementImpl for MemCheck {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
-            LazyLock::new(crate::elements::any_caps_templates);
+            LazyLock::new(crate::elements::common::any_caps_templates);
         TEMPLATES.as_ref()
     }
 }

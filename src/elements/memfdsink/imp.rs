@@ -18,7 +18,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use crate::allocator::memfd::{self, memfd_allocator};
-use crate::elements::post_stats;
+use crate::elements::common::post_stats;
 use crate::transport::server::{self, Limits, Outgoing, Server};
 use crate::transport::wire::{self, BlockWire, BufferWire, EventKind, MemWire};
 
@@ -364,7 +364,7 @@ impl ObjectImpl for MemfdSink {
                     .default_value(DEFAULT_FULL_TIMEOUT_MS)
                     .mutable_playing()
                     .build(),
-                crate::elements::stats_pspec(
+                crate::elements::common::stats_pspec(
                     "Buffers sent, buffers and bytes copied into MemfdMemory, bytes sent, \
                      consumers now/connected/dropped/refused, buffers dropped for full \
                      consumers, blocks retired, buffers released and outstanding",
@@ -430,7 +430,7 @@ impl ElementImpl for MemfdSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![crate::elements::any_caps_template(
+            vec![crate::elements::common::any_caps_template(
                 "sink",
                 gst::PadDirection::Sink,
             )]
@@ -500,7 +500,7 @@ impl BaseSinkImpl for MemfdSink {
         // from MemfdMemory are sent without a copy.
         query.add_allocation_meta::<gst_video::VideoMeta>(None);
         let allocator: gst::Allocator = memfd_allocator().upcast();
-        crate::elements::propose_allocator_first(
+        crate::elements::common::propose_allocator_first(
             query,
             &allocator,
             &gst::AllocationParams::default(),

@@ -27,7 +27,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::elements::post_stats;
+use crate::elements::common::post_stats;
 use crate::transport::client::{Connection, MAX_PENDING_RELEASES, Registry, Release};
 use crate::transport::socket::{self, Received};
 use crate::transport::wire::{self as proto, BufferWire, EventKind, Message};
@@ -362,7 +362,7 @@ impl ObjectImpl for MemfdSrc {
                     .default_value(DEFAULT_MAX_BLOCKS)
                     .mutable_ready()
                     .build(),
-                crate::elements::stats_pspec(
+                crate::elements::common::stats_pspec(
                     "Buffers and bytes received, reconnections, blocks announced by the \
                      producer, retired by it, and mapped now",
                 ),
@@ -422,7 +422,7 @@ impl ElementImpl for MemfdSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![crate::elements::any_caps_template(
+            vec![crate::elements::common::any_caps_template(
                 "src",
                 gst::PadDirection::Src,
             )]

@@ -23,8 +23,9 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::allocator::{aligned_allocator, try_share};
-use crate::elements::{post_stats, share_region};
+use crate::allocator::aligned_allocator;
+use crate::elements::common::{post_stats, share_region};
+use crate::elements::memory::try_share;
 
 const DEFAULT_TARGET_SIZE: u32 = 65536;
 /// Pieces waiting to be merged before they are merged into one.
@@ -111,7 +112,7 @@ impl MemMerge {
                         imp = self,
                         "a memory has {} holders already: copying pieces instead of sharing \
                          it further",
-                        crate::allocator::MAX_LIVE_SHARES
+                        crate::elements::memory::MAX_LIVE_SHARES
                     );
                 }
                 state.pieces_copied += 1;
@@ -353,7 +354,7 @@ impl ObjectImpl for MemMerge {
                     .default_value(DEFAULT_TARGET_SIZE)
                     .mutable_playing()
                     .build(),
-                crate::elements::stats_pspec("Buffers in and out, zero-copy and copied merges, bytes copied"),
+                crate::elements::common::stats_pspec("Buffers in and out, zero-copy and copied merges, bytes copied"),
             ]
         });
         PROPERTIES.as_ref()
@@ -400,7 +401,7 @@ impl ElementImpl for MemMerge {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
-            LazyLock::new(crate::elements::any_caps_templates);
+            LazyLock::new(crate::elements::common::any_caps_templates);
         TEMPLATES.as_ref()
     }
 }

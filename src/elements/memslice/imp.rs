@@ -19,8 +19,8 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_transform::GenerateOutputSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::elements::common::{describe_buffer, post_stats, share_region};
 use crate::elements::util::{Chunks, chunks};
-use crate::elements::{describe_buffer, post_stats, share_region};
 
 const DEFAULT_CHUNK_SIZE: u32 = 4096;
 
@@ -107,7 +107,7 @@ impl MemSlice {
                         imp = self,
                         "the input memory has {} holders already: copying pieces instead of \
                          sharing it further",
-                        crate::allocator::MAX_LIVE_SHARES
+                        crate::elements::memory::MAX_LIVE_SHARES
                     );
                 }
                 state.pieces_copied += 1;
@@ -159,7 +159,7 @@ impl ObjectImpl for MemSlice {
                     .default_value(DEFAULT_CHUNK_SIZE)
                     .mutable_playing()
                     .build(),
-                crate::elements::stats_pspec("Buffers in, pieces out and bytes sliced"),
+                crate::elements::common::stats_pspec("Buffers in, pieces out and bytes sliced"),
             ]
         });
         PROPERTIES.as_ref()
@@ -205,7 +205,7 @@ impl ElementImpl for MemSlice {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
-            LazyLock::new(crate::elements::any_caps_templates);
+            LazyLock::new(crate::elements::common::any_caps_templates);
         TEMPLATES.as_ref()
     }
 }

@@ -16,7 +16,7 @@ use gst_base::subclass::prelude::*;
 
 use super::MemSrcPattern;
 use crate::allocator::aligned_allocator;
-use crate::elements::post_stats;
+use crate::elements::common::post_stats;
 use crate::elements::util::{Pattern, XorShift, fill_pattern};
 
 const DEFAULT_ALIGNMENT: u32 = 1;
@@ -94,7 +94,7 @@ impl State {
             .field("bytes", self.offset)
             .field(
                 "allocator",
-                crate::elements::allocator_name(&self.allocator),
+                crate::elements::common::allocator_name(&self.allocator),
             )
             .build()
     }
@@ -104,7 +104,7 @@ impl State {
 pub struct MemSrc {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
-    refused: crate::elements::Refusals,
+    refused: crate::elements::common::Refusals,
 }
 
 impl MemSrc {
@@ -170,7 +170,7 @@ impl ObjectImpl for MemSrc {
                             unset: what downstream proposes, else AlignedMemory")
                     .mutable_ready()
                     .build(),
-                crate::elements::alignment_pspec("Alignment in bytes asked of the allocator (a power of two)", DEFAULT_ALIGNMENT, false),
+                crate::elements::common::alignment_pspec("Alignment in bytes asked of the allocator (a power of two)", DEFAULT_ALIGNMENT, false),
                 glib::ParamSpecUInt::builder("prefix")
                     .nick("Prefix")
                     .blurb("Bytes reserved before each payload")
@@ -208,7 +208,7 @@ impl ObjectImpl for MemSrc {
                     .default_value(DEFAULT_SEED)
                     .mutable_ready()
                     .build(),
-                crate::elements::stats_pspec("Buffers and bytes produced, and the allocator used"),
+                crate::elements::common::stats_pspec("Buffers and bytes produced, and the allocator used"),
             ]
         });
         PROPERTIES.as_ref()
@@ -293,7 +293,7 @@ impl ElementImpl for MemSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            vec![crate::elements::any_caps_template(
+            vec![crate::elements::common::any_caps_template(
                 "src",
                 gst::PadDirection::Src,
             )]
@@ -345,7 +345,7 @@ impl BaseSrcImpl for MemSrc {
             CAT,
             imp = self,
             "allocating from {} with {params:?}",
-            crate::elements::allocator_name(&allocator)
+            crate::elements::common::allocator_name(&allocator)
         );
         if let Some(state) = &mut *self.state.lock().unwrap() {
             state.allocator = allocator;
@@ -375,7 +375,7 @@ impl PushSrcImpl for MemSrc {
                     gst::ResourceError::NoSpaceLeft,
                     (
                         "{} could not allocate {} bytes: {}",
-                        crate::elements::allocator_name(&state.allocator),
+                        crate::elements::common::allocator_name(&state.allocator),
                         size,
                         err
                     )
@@ -391,7 +391,7 @@ impl PushSrcImpl for MemSrc {
                     gst::ResourceError::Write,
                     (
                         "Memory from {} cannot be mapped for writing",
-                        crate::elements::allocator_name(&state.allocator)
+                        crate::elements::common::allocator_name(&state.allocator)
                     )
                 );
                 gst::FlowError::Error

@@ -8,21 +8,17 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "memfdmemory",
-        gst::DebugColorFlags::empty(),
-        Some("memkit MemfdMemory allocator"),
-    )
-});
+use super::memory::{self, ALLOCATOR_TYPE_NAME};
+use super::stats;
+use crate::allocator::debug::MEMFD as CAT;
 
 #[derive(Default)]
 pub struct MemfdAllocator;
 
 #[glib::object_subclass]
 impl ObjectSubclass for MemfdAllocator {
-    const NAME: &'static str = "MemkitMemfdAllocator";
-    type Type = super::memfd::MemfdAllocator;
+    const NAME: &'static str = ALLOCATOR_TYPE_NAME;
+    type Type = super::MemfdAllocator;
     type ParentType = gst_allocators::FdAllocator;
 }
 
@@ -46,7 +42,7 @@ impl ObjectImpl for MemfdAllocator {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
-            "stats" => super::memfd::stats::to_structure().to_value(),
+            "stats" => stats::to_structure(memory::recycled_bytes()).to_value(),
             _ => unimplemented!(),
         }
     }
@@ -57,7 +53,7 @@ impl ObjectImpl for MemfdAllocator {
                 glib::subclass::Signal::builder("reset-stats")
                     .action()
                     .class_handler(|_| {
-                        super::memfd::stats::reset();
+                        stats::reset();
                         None
                     })
                     .build(),
@@ -68,7 +64,7 @@ impl ObjectImpl for MemfdAllocator {
 
     fn constructed(&self) {
         self.parent_constructed();
-        super::memory::memfd::install_vfuncs(&self.obj());
+        memory::install_vfuncs(self.obj().upcast_ref());
         gst::debug!(CAT, imp = self, "created");
     }
 }

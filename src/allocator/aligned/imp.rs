@@ -8,20 +8,17 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "alignedmemory",
-        gst::DebugColorFlags::empty(),
-        Some("memkit AlignedMemory allocator"),
-    )
-});
+use super::memory::{self, ALLOCATOR_TYPE_NAME};
+use crate::allocator::cache::DEFAULT_MAX_CACHED_BYTES;
+use crate::allocator::debug::ALIGNED as CAT;
+use crate::allocator::stats;
 
 #[derive(Default)]
 pub struct AlignedAllocator;
 
 #[glib::object_subclass]
 impl ObjectSubclass for AlignedAllocator {
-    const NAME: &'static str = "MemkitAlignedAllocator";
+    const NAME: &'static str = ALLOCATOR_TYPE_NAME;
     type Type = super::AlignedAllocator;
     type ParentType = gst::Allocator;
 }
@@ -37,7 +34,7 @@ impl ObjectImpl for AlignedAllocator {
                          AlignedMemory allocator of the process (0 disables the cache; the \
                          initial value comes from MEMKIT_MAX_CACHED_BYTES)",
                     )
-                    .default_value(super::DEFAULT_MAX_CACHED_BYTES as u64)
+                    .default_value(DEFAULT_MAX_CACHED_BYTES as u64)
                     .build(),
                 glib::ParamSpecUInt64::builder("cached-bytes")
                     .nick("Cached bytes")
@@ -85,7 +82,7 @@ impl ObjectImpl for AlignedAllocator {
                 glib::subclass::Signal::builder("reset-stats")
                     .action()
                     .class_handler(|_| {
-                        super::reset_stats();
+                        stats::reset();
                         None
                     })
                     .build(),
@@ -97,7 +94,7 @@ impl ObjectImpl for AlignedAllocator {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         match pspec.name() {
             "collect-stats" => {
-                super::stats::set_enabled(value.get().expect("type checked upstream"));
+                stats::set_enabled(value.get().expect("type checked upstream"));
             }
             "guard" => {
                 let on = value.get().expect("type checked upstream");
@@ -107,13 +104,13 @@ impl ObjectImpl for AlignedAllocator {
                     "guard mode {}",
                     if on { "on" } else { "off" }
                 );
-                super::set_guard_enabled(on);
+                memory::set_guard_enabled(on);
             }
             "max-cached-bytes" => {
                 let max = value.get::<u64>().expect("type checked upstream");
                 let max = usize::try_from(max).unwrap_or(usize::MAX);
                 gst::debug!(CAT, imp = self, "max-cached-bytes set to {}", max);
-                super::set_max_cached_bytes(max);
+                memory::cache().set_max_bytes(max);
             }
             _ => unimplemented!(),
         }
@@ -121,25 +118,27 @@ impl ObjectImpl for AlignedAllocator {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
-            "max-cached-bytes" => (super::max_cached_bytes() as u64).to_value(),
-            "cached-bytes" => (super::cached_bytes() as u64).to_value(),
-            "stats" => super::stats().to_structure().to_value(),
-            "collect-stats" => super::stats::enabled().to_value(),
-            "guard" => super::guard_enabled().to_value(),
+            "max-cached-bytes" => (memory::cache().max_bytes() as u64).to_value(),
+            "cached-bytes" => (memory::cache().cached_bytes() as u64).to_value(),
+            "stats" => stats::snapshot(memory::cache().cached_bytes())
+                .to_structure()
+                .to_value(),
+            "collect-stats" => stats::enabled().to_value(),
+            "guard" => memory::guard_enabled().to_value(),
             _ => unimplemented!(),
         }
     }
 
     fn constructed(&self) {
         self.parent_constructed();
-        super::memory::install_vfuncs(&self.obj());
+        memory::install_vfuncs(self.obj().upcast_ref());
         gst::debug!(CAT, imp = self, "created");
     }
 
     fn dispose(&self) {
         // Cached blocks hold no reference on any allocator, so this runs once the last memory
         // of this instance is gone; drain the cache with it.
-        super::trim_cache();
+        memory::cache().trim();
         gst::debug!(CAT, imp = self, "disposed, cache drained");
     }
 }

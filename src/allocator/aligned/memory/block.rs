@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The C struct behind every `AlignedMemory` memory and its typed wrapper.
+
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+
+use gst::ffi;
+use gst::glib;
+use gst::glib::translate::*;
+use gst::prelude::*;
+
+use super::storage::Backing;
+
+// `gst::memory_object_wrapper!` expects this helper macro at its call site.
+macro_rules! skip_assert_initialized {
+    () => {};
+}
+
+/// The GType name of the `AlignedAllocator` subclass.
+pub const ALLOCATOR_TYPE_NAME: &str = "MemkitAlignedAllocator";
+
+/// Whether `allocator` is an `AlignedAllocator`: a check of its GType (not of the `mem_type`
+/// string, which any allocator could claim), looked up by name once it is registered.
+fn is_aligned_allocator(allocator: &gst::Allocator) -> bool {
+    static TYPE: OnceLock<glib::Type> = OnceLock::new();
+    let t = match TYPE.get() {
+        Some(t) => *t,
+        None => match glib::Type::from_name(ALLOCATOR_TYPE_NAME) {
+            Some(t) => *TYPE.get_or_init(|| t),
+            None => return false,
+        },
+    };
+    allocator.type_().is_a(t)
+}
+
+/// The C struct behind every `AlignedMemory` memory: a `GstMemory` followed by our fields.
+/// Opaque to users; exposed only as the FFI type of [`AlignedMemory`].
+#[repr(C)]
+pub struct GstAlignedMemory {
+    pub(super) mem: ffi::GstMemory,
+    /// Region base: what `mem_map` returns (core adds `offset`). Never NULL.
+    pub(super) data: NonNull<u8>,
+    pub(super) backing: Backing,
+}
+
+gst::memory_object_wrapper!(
+    AlignedMemory,
+    AlignedMemoryRef,
+    GstAlignedMemory,
+    |mem: &gst::MemoryRef| {
+        // A type check on the allocator's GType (not on the `mem_type` string, which any
+        // allocator could claim) guarantees the memory really is a `GstAlignedMemory`.
+        mem.allocator().is_some_and(is_aligned_allocator)
+    },
+    gst::Memory,
+    gst::MemoryRef
+);
+
+// SAFETY: the region is shared between threads exactly like GStreamer's own memories: all our
+// fields are immutable while the memory is alive, and access to the bytes is arbitrated by
+// GstMemory's lock (map/unmap) as for every GstMemory. A wrapped owner is `Send`.
+unsafe impl Send for GstAlignedMemory {}
+// SAFETY: as above; `&GstAlignedMemory` only reads immutable fields.
+unsafe impl Sync for GstAlignedMemory {}
+
+pub fn flags_bits(flags: gst::MemoryFlags) -> ffi::GstMemoryFlags {
+    flags.into_glib()
+}

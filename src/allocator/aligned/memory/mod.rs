@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The unsafe half of `AlignedMemory`: the `GstAlignedMemory` struct and its typed wrapper,
+//! where its bytes live, guard mode, a block's life (init, alloc, share, release), the memory
+//! vfuncs and the class's `alloc`/`free`. Everything else of the allocator is safe code.
+//!
+//! Layout of a block (see `layout.rs`): one system allocation aligned to the effective
+//! alignment, `shift` unused bytes, then the region of `maxsize` bytes that GStreamer sees:
+//! prefix, payload (aligned), padding, tail slack. Every share of a block points at the same
+//! region base and differs only in `offset`/`size`; only a root (`parent == NULL`) owns the
+//! backing storage.
+//!
+//! Rules every function here follows: no panics (an `extern "C"` function that panics aborts
+//! the host process), every size computation checked, NULL/FALSE plus a log line on failure.
+//!
+//! Files depend on each other in one direction: `storage` ← `block` ← `guard` ← `lifecycle`
+//! ← `vfuncs`, `typed`, `class`.
+
+mod block;
+mod class;
+mod guard;
+mod lifecycle;
+mod storage;
+mod typed;
+mod vfuncs;
+
+pub use block::{ALLOCATOR_TYPE_NAME, AlignedMemory, AlignedMemoryRef, GstAlignedMemory};
+pub use guard::{
+    CANARY, CANARY_BYTE, FILL_BYTE, GuardViolation, POISON_BYTE, check_memory_guard, guard_enabled,
+    set_guard_enabled,
+};
+pub use lifecycle::{alloc, cache, set_immortal, wrap};
+pub use storage::{HUGE_PAGE, MMAP_THRESHOLD};
+pub use vfuncs::install_vfuncs;

@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `AlignedMemory`: a `GstAllocator` whose payloads are aligned (64 bytes minimum), whose
+//! `maxsize` is rounded up to the alignment, and which zeroes exactly the prefix/padding it is
+//! asked to. This module is its safe public API; `imp.rs` is the GObject subclass and
+//! `memory/` the unsafe half.
+
+use std::sync::LazyLock;
+
+use gst::glib;
+use gst::prelude::*;
+
+use super::error::{AllocError, MemoryError};
+use super::stats::{self, Stats};
+
+mod imp;
+#[allow(unsafe_code)]
+mod memory;
+
+pub use memory::{
+    AlignedMemory, AlignedMemoryRef, CANARY, CANARY_BYTE, FILL_BYTE, GstAlignedMemory,
+    GuardViolation, HUGE_PAGE, MMAP_THRESHOLD, POISON_BYTE, check_memory_guard, guard_enabled,
+    set_guard_enabled,
+};
+
+/// The name `AlignedMemory` is registered under, and its memory type (`mem_type`).
+pub const ALIGNED_MEMORY: &str = "AlignedMemory";
+
+glib::wrapper! {
+    /// The `AlignedMemory` allocator (GType `MemkitAlignedAllocator`).
+    pub struct AlignedAllocator(ObjectSubclass<imp::AlignedAllocator>)
+        @extends gst::Allocator, gst::Object;
+}
+
+/// The registered `AlignedMemory` allocator. This static holds a reference that is never
+/// dropped, which is what makes the instance immortal: its memories need not hold a reference
+/// on it.
+static ALLOCATOR: LazyLock<AlignedAllocator> = LazyLock::new(|| {
+    if std::env::var("MEMKIT_GUARD")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "abort" | "true" | "yes"))
+    {
+        set_guard_enabled(true);
+    }
+    stats::init_from_env();
+    let allocator = glib::Object::new::<AlignedAllocator>();
+    memory::set_immortal(allocator.upcast_ref());
+    // gst_allocator_register takes its own reference and marks the allocator MAY_BE_LEAKED.
+    gst::Allocator::register(ALIGNED_MEMORY, allocator.clone());
+    allocator
+});
+
+/// The process-wide `AlignedMemory` allocator, registered under [`ALIGNED_MEMORY`] on first
+/// use (the plugin does this when it loads). GStreamer must be initialised.
+pub fn aligned_allocator() -> AlignedAllocator {
+    ALLOCATOR.clone()
+}
+
+pub(super) fn register() {
+    LazyLock::force(&ALLOCATOR);
+}
+
+/// Frees every block AlignedMemory's recycling cache holds (the shared pool and this thread's
+/// free lists).
+pub fn trim_cache() {
+    memory::cache().trim();
+}
+
+/// Bytes AlignedMemory's recycling cache holds (shared pool and this thread's free lists).
+pub fn cached_bytes() -> usize {
+    memory::cache().cached_bytes()
+}
+
+/// The bound of AlignedMemory's recycling cache, in bytes (the allocator's
+/// `max-cached-bytes`).
+pub fn max_cached_bytes() -> usize {
+    memory::cache().max_bytes()
+}
+
+/// Sets the bound of AlignedMemory's recycling cache (0 disables it) and trims it to the new
+/// bound.
+pub fn set_max_cached_bytes(max: usize) {
+    memory::cache().set_max_bytes(max);
+}
+
+impl AlignedAllocator {
+    /// Allocates `size` bytes with `params` (or the defaults). The payload is aligned to
+    /// `params.align() | 63`; invalid masks, overflow and out-of-memory give a typed error.
+    pub fn alloc(
+        &self,
+        size: usize,
+        params: Option<&gst::AllocationParams>,
+    ) -> Result<AlignedMemory, AllocError> {
+        let default = gst::AllocationParams::default();
+        memory::alloc(self.upcast_ref(), size, params.unwrap_or(&default))
+    }
+
+    /// Wraps a read-only owner (`Vec<u8>`, `Box<[u8]>`, `bytes::Bytes`, `&'static [u8]`, ...)
+    /// as `AlignedMemory` whose valid data is `owner[offset..offset + size]`. The memory is
+    /// `READONLY`; `align` reports the payload's real alignment. The owner is dropped exactly
+    /// once, when the last share of the memory is gone.
+    pub fn wrap<T: AsRef<[u8]> + Send + 'static>(
+        &self,
+        owner: T,
+        offset: usize,
+        size: usize,
+    ) -> Result<AlignedMemory, MemoryError> {
+        self.wrap_with_flags(owner, offset, size, gst::MemoryFlags::empty())
+    }
+
+    /// [`wrap`](Self::wrap) with memory flags, like `gst_memory_new_wrapped`'s: `READONLY` is
+    /// always added. As with core, `ZERO_PREFIXED`/`ZERO_PADDED` are the caller's promise that
+    /// those bytes are zero (`memcheck` verifies such promises).
+    pub fn wrap_with_flags<T: AsRef<[u8]> + Send + 'static>(
+        &self,
+        owner: T,
+        offset: usize,
+        size: usize,
+        flags: gst::MemoryFlags,
+    ) -> Result<AlignedMemory, MemoryError> {
+        let flags = flags | gst::MemoryFlags::READONLY;
+        memory::wrap(self.upcast_ref(), owner, offset, size, flags, |o| {
+            let s = (*o).as_ref();
+            (s.as_ptr().cast_mut(), s.len())
+        })
+    }
+
+    /// Like [`wrap`](Self::wrap), for an owner that can be written through: the memory is
+    /// writable while no one else holds it.
+    pub fn wrap_writable<T: AsMut<[u8]> + Send + 'static>(
+        &self,
+        owner: T,
+        offset: usize,
+        size: usize,
+    ) -> Result<AlignedMemory, MemoryError> {
+        let flags = gst::MemoryFlags::empty();
+        memory::wrap(self.upcast_ref(), owner, offset, size, flags, |o| {
+            let s = (*o).as_mut();
+            (s.as_mut_ptr(), s.len())
+        })
+    }
+}
+
+/// A snapshot of the `AlignedMemory` statistics (all instances of the process, all threads),
+/// as the allocator's `stats` property shows them.
+pub fn stats() -> Stats {
+    stats::snapshot(cached_bytes())
+}
+
+/// Zeroes the statistics' counters (the allocator's `reset-stats` action signal).
+pub fn reset_stats() {
+    stats::reset();
+}

@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Allocating and wrapping blocks.
+
+use std::collections::HashMap;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::ptr;
+use std::sync::{LazyLock, Mutex};
+
+use crate::allocator::debug::MEMFD as CAT;
+use gst::ffi;
+use gst::glib;
+use gst::glib::translate::*;
+use gst_allocators::prelude::*;
+
+use crate::allocator::error::AllocError;
+use crate::allocator::layout;
+use crate::allocator::memfd::stats::{self as mstats, Counter as M};
+use crate::allocator::memfd::sys;
+use crate::allocator::raw::{traced, try_share};
+
+use super::recycle::{discard, recycle_dispose, take_recycled};
+
+thread_local! {
+    /// Set while the allocator maps a block for itself (zeroing, the first map before the
+    /// write seal): such maps are not counted in the statistics.
+    pub(super) static OWN_MAP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Allocates a `MemfdMemory` block through `allocator`: a recycled one of the same size, or
+/// a new sealed memfd.
+pub fn alloc(
+    allocator: &gst_allocators::FdAllocator,
+    size: usize,
+    params: &gst::AllocationParams,
+) -> Result<gst::Memory, AllocError> {
+    let l = layout::MemfdLayout::new(
+        size,
+        params.prefix(),
+        params.padding(),
+        params.align(),
+        rustix::param::page_size(),
+    )?;
+    let flags = params.flags().into_glib();
+    let recycled = if traced() {
+        None
+    } else {
+        take_recycled(l.maxsize)
+    };
+    if let Some(mem) = recycled {
+        // SAFETY: the cache held the only reference: the memory is ours alone, unmapped and
+        // unlocked (it was disposed at refcount 0 with lockstate 0). Only the fields a fresh
+        // block would have differently are set; the lockable flag that gst_memory_init set is
+        // kept. The caller's flags come last, after zeroing: READONLY or NOT_MAPPABLE would
+        // refuse the write map that zeroing takes.
+        unsafe {
+            let m = mem.as_ptr() as *mut ffi::GstMemory;
+            (*m).offset = l.offset;
+            (*m).size = l.size;
+            (*m).align = l.align_mask;
+            (*m).mini_object.flags = ffi::GST_MINI_OBJECT_FLAG_LOCKABLE;
+        }
+        let zero = flags & (ffi::GST_MEMORY_FLAG_ZERO_PREFIXED | ffi::GST_MEMORY_FLAG_ZERO_PADDED);
+        // Its map state is a fresh block's: `mem_unmap` never lets an unbalanced unmap reach
+        // GstFdMemory's map count, and a block disposed while locked was not recycled. Should
+        // zeroing fail to map it all the same, it is freed and a fresh block made.
+        let zeroed = if zero != 0 {
+            zero_ranges(&mem, l.offset, l.size, zero)
+        } else {
+            Ok(())
+        };
+        match zeroed {
+            Ok(()) => {
+                // SAFETY: as above.
+                unsafe {
+                    let m = mem.as_ptr() as *mut ffi::GstMemory;
+                    (*m).mini_object.flags |= flags;
+                }
+                mstats::count(M::Allocations, 1);
+                mstats::count(M::Recycled, 1);
+                mstats::block(l.maxsize, true);
+                return Ok(mem);
+            }
+            Err(err) => {
+                gst::warning!(CAT, obj = allocator, "dropping a recycled block: {}", err);
+                discard(mem);
+            }
+        }
+    }
+    let fd = sys::create_memfd(l.maxsize)?;
+    let raw = fd.into_raw_fd();
+    // SAFETY: gst_fd_allocator_alloc takes ownership of `raw` (GstFdMemory closes it when the
+    // root is freed; on failure it returns NULL without taking it, so we close it).
+    let mem = match unsafe {
+        allocator.alloc_fd(raw, l.maxsize, gst_allocators::FdMemoryFlags::KEEP_MAPPED)
+    } {
+        Ok(m) => m,
+        Err(_) => {
+            // SAFETY: GStreamer did not take the descriptor; it is still ours to close.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+            return Err(AllocError::Internal("gst_fd_allocator_alloc returned NULL"));
+        }
+    };
+    // SAFETY: `mem` is a new memory with one reference, ours alone; offset + size <= maxsize
+    // by the layout. The caller's flags are set last, after the first map below.
+    unsafe {
+        let m = mem.as_ptr() as *mut ffi::GstMemory;
+        (*m).offset = l.offset;
+        (*m).size = l.size;
+        (*m).align = l.align_mask;
+        (*m).mini_object.dispose = Some(recycle_dispose);
+    }
+    // Our own read-write mapping first (kept: KEEP_MAPPED), then the write seal: from then
+    // on no new writable mapping of the file can be made, by us or by a receiver. A fresh
+    // memfd is all zeros: ZERO_PREFIXED/ZERO_PADDED hold without writing anything.
+    // SAFETY: the descriptor is owned by `mem`, live for this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    if let Err(err) = zero_ranges(&mem, l.offset, l.size, 0).and_then(|()| sys::seal_writes(fd)) {
+        // Not into the cache: an unsealed block must never be handed out.
+        discard(mem);
+        return Err(err);
+    }
+    // SAFETY: as above.
+    unsafe { (*(mem.as_ptr() as *mut ffi::GstMemory)).mini_object.flags |= flags };
+    gst::trace!(
+        CAT,
+        obj = allocator,
+        "allocated memfd {} for {:?}: offset {} size {} maxsize {}",
+        raw,
+        mem.as_ptr(),
+        l.offset,
+        l.size,
+        l.maxsize
+    );
+    mstats::count(M::Allocations, 1);
+    mstats::block(l.maxsize, true);
+    Ok(mem)
+}
+
+/// Maps a recycled block read-write and zeroes its prefix and/or its padding (to maxsize), as
+/// `which` says (nothing: the map alone, which proves the block maps read-write).
+fn zero_ranges(
+    mem: &gst::Memory,
+    offset: usize,
+    size: usize,
+    which: ffi::GstMemoryFlags,
+) -> Result<(), AllocError> {
+    let ptr = mem.as_ptr() as *mut ffi::GstMemory;
+    let mut info = std::mem::MaybeUninit::<ffi::GstMapInfo>::zeroed();
+    // SAFETY: `mem` is ours alone; a successful map is unmapped once; while mapped the region
+    // is [data - offset, data - offset + maxsize) (GstFdMemory maps the whole file from 0).
+    unsafe {
+        OWN_MAP.set(true);
+        let mapped = ffi::gst_memory_map(ptr, info.as_mut_ptr(), ffi::GST_MAP_WRITE);
+        OWN_MAP.set(false);
+        if mapped == glib::ffi::GFALSE {
+            return Err(AllocError::Internal(
+                "a recycled MemfdMemory block does not map read-write",
+            ));
+        }
+        let info = info.assume_init_mut();
+        let base = info.data.sub(offset);
+        if which & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+            ptr::write_bytes(base, 0, offset);
+        }
+        if which & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+            let end = offset + size;
+            ptr::write_bytes(base.add(end), 0, (*ptr).maxsize - end);
+        }
+        ffi::gst_memory_unmap(ptr, info);
+    }
+    Ok(())
+}
+
+/// A read-only share `offset..offset + size` of `root` (a block from [`wrap_fd`]) whose
+/// `on_free` is dropped when the share is freed: how `memfdsrc` hands out a buffer's memory
+/// without a new mapping and learns when the consumer is done with it.
+pub fn share_block(
+    root: &gst::MemoryRef,
+    offset: usize,
+    size: usize,
+    on_free: Box<dyn Send>,
+) -> Result<gst::Memory, String> {
+    let share = try_share(root, offset, size).ok_or_else(|| {
+        format!(
+            "bytes {offset}..{} are outside the {}-byte block",
+            offset as u128 + size as u128,
+            root.size()
+        )
+    })?;
+    ON_FREE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(share.as_ptr() as usize, on_free);
+    Ok(share)
+}
+/// Owners to drop when a wrapped root is freed (keyed by the memory's address): this is how
+/// `memfdsrc` learns that the consumer is done with a block.
+pub(super) static ON_FREE: LazyLock<Mutex<HashMap<usize, Box<dyn Send>>>> =
+    LazyLock::new(Default::default);
+
+/// Wraps a received descriptor as read-only `MemfdMemory` with the given layout. The file
+/// must be at least `maxsize` bytes and sealed against shrinking (so a mapping can never run
+/// past its end), and `offset + size <= maxsize`. `on_free` is dropped when the memory and
+/// every share of it are gone.
+pub fn wrap_fd(
+    allocator: &gst_allocators::FdAllocator,
+    fd: OwnedFd,
+    maxsize: usize,
+    offset: usize,
+    size: usize,
+    on_free: Option<Box<dyn Send>>,
+) -> Result<gst::Memory, String> {
+    use rustix::fs::{SealFlags, fcntl_get_seals, fstat};
+    if maxsize == 0 || offset.checked_add(size).is_none_or(|end| end > maxsize) {
+        return Err(format!(
+            "bad layout: offset {offset} size {size} maxsize {maxsize}"
+        ));
+    }
+    // Seals first, size second: once SHRINK is sealed the size can only grow, so the size
+    // read next holds for as long as the mapping lives. (The other order lets a sender
+    // shrink an unsealed file between the two reads, then seal it: SIGBUS on access.)
+    let seals = fcntl_get_seals(&fd).map_err(|e| format!("not a sealable memfd: {e}"))?;
+    if !seals.contains(SealFlags::SHRINK) {
+        return Err("the file is not sealed against shrinking".into());
+    }
+    let st = fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+    if (st.st_size as u64) < maxsize as u64 {
+        return Err(format!(
+            "the file has {} bytes, fewer than maxsize {maxsize}",
+            st.st_size
+        ));
+    }
+    let raw = fd.into_raw_fd();
+    // SAFETY: as in `alloc`: GStreamer owns `raw` from here, or we close it on failure.
+    let mem = match unsafe {
+        allocator.alloc_fd(raw, maxsize, gst_allocators::FdMemoryFlags::KEEP_MAPPED)
+    } {
+        Ok(m) => m,
+        Err(_) => {
+            // SAFETY: not taken by GStreamer.
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+            return Err("gst_fd_allocator_alloc failed".into());
+        }
+    };
+    // SAFETY: a new memory, ours alone; the layout was checked above.
+    unsafe {
+        let m = mem.as_ptr() as *mut ffi::GstMemory;
+        (*m).offset = offset;
+        (*m).size = size;
+        (*m).mini_object.flags |= ffi::GST_MEMORY_FLAG_READONLY;
+    }
+    if let Ok(mut map) = ON_FREE.lock() {
+        // Registered even without an owner: `free` then knows this root was wrapped.
+        map.insert(
+            mem.as_ptr() as usize,
+            on_free.unwrap_or_else(|| Box::new(())),
+        );
+    }
+    mstats::count(M::Wraps, 1);
+    mstats::block(maxsize, true);
+    Ok(mem)
+}

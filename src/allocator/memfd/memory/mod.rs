@@ -1,0 +1,20 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The unsafe half of `MemfdMemory`: handing a memfd to `gst_fd_allocator_alloc`, setting the
+//! block's layout, recycling, the transport's block registry, and the memory vfuncs that
+//! 1.22's fd memory lacks or gets wrong. The fd memory struct itself stays GStreamer's.
+//!
+//! Files depend on each other in one direction: `fd` ← `blocks` ← `recycle` ← `alloc` ←
+//! `vfuncs`, `class`.
+
+mod alloc;
+mod blocks;
+mod class;
+mod fd;
+mod recycle;
+mod vfuncs;
+
+pub use alloc::{alloc, share_block, wrap_fd};
+pub use blocks::{Block, FreedBlocks, block_of, subscribe_freed};
+pub use fd::{ALLOCATOR_TYPE_NAME, dup_fd, is_memfd_memory, is_sealed_memfd};
+pub use recycle::{recycled_bytes, retire_block, trim_recycled};
+pub use vfuncs::install_vfuncs;

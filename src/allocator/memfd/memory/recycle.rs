@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Recycling: freed blocks kept mapped for reuse, within the allocator's bound.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
+use crate::allocator::debug::MEMFD as CAT;
+use gst::ffi;
+use gst::glib;
+use gst::glib::translate::*;
+
+use crate::allocator::memfd::stats::{self as mstats, Counter as M};
+use crate::allocator::raw::{lockstate, traced};
+
+use super::blocks;
+
+/// Freed blocks kept for reuse, by maxsize: the memory objects themselves, still mapped and
+/// with their pages faulted in (a fresh memfd costs a page fault and a zeroed page per 4 KiB).
+#[derive(Default)]
+struct Recycled {
+    blocks: HashMap<usize, Vec<gst::Memory>>,
+    bytes: usize,
+}
+
+static RECYCLED: LazyLock<Mutex<Recycled>> = LazyLock::new(Default::default);
+
+/// `GstMiniObject.dispose` of the blocks `alloc` makes: when the last reference goes (after
+/// every consumer released the block, for memfdsink), the block is kept for reuse while the
+/// recycling bound allows, the way GstBufferPool recycles buffers; otherwise it is freed.
+pub(super) unsafe extern "C" fn recycle_dispose(
+    obj: *mut ffi::GstMiniObject,
+) -> glib::ffi::gboolean {
+    let mem = obj as *mut ffi::GstMemory;
+    // SAFETY: core calls dispose with refcount 0 on a live memory of ours, a root (`alloc`
+    // sets this hook on roots only), with no share or map left.
+    unsafe {
+        let maxsize = (*mem).maxsize;
+        // With a tracer active, blocks are freed by core like any memory (which fires the
+        // memory-free hooks) and every allocation is a fresh one (memory-init).
+        if traced() {
+            return glib::ffi::GTRUE;
+        }
+        // A block still locked (mapped and never unmapped, or its lock count otherwise off)
+        // is not like a fresh one: free it instead of handing it to a later owner.
+        if lockstate(mem) != 0 {
+            gst::warning!(
+                CAT,
+                "not recycling {:p}: freed while locked or mapped (lockstate {:#x})",
+                mem,
+                lockstate(mem)
+            );
+            return glib::ffi::GTRUE;
+        }
+        let max = crate::allocator::aligned::max_cached_bytes();
+        // Lock order: BLOCKS, then RECYCLED (as `retire_block`), so that a block retired
+        // by id is either seen retired here or found in the cache there.
+        let blocks = blocks::BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        if blocks.get(&(mem as usize)).is_some_and(|b| b.retired) {
+            return glib::ffi::GTRUE;
+        }
+        // Waits for the lock rather than freeing the block when another thread holds it (a
+        // take or a trim: never long, and nothing that holds it frees a memory): under load,
+        // giving up freed one block in a few, and each fresh memfd costs its pages' faults
+        // again, here and in every process it is sent to.
+        let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
+        if r.bytes + maxsize > max {
+            return glib::ffi::GTRUE;
+        }
+        // Resurrect it: the reference we take is the one the cache owns.
+        ffi::gst_mini_object_ref(obj);
+        mstats::count(M::Frees, 1);
+        mstats::block(maxsize, false);
+        r.bytes += maxsize;
+        r.blocks
+            .entry(maxsize)
+            .or_default()
+            .push(from_glib_full(mem));
+    }
+    glib::ffi::GFALSE
+}
+
+/// Takes a recycled block of `maxsize` bytes.
+pub(super) fn take_recycled(maxsize: usize) -> Option<gst::Memory> {
+    let mut r = RECYCLED.lock().ok()?;
+    let mem = r.blocks.get_mut(&maxsize)?.pop()?;
+    r.bytes -= maxsize;
+    Some(mem)
+}
+/// Keeps block `id` from ever being recycled (a consumer that may still map it went away): a
+/// cached block is freed now, one in use when its last reference goes.
+pub fn retire_block(id: u64) {
+    let cached = {
+        let mut blocks = blocks::BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((&root, entry)) = blocks.iter_mut().find(|(_, b)| b.id == id) else {
+            return;
+        };
+        entry.retired = true;
+        let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = None;
+        for list in r.blocks.values_mut() {
+            if let Some(i) = list.iter().position(|m| m.as_ptr() as usize == root) {
+                found = Some(list.swap_remove(i));
+                break;
+            }
+        }
+        if let Some(m) = &found {
+            r.bytes -= m.maxsize();
+        }
+        found
+    };
+    // Outside the locks: freeing it runs `free`, which takes BLOCKS.
+    if let Some(mem) = cached {
+        discard(mem);
+    }
+}
+/// Frees a block taken from the cache (its dispose hook cleared, so it is not recycled again).
+pub(super) fn discard(mem: gst::Memory) {
+    // SAFETY: we own the only reference; without the hook the unref in drop frees it.
+    unsafe { (*(mem.as_ptr() as *mut ffi::GstMemory)).mini_object.dispose = None };
+    drop(mem);
+}
+
+/// Frees every recycled block (part of `trim_cache`).
+pub fn trim_recycled() {
+    let blocks: Vec<gst::Memory> = match RECYCLED.lock() {
+        Ok(mut r) => {
+            r.bytes = 0;
+            r.blocks.drain().flat_map(|(_, v)| v).collect()
+        }
+        Err(_) => return,
+    };
+    for mem in blocks {
+        discard(mem);
+    }
+}
+
+/// Bytes held by recycled blocks.
+pub fn recycled_bytes() -> usize {
+    RECYCLED.lock().map(|r| r.bytes).unwrap_or(0)
+}
