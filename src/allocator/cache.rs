@@ -218,7 +218,8 @@ impl<T> Pool<T> {
 // The process-wide cache of one block type (memory/mod.rs instantiates it for its blocks).
 // ---------------------------------------------------------------------------------------------
 
-fn initial_max() -> usize {
+/// The initial bound of a recycling cache: `MEMKIT_MAX_CACHED_BYTES`, else the default.
+pub fn initial_max() -> usize {
     std::env::var(ENV_MAX_CACHED_BYTES)
         .ok()
         .and_then(|v| v.trim().parse().ok())

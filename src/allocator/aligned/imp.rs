@@ -31,8 +31,9 @@ impl ObjectImpl for AlignedAllocator {
                     .nick("Maximum cached bytes")
                     .blurb(
                         "Bound of the recycling cache of freed blocks, shared by every \
-                         AlignedMemory allocator of the process (0 disables the cache; the \
-                         initial value comes from MEMKIT_MAX_CACHED_BYTES)",
+                         AlignedMemory allocator of the process, separate from MemfdMemory's \
+                         (0 disables the cache; the initial value comes from \
+                         MEMKIT_MAX_CACHED_BYTES)",
                     )
                     .default_value(DEFAULT_MAX_CACHED_BYTES as u64)
                     .build(),
@@ -133,13 +134,6 @@ impl ObjectImpl for AlignedAllocator {
         self.parent_constructed();
         memory::install_vfuncs(self.obj().upcast_ref());
         gst::debug!(CAT, imp = self, "created");
-    }
-
-    fn dispose(&self) {
-        // Cached blocks hold no reference on any allocator, so this runs once the last memory
-        // of this instance is gone; drain the cache with it.
-        memory::cache().trim();
-        gst::debug!(CAT, imp = self, "disposed, cache drained");
     }
 }
 

@@ -10,6 +10,7 @@ use gst::subclass::prelude::*;
 
 use super::memory::{self, ALLOCATOR_TYPE_NAME};
 use super::stats;
+use crate::allocator::cache::DEFAULT_MAX_CACHED_BYTES;
 use crate::allocator::debug::MEMFD as CAT;
 
 #[derive(Default)]
@@ -26,6 +27,20 @@ impl ObjectImpl for MemfdAllocator {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
+                glib::ParamSpecUInt64::builder("max-cached-bytes")
+                    .nick("Maximum cached bytes")
+                    .blurb(
+                        "Bound of MemfdMemory's recycling of freed blocks, process-wide and \
+                         separate from AlignedMemory's (0 disables recycling; the initial \
+                         value comes from MEMKIT_MAX_CACHED_BYTES)",
+                    )
+                    .default_value(DEFAULT_MAX_CACHED_BYTES as u64)
+                    .build(),
+                glib::ParamSpecUInt64::builder("cached-bytes")
+                    .nick("Cached bytes")
+                    .blurb("Bytes held by MemfdMemory's recycled blocks")
+                    .read_only()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
@@ -40,8 +55,22 @@ impl ObjectImpl for MemfdAllocator {
         PROPERTIES.as_ref()
     }
 
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        match pspec.name() {
+            "max-cached-bytes" => {
+                let max = value.get::<u64>().expect("type checked upstream");
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                gst::debug!(CAT, imp = self, "max-cached-bytes set to {}", max);
+                memory::set_max_bytes(max);
+            }
+            _ => unimplemented!(),
+        }
+    }
+
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
+            "max-cached-bytes" => (memory::max_bytes() as u64).to_value(),
+            "cached-bytes" => (memory::recycled_bytes() as u64).to_value(),
             "stats" => stats::to_structure(memory::recycled_bytes()).to_value(),
             _ => unimplemented!(),
         }

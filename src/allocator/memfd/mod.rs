@@ -65,6 +65,18 @@ pub fn cached_bytes() -> usize {
     memory::recycled_bytes()
 }
 
+/// The bound of MemfdMemory's recycling, in bytes (its allocator's `max-cached-bytes`; the
+/// initial value comes from `MEMKIT_MAX_CACHED_BYTES`, like AlignedMemory's).
+pub fn max_cached_bytes() -> usize {
+    memory::max_bytes()
+}
+
+/// Sets the bound of MemfdMemory's recycling (0 disables it) and frees recycled blocks until
+/// they fit in it. AlignedMemory's cache is not affected.
+pub fn set_max_cached_bytes(max: usize) {
+    memory::set_max_bytes(max);
+}
+
 impl MemfdAllocator {
     /// Allocates `size` bytes with `params` (or the defaults): the memory is fd memory whose
     /// payload is aligned to `params.align() | 63` (at most a page). Errors are typed.

@@ -16,5 +16,5 @@ mod vfuncs;
 pub use alloc::{alloc, share_block, wrap_fd};
 pub use blocks::{Block, FreedBlocks, block_of, subscribe_freed};
 pub use fd::{ALLOCATOR_TYPE_NAME, dup_fd, is_memfd_memory, is_sealed_memfd};
-pub use recycle::{recycled_bytes, retire_block, trim_recycled};
+pub use recycle::{max_bytes, recycled_bytes, retire_block, set_max_bytes, trim_recycled};
 pub use vfuncs::install_vfuncs;

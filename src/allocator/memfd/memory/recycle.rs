@@ -2,6 +2,7 @@
 //! Recycling: freed blocks kept mapped for reuse, within the allocator's bound.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use crate::allocator::debug::MEMFD as CAT;
@@ -23,6 +24,40 @@ struct Recycled {
 }
 
 static RECYCLED: LazyLock<Mutex<Recycled>> = LazyLock::new(Default::default);
+
+/// The recycling bound (MemfdMemory's `max-cached-bytes`), in bytes; 0 recycles nothing.
+static MAX_BYTES: LazyLock<AtomicUsize> =
+    LazyLock::new(|| AtomicUsize::new(crate::allocator::cache::initial_max()));
+
+/// The recycling bound, in bytes.
+pub fn max_bytes() -> usize {
+    MAX_BYTES.load(Ordering::Relaxed)
+}
+
+/// Sets the recycling bound and frees recycled blocks until they fit in it.
+pub fn set_max_bytes(max: usize) {
+    MAX_BYTES.store(max, Ordering::Relaxed);
+    let over: Vec<gst::Memory> = {
+        let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut over = Vec::new();
+        let sizes: Vec<usize> = r.blocks.keys().copied().collect();
+        for size in sizes {
+            while r.bytes > max {
+                let Some(mem) = r.blocks.get_mut(&size).and_then(Vec::pop) else {
+                    break;
+                };
+                r.bytes -= size;
+                over.push(mem);
+            }
+        }
+        r.blocks.retain(|_, v| !v.is_empty());
+        over
+    };
+    // Outside the lock: freeing a block runs `free`, which takes BLOCKS.
+    for mem in over {
+        discard(mem);
+    }
+}
 
 /// `GstMiniObject.dispose` of the blocks `alloc` makes: when the last reference goes (after
 /// every consumer released the block, for memfdsink), the block is kept for reuse while the
@@ -51,7 +86,7 @@ pub(super) unsafe extern "C" fn recycle_dispose(
             );
             return glib::ffi::GTRUE;
         }
-        let max = crate::allocator::aligned::max_cached_bytes();
+        let max = max_bytes();
         // Lock order: BLOCKS, then RECYCLED (as `retire_block`), so that a block retired
         // by id is either seen retired here or found in the cache there.
         let blocks = blocks::BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
