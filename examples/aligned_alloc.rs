@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let allocator = aligned_allocator();
 
     let params = gst::AllocationParams::new(gst::MemoryFlags::ZERO_PADDED, 4095, 0, 64);
-    let mem: AlignedMemory = allocator.alloc(1 << 20, Some(&params))?; // Result<_, AllocError>
+    let mem: AlignedMemory = allocator.alloc_aligned(1 << 20, Some(&params))?; // Result<_, AllocError>
     assert_eq!(mem.payload_addr() % 4096, 0);
 
     let share = mem.share(0..4096)?; // Result: no panic on empty or bad ranges

@@ -36,9 +36,9 @@ demo "slice into 4 KiB shares and merge them back without copying" \
     memcheck memory-type=AlignedMemory fail-on-violation=true ! fakesink
 
 echo
-echo "== the memkit tracer audits a stock pipeline (GST_TRACERS=memkit)"
+echo "== the memkit tracer audits a stock pipeline (GST_TRACERS=memkittracer)"
 echo "gst-launch-1.0 -q videotestsrc num-buffers=100 ! videoconvert ! fakesink"
-G_DEBUG=fatal_warnings GST_TRACERS=memkit gst-launch-1.0 -q videotestsrc num-buffers=100 ! videoconvert ! fakesink
+G_DEBUG=fatal_warnings GST_TRACERS=memkittracer gst-launch-1.0 -q videotestsrc num-buffers=100 ! videoconvert ! fakesink
 
 echo
 echo "== two processes: frames travel as memfd descriptors, nothing copied"

@@ -7,8 +7,8 @@ pub use gst;
 
 pub mod allocator;
 pub mod elements;
-pub mod tracer;
-pub mod transport;
+mod tracer;
+mod transport;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), gst::glib::BoolError> {
     allocator::register(plugin)?;

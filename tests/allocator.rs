@@ -83,7 +83,7 @@ fn alloc_result_has_contract_fields() {
     init();
     let a = aligned_allocator();
     let p = params(gst::MemoryFlags::ZERO_PREFIXED, 7, 16, 32);
-    let mem = a.alloc(1000, Some(&p)).unwrap();
+    let mem = a.alloc_aligned(1000, Some(&p)).unwrap();
     assert_eq!(mem.size(), 1000);
     assert_eq!(mem.offset(), 16);
     assert!(mem.maxsize() >= 16 + 1000 + 32);
@@ -105,7 +105,7 @@ fn minimum_alignment_is_64_and_raised_by_params() {
     let a = aligned_allocator();
     for mask in masks() {
         let mem = a
-            .alloc(10, Some(&params(gst::MemoryFlags::empty(), mask, 0, 0)))
+            .alloc_aligned(10, Some(&params(gst::MemoryFlags::empty(), mask, 0, 0)))
             .unwrap();
         assert_eq!(mem.align(), mask | 63, "mask {mask}");
         assert_eq!(map_addr(&mem) & (mask | 63), 0);
@@ -119,7 +119,7 @@ fn payload_is_aligned_for_every_prefix_and_mask() {
     for mask in masks() {
         for prefix in 0..200 {
             let p = params(gst::MemoryFlags::empty(), mask, prefix, 0);
-            let mem = a.alloc(33, Some(&p)).unwrap();
+            let mem = a.alloc_aligned(33, Some(&p)).unwrap();
             assert_eq!(mem.offset(), prefix);
             let eff = mask | 63;
             assert_eq!(mem.payload_addr() & eff, 0, "mask {mask} prefix {prefix}");
@@ -137,7 +137,7 @@ fn system_memory_aligns_only_the_region_start() {
     let p = params(gst::MemoryFlags::empty(), 63, 3, 0);
     let mem = sys.alloc(33, Some(&p)).unwrap();
     assert_ne!(map_addr(&mem) & 63, 0);
-    let ours = aligned_allocator().alloc(33, Some(&p)).unwrap();
+    let ours = aligned_allocator().alloc_aligned(33, Some(&p)).unwrap();
     assert_eq!(map_addr(&ours) & 63, 0);
 }
 
@@ -145,13 +145,13 @@ fn system_memory_aligns_only_the_region_start() {
 fn maxsize_is_prefix_size_padding_rounded_up_to_alignment() {
     init();
     let a = aligned_allocator();
-    assert_eq!(a.alloc(100, None).unwrap().maxsize(), 128);
-    assert_eq!(a.alloc(128, None).unwrap().maxsize(), 128);
-    assert_eq!(a.alloc(129, None).unwrap().maxsize(), 192);
+    assert_eq!(a.alloc_aligned(100, None).unwrap().maxsize(), 128);
+    assert_eq!(a.alloc_aligned(128, None).unwrap().maxsize(), 128);
+    assert_eq!(a.alloc_aligned(129, None).unwrap().maxsize(), 192);
     let p = params(gst::MemoryFlags::empty(), 4095, 10, 5);
-    assert_eq!(a.alloc(100, Some(&p)).unwrap().maxsize(), 4096);
+    assert_eq!(a.alloc_aligned(100, Some(&p)).unwrap().maxsize(), 4096);
     let p = params(gst::MemoryFlags::empty(), 0, 64, 64);
-    assert_eq!(a.alloc(1000, Some(&p)).unwrap().maxsize(), 1152);
+    assert_eq!(a.alloc_aligned(1000, Some(&p)).unwrap().maxsize(), 1152);
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn zero_prefixed_and_zero_padded_ranges_hold_zeros() {
         (0, 7, 0, 0),
     ] {
         let p = params(ZERO_FLAGS, mask, prefix, padding);
-        let mut mem = a.alloc(size, Some(&p)).unwrap();
+        let mut mem = a.alloc_aligned(size, Some(&p)).unwrap();
         fill(&mut mem, 0xA5);
         let region = region_bytes(&mut mem);
         assert_eq!(region.len(), mem.maxsize());
@@ -187,7 +187,7 @@ fn size_zero_allocates_and_maps_non_null() {
         params(gst::MemoryFlags::empty(), 0, 0, 0),
         params(ZERO_FLAGS, 4095, 17, 3),
     ] {
-        let mut mem = a.alloc(0, Some(&p)).unwrap();
+        let mut mem = a.alloc_aligned(0, Some(&p)).unwrap();
         assert_eq!(mem.size(), 0);
         assert_eq!(mem.map_readable().unwrap().size(), 0);
         // The pointer C code gets is real, non-NULL and aligned.
@@ -216,18 +216,21 @@ fn overflowing_sizes_are_typed_errors() {
     ] {
         let p = params(gst::MemoryFlags::empty(), 0, prefix, padding);
         assert!(
-            matches!(a.alloc(size, Some(&p)), Err(AllocError::Overflow { .. })),
+            matches!(
+                a.alloc_aligned(size, Some(&p)),
+                Err(AllocError::Overflow { .. })
+            ),
             "size {size} prefix {prefix} padding {padding}"
         );
     }
     let p = params(gst::MemoryFlags::empty(), max, 0, 0);
     assert_eq!(
-        a.alloc(1, Some(&p)).unwrap_err(),
+        a.alloc_aligned(1, Some(&p)).unwrap_err(),
         AllocError::AlignTooLarge(max)
     );
     let p = params(gst::MemoryFlags::empty(), 100, 0, 0);
     assert_eq!(
-        a.alloc(1, Some(&p)).unwrap_err(),
+        a.alloc_aligned(1, Some(&p)).unwrap_err(),
         AllocError::InvalidAlignMask(100)
     );
     // A clear message, not just a variant.
@@ -262,7 +265,9 @@ fn overflowing_sizes_through_core_give_null_not_a_crash() {
 fn out_of_memory_is_a_typed_error() {
     init();
     // 2^46 bytes (64 TiB) fits in isize but no machine here can provide it.
-    let err = aligned_allocator().alloc(1 << 46, None).unwrap_err();
+    let err = aligned_allocator()
+        .alloc_aligned(1 << 46, None)
+        .unwrap_err();
     assert!(matches!(err, AllocError::OutOfMemory { .. }), "{err:?}");
 }
 
@@ -271,7 +276,7 @@ fn params_flags_are_kept() {
     init();
     let flags = gst::MemoryFlags::PHYSICALLY_CONTIGUOUS | gst::MemoryFlags::NO_SHARE;
     let mem = aligned_allocator()
-        .alloc(8, Some(&params(flags, 0, 0, 0)))
+        .alloc_aligned(8, Some(&params(flags, 0, 0, 0)))
         .unwrap();
     assert!(mem.flags().contains(flags));
 }
@@ -281,7 +286,7 @@ fn params_flags_are_kept() {
 #[test]
 fn repeated_and_nested_maps_return_the_same_pointer() {
     init();
-    let mem = aligned_allocator().alloc(256, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(256, None).unwrap();
     let m1 = mem.map_readable().unwrap();
     let m2 = mem.map_readable().unwrap();
     assert_eq!(m1.as_slice().as_ptr(), m2.as_slice().as_ptr());
@@ -293,7 +298,7 @@ fn repeated_and_nested_maps_return_the_same_pointer() {
 fn not_mappable_memory_refuses_to_map() {
     init();
     let p = params(gst::MemoryFlags::NOT_MAPPABLE, 0, 0, 0);
-    let mut mem = aligned_allocator().alloc(64, Some(&p)).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(64, Some(&p)).unwrap();
     assert!(mem.map_readable().is_err());
     assert_eq!(mem.mapped_addr(), None);
     assert!(mem.get_mut().unwrap().map_writable().is_err());
@@ -305,7 +310,7 @@ fn not_mappable_memory_refuses_to_map() {
 fn read_only_memory_cannot_be_written() {
     init();
     let mem = aligned_allocator()
-        .alloc(64, Some(&params(gst::MemoryFlags::READONLY, 0, 0, 0)))
+        .alloc_aligned(64, Some(&params(gst::MemoryFlags::READONLY, 0, 0, 0)))
         .unwrap();
     let mut mem: gst::Memory = mem.upcast_memory();
     assert!(mem.get_mut().is_none_or(|m| m.map_writable().is_err()));
@@ -318,7 +323,7 @@ fn read_only_memory_cannot_be_written() {
 fn share_points_at_the_root_with_readonly_flags_and_same_bytes() {
     init();
     let p = params(gst::MemoryFlags::ZERO_PREFIXED, 0, 16, 0);
-    let mut mem = aligned_allocator().alloc(200, Some(&p)).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(200, Some(&p)).unwrap();
     fill(&mut mem, 1);
     let share = mem.share(10..60).unwrap();
     assert_eq!(share.offset(), 16 + 10);
@@ -346,7 +351,7 @@ fn share_points_at_the_root_with_readonly_flags_and_same_bytes() {
 #[test]
 fn core_share_minus_one_means_to_the_end() {
     init();
-    let mem = aligned_allocator().alloc(100, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(100, None).unwrap();
     // gst-rs' share goes through gst_memory_share with size -1 for an open range.
     let share = gst::MemoryRef::share(&mem, 30..);
     assert_eq!(share.size(), 70);
@@ -356,7 +361,7 @@ fn core_share_minus_one_means_to_the_end() {
 #[test]
 fn empty_share_is_valid() {
     init();
-    let mem = aligned_allocator().alloc(100, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(100, None).unwrap();
     for k in [0, 50, 100] {
         let s = mem.share(k..k).unwrap();
         assert_eq!(s.size(), 0);
@@ -369,7 +374,7 @@ fn empty_share_is_valid() {
 #[test]
 fn out_of_range_share_is_an_error() {
     init();
-    let mem = aligned_allocator().alloc(100, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(100, None).unwrap();
     assert!(matches!(
         mem.share(0..101),
         Err(MemoryError::OutOfRange { .. })
@@ -391,7 +396,7 @@ fn out_of_range_share_is_an_error() {
 fn no_share_memory_refuses_to_share() {
     init();
     let mem = aligned_allocator()
-        .alloc(10, Some(&params(gst::MemoryFlags::NO_SHARE, 0, 0, 0)))
+        .alloc_aligned(10, Some(&params(gst::MemoryFlags::NO_SHARE, 0, 0, 0)))
         .unwrap();
     assert_eq!(mem.share(..).unwrap_err(), MemoryError::NoShare);
 }
@@ -399,7 +404,7 @@ fn no_share_memory_refuses_to_share() {
 #[test]
 fn memory_mapped_for_writing_refuses_to_share() {
     init();
-    let mem = aligned_allocator().alloc(64, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(64, None).unwrap();
     let mapped = mem
         .upcast_memory::<gst::Memory>()
         .into_mapped_memory_writable()
@@ -421,7 +426,7 @@ fn memory_mapped_for_writing_refuses_to_share() {
 #[test]
 fn root_stays_alive_while_shares_exist() {
     init();
-    let mut mem = aligned_allocator().alloc(64, None).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(64, None).unwrap();
     fill(&mut mem, 9);
     let expected = payload(&mem);
     let share = mem.share(..).unwrap();
@@ -444,7 +449,7 @@ fn root_stays_alive_while_shares_exist() {
 fn copy_is_a_writable_root_with_the_bytes_and_alignment() {
     init();
     let p = params(gst::MemoryFlags::empty(), 4095, 7, 0);
-    let mut mem = aligned_allocator().alloc(300, Some(&p)).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(300, Some(&p)).unwrap();
     fill(&mut mem, 3);
     let share = mem.share(100..200).unwrap();
     let copy = share.copy_range(10..60).unwrap();
@@ -463,7 +468,7 @@ fn copy_is_a_writable_root_with_the_bytes_and_alignment() {
 #[test]
 fn core_copy_minus_one_and_past_the_end() {
     init();
-    let mut mem = aligned_allocator().alloc(100, None).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(100, None).unwrap();
     fill(&mut mem, 0);
     let all = gst::MemoryRef::copy_range(&mem, ..);
     assert_eq!(payload(&all), payload(&mem));
@@ -475,18 +480,18 @@ fn core_copy_minus_one_and_past_the_end() {
 #[test]
 fn zero_size_copy_works() {
     init();
-    let mem = aligned_allocator().alloc(100, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(100, None).unwrap();
     let c = mem.copy_range(100..).unwrap();
     assert_eq!(c.size(), 0);
     assert_eq!(c.map_readable().unwrap().size(), 0);
-    let empty = aligned_allocator().alloc(0, None).unwrap();
+    let empty = aligned_allocator().alloc_aligned(0, None).unwrap();
     assert_eq!(empty.copy_range(..).unwrap().size(), 0);
 }
 
 #[test]
 fn copy_of_a_write_mapped_block_works() {
     init();
-    let mut mem = aligned_allocator().alloc(4096, None).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(4096, None).unwrap();
     fill(&mut mem, 42);
     let expected = payload(&mem);
     let mut mapped = mem
@@ -505,7 +510,7 @@ fn copy_of_a_write_mapped_block_works() {
 #[test]
 fn out_of_range_copy_is_an_error() {
     init();
-    let mem = aligned_allocator().alloc(100, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(100, None).unwrap();
     assert!(matches!(
         mem.copy_range(0..101),
         Err(MemoryError::OutOfRange { .. })
@@ -521,14 +526,14 @@ fn out_of_range_copy_is_an_error() {
 #[test]
 fn is_span_requires_order_and_contiguity() {
     init();
-    let mem = aligned_allocator().alloc(100, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(100, None).unwrap();
     let a = mem.share(0..10).unwrap();
     let b = mem.share(10..30).unwrap();
     let c = mem.share(31..40).unwrap();
     assert_eq!(a.is_span(&b), Some(0));
     assert_eq!(b.is_span(&a), None, "order matters");
     assert_eq!(b.is_span(&c), None, "a gap is not a span");
-    let other = aligned_allocator().alloc(100, None).unwrap();
+    let other = aligned_allocator().alloc_aligned(100, None).unwrap();
     let d = other.share(10..20).unwrap();
     assert_eq!(a.is_span(&d), None, "different parents");
     let e = mem.share(30..40).unwrap();
@@ -539,7 +544,7 @@ fn is_span_requires_order_and_contiguity() {
 fn is_span_offset_is_relative_to_a_prefixed_parent() {
     init();
     let p = params(gst::MemoryFlags::empty(), 0, 64, 0);
-    let mut mem = aligned_allocator().alloc(100, Some(&p)).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(100, Some(&p)).unwrap();
     fill(&mut mem, 5);
     let a = mem.share(20..30).unwrap();
     let b = mem.share(30..50).unwrap();
@@ -555,7 +560,9 @@ fn is_span_offset_is_relative_to_a_prefixed_parent() {
 fn buffer_of_contiguous_shares_maps_without_copying() {
     init();
     let p = params(gst::MemoryFlags::empty(), 0, 64, 0);
-    let mut mem = aligned_allocator().alloc(16 * 256, Some(&p)).unwrap();
+    let mut mem = aligned_allocator()
+        .alloc_aligned(16 * 256, Some(&p))
+        .unwrap();
     fill(&mut mem, 0);
     let mut buffer = gst::Buffer::new();
     {
@@ -596,7 +603,7 @@ fn resize_clears_zero_flags_like_core() {
 fn try_resize_checks_bounds_and_writability() {
     init();
     let mut mem = aligned_allocator()
-        .alloc(100, Some(&params(gst::MemoryFlags::empty(), 0, 8, 0)))
+        .alloc_aligned(100, Some(&params(gst::MemoryFlags::empty(), 0, 8, 0)))
         .unwrap();
     let m = mem.get_mut().unwrap();
     assert!(matches!(
@@ -629,7 +636,7 @@ fn try_resize_checks_bounds_and_writability() {
 fn try_resize_clears_zero_padded_when_the_end_moves_before_the_old_start() {
     init();
     let p = params(ZERO_FLAGS, 0, 100, 0);
-    let mut mem = aligned_allocator().alloc(50, Some(&p)).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(50, Some(&p)).unwrap();
     fill(&mut mem, 1);
     let m = mem.get_mut().unwrap();
     // New range [10, 20) ends before the old start (100): bytes 20..100 were prefix zeros, but
@@ -649,7 +656,7 @@ fn try_resize_clears_zero_padded_when_the_end_moves_before_the_old_start() {
 #[test]
 fn make_mapped_maps_in_place_or_copies() {
     init();
-    let mut mem = aligned_allocator().alloc(64, None).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(64, None).unwrap();
     fill(&mut mem, 7);
     let addr = map_addr(&mem);
     // Writable root: mapped in place.

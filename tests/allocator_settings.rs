@@ -51,8 +51,12 @@ fn memfd_cached() -> u64 {
 
 /// Allocates and frees one block of each allocator.
 fn churn() {
-    drop(aligned_allocator().alloc(1000, None).unwrap());
-    drop(memfd_allocator().alloc(2 * page_size(), None).unwrap());
+    drop(aligned_allocator().alloc_aligned(1000, None).unwrap());
+    drop(
+        memfd_allocator()
+            .alloc_memfd(2 * page_size(), None)
+            .unwrap(),
+    );
 }
 
 #[test]
@@ -97,10 +101,10 @@ fn disposing_an_allocator_instance_leaves_the_caches() {
     assert!(aligned_before > 0 && memfd_before > 0);
 
     let own = gst::glib::Object::new::<AlignedAllocator>();
-    drop(own.alloc(1000, None).unwrap());
+    drop(own.alloc_aligned(1000, None).unwrap());
     drop(own);
     let own = gst::glib::Object::new::<memfd::MemfdAllocator>();
-    drop(own.alloc(page_size(), None).unwrap());
+    drop(own.alloc_memfd(page_size(), None).unwrap());
     drop(own);
 
     assert!(

@@ -50,7 +50,7 @@ fn a_reused_block_is_indistinguishable_from_a_fresh_one() {
     let a = aligned_allocator();
     let params = zero_params(64, 64);
 
-    let mut first = a.alloc(1000, Some(&params)).unwrap();
+    let mut first = a.alloc_aligned(1000, Some(&params)).unwrap();
     let addr = first.payload_addr();
     // Leave the block dirty in every way a user can: bytes everywhere, offset and size moved,
     // ZERO flags cleared by the resize, a share taken and dropped (exclusive lock + release).
@@ -58,7 +58,7 @@ fn a_reused_block_is_indistinguishable_from_a_fresh_one() {
     drop(first.share(..16).unwrap());
     drop(first);
 
-    let again = a.alloc(1000, Some(&params)).unwrap();
+    let again = a.alloc_aligned(1000, Some(&params)).unwrap();
     assert_eq!(
         again.payload_addr(),
         addr,
@@ -112,11 +112,11 @@ fn a_reused_block_is_indistinguishable_from_a_fresh_one() {
 fn without_zero_flags_a_reused_block_keeps_no_zero_promise() {
     let _g = setup();
     let a = aligned_allocator();
-    let mut m = a.alloc(4000, None).unwrap();
+    let mut m = a.alloc_aligned(4000, None).unwrap();
     dirty_region(&mut m, 0x55);
     let addr = m.payload_addr();
     drop(m);
-    let m = a.alloc(4000, None).unwrap();
+    let m = a.alloc_aligned(4000, None).unwrap();
     assert_eq!(m.payload_addr(), addr);
     assert!(
         m.flags().is_empty(),
@@ -130,15 +130,15 @@ fn blocks_of_different_alignment_or_class_are_not_mixed() {
     let _g = setup();
     let a = aligned_allocator();
     let page = gst::AllocationParams::new(gst::MemoryFlags::empty(), 4095, 0, 0);
-    let m = a.alloc(1000, None).unwrap();
+    let m = a.alloc_aligned(1000, None).unwrap();
     drop(m);
-    let p = a.alloc(1000, Some(&page)).unwrap();
+    let p = a.alloc_aligned(1000, Some(&page)).unwrap();
     assert_eq!(
         p.payload_addr() % 4096,
         0,
         "a 4 KiB request never gets a 64 B block"
     );
-    let big = a.alloc(100_000, None).unwrap();
+    let big = a.alloc_aligned(100_000, None).unwrap();
     assert!(big.maxsize() >= 100_000);
     // Writing the whole of it proves the storage really holds that many bytes.
     let mut big = big;
@@ -154,7 +154,9 @@ fn blocks_of_different_alignment_or_class_are_not_mixed() {
 fn cache_holds_bytes_is_trimmed_and_can_be_disabled() {
     let _g = setup();
     let a = aligned_allocator();
-    let blocks: Vec<_> = (0..4).map(|_| a.alloc(1 << 20, None).unwrap()).collect();
+    let blocks: Vec<_> = (0..4)
+        .map(|_| a.alloc_aligned(1 << 20, None).unwrap())
+        .collect();
     drop(blocks);
     assert!(
         allocator::cached_bytes() >= 4 << 20,
@@ -169,7 +171,9 @@ fn cache_holds_bytes_is_trimmed_and_can_be_disabled() {
 
     a.set_property("max-cached-bytes", 0u64);
     assert_eq!(a.property::<u64>("max-cached-bytes"), 0);
-    let blocks: Vec<_> = (0..4).map(|_| a.alloc(4096, None).unwrap()).collect();
+    let blocks: Vec<_> = (0..4)
+        .map(|_| a.alloc_aligned(4096, None).unwrap())
+        .collect();
     drop(blocks);
     assert_eq!(
         allocator::cached_bytes(),
@@ -180,7 +184,9 @@ fn cache_holds_bytes_is_trimmed_and_can_be_disabled() {
     // A small bound is honoured: the shared pool stops at it, this thread's own lists at a
     // quarter of it.
     a.set_property("max-cached-bytes", 64u64 << 10);
-    let blocks: Vec<_> = (0..64).map(|_| a.alloc(4096, None).unwrap()).collect();
+    let blocks: Vec<_> = (0..64)
+        .map(|_| a.alloc_aligned(4096, None).unwrap())
+        .collect();
     drop(blocks);
     let cached = allocator::cached_bytes();
     assert_eq!(
@@ -198,11 +204,15 @@ fn cache_holds_bytes_is_trimmed_and_can_be_disabled() {
 fn blocks_freed_by_another_thread_come_back_through_the_shared_pool() {
     let _g = setup();
     let a = aligned_allocator();
-    let blocks: Vec<_> = (0..4).map(|_| a.alloc(200_000, None).unwrap()).collect();
+    let blocks: Vec<_> = (0..4)
+        .map(|_| a.alloc_aligned(200_000, None).unwrap())
+        .collect();
     let addrs: Vec<usize> = blocks.iter().map(|m| m.payload_addr()).collect();
     // The other thread frees them into its own lists, which go to the shared pool when it ends.
     std::thread::spawn(move || drop(blocks)).join().unwrap();
-    let again: Vec<_> = (0..4).map(|_| a.alloc(200_000, None).unwrap()).collect();
+    let again: Vec<_> = (0..4)
+        .map(|_| a.alloc_aligned(200_000, None).unwrap())
+        .collect();
     for m in &again {
         assert!(
             addrs.contains(&m.payload_addr()),
@@ -216,7 +226,9 @@ fn registered_allocator_memories_hold_no_reference_on_it() {
     let _g = setup();
     let a = aligned_allocator();
     let before = a.ref_count();
-    let mems: Vec<_> = (0..10).map(|_| a.alloc(100, None).unwrap()).collect();
+    let mems: Vec<_> = (0..10)
+        .map(|_| a.alloc_aligned(100, None).unwrap())
+        .collect();
     let shares: Vec<_> = mems.iter().map(|m| m.share(..10).unwrap()).collect();
     assert_eq!(
         a.ref_count(),
@@ -239,7 +251,7 @@ fn other_instances_are_referenced_by_their_memories_and_freed_after_them() {
     let _g = setup();
     let other = gst::glib::Object::new::<AlignedAllocator>();
     let weak = other.downgrade();
-    let mem = other.alloc(1000, None).unwrap();
+    let mem = other.alloc_aligned(1000, None).unwrap();
     assert_eq!(
         other.ref_count(),
         2,
@@ -264,13 +276,13 @@ fn other_instances_are_referenced_by_their_memories_and_freed_after_them() {
 fn large_blocks_are_page_and_huge_page_aligned() {
     let _g = setup();
     let a = aligned_allocator();
-    let one = a.alloc(1 << 20, None).unwrap();
+    let one = a.alloc_aligned(1 << 20, None).unwrap();
     assert_eq!(
         one.payload_addr() % 4096,
         0,
         "1 MiB blocks are mapped: page aligned"
     );
-    let four = a.alloc(4 << 20, None).unwrap();
+    let four = a.alloc_aligned(4 << 20, None).unwrap();
     assert_eq!(
         four.payload_addr() % (2 << 20),
         0,
@@ -287,6 +299,6 @@ fn large_blocks_are_page_and_huge_page_aligned() {
     assert!(m.map_readable().unwrap().as_slice().iter().all(|&b| b == 3));
     // With a prefix the payload stays aligned (the region starts before it).
     let p = gst::AllocationParams::new(gst::MemoryFlags::empty(), 4095, 100, 0);
-    let m = a.alloc(3 << 20, Some(&p)).unwrap();
+    let m = a.alloc_aligned(3 << 20, Some(&p)).unwrap();
     assert_eq!(m.payload_addr() % 4096, 0);
 }

@@ -27,7 +27,7 @@ fn pattern(i: usize) -> u8 {
 fn one_memory_shared_copied_mapped_and_unreffed_from_many_threads() {
     init();
     let p = gst::AllocationParams::new(gst::MemoryFlags::empty(), 0, 32, 0);
-    let mut mem = aligned_allocator().alloc(SIZE, Some(&p)).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(SIZE, Some(&p)).unwrap();
     {
         let m = mem.get_mut().unwrap();
         let mut map = m.map_writable().unwrap();
@@ -99,7 +99,7 @@ fn allocation_from_many_threads_gives_distinct_aligned_blocks() {
                     let size = (i * 31 + t) % 5000;
                     let p =
                         gst::AllocationParams::new(gst::MemoryFlags::ZERO_PADDED, 127, i % 70, 16);
-                    let mut mem = aligned_allocator().alloc(size, Some(&p)).unwrap();
+                    let mut mem = aligned_allocator().alloc_aligned(size, Some(&p)).unwrap();
                     assert_eq!(mem.payload_addr() & 127, 0);
                     mem.get_mut()
                         .unwrap()
@@ -129,7 +129,7 @@ fn allocation_from_many_threads_gives_distinct_aligned_blocks() {
 fn concurrent_read_maps_of_one_memory() {
     init();
     let mem: gst::Memory = aligned_allocator()
-        .alloc(1024, None)
+        .alloc_aligned(1024, None)
         .unwrap()
         .upcast_memory();
     let expected = mem.map_readable().unwrap().as_slice().as_ptr() as usize;

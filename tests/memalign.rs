@@ -110,7 +110,7 @@ fn missing_zeroed_padding_is_a_reason_to_copy() {
     init();
     let mut h = harness("alignment=64 padding=128");
     // Aligned, but with no guaranteed zero padding after the payload.
-    let mem = aligned_allocator().alloc(1024, None).unwrap();
+    let mem = aligned_allocator().alloc_aligned(1024, None).unwrap();
     let mut buf = gst::Buffer::new();
     buf.get_mut().unwrap().append_memory(mem.upcast_memory());
     let out = h.push_and_pull(buf).unwrap();
@@ -124,7 +124,7 @@ fn missing_zeroed_padding_is_a_reason_to_copy() {
 fn multi_memory_buffers_are_checked_per_memory_and_merged_when_copied() {
     init();
     let mut h = harness("alignment=64");
-    let a = aligned_allocator().alloc(100, None).unwrap();
+    let a = aligned_allocator().alloc_aligned(100, None).unwrap();
     let b = misaligned(50);
     let mut buf = gst::Buffer::new();
     {
@@ -145,7 +145,7 @@ fn buffers_without_memory_and_empty_buffers_pass_through() {
     let mut h = harness("");
     let out = h.push_and_pull(gst::Buffer::new()).unwrap();
     assert_eq!(out.n_memory(), 0);
-    let empty = aligned_allocator().alloc(0, None).unwrap();
+    let empty = aligned_allocator().alloc_aligned(0, None).unwrap();
     let mut buf = gst::Buffer::new();
     buf.get_mut().unwrap().append_memory(empty.upcast_memory());
     let out = h.push_and_pull(buf).unwrap();
@@ -158,7 +158,7 @@ fn unmappable_memory_is_an_error_not_a_crash() {
     init();
     let mut h = harness("");
     let p = gst::AllocationParams::new(gst::MemoryFlags::NOT_MAPPABLE, 0, 0, 0);
-    let mem = aligned_allocator().alloc(64, Some(&p)).unwrap();
+    let mem = aligned_allocator().alloc_aligned(64, Some(&p)).unwrap();
     let mut buf = gst::Buffer::new();
     buf.get_mut().unwrap().append_memory(mem.upcast_memory());
     assert_eq!(h.push(buf), Err(gst::FlowError::Error));

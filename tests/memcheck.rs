@@ -44,7 +44,7 @@ fn buffer_of(mems: Vec<gst::Memory>) -> gst::Buffer {
 
 fn aligned(size: usize, params: Option<&gst::AllocationParams>) -> gst::Memory {
     aligned_allocator()
-        .alloc(size, params)
+        .alloc_aligned(size, params)
         .unwrap()
         .upcast_memory()
 }

@@ -42,7 +42,7 @@ fn layout_alignment_and_page_rounded_maxsize() {
     init();
     let a = memfd_allocator();
     let page = page_size();
-    let m = a.alloc(100, None).unwrap();
+    let m = a.alloc_memfd(100, None).unwrap();
     assert_eq!(
         (m.offset(), m.size(), m.maxsize(), m.align()),
         (0, 100, page, 63)
@@ -50,13 +50,13 @@ fn layout_alignment_and_page_rounded_maxsize() {
     assert_eq!(mapped_addr(&m).unwrap() % 64, 0);
 
     let p = params(gst::MemoryFlags::empty(), 255, 10, 20);
-    let m = a.alloc(5000, Some(&p)).unwrap();
+    let m = a.alloc_memfd(5000, Some(&p)).unwrap();
     assert_eq!(m.offset(), 256, "the prefix is rounded up to the alignment");
     assert_eq!(m.size(), 5000);
     assert_eq!(m.maxsize(), 2 * page);
     assert_eq!(mapped_addr(&m).unwrap() % 256, 0, "payload aligned");
 
-    let empty = a.alloc(0, None).unwrap();
+    let empty = a.alloc_memfd(0, None).unwrap();
     assert_eq!(empty.maxsize(), page);
     assert_ne!(
         mapped_addr(&empty),
@@ -66,24 +66,24 @@ fn layout_alignment_and_page_rounded_maxsize() {
 
     let too_much = params(gst::MemoryFlags::empty(), 2 * page - 1, 0, 0);
     assert_eq!(
-        a.alloc(10, Some(&too_much)).unwrap_err(),
+        a.alloc_memfd(10, Some(&too_much)).unwrap_err(),
         AllocError::AlignAbovePage {
             align: 2 * page - 1,
             page
         }
     );
-    let msg = a.alloc(10, Some(&too_much)).unwrap_err().to_string();
+    let msg = a.alloc_memfd(10, Some(&too_much)).unwrap_err().to_string();
     assert!(msg.contains("larger than the page size"), "{msg}");
     // Through core: NULL, not a crash.
     let core: gst::Allocator = a.clone().upcast();
     assert!(core.alloc(10, Some(&too_much)).is_err());
     let bad_mask = params(gst::MemoryFlags::empty(), 5, 0, 0);
     assert_eq!(
-        a.alloc(10, Some(&bad_mask)).unwrap_err(),
+        a.alloc_memfd(10, Some(&bad_mask)).unwrap_err(),
         AllocError::InvalidAlignMask(5)
     );
     assert!(matches!(
-        a.alloc(
+        a.alloc_memfd(
             usize::MAX - 100,
             Some(&params(gst::MemoryFlags::empty(), 0, 4096, 0))
         ),
@@ -96,7 +96,9 @@ fn zero_flags_hold_and_cost_nothing() {
     init();
     let a = memfd_allocator();
     let flags = gst::MemoryFlags::ZERO_PREFIXED | gst::MemoryFlags::ZERO_PADDED;
-    let m = a.alloc(1000, Some(&params(flags, 0, 64, 64))).unwrap();
+    let m = a
+        .alloc_memfd(1000, Some(&params(flags, 0, 64, 64)))
+        .unwrap();
     assert!(m.flags().contains(flags));
     let all_zero = with_mapped_region(&m, |region, offset, size| {
         region[..offset].iter().all(|&b| b == 0) && region[offset + size..].iter().all(|&b| b == 0)
@@ -109,7 +111,7 @@ fn zero_flags_hold_and_cost_nothing() {
 fn each_block_is_a_sealed_close_on_exec_memfd() {
     use rustix::fs::{SealFlags, fcntl_get_seals, ftruncate};
     init();
-    let m = memfd_allocator().alloc(10_000, None).unwrap();
+    let m = memfd_allocator().alloc_memfd(10_000, None).unwrap();
     let fd = fd_of(&m);
     // The duplicate shares the file (and its seals) with the memory's own descriptor.
     let dup = dup_fd(&m).unwrap();
@@ -142,7 +144,7 @@ fn each_block_is_a_sealed_close_on_exec_memfd() {
 fn shares_of_shares_have_the_right_size_and_spans_merge() {
     init();
     let a = memfd_allocator();
-    let mut m = a.alloc(8000, None).unwrap();
+    let mut m = a.alloc_memfd(8000, None).unwrap();
     {
         let mut w = m.get_mut().unwrap().map_writable().unwrap();
         for (i, b) in w.as_mut_slice().iter_mut().enumerate() {
@@ -183,7 +185,7 @@ fn copies_are_memfd_memory_with_the_same_bytes_and_alignment() {
     init();
     let a = memfd_allocator();
     let p = params(gst::MemoryFlags::empty(), 1023, 0, 0);
-    let mut m = a.alloc(3000, Some(&p)).unwrap();
+    let mut m = a.alloc_memfd(3000, Some(&p)).unwrap();
     m.get_mut()
         .unwrap()
         .map_writable()
@@ -205,7 +207,7 @@ fn another_process_maps_the_block_through_its_descriptor() {
     init();
     let a = memfd_allocator();
     let mut m = a
-        .alloc(
+        .alloc_memfd(
             4096 * 3,
             Some(&params(gst::MemoryFlags::empty(), 0, 128, 0)),
         )
@@ -246,7 +248,7 @@ fn freed_blocks_are_recycled_like_fresh_ones() {
     let p = params(flags, 0, 64, 64);
     // A size no other test uses, so that this block's class is ours alone.
     let size = 3 * page_size() + 17;
-    let mut m = a.alloc(size, Some(&p)).unwrap();
+    let mut m = a.alloc_memfd(size, Some(&p)).unwrap();
     let inode = |m: &gst::MemoryRef| rustix::fs::fstat(dup_fd(m).unwrap()).unwrap().st_ino;
     let first = inode(&m);
     {
@@ -258,7 +260,7 @@ fn freed_blocks_are_recycled_like_fresh_ones() {
         mm.map_writable().unwrap().as_mut_slice().fill(0xee);
     }
     drop(m);
-    let again = a.alloc(size, Some(&p)).unwrap();
+    let again = a.alloc_memfd(size, Some(&p)).unwrap();
     assert_eq!(inode(&again), first, "the same memfd, reused");
     assert_eq!((again.offset(), again.size()), (64, size));
     assert!(again.flags().contains(flags));

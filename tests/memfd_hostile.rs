@@ -12,12 +12,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gst::prelude::*;
-use gstmemkit::elements::memfdsrc::video::plane_ranges;
-use gstmemkit::transport::socket as proto;
-use gstmemkit::transport::wire::{
-    BlockWire, BufferWire, EventKind, MemWire, Message, VideoMetaWire,
-};
 use rustix::fs::{MemfdFlags, SealFlags};
+use transport::socket as proto;
+use transport::wire::{BlockWire, BufferWire, EventKind, MemWire, Message, VideoMetaWire};
+use video::plane_ranges;
+
+/// The wire protocol and socket helpers are private to the plugin; a fake peer speaks them
+/// through the same source files, compiled into this test.
+#[allow(dead_code)]
+#[path = "../src/transport"]
+mod transport {
+    pub mod socket;
+    pub mod wire;
+}
+#[allow(dead_code)]
+#[path = "../src/elements/memfdsrc/video.rs"]
+mod video;
 
 /// One packet and the descriptors that go with it.
 type Packet = (Vec<u8>, Vec<OwnedFd>);

@@ -33,7 +33,7 @@ fn stat(h: &Harness, field: &str) -> u64 {
 
 fn parent(size: usize, seed: u8) -> gst::Buffer {
     let p = gst::AllocationParams::new(gst::MemoryFlags::empty(), 0, 64, 0);
-    let mut mem = aligned_allocator().alloc(size, Some(&p)).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(size, Some(&p)).unwrap();
     mem.get_mut()
         .unwrap()
         .map_writable()
@@ -216,7 +216,7 @@ fn unmappable_memory_that_must_be_copied_is_an_error() {
     let mut h = harness(200);
     h.push(parent(100, 0)).unwrap();
     let p = gst::AllocationParams::new(gst::MemoryFlags::NOT_MAPPABLE, 0, 0, 0);
-    let mem = aligned_allocator().alloc(100, Some(&p)).unwrap();
+    let mem = aligned_allocator().alloc_aligned(100, Some(&p)).unwrap();
     let mut buf = gst::Buffer::new();
     buf.get_mut().unwrap().append_memory(mem.upcast_memory());
     assert_eq!(h.push(buf), Err(gst::FlowError::Error));

@@ -24,7 +24,7 @@ fn harness(chunk: u32) -> Harness {
 }
 
 fn input(size: usize, seed: u8) -> gst::Buffer {
-    let mut mem = aligned_allocator().alloc(size, None).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(size, None).unwrap();
     mem.get_mut()
         .unwrap()
         .map_writable()
@@ -149,7 +149,7 @@ fn no_share_memory_is_copied_not_refused() {
     init();
     let mut h = harness(10);
     let p = gst::AllocationParams::new(gst::MemoryFlags::NO_SHARE, 0, 0, 0);
-    let mut mem = aligned_allocator().alloc(25, Some(&p)).unwrap();
+    let mut mem = aligned_allocator().alloc_aligned(25, Some(&p)).unwrap();
     mem.get_mut()
         .unwrap()
         .map_writable()

@@ -157,7 +157,7 @@ fn step(model: &mut Model, rng: &mut Rng, ctx: &str) {
                 flags |= gst::MemoryFlags::NO_SHARE;
             }
             let p = gst::AllocationParams::new(flags, mask, prefix, padding);
-            let mem = aligned_allocator().alloc(size, Some(&p)).unwrap();
+            let mem = aligned_allocator().alloc_aligned(size, Some(&p)).unwrap();
             let align = mask | 63;
             let maxsize = round_up(prefix + size + padding, align);
             assert_eq!(mem.maxsize(), maxsize, "{ctx}: alloc maxsize");

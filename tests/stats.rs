@@ -29,8 +29,8 @@ fn scripted_sequence_gives_exact_counts() {
     assert_eq!((s.blocks_live, s.bytes_live), (0, 0));
 
     // Two 1 MiB blocks: both misses (the cache was trimmed).
-    let m1 = a.alloc(MIB, None).unwrap();
-    let m2 = a.alloc(MIB, None).unwrap();
+    let m1 = a.alloc_aligned(MIB, None).unwrap();
+    let m2 = a.alloc_aligned(MIB, None).unwrap();
     let s = allocator::stats();
     assert_eq!(s.get(Counter::Allocations), 2);
     assert_eq!(s.get(Counter::CacheMisses), 2);
@@ -83,7 +83,9 @@ fn scripted_sequence_gives_exact_counts() {
     assert!(s.cached_bytes >= 2 * MIB as u64);
 
     // Allocating again is served by the cache: hits.
-    let again: Vec<_> = (0..2).map(|_| a.alloc(MIB, None).unwrap()).collect();
+    let again: Vec<_> = (0..2)
+        .map(|_| a.alloc_aligned(MIB, None).unwrap())
+        .collect();
     let s = allocator::stats();
     assert_eq!(s.get(Counter::CacheHits), 2);
     assert_eq!(s.get(Counter::CacheMisses), 3);
@@ -120,13 +122,13 @@ fn scripted_sequence_gives_exact_counts() {
 
     // With collection off, nothing is counted.
     a.set_property("collect-stats", false);
-    drop(a.alloc(100, None).unwrap());
+    drop(a.alloc_aligned(100, None).unwrap());
     a.set_property("collect-stats", true);
     assert_eq!(allocator::stats().get(Counter::Allocations), 0);
 
     // Guard mode: a violation is found at write-unmap, counted, and not counted twice.
     a.set_property("guard", true);
-    let mut g = a.alloc(100, None).unwrap();
+    let mut g = a.alloc_aligned(100, None).unwrap();
     assert_eq!(g.maxsize(), 128, "guard mode changes no observable size");
     assert_eq!(g.payload_addr() % 64, 0);
     {

@@ -6,15 +6,15 @@
 use gst::glib;
 
 mod common;
-pub mod memalign;
-pub mod memcheck;
-pub mod memfdsink;
-pub mod memfdsrc;
-pub mod memmerge;
+mod memalign;
+mod memcheck;
+mod memfdsink;
+mod memfdsrc;
+mod memmerge;
 #[allow(unsafe_code)]
 pub mod memory;
-pub mod memslice;
-pub mod memsrc;
+mod memslice;
+mod memsrc;
 pub(crate) mod util;
 
 /// Registers every memkit element.

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The `memkit` tracer's GObject subclass.
+//! The `memkittracer` tracer's GObject subclass.
 
 use std::sync::{LazyLock, Mutex};
 

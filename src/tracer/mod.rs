@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The `memkit` tracer: audits the memory of any pipeline without changing it.
+//! The `memkittracer` tracer: audits the memory of any pipeline without changing it.
 //!
-//! `GST_TRACERS="memkit(guard=true,report=/tmp/report.json)" gst-launch-1.0 ...` makes
+//! `GST_TRACERS="memkittracer(guard=true,report=/tmp/report.json)" gst-launch-1.0 ...` makes
 //! `AlignedMemory` the process-wide default allocator, records every live block, checks the
 //! guards of every buffer at every pad push (naming the element that pushed a damaged one),
 //! and prints a report when a pipeline stops and when the process ends.
@@ -13,11 +13,11 @@ mod imp;
 pub mod report;
 
 glib::wrapper! {
-    /// The `memkit` tracer (GType `MemkitTracer`).
+    /// The `memkittracer` tracer (GType `MemkitTracer`).
     pub struct MemkitTracer(ObjectSubclass<imp::MemkitTracer>) @extends gst::Tracer, gst::Object;
 }
 
 /// Registers the tracer.
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    gst::Tracer::register(Some(plugin), "memkit", MemkitTracer::static_type())
+    gst::Tracer::register(Some(plugin), "memkittracer", MemkitTracer::static_type())
 }

@@ -66,15 +66,6 @@ impl Report {
         }
     }
 
-    /// Blocks alive at exit: leaks (before exit, the blocks still in use).
-    pub fn leaks(&self) -> usize {
-        if self.at_exit {
-            self.live_blocks.len()
-        } else {
-            0
-        }
-    }
-
     pub fn to_text(&self) -> String {
         let s = &self.stats;
         let mut t = String::new();

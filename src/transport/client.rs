@@ -195,10 +195,6 @@ impl<M> Registry<M> {
         self.blocks.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
-
     /// Forgets retired blocks (unknown ids are ignored): each is unmapped once no buffer
     /// still uses it. Returns how many were known.
     pub fn retire(&mut self, ids: &[u64]) -> usize {

@@ -79,6 +79,7 @@ impl<H> Peer<H> {
         self.outstanding.len()
     }
 
+    #[cfg(test)]
     pub fn mapped(&self) -> usize {
         self.mapped.len()
     }

@@ -209,11 +209,6 @@ impl Server {
         self.state.1.notify_all();
     }
 
-    /// Wakes whoever waits (for consumers, for room): a setting changed.
-    pub fn wake(&self) {
-        self.state.1.notify_all();
-    }
-
     pub fn stats(&self) -> Stats {
         let s = lock(&self.state);
         Stats {

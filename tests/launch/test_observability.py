@@ -61,7 +61,7 @@ class ObservabilityTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "report.json")
             proc = self.run_ok("videotestsrc num-buffers=100 ! videoconvert ! fakesink",
-                               tracers=f"memkit(report={path})")
+                               tracers=f"memkittracer(report={path})")
             stopped = report(proc.stderr, "pipeline pipeline0 stopped")
             self.assertIn("in use        0 blocks", stopped)
             final = report(proc.stderr)
@@ -80,7 +80,7 @@ class ObservabilityTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "report.json")
             proc = self.run_ok(f"memsrc num-buffers=5 blocksize=4096 ! memkitleak ! fakesink",
-                               tracers=f"memkit(report={path})")
+                               tracers=f"memkittracer(report={path})")
             final = report(proc.stderr)
             self.assertIn("leaks         1 blocks, 4.0 KiB", final)
             self.assertRegex(final, r"block 0x[0-9a-f]+: 4096 bytes")
@@ -89,7 +89,7 @@ class ObservabilityTest(unittest.TestCase):
 
     def test_tracer_counts_zero_copy_merges_and_copies(self):
         proc = self.run_ok("memsrc num-buffers=10 blocksize=65536 ! memslice chunk-size=4096 ! "
-                           "memmerge target-size=65536 ! fakesink", tracers="memkit")
+                           "memmerge target-size=65536 ! fakesink", tracers="memkittracer")
         final = report(proc.stderr)
         m = field(final, r"shares (\d+), zero-copy merges \(is_span\) (\d+), copies (\d+)")
         shares, spans, copies = map(int, m.groups())
@@ -106,7 +106,7 @@ class ObservabilityTest(unittest.TestCase):
             path = os.path.join(tmp, "report.json")
             proc = self.run_ok(f"memsrc num-buffers=3 blocksize={BLOCK} ! "
                                "memkitscribble damage=past-maxsize ! fakesink",
-                               tracers=f"memkit(guard=true,report={path})")
+                               tracers=f"memkittracer(guard=true,report={path})")
             final = report(proc.stderr)
             self.assertIn("guard         on, 3 violations", final)
             self.assertIn(f"memkitscribble0: after maxsize damaged, bytes {MAXSIZE}..{MAXSIZE + 1} "
@@ -120,7 +120,7 @@ class ObservabilityTest(unittest.TestCase):
     def test_write_into_the_prefix_is_caught_and_the_element_named(self):
         proc = self.run_ok(f"memsrc num-buffers=2 blocksize={BLOCK} prefix=64 ! "
                            "memkitscribble damage=prefix ! fakesink",
-                           tracers="memkit(guard=true)")
+                           tracers="memkittracer(guard=true)")
         final = report(proc.stderr)
         self.assertIn("guard         on, 2 violations", final)
         self.assertIn("memkitscribble0: prefix damaged, bytes 63..64", final)
@@ -146,7 +146,7 @@ class ObservabilityTest(unittest.TestCase):
         for damage in ("past-maxsize", "prefix", "none"):
             proc = self.run_ok(f"memsrc num-buffers=3 blocksize={BLOCK} prefix=64 ! "
                                f"memkitscribble damage={damage} ! memcheck ! fakesink",
-                               tracers="memkit")
+                               tracers="memkittracer")
             final = report(proc.stderr)
             self.assertIn("guard         off, 0 violations", final)
             self.assertIn("leaks         0 blocks", final)
@@ -154,7 +154,7 @@ class ObservabilityTest(unittest.TestCase):
     def test_clean_pipelines_in_guard_mode_report_nothing(self):
         proc = self.run_ok("videotestsrc num-buffers=20 ! videoconvert ! memalign ! "
                            "memcheck fail-on-violation=true ! fakesink",
-                           tracers="memkit(guard=true)")
+                           tracers="memkittracer(guard=true)")
         final = report(proc.stderr)
         self.assertIn("guard         on, 0 violations", final)
         self.assertIn("leaks         0 blocks", final)

@@ -310,6 +310,19 @@ class Inspect(unittest.TestCase):
                 self.assertNotIn("WARNING", proc.stdout)
 
 
+    def test_the_plugin_page_lists_every_feature(self):
+        # The tracer has its own factory name: `gst-inspect-1.0 memkit` is the plugin's page.
+        env = dict(os.environ, G_DEBUG="fatal_warnings")
+        proc = subprocess.run(["gst-inspect-1.0", "memkit"], env=env, capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("Plugin Details", proc.stdout)
+        for name in self.ELEMENTS + ["memfdsink", "memfdsrc"]:
+            self.assertRegex(proc.stdout, rf"(?m)^  {name}: ")
+        self.assertRegex(proc.stdout, r"(?m)^  memkittracer \(GstTracerFactory\)")
+        self.assertRegex(proc.stdout, r"8 features:\n\s*\+-- 7 elements\n\s*\+-- 1 tracers")
+
+
 class ReadmeExamples(LaunchTestCase):
     """Every gst-launch-1.0 line in the README's example section runs, verbatim."""
 

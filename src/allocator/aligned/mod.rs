@@ -84,7 +84,7 @@ pub fn set_max_cached_bytes(max: usize) {
 impl AlignedAllocator {
     /// Allocates `size` bytes with `params` (or the defaults). The payload is aligned to
     /// `params.align() | 63`; invalid masks, overflow and out-of-memory give a typed error.
-    pub fn alloc(
+    pub fn alloc_aligned(
         &self,
         size: usize,
         params: Option<&gst::AllocationParams>,

@@ -80,7 +80,7 @@ pub fn set_max_cached_bytes(max: usize) {
 impl MemfdAllocator {
     /// Allocates `size` bytes with `params` (or the defaults): the memory is fd memory whose
     /// payload is aligned to `params.align() | 63` (at most a page). Errors are typed.
-    pub fn alloc(
+    pub fn alloc_memfd(
         &self,
         size: usize,
         params: Option<&gst::AllocationParams>,

@@ -209,12 +209,14 @@ impl MemfdSink {
                 ("A memory of the buffer cannot be mapped for reading")
             ))
         })?;
-        let mut copy = memfd_allocator().alloc(map.size(), None).map_err(|e| {
-            self.error(gst::error_msg!(
-                gst::ResourceError::NoSpaceLeft,
-                ("Cannot allocate MemfdMemory: {}", e)
-            ))
-        })?;
+        let mut copy = memfd_allocator()
+            .alloc_memfd(map.size(), None)
+            .map_err(|e| {
+                self.error(gst::error_msg!(
+                    gst::ResourceError::NoSpaceLeft,
+                    ("Cannot allocate MemfdMemory: {}", e)
+                ))
+            })?;
         let mut dst = copy
             .get_mut()
             .expect("new memory")

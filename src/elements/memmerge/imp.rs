@@ -145,7 +145,7 @@ impl MemMerge {
         match mems.as_slice() {
             [] => {
                 let empty = aligned_allocator()
-                    .alloc(0, None)
+                    .alloc_aligned(0, None)
                     .map_err(|e| self.flow_error(e.to_string()))?;
                 return Ok((empty.upcast_memory(), false));
             }
@@ -167,7 +167,7 @@ impl MemMerge {
             }
         }
         let mut mem = aligned_allocator()
-            .alloc(total, None)
+            .alloc_aligned(total, None)
             .map_err(|e| self.flow_error(format!("Cannot allocate {total} bytes: {e}")))?;
         {
             let m = mem.get_mut().expect("a new memory is writable");
