@@ -169,21 +169,29 @@ impl MemAlign {
             })?;
         {
             let m = mem.get_mut().expect("a new memory is writable");
-            let mut dst = m.map_writable().map_err(|_| gst::FlowError::Error)?;
-            let dst = dst.as_mut_slice();
-            let mut pos = 0;
-            for (idx, src) in buf.iter_memories().enumerate() {
-                let map = src.map_readable().map_err(|_| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Failed,
-                        ("Memory {} of the buffer cannot be mapped for reading", idx)
-                    );
-                    gst::FlowError::Error
-                })?;
-                dst[pos..pos + map.size()].copy_from_slice(map.as_slice());
-                pos += map.size();
-            }
+            let mut dst = m.map_writable().map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Failed,
+                    (
+                        "A new memory from {} does not map for writing",
+                        allocator_name(&settings.allocator)
+                    )
+                );
+                gst::FlowError::Error
+            })?;
+            buf.copy_to_slice(0, dst.as_mut_slice()).map_err(|copied| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    (
+                        "The buffer cannot be read: {} of its {} bytes copied",
+                        copied,
+                        size
+                    )
+                );
+                gst::FlowError::Error
+            })?;
         }
         let mut out = gst::Buffer::new();
         {
@@ -195,7 +203,14 @@ impl MemAlign {
                     | gst::BufferCopyFlags::META,
                 ..,
             )
-            .map_err(|_| gst::FlowError::Error)?;
+            .map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Failed,
+                    ("Cannot copy the buffer's flags, timestamps and metas")
+                );
+                gst::FlowError::Error
+            })?;
             o.append_memory(mem);
         }
         Ok(out)

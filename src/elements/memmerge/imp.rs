@@ -171,15 +171,21 @@ impl MemMerge {
             .map_err(|e| self.flow_error(format!("Cannot allocate {total} bytes: {e}")))?;
         {
             let m = mem.get_mut().expect("a new memory is writable");
-            let mut dst = m.map_writable().map_err(|_| gst::FlowError::Error)?;
-            let dst = dst.as_mut_slice();
+            let mut dst = m.map_writable().map_err(|_| {
+                self.flow_error("A new AlignedMemory block does not map for writing".into())
+            })?;
             let mut pos = 0;
-            for src in mems {
-                let map = src.map_readable().map_err(|_| {
-                    self.flow_error("A memory to merge cannot be mapped for reading".into())
+            for p in pieces {
+                let n = p.buf.size();
+                let out = dst.get_mut(pos..pos + n).ok_or_else(|| {
+                    self.flow_error(format!("The buffers to merge hold more than {total} bytes"))
                 })?;
-                dst[pos..pos + map.size()].copy_from_slice(map.as_slice());
-                pos += map.size();
+                p.buf.copy_to_slice(0, out).map_err(|copied| {
+                    self.flow_error(format!(
+                        "A buffer to merge cannot be read: {copied} of its {n} bytes copied"
+                    ))
+                })?;
+                pos += n;
             }
         }
         Ok((mem.upcast_memory(), true))
