@@ -2,8 +2,6 @@
 //! Pure arithmetic for `AlignedMemory` blocks: alignment masks, checked sizes and the
 //! zero ranges. Nothing here touches memory or GStreamer, so it is unit-tested directly.
 
-use std::fmt;
-
 /// The smallest alignment mask `AlignedMemory` ever uses: 64 bytes (a cache line, AVX-512).
 pub const MIN_ALIGN_MASK: usize = 63;
 
@@ -12,15 +10,25 @@ pub const MIN_ALIGN_MASK: usize = 63;
 pub const MAX_ALIGN: usize = 1 << 30;
 
 /// Why a block cannot be laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     /// `align` is not of the form `2^n - 1`.
+    #[error("invalid alignment mask {0:#x}: it must be 2^n - 1 (e.g. 63 for 64 bytes)")]
     InvalidAlignMask(usize),
     /// The alignment is a valid mask but larger than [`MAX_ALIGN`].
+    #[error("alignment mask {0:#x} is larger than the maximum alignment of {MAX_ALIGN} bytes")]
     AlignTooLarge(usize),
     /// A `MemfdMemory` payload can be aligned at most to a page.
+    #[error(
+        "alignment mask {align:#x} is larger than the page size ({page} bytes): memfd memory \
+         is mapped from a page boundary, so its payload aligns at most to a page"
+    )]
     AlignAbovePage { align: usize, page: usize },
     /// `prefix + size + padding`, rounded up to the alignment, does not fit in `isize`.
+    #[error(
+        "block size overflows: size {size} + prefix {prefix} + padding {padding} aligned to \
+         mask {align:#x} does not fit in isize"
+    )]
     Overflow {
         size: usize,
         prefix: usize,
@@ -28,38 +36,6 @@ pub enum LayoutError {
         align: usize,
     },
 }
-
-impl fmt::Display for LayoutError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            LayoutError::InvalidAlignMask(mask) => write!(
-                f,
-                "invalid alignment mask {mask:#x}: it must be 2^n - 1 (e.g. 63 for 64 bytes)"
-            ),
-            LayoutError::AlignTooLarge(mask) => write!(
-                f,
-                "alignment mask {mask:#x} is larger than the maximum alignment of {MAX_ALIGN} bytes"
-            ),
-            LayoutError::AlignAbovePage { align, page } => write!(
-                f,
-                "alignment mask {align:#x} is larger than the page size ({page} bytes): memfd \
-                 memory is mapped from a page boundary, so its payload aligns at most to a page"
-            ),
-            LayoutError::Overflow {
-                size,
-                prefix,
-                padding,
-                align,
-            } => write!(
-                f,
-                "block size overflows: size {size} + prefix {prefix} + padding {padding} \
-                 aligned to mask {align:#x} does not fit in isize"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for LayoutError {}
 
 /// `true` when `mask` is `2^n - 1` (0, 1, 3, 7, ...), the form GStreamer uses for alignments.
 pub const fn is_valid_align_mask(mask: usize) -> bool {

@@ -47,7 +47,7 @@ pub use aligned::{
     set_max_cached_bytes,
 };
 pub use cache::{DEFAULT_MAX_CACHED_BYTES, ENV_MAX_CACHED_BYTES};
-pub use error::{AllocError, MemoryError};
+pub use error::{AllocError, FdError, MemoryError};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};
 
 /// Frees every block the recycling caches hold (AlignedMemory's shared pool and this thread's

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::allocator::FdError;
 use crate::allocator::memfd;
 
 use super::socket;
@@ -140,41 +141,26 @@ impl Drop for Release {
 }
 
 /// Why the producer's blocks or memories cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockError {
     /// More blocks mapped than the bound we sent in our hello.
+    #[error("the producer announced more than {0} blocks (max-blocks) without retiring any")]
     TooMany(usize),
+    #[error("block {0} was announced twice")]
     Duplicate(u64),
+    #[error("a memory lies in block {0}, never announced")]
     Unknown(u64),
-    TooLarge {
-        size: u64,
-        max: u64,
-    },
+    #[error("a block of {size} bytes, more than max-memory-size ({max})")]
+    TooLarge { size: u64, max: u64 },
+    /// A range this process cannot address.
+    #[error("bytes {offset}+{size} of a block")]
+    Unaddressable { offset: u64, size: u64 },
     /// Outside the block, or the descriptor is unusable.
-    Unusable(String),
-    Protocol(ProtoError),
+    #[error(transparent)]
+    Unusable(#[from] FdError),
+    #[error(transparent)]
+    Protocol(#[from] ProtoError),
 }
-
-impl std::fmt::Display for BlockError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BlockError::TooMany(max) => write!(
-                f,
-                "the producer announced more than {max} blocks (max-blocks) without retiring any"
-            ),
-            BlockError::Duplicate(id) => write!(f, "block {id} was announced twice"),
-            BlockError::Unknown(id) => write!(f, "a memory lies in block {id}, never announced"),
-            BlockError::TooLarge { size, max } => write!(
-                f,
-                "a block of {size} bytes, more than max-memory-size ({max})"
-            ),
-            BlockError::Unusable(why) => f.write_str(why),
-            BlockError::Protocol(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for BlockError {}
 
 /// The blocks the producer announced and has not retired, by id: at most `max_blocks`.
 #[derive(Debug)]
@@ -259,8 +245,9 @@ impl Registry<gst::Memory> {
                 let range = usize::try_from(m.offset)
                     .ok()
                     .zip(usize::try_from(m.size).ok());
-                let (offset, size) = range.ok_or_else(|| {
-                    BlockError::Unusable(format!("bytes {}+{} of a block", m.offset, m.size))
+                let (offset, size) = range.ok_or(BlockError::Unaddressable {
+                    offset: m.offset,
+                    size: m.size,
                 })?;
                 let owner: Box<dyn Send> = Box::new(release.clone());
                 memfd::share_block(root, offset, size, owner).map_err(BlockError::Unusable)

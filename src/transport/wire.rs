@@ -111,73 +111,41 @@ pub enum Message {
 }
 
 /// Why a packet was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
     /// Not our magic number: not a memfdsink/memfdsrc peer, or garbage.
+    #[error("bad magic {0:#010x}: not a memfdsink peer")]
     BadMagic(u32),
     /// The peer speaks another version of the protocol.
+    #[error("the peer speaks memfd protocol version {0}, this memkit speaks version {VERSION}")]
     UnsupportedVersion(u8),
+    #[error("unknown message kind {0}")]
     UnknownKind(u8),
     /// The packet ends before its fields do.
-    Truncated {
-        needed: usize,
-        left: usize,
-    },
+    #[error("truncated message: {needed} more bytes needed, {left} left")]
+    Truncated { needed: usize, left: usize },
     /// The packet was larger than [`MAX_MESSAGE`].
+    #[error("message larger than {MAX_MESSAGE} bytes")]
     Oversized,
     /// Bytes left over after the last field.
+    #[error("{0} unexpected bytes after the message")]
     Trailing(usize),
+    #[error("{0} memories or blocks in one buffer (at most {MAX_MEMORIES})")]
     TooManyMemories(u32),
+    #[error("{0} metas in one buffer (at most {MAX_METAS})")]
     TooManyMetas(u32),
+    #[error("{0} planes in a video meta (at most {MAX_PLANES})")]
     TooManyPlanes(u32),
+    #[error("{0} ids in one message (at most {MAX_IDS})")]
     TooManyIds(u32),
     /// The number of descriptors does not match the blocks announced.
-    Descriptors {
-        expected: usize,
-        received: usize,
-    },
+    #[error("{received} descriptors received for {expected} blocks")]
+    Descriptors { expected: usize, received: usize },
+    #[error("a string is not valid UTF-8")]
     BadString,
+    #[error("unknown event kind {0}")]
     BadEvent(u8),
 }
-
-impl std::fmt::Display for ProtoError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProtoError::BadMagic(m) => write!(f, "bad magic {m:#010x}: not a memfdsink peer"),
-            ProtoError::UnsupportedVersion(v) => write!(
-                f,
-                "the peer speaks memfd protocol version {v}, this memkit speaks version {VERSION}"
-            ),
-            ProtoError::UnknownKind(k) => write!(f, "unknown message kind {k}"),
-            ProtoError::Truncated { needed, left } => write!(
-                f,
-                "truncated message: {needed} more bytes needed, {left} left"
-            ),
-            ProtoError::Oversized => write!(f, "message larger than {MAX_MESSAGE} bytes"),
-            ProtoError::Trailing(n) => write!(f, "{n} unexpected bytes after the message"),
-            ProtoError::TooManyMemories(n) => {
-                write!(
-                    f,
-                    "{n} memories or blocks in one buffer (at most {MAX_MEMORIES})"
-                )
-            }
-            ProtoError::TooManyMetas(n) => {
-                write!(f, "{n} metas in one buffer (at most {MAX_METAS})")
-            }
-            ProtoError::TooManyPlanes(n) => {
-                write!(f, "{n} planes in a video meta (at most {MAX_PLANES})")
-            }
-            ProtoError::TooManyIds(n) => write!(f, "{n} ids in one message (at most {MAX_IDS})"),
-            ProtoError::Descriptors { expected, received } => {
-                write!(f, "{received} descriptors received for {expected} blocks")
-            }
-            ProtoError::BadString => write!(f, "a string is not valid UTF-8"),
-            ProtoError::BadEvent(k) => write!(f, "unknown event kind {k}"),
-        }
-    }
-}
-
-impl std::error::Error for ProtoError {}
 
 // ----- encoding ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use gst::glib;
 use gst::prelude::*;
 
-use super::error::AllocError;
+use super::error::{AllocError, FdError};
 
 mod imp;
 #[allow(unsafe_code)]
@@ -100,6 +100,6 @@ pub fn wrap_fd(
     offset: usize,
     size: usize,
     on_free: Option<Box<dyn Send>>,
-) -> Result<gst::Memory, String> {
+) -> Result<gst::Memory, FdError> {
     memory::wrap_fd(ALLOCATOR.upcast_ref(), fd, maxsize, offset, size, on_free)
 }

@@ -6,10 +6,7 @@ use std::os::fd::OwnedFd;
 use crate::allocator::error::AllocError;
 
 fn errno(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> AllocError {
-    move |e| AllocError::System {
-        what,
-        errno: e.raw_os_error(),
-    }
+    move |e| AllocError::System { what, errno: e }
 }
 
 /// A new memfd of `len` bytes (zero-filled by the kernel), close-on-exec, sealed against

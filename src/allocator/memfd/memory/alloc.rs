@@ -12,7 +12,7 @@ use gst::glib;
 use gst::glib::translate::*;
 use gst_allocators::prelude::*;
 
-use crate::allocator::error::AllocError;
+use crate::allocator::error::{AllocError, FdError};
 use crate::allocator::layout;
 use crate::allocator::memfd::stats::{self as mstats, Counter as M};
 use crate::allocator::memfd::sys;
@@ -179,13 +179,11 @@ pub fn share_block(
     offset: usize,
     size: usize,
     on_free: Box<dyn Send>,
-) -> Result<gst::Memory, String> {
-    let share = try_share(root, offset, size).ok_or_else(|| {
-        format!(
-            "bytes {offset}..{} are outside the {}-byte block",
-            offset as u128 + size as u128,
-            root.size()
-        )
+) -> Result<gst::Memory, FdError> {
+    let share = try_share(root, offset, size).ok_or(FdError::OutsideBlock {
+        offset,
+        end: offset as u128 + size as u128,
+        block: root.size(),
     })?;
     ON_FREE
         .lock()
@@ -209,26 +207,28 @@ pub fn wrap_fd(
     offset: usize,
     size: usize,
     on_free: Option<Box<dyn Send>>,
-) -> Result<gst::Memory, String> {
+) -> Result<gst::Memory, FdError> {
     use rustix::fs::{SealFlags, fcntl_get_seals, fstat};
     if maxsize == 0 || offset.checked_add(size).is_none_or(|end| end > maxsize) {
-        return Err(format!(
-            "bad layout: offset {offset} size {size} maxsize {maxsize}"
-        ));
+        return Err(FdError::BadLayout {
+            offset,
+            size,
+            maxsize,
+        });
     }
     // Seals first, size second: once SHRINK is sealed the size can only grow, so the size
     // read next holds for as long as the mapping lives. (The other order lets a sender
     // shrink an unsealed file between the two reads, then seal it: SIGBUS on access.)
-    let seals = fcntl_get_seals(&fd).map_err(|e| format!("not a sealable memfd: {e}"))?;
+    let seals = fcntl_get_seals(&fd).map_err(FdError::NotSealable)?;
     if !seals.contains(SealFlags::SHRINK) {
-        return Err("the file is not sealed against shrinking".into());
+        return Err(FdError::NotSealedAgainstShrinking);
     }
-    let st = fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+    let st = fstat(&fd).map_err(FdError::Stat)?;
     if (st.st_size as u64) < maxsize as u64 {
-        return Err(format!(
-            "the file has {} bytes, fewer than maxsize {maxsize}",
-            st.st_size
-        ));
+        return Err(FdError::TooShort {
+            len: st.st_size as u64,
+            maxsize,
+        });
     }
     let raw = fd.into_raw_fd();
     // SAFETY: as in `alloc`: GStreamer owns `raw` from here, or we close it on failure.
@@ -239,7 +239,7 @@ pub fn wrap_fd(
         Err(_) => {
             // SAFETY: not taken by GStreamer.
             drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
-            return Err("gst_fd_allocator_alloc failed".into());
+            return Err(FdError::Refused);
         }
     };
     // SAFETY: a new memory, ours alone; the layout was checked above.
