@@ -180,18 +180,22 @@ impl MemAlign {
                 );
                 gst::FlowError::Error
             })?;
-            buf.copy_to_slice(0, dst.as_mut_slice()).map_err(|copied| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    (
-                        "The buffer cannot be read: {} of its {} bytes copied",
-                        copied,
-                        size
-                    )
-                );
-                gst::FlowError::Error
-            })?;
+            // Mapped memory by memory, not BufferRef::copy_to_slice: gst_buffer_extract falls
+            // back to gst_memory_copy for memory that cannot be mapped.
+            let dst = dst.as_mut_slice();
+            let mut pos = 0;
+            for (idx, src) in buf.iter_memories().enumerate() {
+                let map = src.map_readable().map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("Memory {} of the buffer cannot be mapped for reading", idx)
+                    );
+                    gst::FlowError::Error
+                })?;
+                dst[pos..pos + map.size()].copy_from_slice(map.as_slice());
+                pos += map.size();
+            }
         }
         let mut out = gst::Buffer::new();
         {

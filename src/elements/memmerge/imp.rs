@@ -78,8 +78,22 @@ impl State {
     }
 }
 
+/// The element's properties.
+#[derive(Debug, Clone)]
+struct Settings {
+    target_size: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            target_size: DEFAULT_TARGET_SIZE,
+        }
+    }
+}
+
 pub struct MemMerge {
-    target_size: Mutex<u32>,
+    settings: Mutex<Settings>,
     state: Mutex<State>,
 }
 
@@ -174,18 +188,19 @@ impl MemMerge {
             let mut dst = m.map_writable().map_err(|_| {
                 self.flow_error("A new AlignedMemory block does not map for writing".into())
             })?;
+            // Each memory is mapped, not copied with BufferRef::copy_to_slice: gst_buffer_extract
+            // falls back to gst_memory_copy for memory that cannot be mapped, and NOT_MAPPABLE
+            // memory must stay unread.
             let mut pos = 0;
-            for p in pieces {
-                let n = p.buf.size();
-                let out = dst.get_mut(pos..pos + n).ok_or_else(|| {
+            for src in mems {
+                let map = src.map_readable().map_err(|_| {
+                    self.flow_error("A memory to merge cannot be mapped for reading".into())
+                })?;
+                let out = dst.get_mut(pos..pos + map.size()).ok_or_else(|| {
                     self.flow_error(format!("The buffers to merge hold more than {total} bytes"))
                 })?;
-                p.buf.copy_to_slice(0, out).map_err(|copied| {
-                    self.flow_error(format!(
-                        "A buffer to merge cannot be read: {copied} of its {n} bytes copied"
-                    ))
-                })?;
-                pos += n;
+                out.copy_from_slice(map.as_slice());
+                pos += map.size();
             }
         }
         Ok((mem.upcast_memory(), true))
@@ -313,7 +328,7 @@ impl MemMerge {
     /// serialized event, or before a DISCONT buffer is submitted (so that the base class's
     /// DISCONT marking lands on the buffer after the discontinuity, not on the old bytes).
     fn push_remainder(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let target = *self.target_size.lock().unwrap() as usize;
+        let target = self.settings.lock().unwrap().target_size as usize;
         loop {
             let next = {
                 let mut state = self.state.lock().unwrap();
@@ -342,7 +357,7 @@ impl ObjectSubclass for MemMerge {
 
     fn new() -> Self {
         MemMerge {
-            target_size: Mutex::new(DEFAULT_TARGET_SIZE),
+            settings: Mutex::default(),
             state: Mutex::default(),
         }
     }
@@ -369,7 +384,8 @@ impl ObjectImpl for MemMerge {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         match pspec.name() {
             "target-size" => {
-                *self.target_size.lock().unwrap() = value.get().expect("type checked upstream")
+                self.settings.lock().unwrap().target_size =
+                    value.get().expect("type checked upstream")
             }
             _ => unimplemented!(),
         }
@@ -377,7 +393,7 @@ impl ObjectImpl for MemMerge {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
-            "target-size" => self.target_size.lock().unwrap().to_value(),
+            "target-size" => self.settings.lock().unwrap().target_size.to_value(),
             "stats" => self.state.lock().unwrap().to_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -478,7 +494,7 @@ impl BaseTransformImpl for MemMerge {
 
     fn generate_output(&self) -> Result<GenerateOutputSuccess, gst::FlowError> {
         let queued = self.take_queued_buffer();
-        let target = *self.target_size.lock().unwrap() as usize;
+        let target = self.settings.lock().unwrap().target_size as usize;
         let mut state = self.state.lock().unwrap();
         if let Some(buf) = queued {
             state.buffers_in += 1;
