@@ -65,9 +65,23 @@ impl State {
     }
 }
 
+/// The element's properties.
+#[derive(Debug, Clone)]
+struct Settings {
+    chunk_size: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct MemSlice {
-    chunk_size: Mutex<u32>,
+    settings: Mutex<Settings>,
     state: Mutex<State>,
 }
 
@@ -141,7 +155,7 @@ impl ObjectSubclass for MemSlice {
 
     fn new() -> Self {
         MemSlice {
-            chunk_size: Mutex::new(DEFAULT_CHUNK_SIZE),
+            settings: Mutex::default(),
             state: Mutex::default(),
         }
     }
@@ -168,7 +182,8 @@ impl ObjectImpl for MemSlice {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         match pspec.name() {
             "chunk-size" => {
-                *self.chunk_size.lock().unwrap() = value.get().expect("type checked upstream")
+                self.settings.lock().unwrap().chunk_size =
+                    value.get().expect("type checked upstream")
             }
             _ => unimplemented!(),
         }
@@ -176,7 +191,7 @@ impl ObjectImpl for MemSlice {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
-            "chunk-size" => self.chunk_size.lock().unwrap().to_value(),
+            "chunk-size" => self.settings.lock().unwrap().chunk_size.to_value(),
             "stats" => self.state.lock().unwrap().to_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -240,7 +255,7 @@ impl BaseTransformImpl for MemSlice {
 
     fn generate_output(&self) -> Result<GenerateOutputSuccess, gst::FlowError> {
         let queued = self.take_queued_buffer();
-        let chunk = *self.chunk_size.lock().unwrap() as usize;
+        let chunk = self.settings.lock().unwrap().chunk_size as usize;
         let mut state = self.state.lock().unwrap();
         if let Some(buf) = queued {
             let index = state.buffers_in;

@@ -3,7 +3,7 @@
 //! (default: what downstream proposes in the ALLOCATION query, else `AlignedMemory`), with the
 //! requested alignment, prefix, padding and zeroing, filled with a reproducible pattern.
 //!
-//! Lock order: `settings`, then `state`.
+//! Lock order: `settings`, then `state`, then `stats`.
 
 use std::sync::{LazyLock, Mutex};
 
@@ -78,45 +78,46 @@ impl Settings {
     }
 }
 
-struct State {
-    allocator: gst::Allocator,
-    params: gst::AllocationParams,
-    pattern: Pattern,
-    rng: XorShift,
-    offset: u64,
-    buffers: u64,
+/// What streaming uses, from `start()` to `stop()`.
+#[derive(Default)]
+enum State {
+    #[default]
+    Stopped,
+    Started {
+        allocator: gst::Allocator,
+        params: gst::AllocationParams,
+        pattern: Pattern,
+        rng: XorShift,
+        /// Byte offset of the next buffer.
+        offset: u64,
+    },
 }
 
-impl State {
-    fn to_structure(&self) -> gst::Structure {
-        gst::Structure::builder("memsrc")
-            .field("buffers", self.buffers)
-            .field("bytes", self.offset)
-            .field(
-                "allocator",
-                crate::elements::common::allocator_name(&self.allocator),
-            )
-            .build()
-    }
+/// The counters behind `stats`: zeroed by `start()`, kept after `stop()` so that they can be
+/// read once the stream is over.
+#[derive(Default)]
+struct Stats {
+    buffers: u64,
+    bytes: u64,
+    allocator: String,
 }
 
 #[derive(Default)]
 pub struct MemSrc {
     settings: Mutex<Settings>,
-    state: Mutex<Option<State>>,
+    state: Mutex<State>,
+    stats: Mutex<Stats>,
     refused: crate::elements::common::Refusals,
 }
 
 impl MemSrc {
     fn stats(&self) -> gst::Structure {
-        match &*self.state.lock().unwrap() {
-            Some(state) => state.to_structure(),
-            None => gst::Structure::builder("memsrc")
-                .field("buffers", 0u64)
-                .field("bytes", 0u64)
-                .field("allocator", "")
-                .build(),
-        }
+        let s = self.stats.lock().unwrap();
+        gst::Structure::builder("memsrc")
+            .field("buffers", s.buffers)
+            .field("bytes", s.bytes)
+            .field("allocator", s.allocator.as_str())
+            .build()
     }
 
     /// The allocator and params to use: the `allocator` property, else the first allocator
@@ -308,7 +309,11 @@ impl BaseSrcImpl for MemSrc {
         self.refused.post(&*self.obj());
         // An unknown allocator name is an error when the pipeline starts.
         let (allocator, params) = self.choose(&settings, None)?;
-        *self.state.lock().unwrap() = Some(State {
+        *self.stats.lock().unwrap() = Stats {
+            allocator: crate::elements::common::allocator_name(&allocator),
+            ..Stats::default()
+        };
+        *self.state.lock().unwrap() = State::Started {
             allocator,
             params,
             pattern: match settings.pattern {
@@ -319,12 +324,12 @@ impl BaseSrcImpl for MemSrc {
             },
             rng: XorShift::new(settings.seed),
             offset: 0,
-            buffers: 0,
-        });
+        };
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state.lock().unwrap() = State::Stopped;
         Ok(())
     }
 
@@ -347,9 +352,16 @@ impl BaseSrcImpl for MemSrc {
             "allocating from {} with {params:?}",
             crate::elements::common::allocator_name(&allocator)
         );
-        if let Some(state) = &mut *self.state.lock().unwrap() {
-            state.allocator = allocator;
-            state.params = params;
+        if let State::Started {
+            allocator: a,
+            params: p,
+            ..
+        } = &mut *self.state.lock().unwrap()
+        {
+            self.stats.lock().unwrap().allocator =
+                crate::elements::common::allocator_name(&allocator);
+            *a = allocator;
+            *p = params;
         }
         self.parent_decide_allocation(query)
     }
@@ -362,28 +374,32 @@ impl PushSrcImpl for MemSrc {
     ) -> Result<CreateSuccess, gst::FlowError> {
         let size = self.obj().blocksize() as usize;
         let mut guard = self.state.lock().unwrap();
-        let Some(state) = guard.as_mut() else {
+        let State::Started {
+            allocator,
+            params,
+            pattern,
+            rng,
+            offset,
+        } = &mut *guard
+        else {
             gst::element_imp_error!(self, gst::CoreError::StateChange, ("Not started"));
             return Err(gst::FlowError::Error);
         };
-        let mut mem = state
-            .allocator
-            .alloc(size, Some(&state.params))
-            .map_err(|err| {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::NoSpaceLeft,
-                    (
-                        "{} could not allocate {} bytes: {}",
-                        crate::elements::common::allocator_name(&state.allocator),
-                        size,
-                        err
-                    )
-                );
-                gst::FlowError::Error
-            })?;
+        let mut mem = allocator.alloc(size, Some(params)).map_err(|err| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::NoSpaceLeft,
+                (
+                    "{} could not allocate {} bytes: {}",
+                    crate::elements::common::allocator_name(allocator),
+                    size,
+                    err
+                )
+            );
+            gst::FlowError::Error
+        })?;
         // pattern=none: not even mapped (a camera's hardware writes its frames).
-        if state.pattern != Pattern::None {
+        if *pattern != Pattern::None {
             let m = mem.get_mut().expect("a new memory is writable");
             let mut map = m.map_writable().map_err(|_| {
                 gst::element_imp_error!(
@@ -391,30 +407,27 @@ impl PushSrcImpl for MemSrc {
                     gst::ResourceError::Write,
                     (
                         "Memory from {} cannot be mapped for writing",
-                        crate::elements::common::allocator_name(&state.allocator)
+                        crate::elements::common::allocator_name(allocator)
                     )
                 );
                 gst::FlowError::Error
             })?;
-            fill_pattern(
-                map.as_mut_slice(),
-                state.pattern,
-                state.offset,
-                &mut state.rng,
-            );
+            fill_pattern(map.as_mut_slice(), *pattern, *offset, rng);
         }
         let mut buffer = gst::Buffer::new();
         {
             let b = buffer.get_mut().expect("a new buffer is writable");
             b.append_memory(mem);
-            b.set_offset(state.offset);
-            b.set_offset_end(state.offset + size as u64);
-            if state.buffers == 0 {
+            b.set_offset(*offset);
+            b.set_offset_end(*offset + size as u64);
+            if self.stats.lock().unwrap().buffers == 0 {
                 b.set_flags(gst::BufferFlags::DISCONT);
             }
         }
-        state.offset += size as u64;
-        state.buffers += 1;
+        *offset += size as u64;
+        let mut stats = self.stats.lock().unwrap();
+        stats.buffers += 1;
+        stats.bytes = *offset;
         Ok(CreateSuccess::NewBuffer(buffer))
     }
 }
