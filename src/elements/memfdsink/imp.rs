@@ -125,10 +125,20 @@ fn stats_structure(s: &server::Stats, c: &Copies) -> gst::Structure {
         .build()
 }
 
+/// From `start()` to `stop()`: the server consumers connect to.
+#[derive(Default)]
+enum State {
+    #[default]
+    Stopped,
+    Started {
+        server: std::sync::Arc<Server>,
+    },
+}
+
 #[derive(Default)]
 pub struct MemfdSink {
     settings: Mutex<Settings>,
-    server: Mutex<Option<std::sync::Arc<Server>>>,
+    state: Mutex<State>,
     copies: Mutex<Copies>,
     /// Server stats kept after stop, for the `stats` property.
     last_stats: Mutex<server::Stats>,
@@ -143,7 +153,10 @@ impl ObjectSubclass for MemfdSink {
 
 impl MemfdSink {
     fn server(&self) -> Option<std::sync::Arc<Server>> {
-        self.server.lock().unwrap().clone()
+        match &*self.state.lock().unwrap() {
+            State::Started { server } => Some(server.clone()),
+            State::Stopped => None,
+        }
     }
 
     fn stats(&self) -> gst::Structure {
@@ -456,13 +469,15 @@ impl BaseSinkImpl for MemfdSink {
                 gst::error_msg!(gst::ResourceError::OpenWrite, ("Cannot serve on {}", e))
             })?;
         *self.copies.lock().unwrap() = Copies::default();
-        *self.server.lock().unwrap() = Some(std::sync::Arc::new(server));
+        *self.state.lock().unwrap() = State::Started {
+            server: std::sync::Arc::new(server),
+        };
         gst::info!(CAT, imp = self, "serving on {}", path.display());
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        let Some(server) = self.server.lock().unwrap().take() else {
+        let State::Started { server } = std::mem::take(&mut *self.state.lock().unwrap()) else {
             return Ok(());
         };
         // The streaming thread has stopped: ours is normally the last reference (else the
