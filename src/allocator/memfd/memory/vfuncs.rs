@@ -2,6 +2,7 @@
 //! The memory vfuncs that 1.22's fd memory lacks or gets wrong (share sizes, `is_span`,
 //! an fd-backed `copy`, NOT_MAPPABLE, unbalanced unmaps), installed over GstFdAllocator's.
 
+use std::os::unix::fs::FileExt;
 use std::ptr;
 use std::sync::OnceLock;
 
@@ -147,29 +148,25 @@ unsafe extern "C" fn mem_copy(
     }
     // SAFETY: as above; the borrow ends before this function returns.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    // A duplicate of the descriptor, as a File for read_exact_at (which retries short and
+    // interrupted reads); it is closed when this function returns.
+    let file = match fd.try_clone_to_owned() {
+        Ok(owned) => std::fs::File::from(owned),
+        Err(e) => {
+            gst::warning!(CAT, "copy of {:p} failed: dup: {}", mem, e);
+            return ptr::null_mut();
+        }
+    };
     let mut copy = copy;
     let ok = match copy.get_mut().map(|c| c.map_writable()) {
-        Some(Ok(mut dst)) => {
-            let dst = dst.as_mut_slice();
-            let mut done = 0;
-            let mut ok = true;
-            while done < len {
-                match rustix::io::pread(fd, &mut dst[done..len], (start + done) as u64) {
-                    Ok(0) => {
-                        ok = false;
-                        break;
-                    }
-                    Ok(n) => done += n,
-                    Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => {
-                        gst::warning!(CAT, "copy of {:p} failed: pread: {}", mem, e);
-                        ok = false;
-                        break;
-                    }
-                }
+        Some(Ok(mut dst)) => match file.read_exact_at(&mut dst.as_mut_slice()[..len], start as u64)
+        {
+            Ok(()) => true,
+            Err(e) => {
+                gst::warning!(CAT, "copy of {:p} failed: pread: {}", mem, e);
+                false
             }
-            ok
-        }
+        },
         _ => false,
     };
     if !ok {
