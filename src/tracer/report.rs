@@ -36,23 +36,6 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 impl Report {
     pub fn collect(title: &str, at_exit: bool) -> Report {
         Report {
@@ -165,63 +148,59 @@ impl Report {
     }
 
     pub fn to_json(&self) -> String {
+        use serde_json::{Map, Value, json};
         let s = &self.stats;
-        let mut j = String::from("{\n");
-        let _ = writeln!(j, "  \"title\": {},", json_str(&self.title));
-        let _ = writeln!(j, "  \"at-exit\": {},", self.at_exit);
-        j.push_str("  \"stats\": {");
-        let fields: Vec<String> = s
+        let stats: Map<String, Value> = s
             .fields()
             .iter()
-            .map(|(k, v)| format!("{}: {v}", json_str(k)))
+            .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
-        j.push_str(&fields.join(", "));
-        j.push_str("},\n");
-        let classes: Vec<String> = s
+        let classes: Vec<Value> = s
             .by_class
             .iter()
             .map(|&(bytes, n)| {
-                let b = if bytes == usize::MAX {
-                    "null".to_owned()
-                } else {
-                    bytes.to_string()
-                };
-                format!("{{\"class-bytes\": {b}, \"allocations\": {n}}}")
+                let bytes = (bytes != usize::MAX).then_some(bytes);
+                json!({"class-bytes": bytes, "allocations": n})
             })
             .collect();
-        let _ = writeln!(j, "  \"by-size-class\": [{}],", classes.join(", "));
-        let memfd: Vec<String> = self
+        let memfd: Map<String, Value> = self
             .memfd
             .iter()
-            .map(|(k, v)| format!("{}: {}", json_str(k), v.get::<u64>().unwrap_or(0)))
+            .map(|(k, v)| (k.to_string(), json!(v.get::<u64>().unwrap_or(0))))
             .collect();
-        let _ = writeln!(j, "  \"memfd-stats\": {{{}}},", memfd.join(", "));
-        let _ = writeln!(j, "  \"guard\": {},", self.guard);
-        let violations: Vec<String> = self
+        let violations: Vec<Value> = self
             .violations
             .iter()
             .map(|v| {
-                format!(
-                    "{{\"element\": {}, \"area\": {}, \"start\": {}, \"end\": {}, \"block-maxsize\": {}, \"found\": {}}}",
-                    v.element.as_deref().map_or("null".to_owned(), json_str),
-                    json_str(v.area),
-                    v.range.start,
-                    v.range.end,
-                    v.block_maxsize,
-                    json_str(&v.when)
-                )
+                json!({
+                    "element": v.element,
+                    "area": v.area,
+                    "start": v.range.start,
+                    "end": v.range.end,
+                    "block-maxsize": v.block_maxsize,
+                    "found": v.when,
+                })
             })
             .collect();
-        let _ = writeln!(j, "  \"violations\": [{}],", violations.join(", "));
-        let blocks: Vec<String> = self
+        let blocks: Vec<Value> = self
             .live_blocks
             .iter()
-            .map(|(a, b)| format!("{{\"address\": {a}, \"bytes\": {b}}}"))
+            .map(|(a, b)| json!({"address": a, "bytes": b}))
             .collect();
         let key = if self.at_exit { "leaks" } else { "in-use" };
-        let _ = writeln!(j, "  \"{key}\": [{}]", blocks.join(", "));
-        j.push_str("}\n");
-        j
+        let mut report = json!({
+            "title": self.title,
+            "at-exit": self.at_exit,
+            "stats": stats,
+            "by-size-class": classes,
+            "memfd-stats": memfd,
+            "guard": self.guard,
+            "violations": violations,
+        });
+        report[key] = json!(blocks);
+        let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        text.push('\n');
+        text
     }
 }
 
@@ -230,10 +209,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn human_sizes_and_json_strings() {
+    fn human_sizes() {
         assert_eq!(human(100), "100 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(3 << 20), "3.0 MiB");
-        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+
+    #[test]
+    fn the_json_report_parses_whatever_the_title() {
+        gst::init().unwrap();
+        let title = "a \"quoted\" \\ title\n\u{1}";
+        let r = Report::collect(title, true);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["title"], title);
+        assert_eq!(v["at-exit"], true);
+        assert!(v["leaks"].is_array() && v.get("in-use").is_none());
+        assert!(v["stats"]["allocations"].is_u64());
+        assert!(v["memfd-stats"]["allocations"].is_u64());
     }
 }
