@@ -4,29 +4,31 @@
 //! the GstMemory contract says must happen. Out-of-range requests are part of the mix: the
 //! model predicts which ones fail.
 //!
-//! `MEMKIT_MODEL_SEEDS=n` and `MEMKIT_MODEL_STEPS=n` run longer sequences.
+//! The sequences come from proptest, which shrinks a failing one to a short sequence of
+//! small choices. `PROPTEST_CASES=n` and `MEMKIT_MODEL_STEPS=n` run more and longer
+//! sequences.
 
-use std::sync::Once;
+mod common;
+use common::init;
 
 use gstmemkit::allocator::{AlignedMemory, MemoryError, aligned_allocator};
+use proptest::prelude::*;
 
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
+/// The choices of one step, drawn from words proptest generated (0 once they run out), so
+/// that shrinking the words shrinks the step: fewer steps, smaller sizes and offsets.
+struct Rng<'a> {
+    words: &'a [u64],
 }
 
-/// xorshift64*: small, deterministic, good enough to drive a test.
-struct Rng(u64);
-
-impl Rng {
+impl Rng<'_> {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        match self.words.split_first() {
+            Some((&w, rest)) => {
+                self.words = rest;
+                w
+            }
+            None => 0,
+        }
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
@@ -137,7 +139,7 @@ fn round_up(v: usize, mask: usize) -> usize {
     (v + mask) & !mask
 }
 
-fn step(model: &mut Model, rng: &mut Rng, ctx: &str) {
+fn step(model: &mut Model, rng: &mut Rng<'_>, ctx: &str) {
     let n = model.entries.len();
     match rng.below(100) {
         // alloc
@@ -334,15 +336,17 @@ fn step(model: &mut Model, rng: &mut Rng, ctx: &str) {
     }
 }
 
-fn run(seed: u64, steps: usize) {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+/// Words drawn per step: more than any step uses.
+const WORDS_PER_STEP: usize = 8;
+
+fn run(steps: &[Vec<u64>]) {
     let mut model = Model {
         roots: Vec::new(),
         entries: Vec::new(),
     };
-    for s in 0..steps {
-        let ctx = format!("seed {seed} step {s}");
-        step(&mut model, &mut rng, &ctx);
+    for (s, words) in steps.iter().enumerate() {
+        let ctx = format!("step {s}");
+        step(&mut model, &mut Rng { words }, &ctx);
         // Keep the live set bounded so every step can check everything.
         while model.entries.len() > 40 {
             let e = model.entries.swap_remove(0);
@@ -361,12 +365,21 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-#[test]
-fn random_sequences_match_the_model() {
-    init();
-    let seeds = env("MEMKIT_MODEL_SEEDS", 16);
-    let steps = env("MEMKIT_MODEL_STEPS", 2000);
-    for seed in 0..seeds as u64 {
-        run(seed, steps);
+proptest! {
+    // 16 sequences by default (PROPTEST_CASES sets another number), of up to 2000 steps.
+    #![proptest_config(ProptestConfig {
+        cases: env("PROPTEST_CASES", 16) as u32,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_sequences_match_the_model(
+        steps in proptest::collection::vec(
+            proptest::collection::vec(any::<u64>(), WORDS_PER_STEP),
+            1..env("MEMKIT_MODEL_STEPS", 2000),
+        )
+    ) {
+        init();
+        run(&steps);
     }
 }
