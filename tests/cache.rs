@@ -5,7 +5,10 @@
 //!
 //! The cache bound is process-wide, so every test here takes `LOCK` and restores the bound.
 
-use std::sync::{Mutex, MutexGuard, Once};
+mod common;
+use common::init;
+
+use std::sync::{Mutex, MutexGuard};
 
 use gst::prelude::*;
 use gstmemkit::allocator::{self, AlignedAllocator, AlignedMemory, aligned_allocator};
@@ -16,11 +19,7 @@ static LOCK: Mutex<()> = Mutex::new(());
 /// Initialises GStreamer, takes the test lock and re-enables the cache with its default bound
 /// (this binary runs with and without `MEMKIT_MAX_CACHED_BYTES=0`).
 fn setup() -> MutexGuard<'static, ()> {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
+    init();
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     allocator::set_max_cached_bytes(allocator::DEFAULT_MAX_CACHED_BYTES);
     allocator::trim_cache();

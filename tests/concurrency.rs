@@ -2,18 +2,13 @@
 //! Thread safety: shares, copies, maps, is_span and unrefs of the same memory from several
 //! threads at once, and allocation from several threads.
 
-use std::sync::{Barrier, Once};
+mod common;
+use common::init;
+
+use std::sync::Barrier;
 use std::thread;
 
 use gstmemkit::allocator::{AlignedMemory, aligned_allocator};
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
 
 const THREADS: usize = 4;
 const ROUNDS: usize = 5_000;

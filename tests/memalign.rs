@@ -1,20 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
 //! memalign: allocation proposal, passthrough of aligned buffers, copies of the others.
 
-use std::sync::Once;
+mod common;
+use common::init;
 
 use gst::prelude::*;
 use gst_check::Harness;
 use gstmemkit::allocator::{AlignedMemory, aligned_allocator};
 use gstmemkit::elements::memory::mapped_addr;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
 
 fn harness(props: &str) -> Harness {
     let mut h = Harness::new("memalign");

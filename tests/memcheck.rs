@@ -1,19 +1,12 @@
 // SPDX-License-Identifier: MPL-2.0
 //! memcheck: each rule detected, counted, and fatal with fail-on-violation.
 
-use std::sync::Once;
+mod common;
+use common::init;
 
 use gst::prelude::*;
 use gst_check::Harness;
 use gstmemkit::allocator::aligned_allocator;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
 
 fn harness(props: &[(&str, &str)]) -> Harness {
     let mut h = Harness::new("memcheck");

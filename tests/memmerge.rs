@@ -1,20 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
 //! memmerge: target-size outputs, zero-copy when pieces are spans, remainder at EOS/DISCONT/caps.
 
-use std::sync::Once;
+mod common;
+use common::init;
 
 use gst::prelude::*;
 use gst_check::Harness;
 use gstmemkit::allocator::{AlignedMemory, aligned_allocator};
 use gstmemkit::elements::memory::mapped_addr;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
 
 fn harness(target: u32) -> Harness {
     let mut h = Harness::new("memmerge");

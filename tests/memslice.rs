@@ -1,20 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
 //! memslice: pieces of chunk-size bytes, shares of the input, with timestamps and offsets.
 
-use std::sync::Once;
+mod common;
+use common::init;
 
 use gst::prelude::*;
 use gst_check::Harness;
 use gstmemkit::allocator::aligned_allocator;
 use gstmemkit::elements::memory::mapped_addr;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
 
 fn harness(chunk: u32) -> Harness {
     let mut h = Harness::new("memslice");

@@ -1,20 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
 //! memsrc: blocksize buffers from the chosen allocator, patterns, offsets, bad allocator names.
 
-use std::sync::Once;
+mod common;
+use common::init;
 
 use gst::prelude::*;
 use gst_check::Harness;
 use gstmemkit::allocator::AlignedMemory;
 use gstmemkit::elements::memory::mapped_addr;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstmemkit::plugin_register_static().unwrap();
-    });
-}
 
 fn source(props: &[(&str, &str)]) -> Harness {
     let h = Harness::new("memsrc");
