@@ -2,7 +2,7 @@
 //! memalign: allocation proposal, passthrough of aligned buffers, copies of the others.
 
 mod common;
-use common::init;
+use common::{init, message_text};
 
 use gst::prelude::*;
 use gst_check::Harness;
@@ -154,7 +154,14 @@ fn unmappable_memory_is_an_error_not_a_crash() {
     let mem = aligned_allocator().alloc_aligned(64, Some(&p)).unwrap();
     let mut buf = gst::Buffer::new();
     buf.get_mut().unwrap().append_memory(mem.upcast_memory());
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
     assert_eq!(h.push(buf), Err(gst::FlowError::Error));
+    let text = message_text(&bus, gst::MessageType::Error);
+    assert!(
+        text.contains("Memory 0 of buffer #0") && text.contains("cannot be mapped for reading"),
+        "{text}"
+    );
 }
 
 #[test]

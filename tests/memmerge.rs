@@ -2,7 +2,7 @@
 //! memmerge: target-size outputs, zero-copy when pieces are spans, remainder at EOS/DISCONT/caps.
 
 mod common;
-use common::init;
+use common::{init, message_text};
 
 use gst::prelude::*;
 use gst_check::Harness;
@@ -212,7 +212,11 @@ fn unmappable_memory_that_must_be_copied_is_an_error() {
     let mem = aligned_allocator().alloc_aligned(100, Some(&p)).unwrap();
     let mut buf = gst::Buffer::new();
     buf.get_mut().unwrap().append_memory(mem.upcast_memory());
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
     assert_eq!(h.push(buf), Err(gst::FlowError::Error));
+    let text = message_text(&bus, gst::MessageType::Error);
+    assert_eq!(text, "A memory to merge cannot be mapped for reading");
 }
 
 #[test]

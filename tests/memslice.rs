@@ -156,16 +156,6 @@ fn no_share_memory_is_copied_not_refused() {
     assert_eq!(sizes, [10, 10, 5]);
 }
 
-#[test]
-fn chunk_size_zero_is_out_of_range() {
-    init();
-    let e = gst::ElementFactory::make("memslice").build().unwrap();
-    let pspec = e.find_property("chunk-size").unwrap();
-    let pspec = pspec.downcast_ref::<gst::glib::ParamSpecUInt>().unwrap();
-    // GObject refuses 0 (below the minimum) and keeps the old value.
-    assert_eq!((pspec.minimum(), pspec.default_value()), (1, 4096));
-}
-
 /// Hardening (issue 9, fault 10): core counts a memory's shares in 16 bits. 70000 one-byte
 /// pieces of one memory, all kept by downstream (the harness holds every output), must not
 /// overflow it (CRITICALs from gst_mini_object_unlock, fatal here): past

@@ -2,7 +2,7 @@
 //! memsrc: blocksize buffers from the chosen allocator, patterns, offsets, bad allocator names.
 
 mod common;
-use common::init;
+use common::{init, message_text};
 
 use gst::prelude::*;
 use gst_check::Harness;
@@ -162,6 +162,16 @@ fn invalid_alignment_is_refused() {
     let e = gst::ElementFactory::make("memsrc").build().unwrap();
     e.set_property("alignment", 24u32);
     assert_eq!(e.property::<u32>("alignment"), 1);
+    // The refusal is posted as a WARNING when the element starts (it had no bus before).
+    let bus = gst::Bus::new();
+    e.set_bus(Some(&bus));
+    e.set_state(gst::State::Paused).unwrap();
+    let text = message_text(&bus, gst::MessageType::Warning);
+    e.set_state(gst::State::Null).unwrap();
+    assert_eq!(
+        text,
+        "alignment 24 is not a power of two: keeping alignment 1"
+    );
 }
 
 #[test]
@@ -186,4 +196,35 @@ fn pattern_none_leaves_the_payload_unwritten() {
     };
     assert_eq!(maps("zero"), 5, "pattern=zero writes every buffer");
     assert_eq!(maps("none"), 0, "pattern=none writes nothing");
+}
+
+#[test]
+fn stats_are_kept_after_stop_and_start_again_from_zero() {
+    init();
+    let pipeline = gst::parse::launch("memsrc name=src num-buffers=3 blocksize=100 ! fakesink")
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    let bus = pipeline.bus().unwrap();
+    let run_to_eos = || {
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(10),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .expect("EOS");
+        assert_eq!(msg.type_(), gst::MessageType::Eos);
+        pipeline.set_state(gst::State::Null).unwrap();
+        let stats = src.property::<gst::Structure>("stats");
+        (
+            stats.get::<u64>("buffers").unwrap(),
+            stats.get::<u64>("bytes").unwrap(),
+        )
+    };
+    // Read after stop(): the counters of the run that ended.
+    assert_eq!(run_to_eos(), (3, 300));
+    // start() zeroes them: a second run counts its own buffers, not 6.
+    assert_eq!(run_to_eos(), (3, 300));
 }

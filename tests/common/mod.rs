@@ -22,3 +22,15 @@ pub fn params(
 ) -> gst::AllocationParams {
     gst::AllocationParams::new(flags, align, prefix, padding)
 }
+
+/// The text of the first message of `kind` (an ERROR or a WARNING) on `bus`.
+pub fn message_text(bus: &gst::Bus, kind: gst::MessageType) -> String {
+    let msg = bus
+        .pop_filtered(&[kind])
+        .unwrap_or_else(|| panic!("no {kind:?} message on the bus"));
+    match msg.view() {
+        gst::MessageView::Error(e) => e.error().to_string(),
+        gst::MessageView::Warning(w) => w.error().to_string(),
+        _ => unreachable!("only ERROR and WARNING messages have a text"),
+    }
+}

@@ -188,11 +188,17 @@ class BadInput(LaunchTestCase):
                                                     r"named 'NoSuchAllocator' is registered")
 
     def test_zero_chunk_and_target_sizes_are_refused(self):
-        for prop in ("memslice chunk-size=0", "memmerge target-size=0"):
+        # GObject refuses 0 with a warning and the element keeps its default: 4096-byte
+        # pieces (3 of each 10000-byte buffer), 65536-byte merges (3 x 10000 bytes: one
+        # output, at EOS).
+        for prop, name, field, expected in (
+                ("memslice chunk-size=0", "memslice0", "pieces-out", 9),
+                ("memmerge target-size=0", "memmerge0", "buffers-out", 1)):
             with self.subTest(prop=prop):
-                proc = self.run_ok(f"memsrc num-buffers=3 blocksize=1000 ! {prop} ! fakesink",
+                proc = self.run_ok(f"memsrc num-buffers=3 blocksize=10000 ! {prop} ! fakesink",
                                    fatal_warnings=False)
                 self.assertIn("out of range", proc.stderr)
+                self.assertEqual(stats(proc.stdout)[name][field], expected, proc.stdout[-2000:])
 
     def test_zero_size_buffers(self):
         out = self.run_ok(
