@@ -8,7 +8,7 @@
 //!   process can map.
 //!
 //! Beside them, what both use: [`layout`] (pure arithmetic), `cache` (the recycling cache's
-//! data structures), [`stats`] (AlignedMemory's statistics), [`error`] and `raw` (the unsafe
+//! data structures), [`mod@stats`] (AlignedMemory's statistics), [`error`] and `raw` (the unsafe
 //! helpers both allocators' vfuncs share). Each allocator folder has its safe API (`mod.rs`),
 //! its GObject subclass (`imp.rs`) and its unsafe half (`memory/`); only `memory/` and `raw`
 //! may use `unsafe`. The allocators do not depend on each other.
@@ -23,7 +23,7 @@
 //! | AlignedMemory's recycling cache and its bound | `max-cached-bytes` on any `AlignedAllocator`, [`set_max_cached_bytes`], `MEMKIT_MAX_CACHED_BYTES` (initial) | every `AlignedAllocator` instance (blocks in the cache belong to no instance) |
 //! | MemfdMemory's recycled blocks and their bound | `max-cached-bytes` on any `MemfdAllocator`, [`memfd::set_max_cached_bytes`], `MEMKIT_MAX_CACHED_BYTES` (initial) | every `MemfdAllocator` instance |
 //! | guard mode | `guard` on any `AlignedAllocator`, [`set_guard_enabled`], `MEMKIT_GUARD` | AlignedMemory blocks allocated from then on |
-//! | statistics (counters, live figures) | `collect-stats`, `reset-stats`, `MEMKIT_STATS` | AlignedMemory ([`stats`]) and MemfdMemory ([`memfd::stats`]) each count their own |
+//! | statistics (counters, live figures) | `collect-stats`, `reset-stats`, `MEMKIT_STATS` | AlignedMemory ([`mod@stats`]) and MemfdMemory ([`memfd::stats`]) each count their own |
 //! | tracer hook mode | the first active tracer on GStreamer ≥ 1.26 | both allocators take core's init/free path from then on |
 //! | the transport's block registry | `memfdsink`, through [`memfd::block_of`] | ids of MemfdMemory blocks, retired blocks |
 //!

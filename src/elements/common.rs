@@ -130,7 +130,7 @@ impl Refusals {
 }
 
 /// Bytes `range` of `buf` as a new buffer: shares of its memories, or, when one of those
-/// memories already has [`crate::allocator::MAX_LIVE_SHARES`] holders, a copy (core counts a
+/// memories already has [`MAX_LIVE_SHARES`](memory::MAX_LIVE_SHARES) holders, a copy (core counts a
 /// memory's shares in 16 bits; past 65535 its lock accounting breaks). The flag says whether
 /// it copied.
 pub(crate) fn share_region(

@@ -171,7 +171,7 @@ fn zero_ranges(
     Ok(())
 }
 
-/// A read-only share `offset..offset + size` of `root` (a block from [`wrap_fd`]) whose
+/// A read-only share `offset..offset + size` of `root` (a block from `memfd::wrap_fd`) whose
 /// `on_free` is dropped when the share is freed: how `memfdsrc` hands out a buffer's memory
 /// without a new mapping and learns when the consumer is done with it.
 pub fn share_block(
