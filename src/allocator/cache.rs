@@ -215,7 +215,7 @@ impl<T> Pool<T> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The process-wide cache of one block type (memory/mod.rs instantiates it for its blocks).
+// The process-wide cache of one block type (aligned/memory/lifecycle.rs instantiates it for its blocks).
 // ---------------------------------------------------------------------------------------------
 
 /// The initial bound of a recycling cache: `MEMKIT_MAX_CACHED_BYTES`, else the default.

@@ -284,7 +284,7 @@ mod tests {
         )
         .unwrap();
         let conn = Connection::new(a, 64).unwrap();
-        let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
+        let mut buf = vec![0u8; crate::transport::wire::MAX_MESSAGE];
         assert_eq!(
             next_message(&b, &mut buf),
             Some(Message::Hello { max_blocks: 64 })
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn releases_gather_while_busy_and_go_at_once_when_idle() {
         let (conn, b) = connection();
-        let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
+        let mut buf = vec![0u8; crate::transport::wire::MAX_MESSAGE];
         let mut next = || next_message(&b, &mut buf);
         conn.release(1);
         assert_eq!(
@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn releases_are_batched_while_the_producer_does_not_read() {
         let (conn, b) = connection();
-        let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
+        let mut buf = vec![0u8; crate::transport::wire::MAX_MESSAGE];
         let mut next = || next_message(&b, &mut buf);
         // Fill the producer's queue, as a producer that stops reading would let it fill.
         let mut id = 0;

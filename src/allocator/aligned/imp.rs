@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The `AlignedMemory` GObject subclass of `GstAllocator`. The vfuncs and `alloc`/`free`
-//! live in `memory/mod.rs`; this file holds no FFI code.
+//! live in `memory/` (`vfuncs.rs`, `class.rs`); this file holds no FFI code.
 
 use std::sync::LazyLock;
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The `MemfdMemory` GObject subclass of `GstFdAllocator`. Its `alloc` and memory vfuncs live in
-//! `memory::memfd`; this file holds no FFI code.
+//! The `MemfdMemory` GObject subclass of `GstFdAllocator`. Its `alloc` and memory vfuncs live
+//! in `memory/` (`class.rs`, `vfuncs.rs`); this file holds no FFI code.
 
 use std::sync::LazyLock;
 
