@@ -6,7 +6,7 @@ use common::init;
 
 use gst::prelude::*;
 use gst_check::Harness;
-use gstmemkit::allocator::aligned_allocator;
+use gstmemkit::allocator::{AlignedMemory, aligned_allocator};
 use gstmemkit::elements::memory::mapped_addr;
 
 fn harness(chunk: u32) -> Harness {
@@ -191,4 +191,24 @@ fn many_pieces_held_downstream_never_overflow_the_share_count() {
             .unwrap()
             <= gstmemkit::elements::memory::MAX_LIVE_SHARES + 1
     );
+}
+
+#[test]
+fn stop_drops_an_input_left_half_cut() {
+    init();
+    let mut h = harness(10);
+    let buf = input(100, 1);
+    let mem = buf.memory(0).unwrap();
+    let refs = || {
+        mem.downcast_memory_ref::<AlignedMemory>()
+            .unwrap()
+            .ref_count()
+    };
+    // The first piece cannot be pushed (the sink pad is flushing): memslice is left holding
+    // the rest of the input.
+    h.sinkpad().unwrap().set_active(false).unwrap();
+    assert_eq!(h.push(buf), Err(gst::FlowError::Flushing));
+    assert!(refs() > 1, "memslice holds the input");
+    h.element().unwrap().set_state(gst::State::Null).unwrap();
+    assert_eq!(refs(), 1, "stop() let go of it");
 }

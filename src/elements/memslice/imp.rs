@@ -236,6 +236,15 @@ impl BaseTransformImpl for MemSlice {
         Ok(())
     }
 
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        // Drop an input left half cut (a push that failed while flushing); keep the counters
+        // readable until the next start.
+        let mut state = self.state.lock().unwrap();
+        state.input = None;
+        state.offset = 0;
+        Ok(())
+    }
+
     fn sink_event(&self, event: gst::Event) -> bool {
         match event.view() {
             gst::EventView::Eos(_) => {
