@@ -38,6 +38,7 @@ pub mod layout;
 pub mod memfd;
 #[allow(unsafe_code)]
 pub(crate) mod raw;
+mod shared;
 pub mod stats;
 
 pub use aligned::{

@@ -9,8 +9,8 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::memory::{self, ALLOCATOR_TYPE_NAME};
-use crate::allocator::cache::DEFAULT_MAX_CACHED_BYTES;
 use crate::allocator::debug::ALIGNED as CAT;
+use crate::allocator::shared::{bound_from, cache_properties};
 use crate::allocator::stats;
 
 #[derive(Default)]
@@ -26,24 +26,15 @@ impl ObjectSubclass for AlignedAllocator {
 impl ObjectImpl for AlignedAllocator {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            let [max, cached] = cache_properties(
+                "Bound of the recycling cache of freed blocks, shared by every AlignedMemory \
+                 allocator of the process, separate from MemfdMemory's (0 disables the cache; \
+                 the initial value comes from MEMKIT_MAX_CACHED_BYTES)",
+                "Bytes held by the recycling cache (shared pool and this thread's lists)",
+            );
             vec![
-                glib::ParamSpecUInt64::builder("max-cached-bytes")
-                    .nick("Maximum cached bytes")
-                    .blurb(
-                        "Bound of the recycling cache of freed blocks, shared by every \
-                         AlignedMemory allocator of the process, separate from MemfdMemory's \
-                         (0 disables the cache; the initial value comes from \
-                         MEMKIT_MAX_CACHED_BYTES)",
-                    )
-                    .default_value(DEFAULT_MAX_CACHED_BYTES as u64)
-                    .build(),
-                glib::ParamSpecUInt64::builder("cached-bytes")
-                    .nick("Cached bytes")
-                    .blurb(
-                        "Bytes held by the recycling cache (shared pool and this thread's lists)",
-                    )
-                    .read_only()
-                    .build(),
+                max,
+                cached,
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
@@ -108,8 +99,7 @@ impl ObjectImpl for AlignedAllocator {
                 memory::set_guard_enabled(on);
             }
             "max-cached-bytes" => {
-                let max = value.get::<u64>().expect("type checked upstream");
-                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                let max = bound_from(value);
                 gst::debug!(CAT, imp = self, "max-cached-bytes set to {}", max);
                 memory::cache().set_max_bytes(max);
             }

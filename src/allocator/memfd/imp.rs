@@ -10,8 +10,8 @@ use gst::subclass::prelude::*;
 
 use super::memory::{self, ALLOCATOR_TYPE_NAME};
 use super::stats;
-use crate::allocator::cache::DEFAULT_MAX_CACHED_BYTES;
 use crate::allocator::debug::MEMFD as CAT;
+use crate::allocator::shared::{bound_from, cache_properties};
 
 #[derive(Default)]
 pub struct MemfdAllocator;
@@ -26,21 +26,15 @@ impl ObjectSubclass for MemfdAllocator {
 impl ObjectImpl for MemfdAllocator {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            let [max, cached] = cache_properties(
+                "Bound of MemfdMemory's recycling of freed blocks, process-wide and separate \
+                 from AlignedMemory's (0 disables recycling; the initial value comes from \
+                 MEMKIT_MAX_CACHED_BYTES)",
+                "Bytes held by MemfdMemory's recycled blocks",
+            );
             vec![
-                glib::ParamSpecUInt64::builder("max-cached-bytes")
-                    .nick("Maximum cached bytes")
-                    .blurb(
-                        "Bound of MemfdMemory's recycling of freed blocks, process-wide and \
-                         separate from AlignedMemory's (0 disables recycling; the initial \
-                         value comes from MEMKIT_MAX_CACHED_BYTES)",
-                    )
-                    .default_value(DEFAULT_MAX_CACHED_BYTES as u64)
-                    .build(),
-                glib::ParamSpecUInt64::builder("cached-bytes")
-                    .nick("Cached bytes")
-                    .blurb("Bytes held by MemfdMemory's recycled blocks")
-                    .read_only()
-                    .build(),
+                max,
+                cached,
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
@@ -58,8 +52,7 @@ impl ObjectImpl for MemfdAllocator {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         match pspec.name() {
             "max-cached-bytes" => {
-                let max = value.get::<u64>().expect("type checked upstream");
-                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                let max = bound_from(value);
                 gst::debug!(CAT, imp = self, "max-cached-bytes set to {}", max);
                 memory::set_max_bytes(max);
             }

@@ -7,9 +7,9 @@ use std::sync::OnceLock;
 use gst::ffi;
 use gst::glib;
 use gst::glib::translate::*;
-use gst::prelude::*;
 
 use super::storage::Backing;
+use crate::allocator::shared::allocator_is;
 
 // `gst::memory_object_wrapper!` expects this helper macro at its call site.
 macro_rules! skip_assert_initialized {
@@ -23,14 +23,7 @@ pub const ALLOCATOR_TYPE_NAME: &str = "MemkitAlignedAllocator";
 /// string, which any allocator could claim), looked up by name once it is registered.
 fn is_aligned_allocator(allocator: &gst::Allocator) -> bool {
     static TYPE: OnceLock<glib::Type> = OnceLock::new();
-    let t = match TYPE.get() {
-        Some(t) => *t,
-        None => match glib::Type::from_name(ALLOCATOR_TYPE_NAME) {
-            Some(t) => *TYPE.get_or_init(|| t),
-            None => return false,
-        },
-    };
-    allocator.type_().is_a(t)
+    allocator_is(allocator, &TYPE, ALLOCATOR_TYPE_NAME)
 }
 
 /// The C struct behind every `AlignedMemory` memory: a `GstMemory` followed by our fields.

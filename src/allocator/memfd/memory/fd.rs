@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use gst::glib;
-use gst::prelude::*;
+
+use crate::allocator::shared::allocator_is;
 
 /// The GType name of the `MemfdAllocator` subclass.
 pub const ALLOCATOR_TYPE_NAME: &str = "MemkitMemfdAllocator";
@@ -13,14 +14,8 @@ pub const ALLOCATOR_TYPE_NAME: &str = "MemkitMemfdAllocator";
 /// name once it is registered).
 pub fn is_memfd_memory(mem: &gst::MemoryRef) -> bool {
     static TYPE: OnceLock<glib::Type> = OnceLock::new();
-    let t = match TYPE.get() {
-        Some(t) => *t,
-        None => match glib::Type::from_name(ALLOCATOR_TYPE_NAME) {
-            Some(t) => *TYPE.get_or_init(|| t),
-            None => return false,
-        },
-    };
-    mem.allocator().is_some_and(|a| a.type_().is_a(t))
+    mem.allocator()
+        .is_some_and(|a| allocator_is(a, &TYPE, ALLOCATOR_TYPE_NAME))
 }
 
 /// `true` when `mem` is fd memory whose file is a memfd sealed against shrinking and against
