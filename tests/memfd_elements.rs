@@ -275,10 +275,10 @@ fn each_block_crosses_once_and_is_wrapped_once() {
 
 /// Runs `f` with `MemfdMemory` recycling off (a cache bound of 0), restoring it after.
 fn without_recycling<T>(f: impl FnOnce() -> T) -> T {
-    let max = gstmemkit::allocator::max_cached_bytes();
-    gstmemkit::allocator::set_max_cached_bytes(0);
+    let max = gstmemkit::allocator::memfd::max_cached_bytes();
+    gstmemkit::allocator::memfd::set_max_cached_bytes(0);
     let result = f();
-    gstmemkit::allocator::set_max_cached_bytes(max);
+    gstmemkit::allocator::memfd::set_max_cached_bytes(max);
     result
 }
 
