@@ -8,6 +8,8 @@
 //! a measurement. Other words select sections: `-- allocs map_share copies buffer_map threads
 //! frames observability pipelines rss`.
 
+mod floor;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -67,6 +69,40 @@ fn compare(
     (ma, mb, mr)
 }
 
+/// Like [`compare`], with the floor allocator (`floor.rs`) as a third contender, the three
+/// rotated in each repeat: the row also shows the floor's median and the median of the
+/// per-repeat memkit/floor ratios.
+fn compare_floor(
+    cfg: &Config,
+    name: &str,
+    mut ours: impl FnMut() -> f64,
+    mut theirs: impl FnMut() -> f64,
+    mut floor: impl FnMut() -> f64,
+) {
+    let (mut a, mut b, mut c, mut r, mut rf) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..cfg.repeats {
+        let mut t = [0.0; 3];
+        for k in 0..3 {
+            let j = (i + k) % 3;
+            t[j] = match j {
+                0 => ours(),
+                1 => theirs(),
+                _ => floor(),
+            };
+        }
+        a.push(t[0]);
+        b.push(t[1]);
+        c.push(t[2]);
+        r.push(t[0] / t[1]);
+        rf.push(t[0] / t[2]);
+    }
+    let (ma, mb, mc) = (median(&mut a), median(&mut b), median(&mut c));
+    let (mr, mrf) = (median(&mut r), median(&mut rf));
+    println!(
+        "{name:<44} {ma:>12.1} {mb:>12.1} {mr:>8.2}   ns/op; floor {mc:.1} ns/op, memkit/floor {mrf:.2}"
+    );
+}
+
 fn iters(cfg: &Config, n: usize) -> usize {
     ((n as f64 * cfg.scale) as usize).max(1)
 }
@@ -82,13 +118,16 @@ fn ours() -> gst::Allocator {
 fn alloc_unref(cfg: &Config, label: &str, size: usize, params: &gst::AllocationParams) {
     let n = iters(cfg, if size >= 1 << 20 { 20_000 } else { 200_000 });
     let (a, s) = (ours(), sys());
-    compare(
-        cfg,
-        &format!("alloc+unref {label}"),
-        "ns/op",
-        || ns_per_op(n, || drop(black_box(a.alloc(size, Some(params)).unwrap()))),
-        || ns_per_op(n, || drop(black_box(s.alloc(size, Some(params)).unwrap()))),
-    );
+    let name = format!("alloc+unref {label}");
+    let ours = || ns_per_op(n, || drop(black_box(a.alloc(size, Some(params)).unwrap())));
+    let theirs = || ns_per_op(n, || drop(black_box(s.alloc(size, Some(params)).unwrap())));
+    if floor::serves(size, params) {
+        let f = floor::floor();
+        let floor = || ns_per_op(n, || drop(black_box(f.alloc(size, Some(params)).unwrap())));
+        compare_floor(cfg, &name, ours, theirs, floor);
+    } else {
+        compare(cfg, &name, "ns/op", ours, theirs);
+    }
 }
 
 /// memkit against itself: statistics on vs off, and guard mode vs off (1 KiB alloc+unref and
@@ -189,12 +228,13 @@ fn map_share(cfg: &Config) {
             })
         },
     );
-    compare(
+    let f = floor::floor().alloc(4096, None).unwrap();
+    compare_floor(
         cfg,
         "share+unref 4 KiB",
-        "ns/op",
         || ns_per_op(n, || drop(black_box(a.share(16..1024)))),
         || ns_per_op(n, || drop(black_box(s.share(16..1024)))),
+        || ns_per_op(n, || drop(black_box(f.share(16..1024)))),
     );
 }
 
