@@ -46,12 +46,17 @@ thread_local! {
     static FREE: Cell<*mut FloorMem> = const { Cell::new(ptr::null_mut()) };
 }
 
-/// Adds `GROW` headers with their blocks to this thread's free list. They are never freed.
-fn grow() {
-    let layout = std::alloc::Layout::from_size_align(BLOCK * GROW, BLOCK_ALIGN).unwrap();
+/// Adds `GROW` headers with their blocks to this thread's free list (never freed); `false`
+/// when the system has no memory for them.
+fn grow() -> bool {
+    let Ok(layout) = std::alloc::Layout::from_size_align(BLOCK * GROW, BLOCK_ALIGN) else {
+        return false;
+    };
     // SAFETY: the layout has a non-zero size; the result is checked for NULL.
     let blocks = unsafe { std::alloc::alloc(layout) };
-    assert!(!blocks.is_null(), "out of memory");
+    if blocks.is_null() {
+        return false;
+    }
     for i in 0..GROW {
         let m = Box::into_raw(Box::new(FloorMem {
             // SAFETY: GstMemory is a plain C struct; all-zeroes is a valid unset state, and
@@ -64,11 +69,13 @@ fn grow() {
         }));
         FREE.set(m);
     }
+    true
 }
 
+/// A free header and block, or NULL when none can be had.
 fn pop() -> *mut FloorMem {
-    if FREE.get().is_null() {
-        grow();
+    if FREE.get().is_null() && !grow() {
+        return ptr::null_mut();
     }
     let m = FREE.get();
     // SAFETY: `m` is a header of this thread's list, not in use.
@@ -156,11 +163,14 @@ unsafe extern "C" fn mem_share(
             (*mem).parent
         };
         let size = if size == -1 {
-            (*mem).size - offset as usize
+            (*mem).size.saturating_sub(offset as usize)
         } else {
             size as usize
         };
         let m = pop();
+        if m.is_null() {
+            return ptr::null_mut();
+        }
         (*m).data = (*(mem as *mut FloorMem)).data;
         init(
             m,
@@ -211,14 +221,17 @@ mod imp {
     unsafe impl AllocatorImpl for FloorAllocator {
         unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut ffi::GstMemory {
             let (prefix, padding) = (params.prefix(), params.padding());
-            let maxsize = size + prefix + padding;
-            if maxsize > BLOCK || params.align() >= BLOCK_ALIGN {
+            if !serves(size, params) {
                 return ptr::null_mut();
             }
+            let maxsize = size + prefix + padding;
             let flags: u32 = params.flags().into_glib();
             let allocator: *mut ffi::GstAllocator =
                 self.obj().upcast_ref::<gst::Allocator>().to_glib_none().0;
             let m = pop();
+            if m.is_null() {
+                return ptr::null_mut();
+            }
             // SAFETY: `m` is ours; the zeroed ranges lie inside its 4 KiB block.
             unsafe {
                 (*m).data = (*m).block;
@@ -262,5 +275,8 @@ pub fn floor() -> gst::Allocator {
 
 /// Whether the floor serves a request of `size` bytes with `params`.
 pub fn serves(size: usize, params: &gst::AllocationParams) -> bool {
-    size + params.prefix() + params.padding() <= BLOCK && params.align() < BLOCK_ALIGN
+    size.checked_add(params.prefix())
+        .and_then(|s| s.checked_add(params.padding()))
+        .is_some_and(|maxsize| maxsize <= BLOCK)
+        && params.align() < BLOCK_ALIGN
 }

@@ -5,9 +5,15 @@
 //! measured `REPEATS` times, alternating which allocator goes first, and the row shows the
 //! medians of both and the median of the per-repeat ratios (memkit / system: below 1 is
 //! faster). `-- --quick` runs every figure once with few iterations: a smoke test for CI, not
-//! a measurement. Other words select sections: `-- allocs map_share copies buffer_map threads
+//! a measurement. The rows the floor allocator can serve (`floor.rs`: what core requires and
+//! nothing else, up to 4 KiB) also print its median and the median of memkit/floor ratios.
+//! Other words select sections: `-- allocs map_share copies buffer_map threads
 //! frames observability pipelines rss`.
 
+#![deny(unsafe_code)]
+
+// The benchmark's floor allocator is FFI by nature; its unsafe code stays in that one module.
+#[allow(unsafe_code)]
 mod floor;
 
 use std::hint::black_box;
