@@ -16,14 +16,26 @@ use gstmemkit::elements::memory::with_mapped_region;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
+/// One test's hold on the cache: the test lock, and on drop this thread's free lists emptied
+/// before the lock is released. Otherwise the test's thread, ending after the lock is free,
+/// would hand its lists to the shared pool in the middle of the next test (which then saw a
+/// pool holding blocks it never freed).
+struct Serial(#[allow(dead_code, reason = "held for its Drop")] MutexGuard<'static, ()>);
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        allocator::trim_cache();
+    }
+}
+
 /// Initialises GStreamer, takes the test lock and re-enables the cache with its default bound
 /// (this binary runs with and without `MEMKIT_MAX_CACHED_BYTES=0`).
-fn setup() -> MutexGuard<'static, ()> {
+fn setup() -> Serial {
     init();
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     allocator::set_max_cached_bytes(allocator::DEFAULT_MAX_CACHED_BYTES);
     allocator::trim_cache();
-    guard
+    Serial(guard)
 }
 
 fn zero_params(prefix: usize, padding: usize) -> gst::AllocationParams {
