@@ -138,6 +138,41 @@ impl BlockLayout {
         })
     }
 
+    /// The largest `size`, `prefix` and `padding` that [`BlockLayout::small`] lays out: small
+    /// enough that no sum or rounding below can overflow.
+    pub const SMALL_MAX: usize = (1 << 24) - 1;
+
+    /// [`BlockLayout::new`] for the common request, without a `Result` to carry: an alignment
+    /// mask of at most [`MIN_ALIGN_MASK`] and sizes of at most [`Self::SMALL_MAX`] each. `None`
+    /// for any other request (which [`BlockLayout::new`] then lays out or refuses); where it
+    /// answers, it answers exactly what `new` does (unit-tested).
+    #[inline(always)]
+    pub const fn small(size: usize, prefix: usize, padding: usize, align: usize) -> Option<Self> {
+        if align > MIN_ALIGN_MASK
+            || !is_valid_align_mask(align)
+            || (size | prefix | padding) > Self::SMALL_MAX
+        {
+            return None;
+        }
+        let align_mask = MIN_ALIGN_MASK;
+        let shift = prefix.wrapping_neg() & align_mask;
+        let maxsize = (prefix + size + padding + align_mask) & !align_mask;
+        let alloc_size = shift + maxsize;
+        Some(BlockLayout {
+            align_mask,
+            shift,
+            maxsize,
+            alloc_size: if alloc_size > align_mask {
+                alloc_size
+            } else {
+                align_mask + 1
+            },
+            prefix,
+            size,
+            padding,
+        })
+    }
+
     /// Alignment in bytes of the system allocation.
     pub const fn alloc_align(&self) -> usize {
         self.align_mask + 1
@@ -323,6 +358,46 @@ mod tests {
                 "{size} {prefix} {padding}"
             );
         }
+    }
+
+    #[test]
+    fn small_agrees_with_new_where_it_answers() {
+        let sizes = [0, 1, 63, 64, 65, 100, 1000, 1024, 4095, 4096, 65_537];
+        let edges = [
+            BlockLayout::SMALL_MAX,
+            BlockLayout::SMALL_MAX + 1,
+            usize::MAX,
+        ];
+        let mut answered = 0;
+        for align in [0, 1, 3, 5, 7, 15, 31, 63, 64, 127, 4095] {
+            for &size in sizes.iter().chain(&edges) {
+                for &prefix in sizes.iter().chain(&edges) {
+                    for &padding in [0, 1, 17, 64, 4096].iter().chain(&edges) {
+                        let Some(small) = BlockLayout::small(size, prefix, padding, align) else {
+                            continue;
+                        };
+                        answered += 1;
+                        assert_eq!(
+                            Ok(small),
+                            BlockLayout::new(size, prefix, padding, align),
+                            "size {size} prefix {prefix} padding {padding} align {align}"
+                        );
+                    }
+                }
+            }
+        }
+        // It answers the common requests, and only those.
+        assert!(answered > 1000, "{answered}");
+        assert!(BlockLayout::small(64, 0, 0, 0).is_some());
+        assert!(BlockLayout::small(64, 0, 0, 5).is_none(), "invalid mask");
+        assert!(
+            BlockLayout::small(64, 0, 0, 127).is_none(),
+            "larger alignment"
+        );
+        let too_big = BlockLayout::SMALL_MAX + 1;
+        assert!(BlockLayout::small(too_big, 0, 0, 0).is_none());
+        assert!(BlockLayout::small(0, too_big, 0, 0).is_none());
+        assert!(BlockLayout::small(0, 0, too_big, 0).is_none());
     }
 
     #[test]
