@@ -126,6 +126,36 @@ fn scripted_sequence_gives_exact_counts() {
     a.set_property("collect-stats", true);
     assert_eq!(allocator::stats().get(Counter::Allocations), 0);
 
+    // Another thread allocates through GStreamer's API (the class's `alloc`, whose common path
+    // counts on the thread's own shard), frees, and ends: its counts stay after it is gone,
+    // and its second round is served by the blocks of its first.
+    let before = allocator::stats();
+    let generic = a.clone().upcast::<gst::Allocator>();
+    std::thread::spawn(move || {
+        for _ in 0..2 {
+            let mems: Vec<gst::Memory> = (0..10)
+                .map(|_| generic.alloc(1000, None).unwrap())
+                .collect();
+            drop(mems);
+        }
+    })
+    .join()
+    .unwrap();
+    let s = allocator::stats();
+    let delta = |c: Counter| s.get(c) - before.get(c);
+    assert_eq!(delta(Counter::Allocations), 20);
+    assert_eq!(delta(Counter::Frees), 20);
+    assert_eq!(
+        delta(Counter::CacheHits),
+        10,
+        "the second round reuses the first's"
+    );
+    assert_eq!(delta(Counter::CacheMisses), 10);
+    assert_eq!(
+        (s.blocks_live, s.bytes_live),
+        (before.blocks_live, before.bytes_live)
+    );
+
     // Guard mode: a violation is found at write-unmap, counted, and not counted twice.
     a.set_property("guard", true);
     let mut g = a.alloc_aligned(100, None).unwrap();

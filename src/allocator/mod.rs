@@ -32,9 +32,11 @@
 
 pub mod aligned;
 mod cache;
+mod classes;
 mod debug;
 pub mod error;
 pub mod layout;
+mod magazine;
 pub mod memfd;
 #[allow(unsafe_code)]
 pub(crate) mod raw;

@@ -5,6 +5,7 @@ use crate::allocator::debug::ALIGNED as CAT;
 use gst::ffi;
 use gst::glib;
 use gst::glib::translate::*;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::layout;
@@ -66,8 +67,9 @@ fn tracer_active() -> bool {
 }
 /// Resolves a `mem_share`/`mem_copy` request on `m` into region-relative `(offset, size)`
 /// (see `layout::sub_range`), or logs the refusal at WARNING in `cat` and gives `None`.
+#[inline(always)]
 pub fn resolve_request(
-    cat: gst::DebugCategory,
+    cat: &'static LazyLock<gst::DebugCategory>,
     what: &str,
     m: &ffi::GstMemory,
     offset: isize,
@@ -76,19 +78,31 @@ pub fn resolve_request(
 ) -> Option<(usize, usize)> {
     let r = layout::sub_range(m.offset, m.size, m.maxsize, offset, size, clamp);
     if r.is_none() {
-        gst::warning!(
-            cat,
-            "{} of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
-            what,
-            m,
-            offset,
-            size,
-            m.offset,
-            m.size,
-            m.maxsize
-        );
+        refuse_request(cat, what, m, offset, size);
     }
     r
+}
+
+#[cold]
+#[inline(never)]
+fn refuse_request(
+    cat: &'static LazyLock<gst::DebugCategory>,
+    what: &str,
+    m: &ffi::GstMemory,
+    offset: isize,
+    size: isize,
+) {
+    gst::warning!(
+        **cat,
+        "{} of {:p} out of range: offset {} size {} (memory offset {} size {} maxsize {})",
+        what,
+        m,
+        offset,
+        size,
+        m.offset,
+        m.size,
+        m.maxsize
+    );
 }
 
 /// The body of every memkit `mem_is_span`: core has checked that both memories have this

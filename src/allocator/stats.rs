@@ -15,11 +15,12 @@
 //! recorded with its size, under one lock, so blocks still alive at exit can be reported as
 //! leaks and the peak of those blocks is exact.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use super::cache;
+use super::classes;
 
 /// How much a thread's live bytes grow before it recomputes the global peak.
 pub const PEAK_STEP: i64 = 256 << 10;
@@ -58,7 +59,7 @@ const COUNTER_NAMES: [&str; COUNTERS] = [
     "guard-violations",
 ];
 /// Histogram buckets: one per size class, and one for blocks too large to cache.
-const CLASSES: usize = cache::size_class(cache::MAX_CACHED_BLOCK).unwrap().0 as usize + 2;
+const CLASSES: usize = classes::size_class(classes::MAX_CACHED_BLOCK).unwrap().0 as usize + 2;
 
 /// A thread's counters. `Allocations`, `CacheHits` and `blocks-live` are not counted: they
 /// are derived on read (from the histogram, `CacheMisses`, `Wraps` and `Frees`), which keeps
@@ -191,33 +192,83 @@ fn with_shard(f: impl FnOnce(&Shard)) {
     }
 }
 
+/// A shard owned by another thread-local (the allocator's per-thread state), so that the
+/// allocation path reaches its statistics and its free lists with one thread-local lookup.
+/// Registered on first use; folded into the retired totals when it drops with its thread.
+pub struct ThreadShard(OnceCell<Local>);
+
+impl ThreadShard {
+    pub const fn new() -> ThreadShard {
+        ThreadShard(OnceCell::new())
+    }
+
+    #[inline(always)]
+    fn with(&self, f: impl FnOnce(&Shard)) {
+        if enabled() {
+            f(&self.0.get_or_init(Local::new).0);
+        }
+    }
+
+    /// [`count`] on this shard.
+    #[inline]
+    pub fn count(&self, counter: Counter, n: u64) {
+        self.with(|s| bump(&s.counters[counter as usize], n));
+    }
+
+    /// [`block_born`] on this shard.
+    #[inline(always)]
+    pub fn block_born(&self, addr: usize, bytes: usize, class: Option<u16>) {
+        self.with(|s| born(s, bytes, class, false));
+        track_born(addr, bytes);
+    }
+
+    /// [`block_died`] on this shard.
+    #[inline(always)]
+    pub fn block_died(&self, addr: usize, bytes: usize) {
+        self.with(|s| died(s, bytes));
+        track_died(addr);
+    }
+}
+
+impl Default for ThreadShard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Counts `n` of `counter` on this thread.
 #[inline]
 pub fn count(counter: Counter, n: u64) {
     with_shard(|s| bump(&s.counters[counter as usize], n));
 }
 
-/// A root block of `bytes` bytes came to life: allocated (`class`: its size class, `None`:
-/// too large to cache) or, with `wrapped`, wrapped. `addr` identifies it for leak tracking.
-#[inline]
-pub fn block_born(addr: usize, bytes: usize, class: Option<u16>, wrapped: bool) {
-    with_shard(|s| {
-        if wrapped {
-            bump(&s.counters[Counter::Wraps as usize], 1);
-        } else {
-            let bucket = class.map_or(CLASSES - 1, |c| c as usize);
-            bump(&s.by_class[bucket], 1);
-        }
-        let live = s
-            .bytes_live
-            .load(Ordering::Relaxed)
-            .wrapping_add(bytes as i64);
-        s.bytes_live.store(live, Ordering::Relaxed);
-        if live - s.peak_mark.load(Ordering::Relaxed) >= PEAK_STEP {
-            s.peak_mark.store(live, Ordering::Relaxed);
-            update_peak();
-        }
-    });
+#[inline(always)]
+fn born(s: &Shard, bytes: usize, class: Option<u16>, wrapped: bool) {
+    if wrapped {
+        bump(&s.counters[Counter::Wraps as usize], 1);
+    } else {
+        let bucket = class.map_or(CLASSES - 1, |c| c as usize);
+        bump(&s.by_class[bucket], 1);
+    }
+    let live = s
+        .bytes_live
+        .load(Ordering::Relaxed)
+        .wrapping_add(bytes as i64);
+    s.bytes_live.store(live, Ordering::Relaxed);
+    if live - s.peak_mark.load(Ordering::Relaxed) >= PEAK_STEP {
+        s.peak_mark.store(live, Ordering::Relaxed);
+        update_peak();
+    }
+}
+
+#[inline(always)]
+fn died(s: &Shard, bytes: usize) {
+    bump(&s.counters[Counter::Frees as usize], 1);
+    bump_signed(&s.bytes_live, -(bytes as i64));
+}
+
+#[inline(always)]
+fn track_born(addr: usize, bytes: usize) {
     if TRACKING.load(Ordering::Relaxed)
         && let Ok(mut t) = LIVE.lock()
         && t.blocks.insert(addr, bytes).is_none()
@@ -227,19 +278,29 @@ pub fn block_born(addr: usize, bytes: usize, class: Option<u16>, wrapped: bool) 
     }
 }
 
-/// A root block of `bytes` bytes was freed.
-#[inline]
-pub fn block_died(addr: usize, bytes: usize) {
-    with_shard(|s| {
-        bump(&s.counters[Counter::Frees as usize], 1);
-        bump_signed(&s.bytes_live, -(bytes as i64));
-    });
+#[inline(always)]
+fn track_died(addr: usize) {
     if TRACKING.load(Ordering::Relaxed)
         && let Ok(mut t) = LIVE.lock()
         && let Some(bytes) = t.blocks.remove(&addr)
     {
         t.live -= bytes as u64;
     }
+}
+
+/// A root block of `bytes` bytes came to life: allocated (`class`: its size class, `None`:
+/// too large to cache) or, with `wrapped`, wrapped. `addr` identifies it for leak tracking.
+#[inline]
+pub fn block_born(addr: usize, bytes: usize, class: Option<u16>, wrapped: bool) {
+    with_shard(|s| born(s, bytes, class, wrapped));
+    track_born(addr, bytes);
+}
+
+/// A root block of `bytes` bytes was freed.
+#[inline]
+pub fn block_died(addr: usize, bytes: usize) {
+    with_shard(|s| died(s, bytes));
+    track_died(addr);
 }
 
 /// Sums live bytes over all shards and raises the peak to it; returns the sum.
@@ -421,7 +482,7 @@ pub fn snapshot(cached_bytes: usize) -> Stats {
             let bytes = if i == CLASSES - 1 {
                 usize::MAX
             } else {
-                cache::class_bytes(i as u16)
+                classes::class_bytes(i as u16)
             };
             (n > 0).then_some((bytes, n))
         })

@@ -21,6 +21,10 @@ impl ObjectSubclass for AlignedAllocator {
     const NAME: &'static str = ALLOCATOR_TYPE_NAME;
     type Type = super::AlignedAllocator;
     type ParentType = gst::Allocator;
+
+    fn class_init(klass: &mut Self::Class) {
+        memory::install_class_alloc(klass.upcast_ref_mut());
+    }
 }
 
 impl ObjectImpl for AlignedAllocator {

@@ -9,6 +9,7 @@ use gst::glib;
 use gst::glib::translate::*;
 
 use super::storage::Backing;
+use crate::allocator::cache::Linked;
 use crate::allocator::shared::allocator_is;
 
 // `gst::memory_object_wrapper!` expects this helper macro at its call site.
@@ -34,6 +35,19 @@ pub struct GstAlignedMemory {
     /// Region base: what `mem_map` returns (core adds `offset`). Never NULL.
     pub(super) data: NonNull<u8>,
     pub(super) backing: Backing,
+    /// The next block of a free list while this one waits in a thread's cache; `None`
+    /// otherwise.
+    pub(super) next: Option<Box<GstAlignedMemory>>,
+    /// The thread-magazine list this root goes back to when it is freed (`cache::NO_SLOT`:
+    /// it does not, e.g. a share, a wrapped or guarded block); set when the block is made.
+    pub(super) slot: u16,
+}
+
+impl Linked for GstAlignedMemory {
+    #[inline(always)]
+    fn link(&mut self) -> &mut Option<Box<Self>> {
+        &mut self.next
+    }
 }
 
 gst::memory_object_wrapper!(

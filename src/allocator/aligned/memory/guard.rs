@@ -253,5 +253,7 @@ pub(super) fn alloc_guarded(
                 named: AtomicBool::new(false),
             }),
         },
+        next: None,
+        slot: crate::allocator::cache::NO_SLOT,
     }))
 }

@@ -2,17 +2,15 @@
 //! A block's life: memory init without an allocator reference, allocation (from the
 //! recycling cache when it can), shares, and release.
 
-use std::cell::RefCell;
 use std::ptr::{self, NonNull};
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use crate::allocator::debug::ALIGNED as CAT;
 use gst::ffi;
 use gst::glib;
 use gst::glib::translate::*;
 
-use crate::allocator::cache::{self, Cache, LocalMagazine, Spares};
+use crate::allocator::cache;
 use crate::allocator::error::{AllocError, MemoryError};
 use crate::allocator::layout::{self, BlockLayout};
 use crate::allocator::raw::traced;
@@ -21,62 +19,26 @@ use crate::allocator::stats::{self, Counter};
 use super::block::{AlignedMemory, GstAlignedMemory, flags_bits};
 use super::guard::{POISON_BYTE, alloc_guarded, guard_enabled, report_guard};
 use super::storage::{Backing, Owner, Storage};
-
-/// A freed root block waiting in the cache: its header and its storage.
-pub struct Block(Box<GstAlignedMemory>);
-
-thread_local! {
-    static MAGAZINE: RefCell<LocalMagazine<Block>> = const { RefCell::new(LocalMagazine::new()) };
-    static SPARE_HEADERS: RefCell<Spares<Box<GstAlignedMemory>>> =
-        const { RefCell::new(Spares::new(64)) };
-}
-
-static CACHE: LazyLock<Cache<Block>> = LazyLock::new(|| Cache::new(&MAGAZINE));
-
-/// The process-wide block cache.
-pub fn cache() -> &'static Cache<Block> {
-    &CACHE
-}
-
-/// A header for a share: a spare one of this thread, or a new one.
-fn share_header(data: NonNull<u8>) -> Box<GstAlignedMemory> {
-    let spare = SPARE_HEADERS
-        .try_with(|s| s.try_borrow_mut().ok()?.take())
-        .ok()
-        .flatten();
-    match spare {
-        Some(mut h) => {
-            h.data = data;
-            h
-        }
-        None => Box::new(GstAlignedMemory {
-            // SAFETY: GstMemory is a plain C struct for which all-zeroes is a valid
-            // (uninitialised) state; `init_memory` fills it in.
-            mem: unsafe { std::mem::zeroed() },
-            data,
-            backing: Backing::Shared,
-        }),
-    }
-}
+use super::thread::{
+    CACHE, THREAD, Thread, recycle_root, recycle_share, share_header, with_thread,
+};
 
 /// The registered `AlignedMemory` instance, which lives as long as the process (a static holds
 /// a reference): its memories need not hold a reference on it.
 static IMMORTAL: AtomicPtr<ffi::GstAllocator> = AtomicPtr::new(ptr::null_mut());
 
+/// `GST_TYPE_MEMORY`, recorded with [`IMMORTAL`] (the only memories that need it are the
+/// registered instance's).
+static MEMORY_GTYPE: AtomicUsize = AtomicUsize::new(0);
+
 /// Records the registered instance (see [`IMMORTAL`]); its creator keeps a reference on it
 /// for the rest of the process.
 pub fn set_immortal(allocator: &gst::Allocator) {
+    // SAFETY: a plain getter; GStreamer is initialised before an allocator exists.
+    let gtype = unsafe { ffi::gst_memory_get_type() };
+    MEMORY_GTYPE.store(gtype, Ordering::Relaxed);
     let ptr: *mut ffi::GstAllocator = allocator.to_glib_none().0;
     IMMORTAL.store(ptr, Ordering::Release);
-}
-
-/// `GST_TYPE_MEMORY`, looked up once.
-fn memory_gtype() -> glib::ffi::GType {
-    static TYPE: LazyLock<glib::ffi::GType> = LazyLock::new(|| {
-        // SAFETY: a plain getter; GStreamer is initialised before any memory is made.
-        unsafe { ffi::gst_memory_get_type() }
-    });
-    *TYPE
 }
 
 /// `GstMiniObject.copy` of memories made without an allocator reference: what core's own
@@ -89,16 +51,22 @@ unsafe extern "C" fn mini_object_copy(obj: *const ffi::GstMiniObject) -> *mut ff
 /// `GstMiniObject.free` of memories made without an allocator reference: what core's own does
 /// (release the parent, then free the memory), minus the allocator unref.
 unsafe extern "C" fn mini_object_free(obj: *mut ffi::GstMiniObject) {
-    let mem = obj as *mut ffi::GstMemory;
+    let mem = obj as *mut GstAlignedMemory;
     // SAFETY: core calls free once, at refcount 0, on a memory initialised by `init_memory`,
     // whose parent (if any) we locked and referenced there.
     unsafe {
-        let parent = (*mem).parent;
+        let parent = (*mem).mem.parent;
         if !parent.is_null() {
             ffi::gst_mini_object_unlock(parent.cast(), ffi::GST_LOCK_FLAG_EXCLUSIVE);
             ffi::gst_mini_object_unref(parent.cast());
+            // Only shares have a parent: the header goes back to this thread's spares.
+            if recycle_share(mem) {
+                return;
+            }
+        } else if (*mem).slot != cache::NO_SLOT && recycle_root(mem) {
+            return;
         }
-        release(mem);
+        release(mem.cast());
     }
 }
 
@@ -121,9 +89,7 @@ unsafe fn init_memory(
     offset: usize,
     size: usize,
 ) {
-    // SAFETY: per the caller's contract. gst_memory_init and gst_mini_object_init set every
-    // field of the GstMiniObject (refcount, lock state, flags, qdata), and we set every other
-    // GstMemory field, so a recycled header is exactly like a fresh one.
+    // SAFETY: per the caller's contract. gst_memory_init sets every field of the GstMemory.
     unsafe {
         if allocator != IMMORTAL.load(Ordering::Acquire) || traced() {
             ffi::gst_memory_init(
@@ -138,10 +104,36 @@ unsafe fn init_memory(
             );
             return;
         }
+        init_memory_unreferenced(mem, flags, allocator, parent, maxsize, align, offset, size);
+    }
+}
+
+/// [`init_memory`] for the registered instance without the tracer's hooks: what
+/// `gst_memory_init` does, minus the allocator reference and the tracer hook.
+///
+/// # Safety
+/// As [`init_memory`], and `allocator` must be the registered instance ([`IMMORTAL`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn init_memory_unreferenced(
+    mem: *mut GstAlignedMemory,
+    flags: ffi::GstMemoryFlags,
+    allocator: *mut ffi::GstAllocator,
+    parent: *mut ffi::GstMemory,
+    maxsize: usize,
+    align: usize,
+    offset: usize,
+    size: usize,
+) {
+    // SAFETY: per the caller's contract. gst_mini_object_init sets every field of the
+    // GstMiniObject (refcount, lock state, flags, qdata), and we set every other GstMemory
+    // field, so a recycled header is exactly like a fresh one. MEMORY_GTYPE was stored before
+    // IMMORTAL, which the caller has read.
+    unsafe {
         ffi::gst_mini_object_init(
             mem.cast(),
             flags | ffi::GST_MINI_OBJECT_FLAG_LOCKABLE,
-            memory_gtype(),
+            MEMORY_GTYPE.load(Ordering::Relaxed),
             Some(mini_object_copy),
             None,
             Some(mini_object_free),
@@ -168,22 +160,38 @@ unsafe fn init_memory(
 /// # Safety
 /// `mem` must be a GstAlignedMemory created with `Box::into_raw` by this module, at refcount
 /// 0, referenced by nothing.
+#[inline(never)]
 pub(super) unsafe fn release(mem: *mut ffi::GstMemory) {
     // SAFETY: per the caller's contract.
     let mut boxed = unsafe { Box::from_raw(mem as *mut GstAlignedMemory) };
     // The cache holds no reference on any allocator.
     boxed.mem.allocator = ptr::null_mut();
     boxed.mem.parent = ptr::null_mut();
-    if !matches!(boxed.backing, Backing::Shared) {
-        stats::block_died(mem as usize, boxed.mem.maxsize);
-    }
+    let maxsize = boxed.mem.maxsize;
     match boxed.backing {
-        Backing::Shared => {
-            let mut rejected = Some(boxed);
-            let _ = SPARE_HEADERS.try_with(|s| {
-                if let (Ok(mut s), Some(h)) = (s.try_borrow_mut(), rejected.take()) {
-                    rejected = s.put(h).err();
+        // The common case: an unguarded block of a cacheable class, to this thread's magazine
+        // or the shared pool, with one thread-local lookup for the magazine and the statistics.
+        Backing::Owned {
+            key: Some(key),
+            guard: None,
+            ..
+        } => {
+            let rejected = with_thread(|t| match t {
+                Some(t) => {
+                    t.stats.block_died(mem as usize, maxsize);
+                    CACHE.put(Some(&t.magazine), key, boxed)
                 }
+                None => {
+                    stats::block_died(mem as usize, maxsize);
+                    CACHE.put(None, key, boxed)
+                }
+            });
+            drop(rejected);
+        }
+        Backing::Shared => {
+            let rejected = with_thread(|t| match t {
+                Some(t) => t.spares.put(boxed).err(),
+                None => Some(boxed),
             });
             drop(rejected);
         }
@@ -192,20 +200,176 @@ pub(super) unsafe fn release(mem: *mut ffi::GstMemory) {
             ref storage,
             ..
         } => {
+            stats::block_died(mem as usize, maxsize);
             report_guard(&boxed, "when the block was freed", None);
             // SAFETY: the storage is ours alone now; poisoning it makes a use after free
             // read POISON_BYTE instead of stale data.
             unsafe { ptr::write_bytes(storage.base.as_ptr(), POISON_BYTE, storage.len) };
             drop(boxed);
         }
-        Backing::Owned { key: Some(key), .. } => drop(CACHE.put(key, Block(boxed))),
-        Backing::Owned { key: None, .. } | Backing::Wrapped(_) => drop(boxed),
+        Backing::Owned { key: None, .. } | Backing::Wrapped(_) => {
+            stats::block_died(mem as usize, maxsize);
+            drop(boxed);
+        }
+    }
+}
+
+/// The common allocation, from this thread's magazine alone: the registered instance, no
+/// guard mode, no tracer hooks, a block of the 64-byte alignment class (`block` from
+/// `BlockLayout::small`). `None` when any of that does not hold or the magazine has no block
+/// of the class: the caller then goes through [`alloc_block`].
+#[inline(always)]
+pub(super) fn alloc_cached(
+    allocator: *mut ffi::GstAllocator,
+    block: &BlockLayout,
+    flags: ffi::GstMemoryFlags,
+) -> Option<NonNull<GstAlignedMemory>> {
+    if allocator != IMMORTAL.load(Ordering::Acquire) || traced() || guard_enabled() {
+        return None;
+    }
+    let (slot, class) = cache::small_slot(block.alloc_size)?;
+    let t = THREAD.try_with(|t| t as *const Thread).ok()?;
+    // SAFETY: see `with_thread`.
+    let t = unsafe { &*t };
+    {
+        let boxed = CACHE.take_local(&t.magazine, slot)?;
+        let mem = place(boxed, block, flags)?;
+        // SAFETY: `mem` is exclusively ours and `allocator` is the registered instance; no
+        // parent.
+        unsafe {
+            init_memory_unreferenced(
+                mem.as_ptr(),
+                flags,
+                allocator,
+                ptr::null_mut(),
+                block.maxsize,
+                block.align_mask,
+                block.prefix,
+                block.size,
+            );
+        }
+        t.stats
+            .block_born(mem.as_ptr() as usize, block.maxsize, Some(class));
+        Some(mem)
+    }
+}
+
+/// Places `block`'s region in an unguarded owned root (fresh or recycled) and zeroes what
+/// `flags` promises is zero; `None` (the block freed) if it is not such a root.
+#[inline(always)]
+fn place(
+    mut boxed: Box<GstAlignedMemory>,
+    block: &BlockLayout,
+    flags: ffi::GstMemoryFlags,
+) -> Option<NonNull<GstAlignedMemory>> {
+    let data = match &boxed.backing {
+        Backing::Owned {
+            storage,
+            guard: None,
+            ..
+        } => {
+            // SAFETY: shift <= align_mask < alloc_size <= storage.len, so the region base is
+            // inside the storage, and [base + shift, base + alloc_size) too.
+            unsafe { storage.base.add(block.shift) }
+        }
+        // The cache holds only unguarded owned roots; should that ever not hold, this is an
+        // allocation failure (NULL to C), never a panic under an FFI vfunc.
+        _ => return None,
+    };
+    boxed.data = data;
+    if flags & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+        let r = block.prefix_range();
+        // SAFETY: [0, prefix) lies inside the region of maxsize >= prefix bytes.
+        unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
+    }
+    if flags & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+        let r = block.padding_range();
+        // SAFETY: [prefix + size, maxsize) lies inside the region.
+        unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
+    }
+    // SAFETY: Box::into_raw never returns NULL.
+    Some(unsafe { NonNull::new_unchecked(Box::into_raw(boxed)) })
+}
+
+/// Makes [`class_alloc`] the class's `alloc` (called from the subclass's `class_init`, after
+/// gstreamer-rs installed its trampolines): gstreamer-rs's trampoline would find the
+/// implementation struct and convert the arguments on every allocation, for nothing this
+/// allocator uses (it keeps no per-instance state).
+pub fn install_class_alloc(klass: &mut glib::Class<gst::Allocator>) {
+    klass.as_mut().alloc = Some(class_alloc);
+}
+
+/// `GstAllocatorClass.alloc` (contract of `gst_allocator_alloc`): NULL and a warning on an
+/// invalid request or out-of-memory, never a panic.
+///
+/// The common request (alignment at most 64 bytes, sizes below `BlockLayout::SMALL_MAX`) is
+/// laid out without a `Result` and served from this thread's magazine when it can
+/// (`alloc_cached`); every other one goes through the checked `BlockLayout::new` and
+/// `alloc_block`.
+pub(super) unsafe extern "C" fn class_alloc(
+    allocator: *mut ffi::GstAllocator,
+    size: usize,
+    params: *mut ffi::GstAllocationParams,
+) -> *mut ffi::GstMemory {
+    // SAFETY: gst_allocator_alloc passes valid params (its defaults when the caller gave
+    // none); NULL from another caller takes the general path.
+    if let Some(p) = unsafe { params.as_ref() }
+        && let Some(block) = BlockLayout::small(size, p.prefix, p.padding, p.align)
+        && let Some(mem) = alloc_cached(allocator, &block, p.flags)
+    {
+        return mem.as_ptr().cast();
+    }
+    // SAFETY: as above.
+    unsafe { alloc_general(allocator, size, params) }
+}
+
+/// Every request `alloc_cached` does not serve.
+///
+/// # Safety
+/// `allocator` must be a live allocator of this class; `params` NULL (the defaults) or valid.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_general(
+    allocator: *mut ffi::GstAllocator,
+    size: usize,
+    params: *mut ffi::GstAllocationParams,
+) -> *mut ffi::GstMemory {
+    // SAFETY: per the caller's contract.
+    let p = unsafe { params.as_ref() }
+        .copied()
+        .unwrap_or(ffi::GstAllocationParams {
+            flags: 0,
+            align: 0,
+            prefix: 0,
+            padding: 0,
+            _gst_reserved: [ptr::null_mut(); 4],
+        });
+    let result = BlockLayout::new(size, p.prefix, p.padding, p.align)
+        .map_err(AllocError::from)
+        .and_then(|block| alloc_block(allocator, &block, p.flags));
+    match result {
+        Ok(mem) => mem.as_ptr().cast(),
+        Err(err) => {
+            // SAFETY: core calls alloc with a live allocator.
+            let obj: Borrowed<gst::Allocator> = unsafe { from_glib_borrow(allocator) };
+            gst::warning!(CAT, obj = &*obj, "allocation failed: {}", err);
+            ptr::null_mut()
+        }
     }
 }
 
 /// Allocates a new root block, from the cache when it holds one of the right class.
 /// `allocator` is the GstAllocator the memory will point at.
 pub(super) fn alloc_block(
+    allocator: *mut ffi::GstAllocator,
+    block: &BlockLayout,
+    flags: ffi::GstMemoryFlags,
+) -> Result<NonNull<GstAlignedMemory>, AllocError> {
+    with_thread(|t| alloc_block_on(t, allocator, block, flags))
+}
+
+fn alloc_block_on(
+    t: Option<&Thread>,
     allocator: *mut ffi::GstAllocator,
     block: &BlockLayout,
     flags: ffi::GstMemoryFlags,
@@ -219,21 +383,29 @@ pub(super) fn alloc_block(
     let cached = if guarded {
         None
     } else {
-        key.and_then(|k| CACHE.take(k)).map(|b| b.0)
+        key.and_then(|k| CACHE.take(t.map(|t| &t.magazine), k))
     };
     // Hits are derived (cacheable allocations minus misses); a guarded block counts as a miss.
     if key.is_some() && cached.is_none() {
-        stats::count(Counter::CacheMisses, 1);
+        match t {
+            Some(t) => t.stats.count(Counter::CacheMisses, 1),
+            None => stats::count(Counter::CacheMisses, 1),
+        }
     }
-    let mut boxed = match cached {
-        Some(b) => b,
-        None if guarded => alloc_guarded(block, flags)?,
+    let mem = match cached {
+        Some(b) => place(b, block, flags)
+            .ok_or(AllocError::Internal("a cached block is not an owned root"))?,
+        // A guarded block's region is placed (and its ranges filled) by alloc_guarded.
+        None if guarded => {
+            // SAFETY: Box::into_raw never returns NULL.
+            unsafe { NonNull::new_unchecked(Box::into_raw(alloc_guarded(block, flags)?)) }
+        }
         None => {
             let storage = Storage::new(capacity, align).ok_or(AllocError::OutOfMemory {
                 size: capacity,
                 align,
             })?;
-            Box::new(GstAlignedMemory {
+            let boxed = Box::new(GstAlignedMemory {
                 // SAFETY: zeroed GstMemory, initialised by `init_memory` below.
                 mem: unsafe { std::mem::zeroed() },
                 data: storage.base,
@@ -242,43 +414,17 @@ pub(super) fn alloc_block(
                     key,
                     guard: None,
                 },
-            })
+                next: None,
+                slot: key.map_or(cache::NO_SLOT, cache::magazine_slot),
+            });
+            place(boxed, block, flags)
+                .ok_or(AllocError::Internal("a new block is not an owned root"))?
         }
     };
-    let data = match &boxed.backing {
-        // A guarded block's region was placed (and its ranges filled) by alloc_guarded.
-        Backing::Owned { guard: Some(_), .. } => boxed.data,
-        Backing::Owned { storage, .. } => {
-            // SAFETY: shift <= align_mask < alloc_size <= storage.len, so the region base is
-            // inside the storage, and [base + shift, base + alloc_size) too.
-            unsafe { storage.base.add(block.shift) }
-        }
-        // alloc_block makes and the cache holds only owned roots; should that ever not hold,
-        // this is an allocation failure (NULL to C), never a panic under an FFI vfunc.
-        Backing::Shared | Backing::Wrapped(_) => {
-            drop(boxed);
-            return Err(AllocError::Internal("a cached block is not an owned root"));
-        }
-    };
-    boxed.data = data;
-    let zero = if guarded { 0 } else { flags };
-
-    if zero & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
-        let r = block.prefix_range();
-        // SAFETY: [0, prefix) lies inside the region of maxsize >= prefix bytes.
-        unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
-    }
-    if zero & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
-        let r = block.padding_range();
-        // SAFETY: [prefix + size, maxsize) lies inside the region.
-        unsafe { ptr::write_bytes(data.as_ptr().add(r.start), 0, r.len()) };
-    }
-
-    let mem = Box::into_raw(boxed);
     // SAFETY: `mem` is exclusively ours and `allocator` is live; no parent.
     unsafe {
         init_memory(
-            mem,
+            mem.as_ptr(),
             flags,
             allocator,
             ptr::null_mut(),
@@ -289,12 +435,17 @@ pub(super) fn alloc_block(
         );
     }
     // No log line here: this is the hot path (statistics count allocations instead).
-    stats::block_born(mem as usize, block.maxsize, key.map(|k| k.class), false);
-    // SAFETY: Box::into_raw never returns NULL.
-    Ok(unsafe { NonNull::new_unchecked(mem) })
+    let addr = mem.as_ptr() as usize;
+    let class = key.map(|k| k.class);
+    match t {
+        Some(t) => t.stats.block_born(addr, block.maxsize, class),
+        None => stats::block_born(addr, block.maxsize, class, false),
+    }
+    Ok(mem)
 }
 
-/// Creates a share (sub-memory) of `root` covering region bytes `[offset, offset + size)`.
+/// Creates a share (sub-memory) of `root` covering region bytes `[offset, offset + size)`,
+/// and counts it.
 ///
 /// # Safety
 /// `root` must be a live root `GstAlignedMemory`, and the range must lie inside its maxsize.
@@ -315,7 +466,14 @@ pub(super) unsafe fn new_share(
         )
     };
     debug_assert!(offset.checked_add(size).is_some_and(|end| end <= maxsize));
-    let child = Box::into_raw(share_header(data));
+    let t = THREAD.try_with(|t| t as *const Thread).ok();
+    // SAFETY: see `with_thread`.
+    let t = t.map(|t| unsafe { &*t });
+    let child = Box::into_raw(share_header(t, data));
+    match t {
+        Some(t) => t.stats.count(Counter::Shares, 1),
+        None => stats::count(Counter::Shares, 1),
+    }
     // SAFETY: `child` is exclusively ours; init_memory takes an exclusive lock and a reference
     // on `root`, which keep the storage alive for the child's lifetime. A share is always
     // read-only (GST_MEMORY_FLAG_READONLY == GST_MINI_OBJECT_FLAG_LOCK_READONLY).
@@ -342,9 +500,16 @@ pub fn alloc(
 ) -> Result<AlignedMemory, AllocError> {
     let block = BlockLayout::new(size, params.prefix(), params.padding(), params.align())?;
     let ptr: *mut ffi::GstAllocator = allocator.to_glib_none().0;
-    let mem = alloc_block(ptr, &block, flags_bits(params.flags())).inspect_err(|err| {
-        gst::warning!(CAT, obj = allocator, "allocation failed: {}", err);
-    })?;
+    let flags = flags_bits(params.flags());
+    // The same paths as the class's `alloc`: the thread's magazine when it can serve.
+    let cached = BlockLayout::small(size, params.prefix(), params.padding(), params.align())
+        .and_then(|small| alloc_cached(ptr, &small, flags));
+    let mem = match cached {
+        Some(mem) => mem,
+        None => alloc_block(ptr, &block, flags).inspect_err(|err| {
+            gst::warning!(CAT, obj = allocator, "allocation failed: {}", err);
+        })?,
+    };
     // SAFETY: alloc_block returns a new memory with refcount 1 that we own.
     Ok(unsafe { from_glib_full(mem.as_ptr()) })
 }
@@ -384,6 +549,8 @@ pub fn wrap<T: Send + 'static>(
         mem: unsafe { std::mem::zeroed() },
         data,
         backing: Backing::Wrapped(owner),
+        next: None,
+        slot: cache::NO_SLOT,
     }));
     let writable = !flags.contains(gst::MemoryFlags::READONLY);
     let flags = flags_bits(flags);

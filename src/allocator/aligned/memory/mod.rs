@@ -12,14 +12,15 @@
 //! Rules every function here follows: no panics (an `extern "C"` function that panics aborts
 //! the host process), every size computation checked, NULL/FALSE plus a log line on failure.
 //!
-//! Files depend on each other in one direction: `storage` ← `block` ← `guard` ← `lifecycle`
-//! ← `vfuncs`, `typed`, `class`.
+//! Files depend on each other in one direction: `storage` ← `block` ← `guard` ← `thread` ←
+//! `lifecycle` ← `vfuncs`, `typed`, `class`.
 
 mod block;
 mod class;
 mod guard;
 mod lifecycle;
 mod storage;
+mod thread;
 mod typed;
 mod vfuncs;
 
@@ -28,6 +29,7 @@ pub use guard::{
     CANARY, CANARY_BYTE, FILL_BYTE, GuardViolation, POISON_BYTE, check_memory_guard, guard_enabled,
     set_guard_enabled,
 };
-pub use lifecycle::{alloc, cache, set_immortal, wrap};
+pub use lifecycle::{alloc, install_class_alloc, set_immortal, wrap};
 pub use storage::{HUGE_PAGE, MMAP_THRESHOLD};
+pub use thread::cache;
 pub use vfuncs::install_vfuncs;

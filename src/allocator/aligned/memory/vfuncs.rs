@@ -63,7 +63,7 @@ unsafe extern "C" fn mem_share(
 ) -> *mut ffi::GstMemory {
     // SAFETY: core calls mem_share on a live memory of this allocator, holding a lock on it.
     let m = unsafe { &*(mem as *const GstAlignedMemory) };
-    let Some((new_offset, new_size)) = resolve_request(*CAT, "share", &m.mem, offset, size, false)
+    let Some((new_offset, new_size)) = resolve_request(&CAT, "share", &m.mem, offset, size, false)
     else {
         return ptr::null_mut();
     };
@@ -75,7 +75,6 @@ unsafe extern "C" fn mem_share(
     // SAFETY: the root of a live share is live (the share holds a reference on it), is a
     // GstAlignedMemory of the same allocator, and has the same maxsize.
     let share = unsafe { new_share(root.cast(), new_offset, new_size) };
-    stats::count(Counter::Shares, 1);
     gst::trace!(
         CAT,
         "shared {:p} -> {:p}: offset {} size {}",
@@ -97,7 +96,7 @@ unsafe extern "C" fn mem_copy(
 ) -> *mut ffi::GstMemory {
     // SAFETY: core calls mem_copy on a live memory of this allocator.
     let m = unsafe { &*(mem as *const GstAlignedMemory) };
-    let Some((start, len)) = resolve_request(*CAT, "copy", &m.mem, offset, size, true) else {
+    let Some((start, len)) = resolve_request(&CAT, "copy", &m.mem, offset, size, true) else {
         return ptr::null_mut();
     };
     let align = m.mem.align & (layout::MAX_ALIGN - 1);

@@ -84,7 +84,7 @@ unsafe extern "C" fn mem_share(
 ) -> *mut ffi::GstMemory {
     // SAFETY: core calls this with a live memory of ours, holding a lock on it.
     let m = unsafe { &*mem };
-    let Some((_, new_size)) = resolve_request(*CAT, "share", m, offset, size, false) else {
+    let Some((_, new_size)) = resolve_request(&CAT, "share", m, offset, size, false) else {
         return ptr::null_mut();
     };
     let Some(share) = FD_SHARE.get() else {
@@ -119,7 +119,7 @@ unsafe extern "C" fn mem_copy(
 ) -> *mut ffi::GstMemory {
     // SAFETY: core calls this with a live memory of ours.
     let m = unsafe { &*mem };
-    let Some((start, len)) = resolve_request(*CAT, "copy", m, offset, size, true) else {
+    let Some((start, len)) = resolve_request(&CAT, "copy", m, offset, size, true) else {
         return ptr::null_mut();
     };
     let params = gst::AllocationParams::new(
