@@ -197,6 +197,12 @@ mod imp {
         const NAME: &'static str = "MemkitBenchFloorAllocator";
         type Type = super::FloorAllocator;
         type ParentType = gst::Allocator;
+
+        fn class_init(klass: &mut Self::Class) {
+            // Like memkit's allocator: the class calls `floor_alloc` directly, without
+            // gstreamer-rs's trampoline.
+            klass.upcast_ref_mut::<gst::Allocator>().as_mut().alloc = Some(floor_alloc);
+        }
     }
 
     impl ObjectImpl for FloorAllocator {
@@ -214,45 +220,60 @@ mod imp {
         }
     }
 
+    /// `GstAllocatorClass.alloc` of the floor.
+    unsafe extern "C" fn floor_alloc(
+        allocator: *mut ffi::GstAllocator,
+        size: usize,
+        params: *mut ffi::GstAllocationParams,
+    ) -> *mut ffi::GstMemory {
+        // SAFETY: gst_allocator_alloc passes valid params; gst::AllocationParams is a
+        // transparent wrapper of the C struct.
+        let Some(params) = (unsafe { params.cast::<gst::AllocationParams>().as_ref() }) else {
+            return ptr::null_mut();
+        };
+        let (prefix, padding) = (params.prefix(), params.padding());
+        if !serves(size, params) {
+            return ptr::null_mut();
+        }
+        let maxsize = size + prefix + padding;
+        let flags: u32 = params.flags().into_glib();
+        let m = pop();
+        if m.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: `m` is ours; the zeroed ranges lie inside its 4 KiB block.
+        unsafe {
+            (*m).data = (*m).block;
+            init(
+                m,
+                flags,
+                allocator,
+                ptr::null_mut(),
+                maxsize,
+                params.align(),
+                prefix,
+                size,
+            );
+            if prefix > 0 && flags & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+                ptr::write_bytes((*m).data, 0, prefix);
+            }
+            if padding > 0 && flags & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+                ptr::write_bytes((*m).data.add(prefix + size), 0, padding);
+            }
+        }
+        m.cast()
+    }
+
     impl GstObjectImpl for FloorAllocator {}
 
     // SAFETY: alloc returns NULL or a fully set up memory of this allocator; free releases
     // exactly what alloc or mem_share made.
     unsafe impl AllocatorImpl for FloorAllocator {
         unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut ffi::GstMemory {
-            let (prefix, padding) = (params.prefix(), params.padding());
-            if !serves(size, params) {
-                return ptr::null_mut();
-            }
-            let maxsize = size + prefix + padding;
-            let flags: u32 = params.flags().into_glib();
             let allocator: *mut ffi::GstAllocator =
                 self.obj().upcast_ref::<gst::Allocator>().to_glib_none().0;
-            let m = pop();
-            if m.is_null() {
-                return ptr::null_mut();
-            }
-            // SAFETY: `m` is ours; the zeroed ranges lie inside its 4 KiB block.
-            unsafe {
-                (*m).data = (*m).block;
-                init(
-                    m,
-                    flags,
-                    allocator,
-                    ptr::null_mut(),
-                    maxsize,
-                    params.align(),
-                    prefix,
-                    size,
-                );
-                if prefix > 0 && flags & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
-                    ptr::write_bytes((*m).data, 0, prefix);
-                }
-                if padding > 0 && flags & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
-                    ptr::write_bytes((*m).data.add(prefix + size), 0, padding);
-                }
-            }
-            m.cast()
+            // SAFETY: a live allocator of this class and valid params.
+            unsafe { floor_alloc(allocator, size, params.as_ptr().cast_mut()) }
         }
 
         unsafe fn free(&self, memory: *mut ffi::GstMemory) {
