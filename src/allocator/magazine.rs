@@ -191,7 +191,8 @@ impl<T: Linked> Spares<T> {
     #[inline(always)]
     pub fn take(&self) -> Option<Box<T>> {
         let mut item = self.head.take()?;
-        self.head.set(item.link().take());
+        // The head is empty (just taken): nothing to drop.
+        std::mem::forget(self.head.replace(item.link().take()));
         self.len.set(self.len.get() - 1);
         Some(item)
     }
@@ -202,8 +203,9 @@ impl<T: Linked> Spares<T> {
         if len >= self.max {
             return Err(item);
         }
-        *item.link() = self.head.take();
-        self.head.set(Some(item));
+        // The item's link is empty (it is in no list), and so is the head just taken.
+        std::mem::forget(std::mem::replace(item.link(), self.head.take()));
+        std::mem::forget(self.head.replace(Some(item)));
         self.len.set(len + 1);
         Ok(())
     }

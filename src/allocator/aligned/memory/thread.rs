@@ -88,16 +88,23 @@ pub(super) fn share_header(t: Option<&Thread>, data: NonNull<u8>) -> Box<GstAlig
             h.data = data;
             h
         }
-        None => Box::new(GstAlignedMemory {
-            // SAFETY: GstMemory is a plain C struct for which all-zeroes is a valid
-            // (uninitialised) state; `init_memory` fills it in.
-            mem: unsafe { std::mem::zeroed() },
-            data,
-            backing: Backing::Shared,
-            next: None,
-            slot: cache::NO_SLOT,
-        }),
+        None => new_share_header(data),
     }
+}
+
+/// A new header for a share (none spare).
+#[cold]
+#[inline(never)]
+fn new_share_header(data: NonNull<u8>) -> Box<GstAlignedMemory> {
+    Box::new(GstAlignedMemory {
+        // SAFETY: GstMemory is a plain C struct for which all-zeroes is a valid
+        // (uninitialised) state; `init_memory` fills it in.
+        mem: unsafe { std::mem::zeroed() },
+        data,
+        backing: Backing::Shared,
+        next: None,
+        slot: cache::NO_SLOT,
+    })
 }
 
 /// The free of a share: its header to this thread's spares. `false` (nothing done) when they
