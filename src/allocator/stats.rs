@@ -15,7 +15,6 @@
 //! recorded with its size, under one lock, so blocks still alive at exit can be reported as
 //! leaks and the peak of those blocks is exact.
 
-use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -194,18 +193,19 @@ fn with_shard(f: impl FnOnce(&Shard)) {
 
 /// A shard owned by another thread-local (the allocator's per-thread state), so that the
 /// allocation path reaches its statistics and its free lists with one thread-local lookup.
-/// Registered on first use; folded into the retired totals when it drops with its thread.
-pub struct ThreadShard(OnceCell<Local>);
+/// Registered when it is made; folded into the retired totals when it drops with its thread.
+pub struct ThreadShard(Local);
 
 impl ThreadShard {
-    pub const fn new() -> ThreadShard {
-        ThreadShard(OnceCell::new())
+    /// A new shard, registered at once.
+    pub fn new() -> ThreadShard {
+        ThreadShard(Local::new())
     }
 
     #[inline(always)]
     fn with(&self, f: impl FnOnce(&Shard)) {
         if enabled() {
-            f(&self.0.get_or_init(Local::new).0);
+            f(&self.0.0);
         }
     }
 

@@ -24,12 +24,11 @@ pub(super) struct Thread {
 }
 
 thread_local! {
-    pub(super) static THREAD: Thread = const {
-        Thread {
-            magazine: LocalMagazine::new(),
-            spares: Spares::new(64),
-            stats: stats::ThreadShard::new(),
-        }
+    // Not `const`: making it registers the thread's statistics shard (under a lock), once.
+    pub(super) static THREAD: Thread = Thread {
+        magazine: LocalMagazine::new(),
+        spares: Spares::new(64),
+        stats: stats::ThreadShard::new(),
     };
 }
 
