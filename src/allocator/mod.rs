@@ -7,8 +7,8 @@
 //! - [`memfd`]: `MemfdMemory`, a `GstFdAllocator` whose blocks are sealed memfds another
 //!   process can map.
 //!
-//! Beside them, what both use: [`layout`] (pure arithmetic), `cache` (the recycling cache's
-//! data structures), [`mod@stats`] (AlignedMemory's statistics), [`error`] and `raw` (the unsafe
+//! Beside them, what both use: [`layout`] (pure arithmetic), `classes`, `magazine` and `cache`
+//! (the recycling cache's size classes, a thread's lists, the bound and the shared pool), [`mod@stats`] (AlignedMemory's statistics), [`error`] and `raw` (the unsafe
 //! helpers both allocators' vfuncs share). Each allocator folder has its safe API (`mod.rs`),
 //! its GObject subclass (`imp.rs`) and its unsafe half (`memory/`); only `memory/` and `raw`
 //! may use `unsafe`. The allocators do not depend on each other.
