@@ -294,28 +294,7 @@ impl<T: Linked + Send + 'static> Default for Cache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allocator::classes::size_class;
-
-    /// A stand-in block that remembers which key it was cached under, with its list link.
-    #[derive(Debug, PartialEq)]
-    struct Fake(Key, Option<Box<Fake>>);
-
-    impl Linked for Fake {
-        fn link(&mut self) -> &mut Option<Box<Self>> {
-            &mut self.1
-        }
-    }
-
-    fn fake(key: Key) -> Box<Fake> {
-        Box::new(Fake(key, None))
-    }
-
-    fn key_of(size: usize, align_shift: u8) -> Key {
-        Key {
-            class: size_class(size).unwrap().0,
-            align_shift,
-        }
-    }
+    use crate::allocator::magazine::test_blocks::{Fake, fake, key_of};
 
     #[test]
     fn pool_bounds_bytes_and_trims_largest_first() {

@@ -211,14 +211,15 @@ impl<T: Linked> Spares<T> {
     }
 }
 
+/// Stand-in blocks for the caches' unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::allocator::classes::MAX_CACHED_BLOCK;
+pub(super) mod test_blocks {
+    use crate::allocator::classes::{Key, size_class};
+    use crate::allocator::magazine::Linked;
 
     /// A stand-in block that remembers which key it was cached under, with its list link.
     #[derive(Debug, PartialEq)]
-    struct Fake(Key, Option<Box<Fake>>);
+    pub struct Fake(pub Key, pub Option<Box<Fake>>);
 
     impl Linked for Fake {
         fn link(&mut self) -> &mut Option<Box<Self>> {
@@ -226,16 +227,23 @@ mod tests {
         }
     }
 
-    fn fake(key: Key) -> Box<Fake> {
+    pub fn fake(key: Key) -> Box<Fake> {
         Box::new(Fake(key, None))
     }
 
-    fn key_of(size: usize, align_shift: u8) -> Key {
+    pub fn key_of(size: usize, align_shift: u8) -> Key {
         Key {
             class: size_class(size).unwrap().0,
             align_shift,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_blocks::{Fake, fake, key_of};
+    use super::*;
+    use crate::allocator::classes::MAX_CACHED_BLOCK;
 
     #[test]
     fn small_slot_agrees_with_size_class() {
