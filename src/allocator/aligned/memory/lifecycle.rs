@@ -20,7 +20,7 @@ use super::block::{AlignedMemory, GstAlignedMemory, flags_bits};
 use super::guard::{POISON_BYTE, alloc_guarded, guard_enabled, report_guard};
 use super::storage::{Backing, Owner, Storage};
 use super::thread::{
-    CACHE, THREAD, Thread, recycle_root, recycle_share, share_header, with_thread,
+    CACHE, Thread, current, recycle_root, recycle_share, share_header, with_thread,
 };
 
 /// The registered `AlignedMemory` instance, which lives as long as the process (a static holds
@@ -228,9 +228,8 @@ pub(super) fn alloc_cached(
         return None;
     }
     let (slot, class) = cache::small_slot(block.alloc_size)?;
-    let t = THREAD.try_with(|t| t as *const Thread).ok()?;
-    // SAFETY: see `with_thread`.
-    let t = unsafe { &*t };
+    // SAFETY: used within this call only.
+    let t = unsafe { current() }?;
     {
         let boxed = CACHE.take_local(&t.magazine, slot)?;
         let mem = place(boxed, block, flags)?;
@@ -466,9 +465,8 @@ pub(super) unsafe fn new_share(
         )
     };
     debug_assert!(offset.checked_add(size).is_some_and(|end| end <= maxsize));
-    let t = THREAD.try_with(|t| t as *const Thread).ok();
-    // SAFETY: see `with_thread`.
-    let t = t.map(|t| unsafe { &*t });
+    // SAFETY: used within this call only.
+    let t = unsafe { current() };
     let child = Box::into_raw(share_header(t, data));
     match t {
         Some(t) => t.stats.count(Counter::Shares, 1),

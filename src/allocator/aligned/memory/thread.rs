@@ -25,24 +25,32 @@ pub(super) struct Thread {
 
 thread_local! {
     // Not `const`: making it registers the thread's statistics shard (under a lock), once.
-    pub(super) static THREAD: Thread = Thread {
+    static THREAD: Thread = Thread {
         magazine: LocalMagazine::new(),
         spares: Spares::new(64),
         stats: stats::ThreadShard::new(),
     };
 }
 
+/// This thread's state, or `None` while it is unavailable (destroyed, at thread exit).
+///
+/// # Safety
+/// The reference must not be kept past the caller's own call on this thread. (A thread-local
+/// lives until its thread runs its destructor, at exit, and that destructor does not call back
+/// here: from then on `try_with` fails. So the state outlives any call that asked for it.)
+#[inline(always)]
+pub(super) unsafe fn current<'a>() -> Option<&'a Thread> {
+    let t = THREAD.try_with(|t| t as *const Thread).ok()?;
+    // SAFETY: per the above; the state is used through a shared reference only.
+    Some(unsafe { &*t })
+}
+
 /// Runs `f` on this thread's state, or on `None` while it is unavailable (destroyed, at
 /// thread exit).
 #[inline(always)]
 pub(super) fn with_thread<R>(f: impl FnOnce(Option<&Thread>) -> R) -> R {
-    match THREAD.try_with(|t| t as *const Thread) {
-        // SAFETY: a thread-local lives until its thread runs its destructor, at exit, and that
-        // destructor does not call back here (from then on `try_with` fails); so the state
-        // outlives this call on its own thread. It is used through a shared reference only.
-        Ok(t) => f(Some(unsafe { &*t })),
-        Err(_) => f(None),
-    }
+    // SAFETY: the reference does not outlive `f`, which runs within this call.
+    f(unsafe { current() })
 }
 
 /// The shared part of the recycling cache (each thread's magazine is in [`THREAD`]).
@@ -113,17 +121,18 @@ fn new_share_header(data: NonNull<u8>) -> Box<GstAlignedMemory> {
 /// As `release`, and `mem` must be a share whose parent was released.
 #[inline(always)]
 pub(super) unsafe fn recycle_share(mem: *mut GstAlignedMemory) -> bool {
-    let Ok(t) = THREAD.try_with(|t| t as *const Thread) else {
-        return false;
-    };
-    // SAFETY: see `with_thread`; and `mem` is ours alone, per the caller's contract.
+    // SAFETY: the state is used within this call only; `mem` is ours alone, per the caller's
+    // contract.
     unsafe {
+        let Some(t) = current() else {
+            return false;
+        };
         if !matches!((*mem).backing, Backing::Shared) {
             return false;
         }
         (*mem).mem.allocator = ptr::null_mut();
         (*mem).mem.parent = ptr::null_mut();
-        match (*t).spares.put(Box::from_raw(mem)) {
+        match t.spares.put(Box::from_raw(mem)) {
             Ok(()) => true,
             Err(boxed) => {
                 // Back to the caller's raw pointer, for `release`.
@@ -143,12 +152,12 @@ pub(super) unsafe fn recycle_share(mem: *mut GstAlignedMemory) -> bool {
 /// As `release`, and `mem` must be a root with a `slot`.
 #[inline(always)]
 pub(super) unsafe fn recycle_root(mem: *mut GstAlignedMemory) -> bool {
-    let Ok(t) = THREAD.try_with(|t| t as *const Thread) else {
-        return false;
-    };
-    // SAFETY: see `with_thread`; and `mem` is ours alone, per the caller's contract.
+    // SAFETY: the state is used within this call only; `mem` is ours alone, per the caller's
+    // contract.
     unsafe {
-        let t = &*t;
+        let Some(t) = current() else {
+            return false;
+        };
         let maxsize = (*mem).mem.maxsize;
         // The cache holds no reference on any allocator (this one holds none anyway).
         (*mem).mem.allocator = ptr::null_mut();
