@@ -12,7 +12,6 @@
 //! frees a buffer; a producer that stops reading them is an error once
 //! [`MAX_PENDING_RELEASES`] are waiting.
 
-use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -32,6 +31,8 @@ use crate::transport::client::{Connection, MAX_PENDING_RELEASES, Registry, Relea
 use crate::transport::socket::{self, Received};
 use crate::transport::wire::{self as proto, BufferWire, EventKind, Message};
 
+use super::check::{check_default_layout, check_video_meta};
+
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "memfdsrc",
@@ -43,6 +44,10 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_MAX_MEMORY_SIZE: u64 = 1 << 30;
 const DEFAULT_MAX_BLOCKS: u32 = 512;
+/// `reconnect=true`: the wait before the first reconnection after a buffer, doubled up to
+/// [`RECONNECT_MAX_DELAY`] while the producer keeps hanging up before sending one.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(10);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -98,7 +103,6 @@ struct Link {
     busy: bool,
 }
 
-#[derive(Default)]
 pub struct MemfdSrc {
     settings: Mutex<Settings>,
     link: Mutex<Option<Link>>,
@@ -106,6 +110,21 @@ pub struct MemfdSrc {
     video_info: Mutex<Option<gst_video::VideoInfo>>,
     stats: Mutex<Stats>,
     flushing: AtomicBool,
+    /// The wait before the next reconnection.
+    backoff: Mutex<Duration>,
+}
+
+impl Default for MemfdSrc {
+    fn default() -> Self {
+        MemfdSrc {
+            settings: Mutex::default(),
+            link: Mutex::default(),
+            video_info: Mutex::default(),
+            stats: Mutex::default(),
+            flushing: AtomicBool::new(false),
+            backoff: Mutex::new(RECONNECT_FIRST_DELAY),
+        }
+    }
 }
 
 #[glib::object_subclass]
@@ -189,24 +208,32 @@ impl MemfdSrc {
             b.set_duration(time(w.duration));
             b.set_offset(w.offset);
             b.set_offset_end(w.offset_end);
-            b.set_flags(gst::BufferFlags::from_bits_truncate(w.flags));
-            self.add_video_metas(b, &w.video)?;
+            // Every bit: the video flags (interlaced, top field first, ...) lie above core's.
+            b.set_flags(gst::BufferFlags::from_bits_retain(w.flags));
+            self.add_video_metas(b, &w.video, w.flags)?;
             for (caps, ts, dur) in &w.refs {
-                let caps = gst::Caps::from_str(caps).map_err(|_| {
-                    self.fail("Malformed reference timestamp meta from the producer")
-                })?;
-                let dur = (*dur != u64::MAX).then(|| gst::ClockTime::from_nseconds(*dur));
-                gst::ReferenceTimestampMeta::add(b, &caps, gst::ClockTime::from_nseconds(*ts), dur);
+                let malformed = |why: &str| {
+                    self.fail(&format!(
+                        "Malformed reference timestamp meta from the producer: {why}"
+                    ))
+                };
+                let caps = gst::Caps::from_str(caps).map_err(|_| malformed("caps"))?;
+                // u64::MAX is GST_CLOCK_TIME_NONE: no timestamp, which the meta must have.
+                let ts = time(*ts).ok_or_else(|| malformed("no timestamp"))?;
+                let dur = time(*dur);
+                gst::ReferenceTimestampMeta::add(b, &caps, ts, dur);
             }
         }
         Ok(buffer)
     }
 
-    /// Adds the received video metas to `b`, each checked first (see [`check_video_meta`]).
+    /// Adds the received video metas to `b`, each checked first (see [`check_video_meta`]);
+    /// a raw video frame without a meta is checked against the caps' default layout.
     fn add_video_metas(
         &self,
         b: &mut gst::BufferRef,
         metas: &[proto::VideoMetaWire],
+        flags: u32,
     ) -> Result<(), gst::FlowError> {
         let mut memories = Vec::with_capacity(b.n_memory());
         let mut start = 0u64;
@@ -215,10 +242,18 @@ impl MemfdSrc {
             start += m.size() as u64;
         }
         let caps = self.video_info.lock().unwrap().clone();
+        // The wire's flags: `BufferRef::flags` drops the video ones.
+        let flagged = flags & gst_video::VideoBufferFlags::INTERLACED.bits() != 0;
+        let unusable = |e| self.fail(&format!("Unusable video meta from the producer: {e}"));
+        if metas.is_empty()
+            && let Some(info) = &caps
+        {
+            return check_default_layout(info, flagged, start)
+                .map_err(|e| self.fail(&format!("Unusable video frame from the producer: {e}")));
+        }
         for v in metas {
             let format = gst_video::VideoFormat::from_string(&v.format);
-            check_video_meta(v, format, &memories, caps.as_ref())
-                .map_err(|e| self.fail(&format!("Unusable video meta from the producer: {e}")))?;
+            check_video_meta(v, format, &memories, caps.as_ref(), flagged).map_err(unusable)?;
             let offsets: Vec<usize> = v.offsets.iter().map(|&o| o as usize).collect();
             gst_video::VideoMeta::add_full(
                 b,
@@ -229,7 +264,7 @@ impl MemfdSrc {
                 &offsets,
                 &v.strides,
             )
-            .map_err(|e| self.fail(&format!("Unusable video meta from the producer: {e}")))?;
+            .map_err(|e| unusable(e.to_string()))?;
         }
         Ok(())
     }
@@ -272,57 +307,6 @@ impl MemfdSrc {
         }
         Ok(())
     }
-}
-
-/// Checks that a received video meta describes a frame whose every plane, as libgstvideo will
-/// read it, lies inside the one memory that holds its first byte (`memories`: each memory's
-/// byte range in the buffer), and that it agrees with the negotiated caps (what
-/// `gst_video_frame_map` would otherwise refuse with a CRITICAL).
-fn check_video_meta(
-    v: &proto::VideoMetaWire,
-    format: gst_video::VideoFormat,
-    memories: &[Range<u64>],
-    caps: Option<&gst_video::VideoInfo>,
-) -> Result<(), String> {
-    let frame = format!("{}x{} {}", v.width, v.height, v.format);
-    if let Some(info) = caps
-        && (info.format() != format || info.width() > v.width || info.height() > v.height)
-    {
-        return Err(format!(
-            "a {frame} frame does not match the caps ({}x{} {})",
-            info.width(),
-            info.height(),
-            info.format().to_str()
-        ));
-    }
-    let planes = super::video::plane_ranges(format, v.width, v.height, &v.offsets, &v.strides)?;
-    let size = memories.last().map_or(0, |m| m.end);
-    for (p, plane) in planes.iter().enumerate() {
-        let memory = memories
-            .iter()
-            .find(|m| m.contains(&plane.start))
-            .ok_or_else(|| {
-                format!(
-                    "plane {p} of a {frame} frame starts at byte {}, past the {size}-byte buffer",
-                    plane.start
-                )
-            })?;
-        if plane.end > memory.end {
-            return Err(if memories.len() == 1 {
-                format!(
-                    "plane {p} of a {frame} frame ends at byte {}, past the {size}-byte buffer",
-                    plane.end
-                )
-            } else {
-                format!(
-                    "plane {p} of a {frame} frame ends at byte {}, past the memory it starts \
-                     in (bytes {}..{} of the buffer)",
-                    plane.end, memory.start, memory.end
-                )
-            });
-        }
-    }
-    Ok(())
 }
 
 impl ObjectImpl for MemfdSrc {
@@ -372,6 +356,17 @@ impl ObjectImpl for MemfdSrc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        // Read once, at start: refused afterwards, as gst-plugins-rs' filesrc refuses a new
+        // location (the value would otherwise be shown but not used).
+        if pspec.name() != "reconnect" && self.link.lock().unwrap().is_some() {
+            gst::error!(
+                CAT,
+                imp = self,
+                "changing {} of a started memfdsrc is not supported: ignored",
+                pspec.name()
+            );
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "socket-path" => settings.socket_path = value.get().expect("type checked upstream"),
@@ -435,6 +430,7 @@ impl BaseSrcImpl for MemfdSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         self.flushing.store(false, Ordering::Relaxed);
         *self.stats.lock().unwrap() = Stats::default();
+        *self.backoff.lock().unwrap() = RECONNECT_FIRST_DELAY;
         self.connect().map_err(|e| {
             gst::error_msg!(gst::ResourceError::OpenRead, ("Cannot connect: {}", e))
         })?;
@@ -471,6 +467,11 @@ impl PushSrcImpl for MemfdSrc {
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
         loop {
+            // Checked for every packet: a producer that sends nothing but events (or that
+            // keeps hanging up, with `reconnect`) must not keep a state change waiting.
+            if self.flushing.load(Ordering::Relaxed) {
+                return Err(gst::FlowError::Flushing);
+            }
             let mut guard = self.link.lock().unwrap();
             let Some(link) = guard.as_mut() else {
                 return Err(gst::FlowError::Flushing);
@@ -503,6 +504,7 @@ impl PushSrcImpl for MemfdSrc {
                 }
                 Message::Buffer(w) => {
                     let buffer = self.make_buffer(w, fds, link)?;
+                    *self.backoff.lock().unwrap() = RECONNECT_FIRST_DELAY;
                     let mut stats = self.stats.lock().unwrap();
                     stats.buffers += 1;
                     stats.bytes += buffer.size() as u64;
@@ -558,7 +560,27 @@ impl MemfdSrc {
                 self.path()
             )));
         }
-        gst::warning!(CAT, imp = self, "producer went away: reconnecting");
+        // Back off: a producer that accepts and hangs up at once must not make us spin. The
+        // delay doubles up to RECONNECT_MAX_DELAY and is reset by the next buffer.
+        let delay = {
+            let mut backoff = self.backoff.lock().unwrap();
+            let delay = *backoff;
+            *backoff = (delay * 2).min(RECONNECT_MAX_DELAY);
+            delay
+        };
+        gst::warning!(
+            CAT,
+            imp = self,
+            "producer went away: reconnecting in {} ms",
+            delay.as_millis()
+        );
+        let until = std::time::Instant::now() + delay;
+        while std::time::Instant::now() < until {
+            if self.flushing.load(Ordering::Relaxed) {
+                return Err(gst::FlowError::Flushing);
+            }
+            std::thread::sleep(Duration::from_millis(10).min(delay));
+        }
         self.connect()
             .map_err(|e| self.fail(&format!("Cannot reconnect: {e}")))?;
         self.stats.lock().unwrap().reconnects += 1;

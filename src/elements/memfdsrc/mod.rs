@@ -2,6 +2,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod check;
 mod imp;
 pub mod video;
 

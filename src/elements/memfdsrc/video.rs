@@ -12,6 +12,12 @@
 //!   the plane ends after the highest tile index read, per the tile mode's own numbering;
 //! - a palette plane (RGB8P): 256 entries of 4 bytes.
 //!
+//! An interlaced frame (caps `interlace-mode=interleaved`, the buffer flag or the meta's
+//! frame flag `INTERLACED`) is read field by field: a subsampled plane's row of picture line
+//! `L` is `2 × ⌊L / 2^(sub+1)⌋ + (L & 1)` (libgstvideo's `GET_UV_420`/`GET_UV_410`), so a
+//! 4:2:0 frame whose height is 2 mod 4 reads one chroma row more than a progressive one, a
+//! 4:1:0 frame whose height is 4 mod 8 the same.
+//!
 //! `memfdsrc` refuses a meta whose planes do not each lie inside one memory of the buffer
 //! (`gst_video_meta_map` maps only the memory that holds a plane's offset).
 
@@ -28,13 +34,15 @@ fn err(what: impl std::fmt::Display) -> String {
 }
 
 /// The byte range each plane of a `width`×`height` `format` frame occupies when laid out with
-/// `offsets` and `strides` (a GstVideoMeta's fields), relative to the start of the buffer.
+/// `offsets` and `strides` (a GstVideoMeta's fields), relative to the start of the buffer;
+/// `interlaced`: read field by field.
 pub fn plane_ranges(
     format: VideoFormat,
     width: u32,
     height: u32,
     offsets: &[u64],
     strides: &[i32],
+    interlaced: bool,
 ) -> Result<Vec<Range<u64>>, String> {
     if matches!(format, VideoFormat::Unknown | VideoFormat::Encoded) {
         return Err(err(format!("unsupported video format {format:?}")));
@@ -62,7 +70,7 @@ pub fn plane_ranges(
         } else if finfo.is_tiled() {
             tiled_plane_len(&finfo, &info, p, strides[p])?
         } else {
-            linear_plane_len(&finfo, &info, p, width, height, strides[p])?
+            linear_plane_len(&finfo, &info, p, (width, height), strides[p], interlaced)?
         };
         let end = len
             .and_then(|l| offsets[p].checked_add(l))
@@ -81,13 +89,31 @@ fn components(finfo: &VideoFormatInfo, plane: usize) -> impl Iterator<Item = u8>
         .map(|c| c as u8)
 }
 
+/// The rows of a plane subsampled vertically by `2^sub` that a `height`-line frame reads:
+/// progressive, `⌈height / 2^sub⌉`; interlaced, the highest row either field reads, plus one.
+pub fn plane_rows(height: u32, sub: u32, interlaced: bool) -> u64 {
+    let height = u64::from(height);
+    let sub = sub.min(16);
+    if !interlaced {
+        return height.div_ceil(1 << sub);
+    }
+    // The last line of each field (top: even lines, bottom: odd lines), and its row.
+    let row = |line: u64| 2 * (line >> (sub + 1)) + (line & 1);
+    let last = height.saturating_sub(1);
+    let mut rows = row(last) + 1;
+    if last >= 1 {
+        rows = rows.max(row(last - 1) + 1);
+    }
+    rows
+}
+
 fn linear_plane_len(
     finfo: &VideoFormatInfo,
     info: &VideoInfo,
     p: usize,
-    width: u32,
-    height: u32,
+    (width, height): (u32, u32),
     stride: i32,
+    interlaced: bool,
 ) -> Result<Option<u64>, String> {
     if stride <= 0 {
         return Err(err(format!("stride {stride} of plane {p} is not positive")));
@@ -96,7 +122,8 @@ fn linear_plane_len(
     let mut rows = 0u64;
     let mut row_bytes = 0u64;
     for c in components(finfo, p) {
-        rows = rows.max(u64::from(finfo.scale_height(c, height)));
+        let sub = finfo.h_sub().get(c as usize).copied().unwrap_or(0);
+        rows = rows.max(plane_rows(height, sub, interlaced));
         let pstride = finfo.pixel_stride()[c as usize];
         let bytes = if pstride <= 0 {
             // Packed: several pixels share bytes; libgstvideo's own row size for the width.
@@ -198,9 +225,14 @@ mod tests {
                     for offset in [0, max - 1, max] {
                         // Any answer but a panic (or a CRITICAL, fatal in the test run); and an
                         // answer, when there is one, never wraps around.
-                        if let Ok(r) =
-                            plane_ranges(format, w, h, &vec![offset; planes], &vec![stride; planes])
-                        {
+                        if let Ok(r) = plane_ranges(
+                            format,
+                            w,
+                            h,
+                            &vec![offset; planes],
+                            &vec![stride; planes],
+                            stride & 1 == 0,
+                        ) {
                             assert!(r.iter().all(|p| p.start <= p.end), "{format:?}");
                         }
                     }
@@ -213,15 +245,16 @@ mod tests {
                     8,
                     8,
                     &[0; 5][..planes.saturating_sub(1)],
-                    &[8; 4][..planes.saturating_sub(1)]
+                    &[8; 4][..planes.saturating_sub(1)],
+                    false
                 )
                 .is_err()
             );
         }
-        assert!(plane_ranges(VideoFormat::Unknown, 8, 8, &[0], &[8]).is_err());
-        assert!(plane_ranges(VideoFormat::Encoded, 8, 8, &[0], &[8]).is_err());
+        assert!(plane_ranges(VideoFormat::Unknown, 8, 8, &[0], &[8], false).is_err());
+        assert!(plane_ranges(VideoFormat::Encoded, 8, 8, &[0], &[8], false).is_err());
         // Zero-sized frames are refused outright.
-        assert!(plane_ranges(VideoFormat::Gray8, 0, 8, &[0], &[8]).is_err());
+        assert!(plane_ranges(VideoFormat::Gray8, 0, 8, &[0], &[8], false).is_err());
     }
 
     #[test]
@@ -252,7 +285,7 @@ mod tests {
                     continue;
                 };
                 let offsets: Vec<u64> = info.offset().iter().map(|&o| o as u64).collect();
-                let ranges = plane_ranges(format, w, h, &offsets, info.stride())
+                let ranges = plane_ranges(format, w, h, &offsets, info.stride(), false)
                     .unwrap_or_else(|e| panic!("{format:?} {w}x{h}: {e}"));
                 let end = ranges.iter().map(|r| r.end).max().unwrap();
                 assert!(
@@ -274,13 +307,29 @@ mod tests {
         let (x, _) = tile_counts(info.stride()[0]);
         // y tile count 0: the old check took this for a tiny stride.
         let strides = [x as i32, x as i32];
-        assert!(plane_ranges(VideoFormat::Nv128l128, 64, 256, &offsets, &strides).is_err());
+        assert!(plane_ranges(VideoFormat::Nv128l128, 64, 256, &offsets, &strides, false).is_err());
+    }
+
+    #[test]
+    fn interlaced_rows_follow_libgstvideos_field_lines() {
+        // GET_UV_420 / GET_UV_410 of video-format.c, line by line.
+        let uv = |line: u64, sub: u32| ((line & !((2u64 << sub) - 1)) >> sub) + (line & 1);
+        for sub in 0..3 {
+            for h in 1..64u32 {
+                let want = (0..u64::from(h)).map(|l| uv(l, sub)).max().unwrap() + 1;
+                assert_eq!(plane_rows(h, sub, true), want, "sub {sub} height {h}");
+                assert_eq!(plane_rows(h, sub, false), u64::from(h).div_ceil(1 << sub));
+            }
+        }
+        // 4:2:0 at 2 mod 4 and 4:1:0 at 4 mod 8 read one row more interlaced.
+        assert_eq!((plane_rows(6, 1, false), plane_rows(6, 1, true)), (3, 4));
+        assert_eq!((plane_rows(12, 2, false), plane_rows(12, 2, true)), (3, 4));
     }
 
     #[test]
     fn palette_plane_is_1024_bytes() {
         init();
-        let r = plane_ranges(VideoFormat::Rgb8p, 4, 4, &[0, 16], &[4, 4]).unwrap();
+        let r = plane_ranges(VideoFormat::Rgb8p, 4, 4, &[0, 16], &[4, 4], false).unwrap();
         assert_eq!(r[1], 16..16 + 1024);
     }
 
@@ -290,7 +339,7 @@ mod tests {
         // v210 packs 6 pixels in 16 bytes, in groups of 48 pixels (128 bytes): a 1-byte
         // stride must not shrink what the last row is read as.
         let info = VideoInfo::builder(VideoFormat::V210, 6, 2).build().unwrap();
-        let r = plane_ranges(VideoFormat::V210, 6, 2, &[0], &[1]).unwrap();
+        let r = plane_ranges(VideoFormat::V210, 6, 2, &[0], &[1], false).unwrap();
         assert_eq!(r[0].end, 1 + info.stride()[0] as u64);
     }
 }
