@@ -118,4 +118,14 @@ pub enum FdError {
     /// GStreamer did not make a memory of it.
     #[error("gst_fd_allocator_alloc failed")]
     Refused,
+    /// The descriptor was opened write-only: it cannot be mapped for reading.
+    #[error("the descriptor is write-only: it cannot be mapped for reading")]
+    WriteOnly,
+    /// Not a shmem (tmpfs) memfd: a hugetlbfs memfd maps only while huge pages are free,
+    /// and its owner can punch holes in it under the seals.
+    #[error("not a shmem memfd (file system magic {0:#x}; hugetlbfs is 0x958458f6)")]
+    NotShmem(u64),
+    /// The block does not map (read-only) in this process.
+    #[error("the block does not map for reading")]
+    Unmappable,
 }

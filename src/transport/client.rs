@@ -236,6 +236,11 @@ impl Registry<gst::Memory> {
                 max: max_size,
             })?;
             let root = memfd::wrap_fd(fd, size, 0, size, None).map_err(BlockError::Unusable)?;
+            // Mapped now (and kept mapped), before any memory of it goes downstream: a block
+            // that does not map is refused here, not met by a failed map further down.
+            if root.map_readable().is_err() {
+                return Err(BlockError::Unusable(FdError::Unmappable));
+            }
             self.announce(b.id, root)?;
         }
         w.mems
