@@ -6,7 +6,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::net::{
     self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -96,7 +96,9 @@ pub fn accept(listener: &OwnedFd) -> std::io::Result<OwnedFd> {
 }
 
 /// Sends one packet with `fds` attached, waiting while the peer's queue is full (up to the
-/// socket's send timeout). Never raises SIGPIPE: a gone peer is an error.
+/// socket's send timeout). Never raises SIGPIPE: a gone peer is an error. For tests' peers:
+/// the elements never block in the kernel ([`send_until`]).
+#[cfg(test)]
 pub fn send(sock: BorrowedFd<'_>, packet: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
     send_with(sock, packet, fds, SendFlags::NOSIGNAL)
 }
@@ -110,28 +112,36 @@ pub fn try_send(
     send_with(sock, packet, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
 }
 
-/// Sends one packet, waiting at most `timeout` for room in the peer's queue (whatever the
-/// socket's own send timeout): `ErrorKind::WouldBlock` when there was none.
-pub fn send_within(
+/// How often a waiting send looks at its `stop` condition.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Sends one packet, waiting for room in the peer's queue until `deadline`
+/// (`ErrorKind::WouldBlock` then) or until `stop` says to give up, looked at every 50 ms
+/// (`ErrorKind::Interrupted`). Never blocks in the kernel: a flush can always interrupt it.
+pub fn send_until(
     sock: BorrowedFd<'_>,
     packet: &[u8],
     fds: &[BorrowedFd<'_>],
-    timeout: Duration,
+    deadline: Instant,
+    stop: impl Fn() -> bool,
 ) -> std::io::Result<()> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let deadline = std::time::Instant::now() + timeout;
     loop {
         match try_send(sock, packet, fds) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             other => return other,
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if stop() {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(std::io::ErrorKind::WouldBlock.into());
         }
+        let wait = left.min(STOP_POLL);
         let ts = Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: left.subsec_nanos() as i64,
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: wait.subsec_nanos() as i64,
         };
         let mut pfd = [PollFd::new(&sock, PollFlags::OUT)];
         match poll(&mut pfd, Some(&ts)) {
@@ -239,11 +249,35 @@ fn receive_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received, String>
             fds.extend(rights);
         }
     }
-    if msg.flags.contains(net::ReturnFlags::TRUNC) || msg.flags.contains(net::ReturnFlags::CTRUNC) {
+    if msg.flags.contains(net::ReturnFlags::TRUNC) {
         return Err(ProtoError::Oversized.to_string());
     }
+    if msg.flags.contains(net::ReturnFlags::CTRUNC) {
+        return Err(format!(
+            "descriptors of a message were lost: more than {MAX_MEMORIES} were attached, or \
+             this process is out of descriptors"
+        ));
+    }
     if msg.bytes == 0 {
-        return Ok(Received::Closed);
+        // End of stream, or an empty packet (which no message is): one meaning each.
+        if hung_up(sock) {
+            return Ok(Received::Closed);
+        }
+        return Err("an empty message (0 bytes)".into());
     }
     Ok(Received::Packet(msg.bytes, fds))
+}
+
+/// Whether the peer of `sock` has closed its end (nothing more will come).
+fn hung_up(sock: BorrowedFd<'_>) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut pfd = [PollFd::new(&sock, PollFlags::RDHUP)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut pfd, Some(&now)).is_ok()
+        && pfd[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP)
 }
