@@ -13,8 +13,23 @@ use super::stats;
 use crate::allocator::debug::MEMFD as CAT;
 use crate::allocator::shared::{bound_from, cache_properties};
 
+/// The stream the allocator serves: 0 for the registered instance (private memory), a
+/// stream id for the instance a `memfdsink` proposes (see `memory::blocks::Owner`).
 #[derive(Default)]
-pub struct MemfdAllocator;
+pub struct MemfdAllocator {
+    stream: std::sync::atomic::AtomicU64,
+}
+
+impl MemfdAllocator {
+    pub(super) fn stream(&self) -> u64 {
+        self.stream.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn set_stream(&self, stream: u64) {
+        self.stream
+            .store(stream, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 #[glib::object_subclass]
 impl ObjectSubclass for MemfdAllocator {

@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 
 use gst::glib;
 use gst::prelude::*;
+use gst::subclass::prelude::ObjectSubclassIsExt;
 
 use super::error::{AllocError, FdError};
 
@@ -22,8 +23,8 @@ pub mod stats;
 mod sys;
 
 pub use memory::{
-    Block, FreedBlocks, block_of, dup_fd, is_memfd_memory, is_sealed_memfd, retire_block,
-    share_block, subscribe_freed,
+    Block, FreedBlocks, Owner, block_of, dup_fd, forget_stream, is_memfd_memory, is_sealed_memfd,
+    owner_of, retire_block, share_block, subscribe_freed,
 };
 
 /// The name `MemfdMemory` is registered under.
@@ -78,6 +79,23 @@ pub fn set_max_cached_bytes(max: usize) {
 }
 
 impl MemfdAllocator {
+    /// A new allocator for one stream of a `memfdsink` (not registered): the blocks that
+    /// stream sends are recycled for this allocator only, so a consumer of the stream, which
+    /// keeps them mapped, never sees another stream's frames or private memory in them.
+    pub fn for_stream() -> MemfdAllocator {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let allocator = glib::Object::new::<MemfdAllocator>();
+        allocator
+            .imp()
+            .set_stream(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        allocator
+    }
+
+    /// The stream this allocator serves (0: the registered instance, private memory).
+    pub fn stream(&self) -> u64 {
+        self.imp().stream()
+    }
+
     /// Allocates `size` bytes with `params` (or the defaults): the memory is fd memory whose
     /// payload is aligned to `params.align() | 63` (at most a page). Errors are typed.
     pub fn alloc_memfd(
@@ -86,7 +104,12 @@ impl MemfdAllocator {
         params: Option<&gst::AllocationParams>,
     ) -> Result<gst::Memory, AllocError> {
         let default = gst::AllocationParams::default();
-        memory::alloc(self.upcast_ref(), size, params.unwrap_or(&default))
+        memory::alloc(
+            self.upcast_ref(),
+            self.stream(),
+            size,
+            params.unwrap_or(&default),
+        )
     }
 }
 

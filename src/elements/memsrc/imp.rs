@@ -138,6 +138,13 @@ impl MemSrc {
                     )
                 )
             })?;
+            // Downstream proposes an instance of the same kind (memfdsink proposes its
+            // stream's own MemfdMemory allocator): that one, for the same memory.
+            if let Some((Some(p), _)) = &proposed
+                && p.type_() == allocator.type_()
+            {
+                return Ok((p.clone(), ours));
+            }
             return Ok((allocator, ours));
         }
         if let Some((Some(allocator), params)) = proposed {

@@ -26,10 +26,11 @@ thread_local! {
     pub(super) static OWN_MAP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Allocates a `MemfdMemory` block through `allocator`: a recycled one of the same size, or
-/// a new sealed memfd.
+/// Allocates a `MemfdMemory` block through `allocator`, which serves `stream` (0: private
+/// memory): a recycled one of the same size that this stream may reuse, or a new sealed memfd.
 pub fn alloc(
     allocator: &gst_allocators::FdAllocator,
+    stream: u64,
     size: usize,
     params: &gst::AllocationParams,
 ) -> Result<gst::Memory, AllocError> {
@@ -44,7 +45,7 @@ pub fn alloc(
     let recycled = if traced() {
         None
     } else {
-        take_recycled(l.maxsize)
+        take_recycled(stream, l.maxsize)
     };
     if let Some(mem) = recycled {
         // SAFETY: the cache held the only reference: the memory is ours alone, unmapped and
@@ -196,6 +197,9 @@ pub fn share_block(
 pub(super) static ON_FREE: LazyLock<Mutex<HashMap<usize, Box<dyn Send>>>> =
     LazyLock::new(Default::default);
 
+/// `TMPFS_MAGIC`: the file system of shmem memfds.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
 /// Wraps a received descriptor as read-only `MemfdMemory` with the given layout. The file
 /// must be at least `maxsize` bytes and sealed against shrinking (so a mapping can never run
 /// past its end), and `offset + size <= maxsize`. `on_free` is dropped when the memory and
@@ -222,6 +226,17 @@ pub fn wrap_fd(
     let seals = fcntl_get_seals(&fd).map_err(FdError::NotSealable)?;
     if !seals.contains(SealFlags::SHRINK) {
         return Err(FdError::NotSealedAgainstShrinking);
+    }
+    // Readable: an O_WRONLY descriptor passes the seal checks but maps for nobody.
+    let access = rustix::fs::fcntl_getfl(&fd).map_err(FdError::Stat)? & rustix::fs::OFlags::RWMODE;
+    if access == rustix::fs::OFlags::WRONLY {
+        return Err(FdError::WriteOnly);
+    }
+    // A shmem memfd: hugetlbfs memfds take seals too, but their pages can be punched out
+    // under a mapping (SIGBUS) and they map only while the huge page pool has room.
+    let fs = rustix::fs::fstatfs(&fd).map_err(FdError::Stat)?;
+    if fs.f_type as u64 != TMPFS_MAGIC {
+        return Err(FdError::NotShmem(fs.f_type as u64));
     }
     let st = fstat(&fd).map_err(FdError::Stat)?;
     if (st.st_size as u64) < maxsize as u64 {

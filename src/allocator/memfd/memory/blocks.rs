@@ -10,11 +10,34 @@ use crate::allocator::raw::root_memory;
 
 use super::fd::{is_memfd_memory, is_sealed_memfd};
 
-/// A root block the transport has seen: its id (never reused in this process), whether it was
-/// ever sent to another process, and whether it was retired (is never to be recycled).
+/// Which streams a block was sent by: what decides where it may be recycled. A consumer
+/// keeps the blocks it was sent mapped, so a block may only ever carry frames of the one
+/// stream it was sent by, and private memory never goes to a block any consumer maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// Never sent: private memory, recycled for anyone.
+    Private,
+    /// Sent by this stream only: recycled for this stream's allocator only.
+    Stream(u64),
+    /// Sent by more than one stream: never recycled.
+    Streams,
+}
+
+impl Owner {
+    fn sent_by(self, stream: u64) -> Owner {
+        match self {
+            Owner::Private => Owner::Stream(stream),
+            Owner::Stream(s) if s == stream => self,
+            _ => Owner::Streams,
+        }
+    }
+}
+
+/// A root block the transport has seen: its id (never reused in this process), which streams
+/// sent it, and whether it was retired (is never to be recycled).
 pub(super) struct BlockEntry {
     pub(super) id: u64,
-    pub(super) sent: bool,
+    pub(super) owner: Owner,
     pub(super) retired: bool,
 }
 
@@ -53,7 +76,9 @@ pub(super) fn block_freed(root: *mut ffi::GstMemory) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&(root as usize));
-    if let Some(BlockEntry { id, sent: true, .. }) = gone {
+    if let Some(BlockEntry { id, owner, .. }) = gone
+        && owner != Owner::Private
+    {
         for q in FREED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -63,6 +88,16 @@ pub(super) fn block_freed(root: *mut ffi::GstMemory) {
             q.0.lock().unwrap_or_else(|e| e.into_inner()).push(id);
         }
     }
+}
+
+/// Which streams sent the block behind `mem` (`Private` for one never sent).
+pub fn owner_of(mem: &gst::MemoryRef) -> Owner {
+    let root = root_memory(mem);
+    BLOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(root as usize))
+        .map_or(Owner::Private, |b| b.owner)
 }
 
 /// The block behind a memory, as the transport sends it.
@@ -78,8 +113,9 @@ pub struct Block<'a> {
 
 /// The `MemfdMemory` block behind `mem` (a block or a share of one), if it may be sent to
 /// another process as it is: a root of this allocator whose memfd is sealed against shrinking
-/// and against writes by receivers. Marks the block as sent.
-pub fn block_of(mem: &gst::MemoryRef) -> Option<Block<'_>> {
+/// and against writes by receivers. Marks the block as sent by `stream` (see [`Owner`]).
+/// No system call is made under the registry's lock.
+pub fn block_of(mem: &gst::MemoryRef, stream: u64) -> Option<Block<'_>> {
     if !is_memfd_memory(mem) {
         return None;
     }
@@ -94,23 +130,24 @@ pub fn block_of(mem: &gst::MemoryRef) -> Option<Block<'_>> {
     let root = root_memory(mem);
     // SAFETY: the root is live while `mem` is.
     let size = unsafe { (*root).maxsize };
-    let mut blocks = BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(b) = blocks.get_mut(&(root as usize)) {
-        b.sent = true;
+    if let Some(b) = BLOCKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(&(root as usize))
+    {
+        b.owner = b.owner.sent_by(stream);
         return Some(Block { id: b.id, size, fd });
     }
     // First seen: a block we allocated is sealed; a wrapped one (received) must be checked.
     if !is_sealed_memfd(mem) {
         return None;
     }
-    let id = NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    blocks.insert(
-        root as usize,
-        BlockEntry {
-            id,
-            sent: true,
-            retired: false,
-        },
-    );
-    Some(Block { id, size, fd })
+    let mut blocks = BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    let b = blocks.entry(root as usize).or_insert_with(|| BlockEntry {
+        id: NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        owner: Owner::Private,
+        retired: false,
+    });
+    b.owner = b.owner.sent_by(stream);
+    Some(Block { id: b.id, size, fd })
 }

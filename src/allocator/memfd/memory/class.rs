@@ -48,7 +48,7 @@ unsafe impl gst::subclass::prelude::AllocatorImpl for MemfdAllocator {
 
     unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut ffi::GstMemory {
         use gst::subclass::prelude::ObjectSubclassExt;
-        match alloc(self.obj().upcast_ref(), size, params) {
+        match alloc(self.obj().upcast_ref(), self.stream(), size, params) {
             Ok(mem) => mem.into_glib_ptr(),
             Err(err) => {
                 gst::warning!(

@@ -24,13 +24,20 @@ pub fn is_memfd_memory(mem: &gst::MemoryRef) -> bool {
 /// change what other consumers read).
 pub fn is_sealed_memfd(mem: &gst::MemoryRef) -> bool {
     use rustix::fs::SealFlags;
-    dup_fd(mem)
-        .ok()
-        .and_then(|fd| rustix::fs::fcntl_get_seals(&fd).ok())
-        .is_some_and(|s| {
-            s.contains(SealFlags::SHRINK)
-                && s.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE)
-        })
+    let Some(raw) = mem
+        .downcast_memory_ref::<gst_allocators::FdMemory>()
+        .map(|m| m.fd())
+        .filter(|&fd| fd >= 0)
+    else {
+        return false;
+    };
+    // SAFETY: `raw` is owned by the live memory `mem` borrows, open for at least as long as
+    // this borrow, which ends before we return. (No duplicate: this check must work when
+    // the process is out of descriptors.)
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| {
+        s.contains(SealFlags::SHRINK) && s.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE)
+    })
 }
 
 /// A new descriptor (close-on-exec) for the file behind `mem`, if it is fd memory of any

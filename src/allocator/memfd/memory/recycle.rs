@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Recycling: freed blocks kept mapped for reuse, within the allocator's bound.
+//! Recycling: freed blocks kept mapped for reuse, within the allocator's bound, each for the
+//! stream that may reuse it: a block sent by one stream (which its consumers keep mapped) is
+//! recycled for that stream's allocator only, a block never sent for anyone, a block sent by
+//! several streams never.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
@@ -13,14 +16,18 @@ use gst::glib::translate::*;
 use crate::allocator::memfd::stats::{self as mstats, Counter as M};
 use crate::allocator::raw::{lockstate, traced};
 
-use super::blocks;
+use super::blocks::{self, Owner};
 
-/// Freed blocks kept for reuse, by maxsize: the memory objects themselves, still mapped and
-/// with their pages faulted in (a fresh memfd costs a page fault and a zeroed page per 4 KiB).
+/// Freed blocks kept for reuse, by (stream, maxsize): the memory objects themselves, still
+/// mapped and with their pages faulted in (a fresh memfd costs a page fault and a zeroed page
+/// per 4 KiB). Stream 0 holds private blocks (never sent).
 #[derive(Default)]
 struct Recycled {
-    blocks: HashMap<usize, Vec<gst::Memory>>,
+    blocks: HashMap<(u64, usize), Vec<gst::Memory>>,
     bytes: usize,
+    /// Streams whose allocator takes blocks: only their blocks are kept (a stream whose
+    /// producer allocates elsewhere would fill the cache with blocks nobody takes).
+    active: HashSet<u64>,
 }
 
 static RECYCLED: LazyLock<Mutex<Recycled>> = LazyLock::new(Default::default);
@@ -40,13 +47,13 @@ pub fn set_max_bytes(max: usize) {
     let over: Vec<gst::Memory> = {
         let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
         let mut over = Vec::new();
-        let sizes: Vec<usize> = r.blocks.keys().copied().collect();
-        for size in sizes {
+        let keys: Vec<(u64, usize)> = r.blocks.keys().copied().collect();
+        for key in keys {
             while r.bytes > max {
-                let Some(mem) = r.blocks.get_mut(&size).and_then(Vec::pop) else {
+                let Some(mem) = r.blocks.get_mut(&key).and_then(Vec::pop) else {
                     break;
                 };
-                r.bytes -= size;
+                r.bytes -= key.1;
                 over.push(mem);
             }
         }
@@ -90,15 +97,22 @@ pub(super) unsafe extern "C" fn recycle_dispose(
         // Lock order: BLOCKS, then RECYCLED (as `retire_block`), so that a block retired
         // by id is either seen retired here or found in the cache there.
         let blocks = blocks::BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
-        if blocks.get(&(mem as usize)).is_some_and(|b| b.retired) {
-            return glib::ffi::GTRUE;
-        }
+        let stream = match blocks.get(&(mem as usize)) {
+            Some(b) if b.retired => return glib::ffi::GTRUE,
+            None => 0,
+            Some(b) => match b.owner {
+                Owner::Private => 0,
+                Owner::Stream(s) => s,
+                // Mapped by consumers of several streams: no stream may reuse it.
+                Owner::Streams => return glib::ffi::GTRUE,
+            },
+        };
         // Waits for the lock rather than freeing the block when another thread holds it (a
         // take or a trim: never long, and nothing that holds it frees a memory): under load,
         // giving up freed one block in a few, and each fresh memfd costs its pages' faults
         // again, here and in every process it is sent to.
         let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
-        if r.bytes + maxsize > max {
+        if r.bytes + maxsize > max || (stream != 0 && !r.active.contains(&stream)) {
             return glib::ffi::GTRUE;
         }
         // Resurrect it: the reference we take is the one the cache owns.
@@ -107,19 +121,48 @@ pub(super) unsafe extern "C" fn recycle_dispose(
         mstats::block(maxsize, false);
         r.bytes += maxsize;
         r.blocks
-            .entry(maxsize)
+            .entry((stream, maxsize))
             .or_default()
             .push(from_glib_full(mem));
     }
     glib::ffi::GFALSE
 }
 
-/// Takes a recycled block of `maxsize` bytes.
-pub(super) fn take_recycled(maxsize: usize) -> Option<gst::Memory> {
+/// Takes a recycled block of `maxsize` bytes for `stream` (0: private memory), one kept for
+/// that stream only: a stream never takes a private block either, whose bytes outside the
+/// new memory's range (which a consumer maps with it) still hold private data.
+pub(super) fn take_recycled(stream: u64, maxsize: usize) -> Option<gst::Memory> {
     let mut r = RECYCLED.lock().ok()?;
-    let mem = r.blocks.get_mut(&maxsize)?.pop()?;
+    if stream != 0 && !r.active.contains(&stream) {
+        r.active.insert(stream);
+    }
+    let mem = r.blocks.get_mut(&(stream, maxsize)).and_then(Vec::pop)?;
     r.bytes -= maxsize;
     Some(mem)
+}
+
+/// Stream `stream` has stopped: the blocks kept for it are freed, and its blocks are no
+/// longer kept.
+pub fn forget_stream(stream: u64) {
+    if stream == 0 {
+        return;
+    }
+    let blocks: Vec<gst::Memory> = {
+        let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
+        r.active.remove(&stream);
+        let keys: Vec<(u64, usize)> = r.blocks.keys().filter(|k| k.0 == stream).copied().collect();
+        let mut blocks = Vec::new();
+        for key in keys {
+            let list = r.blocks.remove(&key).unwrap_or_default();
+            r.bytes -= key.1 * list.len();
+            blocks.extend(list);
+        }
+        blocks
+    };
+    // Outside the lock: freeing a block runs `free`, which takes BLOCKS.
+    for mem in blocks {
+        discard(mem);
+    }
 }
 /// Keeps block `id` from ever being recycled (a consumer that may still map it went away): a
 /// cached block is freed now, one in use when its last reference goes.

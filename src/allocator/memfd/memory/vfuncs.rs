@@ -132,7 +132,9 @@ unsafe extern "C" fn mem_copy(
     // calls our vfuncs on our memories), a GstFdAllocator.
     let allocator: gst_allocators::FdAllocator =
         unsafe { from_glib_none(m.allocator as *mut gst_allocators::ffi::GstFdAllocator) };
-    let copy = match alloc(&allocator, len, &params) {
+    // Private memory (stream 0), whatever the allocator serves: a copy may be written with
+    // anything, so it never goes to a block a consumer maps.
+    let copy = match alloc(&allocator, 0, len, &params) {
         Ok(c) => c,
         Err(err) => {
             gst::warning!(CAT, "copy of {:p} failed: {}", mem, err);
