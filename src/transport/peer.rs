@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MPL-2.0
 //! What the producer knows of one consumer: the blocks it has mapped (announced and not yet
 //! retired), every block it was ever sent (retired for good when it leaves: it may keep its
-//! mappings), and the buffers it holds. Pure bookkeeping, no sockets: the server sends what
-//! [`Peer::plan`] decides.
+//! mappings), and the buffers it holds; and [`Pins`], what all consumers together keep alive.
+//! Pure bookkeeping, no sockets: the server sends what [`Peer::plan`] decides.
 
 use std::collections::{HashMap, HashSet};
 
-use super::wire::{BlockWire, MAX_IDS};
+use super::wire::BlockWire;
 
 /// Why a buffer cannot go to this consumer now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +88,15 @@ impl<H> Peer<H> {
     /// allowed), holding `hold` until it is released. Blocks it has not mapped are announced;
     /// to stay within its bound, blocks it maps but no held buffer uses are retired, least
     /// recently used first.
+    /// At most `max_retire` blocks are retired with it (what the packet has room for; the
+    /// rest wait for the next buffer), the evicted ones always.
     pub fn plan(
         &mut self,
         id: u64,
         blocks: &[BlockWire],
         hold: H,
         max_outstanding: usize,
+        max_retire: usize,
     ) -> Result<Plan, Full> {
         let (announce, over) = self.needs(blocks, max_outstanding)?;
         let evicted = self.evict(over, blocks);
@@ -102,10 +105,9 @@ impl<H> Peer<H> {
             self.mapped.insert(b.id, self.seq);
             self.ever.insert(b.id);
         }
-        let ids = blocks.iter().map(|b| b.id).collect();
-        self.outstanding.insert(id, (hold, ids));
+        self.outstanding.insert(id, (hold, distinct(blocks)));
         let mut retire: Vec<u64> = evicted.iter().map(|&(b, _)| b).collect();
-        let room = MAX_IDS
+        let room = max_retire
             .saturating_sub(retire.len())
             .min(self.pending_retire.len());
         retire.extend(self.pending_retire.drain(..room));
@@ -175,9 +177,18 @@ impl<H> Peer<H> {
         idle
     }
 
+    /// The blocks the buffers it holds use (each once).
+    pub fn held_blocks(&self) -> HashSet<u64> {
+        self.outstanding
+            .values()
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect()
+    }
+
     /// Undoes [`plan`](Self::plan) for a buffer that was not sent after all (its socket was
-    /// full): it holds nothing and maps what it mapped before.
-    pub fn unsend(&mut self, id: u64, plan: Plan) -> Option<H> {
+    /// full): it holds nothing and maps what it mapped before. Returns what was held for it
+    /// and its blocks.
+    pub fn unsend(&mut self, id: u64, plan: Plan) -> Option<(H, Vec<u64>)> {
         for b in &plan.announce {
             self.mapped.remove(&b.id);
             self.ever.remove(&b.id);
@@ -189,12 +200,12 @@ impl<H> Peer<H> {
             .filter(|b| !plan.evicted.iter().any(|(e, _)| e == b))
             .collect();
         self.pending_retire.splice(0..0, freed);
-        self.outstanding.remove(&id).map(|(h, _)| h)
+        self.outstanding.remove(&id)
     }
 
-    /// It released buffer `id`: what was held for it, if it held it.
-    pub fn release(&mut self, id: u64) -> Option<H> {
-        self.outstanding.remove(&id).map(|(h, _)| h)
+    /// It released buffer `id`: what was held for it and its blocks, if it held it.
+    pub fn release(&mut self, id: u64) -> Option<(H, Vec<u64>)> {
+        self.outstanding.remove(&id)
     }
 
     /// Blocks freed at the producer: those it maps are retired with the next buffer.
@@ -208,13 +219,91 @@ impl<H> Peer<H> {
     }
 
     /// It left: every block it was ever sent that is still alive (to retire for good), and
-    /// what it held.
-    pub fn leave(self) -> (Vec<u64>, Vec<H>) {
+    /// what it held with the blocks of each.
+    pub fn leave(self) -> (Vec<u64>, Vec<(H, Vec<u64>)>) {
         (
             self.ever.into_iter().collect(),
-            self.outstanding.into_values().map(|(h, _)| h).collect(),
+            self.outstanding.into_values().collect(),
         )
     }
+}
+
+/// The ids of `blocks`, each once.
+fn distinct(blocks: &[BlockWire]) -> Vec<u64> {
+    let mut ids: Vec<u64> = blocks.iter().map(|b| b.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// What all consumers together pin: the blocks their unreleased buffers keep alive (each a
+/// descriptor and its bytes at the producer), counted once however many buffers and
+/// consumers hold them.
+#[derive(Debug, Default)]
+pub struct Pins {
+    /// Block id: holds (a buffer of a consumer), and its size.
+    blocks: HashMap<u64, (usize, u64)>,
+    bytes: u64,
+}
+
+impl Pins {
+    /// Blocks pinned.
+    pub fn count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Bytes pinned.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// A buffer in `blocks` is held once more.
+    pub fn pin(&mut self, blocks: &[BlockWire]) {
+        for b in blocks.iter().filter(|b| distinct_first(blocks, b)) {
+            let entry = self.blocks.entry(b.id).or_insert((0, b.size));
+            if entry.0 == 0 {
+                self.bytes += b.size;
+            }
+            entry.0 += 1;
+        }
+    }
+
+    /// A buffer whose blocks are `ids` (each once) is held once less.
+    pub fn unpin(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(entry) = self.blocks.get_mut(id) {
+                entry.0 -= 1;
+                if entry.0 == 0 {
+                    self.bytes -= entry.1;
+                    self.blocks.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The blocks and bytes a buffer in `blocks` would add.
+    pub fn added(&self, blocks: &[BlockWire]) -> (usize, u64) {
+        blocks
+            .iter()
+            .filter(|b| distinct_first(blocks, b) && !self.blocks.contains_key(&b.id))
+            .fold((0, 0), |(n, bytes), b| (n + 1, bytes + b.size))
+    }
+
+    /// The bytes of `ids` that are pinned.
+    pub fn bytes_of(&self, ids: &HashSet<u64>) -> u64 {
+        ids.iter()
+            .filter_map(|id| self.blocks.get(id))
+            .map(|e| e.1)
+            .sum()
+    }
+}
+
+/// Whether `b` is the first block of `blocks` with its id.
+fn distinct_first(blocks: &[BlockWire], b: &BlockWire) -> bool {
+    blocks
+        .iter()
+        .find(|x| x.id == b.id)
+        .is_some_and(|x| std::ptr::eq(x, b))
 }
 
 #[cfg(test)]
@@ -234,9 +323,11 @@ mod tests {
     #[test]
     fn a_block_is_announced_once() {
         let mut p = peer(8);
-        let first = p.plan(1, &[blk(10), blk(10), blk(11)], 1, 64).unwrap();
+        let first = p
+            .plan(1, &[blk(10), blk(10), blk(11)], 1, 64, 4096)
+            .unwrap();
         assert_eq!(first.announce, vec![blk(10), blk(11)]);
-        let again = p.plan(2, &[blk(11), blk(10)], 2, 64).unwrap();
+        let again = p.plan(2, &[blk(11), blk(10)], 2, 64, 4096).unwrap();
         assert!(again.announce.is_empty() && again.retire.is_empty());
         assert_eq!(p.mapped(), 2);
     }
@@ -244,13 +335,13 @@ mod tests {
     #[test]
     fn the_bound_is_kept_by_retiring_the_least_recently_used_idle_block() {
         let mut p = peer(2);
-        p.plan(1, &[blk(1)], 1, 64).unwrap();
-        p.plan(2, &[blk(2)], 2, 64).unwrap();
+        p.plan(1, &[blk(1)], 1, 64, 4096).unwrap();
+        p.plan(2, &[blk(2)], 2, 64, 4096).unwrap();
         p.release(1);
         p.release(2);
-        p.plan(3, &[blk(1)], 3, 64).unwrap(); // block 1 used again: block 2 is older
+        p.plan(3, &[blk(1)], 3, 64, 4096).unwrap(); // block 1 used again: block 2 is older
         p.release(3);
-        let plan = p.plan(4, &[blk(3)], 4, 64).unwrap();
+        let plan = p.plan(4, &[blk(3)], 4, 64, 4096).unwrap();
         assert_eq!(plan.retire, vec![2]);
         assert_eq!(plan.announce, vec![blk(3)]);
         assert_eq!(p.mapped(), 2);
@@ -259,60 +350,88 @@ mod tests {
     #[test]
     fn blocks_in_held_buffers_are_never_evicted() {
         let mut p = peer(2);
-        p.plan(1, &[blk(1)], 1, 64).unwrap();
-        p.plan(2, &[blk(2)], 2, 64).unwrap();
+        p.plan(1, &[blk(1)], 1, 64, 4096).unwrap();
+        p.plan(2, &[blk(2)], 2, 64, 4096).unwrap();
         assert_eq!(p.fits(&[blk(3)], 64), Err(Full::Blocks));
         assert_eq!(
             p.fits(&[blk(2)], 64),
             Ok(()),
             "a mapped block needs no room"
         );
-        assert_eq!(p.plan(3, &[blk(3)], 3, 64), Err(Full::Blocks));
+        assert_eq!(p.plan(3, &[blk(3)], 3, 64, 4096), Err(Full::Blocks));
         assert_eq!(p.mapped(), 2, "a refused plan changes nothing");
         p.release(1);
-        assert_eq!(p.plan(3, &[blk(3)], 3, 64).unwrap().retire, vec![1]);
+        assert_eq!(p.plan(3, &[blk(3)], 3, 64, 4096).unwrap().retire, vec![1]);
     }
 
     #[test]
     fn max_outstanding_is_a_bound() {
         let mut p = peer(8);
-        p.plan(1, &[blk(1)], 1, 1).unwrap();
-        assert_eq!(p.plan(2, &[blk(1)], 2, 1), Err(Full::Outstanding));
-        assert_eq!(p.release(1), Some(1));
+        p.plan(1, &[blk(1)], 1, 1, 4096).unwrap();
+        assert_eq!(p.plan(2, &[blk(1)], 2, 1, 4096), Err(Full::Outstanding));
+        assert_eq!(p.release(1), Some((1, vec![1])));
         assert_eq!(
             p.release(1),
             None,
             "a second release of the same buffer is nothing"
         );
-        assert!(p.plan(2, &[blk(1)], 2, 1).is_ok());
+        assert!(p.plan(2, &[blk(1)], 2, 1, 4096).is_ok());
     }
 
     #[test]
     fn unsend_restores_what_the_consumer_maps() {
         let mut p = peer(1);
-        p.plan(1, &[blk(1)], 1, 64).unwrap();
+        p.plan(1, &[blk(1)], 1, 64, 4096).unwrap();
         p.release(1);
         p.freed(&[7]); // not mapped: nothing to retire
-        let plan = p.plan(2, &[blk(2)], 2, 64).unwrap();
+        let plan = p.plan(2, &[blk(2)], 2, 64, 4096).unwrap();
         assert_eq!(plan.retire, vec![1]);
-        assert_eq!(p.unsend(2, plan), Some(2));
+        assert_eq!(p.unsend(2, plan), Some((2, vec![2])));
         // As before: block 1 mapped, so the next buffer evicts it again.
-        let plan = p.plan(3, &[blk(2)], 3, 64).unwrap();
+        let plan = p.plan(3, &[blk(2)], 3, 64, 4096).unwrap();
         assert_eq!((plan.retire, plan.announce), (vec![1], vec![blk(2)]));
     }
 
     #[test]
     fn freed_blocks_are_retired_with_the_next_buffer_and_forgotten() {
         let mut p = peer(8);
-        p.plan(1, &[blk(1), blk(2)], 1, 64).unwrap();
+        p.plan(1, &[blk(1), blk(2)], 1, 64, 4096).unwrap();
         p.freed(&[1]);
-        let plan = p.plan(2, &[blk(2)], 2, 64).unwrap();
+        let plan = p.plan(2, &[blk(2)], 2, 64, 4096).unwrap();
         assert_eq!(plan.retire, vec![1]);
         let (ever, held) = p.leave();
         assert_eq!(ever, vec![2], "a freed block is not retired again");
         let mut held = held;
         held.sort();
-        assert_eq!(held, vec![1, 2]);
+        assert_eq!(held, vec![(1, vec![1, 2]), (2, vec![2])]);
+    }
+
+    #[test]
+    fn retirements_wait_for_room_in_the_packet() {
+        let mut p = peer(8);
+        p.plan(1, &[blk(1), blk(2), blk(3)], 1, 64, 4096).unwrap();
+        p.freed(&[1, 2, 3]);
+        assert_eq!(p.plan(2, &[blk(4)], 2, 64, 2).unwrap().retire, vec![1, 2]);
+        assert_eq!(p.plan(3, &[blk(4)], 3, 64, 2).unwrap().retire, vec![3]);
+    }
+
+    #[test]
+    fn pins_count_each_block_once_until_its_last_holder_lets_go() {
+        let mut pins = Pins::default();
+        let a = BlockWire { id: 1, size: 100 };
+        let b = BlockWire { id: 2, size: 10 };
+        assert_eq!(pins.added(&[a, a, b]), (2, 110));
+        pins.pin(&[a, a, b]); // one buffer, block 1 twice
+        pins.pin(&[a]); // another consumer holds block 1 too
+        assert_eq!((pins.count(), pins.bytes()), (2, 110));
+        assert_eq!(pins.added(&[a, b]), (0, 0));
+        pins.unpin(&[1, 2]);
+        assert_eq!((pins.count(), pins.bytes()), (1, 100));
+        assert_eq!(pins.bytes_of(&HashSet::from([1, 2])), 100);
+        pins.unpin(&[1]);
+        assert_eq!((pins.count(), pins.bytes()), (0, 0));
+        pins.unpin(&[1]); // nothing left: no underflow
+        assert_eq!(pins.count(), 0);
     }
 
     #[test]

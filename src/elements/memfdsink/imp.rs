@@ -17,10 +17,12 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use crate::allocator::memfd::{self, memfd_allocator};
+use crate::allocator::memfd::{self, MemfdAllocator};
 use crate::elements::common::post_stats;
-use crate::transport::server::{self, Limits, Outgoing, Server};
-use crate::transport::wire::{self, BlockWire, BufferWire, EventKind, MemWire};
+use crate::transport::server::{self, Limits, Server};
+use crate::transport::wire::{self, BlockWire, EventKind};
+
+use super::describe::describe;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -36,6 +38,9 @@ const DEFAULT_MAX_CONSUMERS: u32 = 32;
 const DEFAULT_MAX_OUTSTANDING: u32 = 64;
 const DEFAULT_ON_FULL: OnFull = OnFull::Drop;
 const DEFAULT_FULL_TIMEOUT_MS: u32 = 10_000;
+/// 0: what the process can afford (`server::auto_pinned_blocks`, `auto_pinned_bytes`).
+const DEFAULT_MAX_PINNED_BLOCKS: u32 = 0;
+const DEFAULT_MAX_PINNED_BYTES: u64 = 0;
 
 /// What memfdsink does with a consumer that holds `max-outstanding` buffers unreleased.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
@@ -69,6 +74,8 @@ struct Settings {
     max_outstanding: u32,
     on_full: OnFull,
     full_timeout_ms: u32,
+    max_pinned_blocks: u32,
+    max_pinned_bytes: u64,
 }
 
 impl Default for Settings {
@@ -81,6 +88,8 @@ impl Default for Settings {
             max_outstanding: DEFAULT_MAX_OUTSTANDING,
             on_full: DEFAULT_ON_FULL,
             full_timeout_ms: DEFAULT_FULL_TIMEOUT_MS,
+            max_pinned_blocks: DEFAULT_MAX_PINNED_BLOCKS,
+            max_pinned_bytes: DEFAULT_MAX_PINNED_BYTES,
         }
     }
 }
@@ -96,6 +105,14 @@ impl Settings {
                 OnFull::Wait => server::OnFull::Wait,
             },
             full_timeout: Duration::from_millis(self.full_timeout_ms.into()),
+            max_pinned_blocks: match self.max_pinned_blocks {
+                0 => server::auto_pinned_blocks(),
+                n => n as usize,
+            },
+            max_pinned_bytes: match self.max_pinned_bytes {
+                0 => server::auto_pinned_bytes(),
+                n => n,
+            },
         }
     }
 }
@@ -122,6 +139,8 @@ fn stats_structure(s: &server::Stats, c: &Copies) -> gst::Structure {
         .field("blocks-retired", s.blocks_retired)
         .field("released", s.released)
         .field("outstanding", s.outstanding)
+        .field("pinned-blocks", s.pinned_blocks)
+        .field("pinned-bytes", s.pinned_bytes)
         .build()
 }
 
@@ -142,6 +161,8 @@ pub struct MemfdSink {
     copies: Mutex<Copies>,
     /// Server stats kept after stop, for the `stats` property.
     last_stats: Mutex<server::Stats>,
+    /// The allocator proposed upstream: this stream's own (see `MemfdAllocator::for_stream`).
+    allocator: std::sync::OnceLock<MemfdAllocator>,
 }
 
 #[glib::object_subclass]
@@ -152,6 +173,14 @@ impl ObjectSubclass for MemfdSink {
 }
 
 impl MemfdSink {
+    fn allocator(&self) -> &MemfdAllocator {
+        self.allocator.get_or_init(MemfdAllocator::for_stream)
+    }
+
+    fn stream(&self) -> u64 {
+        self.allocator().stream()
+    }
+
     fn server(&self) -> Option<std::sync::Arc<Server>> {
         match &*self.state.lock().unwrap() {
             State::Started { server } => Some(server.clone()),
@@ -184,7 +213,11 @@ impl MemfdSink {
                 )
             )));
         }
-        if buffer.iter_memories().all(|m| memfd::block_of(m).is_some()) {
+        let stream = self.stream();
+        if buffer
+            .iter_memories()
+            .all(|m| memfd::block_of(m, stream).is_some())
+        {
             return Ok(buffer.clone());
         }
         let mut out = gst::Buffer::new();
@@ -201,7 +234,7 @@ impl MemfdSink {
                 ))
             })?;
             for mem in buffer.iter_memories() {
-                if memfd::block_of(mem).is_some() {
+                if memfd::block_of(mem, stream).is_some() {
                     o.append_memory(mem.to_owned());
                     continue;
                 }
@@ -222,7 +255,8 @@ impl MemfdSink {
                 ("A memory of the buffer cannot be mapped for reading")
             ))
         })?;
-        let mut copy = memfd_allocator()
+        let mut copy = self
+            .allocator()
             .alloc_memfd(map.size(), None)
             .map_err(|e| {
                 self.error(gst::error_msg!(
@@ -243,78 +277,6 @@ impl MemfdSink {
         dst.copy_from_slice(map.as_slice());
         drop(dst);
         Ok(copy)
-    }
-}
-
-/// The metas of `input` that cross: reference timestamp metas and video metas.
-type Metas = (Vec<(String, u64, u64)>, Vec<wire::VideoMetaWire>);
-
-fn wire_metas(input: &gst::Buffer) -> Metas {
-    let refs = input
-        .iter_meta::<gst::ReferenceTimestampMeta>()
-        .take(wire::MAX_METAS)
-        .map(|m| {
-            (
-                m.reference().to_string(),
-                m.timestamp().nseconds(),
-                m.duration().map_or(u64::MAX, |d| d.nseconds()),
-            )
-        })
-        .collect();
-    let video = input
-        .iter_meta::<gst_video::VideoMeta>()
-        .take(wire::MAX_METAS)
-        .map(|m| wire::VideoMetaWire {
-            flags: m.video_frame_flags().bits(),
-            format: m.format().to_str().to_string(),
-            width: m.width(),
-            height: m.height(),
-            offsets: m.offset().iter().map(|&o| o as u64).collect(),
-            strides: m.stride().to_vec(),
-        })
-        .collect();
-    (refs, video)
-}
-
-/// The wire description of `sent` (its memories `MemfdMemory` blocks) with the metas of
-/// `input` (the buffer as it came: core does not copy memory-tagged metas such as
-/// GstVideoMeta into a buffer it did not copy memory to), and the blocks it uses.
-fn describe<'a>(input: &gst::Buffer, sent: &'a gst::Buffer) -> Outgoing<'a> {
-    let (refs, video) = wire_metas(input);
-    let mut blocks = Vec::with_capacity(sent.n_memory());
-    let mut mems = Vec::with_capacity(sent.n_memory());
-    for mem in sent.iter_memories() {
-        let b = memfd::block_of(mem).expect("every memory is a MemfdMemory block");
-        mems.push(MemWire {
-            block: b.id,
-            offset: mem.offset() as u64,
-            size: mem.size() as u64,
-        });
-        blocks.push((
-            BlockWire {
-                id: b.id,
-                size: b.size as u64,
-            },
-            b.fd,
-        ));
-    }
-    let time = |t: Option<gst::ClockTime>| t.map_or(u64::MAX, |t| t.nseconds());
-    let wire = BufferWire {
-        mems,
-        video,
-        refs,
-        pts: time(sent.pts()),
-        dts: time(sent.dts()),
-        duration: time(sent.duration()),
-        offset: sent.offset(),
-        offset_end: sent.offset_end(),
-        flags: sent.flags().bits(),
-        ..BufferWire::default()
-    };
-    Outgoing {
-        hold: sent.clone(),
-        wire,
-        blocks,
     }
 }
 
@@ -379,10 +341,32 @@ impl ObjectImpl for MemfdSink {
                     .default_value(DEFAULT_FULL_TIMEOUT_MS)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt::builder("max-pinned-blocks")
+                    .nick("Maximum pinned blocks")
+                    .blurb(
+                        "Blocks (one descriptor each) all consumers together may keep alive \
+                         with buffers they hold; past it the consumer pinning the most bytes \
+                         is dropped (0: half of the process's descriptor limit)",
+                    )
+                    .maximum(1 << 20)
+                    .default_value(DEFAULT_MAX_PINNED_BLOCKS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder("max-pinned-bytes")
+                    .nick("Maximum pinned bytes")
+                    .blurb(
+                        "Bytes of blocks all consumers together may keep alive with buffers \
+                         they hold; past it the consumer pinning the most bytes is dropped \
+                         (0: a quarter of the machine's memory)",
+                    )
+                    .default_value(DEFAULT_MAX_PINNED_BYTES)
+                    .mutable_playing()
+                    .build(),
                 crate::elements::common::stats_pspec(
                     "Buffers sent, buffers and bytes copied into MemfdMemory, bytes sent, \
                      consumers now/connected/dropped/refused, buffers dropped for full \
-                     consumers, blocks retired, buffers released and outstanding",
+                     consumers, blocks retired, buffers released and outstanding, blocks \
+                     and bytes the consumers pin",
                 ),
             ]
         });
@@ -390,6 +374,19 @@ impl ObjectImpl for MemfdSink {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        // Read once, at start: refused afterwards, as gst-plugins-rs' filesrc refuses a new
+        // location (the value would otherwise be shown but not used).
+        if matches!(pspec.name(), "socket-path" | "socket-mode" | "on-full")
+            && self.server().is_some()
+        {
+            gst::error!(
+                CAT,
+                imp = self,
+                "changing {} of a started memfdsink is not supported: ignored",
+                pspec.name()
+            );
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         let v = || value.get::<u32>().expect("type checked upstream");
         match pspec.name() {
@@ -400,6 +397,10 @@ impl ObjectImpl for MemfdSink {
             "max-consumers" => settings.max_consumers = v(),
             "on-full" => settings.on_full = value.get().expect("type checked upstream"),
             "full-timeout" => settings.full_timeout_ms = v(),
+            "max-pinned-blocks" => settings.max_pinned_blocks = v(),
+            "max-pinned-bytes" => {
+                settings.max_pinned_bytes = value.get().expect("type checked upstream")
+            }
             _ => unimplemented!(),
         }
         let limits = settings.limits();
@@ -422,6 +423,8 @@ impl ObjectImpl for MemfdSink {
             "max-consumers" => settings.max_consumers.to_value(),
             "on-full" => settings.on_full.to_value(),
             "full-timeout" => settings.full_timeout_ms.to_value(),
+            "max-pinned-blocks" => settings.max_pinned_blocks.to_value(),
+            "max-pinned-bytes" => settings.max_pinned_bytes.to_value(),
             _ => unimplemented!(),
         }
     }
@@ -464,10 +467,13 @@ impl BaseSinkImpl for MemfdSink {
             ));
         };
         let path = PathBuf::from(path);
-        let server =
-            Server::start(&path, settings.socket_mode, settings.limits()).map_err(|e| {
-                gst::error_msg!(gst::ResourceError::OpenWrite, ("Cannot serve on {}", e))
-            })?;
+        let server = Server::start(
+            &path,
+            settings.socket_mode,
+            settings.limits(),
+            self.stream(),
+        )
+        .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ("Cannot serve on {}", e)))?;
         *self.copies.lock().unwrap() = Copies::default();
         *self.state.lock().unwrap() = State::Started {
             server: std::sync::Arc::new(server),
@@ -516,7 +522,7 @@ impl BaseSinkImpl for MemfdSink {
         // Video metas cross, so upstream may lay planes out with padded strides; and blocks
         // from MemfdMemory are sent without a copy.
         query.add_allocation_meta::<gst_video::VideoMeta>(None);
-        let allocator: gst::Allocator = memfd_allocator().upcast();
+        let allocator: gst::Allocator = self.allocator().clone().upcast();
         crate::elements::common::propose_allocator_first(
             query,
             &allocator,
@@ -562,7 +568,20 @@ impl BaseSinkImpl for MemfdSink {
         let flushing = |_| gst::FlowError::Flushing;
         server.wait_for_consumers(min_consumers).map_err(flushing)?;
         let sent = self.sendable(buffer)?;
-        let out = describe(buffer, &sent);
+        let Some((out, dropped)) = describe(buffer, &sent, self.stream()) else {
+            return Err(self.error(gst::error_msg!(
+                gst::ResourceError::Failed,
+                ("A memory of the buffer cannot be sent as a sealed MemfdMemory block")
+            )));
+        };
+        if dropped > 0 {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{} metas of a buffer do not fit in one message: they stay behind",
+                dropped
+            );
+        }
         if on_full == OnFull::Wait {
             let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
             server.wait_for_room(&blocks).map_err(flushing)?;

@@ -2,6 +2,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod describe;
 mod imp;
 
 glib::wrapper! {
