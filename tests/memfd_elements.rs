@@ -310,3 +310,113 @@ fn the_consumers_bound_is_kept_by_retiring_idle_blocks() {
     assert!(r.get::<u64>("blocks-announced").unwrap() >= 300, "{r}");
     assert!(r.get::<u64>("blocks-mapped").unwrap() <= 16, "{r}");
 }
+
+/// Pulls the next buffer from appsink `sink`.
+fn pull(sink: &gst::Element) -> gst::Buffer {
+    sink.emit_by_name::<Option<gst::Sample>>("pull-sample", &[])
+        .expect("a sample")
+        .buffer_owned()
+        .unwrap()
+}
+
+#[test]
+fn metas_that_do_not_fit_in_one_message_are_dropped_with_a_warning() {
+    // Sixteen reference timestamp metas of 5000 bytes each: more than a message holds.
+    // Before: the producer sent it anyway and the consumer failed ("message larger than
+    // 65536 bytes"). Now the metas that do not fit stay behind; the frame and its video meta
+    // cross.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init();
+    let path = std::env::temp_dir().join(format!("memkit-bigmeta-{}.sock", std::process::id()));
+    let path = path.to_str().unwrap().to_owned();
+    let producer = gst::parse::launch(&format!(
+        "appsrc name=in format=time caps=application/x-test ! memfdsink on-full=wait socket-path={path}"
+    ))
+    .unwrap();
+    let consumer = gst::parse::launch(&format!(
+        "memfdsrc socket-path={path} ! appsink name=out sync=false"
+    ))
+    .unwrap();
+    producer.set_state(gst::State::Playing).unwrap();
+    consumer.set_state(gst::State::Playing).unwrap();
+    let by_name =
+        |p: &gst::Element, n: &str| p.downcast_ref::<gst::Bin>().unwrap().by_name(n).unwrap();
+    let (src, sink) = (by_name(&producer, "in"), by_name(&consumer, "out"));
+    let mut b = gst::Buffer::from_mut_slice(vec![3u8; 64]);
+    {
+        let b = b.get_mut().unwrap();
+        gst_video::VideoMeta::add(
+            b,
+            gst_video::VideoFrameFlags::empty(),
+            gst_video::VideoFormat::Gray8,
+            8,
+            8,
+        )
+        .unwrap();
+        for i in 0..16u64 {
+            let caps = gst::Caps::builder("timestamp/x-test")
+                .field("pad", "p".repeat(5000))
+                .build();
+            gst::ReferenceTimestampMeta::add(b, &caps, gst::ClockTime::from_seconds(i), None);
+        }
+    }
+    let pushed = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
+    assert_eq!(pushed, gst::FlowReturn::Ok);
+    let got = pull(&sink);
+    let refs = got.iter_meta::<gst::ReferenceTimestampMeta>().count();
+    assert!((1..16).contains(&refs), "{refs} reference metas crossed");
+    assert!(
+        got.meta::<gst_video::VideoMeta>().is_some(),
+        "the video meta stayed behind"
+    );
+    assert_eq!(got.map_readable().unwrap().as_slice(), &[3u8; 64][..]);
+    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    consumer.set_state(gst::State::Null).unwrap();
+    producer.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn start_only_properties_are_refused_once_started() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init();
+    let path = std::env::temp_dir().join(format!("memkit-props-{}.sock", std::process::id()));
+    let path = path.to_str().unwrap().to_owned();
+    let producer = gst::parse::launch(&format!(
+        "memsrc blocksize=4096 ! identity sleep-time=10000 ! memfdsink name=s socket-path={path}"
+    ))
+    .unwrap();
+    let consumer =
+        gst::parse::launch(&format!("memfdsrc name=r socket-path={path} ! fakesink")).unwrap();
+    producer.set_state(gst::State::Playing).unwrap();
+    consumer.set_state(gst::State::Playing).unwrap();
+    let by_name =
+        |p: &gst::Element, n: &str| p.downcast_ref::<gst::Bin>().unwrap().by_name(n).unwrap();
+    let (sink, src) = (by_name(&producer, "s"), by_name(&consumer, "r"));
+    let _ = consumer.state(gst::ClockTime::from_seconds(10));
+    for element in [&sink, &src] {
+        element.set_property("socket-path", "/elsewhere.sock");
+        assert_eq!(
+            element.property::<String>("socket-path"),
+            path,
+            "{}",
+            element.name()
+        );
+    }
+    sink.set_property_from_str("on-full", "wait");
+    assert_eq!(
+        sink.property_value("on-full").serialize().unwrap().as_str(),
+        "drop"
+    );
+    src.set_property("max-blocks", 64u32);
+    assert_eq!(src.property::<u32>("max-blocks"), 512);
+    // Bounds that apply while streaming may change.
+    sink.set_property("max-outstanding", 8u32);
+    assert_eq!(sink.property::<u32>("max-outstanding"), 8);
+    src.set_property("reconnect", true);
+    assert!(src.property::<bool>("reconnect"));
+    consumer.set_state(gst::State::Null).unwrap();
+    producer.set_state(gst::State::Null).unwrap();
+    // Stopped: they may change again.
+    sink.set_property("socket-path", "/elsewhere.sock");
+    assert_eq!(sink.property::<String>("socket-path"), "/elsewhere.sock");
+}
