@@ -45,6 +45,15 @@ const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most packets read from one consumer per wake-up before the others get their turn.
 const DRAIN: usize = 16;
+/// The most connections waiting for their hello: past it the oldest is dropped. They do not
+/// count against `max-consumers` (a flood of silent connections must not keep a real consumer
+/// out).
+const MAX_PENDING: usize = 32;
+/// A process whose connection misbehaved (garbage, a release of a buffer it does not hold, no
+/// hello) cannot connect again for this long: a reconnecting attacker gets one try a second.
+const PENALTY: Duration = Duration::from_secs(1);
+/// After refusing a penalized process, the listener rests this long.
+const REFUSED_PAUSE: Duration = Duration::from_millis(10);
 
 /// What to do with a consumer that is full (holds `max_outstanding` buffers, or every block
 /// it may map is in use).
@@ -121,6 +130,8 @@ struct Consumer {
     sock: Arc<OwnedFd>,
     /// When it connected: it must say hello within [`HELLO_TIMEOUT`].
     since: Instant,
+    /// The process at the other end (`SO_PEERCRED`), when known.
+    pid: Option<i32>,
 }
 
 /// What a consumer that left, or released buffers, lets go: the blocks to retire for good
@@ -154,6 +165,8 @@ struct Shared {
     consumers: Vec<Consumer>,
     /// What the consumers' held buffers pin, all together.
     pins: Pins,
+    /// Processes that may not connect until then (they misbehaved).
+    penalties: std::collections::HashMap<i32, Instant>,
     limits: Limits,
     /// Packets a consumer that connects late gets first: caps, stream-start, segment.
     caps: Option<Vec<u8>>,
@@ -170,6 +183,24 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(limits: Limits) -> Shared {
+        Shared {
+            consumers: Vec::new(),
+            pins: Pins::default(),
+            penalties: Default::default(),
+            limits,
+            caps: None,
+            stream_start: None,
+            segment: None,
+            replay_generation: 0,
+            stats: Stats::default(),
+            next_consumer: 0,
+            next_buffer: 0,
+            running: true,
+            flushing: false,
+        }
+    }
+
     fn replay(&self) -> Vec<Vec<u8>> {
         [&self.caps, &self.stream_start, &self.segment]
             .into_iter()
@@ -196,6 +227,41 @@ impl Shared {
             gone.held.len()
         );
         gone
+    }
+
+    /// Refuses consumer `id`, which said hello when `max-consumers` had said theirs.
+    fn refuse(&mut self, id: u64) -> Gone {
+        let Some(pos) = self.consumers.iter().position(|c| c.peer.id == id) else {
+            return Gone::default();
+        };
+        let c = self.consumers.remove(pos);
+        // Accepted, then refused: counted in both (connected - dropped stays who is here).
+        self.stats.consumers_refused += 1;
+        self.stats.consumers_dropped += 1;
+        gst::warning!(
+            CAT,
+            "refusing consumer {}: max-consumers said hello first",
+            id
+        );
+        self.leave(c.peer)
+    }
+
+    /// Drops consumer `id` for misbehaving: its process may not connect for [`PENALTY`].
+    fn misbehaved(&mut self, id: u64, why: &str) -> Gone {
+        let pid = self
+            .consumers
+            .iter()
+            .find(|c| c.peer.id == id)
+            .and_then(|c| c.pid);
+        if let Some(pid) = pid {
+            self.penalties.insert(pid, Instant::now() + PENALTY);
+        }
+        self.drop_consumer(id, why)
+    }
+
+    /// Consumers that said hello.
+    fn ready(&self) -> usize {
+        self.consumers.iter().filter(|c| c.peer.ready()).count()
     }
 
     /// `peer` left: what it pinned is unpinned; its blocks and buffers are returned.
@@ -281,23 +347,7 @@ impl Server {
         use std::os::unix::fs::MetadataExt;
         let listener = socket::listen_at(path, mode)?;
         let meta = std::fs::symlink_metadata(path).map_err(|e| socket::path_error(path, e))?;
-        let state: State = Arc::new((
-            Mutex::new(Shared {
-                consumers: Vec::new(),
-                pins: Pins::default(),
-                limits,
-                caps: None,
-                stream_start: None,
-                segment: None,
-                replay_generation: 0,
-                stats: Stats::default(),
-                next_consumer: 0,
-                next_buffer: 0,
-                running: true,
-                flushing: false,
-            }),
-            Condvar::new(),
-        ));
+        let state: State = Arc::new((Mutex::new(Shared::new(limits)), Condvar::new()));
         let thread_state = state.clone();
         let thread = std::thread::Builder::new()
             .name("memfdsink".into())
@@ -667,35 +717,61 @@ fn remove_own_socket(path: &Path, dev: u64, ino: u64) -> Result<(), String> {
     }
 }
 
-/// Accepts a new consumer: refused when `max_consumers` are connected; otherwise it is sent
-/// caps, stream-start and segment (outside the state lock, without blocking) and then joins.
-fn accept(state: &State, sock: OwnedFd) {
-    let max = lock(state).limits.max_consumers;
+/// Accepts a new consumer: refused when `max_consumers` have said hello or its process is
+/// penalized (then `true`: the listener rests a moment, so that a process reconnecting in a
+/// loop costs at most [`REFUSED_PAUSE`] of work per refusal); otherwise it is sent caps,
+/// stream-start and segment (outside the state lock, without blocking) and then joins.
+fn accept(state: &State, sock: OwnedFd) -> bool {
+    let pid = rustix::net::sockopt::socket_peercred(&sock)
+        .ok()
+        .map(|c| c.pid.as_raw_nonzero().get());
     let mut sent_generation = None;
     loop {
         let (generation, replay) = {
             let mut s = lock(state);
-            if s.consumers.len() >= max {
+            let now = Instant::now();
+            s.penalties.retain(|_, until| *until > now);
+            let penalized = pid.is_some_and(|p| s.penalties.contains_key(&p));
+            let max = s.limits.max_consumers;
+            if s.ready() >= max || penalized {
                 s.stats.consumers_refused += 1;
-                gst::warning!(
-                    CAT,
-                    "refusing a consumer: {} connected (max-consumers)",
-                    s.consumers.len()
-                );
-                return; // closing the socket tells it
+                let why = if penalized {
+                    "its process misbehaved less than a second ago".to_owned()
+                } else {
+                    format!("{} connected (max-consumers)", s.ready())
+                };
+                gst::warning!(CAT, "refusing a consumer: {}", why);
+                return penalized; // closing the socket tells it
             }
             if sent_generation == Some(s.replay_generation) {
+                // Room for it among the connections waiting for their hello.
+                let pending: Vec<(Instant, u64)> = s
+                    .consumers
+                    .iter()
+                    .filter(|c| !c.peer.ready())
+                    .map(|c| (c.since, c.peer.id))
+                    .collect();
+                let oldest = pending.iter().min().map(|&(_, id)| id);
+                let gone = match oldest {
+                    Some(id) if pending.len() >= MAX_PENDING => {
+                        s.drop_consumer(id, "the oldest of too many connections without hello")
+                    }
+                    _ => Gone::default(),
+                };
                 s.next_consumer += 1;
                 let id = s.next_consumer;
                 s.consumers.push(Consumer {
                     peer: Peer::new(id),
                     sock: Arc::new(sock),
-                    since: Instant::now(),
+                    since: now,
+                    pid,
                 });
                 s.stats.consumers_connected += 1;
                 gst::info!(CAT, "consumer {} connected", id);
                 state.1.notify_all();
-                return;
+                drop(s);
+                gone.finish();
+                return false;
             }
             (s.replay_generation, s.replay())
         };
@@ -705,7 +781,7 @@ fn accept(state: &State, sock: OwnedFd) {
             .all(|p| socket::try_send(sock.as_fd(), p, &[]).is_ok())
         {
             gst::debug!(CAT, "a new consumer left during the replay");
-            return;
+            return false;
         }
         sent_generation = Some(generation);
     }
@@ -724,7 +800,7 @@ fn handle(s: &mut Shared, id: u64, packet: &[u8]) -> Gone {
             for b in &ids {
                 let Some((buffer, blocks)) = c.peer.release(*b) else {
                     let why = format!("released buffer {b}, which it does not hold");
-                    gone.add(s.drop_consumer(id, &why));
+                    gone.add(s.misbehaved(id, &why));
                     return gone;
                 };
                 s.pins.unpin(&blocks);
@@ -735,11 +811,15 @@ fn handle(s: &mut Shared, id: u64, packet: &[u8]) -> Gone {
         }
         Ok(Message::Hello { max_blocks }) if !c.peer.ready() => {
             if let Err(e) = c.peer.hello(max_blocks, MAX_MEMORIES) {
-                return s.drop_consumer(id, &format!("unusable hello: {e}"));
+                return s.misbehaved(id, &format!("unusable hello: {e}"));
+            }
+            // Past max-consumers (counted by hellos): refused now, it said hello too late.
+            if s.ready() > s.limits.max_consumers {
+                return s.refuse(id);
             }
         }
-        Ok(other) => return s.drop_consumer(id, &format!("unexpected message {other:?}")),
-        Err(e) => return s.drop_consumer(id, &format!("bad message: {e}")),
+        Ok(other) => return s.misbehaved(id, &format!("unexpected message {other:?}")),
+        Err(e) => return s.misbehaved(id, &format!("bad message: {e}")),
     }
     Gone::default()
 }
@@ -778,7 +858,7 @@ fn expire_hellos(state: &State) {
         let mut gone = Gone::default();
         for id in late {
             let why = format!("no hello within {} ms", HELLO_TIMEOUT.as_millis());
-            gone.add(s.drop_consumer(id, &why));
+            gone.add(s.misbehaved(id, &why));
         }
         gone
     };
@@ -840,7 +920,11 @@ fn serve(state: State, listener: OwnedFd) {
         }
         if ready[0] {
             match socket::accept(&listener) {
-                Ok(sock) => accept(&state, sock),
+                Ok(sock) => {
+                    if accept(&state, sock) {
+                        listen_pause = Some(Instant::now() + REFUSED_PAUSE);
+                    }
+                }
                 Err(e) => {
                     gst::warning!(CAT, "accept failed: {}", e);
                     // Out of descriptors (EMFILE/ENFILE): the connection stays pending and
@@ -873,34 +957,23 @@ mod tests {
 
     fn state() -> State {
         gst::init().unwrap();
-        Arc::new((
-            Mutex::new(Shared {
-                consumers: Vec::new(),
-                pins: Pins::default(),
-                limits: limits(),
-                caps: None,
-                stream_start: None,
-                segment: None,
-                replay_generation: 0,
-                stats: Stats::default(),
-                next_consumer: 0,
-                next_buffer: 0,
-                running: true,
-                flushing: false,
-            }),
-            Condvar::new(),
-        ))
+        Arc::new((Mutex::new(Shared::new(limits())), Condvar::new()))
     }
 
-    /// Adds consumer `id` (after its hello when `ready`); returns our end of its socket.
-    fn consumer(s: &mut Shared, id: u64, ready: bool, since: Instant) -> OwnedFd {
-        let (ours, theirs) = rustix::net::socketpair(
+    /// A connected pair of sockets: ours, and the one the server holds.
+    fn socket_pair() -> (OwnedFd, OwnedFd) {
+        rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Adds consumer `id` (after its hello when `ready`); returns our end of its socket.
+    fn consumer(s: &mut Shared, id: u64, ready: bool, since: Instant) -> OwnedFd {
+        let (ours, theirs) = socket_pair();
         let mut peer = Peer::new(id);
         if ready {
             peer.hello(64, MAX_MEMORIES).unwrap();
@@ -909,6 +982,7 @@ mod tests {
             peer,
             sock: Arc::new(theirs),
             since,
+            pid: Some(1_000_000 + id as i32),
         });
         ours
     }
@@ -1001,6 +1075,57 @@ mod tests {
         // With nobody left to drop, the stream goes on regardless.
         let gone = lock(&state).make_room(&[blk(7, 2 << 20)]);
         assert!(gone.held.is_empty());
+    }
+
+    #[test]
+    fn a_process_whose_connection_misbehaved_cannot_connect_for_a_while() {
+        let state = state();
+        let _ours = consumer(&mut lock(&state), 1, true, Instant::now());
+        let gone = handle(&mut lock(&state), 1, b"garbage");
+        gone.finish();
+        assert!(lock(&state).penalties.contains_key(&1_000_001));
+        // A connection from this very process (a socket pair's peer is us), penalized now.
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        lock(&state).penalties.insert(me, Instant::now() + PENALTY);
+        let (_ours, theirs) = socket_pair();
+        assert!(
+            accept(&state, theirs),
+            "the listener rests after a penalized process"
+        );
+        let s = lock(&state);
+        assert!(s.consumers.is_empty());
+        assert_eq!(s.stats.consumers_refused, 1);
+    }
+
+    #[test]
+    fn silent_connections_do_not_count_against_max_consumers_and_are_bounded() {
+        let state = state();
+        lock(&state).limits.max_consumers = 1;
+        for _ in 0..MAX_PENDING + 3 {
+            let (ours, theirs) = socket_pair();
+            std::mem::forget(ours); // kept open: the connection stays
+            assert!(!accept(&state, theirs));
+        }
+        let s = lock(&state);
+        assert_eq!(
+            s.consumers.len(),
+            MAX_PENDING,
+            "the oldest silent ones were dropped"
+        );
+        assert_eq!(s.consumers.first().unwrap().peer.id, 4);
+        assert_eq!(s.stats.consumers_refused, 0);
+        drop(s);
+        // The first to say hello takes the one slot; the next is refused.
+        let mut s = lock(&state);
+        let hello = Message::Hello { max_blocks: 64 }.encode();
+        handle(&mut s, 4, &hello).finish();
+        handle(&mut s, 5, &hello).finish();
+        assert_eq!((s.ready(), s.stats.consumers_refused), (1, 1));
+        assert_eq!(
+            s.stats.consumers_dropped,
+            3 + 1,
+            "three silent ones, then the refused"
+        );
     }
 
     #[test]
