@@ -106,11 +106,19 @@ fn blocks_are_released_and_no_descriptor_leaks() {
     assert!(!std::path::Path::new(&path).exists(), "socket removed");
 }
 
-#[test]
-fn timestamps_flags_and_metas_cross() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+fn by_name(pipeline: &gst::Element, name: &str) -> gst::Element {
+    pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name(name)
+        .unwrap()
+}
+
+/// `appsrc name=in ! memfdsink` and `memfdsrc ! appsink name=out` on a socket named after
+/// `name`, both playing.
+fn app_to_app(name: &str) -> (gst::Element, gst::Element) {
     init();
-    let path = std::env::temp_dir().join(format!("memkit-meta-{}.sock", std::process::id()));
+    let path = std::env::temp_dir().join(format!("memkit-{name}-{}.sock", std::process::id()));
     let path = path.to_str().unwrap().to_owned();
     let producer = gst::parse::launch(&format!(
         "appsrc name=in format=time caps=application/x-test ! memfdsink on-full=wait socket-path={path}"
@@ -122,11 +130,14 @@ fn timestamps_flags_and_metas_cross() {
     .unwrap();
     producer.set_state(gst::State::Playing).unwrap();
     consumer.set_state(gst::State::Playing).unwrap();
-    let src = producer
-        .downcast_ref::<gst::Bin>()
-        .unwrap()
-        .by_name("in")
-        .unwrap();
+    (producer, consumer)
+}
+
+#[test]
+fn timestamps_flags_and_metas_cross() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (producer, consumer) = app_to_app("meta");
+    let src = by_name(&producer, "in");
     let ntp = gst::Caps::builder("timestamp/x-ntp").build();
     for i in 0..3u64 {
         // A 16x4 GRAY8 frame with rows padded to 32 bytes: the video meta says so.
@@ -159,11 +170,7 @@ fn timestamps_flags_and_metas_cross() {
         let _ = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
     }
     let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-    let sink = consumer
-        .downcast_ref::<gst::Bin>()
-        .unwrap()
-        .by_name("out")
-        .unwrap();
+    let sink = by_name(&consumer, "out");
     for i in 0..3u64 {
         let sample = sink
             .emit_by_name::<Option<gst::Sample>>("pull-sample", &[])
@@ -230,8 +237,7 @@ fn stream(name: &str, n: u32, blocksize: u32, src_props: &str) -> (gst::Structur
     .unwrap();
     producer.set_state(gst::State::Playing).unwrap();
     consumer.set_state(gst::State::Playing).unwrap();
-    let by_name = |p: &gst::Element, n: &str| p.downcast_ref::<gst::Bin>().unwrap().by_name(n);
-    let sink = by_name(&consumer, "out").unwrap();
+    let sink = by_name(&consumer, "out");
     let mut received = 0;
     while let Some(sample) = sink.emit_by_name::<Option<gst::Sample>>("pull-sample", &[]) {
         let map = sample.buffer().unwrap().map_readable().unwrap();
@@ -244,14 +250,10 @@ fn stream(name: &str, n: u32, blocksize: u32, src_props: &str) -> (gst::Structur
     }
     assert_eq!(received, n, "every buffer arrived");
     run_to_eos(&producer);
-    let r = by_name(&consumer, "r")
-        .unwrap()
-        .property::<gst::Structure>("stats");
+    let r = by_name(&consumer, "r").property::<gst::Structure>("stats");
     consumer.set_state(gst::State::Null).unwrap();
     producer.set_state(gst::State::Null).unwrap();
-    let s = by_name(&producer, "s")
-        .unwrap()
-        .property::<gst::Structure>("stats");
+    let s = by_name(&producer, "s").property::<gst::Structure>("stats");
     (s, r)
 }
 
@@ -326,21 +328,7 @@ fn metas_that_do_not_fit_in_one_message_are_dropped_with_a_warning() {
     // 65536 bytes"). Now the metas that do not fit stay behind; the frame and its video meta
     // cross.
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    init();
-    let path = std::env::temp_dir().join(format!("memkit-bigmeta-{}.sock", std::process::id()));
-    let path = path.to_str().unwrap().to_owned();
-    let producer = gst::parse::launch(&format!(
-        "appsrc name=in format=time caps=application/x-test ! memfdsink on-full=wait socket-path={path}"
-    ))
-    .unwrap();
-    let consumer = gst::parse::launch(&format!(
-        "memfdsrc socket-path={path} ! appsink name=out sync=false"
-    ))
-    .unwrap();
-    producer.set_state(gst::State::Playing).unwrap();
-    consumer.set_state(gst::State::Playing).unwrap();
-    let by_name =
-        |p: &gst::Element, n: &str| p.downcast_ref::<gst::Bin>().unwrap().by_name(n).unwrap();
+    let (producer, consumer) = app_to_app("bigmeta");
     let (src, sink) = (by_name(&producer, "in"), by_name(&consumer, "out"));
     let mut b = gst::Buffer::from_mut_slice(vec![3u8; 64]);
     {
@@ -389,8 +377,6 @@ fn start_only_properties_are_refused_once_started() {
         gst::parse::launch(&format!("memfdsrc name=r socket-path={path} ! fakesink")).unwrap();
     producer.set_state(gst::State::Playing).unwrap();
     consumer.set_state(gst::State::Playing).unwrap();
-    let by_name =
-        |p: &gst::Element, n: &str| p.downcast_ref::<gst::Bin>().unwrap().by_name(n).unwrap();
     let (sink, src) = (by_name(&producer, "s"), by_name(&consumer, "r"));
     let _ = consumer.state(gst::ClockTime::from_seconds(10));
     for element in [&sink, &src] {

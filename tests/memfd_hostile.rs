@@ -125,6 +125,20 @@ fn flagged_buffer_packet(
     (msg.encode(), fds)
 }
 
+/// Waits (up to 60 s) for the consumer on `sock` to hang up, then removes the socket `path`.
+fn wait_for_hang_up(sock: &OwnedFd, path: &std::path::Path) {
+    let mut pfd = [rustix::event::PollFd::new(
+        sock,
+        rustix::event::PollFlags::RDHUP,
+    )];
+    let ts = rustix::event::Timespec {
+        tv_sec: 60,
+        tv_nsec: 0,
+    };
+    let _ = rustix::event::poll(&mut pfd, Some(&ts));
+    let _ = std::fs::remove_file(path);
+}
+
 /// Serves `packets` to the first consumer, then keeps the connection open (reading nothing)
 /// until the consumer leaves. Returns the producer's thread.
 fn fake_producer(path: PathBuf, packets: Vec<Packet>) -> std::thread::JoinHandle<()> {
@@ -139,16 +153,7 @@ fn fake_producer(path: PathBuf, packets: Vec<Packet>) -> std::thread::JoinHandle
             }
         }
         // Wait for the consumer to hang up; never read its releases.
-        let mut pfd = [rustix::event::PollFd::new(
-            &sock,
-            rustix::event::PollFlags::RDHUP,
-        )];
-        let ts = rustix::event::Timespec {
-            tv_sec: 60,
-            tv_nsec: 0,
-        };
-        let _ = rustix::event::poll(&mut pfd, Some(&ts));
-        let _ = std::fs::remove_file(&path);
+        wait_for_hang_up(&sock, &path);
     })
 }
 
@@ -158,29 +163,10 @@ fn consume(name: &str, packets: Vec<Packet>, props: &str) -> Option<String> {
     init();
     let path = socket_path(name);
     let producer = fake_producer(path.clone(), packets);
-    let pipeline = gst::parse::launch(&format!(
+    let result = run_until_done(&format!(
         "memfdsrc socket-path={} timeout=5000 {props} ! fakesink",
         path.display()
-    ))
-    .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    let mut result = Some("no EOS or error within 60 s".to_string());
-    for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => {
-                result = None;
-                break;
-            }
-            gst::MessageView::Error(e) => {
-                result = Some(format!("{} {:?}", e.error(), e.debug()));
-                break;
-            }
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    drop(pipeline);
+    ));
     producer.join().unwrap();
     result
 }
@@ -1007,16 +993,7 @@ fn too_many_descriptors(path: PathBuf, n: usize) -> std::thread::JoinHandle<()> 
             SendFlags::NOSIGNAL,
         )
         .unwrap();
-        let mut pfd = [rustix::event::PollFd::new(
-            &sock,
-            rustix::event::PollFlags::RDHUP,
-        )];
-        let ts = rustix::event::Timespec {
-            tv_sec: 60,
-            tv_nsec: 0,
-        };
-        let _ = rustix::event::poll(&mut pfd, Some(&ts));
-        let _ = std::fs::remove_file(&path);
+        wait_for_hang_up(&sock, &path);
     })
 }
 

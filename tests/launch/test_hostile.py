@@ -86,9 +86,52 @@ def next_buffer(sock, registry, timeout=30):
         return bid, [(registry[b][0], off, size, registry[b][1]) for b, off, size in mems]
 
 
-class HostileConsumers(MemfdTestCase):
+class ProducerTestCase(MemfdTestCase):
     def producer(self, pipeline_tail, **kw):
-        return self.spawn("memsrc allocator=MemfdMemory " + pipeline_tail, **kw)
+        """`memsrc <pipeline_tail>` in a gst-launch-1.0 process."""
+        return self.spawn("memsrc " + pipeline_tail, **kw)
+
+    def hostile_reconnector(self, stop):
+        """Connects, reads everything and releases nothing; reconnects whenever dropped."""
+        reconnects = 0
+        while not stop.is_set():
+            try:
+                s = connect(self.sock)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            s.settimeout(0.2)
+            try:
+                while not stop.is_set():
+                    try:
+                        msg, fds, _f, _a = socket.recv_fds(s, 65536, 16)
+                    except socket.timeout:
+                        continue
+                    for fd in fds:
+                        os.close(fd)
+                    if not msg:
+                        break
+            except OSError:
+                pass
+            s.close()
+            reconnects += 1
+        return reconnects
+
+
+    def paced_stream(self, n):
+        """A producer of `n` 4 KiB buffers, 1 ms apart (`memfdsink name=s`), and a good
+        consumer (`memfdsrc name=r`), started and connected."""
+        prod = self.producer(f"blocksize=4096 num-buffers={n} ! identity sleep-time=1000 ! "
+                             f"memfdsink socket-path={self.sock} name=s")
+        wait_for(self.sock)
+        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
+        time.sleep(0.3)
+        return prod, good
+
+
+class HostileConsumers(ProducerTestCase):
+    def producer(self, pipeline_tail, **kw):
+        return super().producer("allocator=MemfdMemory " + pipeline_tail, **kw)
 
     def test_a_consumer_cannot_write_the_producers_memory(self):
         prod = self.producer(f"blocksize=4096 num-buffers=20 pattern=counter ! "
@@ -210,32 +253,6 @@ class HostileConsumers(MemfdTestCase):
         self.assertEqual(os.stat(self.sock).st_ino, inode)
         self.assertIsNone(second.poll())
 
-    def hostile_reconnector(self, stop):
-        """Connects, reads everything and releases nothing; reconnects whenever dropped."""
-        reconnects = 0
-        while not stop.is_set():
-            try:
-                s = connect(self.sock)
-            except OSError:
-                time.sleep(0.01)
-                continue
-            s.settimeout(0.2)
-            try:
-                while not stop.is_set():
-                    try:
-                        msg, fds, _f, _a = socket.recv_fds(s, 65536, 16)
-                    except socket.timeout:
-                        continue
-                    for fd in fds:
-                        os.close(fd)
-                    if not msg:
-                        break
-            except OSError:
-                pass
-            s.close()
-            reconnects += 1
-        return reconnects
-
     def run_with_hostile_reconnector(self, policy):
         n = 3000
         prod = self.producer(f"blocksize=4096 num-buffers={n} ! identity sleep-time=500 ! "
@@ -283,11 +300,7 @@ class HostileConsumers(MemfdTestCase):
 
     def test_idle_connections_are_capped_and_do_not_stall_the_stream(self):
         n = 2000
-        prod = self.producer(f"blocksize=4096 num-buffers={n} ! identity sleep-time=1000 ! "
-                             f"memfdsink socket-path={self.sock} name=s")
-        wait_for(self.sock)
-        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.3)
+        prod, good = self.paced_stream(n)
         start = time.time()
         idle = self.flood(300)
         rc, text = finish(good, timeout=120)
@@ -350,11 +363,8 @@ def closed_by_peer(sock, timeout):
     return False
 
 
-class Issue19Consumers(MemfdTestCase):
+class Issue19Consumers(ProducerTestCase):
     """Consumers that try to starve, stall or spy on the producer (issue 19)."""
-
-    def producer(self, pipeline_tail, **kw):
-        return self.spawn("memsrc " + pipeline_tail, **kw)
 
     def test_connections_that_never_say_hello_lose_their_slot(self):
         # Before: two silent connections held both max-consumers slots for good; the real
@@ -385,11 +395,7 @@ class Issue19Consumers(MemfdTestCase):
         # Before: 4096-id releases of anything were looked up and ignored, as fast as the
         # socket took them, under the lock the stream sends with.
         n = 2000
-        prod = self.producer(f"blocksize=4096 num-buffers={n} ! identity sleep-time=1000 ! "
-                             f"memfdsink socket-path={self.sock} name=s")
-        wait_for(self.sock)
-        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.3)
+        prod, good = self.paced_stream(n)
         flooder = connect(self.sock)
         flood = struct.pack("<IBBI", MAGIC, VERSION, KIND_RELEASE, 4096) + struct.pack(
             "<4096Q", *range(10**9, 10**9 + 4096))
@@ -436,34 +442,11 @@ class Issue19Consumers(MemfdTestCase):
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
         time.sleep(0.2)
         stop = threading.Event()
-
-        def hoarder():
-            # Reads everything (closing the descriptors: it keeps nothing but the buffers'
-            # pins), releases nothing.
-            while not stop.is_set():
-                try:
-                    s = connect(self.sock)
-                except OSError:
-                    time.sleep(0.05)
-                    continue
-                s.settimeout(0.1)
-                try:
-                    while not stop.is_set():
-                        try:
-                            msg, fds, _f, _a = socket.recv_fds(s, 65536, 16)
-                        except socket.timeout:
-                            continue
-                        for fd in fds:
-                            os.close(fd)
-                        if not msg:
-                            break
-                except OSError:
-                    pass
-                s.close()
-
+        # Each reads everything (closing the descriptors: it keeps nothing but the buffers'
+        # pins), releases nothing, and reconnects whenever dropped.
         hoarders = []
         for _ in range(16):
-            t = threading.Thread(target=hoarder)
+            t = threading.Thread(target=self.hostile_reconnector, args=(stop,))
             t.start()
             hoarders.append(t)
             time.sleep(0.1)

@@ -1,0 +1,228 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MPL-2.0
+"""What hostile consumers cost a well-behaved one (issue 19): the good consumer's rate under
+each attack, next to its rate under the same CPU load from a process that attacks nothing.
+
+A producer (`memsrc pattern=none blocksize=4096 ! memfdsink`, descriptor limit 1024, the usual
+default) streams as fast as it can to a good consumer (`memfdsrc ! fakesink`). Each attack runs
+in a process of its own, started before the good consumer and stopped after it:
+
+- hoarders: 16 connections that say hello, read everything and release nothing (each pins up
+  to max-outstanding buffers), reconnecting whenever dropped;
+- release-flood: one connection sending 4096-id releases of buffers it does not hold, as fast
+  as the socket takes them, reconnecting whenever dropped;
+- silent: 32 connections that never say hello, reconnected whenever dropped.
+
+The attacker's CPU time is measured (wait4); the same run is then repeated with a burner that
+spins for the same share of the CPU instead of the attacker. Printed per attack: the good
+consumer's buffers/s alone, under the attack, under the burner's load, and the ratio
+attack/load (1.0: the attack costs no more than its CPU does). Rates are medians of the
+repeats; each run times the good consumer's first N buffers (memfdsrc num-buffers), start-up
+included (about 50 ms).
+
+    GST_PLUGIN_PATH=$PWD/builddir /usr/bin/python3 scripts/bench_attacks.py [--repeats 3]
+    ... --quick    # one short repeat: checks that it runs, measures nothing
+    ... --attacks hoarders,silent    # a subset
+"""
+
+import argparse
+import os
+import resource
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+MAGIC, VERSION, KIND_RELEASE, KIND_HELLO = 0x44464B4D, 2, 4, 5
+ATTACKS = ["hoarders", "release-flood", "silent"]
+
+
+def hello(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    s.send(struct.pack("<IBBI", MAGIC, VERSION, KIND_HELLO, 512))
+    return s
+
+
+def drain(s):
+    """Reads what the producer sent (closing descriptors); False once it hung up."""
+    try:
+        msg, fds, _f, _a = socket.recv_fds(s, 65536, 16)
+    except (BlockingIOError, socket.timeout):
+        return True
+    except OSError:
+        return False
+    for fd in fds:
+        os.close(fd)
+    return bool(msg)
+
+
+def connections(path, stop):
+    """Connections that said hello, one after the other (each closed when the next is
+    asked for), until `stop`."""
+    while not stop.is_set():
+        try:
+            s = hello(path)
+        except OSError:
+            time.sleep(0.01)
+            continue
+        yield s
+        s.close()
+
+
+def hoarder(path, stop):
+    for s in connections(path, stop):
+        s.settimeout(0.1)
+        while not stop.is_set() and drain(s):
+            pass
+
+
+def attack(kind, path):
+    """Runs attack `kind` against the producer at `path` until SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if kind == "hoarders":
+        threads = [threading.Thread(target=hoarder, args=(path, stop)) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    elif kind == "release-flood":
+        flood = struct.pack("<IBBI", MAGIC, VERSION, KIND_RELEASE, 4096) + struct.pack(
+            "<4096Q", *range(1 << 40, (1 << 40) + 4096))
+        for s in connections(path, stop):
+            s.setblocking(False)
+            alive = True
+            while alive and not stop.is_set():
+                try:
+                    s.send(flood)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    alive = False
+                alive = alive and drain(s)
+    elif kind == "silent":
+        conns = []
+        while not stop.is_set():
+            conns = [c for c in conns if c.fileno() >= 0]
+            while len(conns) < 32 and not stop.is_set():
+                try:
+                    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                    c.connect(path)
+                    c.setblocking(False)
+                    conns.append(c)
+                except OSError:
+                    break
+            time.sleep(0.05)
+            for c in list(conns):
+                try:
+                    if c.recv(1, socket.MSG_PEEK) == b"":
+                        c.close()
+                        conns.remove(c)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    c.close()
+                    conns.remove(c)
+
+
+def burn(share):
+    """Spins for `share` of every 10 ms until SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.is_set():
+        end = time.perf_counter() + 0.01 * share
+        while time.perf_counter() < end:
+            pass
+        time.sleep(0.01 * (1 - share))
+
+
+def gst(pipeline, limit=None):
+    env = dict(os.environ, G_DEBUG="fatal_warnings")
+    env.pop("GST_TRACERS", None)
+    pre = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))) if limit else None
+    return subprocess.Popen(["gst-launch-1.0", "-m", *pipeline.split()], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=pre)
+
+
+def helper(*args):
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args])
+
+
+def stop_helper(proc):
+    """Stops a helper; its CPU share of the wall time it ran."""
+    proc.send_signal(signal.SIGTERM)
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(n, attacker=None, share=None):
+    """One stream of `n` buffers to the good consumer with `attacker` (or a burner of
+    `share` of a core) beside it: (good consumer's buffers/s, CPU seconds of the helper,
+    wall seconds it ran)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "s.sock")
+        prod = gst(f"memsrc pattern=none blocksize=4096 ! memfdsink socket-path={path} name=s",
+                   limit=1024)
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        side, started = None, time.time()
+        if attacker:
+            side = helper("--attacker", attacker, path)
+        elif share:
+            side = helper("--burn", str(share))
+        time.sleep(0.5)
+        start = time.time()
+        good = gst(f"memfdsrc socket-path={path} num-buffers={n} name=r ! fakesink")
+        out, _ = good.communicate(timeout=600)
+        elapsed = time.time() - start
+        cpu = stop_helper(side) if side else 0.0
+        wall = time.time() - started
+        prod.kill()
+        prod.communicate(timeout=60)
+        if good.returncode != 0 or "Got EOS" not in out:
+            raise RuntimeError(f"the good consumer failed:\n{out[-2000:]}")
+        return n / elapsed, cpu, wall
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--attacker", nargs=2)
+    ap.add_argument("--burn", type=float)
+    ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset")
+    ap.add_argument("--buffers", type=int, default=1000000, help="buffers per run")
+    args = ap.parse_args()
+    if args.attacker:
+        return attack(*args.attacker)
+    if args.burn is not None:
+        return burn(args.burn)
+    n, repeats = (2000, 1) if args.quick else (args.buffers, args.repeats)
+    print(f"good consumer's buffers/s, 4 KiB buffers, {n} per run, median of {repeats}")
+    print(f"{'attack':<14} {'alone':>10} {'attack':>10} {'load':>10} {'cpu':>6} "
+          f"{'attack/load':>12}")
+    for kind in args.attacks.split(","):
+        alone, hit, loaded, shares = [], [], [], []
+        for _ in range(repeats):
+            alone.append(run(n)[0])
+            rate, cpu, wall = run(n, attacker=kind)
+            hit.append(rate)
+            share = min(cpu / wall, 1.0)
+            shares.append(share)
+            loaded.append(run(n, share=share)[0] if share > 0.01 else run(n)[0])
+        a, h, lo = (statistics.median(x) for x in (alone, hit, loaded))
+        print(f"{kind:<14} {a:>10.0f} {h:>10.0f} {lo:>10.0f} "
+              f"{statistics.median(shares):>6.2f} {h / lo:>12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
