@@ -6,6 +6,7 @@
 
 #include <gst/check/gstcheck.h>
 #include <gst/allocators/gstfdmemory.h>
+#include <stdio.h>
 #include <string.h>
 
 #define MEMKIT_TYPE "AlignedMemory"
@@ -693,6 +694,57 @@ GST_START_TEST (test_memfd_memory)
 
 GST_END_TEST;
 
+/* The permissions of the mapping in /proc/self/maps that holds `addr` ("rw-s", ...), or "". */
+static void
+mapping_perms (gconstpointer addr, gchar perms[5])
+{
+  gchar *maps = NULL, **lines;
+
+  perms[0] = '\0';
+  fail_unless (g_file_get_contents ("/proc/self/maps", &maps, NULL, NULL));
+  lines = g_strsplit (maps, "\n", -1);
+  for (gchar ** l = lines; *l != NULL; l++) {
+    guint64 start, end;
+    gchar p[5];
+    if (sscanf (*l, "%" G_GINT64_MODIFIER "x-%" G_GINT64_MODIFIER "x %4s", &start, &end,
+            p) == 3 && (guint64) (gsize) addr >= start && (guint64) (gsize) addr < end) {
+      memcpy (perms, p, 5);
+      break;
+    }
+  }
+  g_strfreev (lines);
+  g_free (maps);
+}
+
+/* Issue 20, point 1: code that writes through a READ mapping (wrong, as GStreamer's own
+ * gst_video_overlay_rectangle_apply_global_alpha does) behaves with MemfdMemory as with
+ * SystemMemory: the block is kept mapped read-write from its first map, and GstFdMemory never
+ * flips it read-only (before: the first map was WRITE only, a later READ map mprotect()ed the
+ * mapping read-only and the write died with SIGSEGV). */
+GST_START_TEST (test_memfd_read_mapping_is_writable_as_system_memory)
+{
+  GstAllocator *memfd = gst_allocator_find ("MemfdMemory");
+  GstMemory *mem;
+  GstMapInfo info;
+  gchar perms[5];
+
+  for (gint round = 0; round < 2; round++) {    /* a fresh block, then a recycled one */
+    mem = gst_allocator_alloc (memfd, 4096, NULL);
+    fail_unless (gst_memory_map (mem, &info, GST_MAP_READ));
+    mapping_perms (info.data, perms);
+    fail_unless_equals_string (perms, "rw-s");
+    info.data[0] = 0x5a;        /* the bug this test stands for */
+    gst_memory_unmap (mem, &info);
+    fail_unless (gst_memory_map (mem, &info, GST_MAP_READ));
+    fail_unless_equals_int (info.data[0], 0x5a);
+    gst_memory_unmap (mem, &info);
+    gst_memory_unref (mem);
+  }
+  gst_object_unref (memfd);
+}
+
+GST_END_TEST;
+
 /* Hardening (issue 9, fault 8): a recycled MemfdMemory block gives the same answer as a fresh
  * memfd for every flag combination, ZERO_* together with READONLY or NOT_MAPPABLE included.
  * Each request is made twice: first after a plain block of the same size was freed (so the
@@ -1111,6 +1163,7 @@ alignedmemory_suite (void)
   tcase_add_test (tc, test_cache_properties_and_reuse);
   tcase_add_test (tc, test_stats_exact_counts);
   tcase_add_test (tc, test_memfd_memory);
+  tcase_add_test (tc, test_memfd_read_mapping_is_writable_as_system_memory);
   tcase_add_test (tc, test_memfd_recycled_block_same_answer);
   tcase_add_test (tc, test_memfd_stray_unmap_does_not_poison);
 #if GST_CHECK_VERSION(1, 26, 0)

@@ -83,7 +83,8 @@ pub fn alloc(
             }
             Err(err) => {
                 gst::warning!(CAT, obj = allocator, "dropping a recycled block: {}", err);
-                discard(mem);
+                // SAFETY: taken from the cache, not handed out: the only reference.
+                unsafe { discard(mem) };
             }
         }
     }
@@ -117,7 +118,8 @@ pub fn alloc(
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
     if let Err(err) = zero_ranges(&mem, l.offset, l.size, 0).and_then(|()| sys::seal_writes(fd)) {
         // Not into the cache: an unsealed block must never be handed out.
-        discard(mem);
+        // SAFETY: a new block, not handed out: the only reference.
+        unsafe { discard(mem) };
         return Err(err);
     }
     // SAFETY: as above.
@@ -151,7 +153,11 @@ fn zero_ranges(
     // is [data - offset, data - offset + maxsize) (GstFdMemory maps the whole file from 0).
     unsafe {
         OWN_MAP.set(true);
-        let mapped = ffi::gst_memory_map(ptr, info.as_mut_ptr(), ffi::GST_MAP_WRITE);
+        // READWRITE, not WRITE: GstFdMemory keeps the protection of the first map and
+        // mprotect()s the kept mapping whenever a map asks for a mode that is not a subset
+        // of it. Read-write from the start, no map ever flips it (and code that writes
+        // through a READ mapping, wrong as it is, behaves as with SystemMemory).
+        let mapped = ffi::gst_memory_map(ptr, info.as_mut_ptr(), ffi::GST_MAP_READWRITE);
         OWN_MAP.set(false);
         if mapped == glib::ffi::GFALSE {
             return Err(AllocError::Internal(
