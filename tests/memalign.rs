@@ -77,9 +77,42 @@ fn aligned_buffers_pass_through_untouched() {
 fn misaligned_buffers_are_copied_once_with_metadata() {
     init();
     let mut h = harness("alignment=64");
-    let input = misaligned(1000);
+    let mut input = misaligned(1000);
+    // A 10x50 GRAY8 frame whose rows are padded to 20 bytes, from a producer that ignored
+    // the ALLOCATION query (the harness): the meta must reach downstream with the copy,
+    // which reads the frame with the default stride (10) otherwise.
+    gst_video::VideoMeta::add_full(
+        input.get_mut().unwrap(),
+        gst_video::VideoFrameFlags::empty(),
+        gst_video::VideoFormat::Gray8,
+        10,
+        50,
+        &[0],
+        &[20],
+    )
+    .unwrap();
+    let ntp = gst::Caps::builder("timestamp/x-ntp").build();
+    gst::ReferenceTimestampMeta::add(
+        input.get_mut().unwrap(),
+        &ntp,
+        gst::ClockTime::from_seconds(3),
+        None,
+    );
     let expected = input.map_readable().unwrap().as_slice().to_vec();
     let out = h.push_and_pull(input).unwrap();
+    let meta = out
+        .meta::<gst_video::VideoMeta>()
+        .expect("the video meta was copied");
+    assert_eq!(
+        (meta.format(), meta.width(), meta.height()),
+        (gst_video::VideoFormat::Gray8, 10, 50)
+    );
+    assert_eq!(
+        (meta.offset(), meta.stride()),
+        (&[0usize][..], &[20i32][..])
+    );
+    let reference = out.meta::<gst::ReferenceTimestampMeta>().unwrap();
+    assert_eq!(reference.timestamp(), gst::ClockTime::from_seconds(3));
     let mem = out.peek_memory(0);
     assert!(mem.is_memory_type::<AlignedMemory>());
     assert_eq!(mapped_addr(mem).unwrap() % 64, 0);

@@ -147,6 +147,27 @@ pub(crate) fn share_region(
     Ok((buf.copy_region(flags, range)?, crowded))
 }
 
+/// Copies the flags, timestamps and every meta of `src` into `dst`, a buffer whose bytes are
+/// a byte-for-byte copy of `src`'s at the same offsets (in one memory or several). Core's
+/// `gst_buffer_copy_into` without `MEMORY` leaves out the metas tagged `memory`
+/// (`GstVideoMeta` above all); their offsets and strides hold in such a copy, so they are
+/// copied too, each with its own transform.
+pub(crate) fn copy_metadata(
+    src: &gst::BufferRef,
+    dst: &mut gst::BufferRef,
+) -> Result<(), glib::BoolError> {
+    let flags =
+        gst::BufferCopyFlags::FLAGS | gst::BufferCopyFlags::TIMESTAMPS | gst::BufferCopyFlags::META;
+    src.copy_into(dst, flags, ..)?;
+    let whole = gst::meta::MetaTransformCopy::new(..);
+    for meta in src.iter_meta::<gst::Meta>() {
+        if meta.has_tag::<gst::meta::tags::Memory>() {
+            meta.transform(dst, &whole)?;
+        }
+    }
+    Ok(())
+}
+
 /// The name of `allocator`'s memory type, for stats and messages: `(unnamed)` for an
 /// allocator that set none (shmsink's), which `gst::Allocator::memory_type` cannot read.
 pub(crate) fn allocator_name(allocator: &gst::Allocator) -> String {

@@ -200,14 +200,8 @@ impl MemAlign {
         let mut out = gst::Buffer::new();
         {
             let o = out.get_mut().expect("a new buffer is writable");
-            buf.copy_into(
-                o,
-                gst::BufferCopyFlags::FLAGS
-                    | gst::BufferCopyFlags::TIMESTAMPS
-                    | gst::BufferCopyFlags::META,
-                ..,
-            )
-            .map_err(|_| {
+            // The copy is byte for byte: video metas (offsets, strides) hold in it too.
+            crate::elements::common::copy_metadata(buf, o).map_err(|_| {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Failed,

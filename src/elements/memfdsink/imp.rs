@@ -224,10 +224,8 @@ impl MemfdSink {
         let mut copied = 0u64;
         {
             let o = out.get_mut().expect("new buffer");
-            let flags = gst::BufferCopyFlags::FLAGS
-                | gst::BufferCopyFlags::TIMESTAMPS
-                | gst::BufferCopyFlags::META;
-            buffer.copy_into(o, flags, ..).map_err(|_| {
+            // Each memory is copied whole: the video meta's layout holds in the copy.
+            crate::elements::common::copy_metadata(buffer, o).map_err(|_| {
                 self.error(gst::error_msg!(
                     gst::CoreError::Failed,
                     ("Cannot copy metas")
