@@ -56,17 +56,20 @@ unsafe extern "C" fn mini_object_free(obj: *mut ffi::GstMiniObject) {
     // whose parent (if any) we locked and referenced there.
     unsafe {
         let parent = (*mem).mem.parent;
-        if !parent.is_null() {
+        // Only shares have a parent: the header goes back to this thread's spares.
+        let recycled = if !parent.is_null() {
             ffi::gst_mini_object_unlock(parent.cast(), ffi::GST_LOCK_FLAG_EXCLUSIVE);
             ffi::gst_mini_object_unref(parent.cast());
-            // Only shares have a parent: the header goes back to this thread's spares.
-            if recycle_share(mem) {
-                return;
-            }
-        } else if (*mem).slot != cache::NO_SLOT && recycle_root(mem) {
-            return;
+            recycle_share(mem)
+        } else if (*mem).slot != cache::NO_SLOT {
+            recycle_root(mem)
+        } else {
+            Err(mem)
+        };
+        // Not recycled: released through the pointer it came back with.
+        if let Err(mem) = recycled {
+            release(mem.cast());
         }
-        release(mem.cast());
     }
 }
 

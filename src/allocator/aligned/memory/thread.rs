@@ -114,64 +114,59 @@ fn new_share_header(data: NonNull<u8>) -> Box<GstAlignedMemory> {
     })
 }
 
-/// The free of a share: its header to this thread's spares. `false` (nothing done) when they
-/// are full or this thread's state is gone: `release` then frees it.
+/// The free of a share: its header to this thread's spares. `Err` with the memory (nothing
+/// done) when they are full or this thread's state is gone: `release` then frees it. The
+/// pointer in `Err` is the one to use from then on (it came back out of a `Box`).
 ///
 /// # Safety
 /// As `release`, and `mem` must be a share whose parent was released.
 #[inline(always)]
-pub(super) unsafe fn recycle_share(mem: *mut GstAlignedMemory) -> bool {
+pub(super) unsafe fn recycle_share(
+    mem: *mut GstAlignedMemory,
+) -> Result<(), *mut GstAlignedMemory> {
     // SAFETY: the state is used within this call only; `mem` is ours alone, per the caller's
     // contract.
     unsafe {
         let Some(t) = current() else {
-            return false;
+            return Err(mem);
         };
         if !matches!((*mem).backing, Backing::Shared) {
-            return false;
+            return Err(mem);
         }
         (*mem).mem.allocator = ptr::null_mut();
         (*mem).mem.parent = ptr::null_mut();
-        match t.spares.put(Box::from_raw(mem)) {
-            Ok(()) => true,
-            Err(boxed) => {
-                // Back to the caller's raw pointer, for `release`.
-                let _ = Box::into_raw(boxed);
-                false
-            }
-        }
+        // Back out of the Box as a new raw pointer, for `release`: the old one was given up
+        // to `Box::from_raw`.
+        t.spares.put(Box::from_raw(mem)).map_err(Box::into_raw)
     }
 }
 
 /// The common free: an unguarded root of the registered instance back to this thread's
-/// magazine, its list found from the `slot` recorded when it was made. `false` (nothing done)
-/// when the list or the budget is full, the cache is off or this thread's state is gone:
-/// `release` then does the rest.
+/// magazine, its list found from the `slot` recorded when it was made. `Err` with the memory
+/// (nothing done) when the list or the budget is full, the cache is off or this thread's state
+/// is gone: `release` then does the rest, with the pointer in `Err`.
 ///
 /// # Safety
 /// As `release`, and `mem` must be a root with a `slot`.
 #[inline(always)]
-pub(super) unsafe fn recycle_root(mem: *mut GstAlignedMemory) -> bool {
+pub(super) unsafe fn recycle_root(mem: *mut GstAlignedMemory) -> Result<(), *mut GstAlignedMemory> {
     // SAFETY: the state is used within this call only; `mem` is ours alone, per the caller's
     // contract.
     unsafe {
         let Some(t) = current() else {
-            return false;
+            return Err(mem);
         };
         let maxsize = (*mem).mem.maxsize;
         // The cache holds no reference on any allocator (this one holds none anyway).
         (*mem).mem.allocator = ptr::null_mut();
         let slot = (*mem).slot as usize;
-        match CACHE.put_local(&t.magazine, slot, Box::from_raw(mem)) {
-            Ok(()) => {
-                t.stats.block_died(mem as usize, maxsize);
-                true
-            }
-            Err(boxed) => {
-                // Back to the caller's raw pointer, for `release`.
-                let _ = Box::into_raw(boxed);
-                false
-            }
-        }
+        let addr = mem as usize;
+        // Back out of the Box as a new raw pointer, for `release`: the old one was given up
+        // to `Box::from_raw`.
+        CACHE
+            .put_local(&t.magazine, slot, Box::from_raw(mem))
+            .map_err(Box::into_raw)?;
+        t.stats.block_died(addr, maxsize);
+        Ok(())
     }
 }
