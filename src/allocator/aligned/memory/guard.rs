@@ -69,6 +69,17 @@ fn damaged(bytes: &[u8], expected: u8) -> Option<std::ops::Range<usize>> {
     Some(first..last + 1)
 }
 
+/// A copy of the `len` bytes at `src`, each read once with a volatile read.
+///
+/// # Safety
+/// `src..src + len` must be readable for the whole call (its contents may change meanwhile).
+unsafe fn snapshot(src: *const u8, len: usize) -> Vec<u8> {
+    // SAFETY: every address read lies in the range the caller vouches for.
+    (0..len)
+        .map(|i| unsafe { std::ptr::read_volatile(src.add(i)) })
+        .collect()
+}
+
 /// Checks the canaries, prefix and padding of a guarded root.
 fn check_guard(root: &GstAlignedMemory) -> Vec<GuardViolation> {
     let Backing::Owned { guard: Some(g), .. } = &root.backing else {
@@ -76,15 +87,20 @@ fn check_guard(root: &GstAlignedMemory) -> Vec<GuardViolation> {
     };
     let (offset, size, maxsize) = (root.mem.offset, root.mem.size, root.mem.maxsize);
     let base = root.data.as_ptr();
+    // The prefix still outside the valid data, and the padding still after it.
+    let prefix_end = g.prefix.min(offset).min(maxsize);
+    let pad_start = g.end.max(offset.saturating_add(size)).min(maxsize);
     // SAFETY: a guarded block's storage holds CANARY bytes before and after its region
-    // (`alloc_guarded`), and the region itself; the root is alive. Reading bytes that another
-    // thread may be writing is what every checker of this kind does: the values are only
-    // compared, and u8 has no invalid values.
-    let (front, region, back) = unsafe {
+    // (`alloc_guarded`), and the region itself; the root is alive. Each range below lies in
+    // them. The bytes are copied out with volatile reads, never borrowed: another thread (or
+    // C code) may be writing them, and a reference to memory being written is undefined
+    // behaviour whatever the element type.
+    let (front, prefix, padding, back) = unsafe {
         (
-            std::slice::from_raw_parts(base.sub(CANARY), CANARY),
-            std::slice::from_raw_parts(base, maxsize),
-            std::slice::from_raw_parts(base.add(maxsize), CANARY),
+            snapshot(base.sub(CANARY), CANARY),
+            snapshot(base, prefix_end),
+            snapshot(base.add(pad_start), maxsize - pad_start),
+            snapshot(base.add(maxsize), CANARY),
         )
     };
     let mut out = Vec::new();
@@ -97,19 +113,16 @@ fn check_guard(root: &GstAlignedMemory) -> Vec<GuardViolation> {
             size,
         })
     };
-    if let Some(r) = damaged(front, CANARY_BYTE) {
+    if let Some(r) = damaged(&front, CANARY_BYTE) {
         push("before the region", r, -(CANARY as isize));
     }
-    // The prefix still outside the valid data, and the padding still after it.
-    let prefix_end = g.prefix.min(offset).min(maxsize);
-    if let Some(r) = damaged(&region[..prefix_end], g.prefix_fill) {
+    if let Some(r) = damaged(&prefix, g.prefix_fill) {
         push("prefix", r, 0);
     }
-    let pad_start = g.end.max(offset.saturating_add(size)).min(maxsize);
-    if let Some(r) = damaged(&region[pad_start..], g.padding_fill) {
+    if let Some(r) = damaged(&padding, g.padding_fill) {
         push("padding", r, pad_start as isize);
     }
-    if let Some(r) = damaged(back, CANARY_BYTE) {
+    if let Some(r) = damaged(&back, CANARY_BYTE) {
         push("after maxsize", r, maxsize as isize);
     }
     out
