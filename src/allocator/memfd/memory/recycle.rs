@@ -62,7 +62,8 @@ pub fn set_max_bytes(max: usize) {
     };
     // Outside the lock: freeing a block runs `free`, which takes BLOCKS.
     for mem in over {
-        discard(mem);
+        // SAFETY: the cache held the only reference; taken out of it, it is ours alone.
+        unsafe { discard(mem) };
     }
 }
 
@@ -161,7 +162,8 @@ pub fn forget_stream(stream: u64) {
     };
     // Outside the lock: freeing a block runs `free`, which takes BLOCKS.
     for mem in blocks {
-        discard(mem);
+        // SAFETY: the cache held the only reference; taken out of it, it is ours alone.
+        unsafe { discard(mem) };
     }
 }
 /// Keeps block `id` from ever being recycled (a consumer that may still map it went away): a
@@ -188,13 +190,24 @@ pub fn retire_block(id: u64) {
     };
     // Outside the locks: freeing it runs `free`, which takes BLOCKS.
     if let Some(mem) = cached {
-        discard(mem);
+        // SAFETY: the cache held the only reference; taken out of it, it is ours alone.
+        unsafe { discard(mem) };
     }
 }
-/// Frees a block taken from the cache (its dispose hook cleared, so it is not recycled again).
-pub(super) fn discard(mem: gst::Memory) {
-    // SAFETY: we own the only reference; without the hook the unref in drop frees it.
-    unsafe { (*(mem.as_ptr() as *mut ffi::GstMemory)).mini_object.dispose = None };
+/// Frees a block taken from the cache or just made (its dispose hook cleared, so it is not
+/// recycled again).
+///
+/// # Safety
+/// `mem` must be the only reference to the block (the cache's, or a new block's): clearing
+/// the hook of a block someone else holds would change how their last unref ends.
+pub(super) unsafe fn discard(mem: gst::Memory) {
+    let m = mem.as_ptr() as *mut ffi::GstMemory;
+    // SAFETY: `mem` is live; the caller vouches that it is the only reference, so nobody else
+    // reads or writes the hook; without it the unref in drop frees the block.
+    unsafe {
+        debug_assert_eq!((*m).mini_object.refcount, 1, "discard of a shared block");
+        (*m).mini_object.dispose = None;
+    }
     drop(mem);
 }
 
@@ -208,7 +221,8 @@ pub fn trim_recycled() {
         Err(_) => return,
     };
     for mem in blocks {
-        discard(mem);
+        // SAFETY: the cache held the only reference; taken out of it, it is ours alone.
+        unsafe { discard(mem) };
     }
 }
 
