@@ -91,6 +91,31 @@ fn layout_alignment_and_page_rounded_maxsize() {
     ));
 }
 
+/// Issue 20, point 2: where MemfdMemory keeps its own rule against SystemMemory's (the README's
+/// table), given the same calls: the calls of GStreamer's core tests that differ.
+#[test]
+fn offset_and_maxsize_rules_against_system_memory() {
+    init();
+    let sys = gst::Allocator::find(Some("SystemMemory")).unwrap();
+    let memfd: gst::Allocator = memfd_allocator().upcast();
+    let p = params(gst::MemoryFlags::empty(), 0, 10, 0);
+    let s = sys.alloc(100, Some(&p)).unwrap();
+    let m = memfd.alloc(100, Some(&p)).unwrap();
+    // The prefix: SystemMemory's offset is the prefix; MemfdMemory's is rounded up to the
+    // payload's alignment (64), since its mapping starts on a page.
+    assert_eq!((s.offset(), s.size()), (10, 100));
+    assert_eq!((m.offset(), m.size()), (64, 100));
+    assert_eq!(mapped_addr(&m).unwrap() % 64, 0);
+    // maxsize: SystemMemory's ends after the padding; MemfdMemory's is the whole memfd,
+    // whole pages, so `gst_memory_resize (mem, 200, 50)` is legal on a 100-byte memory.
+    assert!(s.maxsize() < 200 + 50 + s.offset());
+    assert_eq!(m.maxsize(), page_size());
+    let mut m = m;
+    // gst_memory_resize (mem, 200, 50): 200 bytes on from the offset, in the block's terms.
+    m.get_mut().unwrap().resize_maxsize(64 + 200..64 + 250);
+    assert_eq!((m.offset(), m.size()), (264, 50));
+}
+
 #[test]
 fn zero_flags_hold_and_cost_nothing() {
     init();
