@@ -321,6 +321,13 @@ fn freed_blocks_are_recycled_like_fresh_ones() {
 /// The racer busy-waits for a start flag and then waits a different number of spins each
 /// round, sweeping its shrink-and-seal across the checks; with the checks the other way round
 /// (size, then seals) some rounds are accepted.
+///
+/// What it can and cannot catch: the interleaving it is about (the shrink landing between the
+/// two checks) cannot be forced from outside `wrap_fd`, so a wrong order is caught only when
+/// one of the 4000 rounds happens to land there: likely on an idle machine, not certain on a
+/// loaded one. A pass is evidence, not proof; the order itself is stated and argued in
+/// `wrap_fd`. What it always catches: a memory accepted whose file is shorter than its maxsize
+/// (every accepted round is checked), and a wrap that fails on a file sealed in time.
 #[test]
 fn wrap_fd_reads_seals_before_size() {
     use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, fstat, ftruncate, memfd_create};

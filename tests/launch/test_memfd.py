@@ -202,7 +202,10 @@ class Faults(MemfdTestCase):
         self.assertIsNone(prod.poll())
         slow.send_signal(signal.SIGKILL)
         slow.communicate()
-        time.sleep(0.5)
+        # The producer notices the hang-up on its service thread: poll, generously.
+        end = time.time() + 30
+        while fd_count(prod.pid) != idle_fds and time.time() < end:
+            time.sleep(0.05)
         self.assertIsNone(prod.poll(), "the producer survives the consumer")
         self.assertEqual(fd_count(prod.pid), idle_fds,
                          "the dropped consumer's socket and blocks are released")
