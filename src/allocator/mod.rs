@@ -31,17 +31,18 @@
 //! bound or by [`trim_cache`].
 
 pub mod aligned;
-mod cache;
-mod classes;
 mod debug;
 pub mod error;
 pub mod layout;
-mod magazine;
 pub mod memfd;
 #[allow(unsafe_code)]
 pub(crate) mod raw;
 mod shared;
-pub mod stats;
+
+/// AlignedMemory's statistics (the module lives in `aligned/`; this path is the public one).
+pub mod stats {
+    pub use crate::allocator::aligned::stats::*;
+}
 
 pub use aligned::{
     ALIGNED_MEMORY, AlignedAllocator, AlignedMemory, AlignedMemoryRef, CANARY, CANARY_BYTE,
@@ -49,9 +50,9 @@ pub use aligned::{
     check_memory_guard, guard_enabled, max_cached_bytes, reset_stats, set_guard_enabled,
     set_max_cached_bytes,
 };
-pub use cache::{DEFAULT_MAX_CACHED_BYTES, ENV_MAX_CACHED_BYTES};
 pub use error::{AllocError, FdError, MemoryError};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};
+pub use shared::{DEFAULT_MAX_CACHED_BYTES, ENV_MAX_CACHED_BYTES};
 
 /// Frees every block the recycling caches hold (AlignedMemory's shared pool and this thread's
 /// free lists, MemfdMemory's recycled blocks), returning their memory to the system. Other

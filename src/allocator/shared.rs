@@ -1,13 +1,25 @@
 // SPDX-License-Identifier: MPL-2.0
 //! What both allocators' safe code shares: the check of an allocator's GType by name, and the
-//! recycling bound's properties.
+//! recycling bound (its default, environment variable and properties).
 
 use std::sync::OnceLock;
 
 use gst::glib;
 use gst::prelude::*;
 
-use super::cache::DEFAULT_MAX_CACHED_BYTES;
+/// Default bound of each allocator's recycling cache.
+pub const DEFAULT_MAX_CACHED_BYTES: usize = 64 << 20;
+/// Environment variable that sets the initial `max-cached-bytes` of both allocators (0
+/// disables recycling).
+pub const ENV_MAX_CACHED_BYTES: &str = "MEMKIT_MAX_CACHED_BYTES";
+
+/// The initial bound of a recycling cache: `MEMKIT_MAX_CACHED_BYTES`, else the default.
+pub fn initial_max() -> usize {
+    std::env::var(ENV_MAX_CACHED_BYTES)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_CACHED_BYTES)
+}
 
 /// Whether `allocator` is an instance of the GType named `name` (or a subclass): a check of
 /// its GType, not of the `mem_type` string, which any allocator could claim. The type is

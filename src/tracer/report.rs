@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::allocator::{self, stats::Counter};
+use crate::allocator::{self, aligned::stats::Counter};
 
 /// Everything a report says.
 #[derive(Debug, Clone)]

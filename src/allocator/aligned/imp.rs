@@ -9,9 +9,9 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::memory::{self, ALLOCATOR_TYPE_NAME};
+use crate::allocator::aligned::stats;
 use crate::allocator::debug::ALIGNED as CAT;
 use crate::allocator::shared::{bound_from, cache_properties};
-use crate::allocator::stats;
 
 #[derive(Default)]
 pub struct AlignedAllocator;

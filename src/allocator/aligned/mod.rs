@@ -9,12 +9,16 @@ use std::sync::LazyLock;
 use gst::glib;
 use gst::prelude::*;
 
+use self::stats::Stats;
 use super::error::{AllocError, MemoryError};
-use super::stats::{self, Stats};
 
+pub(crate) mod cache;
+pub(crate) mod classes;
 mod imp;
+pub(crate) mod magazine;
 #[allow(unsafe_code)]
 mod memory;
+pub mod stats;
 
 pub use memory::{
     AlignedMemory, AlignedMemoryRef, CANARY, CANARY_BYTE, FILL_BYTE, GstAlignedMemory,

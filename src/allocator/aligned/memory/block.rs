@@ -9,7 +9,7 @@ use gst::glib;
 use gst::glib::translate::*;
 
 use super::storage::Backing;
-use crate::allocator::cache::Linked;
+use crate::allocator::aligned::cache::Linked;
 use crate::allocator::shared::allocator_is;
 
 // `gst::memory_object_wrapper!` expects this helper macro at its call site.

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::allocator::debug::ALIGNED as CAT;
 use gst::ffi;
 
+use crate::allocator::aligned::stats::{self, Counter};
 use crate::allocator::error::AllocError;
 use crate::allocator::layout::{self, BlockLayout};
-use crate::allocator::stats::{self, Counter};
 
 use super::block::{AlignedMemory, GstAlignedMemory};
 use super::storage::{Backing, Guard, Storage};
@@ -267,6 +267,6 @@ pub(super) fn alloc_guarded(
             }),
         },
         next: None,
-        slot: crate::allocator::cache::NO_SLOT,
+        slot: crate::allocator::aligned::cache::NO_SLOT,
     }))
 }

@@ -10,11 +10,11 @@ use gst::ffi;
 use gst::glib;
 use gst::glib::translate::*;
 
-use crate::allocator::cache;
+use crate::allocator::aligned::cache;
+use crate::allocator::aligned::stats::{self, Counter};
 use crate::allocator::error::{AllocError, MemoryError};
 use crate::allocator::layout::{self, BlockLayout};
 use crate::allocator::raw::traced;
-use crate::allocator::stats::{self, Counter};
 
 use super::block::{AlignedMemory, GstAlignedMemory, flags_bits};
 use super::guard::{POISON_BYTE, alloc_guarded, guard_enabled, report_guard};

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::allocator::debug::ALIGNED as CAT;
 
-use crate::allocator::cache::Key;
+use crate::allocator::aligned::cache::Key;
 use crate::allocator::layout;
 
 /// Storage of at least this many bytes is mapped from the kernel directly (so that freeing it

@@ -6,8 +6,8 @@
 use std::ptr::{self, NonNull};
 use std::sync::LazyLock;
 
-use crate::allocator::cache::{self, Cache, LocalMagazine, Spares};
-use crate::allocator::stats;
+use crate::allocator::aligned::cache::{self, Cache, LocalMagazine, Spares};
+use crate::allocator::aligned::stats;
 
 use super::block::GstAlignedMemory;
 use super::storage::Backing;

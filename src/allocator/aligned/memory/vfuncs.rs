@@ -9,9 +9,9 @@ use gst::glib;
 use gst::glib::translate::*;
 use std::ffi::CStr;
 
+use crate::allocator::aligned::stats::{self, Counter};
 use crate::allocator::layout::{self, BlockLayout};
 use crate::allocator::raw::{is_span, resolve_request};
-use crate::allocator::stats::{self, Counter};
 
 use super::block::GstAlignedMemory;
 use super::guard::{report_guard, root_of};

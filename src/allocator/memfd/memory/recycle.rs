@@ -34,7 +34,7 @@ static RECYCLED: LazyLock<Mutex<Recycled>> = LazyLock::new(Default::default);
 
 /// The recycling bound (MemfdMemory's `max-cached-bytes`), in bytes; 0 recycles nothing.
 static MAX_BYTES: LazyLock<AtomicUsize> =
-    LazyLock::new(|| AtomicUsize::new(crate::allocator::cache::initial_max()));
+    LazyLock::new(|| AtomicUsize::new(crate::allocator::shared::initial_max()));
 
 /// The recycling bound, in bytes.
 pub fn max_bytes() -> usize {

@@ -214,8 +214,8 @@ impl<T: Linked> Spares<T> {
 /// Stand-in blocks for the caches' unit tests.
 #[cfg(test)]
 pub(super) mod test_blocks {
-    use crate::allocator::classes::{Key, size_class};
-    use crate::allocator::magazine::Linked;
+    use crate::allocator::aligned::classes::{Key, size_class};
+    use crate::allocator::aligned::magazine::Linked;
 
     /// A stand-in block that remembers which key it was cached under, with its list link.
     #[derive(Debug, PartialEq)]
@@ -243,7 +243,7 @@ pub(super) mod test_blocks {
 mod tests {
     use super::test_blocks::{Fake, fake, key_of};
     use super::*;
-    use crate::allocator::classes::MAX_CACHED_BLOCK;
+    use crate::allocator::aligned::classes::MAX_CACHED_BLOCK;
 
     #[test]
     fn small_slot_agrees_with_size_class() {

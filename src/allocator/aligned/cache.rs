@@ -17,12 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub use super::classes::{Key, key};
 pub use super::magazine::{Linked, Magazine, NO_SLOT, Spares, magazine_slot, small_slot};
 
-/// Default bound of the shared pool.
-pub const DEFAULT_MAX_CACHED_BYTES: usize = 64 << 20;
+pub use crate::allocator::shared::initial_max;
+
 /// Upper bound of one thread's magazine.
 pub const MAGAZINE_MAX_BYTES: usize = 16 << 20;
-/// Environment variable that sets the initial `max-cached-bytes` (0 disables the cache).
-pub const ENV_MAX_CACHED_BYTES: &str = "MEMKIT_MAX_CACHED_BYTES";
 
 /// The free lists shared by all threads.
 pub struct Pool<T> {
@@ -87,14 +85,6 @@ impl<T> Pool<T> {
 // ---------------------------------------------------------------------------------------------
 // The process-wide cache of one block type (aligned/memory/lifecycle.rs instantiates it for its blocks).
 // ---------------------------------------------------------------------------------------------
-
-/// The initial bound of a recycling cache: `MEMKIT_MAX_CACHED_BYTES`, else the default.
-pub fn initial_max() -> usize {
-    std::env::var(ENV_MAX_CACHED_BYTES)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_MAX_CACHED_BYTES)
-}
 
 /// A shared pool and the cache's bound, for blocks of type `T`; each thread's
 /// [`LocalMagazine`] (kept by the user of the cache, in its own thread-local state) sits in
@@ -294,7 +284,7 @@ impl<T: Linked + Send + 'static> Default for Cache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allocator::magazine::test_blocks::{Fake, fake, key_of};
+    use crate::allocator::aligned::magazine::test_blocks::{Fake, fake, key_of};
 
     #[test]
     fn pool_bounds_bytes_and_trims_largest_first() {
