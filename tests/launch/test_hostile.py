@@ -20,7 +20,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_memfd import TIMEOUT, MemfdTestCase, env, finish, read, stats, wait_for
+from test_memfd import (TIMEOUT, MemfdTestCase, env, finish, read, stats, wait_connected,
+                        wait_for)
 
 MAGIC = 0x44464B4D
 VERSION = 2
@@ -125,7 +126,7 @@ class ProducerTestCase(MemfdTestCase):
                              f"memfdsink socket-path={self.sock} name=s")
         wait_for(self.sock)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.3)
+        wait_connected(self.sock)
         return prod, good
 
 
@@ -191,7 +192,7 @@ class HostileConsumers(ProducerTestCase):
         for fd, _size in registry.values():
             os.close(fd)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.2)
+        wait_connected(self.sock)
         leaver.close()  # leaves holding five blocks, keeping their descriptors
         rc, text = finish(good)
         self.assertEqual(rc, 0, text[-3000:])
@@ -208,7 +209,7 @@ class HostileConsumers(ProducerTestCase):
                              f"memfdsink socket-path={self.sock} on-full=wait name=s")
         wait_for(self.sock)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.2)
+        wait_connected(self.sock)
         small = connect(self.sock, max_blocks=3)  # fewer than the 16 blocks a buffer may use
         rc, text = finish(good)
         self.assertEqual(rc, 0, text[-3000:])
@@ -226,7 +227,7 @@ class HostileConsumers(ProducerTestCase):
                              f"memfdsink socket-path={self.sock}")
         wait_for(self.sock)
         cons = self.spawn(f"memfdsrc socket-path={self.sock} ! fakesink")
-        time.sleep(0.3)
+        wait_connected(self.sock)
         os.unlink(self.sock)
         result = take_over()
         self.assertEqual(finish(prod)[0], 0)
@@ -259,7 +260,7 @@ class HostileConsumers(ProducerTestCase):
                              f"memfdsink socket-path={self.sock} on-full={policy} name=s")
         wait_for(self.sock)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.3)
+        wait_connected(self.sock)
         stop = threading.Event()
         hostile = threading.Thread(target=self.hostile_reconnector, args=(stop,))
         hostile.start()
@@ -328,7 +329,7 @@ class HostileConsumers(ProducerTestCase):
                           preexec=low_limit)
         wait_for(self.sock)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.3)
+        wait_connected(self.sock)
         idle = self.flood(300)
         rc, text = finish(good, timeout=120)
         for s in idle:
@@ -440,7 +441,7 @@ class Issue19Consumers(ProducerTestCase):
                              f"memfdsink socket-path={self.sock} name=s", preexec=low_limit)
         wait_for(self.sock)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.2)
+        wait_connected(self.sock)
         stop = threading.Event()
         # Each reads everything (closing the descriptors: it keeps nothing but the buffers'
         # pins), releases nothing, and reconnects whenever dropped.
@@ -488,7 +489,7 @@ class Issue19Consumers(ProducerTestCase):
                              f"max-outstanding=65536 name=s")
         wait_for(self.sock)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
-        time.sleep(0.2)
+        wait_connected(self.sock)
         stuck = hello_only(self.sock)
         start = time.time()
         rc, text = finish(good)

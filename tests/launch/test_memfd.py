@@ -57,6 +57,29 @@ def wait_for(path, timeout=10):
         time.sleep(0.02)
 
 
+def connections(path):
+    """Connections a producer at `path` has accepted and still holds: the connected sockets
+    bound to that path in /proc/net/unix (an accepted socket takes its listener's address)."""
+    count = 0
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and fields[5] == "03":
+                count += 1
+    return count
+
+
+def wait_connected(path, n=1, timeout=30):
+    """Waits until the producer at `path` has accepted `n` connections (a poll, never a fixed
+    sleep)."""
+    end = time.time() + timeout
+    while connections(path) < n:
+        if time.time() > end:
+            raise AssertionError(f"fewer than {n} connections to {path} after {timeout} s")
+        time.sleep(0.01)
+
+
 def read(path):
     with open(path, "rb") as f:
         return f.read()
