@@ -13,10 +13,13 @@ in a process of its own, started before the good consumer and stopped after it:
   as the socket takes them, reconnecting whenever dropped;
 - silent: 32 connections that never say hello, reconnected whenever dropped.
 
-The attacker's CPU time is measured (wait4); the same run is then repeated with a burner that
-spins for the same share of the CPU instead of the attacker. Printed per attack: the good
-consumer's buffers/s alone, under the attack, under the burner's load, and the ratio
-attack/load (1.0: the attack costs no more than its CPU does). Rates are medians of the
+The attacker's CPU time is measured (wait4); the same run is then repeated with a burner
+instead of the attacker, twice: one that spins for the same share of the CPU (and sleeps the
+rest of every 10 ms), and one that spins all the time (an attacker that spins is always
+runnable, and takes its fair share of the cores whatever it gets done: this is the pressure it
+puts on the scheduler). Printed per attack: the good consumer's buffers/s alone, under the
+attack, under each burner, and the ratio attack/load for each (1.0: the attack costs no more
+than that load). Rates are medians of the
 repeats; each run times the good consumer's first N buffers (memfdsrc num-buffers), start-up
 included (about 50 ms).
 
@@ -207,10 +210,10 @@ def main():
         return burn(args.burn)
     n, repeats = (2000, 1) if args.quick else (args.buffers, args.repeats)
     print(f"good consumer's buffers/s, 4 KiB buffers, {n} per run, median of {repeats}")
-    print(f"{'attack':<14} {'alone':>10} {'attack':>10} {'load':>10} {'cpu':>6} "
-          f"{'attack/load':>12}")
+    print(f"{'attack':<14} {'alone':>9} {'attack':>9} {'cpu':>5} {'load':>9} {'spin':>9} "
+          f"{'att/load':>9} {'att/spin':>9}")
     for kind in args.attacks.split(","):
-        alone, hit, loaded, shares = [], [], [], []
+        alone, hit, loaded, spun, shares = [], [], [], [], []
         for _ in range(repeats):
             alone.append(run(n)[0])
             rate, cpu, wall = run(n, attacker=kind)
@@ -218,9 +221,10 @@ def main():
             share = min(cpu / wall, 1.0)
             shares.append(share)
             loaded.append(run(n, share=share)[0] if share > 0.01 else run(n)[0])
-        a, h, lo = (statistics.median(x) for x in (alone, hit, loaded))
-        print(f"{kind:<14} {a:>10.0f} {h:>10.0f} {lo:>10.0f} "
-              f"{statistics.median(shares):>6.2f} {h / lo:>12.2f}")
+            spun.append(run(n, share=1.0)[0])
+        a, h, lo, sp = (statistics.median(x) for x in (alone, hit, loaded, spun))
+        print(f"{kind:<14} {a:>9.0f} {h:>9.0f} {statistics.median(shares):>5.2f} {lo:>9.0f} "
+              f"{sp:>9.0f} {h / lo:>9.2f} {h / sp:>9.2f}")
     return 0
 
 
