@@ -139,6 +139,8 @@ fn timestamps_flags_and_metas_cross() {
     let (producer, consumer) = app_to_app("meta");
     let src = by_name(&producer, "in");
     let ntp = gst::Caps::builder("timestamp/x-ntp").build();
+    let interlaced_tff =
+        gst_video::VideoBufferFlags::INTERLACED.bits() | gst_video::VideoBufferFlags::TFF.bits();
     for i in 0..3u64 {
         // A 16x4 GRAY8 frame with rows padded to 32 bytes: the video meta says so.
         let mut b = gst::Buffer::from_mut_slice(vec![i as u8; 128]);
@@ -159,6 +161,10 @@ fn timestamps_flags_and_metas_cross() {
             b.set_offset(i);
             if i == 1 {
                 b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+            if i == 2 {
+                // Video flags lie above core's: they crossed neither way before.
+                b.set_flags(gst::BufferFlags::from_bits_retain(interlaced_tff));
             }
             gst::ReferenceTimestampMeta::add(
                 b,
@@ -184,6 +190,8 @@ fn timestamps_flags_and_metas_cross() {
         assert_eq!(b.duration(), Some(gst::ClockTime::from_mseconds(40)));
         assert_eq!(b.offset(), i);
         assert_eq!(b.flags().contains(gst::BufferFlags::DELTA_UNIT), i == 1);
+        let bits = gstmemkit::elements::memory::buffer_flag_bits(b);
+        assert_eq!(bits & interlaced_tff == interlaced_tff, i == 2, "{bits:#x}");
         let metas: Vec<_> = b
             .iter_meta::<gst::ReferenceTimestampMeta>()
             .map(|m| (m.reference().to_string(), m.timestamp(), m.duration()))

@@ -168,8 +168,32 @@ pub(crate) fn copy_metadata(
     Ok(())
 }
 
+/// The buffer flags that cross between processes: core's and the video ones, never the
+/// mini-object bits below them (`LOCKABLE`, `LOCK_READONLY`, ...), which would change how
+/// the receiving process's GStreamer locks the buffer, nor bits nobody defines.
+pub(crate) fn crossing_flags(bits: u32) -> u32 {
+    bits & (gst::BufferFlags::all().bits() | gst_video::VideoBufferFlags::all().bits())
+}
+
 /// The name of `allocator`'s memory type, for stats and messages: `(unnamed)` for an
 /// allocator that set none (shmsink's), which `gst::Allocator::memory_type` cannot read.
 pub(crate) fn allocator_name(allocator: &gst::Allocator) -> String {
     memory::memory_type_of(allocator).unwrap_or_else(|| "(unnamed)".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_buffer_and_video_flags_cross() {
+        let mini_object = 0xf; // LOCKABLE, LOCK_READONLY, MAY_BE_LEAKED, and the last one
+        let video = gst_video::VideoBufferFlags::INTERLACED.bits()
+            | gst_video::VideoBufferFlags::TFF.bits();
+        let core = gst::BufferFlags::DISCONT.bits() | gst::BufferFlags::DELTA_UNIT.bits();
+        assert_eq!(
+            super::crossing_flags(mini_object | video | core),
+            video | core
+        );
+        assert_eq!(super::crossing_flags(u32::MAX) & mini_object, 0);
+        assert_eq!(super::crossing_flags(1 << 31), 0, "a bit nobody defines");
+    }
 }

@@ -22,6 +22,19 @@ pub fn live_shares(mem: &gst::MemoryRef) -> u32 {
     (state as u32) >> 16
 }
 
+/// Every flag bit of `buffer` (`GST_BUFFER_FLAGS`): `BufferRef::flags` keeps only core's, and
+/// drops the video flags (interlaced, top field first, ...) that lie above them.
+pub fn buffer_flag_bits(buffer: &gst::BufferRef) -> u32 {
+    let ptr = buffer.as_ptr() as *mut gst::ffi::GstBuffer;
+    // SAFETY: `buffer` is live for this borrow; read atomically, as another holder of a
+    // writable reference could not exist while we borrow it, but a relaxed atomic load costs
+    // nothing and races with nothing.
+    unsafe {
+        std::sync::atomic::AtomicU32::from_ptr(&raw mut (*ptr).mini_object.flags)
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The memory type `allocator` gives its memories (`GstAllocator.mem_type`), if it set one.
 /// `gst::Allocator::memory_type` assumes it did; some allocators (shmsink's) leave it NULL.
 pub fn memory_type_of(allocator: &gst::Allocator) -> Option<String> {

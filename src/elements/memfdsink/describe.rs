@@ -78,7 +78,10 @@ pub(super) fn describe<'a>(
         duration: time(sent.duration()),
         offset: sent.offset(),
         offset_end: sent.offset_end(),
-        flags: sent.flags().bits(),
+        // Every bit that crosses: `flags()` would drop the video ones (interlaced, ...).
+        flags: crate::elements::common::crossing_flags(crate::elements::memory::buffer_flag_bits(
+            sent,
+        )),
         ..BufferWire::default()
     };
     let dropped = fit_metas(&mut wire);

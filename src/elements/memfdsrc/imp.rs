@@ -208,8 +208,10 @@ impl MemfdSrc {
             b.set_duration(time(w.duration));
             b.set_offset(w.offset);
             b.set_offset_end(w.offset_end);
-            // Every bit: the video flags (interlaced, top field first, ...) lie above core's.
-            b.set_flags(gst::BufferFlags::from_bits_retain(w.flags));
+            // Core's and the video flags (interlaced, top field first, ...), which lie above
+            // core's; never the mini-object bits below them (lock semantics) from a peer.
+            let flags = crate::elements::common::crossing_flags(w.flags);
+            b.set_flags(gst::BufferFlags::from_bits_retain(flags));
             self.add_video_metas(b, &w.video, w.flags)?;
             for (caps, ts, dur) in &w.refs {
                 let malformed = |why: &str| {
