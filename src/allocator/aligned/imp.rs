@@ -44,8 +44,9 @@ impl ObjectImpl for AlignedAllocator {
                     .blurb(
                         "memkit-allocator-stats: blocks-live, bytes-live, peak-bytes, \
                          cached-bytes, allocations, frees, cache-hits, cache-misses, shares, \
-                         copies, bytes-copied, span-hits, maps, wraps, guard-violations (all \
-                         guint64, process-wide; reset with the reset-stats action signal)",
+                         copies, bytes-copied, span-hits, maps (counted when their memory is \
+                         freed), wraps, guard-violations (all guint64, process-wide; reset with \
+                         the reset-stats action signal)",
                     )
                     .read_only()
                     .build(),

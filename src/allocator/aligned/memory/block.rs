@@ -3,6 +3,7 @@
 
 use std::ptr::NonNull;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gst::ffi;
 use gst::glib;
@@ -10,6 +11,7 @@ use gst::glib::translate::*;
 
 use super::storage::Backing;
 use crate::allocator::aligned::cache::Linked;
+use crate::allocator::aligned::stats::{self, Counter};
 use crate::allocator::shared::allocator_is;
 
 // `gst::memory_object_wrapper!` expects this helper macro at its call site.
@@ -34,13 +36,31 @@ pub struct GstAlignedMemory {
     pub(super) mem: ffi::GstMemory,
     /// Region base: what `mem_map` returns (core adds `offset`). Never NULL.
     pub(super) data: NonNull<u8>,
+    /// `gst_memory_map` calls on this memory not yet counted in the statistics: counted here,
+    /// next to `data` (a plain load and store, no thread-local lookup on the map path), and
+    /// added to the statistics when the memory is freed. Two threads mapping one memory at the
+    /// same instant may count one map.
+    pub(super) maps: AtomicU64,
+    /// The thread-magazine list this root goes back to when it is freed (`cache::NO_SLOT`:
+    /// it does not, e.g. a share, a wrapped or guarded block); set when the block is made.
+    pub(super) slot: u16,
     pub(super) backing: Backing,
     /// The next block of a free list while this one waits in a thread's cache; `None`
     /// otherwise.
     pub(super) next: Option<Box<GstAlignedMemory>>,
-    /// The thread-magazine list this root goes back to when it is freed (`cache::NO_SLOT`:
-    /// it does not, e.g. a share, a wrapped or guarded block); set when the block is made.
-    pub(super) slot: u16,
+}
+
+impl GstAlignedMemory {
+    /// Adds the maps of this memory, being freed, to the statistics (see `maps`) and clears
+    /// its count, so that a recycled header starts from zero.
+    #[inline(always)]
+    pub(super) fn count_maps(&self) {
+        let n = self.maps.load(Ordering::Relaxed);
+        if n != 0 {
+            self.maps.store(0, Ordering::Relaxed);
+            stats::count(Counter::Maps, n);
+        }
+    }
 }
 
 impl Linked for GstAlignedMemory {

@@ -8,6 +8,7 @@ use gst::glib::translate::*;
 
 use crate::allocator::aligned::imp::AlignedAllocator;
 
+use super::block::GstAlignedMemory;
 use super::lifecycle::{class_alloc, release};
 
 // SAFETY: `alloc` returns either NULL or a fully initialised GstAlignedMemory whose allocator is
@@ -28,6 +29,9 @@ unsafe impl gst::subclass::prelude::AllocatorImpl for AlignedAllocator {
     unsafe fn free(&self, memory: *mut ffi::GstMemory) {
         // SAFETY: core calls free once, with refcount 0, on a memory this allocator created
         // (with gst_memory_init, for instances other than the registered one).
-        unsafe { release(memory) };
+        unsafe {
+            (*(memory as *const GstAlignedMemory)).count_maps();
+            release(memory)
+        };
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ptr::{self};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::allocator::debug::ALIGNED as CAT;
 use gst::ffi;
@@ -28,6 +28,16 @@ pub const POISON_BYTE: u8 = 0xDD;
 static GUARD: AtomicBool = AtomicBool::new(false);
 static GUARD_ABORT: LazyLock<bool> =
     LazyLock::new(|| std::env::var("MEMKIT_GUARD").is_ok_and(|v| v.trim() == "abort"));
+
+/// Whether a guarded block was ever made: until then no unmap looks for guards.
+static GUARDED_EVER: AtomicBool = AtomicBool::new(false);
+
+/// Whether a guarded block may exist (one was made since the process started). Any thread that
+/// holds a guarded block got it through a hand-over that orders this flag's store before.
+#[inline(always)]
+pub(super) fn guarded_ever() -> bool {
+    GUARDED_EVER.load(Ordering::Relaxed)
+}
 
 /// Whether new blocks get guards.
 pub fn guard_enabled() -> bool {
@@ -217,6 +227,7 @@ pub(super) fn alloc_guarded(
     block: &BlockLayout,
     flags: ffi::GstMemoryFlags,
 ) -> Result<Box<GstAlignedMemory>, AllocError> {
+    GUARDED_EVER.store(true, Ordering::Relaxed);
     let align = block.alloc_align();
     let front = layout::round_up(CANARY, block.align_mask).ok_or(AllocError::OutOfMemory {
         size: block.alloc_size,
@@ -268,5 +279,6 @@ pub(super) fn alloc_guarded(
         },
         next: None,
         slot: crate::allocator::aligned::cache::NO_SLOT,
+        maps: AtomicU64::new(0),
     }))
 }

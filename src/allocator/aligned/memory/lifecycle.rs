@@ -3,7 +3,7 @@
 //! recycling cache when it can), shares, and release.
 
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::allocator::debug::ALIGNED as CAT;
 use gst::ffi;
@@ -55,6 +55,7 @@ unsafe extern "C" fn mini_object_free(obj: *mut ffi::GstMiniObject) {
     // SAFETY: core calls free once, at refcount 0, on a memory initialised by `init_memory`,
     // whose parent (if any) we locked and referenced there.
     unsafe {
+        (*mem).count_maps();
         let parent = (*mem).mem.parent;
         // Only shares have a parent: the header goes back to this thread's spares.
         let recycled = if !parent.is_null() {
@@ -418,6 +419,7 @@ fn alloc_block_on(
                 },
                 next: None,
                 slot: key.map_or(cache::NO_SLOT, cache::magazine_slot),
+                maps: AtomicU64::new(0),
             });
             place(boxed, block, flags)
                 .ok_or(AllocError::Internal("a new block is not an owned root"))?
@@ -552,6 +554,7 @@ pub fn wrap<T: Send + 'static>(
         backing: Backing::Wrapped(owner),
         next: None,
         slot: cache::NO_SLOT,
+        maps: AtomicU64::new(0),
     }));
     let writable = !flags.contains(gst::MemoryFlags::READONLY);
     let flags = flags_bits(flags);

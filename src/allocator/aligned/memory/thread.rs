@@ -5,6 +5,7 @@
 
 use std::ptr::{self, NonNull};
 use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
 
 use crate::allocator::aligned::cache::{self, Cache, LocalMagazine, Spares};
 use crate::allocator::aligned::stats;
@@ -111,6 +112,7 @@ fn new_share_header(data: NonNull<u8>) -> Box<GstAlignedMemory> {
         backing: Backing::Shared,
         next: None,
         slot: cache::NO_SLOT,
+        maps: AtomicU64::new(0),
     })
 }
 

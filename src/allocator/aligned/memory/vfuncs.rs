@@ -2,6 +2,7 @@
 //! The GstMemory vfuncs installed on every `AlignedAllocator` instance.
 
 use std::ptr::{self};
+use std::sync::atomic::Ordering;
 
 use crate::allocator::debug::ALIGNED as CAT;
 use gst::ffi;
@@ -14,7 +15,7 @@ use crate::allocator::layout::{self, BlockLayout};
 use crate::allocator::raw::{is_span, resolve_request};
 
 use super::block::GstAlignedMemory;
-use super::guard::{report_guard, root_of};
+use super::guard::{guarded_ever, report_guard, root_of};
 use super::lifecycle::{alloc_block, new_share};
 use super::storage::Backing;
 
@@ -29,20 +30,46 @@ unsafe extern "C" fn mem_map(
     // SAFETY: core only calls mem_map on live memory of this allocator, i.e. a GstAlignedMemory.
     let mem = unsafe { &*(mem as *const GstAlignedMemory) };
     if mem.mem.mini_object.flags & ffi::GST_MEMORY_FLAG_NOT_MAPPABLE != 0 {
-        gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
-        return ptr::null_mut();
+        return refuse_unmappable(mem);
     }
-    stats::count(Counter::Maps, 1);
+    // Counted on the memory, added to the statistics when it is freed: no thread-local
+    // lookup on the map path (a load and a store, not a locked add: see the field).
+    let n = mem.maps.load(Ordering::Relaxed);
+    mem.maps.store(n.wrapping_add(1), Ordering::Relaxed);
     mem.data.as_ptr().cast()
+}
+
+/// `mem_map` of NOT_MAPPABLE memory: NULL (out of line, so that the map path keeps no frame).
+/// `extern "C"` (it cannot unwind), so that callers need no unwinding frame.
+#[cold]
+#[inline(never)]
+extern "C" fn refuse_unmappable(mem: &GstAlignedMemory) -> glib::ffi::gpointer {
+    gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
+    ptr::null_mut()
 }
 
 /// `GstAllocator.mem_unmap` (contract of `gst_memory_unmap`): nothing to release.
 unsafe extern "C" fn mem_unmap(_mem: *mut ffi::GstMemory) {}
 
 /// `GstAllocator.mem_unmap_full`: nothing to release either, but when a guarded block was
-/// mapped for writing, its guards are checked now, right after the writer is done.
+/// mapped for writing, its guards are checked now, right after the writer is done. Until a
+/// guarded block was made, that is one test of a static.
 unsafe extern "C" fn mem_unmap_full(mem: *mut ffi::GstMemory, info: *mut ffi::GstMapInfo) {
-    // SAFETY: core passes a live memory of ours and the GstMapInfo of its map.
+    if guarded_ever() {
+        // SAFETY: core passes a live memory of ours and the GstMapInfo of its map.
+        unsafe { check_guards_at_unmap(mem, info) };
+    }
+}
+
+/// [`mem_unmap_full`] once guarded blocks exist: out of line and `extern "C"` (it cannot
+/// unwind), so that the common unmap needs no frame.
+///
+/// # Safety
+/// As `mem_unmap_full`.
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn check_guards_at_unmap(mem: *mut ffi::GstMemory, info: *mut ffi::GstMapInfo) {
+    // SAFETY: per the caller's contract.
     unsafe {
         if (*info).flags & ffi::GST_MAP_WRITE != 0 {
             let root = root_of(mem as *const GstAlignedMemory);
