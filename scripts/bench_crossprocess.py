@@ -8,7 +8,8 @@ same buffers) and takes the difference, so process start-up, connection and the 
 of a fresh mapping cancel out; GB/s is (extra bytes) / (extra time of the producer process).
 The transports alternate within each repeat (memfd first in even repeats, shm first in odd
 ones). Printed per case: the median GB/s of each transport, the median of the per-repeat
-ratios memfd/shm, and the consumer's page faults per buffer (getrusage, also differential).
+ratios memfd/shm, the consumer's page faults per buffer and both sides' CPU µs per buffer
+(getrusage, also differential).
 Latency (separate, paced runs in Python/GI processes): producer push (the buffer reaching the
 sink) to consumer push (the buffer reaching the consumer's sink), p50 and p99, CLOCK_MONOTONIC
 being the same clock in both processes.
@@ -25,7 +26,11 @@ Producers: `memsrc pattern=zero` writes every frame; `memsrc pattern=none` (came
 leaves the payload as the allocator gives it. Both take the allocator the sink proposes
 (MemfdMemory from memfdsink, shmsink's shared area from shmsink: neither side copies in the
 producer). Consumers: `fakesink` reads nothing; `memcheck read-pages=true` reads one byte of
-every page. shmsink's area holds 64 buffers (at most 256 MiB), as memfdsink's default bound of
+every page; the application consumer is a Python/GI process (this script, `--app`) that pulls
+each buffer from `appsink`, maps it READ and reads one byte of every page, as an application
+would. Its floor is the same work on one block mapped once, in one process. Per case the CPU
+time of the first consumer and of the producer per buffer (all threads, getrusage,
+differential) shows which side a difference comes from. shmsink's area holds 64 buffers (at most 256 MiB), as memfdsink's default bound of
 64 outstanding buffers per consumer; memfdsink runs with on-full=wait (lossless, like shm).
 """
 
@@ -47,12 +52,14 @@ CASES = [
     ("writing, fakesink, 1 MiB", "zero", "fakesink", MIB, 1, (500, 10000)),
     ("writing, fakesink, 8 MiB", "zero", "fakesink", 8 * MIB, 1, (50, 1200)),
     ("camera-like, reads every page, 1 MiB", "none", "read", MIB, 1, (2000, 40000)),
+    ("writing, application reads every page, 1 MiB", "zero", "app", MIB, 1, (1000, 20000)),
     ("camera-like, fakesink, 4 KiB", "none", "fakesink", 4 * KIB, 1, (2000, 60000)),
     ("camera-like, fakesink, 1 MiB, 4 consumers", "none", "fakesink", MIB, 4, (2000, 30000)),
 ]
 QUICK = [
     ("camera-like, fakesink, 1 MiB", "none", "fakesink", MIB, 1, (20, 60)),
     ("writing, reads every page, 4 KiB, 2 consumers", "zero", "read", 4 * KIB, 2, (100, 300)),
+    ("writing, application reads every page, 1 MiB", "zero", "app", MIB, 1, (20, 60)),
 ]
 UNIXFD = [
     ("videotestsrc (writing), fakesink, 1 MiB", "black", "fakesink", MIB, 1, (200, 4000)),
@@ -88,22 +95,61 @@ def consumer(kind, sock, reader, tap=False):
     src = {"memfd": f"memfdsrc socket-path={sock}",
            "unixfd": f"unixfdsrc socket-path={sock}",
            "shm": f"shmsrc socket-path={sock} is-live=false"}[kind]
+    if reader == "app":
+        return f"{src} ! appsink name=app sync=false"
     read = " ! memcheck read-pages=true" if reader == "read" else ""
     name = " name=tap" if tap else ""
     # No last sample: shmsink waits at EOS until every buffer is released.
     return f"{src}{read} ! fakesink{name} sync=false enable-last-sample=false"
 
 
-def spawn(pipeline):
-    return subprocess.Popen(["gst-launch-1.0", "-q", *pipeline.split()], env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def spawn(pipeline, app_buffers=None):
+    """A gst-launch-1.0 process, or with `app_buffers` an application (this script, see
+    `app_main`) that pulls that many buffers from the pipeline's appsink."""
+    if app_buffers is not None:
+        cmd = [sys.executable, os.path.abspath(__file__), "--app", pipeline, str(app_buffers)]
+    else:
+        cmd = ["gst-launch-1.0", "-q", *pipeline.split()]
+    return subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def read_pages(data):
+    """What the application consumer does with a buffer: one byte of every 4 KiB page."""
+    return sum(data[::4096])
+
+
+def app_main(pipeline, buffers):
+    """An application consumer (Python/GI): pulls `buffers` samples from the appsink named
+    `app` (or until EOS), maps each buffer READ and reads one byte of every page."""
+    import gi
+    gi.require_version("Gst", "1.0")
+    from gi.repository import Gst
+    Gst.init(None)
+    p = Gst.parse_launch(pipeline)
+    app = p.get_by_name("app")
+    p.set_state(Gst.State.PLAYING)
+    got = 0
+    while got < buffers:
+        sample = app.emit("pull-sample")
+        if sample is None:
+            break
+        buf = sample.get_buffer()
+        ok, info = buf.map(Gst.MapFlags.READ)
+        if not ok:
+            sys.exit("a buffer did not map")
+        read_pages(info.data)
+        buf.unmap(info)
+        got += 1
+    p.set_state(Gst.State.NULL)
+    sys.exit(0 if got == buffers else 1)
 
 
 def reap(proc):
-    """Waits for `proc`: (exit code, its minor page faults)."""
+    """Waits for `proc`: (exit code, its minor page faults, its CPU seconds)."""
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_minflt
+    return proc.returncode, usage.ru_minflt, usage.ru_utime + usage.ru_stime
 
 
 def wait_for(path, procs, timeout=20):
@@ -117,62 +163,79 @@ def wait_for(path, procs, timeout=20):
         time.sleep(0.001)
 
 
+def reap_within(proc, timeout):
+    """`reap` with a deadline: None when `proc` is still running then."""
+    end = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_minflt, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > end:
+            return None
+        time.sleep(0.001)
+
+
 def run(kind, sock, pattern, reader, size, buffers, consumers):
-    """One stream: (seconds the producer ran, page faults of the first consumer)."""
+    """One stream: (seconds the producer ran, page faults of the first consumer, CPU seconds
+    of the first consumer, CPU seconds of the producer)."""
     t0 = time.perf_counter()
     prod = spawn(producer(kind, sock, pattern, size, buffers, consumers))
     wait_for(sock, [prod])
-    cons = [spawn(consumer(kind, sock, reader)) for _ in range(consumers)]
-    try:
-        prod.wait(timeout=300)
-    except subprocess.TimeoutExpired:
+    app = buffers if reader == "app" else None
+    cons = [spawn(consumer(kind, sock, reader), app) for _ in range(consumers)]
+    reaped = reap_within(prod, 300)
+    if reaped is None:
         for p in [prod, *cons]:
             p.kill()
         sys.exit(f"{kind}: the producer did not finish: {prod.args}")
     elapsed = time.perf_counter() - t0
+    prod_cpu = reaped[2]
     if prod.returncode != 0:
         err = prod.stderr.read()
         # shmsink 1.22 posts this error when it stops, after EOS: not a failed stream.
         if kind != "shm" or "Failed waiting on fd activity" not in err:
             sys.exit(f"{kind} producer failed:\n{err}")
-    faults = None
-    if kind == "shm":
+    first = None
+    if kind == "shm" and not app:
         # shmsrc never sees EOS: it idles once the producer is gone (after every buffer was
-        # released: shmsink waits for that at EOS).
+        # released: shmsink waits for that at EOS). An application consumer stops by itself
+        # once it has every buffer.
         for c in cons:
             # Not Popen.terminate(): it would reap an exited child, and its page faults
             # with it (a zombie takes the signal harmlessly).
             os.kill(c.pid, signal.SIGTERM)
     for c in cons:
-        rc, flt = reap(c)
-        if kind != "shm" and rc != 0:
+        rc, flt, cpu = reap(c)
+        if (kind != "shm" or app) and rc != 0:
             sys.exit(f"{kind} consumer failed:\n{c.stderr.read()}")
-        faults = flt if faults is None else faults
+        first = first or (flt, cpu)
     try:
         os.unlink(sock)
     except FileNotFoundError:
         pass
-    return elapsed, faults
+    return elapsed, first[0], first[1], prod_cpu
 
 
 def measure(kind, tmp, tag, case):
-    """Differential GB/s and page faults per buffer of one transport for one case."""
+    """Differential figures of one transport for one case: GB/s, and per buffer the page
+    faults of the first consumer and the CPU µs of that consumer and of the producer."""
     _name, pattern, reader, size, consumers, (short, long_) = case
-    t, f = [], []
+    runs = []
     for n in (short, long_):
         sock = os.path.join(tmp, f"{kind}-{tag}-{n}.sock")
-        e, flt = run(kind, sock, pattern, reader, size, n, consumers)
-        t.append(e)
-        f.append(flt)
-    extra = max(t[1] - t[0], 1e-6)
-    return (long_ - short) * size / extra / 1e9, (f[1] - f[0]) / (long_ - short)
+        runs.append(run(kind, sock, pattern, reader, size, n, consumers))
+    extra = max(runs[1][0] - runs[0][0], 1e-6)
+    per = [(runs[1][i] - runs[0][i]) / (long_ - short) for i in (1, 2, 3)]
+    return (long_ - short) * size / extra / 1e9, per[0], per[1] * 1e6, per[2] * 1e6
 
 
 def throughput(cases, repeats, tmp):
     rows = {}
     other = TRANSPORTS[1]
     print(f"{'case':<46} {'memfd GB/s':>10} {other + ' GB/s':>11} {'ratio':>6} "
-          f"{'faults/buf memfd':>16} {other:>6}   per-repeat ratios")
+          f"{'faults/buf memfd':>16} {other:>6} {'CPU µs/buf cons.':>16} {'prod.':>11}"
+          f"   per-repeat ratios")
     for c, case in enumerate(cases):
         res = {k: [] for k in TRANSPORTS}
         for r in range(repeats):
@@ -180,11 +243,13 @@ def throughput(cases, repeats, tmp):
             for kind in order:
                 res[kind].append(measure(kind, tmp, f"{c}-{r}", case))
         ratios = [m[0] / s[0] for m, s in zip(res["memfd"], res[other])]
-        med = {k: statistics.median(x[0] for x in v) for k, v in res.items()}
-        flt = {k: statistics.median(x[1] for x in v) for k, v in res.items()}
-        rows[case[0]] = (med, ratios)
-        print(f"{case[0]:<46} {med['memfd']:>10.2f} {med[other]:>11.2f} "
-              f"{statistics.median(ratios):>6.2f} {flt['memfd']:>16.2f} {flt[other]:>6.2f}   "
+        med = {k: [statistics.median(x[i] for x in v) for i in range(4)]
+               for k, v in res.items()}
+        rows[case[0]] = ({k: v[0] for k, v in med.items()}, ratios)
+        m, o = med["memfd"], med[other]
+        print(f"{case[0]:<46} {m[0]:>10.2f} {o[0]:>11.2f} "
+              f"{statistics.median(ratios):>6.2f} {m[1]:>16.2f} {o[1]:>6.2f} "
+              f"{m[2]:>8.1f}/{o[2]:<7.1f} {m[3]:>5.1f}/{o[3]:<5.1f}   "
               + " ".join(f"{x:.2f}" for x in ratios), flush=True)
     return rows
 
@@ -200,6 +265,26 @@ def floor(repeats, tmp):
     runs = [int(subprocess.run([exe, "300000"], capture_output=True, text=True,
                                check=True).stdout) for _ in range(repeats)]
     return statistics.median(runs) / 1000
+
+
+def app_floor(repeats, size=MIB, buffers=20000):
+    """The floor of the application consumer: µs per buffer of its per-buffer work on one
+    block mapped once, in one process (map READ, one byte of every page, unmap; no
+    transport, no appsink, its pages in the cache), median of `repeats` runs."""
+    import gi
+    gi.require_version("Gst", "1.0")
+    from gi.repository import Gst
+    Gst.init(None)
+    buf = Gst.Buffer.new_allocate(None, size, None)
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(buffers):
+            ok, info = buf.map(Gst.MapFlags.READ)
+            read_pages(info.data)
+            buf.unmap(info)
+        runs.append((time.perf_counter() - t0) / buffers * 1e6)
+    return statistics.median(runs)
 
 
 def producer_alone(repeats, size, counts):
@@ -295,6 +380,8 @@ def latency(repeats, tmp, buffers=300, size=MIB):
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--tap":
         tap_main(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 4 and sys.argv[1] == "--app":
+        app_main(sys.argv[2], int(sys.argv[3]))
     # Children must stay to be reaped with their resource usage (an inherited SIG_IGN would
     # have the kernel reap them at once).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -303,6 +390,8 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="one short repeat of two cases, to check that it runs")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--only", metavar="TEXT",
+                        help="only the cases whose name contains TEXT (no summary lines)")
     parser.add_argument("--against", choices=["shm", "unixfd"], default="shm")
     args = parser.parse_args()
     TRANSPORTS[1] = args.against
@@ -315,6 +404,8 @@ def main():
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as tmp:
         cases = UNIXFD if args.against == "unixfd" else QUICK if args.quick else CASES
+        if args.only:
+            cases = [c for c in cases if args.only in c[0]]
         rows = throughput(cases, repeats, tmp)
         if cases is CASES:
             one = rows["camera-like, fakesink, 1 MiB"][0]
@@ -326,8 +417,10 @@ def main():
             bare = floor(repeats, tmp)
             print(f"per buffer at 4 KiB (µs): {per}; floor, a bare message and release "
                   f"between two processes: {bare:.1f}" if bare else "(no cc: no floor)")
+            print(f"the application consumer's floor, its own work on one 1 MiB block mapped "
+                  f"once: {app_floor(repeats):.1f} µs per buffer")
             for case in CASES:
-                if case[1] == "zero":
+                if case[1] == "zero" and case[2] != "app":
                     print(f"the writing producer alone at {case[3] >> 20} MiB (no transport): "
                           f"{producer_alone(repeats, case[3], case[5]):.2f} GB/s")
         if not args.no_latency and args.against == "shm":
