@@ -505,10 +505,12 @@ class Issue19Consumers(ProducerTestCase):
         self.assertEqual(still.poll(0), [], "the stuck consumer was dropped, not waited for")
         start = time.time()
         prod.send_signal(signal.SIGINT)
-        finish(prod, timeout=30)
+        finish(prod, timeout=60)
         elapsed = time.time() - start
         stuck.close()
-        self.assertLess(elapsed, 5, f"the producer took {elapsed:.1f} s to stop")
+        # Before, it stopped only when full-timeout (60 s) ran out: half of that is a bound
+        # that still tells the two apart on a loaded machine.
+        self.assertLess(elapsed, 30, f"the producer took {elapsed:.1f} s to stop")
 
     def test_on_full_wait_gives_up_after_full_timeout(self):
         # The same consumer with full-timeout=300: dropped after 0.3 s, not after 10 s.
@@ -520,16 +522,20 @@ class Issue19Consumers(ProducerTestCase):
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
         wait_connected(self.sock)
         stuck = hello_only(self.sock)
-        start = time.time()
+        # Its queue fills within a few hundred buffers; then the producer waits 0.3 s for it
+        # and hangs up. Polled for the hang-up itself, up to 5 s (the default full-timeout
+        # would take 10 s).
+        hangup = select.poll()
+        hangup.register(stuck, select.POLLRDHUP)
+        events = hangup.poll(5000)
         rc, text = finish(good)
-        elapsed = time.time() - start
         stuck.close()
+        self.assertTrue(events, "the stuck consumer was not dropped within 5 s")
         self.assertEqual(rc, 0, text[-3000:])
         self.assertEqual(stats(text)["r"]["buffers"], n)
         prc, ptext = finish(prod)
         self.assertEqual(prc, 0, ptext[-3000:])
         self.assertEqual(stats(ptext)["s"]["consumers-dropped"], 1)
-        self.assertLess(elapsed, 8, f"the stream took {elapsed:.1f} s")
 
     def test_running_out_of_descriptors_is_an_element_error_never_a_panic(self):
         # Each limit lets the producer get a little further before a memfd, a descriptor of
