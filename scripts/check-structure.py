@@ -23,6 +23,7 @@ UNSAFE_MODULES = {
     "src/allocator/memfd/memory",
     "src/allocator/raw",
     "src/elements/memory",
+    "src/tracer/hooks",
 }
 
 ROOT = Path(__file__).resolve().parent.parent

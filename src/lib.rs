@@ -6,6 +6,7 @@
 pub use gst;
 
 pub mod allocator;
+mod attribution;
 pub mod elements;
 mod tracer;
 mod transport;

@@ -54,6 +54,12 @@ pub use error::{AllocError, FdError, MemoryError};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};
 pub use shared::{DEFAULT_MAX_CACHED_BYTES, ENV_MAX_CACHED_BYTES};
 
+/// Whether `allocator` is one of memkit's (an `AlignedAllocator` or a `MemfdAllocator`).
+pub fn is_memkit(allocator: &gst::Allocator) -> bool {
+    use gst::prelude::*;
+    allocator.is::<aligned::AlignedAllocator>() || allocator.is::<memfd::MemfdAllocator>()
+}
+
 /// Frees every block the recycling caches hold (AlignedMemory's shared pool and this thread's
 /// free lists, MemfdMemory's recycled blocks), returning their memory to the system. Other
 /// threads' free lists are returned when those threads end, or shrink as they are used once

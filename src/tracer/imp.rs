@@ -8,6 +8,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use crate::allocator;
+use crate::attribution::{self, running};
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -17,10 +18,15 @@ pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
+/// Whether the hooks for memory of other allocators are registered (GStreamer 1.26+).
+pub(super) static FOREIGN_SEEN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 #[derive(Debug, Default)]
 struct Settings {
     guard: bool,
     report: Option<String>,
+    timeline: Option<String>,
 }
 
 #[derive(Default)]
@@ -39,9 +45,26 @@ impl ObjectSubclass for MemkitTracer {
 
 impl MemkitTracer {
     fn print_report(&self, title: &str, at_exit: bool) {
-        let report = super::report::Report::collect(title, at_exit);
+        let seen = FOREIGN_SEEN.load(std::sync::atomic::Ordering::Relaxed);
+        let report = super::report::Report::collect(title, at_exit, seen);
         eprint!("{}", report.to_text());
-        let path = self.settings.lock().unwrap().report.clone();
+        let (path, timeline) = {
+            let s = self.settings.lock().unwrap();
+            (s.report.clone(), s.timeline.clone())
+        };
+        if let Some(timeline) = timeline {
+            attribution::sample();
+            if let Err(err) = super::timeline::write(&timeline) {
+                gst::error!(
+                    CAT,
+                    imp = self,
+                    "cannot write the timeline to {}: {}",
+                    timeline,
+                    err
+                );
+                eprintln!("memkit: cannot write the timeline to {timeline}: {err}");
+            }
+        }
         if let Some(path) = path {
             if let Err(err) = std::fs::write(&path, report.to_json()) {
                 gst::error!(
@@ -94,6 +117,14 @@ impl ObjectImpl for MemkitTracer {
                     .blurb("Also write the report as JSON to this path")
                     .construct()
                     .build(),
+                glib::ParamSpecString::builder("timeline")
+                    .nick("Timeline file")
+                    .blurb(
+                        "Also write live bytes over time, by element, to this path: an SVG \
+                         chart when it ends in .svg, CSV samples otherwise",
+                    )
+                    .construct()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -109,6 +140,7 @@ impl ObjectImpl for MemkitTracer {
                 }
             }
             "report" => settings.report = value.get().expect("type checked upstream"),
+            "timeline" => settings.timeline = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
         }
     }
@@ -118,22 +150,37 @@ impl ObjectImpl for MemkitTracer {
         match pspec.name() {
             "guard" => settings.guard.to_value(),
             "report" => settings.report.to_value(),
+            "timeline" => settings.timeline.to_value(),
             _ => unimplemented!(),
         }
     }
 
     fn constructed(&self) {
         self.parent_constructed();
+        // Charges by element from now on; maps of the registered instance are charged too.
+        attribution::set_cached_bytes_source(|| {
+            (allocator::stats().cached_bytes)
+                .saturating_add(allocator::memfd::cached_bytes() as u64)
+        });
+        attribution::activate();
+        let aligned = allocator::aligned_allocator().upcast::<gst::Allocator>();
+        allocator::aligned::charge_maps(&aligned);
         // Every element that allocates with the default allocator now gets AlignedMemory.
-        allocator::aligned_allocator()
-            .upcast::<gst::Allocator>()
-            .set_default();
+        aligned.set_default();
         allocator::stats::set_enabled(true);
         allocator::stats::set_tracking(true);
         allocator::reset_stats();
         self.register_hook(TracerHook::PadPushPre);
+        self.register_hook(TracerHook::PadPushPost);
         self.register_hook(TracerHook::PadPushListPre);
+        self.register_hook(TracerHook::PadPushListPost);
+        self.register_hook(TracerHook::PadPullRangePre);
+        self.register_hook(TracerHook::PadPullRangePost);
+        self.register_hook(TracerHook::ElementChangeStatePre);
         self.register_hook(TracerHook::ElementChangeStatePost);
+        self.register_hook(TracerHook::ObjectDestroyed);
+        let seen = super::hooks::watch_other_memory(self.obj().upcast_ref());
+        FOREIGN_SEEN.store(seen, std::sync::atomic::Ordering::Relaxed);
         gst::info!(
             CAT,
             imp = self,
@@ -159,12 +206,58 @@ impl TracerImpl for MemkitTracer {
 
     fn pad_push_pre(&self, _ts: u64, pad: &gst::Pad, buffer: &gst::Buffer) {
         self.check_buffer(pad, buffer);
+        enter_peer(pad, true);
+    }
+
+    fn pad_push_post(
+        &self,
+        _ts: u64,
+        _pad: &gst::Pad,
+        _result: Result<gst::FlowSuccess, gst::FlowError>,
+    ) {
+        running::leave();
     }
 
     fn pad_push_list_pre(&self, _ts: u64, pad: &gst::Pad, list: &gst::BufferList) {
         for buffer in list.iter() {
             self.check_buffer(pad, buffer);
         }
+        enter_peer(pad, true);
+    }
+
+    fn pad_push_list_post(
+        &self,
+        _ts: u64,
+        _pad: &gst::Pad,
+        _result: Result<gst::FlowSuccess, gst::FlowError>,
+    ) {
+        running::leave();
+    }
+
+    fn pad_pull_range_pre(&self, _ts: u64, pad: &gst::Pad, _offset: u64, _size: u32) {
+        enter_peer(pad, false);
+    }
+
+    fn pad_pull_range_post(
+        &self,
+        _ts: u64,
+        _pad: &gst::Pad,
+        _result: Result<&gst::Buffer, gst::FlowError>,
+    ) {
+        running::leave();
+    }
+
+    fn element_change_state_pre(
+        &self,
+        _ts: u64,
+        element: &gst::Element,
+        _change: gst::StateChange,
+    ) {
+        running::enter(Some(element));
+    }
+
+    fn object_destroyed(&self, _ts: u64, object: std::ptr::NonNull<gst::ffi::GstObject>) {
+        running::forget(object.as_ptr() as usize);
     }
 
     fn element_change_state_post(
@@ -174,6 +267,7 @@ impl TracerImpl for MemkitTracer {
         change: gst::StateChange,
         result: Result<gst::StateChangeSuccess, gst::StateChangeError>,
     ) {
+        running::leave();
         // A top-level pipeline has stopped: report what it did.
         if change == gst::StateChange::ReadyToNull
             && result.is_ok()
@@ -183,4 +277,15 @@ impl TracerImpl for MemkitTracer {
             self.print_report(&format!("pipeline {} stopped", element.name()), false);
         }
     }
+}
+
+/// A buffer goes through `pad` to its peer (`push`: pushed, else pulled by `pad`): the peer's
+/// element runs now. A push from a thread running no element makes the pushing element the
+/// owner of the thread's task.
+fn enter_peer(pad: &gst::Pad, push: bool) {
+    if push {
+        running::pushing(pad.parent_element().as_ref());
+    }
+    let element = pad.peer().and_then(|peer| peer.parent_element());
+    running::enter(element.as_ref());
 }

@@ -9,8 +9,11 @@
 use gst::glib;
 use gst::prelude::*;
 
+#[allow(unsafe_code)]
+mod hooks;
 mod imp;
 pub mod report;
+mod timeline;
 
 glib::wrapper! {
     /// The `memkittracer` tracer (GType `MemkitTracer`).

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::allocator::{self, aligned::stats::Counter};
+use crate::attribution;
 
 /// Everything a report says.
 #[derive(Debug, Clone)]
@@ -18,6 +19,12 @@ pub struct Report {
     pub violations: Vec<allocator::stats::Violation>,
     /// MemfdMemory's statistics (`memkit-memfd-stats`).
     pub memfd: gst::Structure,
+    /// What each element was charged, the ones that copied first.
+    pub elements: Vec<attribution::ElementCharges>,
+    /// Blocks alive now, with the element that allocated each.
+    pub blocks: Vec<attribution::Leak>,
+    /// Whether memory of other allocators is seen (core's `memory-init`, GStreamer 1.26+).
+    pub foreign_seen: bool,
 }
 
 /// `1536` -> `"1.5 KiB"`.
@@ -37,7 +44,8 @@ pub fn human(bytes: u64) -> String {
 }
 
 impl Report {
-    pub fn collect(title: &str, at_exit: bool) -> Report {
+    /// `foreign_seen`: whether memory of other allocators is seen (see the field).
+    pub fn collect(title: &str, at_exit: bool, foreign_seen: bool) -> Report {
         Report {
             title: title.to_owned(),
             at_exit,
@@ -46,6 +54,101 @@ impl Report {
             guard: allocator::guard_enabled(),
             violations: allocator::stats::violations(),
             memfd: allocator::memfd::stats::to_structure(allocator::memfd::cached_bytes()),
+            elements: attribution::report(),
+            blocks: attribution::leaks(),
+            foreign_seen,
+        }
+    }
+
+    /// The copies line and the table by element.
+    fn elements_text(&self, t: &mut String) {
+        let copiers: Vec<String> = self
+            .elements
+            .iter()
+            .filter(|e| e.copies > 0)
+            .map(|e| format!("{} {} ({})", e.name, e.copies, human(e.bytes_copied)))
+            .collect();
+        if copiers.is_empty() {
+            let _ = writeln!(t, "  copied by     no element: nothing was copied");
+        } else {
+            let _ = writeln!(t, "  COPIED BY     {}", copiers.join(", "));
+        }
+        if !self.elements.is_empty() {
+            self.table_text(t);
+        }
+        self.other_memory_text(t);
+    }
+
+    /// The table by element.
+    fn table_text(&self, t: &mut String) {
+        let width = self
+            .elements
+            .iter()
+            .map(|e| e.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp(7, 40);
+        let _ = writeln!(
+            t,
+            "  by element    {:<width$} {:>8} {:>11} {:>11} {:>7} {:>11} {:>8} {:>8} {:>7}",
+            "element",
+            "allocs",
+            "bytes",
+            "peak live",
+            "copies",
+            "copied",
+            "maps r",
+            "maps w",
+            "shares"
+        );
+        for e in &self.elements {
+            let _ = writeln!(
+                t,
+                "                {:<width$} {:>8} {:>11} {:>11} {:>7} {:>11} {:>8} {:>8} {:>7}",
+                e.name,
+                e.allocations + e.foreign_allocations,
+                human(e.bytes + e.foreign_bytes),
+                human(e.peak),
+                e.copies,
+                human(e.bytes_copied),
+                e.read_maps,
+                e.write_maps,
+                e.shares
+            );
+        }
+    }
+
+    /// What the report says of memory of other allocators.
+    fn other_memory_text(&self, t: &mut String) {
+        if self.foreign_seen {
+            let foreign: Vec<String> = self
+                .elements
+                .iter()
+                .filter(|e| e.foreign_allocations > 0)
+                .map(|e| {
+                    format!(
+                        "{} {} ({})",
+                        e.name,
+                        e.foreign_allocations,
+                        human(e.foreign_bytes)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                t,
+                "  other memory  {}",
+                if foreign.is_empty() {
+                    "none: every memory was memkit's".to_owned()
+                } else {
+                    format!("allocated by other allocators: {}", foreign.join(", "))
+                }
+            );
+        } else {
+            let _ = writeln!(
+                t,
+                "  other memory  not seen: memory of other allocators is counted from GStreamer \
+                 1.26 (core's memory-init hook)"
+            );
         }
     }
 
@@ -109,6 +212,7 @@ impl Report {
                 m("copies")
             );
         }
+        self.elements_text(&mut t);
         let _ = writeln!(
             t,
             "  guard         {}, {} violations",
@@ -135,8 +239,32 @@ impl Report {
                 self.live_blocks.len(),
                 human(bytes as u64)
             );
+            let by: std::collections::HashMap<usize, &str> = self
+                .blocks
+                .iter()
+                .map(|b| (b.address, b.element.as_str()))
+                .collect();
             for (addr, size) in self.live_blocks.iter().take(20) {
-                let _ = writeln!(t, "    block {addr:#x}: {size} bytes");
+                let who = by.get(addr).copied().unwrap_or(attribution::APPLICATION);
+                let _ = writeln!(t, "    block {addr:#x}: {size} bytes, allocated by {who}");
+            }
+            let foreign: Vec<&attribution::Leak> =
+                self.blocks.iter().filter(|b| b.foreign).collect();
+            if !foreign.is_empty() {
+                let bytes: usize = foreign.iter().map(|b| b.bytes).sum();
+                let _ = writeln!(
+                    t,
+                    "  other leaks   {} memories of other allocators, {}",
+                    foreign.len(),
+                    human(bytes as u64)
+                );
+                for b in foreign.iter().take(20) {
+                    let _ = writeln!(
+                        t,
+                        "    memory {:#x}: {} bytes, allocated by {}",
+                        b.address, b.bytes, b.element
+                    );
+                }
             }
             if self.live_blocks.len() > 20 {
                 let _ = writeln!(t, "    ... and {} more", self.live_blocks.len() - 20);
@@ -182,10 +310,44 @@ impl Report {
                 })
             })
             .collect();
+        let by: std::collections::HashMap<usize, &str> = self
+            .blocks
+            .iter()
+            .map(|b| (b.address, b.element.as_str()))
+            .collect();
         let blocks: Vec<Value> = self
             .live_blocks
             .iter()
-            .map(|(a, b)| json!({"address": a, "bytes": b}))
+            .map(|(a, b)| {
+                let who = by.get(a).copied().unwrap_or(attribution::APPLICATION);
+                json!({"address": a, "bytes": b, "element": who})
+            })
+            .collect();
+        let foreign: Vec<Value> = self
+            .blocks
+            .iter()
+            .filter(|b| b.foreign)
+            .map(|b| json!({"address": b.address, "bytes": b.bytes, "element": b.element}))
+            .collect();
+        let elements: Vec<Value> = self
+            .elements
+            .iter()
+            .map(|e| {
+                json!({
+                    "element": e.name,
+                    "allocations": e.allocations,
+                    "bytes": e.bytes,
+                    "live-bytes": e.live,
+                    "peak-live-bytes": e.peak,
+                    "copies": e.copies,
+                    "bytes-copied": e.bytes_copied,
+                    "read-maps": e.read_maps,
+                    "write-maps": e.write_maps,
+                    "shares": e.shares,
+                    "other-allocations": e.foreign_allocations,
+                    "other-bytes": e.foreign_bytes,
+                })
+            })
             .collect();
         let key = if self.at_exit { "leaks" } else { "in-use" };
         let mut report = json!({
@@ -196,8 +358,16 @@ impl Report {
             "memfd-stats": memfd,
             "guard": self.guard,
             "violations": violations,
+            "by-element": elements,
+            "other-memory-seen": self.foreign_seen,
         });
         report[key] = json!(blocks);
+        let other = if self.at_exit {
+            "other-leaks"
+        } else {
+            "other-in-use"
+        };
+        report[other] = json!(foreign);
         let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
         text.push('\n');
         text
@@ -219,7 +389,7 @@ mod tests {
     fn the_json_report_parses_whatever_the_title() {
         gst::init().unwrap();
         let title = "a \"quoted\" \\ title\n\u{1}";
-        let r = Report::collect(title, true);
+        let r = Report::collect(title, true, false);
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["title"], title);
         assert_eq!(v["at-exit"], true);

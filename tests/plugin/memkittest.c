@@ -7,6 +7,9 @@
  *                                                    or into its prefix, like a buggy element
  *   memkitleak                                       keeps a reference on the first buffer for
  *                                                    ever (a deliberate leak)
+ *   memkitcopy                                       replaces every memory of each buffer by a
+ *                                                    gst_memory_copy of it (an element that is
+ *                                                    not zero-copy)
  */
 #include <gst/gst.h>
 #include <gst/base/gstbasetransform.h>
@@ -176,13 +179,63 @@ memkit_leak_init (MemkitLeak * self)
   gst_base_transform_set_passthrough (GST_BASE_TRANSFORM (self), TRUE);
 }
 
+/* ---------------------------------------------------------------- memkitcopy */
+
+typedef struct
+{
+  GstBaseTransform parent;
+} MemkitCopy;
+
+typedef struct
+{
+  GstBaseTransformClass parent_class;
+} MemkitCopyClass;
+
+G_DEFINE_TYPE (MemkitCopy, memkit_copy, GST_TYPE_BASE_TRANSFORM);
+
+static GstFlowReturn
+memkit_copy_transform_ip (G_GNUC_UNUSED GstBaseTransform * trans, GstBuffer * buf)
+{
+  guint i, n = gst_buffer_n_memory (buf);
+
+  for (i = 0; i < n; i++) {
+    GstMemory *copy = gst_memory_copy (gst_buffer_peek_memory (buf, i), 0, -1);
+    if (copy == NULL)
+      return GST_FLOW_ERROR;
+    gst_buffer_replace_memory (buf, i, copy);
+  }
+  return GST_FLOW_OK;
+}
+
+static void
+memkit_copy_class_init (MemkitCopyClass * klass)
+{
+  GstElementClass *element_class = GST_ELEMENT_CLASS (klass);
+  GstBaseTransformClass *trans_class = GST_BASE_TRANSFORM_CLASS (klass);
+
+  gst_element_class_add_static_pad_template (element_class, &any_src);
+  gst_element_class_add_static_pad_template (element_class, &any_sink);
+  gst_element_class_set_static_metadata (element_class, "memkit test copier",
+      "Filter", "Copies every memory of every buffer (memkit tests only)",
+      "memkit developers");
+  trans_class->transform_ip = memkit_copy_transform_ip;
+}
+
+static void
+memkit_copy_init (MemkitCopy * self)
+{
+  gst_base_transform_set_in_place (GST_BASE_TRANSFORM (self), TRUE);
+}
+
 static gboolean
 plugin_init (GstPlugin * plugin)
 {
   return gst_element_register (plugin, "memkitscribble", GST_RANK_NONE,
       memkit_scribble_get_type ())
       && gst_element_register (plugin, "memkitleak", GST_RANK_NONE,
-      memkit_leak_get_type ());
+      memkit_leak_get_type ())
+      && gst_element_register (plugin, "memkitcopy", GST_RANK_NONE,
+      memkit_copy_get_type ());
 }
 
 #define PACKAGE "memkittest"

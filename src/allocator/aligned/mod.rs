@@ -20,6 +20,7 @@ pub(crate) mod magazine;
 mod memory;
 pub mod stats;
 
+pub(crate) use memory::charge_maps;
 pub use memory::{
     AlignedMemory, AlignedMemoryRef, CANARY, CANARY_BYTE, FILL_BYTE, GstAlignedMemory,
     GuardViolation, HUGE_PAGE, MMAP_THRESHOLD, POISON_BYTE, check_memory_guard, guard_enabled,

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use super::classes;
+use crate::attribution;
 
 /// How much a thread's live bytes grow before it recomputes the global peak.
 pub const PEAK_STEP: i64 = 256 << 10;
@@ -269,23 +270,41 @@ fn died(s: &Shard, bytes: usize) {
 
 #[inline(always)]
 fn track_born(addr: usize, bytes: usize) {
-    if TRACKING.load(Ordering::Relaxed)
-        && let Ok(mut t) = LIVE.lock()
-        && t.blocks.insert(addr, bytes).is_none()
-    {
-        t.live += bytes as u64;
-        t.peak = t.peak.max(t.live);
+    if TRACKING.load(Ordering::Relaxed) {
+        tracked_born(addr, bytes);
     }
 }
 
 #[inline(always)]
 fn track_died(addr: usize) {
-    if TRACKING.load(Ordering::Relaxed)
-        && let Ok(mut t) = LIVE.lock()
+    if TRACKING.load(Ordering::Relaxed) {
+        tracked_died(addr);
+    }
+}
+
+/// [`track_born`] while tracking: the block is recorded, and charged to the element running.
+#[cold]
+#[inline(never)]
+fn tracked_born(addr: usize, bytes: usize) {
+    if let Ok(mut t) = LIVE.lock()
+        && t.blocks.insert(addr, bytes).is_none()
+    {
+        t.live += bytes as u64;
+        t.peak = t.peak.max(t.live);
+    }
+    attribution::allocated(addr, bytes, false);
+}
+
+/// [`track_died`] while tracking.
+#[cold]
+#[inline(never)]
+fn tracked_died(addr: usize) {
+    if let Ok(mut t) = LIVE.lock()
         && let Some(bytes) = t.blocks.remove(&addr)
     {
         t.live -= bytes as u64;
     }
+    attribution::freed(addr);
 }
 
 /// A root block of `bytes` bytes came to life: allocated (`class`: its size class, `None`:

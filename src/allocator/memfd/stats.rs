@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::attribution;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Counter {
@@ -38,8 +40,14 @@ pub fn count(c: Counter, n: u64) {
     COUNTERS[c as usize].fetch_add(n, Ordering::Relaxed);
 }
 
-/// A root block came to life (allocated, recycled or wrapped) or died (`born == false`).
-pub fn block(bytes: usize, born: bool) {
+/// The root block at `addr` came to life (allocated, recycled or wrapped) or died
+/// (`born == false`); with the tracer, it is charged to the element running.
+pub fn block(addr: usize, bytes: usize, born: bool) {
+    if born {
+        attribution::allocated(addr, bytes, false);
+    } else {
+        attribution::freed(addr);
+    }
     let sign = if born { 1 } else { -1 };
     BLOCKS_LIVE.fetch_add(sign, Ordering::Relaxed);
     BYTES_LIVE.fetch_add(sign * bytes as i64, Ordering::Relaxed);

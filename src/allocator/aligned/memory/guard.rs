@@ -11,6 +11,7 @@ use gst::ffi;
 use crate::allocator::aligned::stats::{self, Counter};
 use crate::allocator::error::AllocError;
 use crate::allocator::layout::{self, BlockLayout};
+use crate::attribution;
 
 use super::block::{AlignedMemory, GstAlignedMemory};
 use super::storage::{Backing, Guard, Storage};
@@ -168,6 +169,10 @@ pub(super) fn report_guard(root: &GstAlignedMemory, when: &str, element: Option<
     if g.reported.swap(true, Ordering::Relaxed) {
         return false;
     }
+    // Found at an unmap or a free: with the tracer, the element running on this thread (the
+    // one that released its write mapping, when found there).
+    let running = (element.is_none() && attribution::active()).then(attribution::current_name);
+    let element = element.or(running.as_deref());
     if element.is_some() {
         g.named.store(true, Ordering::Relaxed);
     }

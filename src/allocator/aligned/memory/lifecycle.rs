@@ -15,6 +15,7 @@ use crate::allocator::aligned::stats::{self, Counter};
 use crate::allocator::error::{AllocError, MemoryError};
 use crate::allocator::layout::{self, BlockLayout};
 use crate::allocator::raw::traced;
+use crate::attribution;
 
 use super::block::{AlignedMemory, GstAlignedMemory, flags_bits};
 use super::guard::{POISON_BYTE, alloc_guarded, guard_enabled, report_guard};
@@ -477,6 +478,7 @@ pub(super) unsafe fn new_share(
         Some(t) => t.stats.count(Counter::Shares, 1),
         None => stats::count(Counter::Shares, 1),
     }
+    attribution::shared();
     // SAFETY: `child` is exclusively ours; init_memory takes an exclusive lock and a reference
     // on `root`, which keep the storage alive for the child's lifetime. A share is always
     // read-only (GST_MEMORY_FLAG_READONLY == GST_MINI_OBJECT_FLAG_LOCK_READONLY).

@@ -32,4 +32,4 @@ pub use guard::{
 pub use lifecycle::{alloc, install_class_alloc, set_immortal, wrap};
 pub use storage::{HUGE_PAGE, MMAP_THRESHOLD};
 pub use thread::cache;
-pub use vfuncs::install_vfuncs;
+pub use vfuncs::{charge_maps, install_vfuncs};

@@ -13,6 +13,7 @@ use std::ffi::CStr;
 use crate::allocator::aligned::stats::{self, Counter};
 use crate::allocator::layout::{self, BlockLayout};
 use crate::allocator::raw::{is_span, resolve_request};
+use crate::attribution;
 
 use super::block::GstAlignedMemory;
 use super::guard::{guarded_ever, report_guard, root_of};
@@ -46,6 +47,20 @@ unsafe extern "C" fn mem_map(
 extern "C" fn refuse_unmappable(mem: &GstAlignedMemory) -> glib::ffi::gpointer {
     gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
     ptr::null_mut()
+}
+
+/// [`mem_map`] while the tracer charges elements: the map is charged to the element running.
+unsafe extern "C" fn mem_map_charged(
+    mem: *mut ffi::GstMemory,
+    maxsize: usize,
+    flags: ffi::GstMapFlags,
+) -> glib::ffi::gpointer {
+    // SAFETY: the same call, with the same arguments.
+    let data = unsafe { mem_map(mem, maxsize, flags) };
+    if !data.is_null() {
+        attribution::mapped(flags & ffi::GST_MAP_WRITE != 0);
+    }
+    data
 }
 
 /// `GstAllocator.mem_unmap` (contract of `gst_memory_unmap`): nothing to release.
@@ -145,6 +160,7 @@ unsafe extern "C" fn mem_copy(
             gst::trace!(CAT, "copied {} bytes of {:p} to {:p}", len, m, copy);
             stats::count(Counter::Copies, 1);
             stats::count(Counter::BytesCopied, len as u64);
+            attribution::copied(len);
             copy.as_ptr().cast()
         }
         Err(err) => {
@@ -182,7 +198,11 @@ pub fn install_vfuncs(allocator: &gst::Allocator) {
     // (core stores the pointer without copying it).
     unsafe {
         (*ptr).mem_type = MEMORY_TYPE_CSTR.as_ptr();
-        (*ptr).mem_map = Some(mem_map);
+        (*ptr).mem_map = Some(if attribution::active() {
+            mem_map_charged
+        } else {
+            mem_map
+        });
         (*ptr).mem_unmap = Some(mem_unmap);
         (*ptr).mem_copy = Some(mem_copy);
         (*ptr).mem_share = Some(mem_share);
@@ -190,4 +210,13 @@ pub fn install_vfuncs(allocator: &gst::Allocator) {
         (*ptr).mem_map_full = None;
         (*ptr).mem_unmap_full = Some(mem_unmap_full);
     }
+}
+
+/// Makes `allocator` charge every map to the element running (the tracer does it for the
+/// registered instance when it starts; instances made later get it at construction).
+pub fn charge_maps(allocator: &gst::Allocator) {
+    let ptr: *mut ffi::GstAllocator = allocator.to_glib_none().0;
+    // SAFETY: the tracer starts inside gst_init, before any pipeline or memory exists, so no
+    // other thread reads the field while it is written; the function has the vfunc's type.
+    unsafe { (*ptr).mem_map = Some(mem_map_charged) };
 }

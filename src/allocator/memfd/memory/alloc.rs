@@ -78,7 +78,7 @@ pub fn alloc(
                 }
                 mstats::count(M::Allocations, 1);
                 mstats::count(M::Recycled, 1);
-                mstats::block(l.maxsize, true);
+                mstats::block(mem.as_ptr() as usize, l.maxsize, true);
                 return Ok(mem);
             }
             Err(err) => {
@@ -135,7 +135,7 @@ pub fn alloc(
         l.maxsize
     );
     mstats::count(M::Allocations, 1);
-    mstats::block(l.maxsize, true);
+    mstats::block(mem.as_ptr() as usize, l.maxsize, true);
     Ok(mem)
 }
 
@@ -278,6 +278,6 @@ pub fn wrap_fd(
         );
     }
     mstats::count(M::Wraps, 1);
-    mstats::block(maxsize, true);
+    mstats::block(mem.as_ptr() as usize, maxsize, true);
     Ok(mem)
 }

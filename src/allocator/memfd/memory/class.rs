@@ -35,7 +35,7 @@ unsafe impl gst::subclass::prelude::AllocatorImpl for MemfdAllocator {
         // to the cache): blocks we allocated keep their dispose hook, wrapped ones an owner.
         if root && (recyclable || owner.is_some()) {
             mstats::count(M::Frees, 1);
-            mstats::block(maxsize, false);
+            mstats::block(memory as usize, maxsize, false);
         }
         if root {
             block_freed(memory);

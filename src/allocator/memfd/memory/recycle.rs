@@ -119,7 +119,7 @@ pub(super) unsafe extern "C" fn recycle_dispose(
         // Resurrect it: the reference we take is the one the cache owns.
         ffi::gst_mini_object_ref(obj);
         mstats::count(M::Frees, 1);
-        mstats::block(maxsize, false);
+        mstats::block(obj as usize, maxsize, false);
         r.bytes += maxsize;
         r.blocks
             .entry((stream, maxsize))

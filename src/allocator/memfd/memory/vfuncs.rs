@@ -13,6 +13,7 @@ use gst::glib::translate::*;
 
 use crate::allocator::memfd::stats::{self as mstats, Counter as M};
 use crate::allocator::raw::{LOCK_MASK, is_span, lockstate, resolve_request};
+use crate::attribution;
 
 use super::alloc::{OWN_MAP, alloc};
 
@@ -40,6 +41,7 @@ unsafe extern "C" fn mem_map(
                 let data = map(mem, maxsize, flags);
                 if !data.is_null() && !OWN_MAP.get() {
                     mstats::count(M::Maps, 1);
+                    attribution::mapped(flags & ffi::GST_MAP_WRITE != 0);
                 }
                 data
             }
@@ -91,6 +93,7 @@ unsafe extern "C" fn mem_share(
         return ptr::null_mut();
     };
     mstats::count(M::Shares, 1);
+    attribution::shared();
     // SAFETY: the original fd share, with an explicit size that fits.
     unsafe { share(mem, offset, new_size as isize) }
 }
@@ -176,6 +179,7 @@ unsafe extern "C" fn mem_copy(
     }
     mstats::count(M::Copies, 1);
     mstats::count(M::BytesCopied, len as u64);
+    attribution::copied(len);
     copy.into_glib_ptr()
 }
 

@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: MPL-2.0
+//! What each element is charged: allocations and bytes, live bytes and their peak, shares,
+//! copies with their bytes, read and write maps, and the blocks still alive (leaks at exit).
+//! Recording starts with [`activate`]; until then every entry point is one relaxed load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard, OnceLock};
+
+use super::running::{self, Slot};
+use super::timeline::{self, Sample, Timeline};
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// One slot's raw charges.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Raw {
+    pub allocations: u64,
+    pub bytes: u64,
+    pub live: i64,
+    pub peak: i64,
+    pub shares: u64,
+    pub copies: u64,
+    pub bytes_copied: u64,
+    pub read_maps: u64,
+    pub write_maps: u64,
+    /// Memory of other allocators (seen through core's `memory-init`, GStreamer 1.26+).
+    pub foreign_allocations: u64,
+    pub foreign_bytes: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub per: Vec<Raw>,
+    /// Live blocks by address: (the slot that allocated it, bytes, another allocator's).
+    live: HashMap<usize, (Slot, usize, bool)>,
+    pub timeline: Timeline,
+}
+
+impl State {
+    /// Whether a sample is due after an event; if not, the event's state is owed to the
+    /// timeline.
+    fn due_or_owe(&mut self) -> bool {
+        if self.timeline.due() {
+            return true;
+        }
+        let per = super::timeline::live(self.per.iter().map(|r| r.live));
+        self.timeline.owe(per);
+        false
+    }
+
+    fn raw(&mut self, slot: Slot) -> &mut Raw {
+        let i = slot as usize;
+        if self.per.len() <= i {
+            self.per.resize(i + 1, Raw::default());
+        }
+        &mut self.per[i]
+    }
+}
+
+static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
+static CACHED_BYTES: OnceLock<fn() -> u64> = OnceLock::new();
+
+pub(crate) fn state() -> MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts recording (the tracer calls it once, before any pipeline runs).
+pub fn activate() {
+    let _ = state().timeline.start();
+    ACTIVE.store(true, Ordering::Release);
+}
+
+/// Whether charges are being recorded.
+#[inline(always)]
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+/// Where the timeline reads the allocators' cached bytes from.
+pub fn set_cached_bytes_source(f: fn() -> u64) {
+    let _ = CACHED_BYTES.set(f);
+}
+
+pub(crate) fn cached_bytes() -> u64 {
+    CACHED_BYTES.get().map_or(0, |f| f())
+}
+
+/// A block of `bytes` at `addr` was allocated (`foreign`: by an allocator not memkit's).
+pub fn allocated(addr: usize, bytes: usize, foreign: bool) {
+    if !active() {
+        return;
+    }
+    let slot = running::current();
+    let due = {
+        let mut s = state();
+        let r = s.raw(slot);
+        if foreign {
+            r.foreign_allocations += 1;
+            r.foreign_bytes += bytes as u64;
+        } else {
+            r.allocations += 1;
+            r.bytes += bytes as u64;
+        }
+        r.live += bytes as i64;
+        r.peak = r.peak.max(r.live);
+        s.live.insert(addr, (slot, bytes, foreign));
+        s.due_or_owe()
+    };
+    if due {
+        sample();
+    }
+}
+
+/// The block at `addr` was freed: the element that allocated it holds it no more.
+pub fn freed(addr: usize) {
+    if !active() {
+        return;
+    }
+    let due = {
+        let mut s = state();
+        let Some((slot, bytes, _)) = s.live.remove(&addr) else {
+            return;
+        };
+        s.raw(slot).live -= bytes as i64;
+        s.due_or_owe()
+    };
+    if due {
+        sample();
+    }
+}
+
+fn charge_current(f: impl FnOnce(&mut Raw)) {
+    let slot = running::current();
+    f(state().raw(slot));
+}
+
+/// A share was made.
+#[inline(always)]
+pub fn shared() {
+    if active() {
+        charge_share();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn charge_share() {
+    charge_current(|r| r.shares += 1);
+}
+
+/// A memory of `bytes` was copied.
+#[inline(always)]
+pub fn copied(bytes: usize) {
+    if active() {
+        charge_copy(bytes);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn charge_copy(bytes: usize) {
+    charge_current(|r| {
+        r.copies += 1;
+        r.bytes_copied += bytes as u64;
+    });
+}
+
+/// A memory was mapped (`write`: with `GST_MAP_WRITE`).
+#[inline(always)]
+pub fn mapped(write: bool) {
+    if active() {
+        charge_map(write);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn charge_map(write: bool) {
+    charge_current(|r| {
+        if write {
+            r.write_maps += 1;
+        } else {
+            r.read_maps += 1;
+        }
+    });
+}
+
+/// One element's charges, as the report shows them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ElementCharges {
+    pub name: String,
+    pub allocations: u64,
+    pub bytes: u64,
+    /// Bytes of the blocks it allocated still alive now.
+    pub live: u64,
+    /// The most of those alive at once (per slot: an element whose task thread was charged
+    /// before it was known adds both peaks).
+    pub peak: u64,
+    pub shares: u64,
+    pub copies: u64,
+    pub bytes_copied: u64,
+    pub read_maps: u64,
+    pub write_maps: u64,
+    pub foreign_allocations: u64,
+    pub foreign_bytes: u64,
+}
+
+impl ElementCharges {
+    fn add(&mut self, r: &Raw) {
+        self.allocations += r.allocations;
+        self.bytes += r.bytes;
+        self.live += r.live.max(0) as u64;
+        self.peak += r.peak.max(0) as u64;
+        self.shares += r.shares;
+        self.copies += r.copies;
+        self.bytes_copied += r.bytes_copied;
+        self.read_maps += r.read_maps;
+        self.write_maps += r.write_maps;
+        self.foreign_allocations += r.foreign_allocations;
+        self.foreign_bytes += r.foreign_bytes;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.allocations
+            + self.foreign_allocations
+            + self.shares
+            + self.copies
+            + self.read_maps
+            + self.write_maps
+            == 0
+    }
+}
+
+/// The charges by element (threads resolved to the element whose task they run, or
+/// "application"), the ones that copied first (most bytes first), then by bytes allocated.
+pub fn report() -> Vec<ElementCharges> {
+    let names = running::names();
+    let per = state().per.clone();
+    let mut by_name: Vec<ElementCharges> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (slot, raw) in per.iter().enumerate() {
+        let name = names
+            .get(slot)
+            .cloned()
+            .unwrap_or_else(|| running::APPLICATION.to_owned());
+        let i = *index.entry(name.clone()).or_insert_with(|| {
+            by_name.push(ElementCharges {
+                name,
+                ..ElementCharges::default()
+            });
+            by_name.len() - 1
+        });
+        by_name[i].add(raw);
+    }
+    by_name.retain(|e| !e.is_empty());
+    by_name.sort_by(|a, b| {
+        (b.bytes_copied, b.bytes + b.foreign_bytes, &a.name).cmp(&(
+            a.bytes_copied,
+            a.bytes + a.foreign_bytes,
+            &b.name,
+        ))
+    });
+    by_name
+}
+
+/// A block alive now, charged to the element that allocated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leak {
+    pub element: String,
+    pub address: usize,
+    pub bytes: usize,
+    /// Memory of an allocator not memkit's.
+    pub foreign: bool,
+}
+
+/// The blocks alive now, largest first.
+pub fn leaks() -> Vec<Leak> {
+    let names = running::names();
+    let mut out: Vec<Leak> = state()
+        .live
+        .iter()
+        .map(|(&address, &(slot, bytes, foreign))| Leak {
+            element: names
+                .get(slot as usize)
+                .cloned()
+                .unwrap_or_else(|| running::APPLICATION.to_owned()),
+            address,
+            bytes,
+            foreign,
+        })
+        .collect();
+    out.sort_by(|a, b| (b.bytes, a.address).cmp(&(a.bytes, b.address)));
+    out
+}
+
+/// Takes a timeline sample now (after the one owed, if any).
+pub fn sample() {
+    // Outside our lock: the allocators take their own locks to count their cache.
+    let cached = cached_bytes();
+    let mut s = state();
+    let Some(start) = s.timeline.start else {
+        return;
+    };
+    let per = timeline::live(s.per.iter().map(|r| r.live));
+    let total = per.iter().map(|p| p.1).sum();
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(owed) = s.timeline.owed.take() {
+        s.timeline.push(owed);
+    }
+    s.timeline.last_cached = cached;
+    s.timeline.push(Sample {
+        seconds,
+        per,
+        total,
+        cached,
+    });
+}
+
+/// The timeline's samples so far, with the slots' names as the report shows them.
+pub fn samples() -> (Vec<Sample>, Vec<String>) {
+    let names = running::names();
+    (state().timeline.samples.clone(), names)
+}

@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Core's `memory-init` and `memory-free-pre` hooks (GStreamer 1.26 and later), registered by
+//! hand: gstreamer-rs exposes them only with its `v1_26` feature, and memkit builds with
+//! `v1_22` so that one build loads on every GStreamer from 1.22. They tell the tracer about
+//! memory of other allocators (an element's own pool of SystemMemory, a hardware allocator),
+//! charged to the element running like memkit's own.
+
+use gst::ffi;
+use gst::glib;
+use gst::glib::translate::ToGlibPtr;
+
+use crate::allocator;
+use crate::attribution;
+
+/// Whether `mem` is a root memory of an allocator that is not memkit's.
+///
+/// # Safety
+/// `mem` must be a live GstMemory.
+unsafe fn foreign_root(mem: *mut ffi::GstMemory) -> bool {
+    // SAFETY: per the caller's contract; the reference does not outlive this call.
+    let mem = unsafe { gst::MemoryRef::from_ptr(mem) };
+    mem.parent().is_none() && mem.allocator().is_some_and(|a| !allocator::is_memkit(a))
+}
+
+/// `GstTracerHookMemoryInit`: a memory was initialised.
+unsafe extern "C" fn memory_init(_tracer: *mut ffi::GstTracer, _ts: u64, mem: *mut ffi::GstMemory) {
+    // SAFETY: core calls the hook from gst_memory_init with the memory it initialised.
+    if unsafe { foreign_root(mem) } {
+        // SAFETY: as above.
+        let bytes = unsafe { (*mem).maxsize };
+        attribution::allocated(mem as usize, bytes, true);
+    }
+}
+
+/// `GstTracerHookMemoryFreePre`: a memory is about to be freed.
+unsafe extern "C" fn memory_free_pre(
+    _tracer: *mut ffi::GstTracer,
+    _ts: u64,
+    mem: *mut ffi::GstMemory,
+) {
+    // SAFETY: core calls the hook with the memory, still live, before freeing it.
+    if unsafe { foreign_root(mem) } {
+        attribution::freed(mem as usize);
+    }
+}
+
+/// Registers both hooks on `tracer` when the running GStreamer has them (1.26 or later):
+/// returns whether it does.
+pub fn watch_other_memory(tracer: &gst::Tracer) -> bool {
+    let (major, minor, _, _) = gst::version();
+    if (major, minor) < (1, 26) {
+        return false;
+    }
+    let ptr: *mut ffi::GstTracer = tracer.to_glib_none().0;
+    type Hook = unsafe extern "C" fn(*mut ffi::GstTracer, u64, *mut ffi::GstMemory);
+    let hooks: [(&std::ffi::CStr, Hook); 2] = [
+        (c"memory-init", memory_init),
+        (c"memory-free-pre", memory_free_pre),
+    ];
+    for (name, hook) in hooks {
+        // SAFETY: GStreamer 1.26+ calls these hooks as
+        // `void (*)(GObject *tracer, GstClockTime ts, GstMemory *mem)`, the signature of
+        // `hook`; GCallback is the generic function pointer it is stored as; the name is a
+        // static NUL-terminated string.
+        unsafe {
+            let callback: glib::gobject_ffi::GCallback =
+                Some(std::mem::transmute::<Hook, unsafe extern "C" fn()>(hook));
+            ffi::gst_tracing_register_hook(ptr, name.as_ptr(), callback);
+        }
+    }
+    true
+}
