@@ -12,13 +12,11 @@ use super::timeline::{self, Sample, Timeline};
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// One slot's raw charges.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Raw {
+/// What an element did with memory: the counts the report shows for it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
     pub allocations: u64,
     pub bytes: u64,
-    pub live: i64,
-    pub peak: i64,
     pub shares: u64,
     pub copies: u64,
     pub bytes_copied: u64,
@@ -27,6 +25,28 @@ pub(crate) struct Raw {
     /// Memory of other allocators (seen through core's `memory-init`, GStreamer 1.26+).
     pub foreign_allocations: u64,
     pub foreign_bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.allocations += o.allocations;
+        self.bytes += o.bytes;
+        self.shares += o.shares;
+        self.copies += o.copies;
+        self.bytes_copied += o.bytes_copied;
+        self.read_maps += o.read_maps;
+        self.write_maps += o.write_maps;
+        self.foreign_allocations += o.foreign_allocations;
+        self.foreign_bytes += o.foreign_bytes;
+    }
+}
+
+/// One slot's charges.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Raw {
+    pub counts: Counts,
+    pub live: i64,
+    pub peak: i64,
 }
 
 #[derive(Default)]
@@ -96,11 +116,11 @@ pub fn allocated(addr: usize, bytes: usize, foreign: bool) {
         let mut s = state();
         let r = s.raw(slot);
         if foreign {
-            r.foreign_allocations += 1;
-            r.foreign_bytes += bytes as u64;
+            r.counts.foreign_allocations += 1;
+            r.counts.foreign_bytes += bytes as u64;
         } else {
-            r.allocations += 1;
-            r.bytes += bytes as u64;
+            r.counts.allocations += 1;
+            r.counts.bytes += bytes as u64;
         }
         r.live += bytes as i64;
         r.peak = r.peak.max(r.live);
@@ -130,104 +150,79 @@ pub fn freed(addr: usize) {
     }
 }
 
-fn charge_current(f: impl FnOnce(&mut Raw)) {
+/// What happened to a memory, for [`charge`].
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    Share,
+    Copy(usize),
+    Map { write: bool },
+}
+
+/// Charges `event` to the element running, when recording.
+#[inline(always)]
+fn charge(event: Event) {
+    if active() {
+        charge_now(event);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn charge_now(event: Event) {
     let slot = running::current();
-    f(state().raw(slot));
+    let mut s = state();
+    let c = &mut s.raw(slot).counts;
+    match event {
+        Event::Share => c.shares += 1,
+        Event::Copy(bytes) => {
+            c.copies += 1;
+            c.bytes_copied += bytes as u64;
+        }
+        Event::Map { write: true } => c.write_maps += 1,
+        Event::Map { write: false } => c.read_maps += 1,
+    }
 }
 
 /// A share was made.
 #[inline(always)]
 pub fn shared() {
-    if active() {
-        charge_share();
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn charge_share() {
-    charge_current(|r| r.shares += 1);
+    charge(Event::Share);
 }
 
 /// A memory of `bytes` was copied.
 #[inline(always)]
 pub fn copied(bytes: usize) {
-    if active() {
-        charge_copy(bytes);
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn charge_copy(bytes: usize) {
-    charge_current(|r| {
-        r.copies += 1;
-        r.bytes_copied += bytes as u64;
-    });
+    charge(Event::Copy(bytes));
 }
 
 /// A memory was mapped (`write`: with `GST_MAP_WRITE`).
 #[inline(always)]
 pub fn mapped(write: bool) {
-    if active() {
-        charge_map(write);
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn charge_map(write: bool) {
-    charge_current(|r| {
-        if write {
-            r.write_maps += 1;
-        } else {
-            r.read_maps += 1;
-        }
-    });
+    charge(Event::Map { write });
 }
 
 /// One element's charges, as the report shows them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ElementCharges {
     pub name: String,
-    pub allocations: u64,
-    pub bytes: u64,
+    pub counts: Counts,
     /// Bytes of the blocks it allocated still alive now.
     pub live: u64,
     /// The most of those alive at once (per slot: an element whose task thread was charged
     /// before it was known adds both peaks).
     pub peak: u64,
-    pub shares: u64,
-    pub copies: u64,
-    pub bytes_copied: u64,
-    pub read_maps: u64,
-    pub write_maps: u64,
-    pub foreign_allocations: u64,
-    pub foreign_bytes: u64,
 }
 
 impl ElementCharges {
     fn add(&mut self, r: &Raw) {
-        self.allocations += r.allocations;
-        self.bytes += r.bytes;
+        self.counts.add(&r.counts);
         self.live += r.live.max(0) as u64;
         self.peak += r.peak.max(0) as u64;
-        self.shares += r.shares;
-        self.copies += r.copies;
-        self.bytes_copied += r.bytes_copied;
-        self.read_maps += r.read_maps;
-        self.write_maps += r.write_maps;
-        self.foreign_allocations += r.foreign_allocations;
-        self.foreign_bytes += r.foreign_bytes;
     }
 
     fn is_empty(&self) -> bool {
-        self.allocations
-            + self.foreign_allocations
-            + self.shares
-            + self.copies
-            + self.read_maps
-            + self.write_maps
+        let c = &self.counts;
+        c.allocations + c.foreign_allocations + c.shares + c.copies + c.read_maps + c.write_maps
             == 0
     }
 }
@@ -254,13 +249,13 @@ pub fn report() -> Vec<ElementCharges> {
         by_name[i].add(raw);
     }
     by_name.retain(|e| !e.is_empty());
-    by_name.sort_by(|a, b| {
-        (b.bytes_copied, b.bytes + b.foreign_bytes, &a.name).cmp(&(
-            a.bytes_copied,
-            a.bytes + a.foreign_bytes,
-            &b.name,
-        ))
-    });
+    let key = |e: &ElementCharges| {
+        (
+            e.counts.bytes_copied,
+            e.counts.bytes + e.counts.foreign_bytes,
+        )
+    };
+    by_name.sort_by(|a, b| (key(b), &a.name).cmp(&(key(a), &b.name)));
     by_name
 }
 

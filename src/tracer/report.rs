@@ -65,8 +65,15 @@ impl Report {
         let copiers: Vec<String> = self
             .elements
             .iter()
-            .filter(|e| e.copies > 0)
-            .map(|e| format!("{} {} ({})", e.name, e.copies, human(e.bytes_copied)))
+            .filter(|e| e.counts.copies > 0)
+            .map(|e| {
+                format!(
+                    "{} {} ({})",
+                    e.name,
+                    e.counts.copies,
+                    human(e.counts.bytes_copied)
+                )
+            })
             .collect();
         if copiers.is_empty() {
             let _ = writeln!(t, "  copied by     no element: nothing was copied");
@@ -106,14 +113,14 @@ impl Report {
                 t,
                 "                {:<width$} {:>8} {:>11} {:>11} {:>7} {:>11} {:>8} {:>8} {:>7}",
                 e.name,
-                e.allocations + e.foreign_allocations,
-                human(e.bytes + e.foreign_bytes),
+                e.counts.allocations + e.counts.foreign_allocations,
+                human(e.counts.bytes + e.counts.foreign_bytes),
                 human(e.peak),
-                e.copies,
-                human(e.bytes_copied),
-                e.read_maps,
-                e.write_maps,
-                e.shares
+                e.counts.copies,
+                human(e.counts.bytes_copied),
+                e.counts.read_maps,
+                e.counts.write_maps,
+                e.counts.shares
             );
         }
     }
@@ -124,13 +131,13 @@ impl Report {
             let foreign: Vec<String> = self
                 .elements
                 .iter()
-                .filter(|e| e.foreign_allocations > 0)
+                .filter(|e| e.counts.foreign_allocations > 0)
                 .map(|e| {
                     format!(
                         "{} {} ({})",
                         e.name,
-                        e.foreign_allocations,
-                        human(e.foreign_bytes)
+                        e.counts.foreign_allocations,
+                        human(e.counts.foreign_bytes)
                     )
                 })
                 .collect();
@@ -335,17 +342,17 @@ impl Report {
             .map(|e| {
                 json!({
                     "element": e.name,
-                    "allocations": e.allocations,
-                    "bytes": e.bytes,
+                    "allocations": e.counts.allocations,
+                    "bytes": e.counts.bytes,
                     "live-bytes": e.live,
                     "peak-live-bytes": e.peak,
-                    "copies": e.copies,
-                    "bytes-copied": e.bytes_copied,
-                    "read-maps": e.read_maps,
-                    "write-maps": e.write_maps,
-                    "shares": e.shares,
-                    "other-allocations": e.foreign_allocations,
-                    "other-bytes": e.foreign_bytes,
+                    "copies": e.counts.copies,
+                    "bytes-copied": e.counts.bytes_copied,
+                    "read-maps": e.counts.read_maps,
+                    "write-maps": e.counts.write_maps,
+                    "shares": e.counts.shares,
+                    "other-allocations": e.counts.foreign_allocations,
+                    "other-bytes": e.counts.foreign_bytes,
                 })
             })
             .collect();
