@@ -50,6 +50,16 @@ thread_local! {
     static THREAD: RefCell<ThreadState> = RefCell::default();
 }
 
+/// Runs `f` on this thread's state; `None` while it is unavailable (at thread exit, or, which
+/// no path here does, borrowed already): never a panic, these run inside core's hooks and the
+/// allocators' vfuncs.
+fn with_thread<R>(f: impl FnOnce(&mut ThreadState) -> R) -> Option<R> {
+    THREAD
+        .try_with(|t| t.try_borrow_mut().ok().map(|mut t| f(&mut t)))
+        .ok()
+        .flatten()
+}
+
 fn address(element: &gst::Element) -> usize {
     let ptr: *mut gst::ffi::GstElement = element.to_glib_none().0;
     ptr as usize
@@ -59,13 +69,11 @@ fn address(element: &gst::Element) -> usize {
 fn slot_of(element: &gst::Element) -> Slot {
     let addr = address(element);
     let generation = GENERATION.load(Ordering::Acquire);
-    let cached = THREAD
-        .try_with(|t| match t.borrow().cache {
-            Some((a, slot, g)) if a == addr && g == generation => Some(slot),
-            _ => None,
-        })
-        .ok()
-        .flatten();
+    let cached = with_thread(|t| match t.cache {
+        Some((a, slot, g)) if a == addr && g == generation => Some(slot),
+        _ => None,
+    })
+    .flatten();
     if let Some(slot) = cached {
         return slot;
     }
@@ -81,7 +89,7 @@ fn slot_of(element: &gst::Element) -> Slot {
             }
         }
     };
-    let _ = THREAD.try_with(|t| t.borrow_mut().cache = Some((addr, slot, generation)));
+    with_thread(|t| t.cache = Some((addr, slot, generation)));
     slot
 }
 
@@ -90,12 +98,12 @@ fn slot_of(element: &gst::Element) -> Slot {
 /// internal pad) keeps what runs now, so that every [`enter`] has its [`leave`].
 pub fn enter(element: Option<&gst::Element>) {
     let slot = element.map_or_else(current, slot_of);
-    let _ = THREAD.try_with(|t| t.borrow_mut().stack.push(slot));
+    with_thread(|t| t.stack.push(slot));
 }
 
 /// The element entered last on this thread is done.
 pub fn leave() {
-    let _ = THREAD.try_with(|t| t.borrow_mut().stack.pop());
+    with_thread(|t| t.stack.pop());
 }
 
 /// A pad of `element` pushes a buffer from this thread. With no element entered, the thread
@@ -105,25 +113,10 @@ pub fn pushing(element: Option<&gst::Element>) {
     let Some(element) = element else {
         return;
     };
-    let own = THREAD
-        .try_with(|t| {
-            let t = t.borrow();
-            if t.stack.is_empty() { t.own } else { None }
-        })
-        .ok()
-        .flatten();
-    let own = match own {
-        Some(own) => own,
-        None => {
-            let empty = THREAD
-                .try_with(|t| t.borrow().stack.is_empty())
-                .unwrap_or(false);
-            if !empty {
-                return;
-            }
-            own_slot()
-        }
-    };
+    if with_thread(|t| t.stack.is_empty()) != Some(true) {
+        return;
+    }
+    let own = own_slot();
     let owner = slot_of(element);
     let mut t = targets();
     if let Some(Target::Thread(o @ None)) = t.list.get_mut(own as usize) {
@@ -141,7 +134,7 @@ pub fn forget(addr: usize) {
 
 /// This thread's own slot, made at first use.
 fn own_slot() -> Slot {
-    if let Ok(Some(own)) = THREAD.try_with(|t| t.borrow().own) {
+    if let Some(Some(own)) = with_thread(|t| t.own) {
         return own;
     }
     let slot = {
@@ -149,17 +142,15 @@ fn own_slot() -> Slot {
         t.list.push(Target::Thread(None));
         (t.list.len() - 1) as Slot
     };
-    let _ = THREAD.try_with(|t| t.borrow_mut().own = Some(slot));
+    with_thread(|t| t.own = Some(slot));
     slot
 }
 
 /// The slot charges made now on this thread go to.
 pub(crate) fn current() -> Slot {
-    let top = THREAD
-        .try_with(|t| t.borrow().stack.last().copied())
-        .ok()
-        .flatten();
-    top.unwrap_or_else(own_slot)
+    with_thread(|t| t.stack.last().copied())
+        .flatten()
+        .unwrap_or_else(own_slot)
 }
 
 /// The names of `slots`, resolved as the report shows them: an element's name; for a thread,
