@@ -23,6 +23,7 @@
 //! | AlignedMemory's recycling cache and its bound | `max-cached-bytes` on any `AlignedAllocator`, [`set_max_cached_bytes`], `MEMKIT_MAX_CACHED_BYTES` (initial) | every `AlignedAllocator` instance (blocks in the cache belong to no instance) |
 //! | MemfdMemory's recycled blocks and their bound | `max-cached-bytes` on any `MemfdAllocator`, [`memfd::set_max_cached_bytes`], `MEMKIT_MAX_CACHED_BYTES` (initial) | every `MemfdAllocator` instance |
 //! | guard mode | `guard` on any `AlignedAllocator`, [`set_guard_enabled`], `MEMKIT_GUARD` | AlignedMemory blocks allocated from then on |
+//! | protect mode, its fault handler and quarantine | `protect` on any `AlignedAllocator`, [`set_protect_mode`], `MEMKIT_GUARD=protect`/`protect-continue` | AlignedMemory blocks allocated from then on; the handler is installed with the first protected block |
 //! | statistics (counters, live figures) | `collect-stats`, `reset-stats`, `MEMKIT_STATS` | AlignedMemory ([`mod@stats`]) and MemfdMemory ([`memfd::stats`]) each count their own |
 //! | tracer hook mode | the first active tracer on GStreamer ≥ 1.26 | both allocators take core's init/free path from then on |
 //! | the transport's block registry | `memfdsink`, through [`memfd::block_of`] | ids of MemfdMemory blocks, retired blocks |
@@ -46,9 +47,9 @@ pub mod stats {
 
 pub use aligned::{
     ALIGNED_MEMORY, AlignedAllocator, AlignedMemory, AlignedMemoryRef, CANARY, CANARY_BYTE,
-    FILL_BYTE, GstAlignedMemory, GuardViolation, POISON_BYTE, aligned_allocator,
-    check_memory_guard, guard_enabled, max_cached_bytes, reset_stats, set_guard_enabled,
-    set_max_cached_bytes,
+    FILL_BYTE, GstAlignedMemory, GuardViolation, POISON_BYTE, ProtectMode, ProtectViolation,
+    aligned_allocator, check_memory_guard, guard_enabled, max_cached_bytes, protect_mode,
+    protect_violations, reset_stats, set_guard_enabled, set_max_cached_bytes, set_protect_mode,
 };
 pub use error::{AllocError, FdError, MemoryError};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};

@@ -13,6 +13,22 @@ use crate::allocator::aligned::stats;
 use crate::allocator::debug::ALIGNED as CAT;
 use crate::allocator::shared::{bound_from, cache_properties};
 
+/// The `protect` property's values (see `memory::ProtectMode`).
+#[derive(Debug, Eq, PartialEq, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "MemkitProtectMode")]
+pub enum Protect {
+    #[enum_value(name = "Off: blocks are allocated as usual", nick = "off")]
+    Off = 0,
+    #[enum_value(
+        name = "Abort: report a violation, then die of the signal",
+        nick = "abort"
+    )]
+    Abort = 1,
+    #[enum_value(name = "Continue: report, count, and go on", nick = "continue")]
+    Continue = 2,
+}
+
 #[derive(Default)]
 pub struct AlignedAllocator;
 
@@ -68,6 +84,14 @@ impl ObjectImpl for AlignedAllocator {
                     )
                     .default_value(false)
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("protect", Protect::Off)
+                    .nick("Protect mode")
+                    .blurb(
+                        "Give new blocks their own pages between guard pages, protected as their \
+                         mappings allow, and report any other access at the faulting \
+                         instruction (MEMKIT_GUARD=protect or protect-continue starts with it on)",
+                    )
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -103,6 +127,15 @@ impl ObjectImpl for AlignedAllocator {
                 );
                 memory::set_guard_enabled(on);
             }
+            "protect" => {
+                let mode = value.get::<Protect>().expect("type checked upstream");
+                gst::info!(CAT, imp = self, "protect mode {:?}", mode);
+                memory::set_protect_mode(match mode {
+                    Protect::Off => memory::ProtectMode::Off,
+                    Protect::Abort => memory::ProtectMode::Abort,
+                    Protect::Continue => memory::ProtectMode::Continue,
+                });
+            }
             "max-cached-bytes" => {
                 let max = bound_from(value);
                 gst::debug!(CAT, imp = self, "max-cached-bytes set to {}", max);
@@ -121,6 +154,12 @@ impl ObjectImpl for AlignedAllocator {
                 .to_value(),
             "collect-stats" => stats::enabled().to_value(),
             "guard" => memory::guard_enabled().to_value(),
+            "protect" => match memory::protect_mode() {
+                memory::ProtectMode::Off => Protect::Off,
+                memory::ProtectMode::Abort => Protect::Abort,
+                memory::ProtectMode::Continue => Protect::Continue,
+            }
+            .to_value(),
             _ => unimplemented!(),
         }
     }

@@ -23,8 +23,9 @@ pub mod stats;
 pub(crate) use memory::charge_maps;
 pub use memory::{
     AlignedMemory, AlignedMemoryRef, CANARY, CANARY_BYTE, FILL_BYTE, GstAlignedMemory,
-    GuardViolation, HUGE_PAGE, MMAP_THRESHOLD, POISON_BYTE, check_memory_guard, guard_enabled,
-    set_guard_enabled,
+    GuardViolation, HUGE_PAGE, MMAP_THRESHOLD, POISON_BYTE, ProtectMode, ProtectViolation,
+    check_memory_guard, guard_enabled, protect_mode, protect_violations, set_guard_enabled,
+    set_protect_mode, unprotected,
 };
 
 /// The name `AlignedMemory` is registered under, and its memory type (`mem_type`).
@@ -40,10 +41,11 @@ glib::wrapper! {
 /// dropped, which is what makes the instance immortal: its memories need not hold a reference
 /// on it.
 static ALLOCATOR: LazyLock<AlignedAllocator> = LazyLock::new(|| {
-    if std::env::var("MEMKIT_GUARD")
-        .is_ok_and(|v| matches!(v.trim(), "1" | "abort" | "true" | "yes"))
-    {
-        set_guard_enabled(true);
+    match std::env::var("MEMKIT_GUARD").as_deref().map(str::trim) {
+        Ok("1" | "abort" | "true" | "yes") => set_guard_enabled(true),
+        Ok("protect") => set_protect_mode(ProtectMode::Abort),
+        Ok("protect-continue") => set_protect_mode(ProtectMode::Continue),
+        _ => {}
     }
     stats::init_from_env();
     let allocator = glib::Object::new::<AlignedAllocator>();

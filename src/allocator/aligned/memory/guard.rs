@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Guard mode: canaries around the region, prefix and padding filled, freed blocks poisoned.
 
-use std::ptr::{self};
+use std::ptr::{self, NonNull};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -48,6 +48,12 @@ pub fn guard_enabled() -> bool {
 /// Turns guard mode on or off for blocks allocated from now on.
 pub fn set_guard_enabled(on: bool) {
     GUARD.store(on, Ordering::Relaxed);
+    super::protect::set_special(super::protect::GUARD_BIT, on);
+}
+
+/// A protected block was made: from now on unmaps look at the block (see [`guarded_ever`]).
+pub(super) fn mark_guarded() {
+    GUARDED_EVER.store(true, Ordering::Relaxed);
 }
 
 /// A damaged range of a guarded block.
@@ -286,4 +292,23 @@ pub(super) fn alloc_guarded(
         slot: crate::allocator::aligned::cache::NO_SLOT,
         maps: AtomicU64::new(0),
     }))
+}
+
+/// A block of protect mode (see `protect`): its own mapping, fresh zeros. `None` when the
+/// system or the registry refuses one (the caller then allocates an ordinary block).
+pub(super) fn alloc_protected(block: &BlockLayout) -> Option<NonNull<GstAlignedMemory>> {
+    super::fault::install();
+    let p = super::protect::Protect::new(block)?;
+    mark_guarded();
+    let boxed = Box::new(GstAlignedMemory {
+        // SAFETY: zeroed GstMemory, initialised by `init_memory`.
+        mem: unsafe { std::mem::zeroed() },
+        data: p.data,
+        maps: AtomicU64::new(0),
+        slot: crate::allocator::aligned::cache::NO_SLOT,
+        backing: Backing::Protected(p),
+        next: None,
+    });
+    // SAFETY: Box::into_raw never returns NULL.
+    Some(unsafe { NonNull::new_unchecked(Box::into_raw(boxed)) })
 }

@@ -18,7 +18,8 @@ use crate::allocator::raw::traced;
 use crate::attribution;
 
 use super::block::{AlignedMemory, GstAlignedMemory, flags_bits};
-use super::guard::{POISON_BYTE, alloc_guarded, guard_enabled, report_guard};
+use super::guard::{POISON_BYTE, alloc_guarded, alloc_protected, guard_enabled, report_guard};
+use super::protect::{PROTECTED_FLAG, ProtectMode, protect_mode, special_mode};
 use super::storage::{Backing, Owner, Storage};
 use super::thread::{
     CACHE, Thread, current, recycle_root, recycle_share, share_header, with_thread,
@@ -212,7 +213,7 @@ pub(super) unsafe fn release(mem: *mut ffi::GstMemory) {
             unsafe { ptr::write_bytes(storage.base.as_ptr(), POISON_BYTE, storage.len) };
             drop(boxed);
         }
-        Backing::Owned { key: None, .. } | Backing::Wrapped(_) => {
+        Backing::Owned { key: None, .. } | Backing::Wrapped(_) | Backing::Protected(_) => {
             stats::block_died(mem as usize, maxsize);
             drop(boxed);
         }
@@ -229,7 +230,7 @@ pub(super) fn alloc_cached(
     block: &BlockLayout,
     flags: ffi::GstMemoryFlags,
 ) -> Option<NonNull<GstAlignedMemory>> {
-    if allocator != IMMORTAL.load(Ordering::Acquire) || traced() || guard_enabled() {
+    if allocator != IMMORTAL.load(Ordering::Acquire) || traced() || special_mode() {
         return None;
     }
     let (slot, class) = cache::small_slot(block.alloc_size)?;
@@ -383,8 +384,9 @@ fn alloc_block_on(
         Some((key, bytes)) => (Some(key), bytes),
         None => (None, block.alloc_size),
     };
-    let guarded = guard_enabled();
-    let cached = if guarded {
+    let protected = protect_mode() != ProtectMode::Off;
+    let guarded = !protected && guard_enabled();
+    let cached = if guarded || protected {
         None
     } else {
         key.and_then(|k| CACHE.take(t.map(|t| &t.magazine), k))
@@ -399,6 +401,8 @@ fn alloc_block_on(
     let mem = match cached {
         Some(b) => place(b, block, flags)
             .ok_or(AllocError::Internal("a cached block is not an owned root"))?,
+        // A protected block (an ordinary one when the system or the registry refuses it).
+        None if protected && let Some(b) = alloc_protected(block) => b,
         // A guarded block's region is placed (and its ranges filled) by alloc_guarded.
         None if guarded => {
             // SAFETY: Box::into_raw never returns NULL.
@@ -438,6 +442,9 @@ fn alloc_block_on(
             block.prefix,
             block.size,
         );
+        // Flagged (shares inherit it): `mem_map` finds it with the test it makes anyway.
+        let p = matches!((*mem.as_ptr()).backing, Backing::Protected(_));
+        (*mem.as_ptr()).mem.mini_object.flags |= if p { PROTECTED_FLAG } else { 0 };
     }
     // No log line here: this is the hot path (statistics count allocations instead).
     let addr = mem.as_ptr() as usize;

@@ -18,6 +18,7 @@ use crate::attribution;
 use super::block::GstAlignedMemory;
 use super::guard::{guarded_ever, report_guard, root_of};
 use super::lifecycle::{alloc_block, new_share};
+use super::protect::PROTECTED_FLAG;
 use super::storage::Backing;
 
 /// `GstAllocator.mem_map` (contract of `gst_memory_map`): core has taken the lock; return the
@@ -26,12 +27,12 @@ use super::storage::Backing;
 unsafe extern "C" fn mem_map(
     mem: *mut ffi::GstMemory,
     _maxsize: usize,
-    _flags: ffi::GstMapFlags,
+    flags: ffi::GstMapFlags,
 ) -> glib::ffi::gpointer {
     // SAFETY: core only calls mem_map on live memory of this allocator, i.e. a GstAlignedMemory.
     let mem = unsafe { &*(mem as *const GstAlignedMemory) };
-    if mem.mem.mini_object.flags & ffi::GST_MEMORY_FLAG_NOT_MAPPABLE != 0 {
-        return refuse_unmappable(mem);
+    if mem.mem.mini_object.flags & (ffi::GST_MEMORY_FLAG_NOT_MAPPABLE | PROTECTED_FLAG) != 0 {
+        return map_special(mem, flags);
     }
     // Counted on the memory, added to the statistics when it is freed: no thread-local
     // lookup on the map path (a load and a store, not a locked add: see the field).
@@ -40,13 +41,27 @@ unsafe extern "C" fn mem_map(
     mem.data.as_ptr().cast()
 }
 
-/// `mem_map` of NOT_MAPPABLE memory: NULL (out of line, so that the map path keeps no frame).
-/// `extern "C"` (it cannot unwind), so that callers need no unwinding frame.
+/// `mem_map` of NOT_MAPPABLE memory (NULL) or of a protected block (its protection follows
+/// the new mapping). Out of line and `extern "C"` (it cannot unwind), so that the common map
+/// keeps no frame.
 #[cold]
 #[inline(never)]
-extern "C" fn refuse_unmappable(mem: &GstAlignedMemory) -> glib::ffi::gpointer {
-    gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
-    ptr::null_mut()
+extern "C" fn map_special(mem: &GstAlignedMemory, flags: ffi::GstMapFlags) -> glib::ffi::gpointer {
+    if mem.mem.mini_object.flags & ffi::GST_MEMORY_FLAG_NOT_MAPPABLE != 0 {
+        gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
+        return ptr::null_mut();
+    }
+    // SAFETY: a live memory of ours; its root is live.
+    let root = unsafe { root_of(mem) };
+    if let Backing::Protected(p) = &root.backing
+        && !p.map(flags & ffi::GST_MAP_WRITE != 0)
+    {
+        gst::warning!(CAT, "cannot open protected block {:p} for a mapping", root);
+        return ptr::null_mut();
+    }
+    let n = mem.maps.load(Ordering::Relaxed);
+    mem.maps.store(n.wrapping_add(1), Ordering::Relaxed);
+    mem.data.as_ptr().cast()
 }
 
 /// [`mem_map`] while the tracer charges elements: the map is charged to the element running.
@@ -86,12 +101,25 @@ unsafe extern "C" fn mem_unmap_full(mem: *mut ffi::GstMemory, info: *mut ffi::Gs
 unsafe extern "C" fn check_guards_at_unmap(mem: *mut ffi::GstMemory, info: *mut ffi::GstMapInfo) {
     // SAFETY: per the caller's contract.
     unsafe {
-        if (*info).flags & ffi::GST_MAP_WRITE != 0 {
-            let root = root_of(mem as *const GstAlignedMemory);
-            if matches!(root.backing, Backing::Owned { guard: Some(_), .. }) {
+        let root = root_of(mem as *const GstAlignedMemory);
+        let write = (*info).flags & ffi::GST_MAP_WRITE != 0;
+        match &root.backing {
+            Backing::Protected(p) => p.unmap(write),
+            Backing::Owned { guard: Some(_), .. } if write => {
                 report_guard(root, "when a write mapping was released", None);
             }
+            _ => {}
         }
+    }
+}
+
+/// Runs `f` with `root`'s pages accessible when it is a protected block (`write`: writable
+/// too), as they are anyway otherwise.
+/// `None` when a protected block cannot be opened.
+fn accessible<R>(root: &GstAlignedMemory, write: bool, f: impl FnOnce() -> R) -> Option<R> {
+    match &root.backing {
+        Backing::Protected(p) => p.with_access(write, f),
+        _ => Some(f()),
     }
 }
 
@@ -151,11 +179,31 @@ unsafe extern "C" fn mem_copy(
     };
     match alloc_block(m.mem.allocator, &block, 0) {
         Ok(copy) => {
-            // SAFETY: [start, start + len) is inside the source region (checked by sub_range),
-            // the new block's payload has room for `len` bytes, and the two never overlap.
-            unsafe {
-                let dst = copy.as_ref().data.as_ptr().add(block.prefix);
-                ptr::copy_nonoverlapping(m.data.as_ptr().add(start), dst, len);
+            // SAFETY: a live memory of ours; its root is live.
+            let src_root = unsafe { root_of(m) };
+            // SAFETY: the copy is ours alone until we return it.
+            let dst_root = unsafe { copy.as_ref() };
+            // Protected blocks are opened for memkit's own access meanwhile.
+            let copied = accessible(src_root, false, || {
+                accessible(dst_root, true, || {
+                    // SAFETY: [start, start + len) is inside the source region (checked by
+                    // sub_range), the new block's payload has room for `len` bytes, the two
+                    // never overlap, and both are accessible.
+                    unsafe {
+                        let dst = dst_root.data.as_ptr().add(block.prefix);
+                        ptr::copy_nonoverlapping(m.data.as_ptr().add(start), dst, len);
+                    }
+                })
+            });
+            if copied.flatten().is_none() {
+                gst::warning!(
+                    CAT,
+                    "copy of {:p} failed: a protected block cannot be opened",
+                    m
+                );
+                // SAFETY: the copy is ours alone; freeing it releases it.
+                unsafe { ffi::gst_memory_unref(copy.as_ptr().cast()) };
+                return ptr::null_mut();
             }
             gst::trace!(CAT, "copied {} bytes of {:p} to {:p}", len, m, copy);
             stats::count(Counter::Copies, 1);
