@@ -4,7 +4,12 @@
  * Built by meson for the test suites only; never installed, never part of the memkit plugin.
  *
  *   memkitscribble damage=past-maxsize|prefix|none  writes one byte past the memory's maxsize
- *                                                    or into its prefix, like a buggy element
+ *                                                    or into its prefix, like a buggy element;
+ *                  damage=write-read-mapped          writes through a GST_MAP_READ mapping;
+ *                  damage=after-unmap                writes through a pointer after its unmap;
+ *                  damage=after-free                 reads the previous buffer's bytes after
+ *                                                    it was freed (run with a sink that keeps
+ *                                                    no last sample)
  *   memkitleak                                       keeps a reference on the first buffer for
  *                                                    ever (a deliberate leak)
  *   memkitcopy                                       replaces every memory of each buffer by a
@@ -21,6 +26,9 @@ typedef enum
   DAMAGE_NONE,
   DAMAGE_PAST_MAXSIZE,
   DAMAGE_PREFIX,
+  DAMAGE_WRITE_READ_MAPPED,
+  DAMAGE_AFTER_UNMAP,
+  DAMAGE_AFTER_FREE,
 } Damage;
 
 #define TYPE_DAMAGE (damage_get_type ())
@@ -32,6 +40,9 @@ damage_get_type (void)
     {DAMAGE_NONE, "Write nothing", "none"},
     {DAMAGE_PAST_MAXSIZE, "Write one byte past maxsize", "past-maxsize"},
     {DAMAGE_PREFIX, "Write the last byte of the prefix", "prefix"},
+    {DAMAGE_WRITE_READ_MAPPED, "Write through a READ mapping", "write-read-mapped"},
+    {DAMAGE_AFTER_UNMAP, "Write after unmapping", "after-unmap"},
+    {DAMAGE_AFTER_FREE, "Read the previous buffer after it was freed", "after-free"},
     {0, NULL, NULL},
   };
   if (g_once_init_enter (&type))
@@ -43,6 +54,8 @@ typedef struct
 {
   GstBaseTransform parent;
   Damage damage;
+  /* after-free: the first payload byte of the previous buffer */
+  volatile guint8 *previous;
 } MemkitScribble;
 
 typedef struct
@@ -95,6 +108,34 @@ memkit_scribble_transform_ip (GstBaseTransform * trans, GstBuffer * buf)
   if (self->damage == DAMAGE_NONE || gst_buffer_n_memory (buf) == 0)
     return GST_FLOW_OK;
   mem = gst_buffer_peek_memory (buf, 0);
+  switch (self->damage) {
+    case DAMAGE_WRITE_READ_MAPPED:
+      if (!gst_memory_map (mem, &info, GST_MAP_READ))
+        return GST_FLOW_ERROR;
+      ((volatile guint8 *) info.data)[0] = 0x5a;
+      gst_memory_unmap (mem, &info);
+      return GST_FLOW_OK;
+    case DAMAGE_AFTER_UNMAP:{
+      volatile guint8 *data;
+      if (!gst_memory_map (mem, &info, GST_MAP_READWRITE))
+        return GST_FLOW_ERROR;
+      /* kept before the unmap, which may clear the GstMapInfo (GStreamer 1.26+) */
+      data = info.data;
+      gst_memory_unmap (mem, &info);
+      data[0] = 0x5a;
+      return GST_FLOW_OK;
+    }
+    case DAMAGE_AFTER_FREE:
+      if (self->previous != NULL && self->previous[0] == 0x77)
+        GST_DEBUG_OBJECT (self, "read a freed byte");
+      if (!gst_memory_map (mem, &info, GST_MAP_READ))
+        return GST_FLOW_ERROR;
+      self->previous = info.data;
+      gst_memory_unmap (mem, &info);
+      return GST_FLOW_OK;
+    default:
+      break;
+  }
   if (!gst_memory_map (mem, &info, GST_MAP_READWRITE))
     return GST_FLOW_ERROR;
   /* info.data is region + offset: the region ends at info.data - offset + maxsize */
