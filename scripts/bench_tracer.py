@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MPL-2.0
-"""What the memkittracer tracer costs: each pipeline with and without
-GST_TRACERS=memkittracer, interleaved in one run.
+"""What the memkittracer tracer (or protect mode) costs: each pipeline with and without
+GST_TRACERS=memkittracer (with --protect: MEMKIT_GUARD=protect), interleaved in one run.
 
 Differential like bench_crossprocess.py: every figure runs a short and a long stream and
 takes the difference, so process start-up and the tracer's own start and report cancel out.
@@ -9,6 +9,8 @@ Prints per pipeline the median time per buffer without and with the tracer and t
 the per-repeat ratios (with / without).
 
     GST_PLUGIN_PATH=$PWD/builddir /usr/bin/python3 scripts/bench_tracer.py [--repeats 5]
+    ... --protect  # protect mode instead (the tracer on in both runs, so that every element
+                   # allocates AlignedMemory); also prints the peak RSS of each
     ... --quick    # one short repeat: checks that it runs (CI), measures nothing
 """
 
@@ -31,17 +33,31 @@ CASES = [
 PIECES = {CASES[1][0]: 16}  # 4 KiB pieces per 64 KiB buffer
 
 
-def run(pipeline, tracer):
+PROTECT = False
+PEAK_RSS = {False: 0, True: 0}
+
+
+def run(pipeline, on):
     env = dict(os.environ)
     env.pop("GST_TRACERS", None)
-    if tracer:
+    env.pop("MEMKIT_GUARD", None)
+    if PROTECT:
+        # The tracer in both runs: it makes AlignedMemory every element's default allocator,
+        # so that protect mode covers the whole pipeline.
+        env["GST_TRACERS"] = "memkittracer"
+        if on:
+            env["MEMKIT_GUARD"] = "protect"
+    elif on:
         env["GST_TRACERS"] = "memkittracer"
     t0 = time.perf_counter()
-    proc = subprocess.run(["gst-launch-1.0", "-q", *pipeline.split()], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"failed: {pipeline}\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    proc = subprocess.Popen(["gst-launch-1.0", "-q", *pipeline.split()], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {pipeline}\n{proc.stderr.read()[-2000:]}")
+    PEAK_RSS[on] = max(PEAK_RSS[on], usage.ru_maxrss)
+    return elapsed
 
 
 def per_buffer(case, tracer):
@@ -54,7 +70,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--protect", action="store_true",
+                        help="measure protect mode (MEMKIT_GUARD=protect) instead of the tracer")
     args = parser.parse_args()
+    global PROTECT
+    PROTECT = args.protect
     cases = CASES
     repeats = args.repeats
     if args.quick:
@@ -73,6 +93,10 @@ def main():
         print(f"{case[0]:<56} {statistics.median(off) * 1e6:>7.2f} µs "
               f"{statistics.median(on) * 1e6:>7.2f} µs {statistics.median(ratios):>6.2f}   "
               + " ".join(f"{x:.2f}" for x in ratios) + f"   (per {unit})", flush=True)
+        if PROTECT:
+            print(f"{'':<56} peak RSS {PEAK_RSS[False] / 1024:.1f} MiB without, "
+                  f"{PEAK_RSS[True] / 1024:.1f} MiB with")
+            PEAK_RSS[False] = PEAK_RSS[True] = 0
 
 
 if __name__ == "__main__":
