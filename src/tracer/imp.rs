@@ -44,12 +44,17 @@ impl ObjectSubclass for MemkitTracer {
 }
 
 impl MemkitTracer {
+    /// The settings; a poisoned lock still gives them (no panic inside core's hooks).
+    fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn print_report(&self, title: &str, at_exit: bool) {
         let seen = FOREIGN_SEEN.load(std::sync::atomic::Ordering::Relaxed);
         let report = super::report::Report::collect(title, at_exit, seen);
         eprint!("{}", report.to_text());
         let (path, timeline) = {
-            let s = self.settings.lock().unwrap();
+            let s = self.settings();
             (s.report.clone(), s.timeline.clone())
         };
         if let Some(timeline) = timeline {
@@ -131,7 +136,7 @@ impl ObjectImpl for MemkitTracer {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        let mut settings = self.settings.lock().unwrap();
+        let mut settings = self.settings();
         match pspec.name() {
             "guard" => {
                 settings.guard = value.get().expect("type checked upstream");
@@ -146,7 +151,7 @@ impl ObjectImpl for MemkitTracer {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        let settings = self.settings.lock().unwrap();
+        let settings = self.settings();
         match pspec.name() {
             "guard" => settings.guard.to_value(),
             "report" => settings.report.to_value(),
@@ -185,12 +190,12 @@ impl ObjectImpl for MemkitTracer {
             CAT,
             imp = self,
             "memkit tracer active: AlignedMemory is the default allocator ({:?})",
-            self.settings.lock().unwrap()
+            self.settings()
         );
     }
 
     fn dispose(&self) {
-        let mut finished = self.finished.lock().unwrap();
+        let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
         if !*finished {
             *finished = true;
             drop(finished);

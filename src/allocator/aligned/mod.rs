@@ -45,7 +45,11 @@ static ALLOCATOR: LazyLock<AlignedAllocator> = LazyLock::new(|| {
         Ok("1" | "abort" | "true" | "yes") => set_guard_enabled(true),
         Ok("protect") => set_protect_mode(ProtectMode::Abort),
         Ok("protect-continue") => set_protect_mode(ProtectMode::Continue),
-        _ => {}
+        Ok("" | "0" | "false" | "no") | Err(_) => {}
+        Ok(other) => gst::warning!(
+            crate::allocator::debug::ALIGNED,
+            "MEMKIT_GUARD={other:?} is not a mode (1, abort, protect, protect-continue): ignored"
+        ),
     }
     stats::init_from_env();
     let allocator = glib::Object::new::<AlignedAllocator>();
