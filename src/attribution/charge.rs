@@ -88,6 +88,7 @@ pub(crate) fn state() -> MutexGuard<'static, State> {
 /// Starts recording (the tracer calls it once, before any pipeline runs).
 pub fn activate() {
     let _ = state().timeline.start();
+    super::published::set_tracing();
     ACTIVE.store(true, Ordering::Release);
 }
 
@@ -95,6 +96,16 @@ pub fn activate() {
 #[inline(always)]
 pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
+}
+
+/// The slot charges made now on this thread go to, for the record of a mapping: [`NO_SLOT`](super::published::NO_SLOT)
+/// while nothing is charged (no tracer).
+pub fn current_slot() -> u32 {
+    if active() {
+        running::current()
+    } else {
+        super::published::NO_SLOT
+    }
 }
 
 /// Where the timeline reads the allocators' cached bytes from.

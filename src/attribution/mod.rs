@@ -20,6 +20,7 @@
 //! [`sample`]).
 
 pub mod charge;
+pub mod published;
 pub mod running;
 pub mod timeline;
 

@@ -10,8 +10,9 @@ use std::sync::{LazyLock, Mutex, MutexGuard};
 use gst::glib::translate::ToGlibPtr;
 use gst::prelude::*;
 
-/// What charges made outside any element go to.
-pub const APPLICATION: &str = "application";
+use super::published;
+
+pub use super::published::APPLICATION;
 
 /// A charge target: an element, or a thread that has no element running.
 pub(crate) type Slot = u32;
@@ -44,6 +45,16 @@ struct ThreadState {
     own: Option<Slot>,
     /// The last element looked up: (address, slot, generation).
     cache: Option<(usize, Slot, u64)>,
+    /// This thread's row in the signal-safe view ([`published`]).
+    row: Option<usize>,
+}
+
+impl Drop for ThreadState {
+    fn drop(&mut self) {
+        if let Some(row) = self.row {
+            published::release(row);
+        }
+    }
 }
 
 thread_local! {
@@ -83,7 +94,9 @@ fn slot_of(element: &gst::Element) -> Slot {
             Some(&slot) => slot,
             None => {
                 let slot = t.list.len() as Slot;
-                t.list.push(Target::Element(element.name().to_string()));
+                let name = element.name();
+                published::set_name(slot, &name);
+                t.list.push(Target::Element(name.to_string()));
                 t.by_ptr.insert(addr, slot);
                 slot
             }
@@ -98,12 +111,24 @@ fn slot_of(element: &gst::Element) -> Slot {
 /// internal pad) keeps what runs now, so that every [`enter`] has its [`leave`].
 pub fn enter(element: Option<&gst::Element>) {
     let slot = element.map_or_else(current, slot_of);
-    with_thread(|t| t.stack.push(slot));
+    with_thread(|t| {
+        t.stack.push(slot);
+        published::publish(&mut t.row, slot);
+    });
 }
 
 /// The element entered last on this thread is done.
 pub fn leave() {
     with_thread(|t| t.stack.pop());
+    republish();
+}
+
+/// Publishes what this thread runs now, when protect mode wants to know.
+fn republish() {
+    if published::enabled() {
+        let slot = current();
+        with_thread(|t| published::publish(&mut t.row, slot));
+    }
 }
 
 /// A pad of `element` pushes a buffer from this thread. With no element entered, the thread
@@ -118,10 +143,14 @@ pub fn pushing(element: Option<&gst::Element>) {
     }
     let own = own_slot();
     let owner = slot_of(element);
-    let mut t = targets();
-    if let Some(Target::Thread(o @ None)) = t.list.get_mut(own as usize) {
-        *o = Some(owner);
+    {
+        let mut t = targets();
+        if let Some(Target::Thread(o @ None)) = t.list.get_mut(own as usize) {
+            *o = Some(owner);
+            published::set_name(own, &element.name());
+        }
     }
+    republish();
 }
 
 /// The element at `addr` is being destroyed: its address may be reused by a new one.
@@ -140,7 +169,9 @@ fn own_slot() -> Slot {
     let slot = {
         let mut t = targets();
         t.list.push(Target::Thread(None));
-        (t.list.len() - 1) as Slot
+        let slot = (t.list.len() - 1) as Slot;
+        published::set_name(slot, APPLICATION);
+        slot
     };
     with_thread(|t| t.own = Some(slot));
     slot
