@@ -47,9 +47,10 @@ pub mod stats {
 
 pub use aligned::{
     ALIGNED_MEMORY, AlignedAllocator, AlignedMemory, AlignedMemoryRef, CANARY, CANARY_BYTE,
-    FILL_BYTE, GstAlignedMemory, GuardViolation, POISON_BYTE, ProtectMode, ProtectViolation,
-    aligned_allocator, check_memory_guard, guard_enabled, max_cached_bytes, protect_mode,
-    protect_violations, reset_stats, set_guard_enabled, set_max_cached_bytes, set_protect_mode,
+    FILL_BYTE, GstAlignedMemory, GuardViolation, MAX_PROTECT_RECORDS, POISON_BYTE, ProtectMode,
+    ProtectRecord, ProtectViolation, aligned_allocator, check_memory_guard, guard_enabled,
+    max_cached_bytes, protect_mode, protect_records, protect_violations, reset_stats,
+    set_guard_enabled, set_max_cached_bytes, set_protect_mode,
 };
 pub use error::{AllocError, FdError, MemoryError};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};

@@ -29,6 +29,26 @@ pub enum Protect {
     Continue = 2,
 }
 
+impl From<Protect> for memory::ProtectMode {
+    fn from(p: Protect) -> Self {
+        match p {
+            Protect::Off => memory::ProtectMode::Off,
+            Protect::Abort => memory::ProtectMode::Abort,
+            Protect::Continue => memory::ProtectMode::Continue,
+        }
+    }
+}
+
+impl From<memory::ProtectMode> for Protect {
+    fn from(m: memory::ProtectMode) -> Self {
+        match m {
+            memory::ProtectMode::Off => Protect::Off,
+            memory::ProtectMode::Abort => Protect::Abort,
+            memory::ProtectMode::Continue => Protect::Continue,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct AlignedAllocator;
 
@@ -130,11 +150,7 @@ impl ObjectImpl for AlignedAllocator {
             "protect" => {
                 let mode = value.get::<Protect>().expect("type checked upstream");
                 gst::info!(CAT, imp = self, "protect mode {:?}", mode);
-                memory::set_protect_mode(match mode {
-                    Protect::Off => memory::ProtectMode::Off,
-                    Protect::Abort => memory::ProtectMode::Abort,
-                    Protect::Continue => memory::ProtectMode::Continue,
-                });
+                memory::set_protect_mode(mode.into());
             }
             "max-cached-bytes" => {
                 let max = bound_from(value);
@@ -154,12 +170,7 @@ impl ObjectImpl for AlignedAllocator {
                 .to_value(),
             "collect-stats" => stats::enabled().to_value(),
             "guard" => memory::guard_enabled().to_value(),
-            "protect" => match memory::protect_mode() {
-                memory::ProtectMode::Off => Protect::Off,
-                memory::ProtectMode::Abort => Protect::Abort,
-                memory::ProtectMode::Continue => Protect::Continue,
-            }
-            .to_value(),
+            "protect" => Protect::from(memory::protect_mode()).to_value(),
             _ => unimplemented!(),
         }
     }

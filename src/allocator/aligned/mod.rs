@@ -15,6 +15,8 @@ use super::error::{AllocError, MemoryError};
 pub(crate) mod cache;
 pub(crate) mod classes;
 mod imp;
+
+pub(crate) use imp::Protect as ProtectProperty;
 pub(crate) mod magazine;
 #[allow(unsafe_code)]
 mod memory;
@@ -23,9 +25,9 @@ pub mod stats;
 pub(crate) use memory::charge_maps;
 pub use memory::{
     AlignedMemory, AlignedMemoryRef, CANARY, CANARY_BYTE, FILL_BYTE, GstAlignedMemory,
-    GuardViolation, HUGE_PAGE, MMAP_THRESHOLD, POISON_BYTE, ProtectMode, ProtectViolation,
-    check_memory_guard, guard_enabled, protect_mode, protect_violations, set_guard_enabled,
-    set_protect_mode, unprotected,
+    GuardViolation, HUGE_PAGE, MAX_PROTECT_RECORDS, MMAP_THRESHOLD, POISON_BYTE, ProtectMode,
+    ProtectRecord, ProtectViolation, check_memory_guard, guard_enabled, protect_mode,
+    protect_records, protect_violations, set_guard_enabled, set_protect_mode, unprotected,
 };
 
 /// The name `AlignedMemory` is registered under, and its memory type (`mem_type`).

@@ -4,14 +4,15 @@
 //! `sigaction` and `raise`; no lock, no allocation. A fault at an address that is no protected
 //! block's goes to the handler that was there before (or the default action).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 
-use super::protect::{MAX_BLOCKS, ProtectMode, REGISTRY, protect_mode};
+use super::registry::{MAX_BLOCKS, ProtectMode, REGISTRY, protect_mode};
+use crate::attribution::published;
 
 /// The kinds of violation, as reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
+#[repr(u8)]
 pub enum Kind {
     WriteThroughRead = 0,
     NoMapping = 1,
@@ -29,6 +30,17 @@ impl Kind {
         Kind::PastMaxsize,
     ];
 
+    /// Its name in the tracer's JSON report.
+    pub fn nick(self) -> &'static str {
+        match self {
+            Kind::WriteThroughRead => "write-through-read",
+            Kind::NoMapping => "no-mapping",
+            Kind::AfterFree => "after-free",
+            Kind::BeforeBlock => "before-block",
+            Kind::PastMaxsize => "past-maxsize",
+        }
+    }
+
     /// What the report says.
     pub fn describe(self) -> &'static str {
         match self {
@@ -41,7 +53,7 @@ impl Kind {
     }
 }
 
-/// Violations seen in continue mode, by kind.
+/// Violations seen, by kind.
 static COUNTS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
 /// Violations of `kind` seen so far (continue mode goes on after each).
@@ -61,8 +73,11 @@ static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
 pub(super) fn install() {
     INSTALL.call_once(|| {
         // SAFETY: plain libc calls with valid arguments; the alternate stack is leaked on
-        // purpose (it must outlive the thread's signals).
+        // purpose (it must outlive the thread's signals). The first `backtrace` loads the
+        // unwinder (libgcc_s), which must not happen inside the handler.
         unsafe {
+            let mut frame = [std::ptr::null_mut::<libc::c_void>(); 1];
+            libc::backtrace(frame.as_mut_ptr(), 1);
             let size = libc::SIGSTKSZ.max(64 << 10);
             let stack = Box::leak(vec![0u8; size].into_boxed_slice());
             let ss = libc::stack_t {
@@ -186,8 +201,6 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
     let page = rustix::param::page_size();
     let start = r.map_start[slot].load(Ordering::Relaxed);
     let end = r.map_end[slot].load(Ordering::Relaxed);
-    let data = r.data[slot].load(Ordering::Relaxed);
-    let maxsize = r.maxsize[slot].load(Ordering::Relaxed);
     let readers = r.readers[slot].load(Ordering::Relaxed);
     let writers = r.writers[slot].load(Ordering::Relaxed);
     // SAFETY: ctx is the handler's context.
@@ -203,6 +216,76 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
     } else {
         Kind::NoMapping
     };
+    report(kind, write, addr, slot, None);
+    if protect_mode() == ProtectMode::Continue {
+        // Open what was touched, so that the faulting instruction completes when it runs
+        // again: the guard page (closed again at the block's next map or unmap), or the
+        // block's pages (given the protection its mappings ask for then).
+        let (from, len) = match kind {
+            Kind::BeforeBlock | Kind::PastMaxsize => {
+                r.guard_open[slot].store(1, Ordering::Release);
+                (addr & !(page - 1), page)
+            }
+            _ => (start + page, end - start - 2 * page),
+        };
+        // SAFETY: the mapping is ours and alive (found in the registry).
+        unsafe {
+            libc::mprotect(
+                from as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        return;
+    }
+    // Abort mode: the default action, so the process dies of this signal as it would have.
+    // SAFETY: plain libc calls; returning re-runs the faulting instruction.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &dfl, std::ptr::null_mut());
+    }
+}
+
+/// Damage found in the slack of a block's pages (by its canary: `found` says when), reported
+/// like a fault; in abort mode the process then aborts.
+pub(super) fn report_slack(kind: Kind, addr: usize, slot: usize, found: &str) {
+    report(kind, Some(true), addr, slot, Some(found));
+    if protect_mode() != ProtectMode::Continue {
+        std::process::abort();
+    }
+}
+
+/// Writes the report of a violation to stderr and records it. Async-signal-safe: a buffer on
+/// the stack, `write`, atomics, and glibc's `backtrace` (loaded before the first fault).
+fn report(kind: Kind, write: Option<bool>, addr: usize, slot: usize, found: Option<&str>) {
+    // One report at a time, so that threads reporting at once do not mix their lines; the
+    // wait is bounded (a report stuck halfway cannot stop the others for good).
+    let mut spins = 0;
+    while REPORTING
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+        && spins < 100_000
+    {
+        spins += 1;
+        std::thread::yield_now();
+    }
+    write_report(kind, write, addr, slot, found);
+    REPORTING.store(false, Ordering::Release);
+}
+
+/// Whether a thread is writing a report.
+static REPORTING: AtomicBool = AtomicBool::new(false);
+
+fn write_report(kind: Kind, write: Option<bool>, addr: usize, slot: usize, found: Option<&str>) {
+    let r = &REGISTRY;
+    let data = r.data[slot].load(Ordering::Relaxed);
+    let maxsize = r.maxsize[slot].load(Ordering::Relaxed);
+    let readers = r.readers[slot].load(Ordering::Relaxed);
+    let writers = r.writers[slot].load(Ordering::Relaxed);
+    let running = published::running_on(super::registry::thread_id());
+    let mapper = r.mapper[slot].load(Ordering::Relaxed);
+    record(kind, running, mapper);
     let mut line = Line::new();
     line.str("memkit protect: ")
         .str(kind.describe())
@@ -221,44 +304,89 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         line.dec((data - addr) as u64)
             .str(" bytes before the region base");
     }
+    if let Some(found) = found {
+        line.str("\n  found: in the slack beside the region, ")
+            .str(found);
+    }
     line.str("\n  block: region ")
         .hex(data)
         .str("..")
         .hex(data + maxsize)
         .str(" (maxsize ")
         .dec(maxsize as u64)
+        .str(", allocated with offset ")
+        .dec(r.offset[slot].load(Ordering::Relaxed) as u64)
+        .str(" and size ")
+        .dec(r.size[slot].load(Ordering::Relaxed) as u64)
         .str("), mappings alive: ")
         .dec(u64::from(readers))
         .str(" READ, ")
         .dec(u64::from(writers))
-        .str(" WRITE\n  thread: ");
+        .str(" WRITE\n");
+    line.write();
+    let mut line = Line::new();
+    let mut name = [0u8; 64];
+    let n = published::name_into(running, &mut name);
+    line.str("  element running: ")
+        .str(std::str::from_utf8(&name[..n]).unwrap_or("?"));
+    let n = published::name_into(mapper, &mut name);
+    line.str(", last mapped by: ")
+        .str(std::str::from_utf8(&name[..n]).unwrap_or("?"));
+    line.str("\n  thread: ");
     let mut name = [0u8; 16];
     // SAFETY: prctl(PR_GET_NAME) writes at most 16 bytes into the buffer.
     unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
     let n = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     line.str(std::str::from_utf8(&name[..n]).unwrap_or("?"));
-    line.str("\n");
+    line.str(if found.is_none() {
+        "\n  backtrace (the faulting function first):\n"
+    } else {
+        "\n  backtrace:\n"
+    });
     line.write();
-    if protect_mode() == ProtectMode::Continue {
-        COUNTS[kind as usize].fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the mapping is ours and alive (found in the registry); making all of it
-        // accessible lets the faulting instruction complete when it runs again.
-        unsafe {
-            libc::mprotect(
-                start as *mut libc::c_void,
-                end - start,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        return;
+    super::backtrace::write_backtrace(found.is_none());
+}
+
+/// A violation seen, for the tracer's report: its kind, the charge targets running and that
+/// last mapped the block (see `attribution::published`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub kind: Kind,
+    pub running: u32,
+    pub mapper: u32,
+}
+
+/// Violations recorded with their elements (the counts by kind go on past it).
+pub const MAX_RECORDS: usize = 4096;
+static RECORDED: AtomicUsize = AtomicUsize::new(0);
+/// Kind + 1 (0: not written yet), stored last.
+static RECORD_KIND: [AtomicU8; MAX_RECORDS] = [const { AtomicU8::new(0) }; MAX_RECORDS];
+static RECORD_RUNNING: [AtomicU32; MAX_RECORDS] = [const { AtomicU32::new(0) }; MAX_RECORDS];
+static RECORD_MAPPER: [AtomicU32; MAX_RECORDS] = [const { AtomicU32::new(0) }; MAX_RECORDS];
+
+fn record(kind: Kind, running: u32, mapper: u32) {
+    COUNTS[kind as usize].fetch_add(1, Ordering::Relaxed);
+    let i = RECORDED.fetch_add(1, Ordering::AcqRel);
+    if i < MAX_RECORDS {
+        RECORD_RUNNING[i].store(running, Ordering::Relaxed);
+        RECORD_MAPPER[i].store(mapper, Ordering::Relaxed);
+        RECORD_KIND[i].store(kind as u8 + 1, Ordering::Release);
     }
-    // Abort mode: the default action, so the process dies of this signal as it would have.
-    // SAFETY: plain libc calls; returning re-runs the faulting instruction.
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(sig, &dfl, std::ptr::null_mut());
-    }
+}
+
+/// The violations recorded so far, oldest first (the first [`MAX_RECORDS`]).
+pub fn records() -> Vec<Record> {
+    let n = RECORDED.load(Ordering::Acquire).min(MAX_RECORDS);
+    (0..n)
+        .filter_map(|i| {
+            let kind = RECORD_KIND[i].load(Ordering::Acquire).checked_sub(1)?;
+            Some(Record {
+                kind: *Kind::ALL.get(usize::from(kind))?,
+                running: RECORD_RUNNING[i].load(Ordering::Relaxed),
+                mapper: RECORD_MAPPER[i].load(Ordering::Relaxed),
+            })
+        })
+        .collect()
 }
 
 /// Passes a fault that is not ours on: to the previous handler, or the default action.

@@ -12,28 +12,34 @@
 //! Rules every function here follows: no panics (an `extern "C"` function that panics aborts
 //! the host process), every size computation checked, NULL/FALSE plus a log line on failure.
 //!
-//! Files depend on each other in one direction: `protect` ← `fault`; `protect` ← `storage` ←
-//! `block` ← `guard` ← `thread` ← `lifecycle` ← `vfuncs`, `typed`, `class`.
+//! Files depend on each other in one direction: `registry`, `backtrace` ← `fault` ← `protect` ←
+//! `storage` ← `block` ← `guard` ← `thread` ← `lifecycle` ← `vfuncs`, `typed`, `class`.
 
+mod backtrace;
 mod block;
 mod class;
 mod fault;
 mod guard;
 mod lifecycle;
 mod protect;
+mod registry;
 mod storage;
 mod thread;
 mod typed;
 mod vfuncs;
 
 pub use block::{ALLOCATOR_TYPE_NAME, AlignedMemory, AlignedMemoryRef, GstAlignedMemory};
-pub use fault::{Kind as ProtectViolation, violations as protect_violations};
+pub use fault::{
+    Kind as ProtectViolation, MAX_RECORDS as MAX_PROTECT_RECORDS, Record as ProtectRecord,
+    records as protect_records, violations as protect_violations,
+};
 pub use guard::{
     CANARY, CANARY_BYTE, FILL_BYTE, GuardViolation, POISON_BYTE, check_memory_guard, guard_enabled,
     set_guard_enabled,
 };
 pub use lifecycle::{alloc, install_class_alloc, set_immortal, wrap};
-pub use protect::{ProtectMode, protect_mode, set_protect_mode, unprotected};
+pub use protect::{set_protect_mode, unprotected};
+pub use registry::{ProtectMode, protect_mode};
 pub use storage::{HUGE_PAGE, MMAP_THRESHOLD};
 pub use thread::cache;
 pub use vfuncs::{charge_maps, install_vfuncs};

@@ -6,54 +6,36 @@
 //! stays inaccessible in quarantine until [`QUARANTINE_BYTES`] of later frees have passed. A
 //! SIGSEGV/SIGBUS handler ([`fault`]) reports an access to a block at the faulting instruction.
 //!
-//! The fault handler reads only the registry below (atomics, no lock, no allocation).
+//! The fault handler reads only the registry (`registry.rs`: atomics, no lock, no allocation).
 
 use std::collections::VecDeque;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
+use super::fault::{self, Kind};
+use super::registry::{self, MAX_BLOCKS, REGISTRY, SLACK_BYTE};
+pub(super) use super::registry::{ProtectMode, protect_mode};
 use crate::allocator::layout::{self, BlockLayout};
+use crate::attribution::published;
 
 /// Bytes of freed blocks kept inaccessible before the oldest is unmapped.
 pub const QUARANTINE_BYTES: usize = 64 << 20;
-/// Blocks (live or in quarantine) the fault handler can know at once; beyond that, blocks are
-/// allocated unprotected (counted in [`unprotected`]).
-pub const MAX_BLOCKS: usize = 1 << 16;
-
 /// A memory flag of ours (above `GST_MEMORY_FLAG_LAST`, free for allocators): the memory is a
 /// protected block or a share of one.
 pub(super) const PROTECTED_FLAG: u32 = gst::ffi::GST_MEMORY_FLAG_LAST << 2;
 
-/// What protect mode does at a violation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ProtectMode {
-    /// Off: blocks are allocated as usual.
-    Off = 0,
-    /// Report, then die of the signal as the process would have.
-    Abort = 1,
-    /// Report, count, make the block accessible and go on.
-    Continue = 2,
-}
-
-static MODE: AtomicU8 = AtomicU8::new(0);
 static UNPROTECTED: AtomicUsize = AtomicUsize::new(0);
-
-/// The protect mode of blocks allocated from now on.
-pub fn protect_mode() -> ProtectMode {
-    match MODE.load(Ordering::Relaxed) {
-        1 => ProtectMode::Abort,
-        2 => ProtectMode::Continue,
-        _ => ProtectMode::Off,
-    }
-}
 
 /// Sets the protect mode of blocks allocated from now on.
 pub fn set_protect_mode(mode: ProtectMode) {
-    MODE.store(mode as u8, Ordering::Relaxed);
+    if mode != ProtectMode::Off {
+        // The fault handler names the elements running (with the tracer on).
+        published::enable(registry::thread_id);
+    }
+    registry::set_mode(mode);
     set_special(PROTECT_BIT, mode != ProtectMode::Off);
 }
 
@@ -86,30 +68,6 @@ pub fn unprotected() -> usize {
 fn page() -> usize {
     rustix::param::page_size()
 }
-
-/// The registry the fault handler reads: one entry per protected mapping, live or in
-/// quarantine. An entry is claimed by storing its `MAP_END` (non-zero) last, and released by
-/// storing 0 there first.
-pub(super) struct Registry {
-    pub map_start: [AtomicUsize; MAX_BLOCKS],
-    pub map_end: [AtomicUsize; MAX_BLOCKS],
-    pub data: [AtomicUsize; MAX_BLOCKS],
-    pub maxsize: [AtomicUsize; MAX_BLOCKS],
-    pub readers: [AtomicU32; MAX_BLOCKS],
-    pub writers: [AtomicU32; MAX_BLOCKS],
-    /// 1 once the block is freed (in quarantine).
-    pub freed: [AtomicU8; MAX_BLOCKS],
-}
-
-pub(super) static REGISTRY: Registry = Registry {
-    map_start: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
-    map_end: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
-    data: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
-    maxsize: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
-    readers: [const { AtomicU32::new(0) }; MAX_BLOCKS],
-    writers: [const { AtomicU32::new(0) }; MAX_BLOCKS],
-    freed: [const { AtomicU8::new(0) }; MAX_BLOCKS],
-};
 
 /// How many protected blocks (live or in quarantine) may exist at once. Each takes three of
 /// the process's memory mappings (two guard pages and the pages between, which protection
@@ -161,7 +119,16 @@ impl Protect {
     pub(super) fn new(block: &BlockLayout) -> Option<Box<Protect>> {
         let page = page();
         let maxsize = block.maxsize.max(1);
-        let pages_len = layout::round_up(maxsize.checked_add(block.align_mask)?, page - 1)?;
+        // Room below the region for aligning its payload: with an alignment up to a page the
+        // page end is aligned too, so exactly what aligning `maxsize - prefix` adds (often 0:
+        // then a region of whole pages starts right after the first guard page); beyond a
+        // page, the worst case.
+        let extra = if block.align_mask < page {
+            maxsize.saturating_sub(block.prefix).wrapping_neg() & block.align_mask
+        } else {
+            block.align_mask
+        };
+        let pages_len = layout::round_up(maxsize.checked_add(extra)?, page - 1)?;
         let map_len = pages_len.checked_add(2 * page)?;
         let slot = match FREE_SLOTS.lock() {
             Ok(mut free) => free.pop(),
@@ -172,12 +139,12 @@ impl Protect {
             return None;
         };
         // SAFETY: a new anonymous mapping at an address of the kernel's choosing touches no
-        // existing memory.
+        // existing memory. Writable until its slack is filled, below.
         let map = unsafe {
             mm::mmap_anonymous(
                 ptr::null_mut(),
                 map_len,
-                ProtFlags::empty(),
+                ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::PRIVATE,
             )
         };
@@ -194,13 +161,33 @@ impl Protect {
         // (the payload, `prefix` bytes into the region, is what is aligned).
         let payload = (pages + pages_len - maxsize + block.prefix) & !block.align_mask;
         let data = payload - block.prefix;
+        let slack_after = pages + pages_len - (data + block.maxsize);
+        // SAFETY: both ranges are inside our new, writable mapping: before the region and
+        // after it, within the pages.
+        unsafe {
+            ptr::write_bytes(pages as *mut u8, SLACK_BYTE, data - pages);
+            ptr::write_bytes((data + block.maxsize) as *mut u8, SLACK_BYTE, slack_after);
+        }
+        // SAFETY: our own new mapping; nothing else knows it yet.
+        if unsafe { mm::mprotect(map.as_ptr().cast(), map_len, MprotectFlags::empty()) }.is_err() {
+            // SAFETY: as above.
+            let _ = unsafe { mm::munmap(map.as_ptr().cast(), map_len) };
+            if let Ok(mut free) = FREE_SLOTS.lock() {
+                free.push(slot);
+            }
+            return None;
+        }
         let r = &REGISTRY;
         r.map_start[slot].store(start, Ordering::Relaxed);
         r.data[slot].store(data, Ordering::Relaxed);
         r.maxsize[slot].store(block.maxsize, Ordering::Relaxed);
+        r.offset[slot].store(block.prefix, Ordering::Relaxed);
+        r.size[slot].store(block.size, Ordering::Relaxed);
+        r.mapper[slot].store(published::NO_SLOT, Ordering::Relaxed);
         r.readers[slot].store(0, Ordering::Relaxed);
         r.writers[slot].store(0, Ordering::Relaxed);
         r.freed[slot].store(0, Ordering::Relaxed);
+        r.guard_open[slot].store(0, Ordering::Relaxed);
         r.map_end[slot].store(start + map_len, Ordering::Release);
         Some(Box::new(Protect {
             map,
@@ -218,6 +205,17 @@ impl Protect {
     /// Sets the pages' protection from the counts (the lock held); whether the system did.
     fn apply(&self) -> bool {
         let r = &REGISTRY;
+        if r.guard_open[self.slot].swap(0, Ordering::Acquire) != 0 {
+            let page = page();
+            for guard in [
+                self.map.as_ptr(),
+                self.pages.as_ptr().wrapping_add(self.pages_len),
+            ] {
+                // SAFETY: a guard page of our own mapping, closed again (continue mode
+                // opened it at a violation).
+                let _ = unsafe { mm::mprotect(guard.cast(), page, MprotectFlags::empty()) };
+            }
+        }
         let flags = if r.writers[self.slot].load(Ordering::Relaxed) > 0 {
             MprotectFlags::READ | MprotectFlags::WRITE
         } else if r.readers[self.slot].load(Ordering::Relaxed) > 0 {
@@ -234,6 +232,10 @@ impl Protect {
     pub(super) fn map(&self, write: bool) -> bool {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let r = &REGISTRY;
+        r.mapper[self.slot].store(
+            crate::attribution::charge::current_slot(),
+            Ordering::Relaxed,
+        );
         let count = if write { &r.writers } else { &r.readers };
         count[self.slot].fetch_add(1, Ordering::Relaxed);
         if self.apply() {
@@ -244,10 +246,14 @@ impl Protect {
         false
     }
 
-    /// A mapping of the block ends.
+    /// A mapping of the block ends. When it is the last WRITE mapping (the pages are still
+    /// writable), the slack is checked: a write there went unnoticed by the guard pages.
     pub(super) fn unmap(&self, write: bool) {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let r = &REGISTRY;
+        if write && r.writers[self.slot].load(Ordering::Relaxed) == 1 {
+            self.check_slack("when its last WRITE mapping ended");
+        }
         let count = if write { &r.writers } else { &r.readers };
         let _ = count[self.slot]
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -270,12 +276,60 @@ impl Protect {
         let _ = self.apply();
         Some(out)
     }
+
+    /// Reports damage to the slack, and restores it (the pages must be writable: the last
+    /// WRITE mapping is alive, or [`Protect::with_open`] runs this).
+    fn check_slack(&self, when: &str) {
+        let pages = self.pages.as_ptr() as usize;
+        let data = self.data.as_ptr() as usize;
+        let end = data + REGISTRY.maxsize[self.slot].load(Ordering::Relaxed);
+        let pages_end = pages + self.pages_len;
+        for (from, to, kind) in [
+            (pages, data, Kind::BeforeBlock),
+            (end, pages_end, Kind::PastMaxsize),
+        ] {
+            // SAFETY: inside our pages, accessible per the caller's contract; nothing else may
+            // write the slack (a write there is what this looks for).
+            let slack = unsafe { std::slice::from_raw_parts(from as *const u8, to - from) };
+            // The damaged byte nearest the region: the write that went furthest astray
+            // reports last, the one just outside first.
+            let damaged = if kind == Kind::BeforeBlock {
+                slack.iter().rposition(|&b| b != SLACK_BYTE)
+            } else {
+                slack.iter().position(|&b| b != SLACK_BYTE)
+            };
+            if let Some(i) = damaged {
+                fault::report_slack(kind, from + i, self.slot, when);
+                // Restored, so that each damage is reported once (continue mode).
+                // SAFETY: the slack of our pages, writable per the caller's contract.
+                unsafe { ptr::write_bytes(from as *mut u8, SLACK_BYTE, to - from) };
+            }
+        }
+    }
+
+    /// Runs `f` with the pages writable, then the protection the mappings ask for (the lock
+    /// held by the caller).
+    fn with_open<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        // SAFETY: the pages are our own mapping; only their protection changes.
+        unsafe {
+            mm::mprotect(
+                self.pages.as_ptr().cast(),
+                self.pages_len,
+                MprotectFlags::READ | MprotectFlags::WRITE,
+            )
+        }
+        .ok()?;
+        let out = f();
+        let _ = self.apply();
+        Some(out)
+    }
 }
 
 impl Drop for Protect {
-    /// The block is freed: inaccessible, in quarantine; the oldest blocks past the bound are
-    /// unmapped and forgotten.
+    /// The block is freed: its slack checked, then inaccessible, in quarantine; the oldest
+    /// blocks past the bound are unmapped and forgotten.
     fn drop(&mut self) {
+        let _ = self.with_open(|| self.check_slack("when it was freed"));
         // SAFETY: the pages are our own mapping; only their protection changes.
         let _ = unsafe {
             mm::mprotect(

@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The backtrace of protect mode's reports, written from the fault handler: async-signal-safe
+//! (glibc's `backtrace`, its unwinder loaded before the first fault, `dladdr`, reads of the
+//! loaded libraries' own ELF tables and code; stack buffers and `write` only).
+//!
+//! A library's static functions have no dynamic symbol: glibc prints them as `lib(+0x...)`.
+//! And a public function that ends by jumping to a static one (a tail call, `jmp`) leaves no
+//! frame of its own: on Debian's libgstvideo, `gst_video_overlay_rectangle_get_pixels_*`
+//! all jump to one static function. For such a frame the report also names the exported
+//! functions of its library that jump to the frame's function start (read from the unwind
+//! tables): the public entry points the call could have come through.
+
+use std::ffi::{CStr, c_void};
+
+/// `struct dwarf_eh_bases` of libgcc's unwinder.
+#[repr(C)]
+struct DwarfEhBases {
+    tbase: *mut c_void,
+    dbase: *mut c_void,
+    func: *mut c_void,
+}
+
+unsafe extern "C" {
+    /// libgcc's unwinder (libgcc_s, which the Rust standard library links): the unwind entry
+    /// of the function holding `pc`; `bases.func` is that function's start.
+    fn _Unwind_Find_FDE(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const c_void;
+}
+
+const PT_DYNAMIC: u32 = 2;
+const DT_NULL: i64 = 0;
+const DT_HASH: i64 = 4;
+const DT_STRTAB: i64 = 5;
+const DT_SYMTAB: i64 = 6;
+const DT_GNU_HASH: i64 = 0x6fff_fef5;
+const STT_FUNC: u8 = 2;
+/// Names listed at most per frame.
+const MAX_NAMES: usize = 6;
+
+fn write(s: &[u8]) {
+    // SAFETY: write(2) is async-signal-safe; the buffer is ours.
+    unsafe { libc::write(2, s.as_ptr().cast(), s.len()) };
+}
+
+/// Writes the backtrace of the calling thread, skipping the frames of this library at its
+/// top (the report's own) and, after a fault, the signal trampoline below them.
+pub(super) fn write_backtrace(after_signal: bool) {
+    let mut frames = [std::ptr::null_mut::<c_void>(); 64];
+    // SAFETY: glibc's unwinder fills our buffer (its library was loaded by `fault::install`).
+    let n = unsafe { libc::backtrace(frames.as_mut_ptr(), frames.len() as libc::c_int) };
+    let frames = &frames[..n.max(0) as usize];
+    let own = base_of(write_backtrace as *const () as *mut c_void);
+    let mut first = frames
+        .iter()
+        .position(|&pc| base_of(pc) != own)
+        .unwrap_or(0);
+    if after_signal && first < frames.len() {
+        first += 1;
+    }
+    for (i, &pc) in frames.iter().enumerate().skip(first) {
+        write(b"    ");
+        // SAFETY: one frame, printed by glibc to fd 2 without allocating.
+        unsafe { libc::backtrace_symbols_fd(&pc, 1, 2) };
+        if i > first {
+            // A return address: the call is the instruction before it.
+            tail_callers(pc.wrapping_byte_sub(1));
+        } else {
+            tail_callers(pc);
+        }
+    }
+}
+
+/// The load base of the object holding `pc`, null when none does.
+fn base_of(pc: *mut c_void) -> *mut c_void {
+    // SAFETY: dladdr only reads the loader's tables; `info` is ours.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(pc, &mut info) == 0 {
+            return std::ptr::null_mut();
+        }
+        info.dli_fbase
+    }
+}
+
+/// For a `pc` in a function without a dynamic symbol: writes the exported functions of its
+/// library that jump to that function's start.
+fn tail_callers(pc: *mut c_void) {
+    // SAFETY: dladdr reads the loader's tables into our `info`; _Unwind_Find_FDE reads the
+    // unwind tables of the loaded objects into our `bases`.
+    let (base, start) = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(pc, &mut info) == 0 || !info.dli_sname.is_null() {
+            return;
+        }
+        let mut bases: DwarfEhBases = std::mem::zeroed();
+        if _Unwind_Find_FDE(pc, &mut bases).is_null() || bases.func.is_null() {
+            return;
+        }
+        (info.dli_fbase as usize, bases.func as usize)
+    };
+    let mut found = 0;
+    // SAFETY: `base` is a loaded ELF object (dladdr found it): its headers, dynamic section,
+    // symbol and string tables and its functions' code are mapped readable.
+    unsafe {
+        for_each_function(base, |name, code, len| {
+            if !jumps_to(code, len, start) {
+                return true;
+            }
+            write(if found == 0 {
+                b"      a static function; jumped to (tail call) by: "
+            } else {
+                b", "
+            });
+            write(name.to_bytes());
+            found += 1;
+            found < MAX_NAMES
+        });
+    }
+    if found > 0 {
+        write(b"\n");
+    }
+}
+
+/// Whether the code at `code` (`len` bytes) holds a `jmp` to `target`.
+///
+/// # Safety
+/// `code..code + len` must be readable.
+unsafe fn jumps_to(code: usize, len: usize, target: usize) -> bool {
+    // SAFETY: per the contract.
+    let bytes = unsafe { std::slice::from_raw_parts(code as *const u8, len) };
+    bytes.iter().enumerate().any(|(i, &op)| match op {
+        0xE9 if i + 5 <= len => {
+            let rel = i32::from_le_bytes([bytes[i + 1], bytes[i + 2], bytes[i + 3], bytes[i + 4]]);
+            (code + i + 5).wrapping_add_signed(rel as isize) == target
+        }
+        0xEB if i + 2 <= len => {
+            (code + i + 2).wrapping_add_signed(bytes[i + 1] as i8 as isize) == target
+        }
+        _ => false,
+    })
+}
+
+/// Calls `f(name, code address, size)` for each function the object at `base` exports, until
+/// it returns `false`.
+///
+/// # Safety
+/// `base` must be the load base of a loaded 64-bit ELF object.
+unsafe fn for_each_function(base: usize, mut f: impl FnMut(&CStr, usize, usize) -> bool) {
+    // SAFETY: per the contract, the ELF header and program headers are mapped at `base`.
+    unsafe {
+        let ehdr = &*(base as *const libc::Elf64_Ehdr);
+        if ehdr.e_ident[..4] != *b"\x7fELF" || ehdr.e_ident[4] != 2 {
+            return;
+        }
+        let phdrs = std::slice::from_raw_parts(
+            (base + ehdr.e_phoff as usize) as *const libc::Elf64_Phdr,
+            usize::from(ehdr.e_phnum),
+        );
+        let Some(dynamic) = phdrs.iter().find(|p| p.p_type == PT_DYNAMIC) else {
+            return;
+        };
+        // The loader relocates these entries in place; an unrelocated one is an offset.
+        let abs = |v: u64| {
+            let v = v as usize;
+            if v < base { base + v } else { v }
+        };
+        let (mut symtab, mut strtab, mut hash, mut gnu_hash) = (0, 0, 0, 0);
+        let mut d = (base + dynamic.p_vaddr as usize) as *const [i64; 2];
+        while (*d)[0] != DT_NULL {
+            let v = (*d)[1] as u64;
+            match (*d)[0] {
+                DT_SYMTAB => symtab = abs(v),
+                DT_STRTAB => strtab = abs(v),
+                DT_HASH => hash = abs(v),
+                DT_GNU_HASH => gnu_hash = abs(v),
+                _ => {}
+            }
+            d = d.add(1);
+        }
+        if symtab == 0 || strtab == 0 {
+            return;
+        }
+        let count = if hash != 0 {
+            *(hash as *const u32).add(1) as usize
+        } else if gnu_hash != 0 {
+            gnu_symbol_count(gnu_hash as *const u32)
+        } else {
+            return;
+        };
+        let syms = std::slice::from_raw_parts(symtab as *const libc::Elf64_Sym, count);
+        for sym in syms {
+            if sym.st_info & 0xf != STT_FUNC || sym.st_value == 0 || sym.st_size == 0 {
+                continue;
+            }
+            let name = CStr::from_ptr((strtab + sym.st_name as usize) as *const libc::c_char);
+            if !f(name, base + sym.st_value as usize, sym.st_size as usize) {
+                return;
+            }
+        }
+    }
+}
+
+/// The number of symbols of a `DT_GNU_HASH` table: one past the last symbol of the longest
+/// chain's end.
+///
+/// # Safety
+/// `h` must be a loaded object's GNU hash table.
+unsafe fn gnu_symbol_count(h: *const u32) -> usize {
+    // SAFETY: per the contract: header, bloom words, buckets, then chains.
+    unsafe {
+        let nbuckets = *h as usize;
+        let symoffset = *h.add(1) as usize;
+        let bloom_words = *h.add(2) as usize;
+        let buckets = h.add(4 + bloom_words * 2);
+        let chains = buckets.add(nbuckets);
+        let last = (0..nbuckets)
+            .map(|i| *buckets.add(i) as usize)
+            .max()
+            .unwrap_or(0);
+        if last < symoffset {
+            return symoffset;
+        }
+        let mut i = last;
+        while *chains.add(i - symoffset) & 1 == 0 {
+            i += 1;
+        }
+        i + 1
+    }
+}
