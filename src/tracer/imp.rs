@@ -7,7 +7,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use crate::allocator;
+use crate::allocator::{self, aligned::ProtectProperty};
 use crate::attribution::{self, running};
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -22,11 +22,41 @@ pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 pub(super) static FOREIGN_SEEN: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Settings {
     guard: bool,
+    protect: ProtectProperty,
     report: Option<String>,
     timeline: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            guard: false,
+            protect: ProtectProperty::Off,
+            report: None,
+            timeline: None,
+        }
+    }
+}
+
+/// What `guard=` in the tracer's parameters asks for: the canary guard mode (`true`, as
+/// before), protect mode (`protect`, `protect-continue`), or nothing.
+fn guard_param(value: &gst::glib::SendValue) -> Option<(bool, ProtectProperty)> {
+    if let Ok(on) = value.get::<bool>() {
+        return Some((on, ProtectProperty::Off));
+    }
+    if let Ok(n) = value.get::<i32>() {
+        return matches!(n, 0 | 1).then_some((n == 1, ProtectProperty::Off));
+    }
+    match value.get::<&str>().ok()?.trim() {
+        "true" | "1" | "yes" | "on" | "canary" => Some((true, ProtectProperty::Off)),
+        "false" | "0" | "no" | "off" => Some((false, ProtectProperty::Off)),
+        "protect" | "protect-abort" => Some((false, ProtectProperty::Abort)),
+        "protect-continue" => Some((false, ProtectProperty::Continue)),
+        _ => None,
+    }
 }
 
 #[derive(Default)]
@@ -86,6 +116,68 @@ impl MemkitTracer {
         }
     }
 
+    /// Applies the parameters (`GST_TRACERS="memkittracer(guard=protect,report=...)"`): each
+    /// field sets the property of its name, except `guard`, which also takes `protect` and
+    /// `protect-continue`. A field that is no property, or a value that does not fit, is
+    /// warned about and ignored.
+    fn apply_params(&self) {
+        let obj = self.obj();
+        let Some(params) = obj.property::<Option<String>>("params") else {
+            return;
+        };
+        if params.trim().is_empty() {
+            return;
+        }
+        let s = match format!("memkittracer,{params}").parse::<gst::Structure>() {
+            Ok(s) => s,
+            Err(_) => {
+                glib::g_warning!(
+                    "memkittracer",
+                    "cannot parse the parameters {params:?}: ignored"
+                );
+                return;
+            }
+        };
+        for (field, value) in s.iter() {
+            let shown = value.serialize().map(|s| s.to_string()).unwrap_or_default();
+            if field == "guard" {
+                match guard_param(value) {
+                    Some((guard, protect)) => {
+                        obj.set_property("guard", guard);
+                        obj.set_property("protect", protect);
+                    }
+                    None => glib::g_warning!(
+                        "memkittracer",
+                        "guard={shown:?} is not a mode (true, false, protect, protect-continue): \
+                         ignored"
+                    ),
+                }
+                continue;
+            }
+            let Some(pspec) = obj.find_property(field) else {
+                glib::g_warning!(
+                    "memkittracer",
+                    "{field:?} is not a parameter (guard, protect, report, timeline): ignored"
+                );
+                continue;
+            };
+            let value = if value.type_() == pspec.value_type() {
+                Some(value.to_value())
+            } else if let Ok(text) = value.get::<&str>() {
+                glib::Value::deserialize_with_pspec(text, &pspec).ok()
+            } else {
+                None
+            };
+            match value {
+                Some(v) => obj.set_property_from_value(field, &v),
+                None => glib::g_warning!(
+                    "memkittracer",
+                    "{field}={shown:?} does not fit the parameter: ignored"
+                ),
+            }
+        }
+    }
+
     fn check_buffer(&self, pad: &gst::Pad, buffer: &gst::BufferRef) {
         let mut element: Option<String> = None;
         for mem in buffer.iter_memories() {
@@ -117,6 +209,15 @@ impl ObjectImpl for MemkitTracer {
                     .default_value(false)
                     .construct()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("protect", ProtectProperty::Off)
+                    .nick("Protect mode")
+                    .blurb(
+                        "Protect mode for every AlignedMemory block: abort or continue at a \
+                         violation (guard=protect and guard=protect-continue in the parameters \
+                         set it too)",
+                    )
+                    .construct()
+                    .build(),
                 glib::ParamSpecString::builder("report")
                     .nick("Report file")
                     .blurb("Also write the report as JSON to this path")
@@ -144,6 +245,12 @@ impl ObjectImpl for MemkitTracer {
                     allocator::set_guard_enabled(true);
                 }
             }
+            "protect" => {
+                settings.protect = value.get().expect("type checked upstream");
+                if settings.protect != ProtectProperty::Off {
+                    allocator::set_protect_mode(settings.protect.into());
+                }
+            }
             "report" => settings.report = value.get().expect("type checked upstream"),
             "timeline" => settings.timeline = value.get().expect("type checked upstream"),
             _ => unimplemented!(),
@@ -154,6 +261,7 @@ impl ObjectImpl for MemkitTracer {
         let settings = self.settings();
         match pspec.name() {
             "guard" => settings.guard.to_value(),
+            "protect" => settings.protect.to_value(),
             "report" => settings.report.to_value(),
             "timeline" => settings.timeline.to_value(),
             _ => unimplemented!(),
@@ -162,6 +270,7 @@ impl ObjectImpl for MemkitTracer {
 
     fn constructed(&self) {
         self.parent_constructed();
+        self.apply_params();
         // Charges by element from now on; maps of the registered instance are charged too.
         attribution::set_cached_bytes_source(|| {
             (allocator::stats().cached_bytes)
@@ -207,7 +316,8 @@ impl ObjectImpl for MemkitTracer {
 impl GstObjectImpl for MemkitTracer {}
 
 impl TracerImpl for MemkitTracer {
-    const USE_STRUCTURE_PARAMS: bool = true;
+    /// The parameters are parsed by `apply_params`: `guard=` takes a boolean or a mode name.
+    const USE_STRUCTURE_PARAMS: bool = false;
 
     fn pad_push_pre(&self, _ts: u64, pad: &gst::Pad, buffer: &gst::Buffer) {
         self.check_buffer(pad, buffer);

@@ -25,6 +25,43 @@ pub struct Report {
     pub blocks: Vec<attribution::Leak>,
     /// Whether memory of other allocators is seen (core's `memory-init`, GStreamer 1.26+).
     pub foreign_seen: bool,
+    pub protect: allocator::ProtectMode,
+    /// Protect mode's violations by kind (every one, recorded or not).
+    pub protect_counts: Vec<(allocator::ProtectViolation, u64)>,
+    /// Protect mode's recorded violations grouped: element running, kind, element that last
+    /// mapped the block, how many; most first.
+    pub protect_by: Vec<ProtectLine>,
+}
+
+/// Violations of one kind by one element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectLine {
+    pub element: String,
+    pub kind: allocator::ProtectViolation,
+    pub mapper: String,
+    pub count: u64,
+}
+
+/// Protect mode's records, grouped by element running, kind and element that last mapped.
+fn protect_lines() -> Vec<ProtectLine> {
+    use attribution::published::name;
+    let mut groups: std::collections::BTreeMap<(String, u8, String), u64> = Default::default();
+    for r in allocator::protect_records() {
+        *groups
+            .entry((name(r.running), r.kind as u8, name(r.mapper)))
+            .or_default() += 1;
+    }
+    let mut lines: Vec<ProtectLine> = groups
+        .into_iter()
+        .map(|((element, kind, mapper), count)| ProtectLine {
+            element,
+            kind: allocator::ProtectViolation::ALL[usize::from(kind)],
+            mapper,
+            count,
+        })
+        .collect();
+    lines.sort_by_key(|l| std::cmp::Reverse(l.count));
+    lines
 }
 
 /// `1536` -> `"1.5 KiB"`.
@@ -57,6 +94,52 @@ impl Report {
             elements: attribution::report(),
             blocks: attribution::leaks(),
             foreign_seen,
+            protect: allocator::protect_mode(),
+            protect_counts: allocator::ProtectViolation::ALL
+                .iter()
+                .map(|&k| (k, allocator::protect_violations(k)))
+                .collect(),
+            protect_by: protect_lines(),
+        }
+    }
+
+    /// Protect mode's line and its violations by element and kind.
+    fn protect_text(&self, t: &mut String) {
+        let total: u64 = self.protect_counts.iter().map(|c| c.1).sum();
+        if self.protect == allocator::ProtectMode::Off && total == 0 {
+            return;
+        }
+        let kinds: Vec<String> = self
+            .protect_counts
+            .iter()
+            .filter(|c| c.1 > 0)
+            .map(|(k, n)| format!("{} {n}", k.describe()))
+            .collect();
+        let mode = self.protect.nick();
+        let _ = write!(t, "  protect       {mode}, {total} violations");
+        if kinds.is_empty() {
+            let _ = writeln!(t);
+        } else {
+            let _ = writeln!(t, ": {}", kinds.join(", "));
+        }
+        for l in &self.protect_by {
+            let _ = writeln!(
+                t,
+                "    {}: {} {} (block last mapped by {})",
+                l.element,
+                l.kind.describe(),
+                l.count,
+                l.mapper
+            );
+        }
+        let recorded: u64 = self.protect_by.iter().map(|l| l.count).sum();
+        if recorded < total {
+            let _ = writeln!(
+                t,
+                "    ({} more not recorded by element: the first {} are)",
+                total - recorded,
+                allocator::MAX_PROTECT_RECORDS
+            );
         }
     }
 
@@ -238,6 +321,7 @@ impl Report {
                 v.when
             );
         }
+        self.protect_text(&mut t);
         if self.at_exit {
             let bytes: usize = self.live_blocks.iter().map(|b| b.1).sum();
             let _ = writeln!(
@@ -356,6 +440,23 @@ impl Report {
                 })
             })
             .collect();
+        let protect_by: Vec<serde_json::Value> = self
+            .protect_by
+            .iter()
+            .map(|l| {
+                json!({
+                    "element": l.element,
+                    "kind": l.kind.nick(),
+                    "last-mapped-by": l.mapper,
+                    "count": l.count,
+                })
+            })
+            .collect();
+        let protect_counts: serde_json::Map<String, serde_json::Value> = self
+            .protect_counts
+            .iter()
+            .map(|(k, n)| (k.nick().to_owned(), json!(n)))
+            .collect();
         let key = if self.at_exit { "leaks" } else { "in-use" };
         let mut report = json!({
             "title": self.title,
@@ -367,6 +468,9 @@ impl Report {
             "violations": violations,
             "by-element": elements,
             "other-memory-seen": self.foreign_seen,
+            "protect": self.protect.nick(),
+            "protect-violations": protect_counts,
+            "protect-by-element": protect_by,
         });
         report[key] = json!(blocks);
         let other = if self.at_exit {
