@@ -6,6 +6,7 @@ whose memkitscribble touches memory it has no right to on purpose. Run with Debi
 /usr/bin/python3.
 """
 
+import json
 import os
 import re
 import signal
@@ -17,17 +18,22 @@ TIMEOUT = 120
 REPORT = re.compile(r"^memkit protect: (.+?) \((a read|a write)\) at 0x[0-9a-f]+", re.M)
 
 
-def launch(pipeline, mode):
+def launch(pipeline, mode, tracer=None, quiet=True):
+    """gst-launch-1.0 with MEMKIT_GUARD=`mode`, or with the tracer's parameters `tracer`."""
     env = dict(os.environ)
     env["G_DEBUG"] = "fatal_warnings"
     env.pop("GST_TRACERS", None)
-    env["MEMKIT_GUARD"] = mode
-    args = ["gst-launch-1.0", "-q", *pipeline.split()]
+    env.pop("MEMKIT_GUARD", None)
+    if tracer is not None:
+        env["GST_TRACERS"] = f"memkittracer({tracer})"
+    elif mode:
+        env["MEMKIT_GUARD"] = mode
+    args = ["gst-launch-1.0", *(["-q"] if quiet else []), *pipeline.split()]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def scribble(damage, buffers=3):
-    return (f"memsrc num-buffers={buffers} blocksize=1100 ! memkitscribble damage={damage} ! "
+def scribble(damage, buffers=3, source="blocksize=1100"):
+    return (f"memsrc num-buffers={buffers} {source} ! memkitscribble damage={damage} ! "
             "fakesink enable-last-sample=false")
 
 
@@ -56,32 +62,143 @@ print("ok")
 """
 
 
+# An application feeding appsrc and pulling from appsink, 20 buffers through videoconvert.
+APP_PIPELINE = """
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstApp", "1.0")
+from gi.repository import Gst, GstApp
+Gst.init(None)
+p = Gst.parse_launch("appsrc name=src caps=video/x-raw,format=I420,width=64,height=48,"
+                     "framerate=30/1 format=time ! videoconvert ! video/x-raw,format=RGBA ! "
+                     "appsink name=sink sync=false")
+src, sink = p.get_by_name("src"), p.get_by_name("sink")
+p.set_state(Gst.State.PLAYING)
+for i in range(20):
+    buf = Gst.Buffer.new_allocate(None, 64 * 48 * 3 // 2, None)
+    buf.memset(0, i, 64 * 48 * 3 // 2)
+    buf.pts = i * Gst.SECOND // 30
+    src.emit("push-buffer", buf)
+src.emit("end-of-stream")
+n = 0
+while True:
+    sample = sink.emit("pull-sample")
+    if sample is None:
+        break
+    ok, info = sample.get_buffer().map(Gst.MapFlags.READ)
+    assert ok and len(info.data) == 64 * 48 * 4
+    sample.get_buffer().unmap(info)
+    n += 1
+p.set_state(Gst.State.NULL)
+print(n)
+"""
+
+
 class ProtectTest(unittest.TestCase):
-    # damage, the kind reported, read or write, reports in continue mode for 3 buffers
+    # damage, memsrc's settings, the kind reported, read or write, reports in continue mode for
+    # 3 buffers, the signal abort mode dies of (SIGABRT: found in the slack beside the region
+    # when the last WRITE mapping ended, not at the instruction)
     CASES = [
-        ("write-read-mapped", "write through a READ mapping", "a write", 3),
-        ("after-unmap", "access with no mapping alive", "a write", 3),
-        ("after-free", "access after free", "a read", 2),
-        ("past-maxsize", "access past maxsize", "a read", 3),
+        ("write-read-mapped", "blocksize=1100", "write through a READ mapping", "a write", 3,
+         signal.SIGSEGV),
+        ("after-unmap", "blocksize=1100", "access with no mapping alive", "a write", 3,
+         signal.SIGSEGV),
+        ("read-after-unmap", "blocksize=1100", "access with no mapping alive", "a read", 3,
+         signal.SIGSEGV),
+        ("after-free", "blocksize=1100", "access after free", "a read", 2, signal.SIGSEGV),
+        ("past-maxsize", "blocksize=1100", "access past maxsize", "a read", 3, signal.SIGSEGV),
+        # the region fills its page: the byte before it is the guard page's
+        ("before-payload", "blocksize=4096", "access before the block", "a write", 3,
+         signal.SIGSEGV),
+        # the region starts mid-page: the byte before it is slack, checked at the unmap
+        ("before-payload", "blocksize=1100", "access before the block", "a write", 3,
+         signal.SIGABRT),
+        # a prefix of 10 leaves slack after maxsize (the payload is aligned, not the end)
+        ("past-maxsize", "blocksize=1000 prefix=10", "access past maxsize", "a write", 3,
+         signal.SIGABRT),
     ]
 
     def test_each_violation_stops_the_process_at_the_instruction(self):
-        for damage, kind, access, _n in self.CASES:
-            with self.subTest(damage=damage):
-                proc = launch(scribble(damage), "protect")
-                self.assertEqual(proc.returncode, -signal.SIGSEGV, proc.stderr[-2000:])
+        for damage, source, kind, access, _n, sig in self.CASES:
+            with self.subTest(damage=damage, source=source):
+                proc = launch(scribble(damage, source=source), None, tracer="guard=protect")
+                self.assertEqual(proc.returncode, -sig, proc.stderr[-2000:])
                 reports = REPORT.findall(proc.stderr)
                 self.assertEqual(reports, [(kind, access)], proc.stderr[-2000:])
+                self.assertIn("element running: memkitscribble0, "
+                              "last mapped by: memkitscribble0", proc.stderr)
                 self.assertIn("thread: memsrc0:src", proc.stderr)
                 self.assertRegex(proc.stderr, r"block: region 0x[0-9a-f]+\.\.0x[0-9a-f]+ "
-                                              r"\(maxsize 1152\), mappings alive: \d READ, \d WRITE")
+                                              r"\(maxsize \d+, allocated with offset \d+ and "
+                                              r"size \d+\), mappings alive: \d READ, \d WRITE")
+                # the frame that did it (memkitscribble's static function), or the unmap
+                # that found it
+                where = "libgstmemkittest.so" if sig == signal.SIGSEGV else "gst_memory_unmap"
+                trace = proc.stderr.split("backtrace", 1)[1]
+                self.assertIn(where, trace.splitlines()[1], proc.stderr[-3000:])
+                if sig == signal.SIGABRT:
+                    self.assertIn("found: in the slack beside the region, when its last WRITE "
+                                  "mapping ended", proc.stderr)
 
-    def test_continue_mode_reports_each_violation_and_reaches_eos(self):
-        for damage, kind, access, n in self.CASES:
-            with self.subTest(damage=damage):
-                proc = launch(scribble(damage), "protect-continue")
+    def test_continue_mode_lists_each_violation_by_element_and_reaches_eos(self):
+        kinds = {"write through a READ mapping": "write-through-read",
+                 "access with no mapping alive": "no-mapping",
+                 "access after free": "after-free",
+                 "access before the block": "before-block",
+                 "access past maxsize": "past-maxsize"}
+        for damage, source, kind, access, n, _sig in self.CASES:
+            with self.subTest(damage=damage, source=source), \
+                    tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "report.json")
+                proc = launch(scribble(damage, source=source), None,
+                              tracer=f"guard=protect-continue,report={path}", quiet=False)
                 self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+                self.assertIn("Got EOS from element", proc.stdout)
                 self.assertEqual(REPORT.findall(proc.stderr), [(kind, access)] * n)
+                self.assertRegex(proc.stderr, rf"protect +continue, {n} violations: {kind} {n}\n"
+                                              rf" +memkitscribble0: {kind} {n} "
+                                              r"\(block last mapped by memkitscribble0\)")
+                with open(path) as f:
+                    report = json.load(f)
+                self.assertEqual(report["protect"], "continue")
+                self.assertEqual(report["protect-violations"][kinds[kind]], n)
+                self.assertEqual(report["protect-by-element"],
+                                 [{"element": "memkitscribble0", "kind": kinds[kind],
+                                   "last-mapped-by": "memkitscribble0", "count": n}])
+
+    def test_the_environment_switch_works_without_the_tracer(self):
+        proc = launch(scribble("write-read-mapped"), "protect")
+        self.assertEqual(proc.returncode, -signal.SIGSEGV, proc.stderr[-2000:])
+        self.assertEqual(REPORT.findall(proc.stderr), [("write through a READ mapping", "a write")])
+        self.assertIn("element running: unknown, last mapped by: unknown", proc.stderr)
+        proc = launch(scribble("after-unmap"), "protect-continue")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertEqual(len(REPORT.findall(proc.stderr)), 3)
+
+    def test_the_tracer_parameters(self):
+        # protect=<nick> sets the same mode as guard=protect-continue
+        proc = launch(scribble("after-unmap", 1), None, tracer="protect=continue")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertIn("protect       continue, 1 violations", proc.stderr)
+        # guard=true is the canary guard mode, as before: no protect line
+        proc = launch(scribble("none", 1), None, tracer="guard=true")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertIn("guard         on, 0 violations", proc.stderr)
+        self.assertNotIn("protect ", proc.stderr)
+        # a mode that does not exist is refused with a warning (not fatal here)
+        env = dict(os.environ, GST_TRACERS="memkittracer(guard=sometimes)")
+        env.pop("MEMKIT_GUARD", None)
+        env.pop("G_DEBUG", None)
+        proc = subprocess.run(["gst-launch-1.0", "-q", *scribble("none", 1).split()], env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertIn('guard="sometimes" is not a mode (true, false, protect, protect-continue)',
+                      proc.stderr)
+        self.assertIn("guard         off, 0 violations", proc.stderr)
+        env["GST_TRACERS"] = "memkittracer(colour=blue)"
+        proc = subprocess.run(["gst-launch-1.0", "-q", *scribble("none", 1).split()], env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertIn('"colour" is not a parameter', proc.stderr)
 
     def test_the_mappings_alive_are_reported(self):
         proc = launch(scribble("write-read-mapped", 1), "protect")
@@ -90,9 +207,10 @@ class ProtectTest(unittest.TestCase):
         self.assertIn("mappings alive: 0 READ, 0 WRITE", proc.stderr)
 
     def test_without_protect_mode_nothing_is_reported(self):
-        for damage, _kind, _access, _n in self.CASES:
-            env_mode = ""
-            proc = launch(scribble(damage), env_mode)
+        for damage, source, _kind, _access, _n, _sig in self.CASES:
+            if damage == "before-payload":
+                continue  # without protect mode it corrupts the heap (malloc's header)
+            proc = launch(scribble(damage, source=source), "")
             self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
             self.assertNotIn("memkit protect", proc.stderr)
 
@@ -123,11 +241,57 @@ class ProtectTest(unittest.TestCase):
                 "zero-padding=true ! memcheck alignment=64 memory-type=AlignedMemory "
                 "fail-on-violation=true read-pages=true ! fakesink",
             ]
+            report = os.path.join(tmp, "report.json")
             for pipeline in pipelines:
                 with self.subTest(pipeline=pipeline):
-                    proc = launch(pipeline, "protect")
+                    # the tracer makes AlignedMemory every element's default allocator;
+                    # continue mode would list every violation
+                    proc = launch(pipeline, None,
+                                  tracer=f"guard=protect-continue,report={report}")
                     self.assertEqual(proc.returncode, 0, f"{pipeline}\n{proc.stderr[-2000:]}")
                     self.assertNotIn("memkit protect", proc.stderr)
+                    with open(report) as f:
+                        r = json.load(f)
+                    self.assertEqual(r["protect"], "continue")
+                    self.assertEqual(sum(r["protect-violations"].values()), 0)
+                    self.assertGreater(r["stats"]["allocations"], 0, "AlignedMemory was used")
+
+    def test_an_appsrc_appsink_application_runs_clean(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            report = os.path.join(tmp, "report.json")
+            env = dict(os.environ, G_DEBUG="fatal_warnings",
+                       GST_TRACERS=f"memkittracer(guard=protect,report={report})")
+            env.pop("MEMKIT_GUARD", None)
+            proc = subprocess.run(["/usr/bin/python3", "-c", APP_PIPELINE], env=env,
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+            self.assertEqual((proc.returncode, proc.stdout.strip()), (0, "20"),
+                             proc.stderr[-2000:])
+            self.assertNotIn("memkit protect", proc.stderr)
+            with open(report) as f:
+                r = json.load(f)
+            self.assertEqual(r["protect"], "abort")
+            self.assertGreaterEqual(r["stats"]["allocations"], 20)
+
+    def test_the_overlay_global_alpha_bug_of_gstreamer_is_found(self):
+        script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts",
+                              "overlay-global-alpha.py")
+        env = dict(os.environ, G_DEBUG="fatal_warnings")
+        env.pop("GST_TRACERS", None)
+        env.pop("MEMKIT_GUARD", None)
+        # without protect mode the library writes through its READ mapping unnoticed
+        proc = subprocess.run(["/usr/bin/python3", script], env=env, capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertIn("alpha after the global alpha was applied: 127", proc.stdout)
+        env["MEMKIT_GUARD"] = "protect"
+        proc = subprocess.run(["/usr/bin/python3", script], env=env, capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, -signal.SIGSEGV, proc.stderr[-2000:])
+        self.assertEqual(REPORT.findall(proc.stderr), [("write through a READ mapping", "a write")])
+        trace = proc.stderr.split("backtrace", 1)[1]
+        self.assertIn("libgstvideo-1.0.so", trace.splitlines()[1])
+        self.assertRegex(trace, r"jumped to \(tail call\) by: .*"
+                                r"gst_video_overlay_rectangle_get_pixels_unscaled_argb")
 
 
 if __name__ == "__main__":

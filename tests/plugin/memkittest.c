@@ -7,6 +7,9 @@
  *                                                    or into its prefix, like a buggy element;
  *                  damage=write-read-mapped          writes through a GST_MAP_READ mapping;
  *                  damage=after-unmap                writes through a pointer after its unmap;
+ *                  damage=read-after-unmap           reads through a pointer after its unmap;
+ *                  damage=before-payload             writes the byte just before the payload
+ *                                                    (under a WRITE mapping);
  *                  damage=after-free                 reads the previous buffer's bytes after
  *                                                    it was freed (run with a sink that keeps
  *                                                    no last sample)
@@ -29,6 +32,8 @@ typedef enum
   DAMAGE_WRITE_READ_MAPPED,
   DAMAGE_AFTER_UNMAP,
   DAMAGE_AFTER_FREE,
+  DAMAGE_READ_AFTER_UNMAP,
+  DAMAGE_BEFORE_PAYLOAD,
 } Damage;
 
 #define TYPE_DAMAGE (damage_get_type ())
@@ -43,6 +48,8 @@ damage_get_type (void)
     {DAMAGE_WRITE_READ_MAPPED, "Write through a READ mapping", "write-read-mapped"},
     {DAMAGE_AFTER_UNMAP, "Write after unmapping", "after-unmap"},
     {DAMAGE_AFTER_FREE, "Read the previous buffer after it was freed", "after-free"},
+    {DAMAGE_READ_AFTER_UNMAP, "Read after unmapping", "read-after-unmap"},
+    {DAMAGE_BEFORE_PAYLOAD, "Write the byte before the payload", "before-payload"},
     {0, NULL, NULL},
   };
   if (g_once_init_enter (&type))
@@ -125,6 +132,22 @@ memkit_scribble_transform_ip (GstBaseTransform * trans, GstBuffer * buf)
       data[0] = 0x5a;
       return GST_FLOW_OK;
     }
+    case DAMAGE_READ_AFTER_UNMAP:{
+      volatile guint8 *data;
+      if (!gst_memory_map (mem, &info, GST_MAP_READ))
+        return GST_FLOW_ERROR;
+      data = info.data;
+      gst_memory_unmap (mem, &info);
+      if (data[0] == 0x77)
+        GST_DEBUG_OBJECT (self, "read an unmapped byte");
+      return GST_FLOW_OK;
+    }
+    case DAMAGE_BEFORE_PAYLOAD:
+      if (!gst_memory_map (mem, &info, GST_MAP_READWRITE))
+        return GST_FLOW_ERROR;
+      ((volatile guint8 *) info.data)[-1] = 0x5a;
+      gst_memory_unmap (mem, &info);
+      return GST_FLOW_OK;
     case DAMAGE_AFTER_FREE:
       if (self->previous != NULL && self->previous[0] == 0x77)
         GST_DEBUG_OBJECT (self, "read a freed byte");

@@ -423,3 +423,32 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_violation_is_counted_and_recorded_with_its_elements() {
+        let before = violations(Kind::NoMapping);
+        record(Kind::NoMapping, 41, 42);
+        assert_eq!(violations(Kind::NoMapping), before + 1);
+        assert!(records().contains(&Record {
+            kind: Kind::NoMapping,
+            running: 41,
+            mapper: 42
+        }));
+    }
+
+    #[test]
+    fn the_report_line_formats_numbers_without_allocating() {
+        let mut line = Line::new();
+        line.str("at ")
+            .hex(0xdead_beef)
+            .str(", ")
+            .dec(0)
+            .str(" and ")
+            .dec(1234);
+        assert_eq!(&line.buf[..line.len], b"at 0xdeadbeef, 0 and 1234");
+    }
+}
