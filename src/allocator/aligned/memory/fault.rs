@@ -7,7 +7,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 
-use super::registry::{MAX_BLOCKS, ProtectMode, REGISTRY, protect_mode};
+use super::registry::{
+    GUARD_OPENED, MAX_BLOCKS, PAGES_OPENED, ProtectMode, REGISTRY, protect_mode,
+};
 use crate::attribution::published;
 
 /// The kinds of violation, as reported.
@@ -223,10 +225,13 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         // block's pages (given the protection its mappings ask for then).
         let (from, len) = match kind {
             Kind::BeforeBlock | Kind::PastMaxsize => {
-                r.guard_open[slot].store(1, Ordering::Release);
+                r.opened[slot].fetch_or(GUARD_OPENED, Ordering::AcqRel);
                 (addr & !(page - 1), page)
             }
-            _ => (start + page, end - start - 2 * page),
+            _ => {
+                r.opened[slot].fetch_or(PAGES_OPENED, Ordering::AcqRel);
+                (start + page, end - start - 2 * page)
+            }
         };
         // SAFETY: the mapping is ours and alive (found in the registry).
         unsafe {

@@ -16,7 +16,7 @@ use std::sync::{LazyLock, Mutex};
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
 use super::fault::{self, Kind};
-use super::registry::{self, MAX_BLOCKS, REGISTRY, SLACK_BYTE};
+use super::registry::{self, GUARD_OPENED, MAX_BLOCKS, PAGES_OPENED, REGISTRY, SLACK_BYTE};
 pub(super) use super::registry::{ProtectMode, protect_mode};
 use crate::allocator::layout::{self, BlockLayout};
 use crate::attribution::published;
@@ -84,7 +84,10 @@ fn budget() -> usize {
 
 /// Entries not in use (their indices); taken under this lock, never by the fault handler.
 static FREE_SLOTS: LazyLock<Mutex<Vec<usize>>> =
-    LazyLock::new(|| Mutex::new((0..budget()).rev().collect()));
+    LazyLock::new(|| Mutex::new((0..*BUDGET).rev().collect()));
+
+/// [`budget`], read once.
+static BUDGET: LazyLock<usize> = LazyLock::new(budget);
 
 /// A freed block's mapping in quarantine: (start, length, registry slot).
 type Quarantined = (usize, usize, usize);
@@ -187,7 +190,7 @@ impl Protect {
         r.readers[slot].store(0, Ordering::Relaxed);
         r.writers[slot].store(0, Ordering::Relaxed);
         r.freed[slot].store(0, Ordering::Relaxed);
-        r.guard_open[slot].store(0, Ordering::Relaxed);
+        r.opened[slot].store(0, Ordering::Relaxed);
         r.map_end[slot].store(start + map_len, Ordering::Release);
         Some(Box::new(Protect {
             map,
@@ -204,8 +207,23 @@ impl Protect {
 
     /// Sets the pages' protection from the counts (the lock held); whether the system did.
     fn apply(&self) -> bool {
+        self.close_opened_guards();
         let r = &REGISTRY;
-        if r.guard_open[self.slot].swap(0, Ordering::Acquire) != 0 {
+        let flags = if r.writers[self.slot].load(Ordering::Relaxed) > 0 {
+            MprotectFlags::READ | MprotectFlags::WRITE
+        } else if r.readers[self.slot].load(Ordering::Relaxed) > 0 {
+            MprotectFlags::READ
+        } else {
+            MprotectFlags::empty()
+        };
+        // SAFETY: the pages are our own mapping; only their protection changes.
+        unsafe { mm::mprotect(self.pages.as_ptr().cast(), self.pages_len, flags) }.is_ok()
+    }
+
+    /// Closes the guard pages continue mode opened at a violation, if it did.
+    fn close_opened_guards(&self) {
+        let r = &REGISTRY;
+        if r.opened[self.slot].fetch_and(!GUARD_OPENED, Ordering::AcqRel) & GUARD_OPENED != 0 {
             let page = page();
             for guard in [
                 self.map.as_ptr(),
@@ -216,15 +234,6 @@ impl Protect {
                 let _ = unsafe { mm::mprotect(guard.cast(), page, MprotectFlags::empty()) };
             }
         }
-        let flags = if r.writers[self.slot].load(Ordering::Relaxed) > 0 {
-            MprotectFlags::READ | MprotectFlags::WRITE
-        } else if r.readers[self.slot].load(Ordering::Relaxed) > 0 {
-            MprotectFlags::READ
-        } else {
-            MprotectFlags::empty()
-        };
-        // SAFETY: the pages are our own mapping; only their protection changes.
-        unsafe { mm::mprotect(self.pages.as_ptr().cast(), self.pages_len, flags) }.is_ok()
     }
 
     /// A mapping of the block begins (`write`: with `GST_MAP_WRITE`). `false` when the pages
@@ -329,7 +338,16 @@ impl Drop for Protect {
     /// The block is freed: its slack checked, then inaccessible, in quarantine; the oldest
     /// blocks past the bound are unmapped and forgotten.
     fn drop(&mut self) {
-        let _ = self.with_open(|| self.check_slack("when it was freed"));
+        // The slack can have changed unseen only while the pages were writable: a WRITE
+        // mapping alive at the free, or pages continue mode opened at a violation (the end
+        // of every other WRITE mapping checked it already).
+        let r = &REGISTRY;
+        if r.writers[self.slot].load(Ordering::Relaxed) > 0
+            || r.opened[self.slot].load(Ordering::Acquire) & PAGES_OPENED != 0
+        {
+            let _ = self.with_open(|| self.check_slack("when it was freed"));
+        }
+        self.close_opened_guards();
         // SAFETY: the pages are our own mapping; only their protection changes.
         let _ = unsafe {
             mm::mprotect(
@@ -345,7 +363,7 @@ impl Drop for Protect {
             q.1 += self.map_len;
             let mut out = Vec::new();
             // Bytes, and a quarter of the blocks' budget: new blocks keep room.
-            let max_blocks = (budget() / 4).max(1);
+            let max_blocks = (*BUDGET / 4).max(1);
             while q.1 > QUARANTINE_BYTES || q.0.len() > max_blocks {
                 let Some(old) = q.0.pop_front() else { break };
                 q.1 -= old.1;

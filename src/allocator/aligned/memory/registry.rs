@@ -73,8 +73,10 @@ pub(super) struct Registry {
     /// The charge target (see `attribution::published`) running when the block was last
     /// mapped.
     pub mapper: [AtomicU32; MAX_BLOCKS],
-    /// 1 while continue mode has a guard page of the block open (after a violation).
-    pub guard_open: [AtomicU8; MAX_BLOCKS],
+    /// What continue mode opened at a violation: [`GUARD_OPENED`] (a guard page, until the
+    /// block's next map or unmap), [`PAGES_OPENED`] (the block's pages: its slack is checked
+    /// at free).
+    pub opened: [AtomicU8; MAX_BLOCKS],
 }
 
 pub(super) static REGISTRY: Registry = Registry {
@@ -88,8 +90,12 @@ pub(super) static REGISTRY: Registry = Registry {
     offset: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     size: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     mapper: [const { AtomicU32::new(published::NO_SLOT) }; MAX_BLOCKS],
-    guard_open: [const { AtomicU8::new(0) }; MAX_BLOCKS],
+    opened: [const { AtomicU8::new(0) }; MAX_BLOCKS],
 };
+
+/// Bits of [`Registry::opened`].
+pub const GUARD_OPENED: u8 = 1;
+pub const PAGES_OPENED: u8 = 2;
 
 /// The byte the slack of a protected block's pages holds (before the region, and after it
 /// when the alignment leaves room): checked when the last WRITE mapping ends and at free.
