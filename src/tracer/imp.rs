@@ -204,7 +204,9 @@ impl ObjectImpl for MemkitTracer {
                 glib::ParamSpecBoolean::builder("guard")
                     .nick("Guard mode")
                     .blurb(
-                        "Allocate AlignedMemory blocks with guards and check every pushed buffer",
+                        "Allocate AlignedMemory blocks with guards and check every pushed buffer \
+                         (in the parameters, guard=protect and guard=protect-continue set protect \
+                         mode instead)",
                     )
                     .default_value(false)
                     .construct()

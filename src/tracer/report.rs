@@ -122,6 +122,14 @@ impl Report {
         } else {
             let _ = writeln!(t, ": {}", kinds.join(", "));
         }
+        let unprotected = allocator::aligned::unprotected();
+        if unprotected > 0 {
+            let _ = writeln!(
+                t,
+                "    {unprotected} blocks allocated unprotected (past the mappings the system \
+                 allows at once)"
+            );
+        }
         for l in &self.protect_by {
             let _ = writeln!(
                 t,

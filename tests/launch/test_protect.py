@@ -200,6 +200,21 @@ class ProtectTest(unittest.TestCase):
                               capture_output=True, text=True, timeout=TIMEOUT)
         self.assertIn('"colour" is not a parameter', proc.stderr)
 
+    def test_gst_inspect_shows_the_tracer_parameters(self):
+        version = subprocess.run(["gst-launch-1.0", "--gst-version"], capture_output=True,
+                                 text=True).stdout
+        minor = int(re.search(r"version 1\.(\d+)", version).group(1))
+        proc = subprocess.run(["gst-inspect-1.0", "memkittracer"], capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("MemkitTracer", proc.stdout)
+        if minor >= 26:  # older gst-inspect-1.0 lists no tracer properties
+            self.assertRegex(proc.stdout, r"protect +: Protect mode")
+            self.assertIn('Enum "MemkitProtectMode" Default: 0, "off"', proc.stdout)
+            for nick in ["off", "abort", "continue"]:
+                self.assertRegex(proc.stdout, rf"\(\d\): {nick} +- ")
+            self.assertIn("guard=protect-continue", proc.stdout)
+
     def test_the_mappings_alive_are_reported(self):
         proc = launch(scribble("write-read-mapped", 1), "protect")
         self.assertIn("mappings alive: 1 READ, 0 WRITE", proc.stderr)
