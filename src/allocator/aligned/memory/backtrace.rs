@@ -26,6 +26,7 @@ unsafe extern "C" {
     fn _Unwind_Find_FDE(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const c_void;
 }
 
+const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const DT_NULL: i64 = 0;
 const DT_HASH: i64 = 4;
@@ -158,13 +159,24 @@ unsafe fn for_each_function(base: usize, mut f: impl FnMut(&CStr, usize, usize) 
         let Some(dynamic) = phdrs.iter().find(|p| p.p_type == PT_DYNAMIC) else {
             return;
         };
+        // The load bias: the base, less the address the object was linked at (0 for a
+        // shared library or a position-independent executable; its own base for another).
+        let Some(linked) = phdrs
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD)
+            .map(|p| p.p_vaddr as usize & !(p.p_align.max(1) as usize - 1))
+            .min()
+        else {
+            return;
+        };
+        let bias = base.wrapping_sub(linked);
         // The loader relocates these entries in place; an unrelocated one is an offset.
         let abs = |v: u64| {
             let v = v as usize;
-            if v < base { base + v } else { v }
+            if v < bias { bias + v } else { v }
         };
         let (mut symtab, mut strtab, mut hash, mut gnu_hash) = (0, 0, 0, 0);
-        let mut d = (base + dynamic.p_vaddr as usize) as *const [i64; 2];
+        let mut d = bias.wrapping_add(dynamic.p_vaddr as usize) as *const [i64; 2];
         while (*d)[0] != DT_NULL {
             let v = (*d)[1] as u64;
             match (*d)[0] {
@@ -192,7 +204,11 @@ unsafe fn for_each_function(base: usize, mut f: impl FnMut(&CStr, usize, usize) 
                 continue;
             }
             let name = CStr::from_ptr((strtab + sym.st_name as usize) as *const libc::c_char);
-            if !f(name, base + sym.st_value as usize, sym.st_size as usize) {
+            if !f(
+                name,
+                bias.wrapping_add(sym.st_value as usize),
+                sym.st_size as usize,
+            ) {
                 return;
             }
         }
@@ -224,5 +240,43 @@ unsafe fn gnu_symbol_count(h: *const u32) -> usize {
             i += 1;
         }
         i + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exported_functions_of_a_library_are_found_at_their_addresses() {
+        let gst_init = gst::ffi::gst_init as *const () as usize;
+        let base = base_of(gst_init as *mut c_void) as usize;
+        assert_ne!(base, 0);
+        let (mut found, mut count) = (None, 0);
+        // SAFETY: `base` is libgstreamer's load base, as dladdr gave it.
+        unsafe {
+            for_each_function(base, |name, code, _len| {
+                count += 1;
+                if name.to_bytes() == b"gst_init" {
+                    found = Some(code);
+                }
+                true
+            })
+        };
+        assert_eq!(found, Some(gst_init));
+        assert!(count > 500, "{count} functions");
+    }
+
+    #[test]
+    fn a_jump_is_found_by_its_target() {
+        // nop; jmp rel32 (-0x100 from the end of the jmp); jmp rel8 (+2)
+        let code: [u8; 9] = [0x90, 0xE9, 0x00, 0xFF, 0xFF, 0xFF, 0xEB, 0x02, 0x90];
+        let at = code.as_ptr() as usize;
+        // SAFETY: our own array.
+        unsafe {
+            assert!(jumps_to(at, code.len(), at + 6 - 0x100));
+            assert!(jumps_to(at, code.len(), at + 8 + 2));
+            assert!(!jumps_to(at, code.len(), at + 0x40));
+        }
     }
 }
