@@ -3,7 +3,8 @@
 //! hand: gstreamer-rs exposes them only with its `v1_26` feature, and memkit builds with
 //! `v1_22` so that one build loads on every GStreamer from 1.22. They tell the tracer about
 //! memory of other allocators (an element's own pool of SystemMemory, a hardware allocator),
-//! charged to the element running like memkit's own.
+//! charged to the element running like memkit's own. Also the process's exit hook that
+//! `fail-on-violation` needs (`atexit`, `_exit`).
 
 use gst::ffi;
 use gst::glib;
@@ -69,4 +70,26 @@ pub fn watch_other_memory(tracer: &gst::Tracer) -> bool {
         }
     }
     true
+}
+
+/// Runs `hook` when the process exits normally (`exit()` or a return from `main`), after the
+/// hooks registered later and before those registered earlier (`atexit(3)`); `false` when
+/// the C library has no room for it.
+pub fn at_exit(hook: extern "C" fn()) -> bool {
+    // SAFETY: `hook` is a plain function with no arguments, valid for the whole life of the
+    // process (a function item of this library, which GStreamer never unloads).
+    unsafe { libc::atexit(hook) == 0 }
+}
+
+/// Ends the process now with `status`, from inside an exit hook: C's buffered streams are
+/// flushed first, the remaining exit hooks do not run (calling `exit()` again from a hook is
+/// undefined behaviour; `_exit` is what sanitizers use for the same purpose).
+pub fn exit_now(status: i32) -> ! {
+    // SAFETY: fflush(NULL) flushes every open output stream and takes no pointer of ours.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+    }
+    // SAFETY: `_exit` ends the process without running anything of ours; nothing is left
+    // half done that another thread could observe afterwards.
+    unsafe { libc::_exit(status) }
 }

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The `memkittracer` tracer's GObject subclass.
 
-use std::sync::{LazyLock, Mutex};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, Once};
 
 use gst::glib;
 use gst::prelude::*;
@@ -18,6 +20,41 @@ pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
+/// The exit status of a process whose tracer has `fail-on-violation=true` and counted a
+/// violation (protect mode's or guard mode's).
+pub const VIOLATION_EXIT_STATUS: i32 = 66;
+
+/// `fail-on-violation` of any memkittracer of the process (read by the exit hook).
+static FAIL_ON_VIOLATION: AtomicBool = AtomicBool::new(false);
+static EXIT_HOOK: Once = Once::new();
+
+/// The violations counted so far: protect mode's (every one, recorded or not), guard mode's.
+fn violations_counted() -> (u64, usize) {
+    let protect = allocator::ProtectViolation::ALL
+        .iter()
+        .map(|&k| allocator::protect_violations(k))
+        .sum();
+    (protect, allocator::stats::violations().len())
+}
+
+/// Runs at the process's exit (`atexit`), in whichever process calls `exit()`: a forked
+/// gst-check test counts its own. No panic can leave it (it is called by C).
+extern "C" fn exit_hook() {
+    if !FAIL_ON_VIOLATION.load(Ordering::Relaxed) {
+        return;
+    }
+    let (protect, guard) = violations_counted();
+    if protect == 0 && guard == 0 {
+        return;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "memkit: fail-on-violation: {protect} protect and {guard} guard violations counted: \
+         exit status {VIOLATION_EXIT_STATUS}"
+    );
+    super::hooks::exit_now(VIOLATION_EXIT_STATUS);
+}
+
 /// Whether the hooks for memory of other allocators are registered (GStreamer 1.26+).
 pub(super) static FOREIGN_SEEN: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
@@ -28,6 +65,7 @@ struct Settings {
     protect: ProtectProperty,
     report: Option<String>,
     timeline: Option<String>,
+    fail_on_violation: bool,
 }
 
 impl Default for Settings {
@@ -37,6 +75,7 @@ impl Default for Settings {
             protect: ProtectProperty::Off,
             report: None,
             timeline: None,
+            fail_on_violation: false,
         }
     }
 }
@@ -157,7 +196,8 @@ impl MemkitTracer {
             let Some(pspec) = obj.find_property(field) else {
                 glib::g_warning!(
                     "memkittracer",
-                    "{field:?} is not a parameter (guard, protect, report, timeline): ignored"
+                    "{field:?} is not a parameter (guard, protect, report, timeline, \
+                     fail-on-violation): ignored"
                 );
                 continue;
             };
@@ -233,6 +273,15 @@ impl ObjectImpl for MemkitTracer {
                     )
                     .construct()
                     .build(),
+                glib::ParamSpecBoolean::builder("fail-on-violation")
+                    .nick("Fail on violation")
+                    .blurb(
+                        "When the process exits, make its exit status 66 if any protect-mode \
+                         or guard-mode violation was counted (for CI, as a sanitizer does)",
+                    )
+                    .default_value(false)
+                    .construct()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -255,6 +304,20 @@ impl ObjectImpl for MemkitTracer {
             }
             "report" => settings.report = value.get().expect("type checked upstream"),
             "timeline" => settings.timeline = value.get().expect("type checked upstream"),
+            "fail-on-violation" => {
+                settings.fail_on_violation = value.get().expect("type checked upstream");
+                if settings.fail_on_violation {
+                    FAIL_ON_VIOLATION.store(true, Ordering::Relaxed);
+                    EXIT_HOOK.call_once(|| {
+                        if !super::hooks::at_exit(exit_hook) {
+                            glib::g_warning!(
+                                "memkittracer",
+                                "fail-on-violation: cannot register the exit hook"
+                            );
+                        }
+                    });
+                }
+            }
             _ => unimplemented!(),
         }
     }
@@ -266,6 +329,7 @@ impl ObjectImpl for MemkitTracer {
             "protect" => settings.protect.to_value(),
             "report" => settings.report.to_value(),
             "timeline" => settings.timeline.to_value(),
+            "fail-on-violation" => settings.fail_on_violation.to_value(),
             _ => unimplemented!(),
         }
     }

@@ -216,6 +216,7 @@ class ProtectTest(unittest.TestCase):
             for nick in ["off", "abort", "continue"]:
                 self.assertRegex(proc.stdout, rf"\(\d\): {nick} +- ")
             self.assertIn("guard=protect-continue", proc.stdout)
+            self.assertRegex(proc.stdout, r"fail-on-violation +: Fail on violation")
 
     def test_the_mappings_alive_are_reported(self):
         proc = launch(scribble("write-read-mapped", 1), "protect")
@@ -309,6 +310,98 @@ class ProtectTest(unittest.TestCase):
         self.assertIn("libgstvideo-1.0.so", trace.splitlines()[1])
         self.assertRegex(trace, r"jumped to \(tail call\) by: .*"
                                 r"gst_video_overlay_rectangle_get_pixels_unscaled_argb")
+
+
+# An application whose code writes through a READ mapping, then ends normally (exit status 0
+# of its own): fail-on-violation makes it 66.
+VIOLATING_APP = """
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+Gst.Plugin.load_by_name("memkittest")
+p = Gst.parse_launch("memsrc num-buffers=2 blocksize=1100 ! memkitscribble damage={damage} ! "
+                     "fakesink")
+p.set_state(Gst.State.PLAYING)
+msg = p.get_bus().timed_pop_filtered(Gst.CLOCK_TIME_NONE,
+                                     Gst.MessageType.EOS | Gst.MessageType.ERROR)
+assert msg.type == Gst.MessageType.EOS, msg
+p.set_state(Gst.State.NULL)
+print("done")
+"""
+
+FAIL_LINE = re.compile(r"^memkit: fail-on-violation: (\d+) protect and (\d+) guard violations "
+                       r"counted: exit status 66$", re.M)
+
+
+class FailOnViolationTest(unittest.TestCase):
+    """fail-on-violation=true: a process in which a violation was counted exits with 66."""
+
+    def test_a_violation_makes_gst_launch_exit_66(self):
+        proc = launch(scribble("write-read-mapped"), None,
+                      tracer="guard=protect-continue,fail-on-violation=true")
+        self.assertEqual(proc.returncode, 66, proc.stderr[-2000:])
+        self.assertEqual(FAIL_LINE.findall(proc.stderr), [("3", "0")])
+        # the report still comes first, whole
+        self.assertIn("protect       continue, 3 violations", proc.stderr)
+
+    def test_without_it_or_without_a_violation_the_status_is_the_programs(self):
+        proc = launch(scribble("write-read-mapped"), None, tracer="guard=protect-continue")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertNotIn("fail-on-violation", proc.stderr)
+        proc = launch(scribble("none"), None,
+                      tracer="guard=protect-continue,fail-on-violation=true")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertNotIn("fail-on-violation", proc.stderr)
+        # a failing pipeline keeps its own status
+        proc = launch("memsrc num-buffers=1 ! memcheck memory-type=fd fail-on-violation=true ! "
+                      "fakesink async=false", None,
+                      tracer="guard=protect-continue,fail-on-violation=true")
+        self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+
+    def test_guard_mode_violations_count_too(self):
+        proc = launch(scribble("past-maxsize", 2), None, tracer="guard=true,fail-on-violation=true")
+        self.assertEqual(proc.returncode, 66, proc.stderr[-2000:])
+        self.assertEqual(FAIL_LINE.findall(proc.stderr), [("0", "2")])
+
+    def test_an_application_that_ends_normally_exits_66(self):
+        env = dict(os.environ, G_DEBUG="fatal_warnings",
+                   GST_TRACERS="memkittracer(guard=protect-continue,fail-on-violation=true)")
+        env.pop("MEMKIT_GUARD", None)
+        for damage, status in (("after-unmap", 66), ("none", 0)):
+            with self.subTest(damage=damage):
+                proc = subprocess.run(["/usr/bin/python3", "-c",
+                                       VIOLATING_APP.replace("{damage}", damage)],
+                                      env=env, capture_output=True, text=True, timeout=TIMEOUT)
+                self.assertEqual((proc.returncode, proc.stdout.strip()), (status, "done"),
+                                 proc.stderr[-2000:])
+
+    def test_a_gst_check_suite_fails_the_test_that_violates(self):
+        exe = os.environ.get("MEMKIT_VIOLATING_CHECK")
+        if not exe:
+            self.skipTest("MEMKIT_VIOLATING_CHECK is not set (meson test sets it)")
+        env = dict(os.environ, GST_TRACERS="memkittracer(guard=protect-continue,"
+                                           "fail-on-violation=true)")
+        env.pop("MEMKIT_GUARD", None)
+        env.pop("G_DEBUG", None)
+        # forked (check's default): the violating test is an error, the clean one passes
+        proc = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        out = proc.stdout + proc.stderr
+        self.assertNotEqual(proc.returncode, 0, out[-2000:])
+        self.assertIn("50%: Checks: 2, Failures: 0, Errors: 1", out)
+        self.assertRegex(out, r":E:general:test_writes_through_a_read_mapping:.*"
+                              r"Early exit with return value 66")
+        # one process (CK_FORK=no): every test passes, the process exits 66
+        proc = subprocess.run([exe], env=dict(env, CK_FORK="no"), capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        out = proc.stdout + proc.stderr
+        self.assertEqual(proc.returncode, 66, out[-2000:])
+        self.assertIn("100%: Checks: 2, Failures: 0, Errors: 0", out)
+        # and without fail-on-violation the suite passes: the violation is only reported
+        env["GST_TRACERS"] = "memkittracer(guard=protect-continue)"
+        proc = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 0, (proc.stdout + proc.stderr)[-2000:])
+        self.assertIn("memkit protect: write through a READ mapping", proc.stderr)
 
 
 if __name__ == "__main__":
