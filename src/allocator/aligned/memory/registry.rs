@@ -2,7 +2,7 @@
 //! What protect mode's fault handler reads: the mode, and one entry per protected mapping
 //! (live or in quarantine). Atomics only; `protect.rs` writes them, `fault.rs` reads them.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use crate::attribution::published;
 
@@ -55,17 +55,22 @@ pub(super) fn set_mode(mode: ProtectMode) {
     MODE.store(mode as u8, Ordering::Relaxed);
 }
 
-/// The registry the fault handler reads: one entry per protected mapping, live or in
-/// quarantine. An entry is claimed by storing its `MAP_END` (non-zero) last, and released by
-/// storing 0 there first.
+/// The registry the fault handler reads: one entry per protected mapping (a region), live, in
+/// quarantine or kept for reuse. An entry is claimed by storing its `map_end` (non-zero) last,
+/// and released by storing 0 there first, then waiting until no handler has it pinned (see
+/// [`pin`]); only then are its mapping's pages reused or unmapped.
 pub(super) struct Registry {
     pub map_start: [AtomicUsize; MAX_BLOCKS],
     pub map_end: [AtomicUsize; MAX_BLOCKS],
+    /// The block's accessible pages: `[pages_start, pages_end)`; the rest of the mapping is
+    /// guard pages (and, in a region larger than the block needs, unused pages before them).
+    pub pages_start: [AtomicUsize; MAX_BLOCKS],
+    pub pages_end: [AtomicUsize; MAX_BLOCKS],
     pub data: [AtomicUsize; MAX_BLOCKS],
     pub maxsize: [AtomicUsize; MAX_BLOCKS],
     pub readers: [AtomicU32; MAX_BLOCKS],
     pub writers: [AtomicU32; MAX_BLOCKS],
-    /// 1 once the block is freed (in quarantine).
+    /// 1 once the block is freed (in quarantine, or its region kept for reuse).
     pub freed: [AtomicU8; MAX_BLOCKS],
     /// The offset and size the block was allocated with.
     pub offset: [AtomicUsize; MAX_BLOCKS],
@@ -73,15 +78,29 @@ pub(super) struct Registry {
     /// The charge target (see `attribution::published`) running when the block was last
     /// mapped.
     pub mapper: [AtomicU32; MAX_BLOCKS],
-    /// What continue mode opened at a violation: [`GUARD_OPENED`] (a guard page, until the
-    /// block's next map or unmap), [`PAGES_OPENED`] (the block's pages: its slack is checked
-    /// at free).
+    /// What continue mode opened at a violation: [`GUARD_OPENED`] (the whole mapping, until
+    /// the block's next protection change), [`PAGES_OPENED`] (the slack may have changed
+    /// unseen: checked at the next slack check).
     pub opened: [AtomicU8; MAX_BLOCKS],
+    /// Fault handlers at work on the entry (see [`pin`]).
+    pub pins: [AtomicU32; MAX_BLOCKS],
+    /// The last violation reported on the block at the instruction: the thread, the address
+    /// and the instruction. The same fault again (the instruction ran again before it could
+    /// complete, because another thread changed the protection meanwhile) is the same
+    /// violation: not counted twice.
+    pub last_tid: [AtomicI32; MAX_BLOCKS],
+    pub last_addr: [AtomicUsize; MAX_BLOCKS],
+    pub last_ip: [AtomicUsize; MAX_BLOCKS],
+    /// An address of the slack that a violation reported at the instruction wrote to (0:
+    /// none): the slack check that finds it damaged does not report it again.
+    pub slack_reported: [AtomicUsize; MAX_BLOCKS],
 }
 
 pub(super) static REGISTRY: Registry = Registry {
     map_start: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     map_end: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
+    pages_start: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
+    pages_end: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     data: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     maxsize: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     readers: [const { AtomicU32::new(0) }; MAX_BLOCKS],
@@ -91,7 +110,50 @@ pub(super) static REGISTRY: Registry = Registry {
     size: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     mapper: [const { AtomicU32::new(published::NO_SLOT) }; MAX_BLOCKS],
     opened: [const { AtomicU8::new(0) }; MAX_BLOCKS],
+    pins: [const { AtomicU32::new(0) }; MAX_BLOCKS],
+    last_tid: [const { AtomicI32::new(0) }; MAX_BLOCKS],
+    last_addr: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
+    last_ip: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
+    slack_reported: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
 };
+
+/// The entry whose mapping holds `addr`, pinned: until [`unpin`], its mapping stays the
+/// entry's (not reused, not unmapped). Async-signal-safe (atomics only).
+///
+/// The handler increments the pin, then checks that the entry still holds `addr`; the owner
+/// releasing an entry clears `map_end`, then waits for the pins to drain ([`release`]). Both
+/// sides use sequentially consistent operations, so either the handler sees the entry gone
+/// or the owner sees the pin.
+pub(super) fn pin(addr: usize) -> Option<usize> {
+    let r = &REGISTRY;
+    let holds = |i: usize| {
+        let end = r.map_end[i].load(Ordering::SeqCst);
+        end != 0 && addr < end && addr >= r.map_start[i].load(Ordering::SeqCst)
+    };
+    let slot = (0..MAX_BLOCKS).find(|&i| holds(i))?;
+    r.pins[slot].fetch_add(1, Ordering::SeqCst);
+    if holds(slot) {
+        Some(slot)
+    } else {
+        unpin(slot);
+        None
+    }
+}
+
+/// Ends a [`pin`].
+pub(super) fn unpin(slot: usize) {
+    REGISTRY.pins[slot].fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Forgets entry `slot` for the fault handler and waits until no handler has it pinned: its
+/// mapping is then its owner's alone (to reuse or unmap).
+pub(super) fn release(slot: usize) {
+    let r = &REGISTRY;
+    r.map_end[slot].store(0, Ordering::SeqCst);
+    while r.pins[slot].load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now();
+    }
+}
 
 /// Bits of [`Registry::opened`].
 pub const GUARD_OPENED: u8 = 1;
