@@ -121,6 +121,8 @@ enum Verdict {
 /// A fault on a protected block, handed to [`handle`] across the stack switch.
 struct Fault {
     slot: usize,
+    /// The block's mapping, as pinned.
+    map: (usize, usize),
     addr: usize,
     write: Option<bool>,
     ip: usize,
@@ -134,13 +136,14 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     // A sent signal (si_code <= 0) is no fault, whatever its si_addr field holds.
     let slot = if code > 0 { registry::pin(addr) } else { None };
-    let Some(slot) = slot else {
+    let Some((slot, start, end)) = slot else {
         // SAFETY: the handler's own arguments.
         unsafe { chain(sig, info, ctx) };
         return;
     };
     let mut fault = Fault {
         slot,
+        map: (start, end),
         addr,
         // SAFETY: ctx is the handler's context.
         write: unsafe { was_write(ctx) },
@@ -224,8 +227,7 @@ fn handle(fault: &mut Fault) {
         fault.verdict = Verdict::Die;
         return;
     }
-    let start = r.map_start[slot].load(Ordering::Relaxed);
-    let end = r.map_end[slot].load(Ordering::Relaxed);
+    let (start, end) = fault.map;
     let in_pages = fault.addr >= r.pages_start[slot].load(Ordering::Relaxed)
         && fault.addr < r.pages_end[slot].load(Ordering::Relaxed);
     if matches!(kind, Kind::BeforeBlock | Kind::PastMaxsize) && in_pages {

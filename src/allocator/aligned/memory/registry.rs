@@ -117,26 +117,30 @@ pub(super) static REGISTRY: Registry = Registry {
     slack_reported: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
 };
 
-/// The entry whose mapping holds `addr`, pinned: until [`unpin`], its mapping stays the
-/// entry's (not reused, not unmapped). Async-signal-safe (atomics only).
+/// The entry whose mapping holds `addr`, pinned, with that mapping's start and end: until
+/// [`unpin`], the mapping stays the entry's (not reused, not unmapped). Async-signal-safe
+/// (atomics only).
 ///
 /// The handler increments the pin, then checks that the entry still holds `addr`; the owner
 /// releasing an entry clears `map_end`, then waits for the pins to drain ([`release`]). Both
 /// sides use sequentially consistent operations, so either the handler sees the entry gone
-/// or the owner sees the pin.
-pub(super) fn pin(addr: usize) -> Option<usize> {
+/// or the owner sees the pin. (`map_end` may read 0 after the check, while the owner waits:
+/// the caller uses the bounds returned here.)
+pub(super) fn pin(addr: usize) -> Option<(usize, usize, usize)> {
     let r = &REGISTRY;
     let holds = |i: usize| {
         let end = r.map_end[i].load(Ordering::SeqCst);
-        end != 0 && addr < end && addr >= r.map_start[i].load(Ordering::SeqCst)
+        let start = r.map_start[i].load(Ordering::SeqCst);
+        (end != 0 && addr < end && addr >= start).then_some((start, end))
     };
-    let slot = (0..MAX_BLOCKS).find(|&i| holds(i))?;
+    let slot = (0..MAX_BLOCKS).find(|&i| holds(i).is_some())?;
     r.pins[slot].fetch_add(1, Ordering::SeqCst);
-    if holds(slot) {
-        Some(slot)
-    } else {
-        unpin(slot);
-        None
+    match holds(slot) {
+        Some((start, end)) => Some((slot, start, end)),
+        None => {
+            unpin(slot);
+            None
+        }
     }
 }
 
