@@ -189,6 +189,17 @@ fn protect(cfg: &Config) {
         "protect: floor",
         floor / off
     );
+    // The same pair and an 8 KiB fill (the cycles' mean) on regions of two pages in turn:
+    // 16 of them (all warm), and 4,096 (the quarantine's depth: each region's pages last
+    // touched 4,096 cycles before). What a cycle costs at least.
+    for regions in [16, 4096] {
+        let cold = floor::mprotect_cycle_ns(iters(cfg, 40_000), regions, 2);
+        println!(
+            "{:<44} {cold:>12.1} {off:>12.1} {:>8.2}   ns: the same on {regions} regions in turn, 8 KiB filled",
+            format!("protect: floor, {regions} regions"),
+            cold / off
+        );
+    }
 }
 
 /// memkit against itself: statistics on vs off, and guard mode vs off (1 KiB alloc+unref and
