@@ -68,7 +68,9 @@ pub(super) fn special_mode() -> bool {
     SPECIAL.load(Ordering::Relaxed) != 0
 }
 
-/// Blocks allocated unprotected in protect mode because [`MAX_BLOCKS`] were known already.
+/// Blocks allocated unprotected in protect mode: every registry entry was taken (the budget
+/// of mappings, 65,536 at most, even after unmapping the regions kept for
+/// reuse), or the system refused a new mapping.
 pub fn unprotected() -> usize {
     UNPROTECTED.load(Ordering::Relaxed)
 }
