@@ -155,13 +155,7 @@ impl Protect {
                 zero[1] = block.padding_range();
             }
         }
-        // The slack to fill: what the region's last fill does not cover already.
-        let fill = match region.filled {
-            Some((old_pages, old_data, old_end)) if old_pages == pages => {
-                [old_data.min(data)..data, end..old_end.max(end)]
-            }
-            _ => [pages..data, end..pages_end],
-        };
+        let fill = regions::slack_to_fill(region.filled, pages, data, end, pages_end);
         let init = (fill.iter().chain(&zero).any(|r| !r.is_empty())).then_some(Init { fill, zero });
         region.used = true;
         let slot = region.slot;
@@ -440,11 +434,12 @@ impl Drop for Protect {
         // of every other WRITE mapping checked it already).
         let unseen = r.writers[slot].load(Ordering::Relaxed) > 0
             || r.opened[slot].load(Ordering::Acquire) & PAGES_OPENED != 0;
-        if unseen
-            && st.init.is_none()
-            && self.protect(&mut st, MprotectFlags::READ | MprotectFlags::WRITE)
-        {
-            self.check_slack("when it was freed");
+        let mut checked = true;
+        if unseen && st.init.is_none() {
+            checked = self.protect(&mut st, MprotectFlags::READ | MprotectFlags::WRITE);
+            if checked {
+                self.check_slack("when it was freed");
+            }
         }
         if r.opened[slot].swap(0, Ordering::AcqRel) & GUARD_OPENED != 0 {
             self.close_outside_pages();
@@ -455,9 +450,10 @@ impl Drop for Protect {
         // quarantine.
         region.open = !self.protect(&mut st, MprotectFlags::empty());
         r.freed[slot].store(1, Ordering::Release);
+        // The slack as the last fill left it, unless it changed unchecked.
         if st.init.is_none() {
             let data = self.data.as_ptr() as usize;
-            region.filled = Some((self.pages, data, data + self.maxsize));
+            region.filled = checked.then_some((self.pages, data, data + self.maxsize));
         }
         drop(st);
         regions::quarantine(region);

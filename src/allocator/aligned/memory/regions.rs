@@ -12,6 +12,7 @@
 //! for any fault handler still at work on it).
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::ptr;
 use std::sync::atomic::Ordering;
 use std::sync::{LazyLock, Mutex, MutexGuard};
@@ -84,6 +85,24 @@ pub(super) fn class_of(pages: usize) -> usize {
     }
     let step = 1usize << (usize::BITS - 1 - pages.leading_zeros() - 2);
     pages.div_ceil(step) * step
+}
+
+/// The slack a block at `pages`, `data`, `end` (its region's end) must fill in a region whose
+/// last fill is `filled` (see [`Region::filled`]): `[pages, data)` and `[end, pages_end)` less
+/// what already holds the fill byte.
+pub(super) fn slack_to_fill(
+    filled: Option<(usize, usize, usize)>,
+    pages: usize,
+    data: usize,
+    end: usize,
+    pages_end: usize,
+) -> [Range<usize>; 2] {
+    match filled {
+        Some((old_pages, old_data, old_end)) if old_pages == pages => {
+            [old_data.min(data)..data, end..old_end.max(end)]
+        }
+        _ => [pages..data, end..pages_end],
+    }
 }
 
 /// Freed blocks' regions, oldest first, and regions kept for reuse, by class (pages).
@@ -245,4 +264,74 @@ pub(super) fn quarantine(region: Region) {
         unmap
     };
     unmap_regions(unmap);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_are_exact_to_16_pages_then_quarter_powers_of_two() {
+        let classes: Vec<usize> = [1, 2, 16, 17, 20, 21, 33, 40, 41, 339]
+            .iter()
+            .map(|&p| class_of(p))
+            .collect();
+        assert_eq!(classes, [1, 2, 16, 20, 20, 24, 40, 40, 48, 384]);
+        for pages in 1..5000 {
+            let class = class_of(pages);
+            assert!(
+                class >= pages && class <= pages + pages / 4,
+                "{pages} -> {class}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reused_region_fills_only_the_slack_its_last_fill_left_out() {
+        let (pages, pages_end) = (0x1000, 0x3000);
+        // Never filled (or another page count): all of it.
+        assert_eq!(
+            slack_to_fill(None, pages, 0x1800, 0x2f00, pages_end),
+            [0x1000..0x1800, 0x2f00..0x3000]
+        );
+        assert_eq!(
+            slack_to_fill(
+                Some((0x2000, 0x2800, 0x3000)),
+                pages,
+                0x1800,
+                0x2f00,
+                pages_end
+            ),
+            [0x1000..0x1800, 0x2f00..0x3000]
+        );
+        // The same block again: nothing.
+        let same = slack_to_fill(
+            Some((pages, 0x1800, 0x2f00)),
+            pages,
+            0x1800,
+            0x2f00,
+            pages_end,
+        );
+        assert!(same.iter().all(Range::is_empty));
+        // A region starting later and ending earlier: what was the old region's.
+        assert_eq!(
+            slack_to_fill(
+                Some((pages, 0x1800, 0x2f00)),
+                pages,
+                0x1900,
+                0x2e00,
+                pages_end
+            ),
+            [0x1800..0x1900, 0x2e00..0x2f00]
+        );
+        // Starting earlier and ending later: inside the old slack, nothing.
+        let inside = slack_to_fill(
+            Some((pages, 0x1800, 0x2f00)),
+            pages,
+            0x1700,
+            0x2f80,
+            pages_end,
+        );
+        assert!(inside.iter().all(Range::is_empty));
+    }
 }
