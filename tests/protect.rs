@@ -300,6 +300,38 @@ fn the_handler_reports_on_a_4_kib_alternate_stack() {
     }
 }
 
+#[test]
+fn reads_after_free_at_the_quarantine_edge_are_reported_never_a_crash() {
+    let out = run_child("quarantine-edge");
+    assert!(out.status.success(), "{}", out.tail());
+    let reports = out.reports();
+    assert!(!reports.is_empty(), "{}", out.tail());
+    // Freed (in quarantine, or kept for reuse), or reused by a newer block not mapped then.
+    let allowed = [
+        ProtectViolation::AfterFree.describe(),
+        ProtectViolation::NoMapping.describe(),
+    ];
+    assert!(
+        reports.iter().all(|r| allowed.contains(&r.as_str())),
+        "{}",
+        out.tail()
+    );
+    // Each read reported at most once (one that a newer block's mapping allowed, not at all).
+    let reads: usize = out
+        .stdout
+        .split(" reads after free")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of reads\n{}", out.tail()));
+    assert!(
+        reports.len() <= reads,
+        "{} reports of {reads} reads\n{}",
+        reports.len(),
+        out.tail()
+    );
+}
+
 // ------------------------------------------------------------------ the child's side
 
 #[test]
@@ -325,6 +357,7 @@ fn child_process() {
         ["sent", sig, how] => sent(sig, how),
         ["foreign", "repaired"] => foreign_repaired(),
         ["small", "altstack", mode] => small_altstack(mode_of(mode)),
+        ["quarantine", "edge"] => quarantine_edge(),
         _ => panic!("unknown case {case}"),
     }
 }
@@ -950,4 +983,50 @@ fn small_altstack(mode: ProtectMode) {
     });
     worker.join().unwrap();
     assert_eq!(protect_violations(ProtectViolation::NoMapping), 1);
+}
+
+/// Continue mode: one thread allocates, writes and frees blocks until their regions go round
+/// the quarantine and are reused; another reads blocks freed about a quarantine ago, whose
+/// regions are leaving it, being reclaimed or reused meanwhile.
+fn quarantine_edge() {
+    set_protect_mode(ProtectMode::Continue);
+    const CHURN: usize = 12_000;
+    // Freed blocks' payload addresses, oldest first.
+    let freed = Mutex::new(std::collections::VecDeque::new());
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..CHURN {
+                let mut mem = alloc(3000, 0, 0);
+                let addr = {
+                    let mut map = mem.get_mut().unwrap().map_writable().unwrap();
+                    map.as_mut_slice()[0] = i as u8;
+                    map.as_slice().as_ptr() as usize
+                };
+                drop(mem);
+                freed.lock().unwrap().push_back(addr);
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        let mut reads = 0usize;
+        while !done.load(Ordering::Relaxed) {
+            let addr = {
+                let mut freed = freed.lock().unwrap();
+                // About a quarantine ago (a quarter of the mappings budget, ~4,000 blocks).
+                if freed.len() > 3_900 {
+                    freed.pop_front()
+                } else {
+                    None
+                }
+            };
+            match addr {
+                Some(addr) => {
+                    std::hint::black_box(read(addr));
+                    reads += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        println!("churned {CHURN} blocks, {reads} reads after free");
+    });
 }
