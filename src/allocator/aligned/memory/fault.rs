@@ -135,7 +135,11 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     // A sent signal (si_code <= 0) is no fault, whatever its si_addr field holds.
-    let slot = if code > 0 { registry::pin(addr) } else { None };
+    let slot = if code > 0 {
+        registry::pin_waiting(addr)
+    } else {
+        None
+    };
     let Some((slot, start, end)) = slot else {
         // SAFETY: the handler's own arguments.
         unsafe { chain(sig, info, ctx) };
@@ -210,16 +214,7 @@ fn handle(fault: &mut Fault) {
     let slot = fault.slot;
     let kind = classify(slot, fault.addr, fault.write);
     let tid = super::registry::thread_id();
-    // The same fault again: the access ran again before it could complete, because another
-    // thread changed the block's protection meanwhile. The same violation: not counted twice.
-    let repeat = fault.ip != 0
-        && r.last_tid[slot].load(Ordering::Relaxed) == tid
-        && r.last_addr[slot].load(Ordering::Relaxed) == fault.addr
-        && r.last_ip[slot].load(Ordering::Relaxed) == fault.ip;
-    if !repeat {
-        r.last_tid[slot].store(tid, Ordering::Relaxed);
-        r.last_addr[slot].store(fault.addr, Ordering::Relaxed);
-        r.last_ip[slot].store(fault.ip, Ordering::Relaxed);
+    if !registry::same_fault_again(tid, fault.addr, fault.ip) {
         let found = (!fault.deep).then_some(LEAN);
         report(kind, fault.write, fault.addr, slot, found);
     }

@@ -172,11 +172,9 @@ impl Protect {
         r.writers[slot].store(0, Ordering::Relaxed);
         r.freed[slot].store(0, Ordering::Relaxed);
         r.opened[slot].store(0, Ordering::Relaxed);
-        r.last_tid[slot].store(0, Ordering::Relaxed);
-        r.last_addr[slot].store(0, Ordering::Relaxed);
-        r.last_ip[slot].store(0, Ordering::Relaxed);
         r.slack_reported[slot].store(0, Ordering::Relaxed);
         r.map_end[slot].store(region.start + region.len, Ordering::SeqCst);
+        registry::released();
         Some(Box::new(Protect {
             region,
             pages,

@@ -125,7 +125,8 @@ fn free_slots() -> MutexGuard<'static, Vec<usize>> {
 }
 
 /// Makes a region ours alone: forgotten by the fault handler (after any handler at work on
-/// it is done), closed again if continue mode opened it.
+/// it is done), closed again if continue mode opened it. `registry::released` must follow,
+/// once the region is registered for its next block or unmapped.
 fn reclaim(region: &mut Region) {
     registry::release(region.slot);
     if REGISTRY.opened[region.slot].swap(0, Ordering::AcqRel) != 0 {
@@ -143,13 +144,15 @@ fn unmap_regions(list: Vec<Region>) {
         // SAFETY: a mapping of ours that nothing references any more (its block was freed a
         // quarantine ago, and no handler holds its entry).
         let _ = unsafe { mm::munmap(region.start as *mut _, region.len) };
+        registry::released();
         free_slots().push(region.slot);
     }
 }
 
 /// A region of `class` pages: one kept for reuse, or a new one (with others of its class,
 /// mapped together). `None` when the system refuses the mapping or no registry entry is free
-/// even after unmapping the regions kept.
+/// even after unmapping the regions kept. The caller registers the region for its block and
+/// then calls `registry::released` (for a new region too: one release is counted for each).
 pub(super) fn take_region(class: usize) -> Option<Region> {
     let page = page();
     let len = class.checked_add(2)?.checked_mul(page)?;
@@ -199,6 +202,8 @@ pub(super) fn take_region(class: usize) -> Option<Region> {
         open: false,
     });
     let first = fresh.next()?;
+    // Never registered: released at once, for the caller's `released`.
+    registry::release(first.slot);
     let mut r = regions();
     for region in fresh {
         r.cache_bytes += region.len;

@@ -84,13 +84,6 @@ pub(super) struct Registry {
     pub opened: [AtomicU8; MAX_BLOCKS],
     /// Fault handlers at work on the entry (see [`pin`]).
     pub pins: [AtomicU32; MAX_BLOCKS],
-    /// The last violation reported on the block at the instruction: the thread, the address
-    /// and the instruction. The same fault again (the instruction ran again before it could
-    /// complete, because another thread changed the protection meanwhile) is the same
-    /// violation: not counted twice.
-    pub last_tid: [AtomicI32; MAX_BLOCKS],
-    pub last_addr: [AtomicUsize; MAX_BLOCKS],
-    pub last_ip: [AtomicUsize; MAX_BLOCKS],
     /// An address of the slack that a violation reported at the instruction wrote to (0:
     /// none): the slack check that finds it damaged does not report it again.
     pub slack_reported: [AtomicUsize; MAX_BLOCKS],
@@ -111,11 +104,32 @@ pub(super) static REGISTRY: Registry = Registry {
     mapper: [const { AtomicU32::new(published::NO_SLOT) }; MAX_BLOCKS],
     opened: [const { AtomicU8::new(0) }; MAX_BLOCKS],
     pins: [const { AtomicU32::new(0) }; MAX_BLOCKS],
-    last_tid: [const { AtomicI32::new(0) }; MAX_BLOCKS],
-    last_addr: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
-    last_ip: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     slack_reported: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
 };
+
+/// Threads whose last fault is remembered at once (by thread id, modulo this).
+const LAST_FAULTS: usize = 1024;
+static LAST_TID: [AtomicI32; LAST_FAULTS] = [const { AtomicI32::new(0) }; LAST_FAULTS];
+static LAST_ADDR: [AtomicUsize; LAST_FAULTS] = [const { AtomicUsize::new(0) }; LAST_FAULTS];
+static LAST_IP: [AtomicUsize; LAST_FAULTS] = [const { AtomicUsize::new(0) }; LAST_FAULTS];
+
+/// Records a fault of thread `tid` at `addr` by the instruction at `ip`; whether it is the
+/// thread's last fault again. The same fault again means the access ran again before it
+/// could complete, because another thread closed what the handler had opened (or reused the
+/// region meanwhile): the same violation, not counted twice. Async-signal-safe (each entry is
+/// written by its own thread; another thread whose id falls on the same entry only makes a
+/// repeat look new).
+pub(super) fn same_fault_again(tid: i32, addr: usize, ip: usize) -> bool {
+    let i = tid.unsigned_abs() as usize % LAST_FAULTS;
+    let again = ip != 0
+        && LAST_TID[i].load(Ordering::Relaxed) == tid
+        && LAST_ADDR[i].load(Ordering::Relaxed) == addr
+        && LAST_IP[i].load(Ordering::Relaxed) == ip;
+    LAST_TID[i].store(tid, Ordering::Relaxed);
+    LAST_ADDR[i].store(addr, Ordering::Relaxed);
+    LAST_IP[i].store(ip, Ordering::Relaxed);
+    again
+}
 
 /// The entry whose mapping holds `addr`, pinned, with that mapping's start and end: until
 /// [`unpin`], the mapping stays the entry's (not reused, not unmapped). Async-signal-safe
@@ -149,14 +163,44 @@ pub(super) fn unpin(slot: usize) {
     REGISTRY.pins[slot].fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Entries between [`release`] and [`released`]: their mapping is being reused or unmapped.
+/// A fault at an address no entry holds waits while this is not 0 ([`pin_waiting`]): it may
+/// be on a region a moment away from its next block.
+static RELEASING: AtomicUsize = AtomicUsize::new(0);
+
+/// [`pin`], waiting (a bounded while) for the entries being released to be registered again
+/// or unmapped: a fault on a freed block whose region is being reused at that instant is
+/// still ours. Async-signal-safe (atomics and `sched_yield`).
+pub(super) fn pin_waiting(addr: usize) -> Option<(usize, usize, usize)> {
+    for _ in 0..100_000 {
+        if let Some(pinned) = pin(addr) {
+            return Some(pinned);
+        }
+        if RELEASING.load(Ordering::SeqCst) == 0 {
+            // Whatever was released meanwhile is registered again (or gone) by now.
+            return pin(addr);
+        }
+        // SAFETY: sched_yield(2) has no arguments.
+        unsafe { libc::sched_yield() };
+    }
+    None
+}
+
 /// Forgets entry `slot` for the fault handler and waits until no handler has it pinned: its
-/// mapping is then its owner's alone (to reuse or unmap).
+/// mapping is then its owner's alone (to reuse or unmap). The owner calls [`released`] once
+/// the entry is registered again or its mapping unmapped.
 pub(super) fn release(slot: usize) {
     let r = &REGISTRY;
+    RELEASING.fetch_add(1, Ordering::SeqCst);
     r.map_end[slot].store(0, Ordering::SeqCst);
     while r.pins[slot].load(Ordering::SeqCst) != 0 {
         std::thread::yield_now();
     }
+}
+
+/// The end of a [`release`]: the entry is registered again, or its mapping is unmapped.
+pub(super) fn released() {
+    RELEASING.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Bits of [`Registry::opened`].
