@@ -301,3 +301,71 @@ pub fn serves(size: usize, params: &gst::AllocationParams) -> bool {
         .is_some_and(|maxsize| maxsize <= BLOCK)
         && params.align() < BLOCK_ALIGN
 }
+
+/// The floor of protect mode's cycle: nanoseconds per pair of protection changes on one page
+/// (opened for writing, a byte written, closed again), what a protected block's map and unmap
+/// cost at least, `iters` times.
+pub fn mprotect_pair_ns(iters: usize) -> f64 {
+    let page = 4096;
+    // SAFETY: a new anonymous mapping of three pages that only this function uses; the middle
+    // page's protection changes and one byte of it is written while it is writable.
+    unsafe {
+        let map = libc::mmap(
+            ptr::null_mut(),
+            3 * page,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        let mid = map.cast::<u8>().add(page);
+        let start = std::time::Instant::now();
+        for i in 0..iters {
+            libc::mprotect(mid.cast(), page, libc::PROT_READ | libc::PROT_WRITE);
+            ptr::write_volatile(mid, i as u8);
+            libc::mprotect(mid.cast(), page, libc::PROT_NONE);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / iters.max(1) as f64;
+        libc::munmap(map, 3 * page);
+        ns
+    }
+}
+
+/// [`mprotect_pair_ns`] as protect mode's cycle meets it: the pair on a different region each
+/// time, taken round-robin from `regions` regions of `pages` pages (between guard pages, in one
+/// mapping), with the pages filled while they are writable. Nanoseconds per pair.
+pub fn mprotect_cycle_ns(iters: usize, regions: usize, pages: usize) -> f64 {
+    let page = 4096;
+    let stride = (pages + 1) * page;
+    let len = regions * stride + page;
+    // SAFETY: a new anonymous mapping that only this function uses; each region's pages are
+    // written only while they are writable.
+    unsafe {
+        let map = libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        let base = map.cast::<u8>().add(page);
+        let run = |n: usize| {
+            for i in 0..n {
+                let p = base.add((i % regions) * stride);
+                libc::mprotect(p.cast(), pages * page, libc::PROT_READ | libc::PROT_WRITE);
+                ptr::write_bytes(p, i as u8, pages * page);
+                libc::mprotect(p.cast(), pages * page, libc::PROT_NONE);
+            }
+        };
+        // Every page touched once first, as the regions of a warm quarantine are.
+        run(regions);
+        let start = std::time::Instant::now();
+        run(iters);
+        let ns = start.elapsed().as_nanos() as f64 / iters.max(1) as f64;
+        libc::munmap(map, len);
+        ns
+    }
+}

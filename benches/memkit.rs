@@ -8,7 +8,7 @@
 //! a measurement. The rows the floor allocator can serve (`floor.rs`: what core requires and
 //! nothing else, up to 4 KiB) also print its median and the median of memkit/floor ratios.
 //! Other words select sections: `-- allocs map_share copies buffer_map threads
-//! frames observability pipelines rss`.
+//! frames observability pipelines rss protect`.
 
 #![deny(unsafe_code)]
 
@@ -133,6 +133,72 @@ fn alloc_unref(cfg: &Config, label: &str, size: usize, params: &gst::AllocationP
         compare_floor(cfg, &name, ours, theirs, floor);
     } else {
         compare(cfg, &name, "ns/op", ours, theirs);
+    }
+}
+
+/// Protect mode against itself off: 10,000 cycles of alloc, map WRITE, fill every byte,
+/// unmap, free, at random sizes (1 byte to 16 KiB, the same sequence in every run). The first
+/// protected run starts with no region to reuse (every block a fresh mapping until the
+/// quarantine fills); the rows after it are the steady state. Rows read "on  off  on/off";
+/// the floor is what the two protection changes of a cycle cost alone.
+fn protect(cfg: &Config) {
+    use gstmemkit::allocator::{ProtectMode, set_protect_mode};
+    let a = ours();
+    let cycles = iters(cfg, 10_000);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let sizes: Vec<usize> = (0..cycles)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            1 + (seed % 16_384) as usize
+        })
+        .collect();
+    let run = |mode: ProtectMode| {
+        set_protect_mode(mode);
+        let start = Instant::now();
+        for &size in &sizes {
+            let mut mem = a.alloc(size, None).unwrap();
+            {
+                let mut map = mem.get_mut().unwrap().map_writable().unwrap();
+                map.as_mut_slice().fill(0x5a);
+            }
+            drop(black_box(mem));
+        }
+        let ns = start.elapsed().as_nanos() as f64 / cycles as f64;
+        set_protect_mode(ProtectMode::Off);
+        ns
+    };
+    let off = run(ProtectMode::Off);
+    let cold = run(ProtectMode::Abort);
+    println!(
+        "{:<44} {cold:>12.1} {off:>12.1} {:>8.2}   ns/cycle, first protected run",
+        format!("protect: {cycles} alloc+map+fill+unmap+free"),
+        cold / off
+    );
+    let (_, off, _) = compare(
+        cfg,
+        &format!("protect: {cycles} alloc+map+fill+unmap+free"),
+        "ns/cycle, steady",
+        || run(ProtectMode::Abort),
+        || run(ProtectMode::Off),
+    );
+    let floor = floor::mprotect_pair_ns(iters(cfg, 100_000));
+    println!(
+        "{:<44} {floor:>12.1} {off:>12.1} {:>8.2}   ns: two mprotect of one page (floor/off)",
+        "protect: floor",
+        floor / off
+    );
+    // The same pair and an 8 KiB fill (the cycles' mean) on regions of two pages in turn:
+    // 16 of them (all warm), and 4,096 (the quarantine's depth: each region's pages last
+    // touched 4,096 cycles before). What a cycle costs at least.
+    for regions in [16, 4096] {
+        let cold = floor::mprotect_cycle_ns(iters(cfg, 40_000), regions, 2);
+        println!(
+            "{:<44} {cold:>12.1} {off:>12.1} {:>8.2}   ns: the same on {regions} regions in turn, 8 KiB filled",
+            format!("protect: floor, {regions} regions"),
+            cold / off
+        );
     }
 }
 
@@ -560,7 +626,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     type Section = (&'static str, fn(&Config));
-    let sections: [Section; 9] = [
+    let sections: [Section; 10] = [
         ("allocs", allocs),
         ("map_share", map_share),
         ("copies", copies),
@@ -570,6 +636,7 @@ fn main() {
         ("observability", observability),
         ("pipelines", pipelines),
         ("rss", rss),
+        ("protect", protect),
     ];
     for (name, run) in sections {
         if selected.is_empty() || selected.iter().any(|s| s == name) {

@@ -294,11 +294,15 @@ pub(super) fn alloc_guarded(
     }))
 }
 
-/// A block of protect mode (see `protect`): its own mapping, fresh zeros. `None` when the
-/// system or the registry refuses one (the caller then allocates an ordinary block).
-pub(super) fn alloc_protected(block: &BlockLayout) -> Option<NonNull<GstAlignedMemory>> {
+/// A block of protect mode (see `protect`): its own region (zeros where `flags` promise
+/// them). `None` when the system or the registry refuses one (the caller then allocates an
+/// ordinary block).
+pub(super) fn alloc_protected(
+    block: &BlockLayout,
+    flags: ffi::GstMemoryFlags,
+) -> Option<NonNull<GstAlignedMemory>> {
     super::fault::install();
-    let p = super::protect::Protect::new(block)?;
+    let p = super::protect::Protect::new(block, flags)?;
     mark_guarded();
     let boxed = Box::new(GstAlignedMemory {
         // SAFETY: zeroed GstMemory, initialised by `init_memory`.

@@ -402,7 +402,7 @@ fn alloc_block_on(
         Some(b) => place(b, block, flags)
             .ok_or(AllocError::Internal("a cached block is not an owned root"))?,
         // A protected block (an ordinary one when the system or the registry refuses it).
-        None if protected && let Some(b) = alloc_protected(block) => b,
+        None if protected && let Some(b) = alloc_protected(block, flags) => b,
         // A guarded block's region is placed (and its ranges filled) by alloc_guarded.
         None if guarded => {
             // SAFETY: Box::into_raw never returns NULL.

@@ -12,7 +12,8 @@
 //! Rules every function here follows: no panics (an `extern "C"` function that panics aborts
 //! the host process), every size computation checked, NULL/FALSE plus a log line on failure.
 //!
-//! Files depend on each other in one direction: `registry`, `backtrace` ← `fault` ← `protect` ←
+//! Files depend on each other in one direction: `registry`, `backtrace`, `stack` ← `report` ←
+//! `fault` ← `regions` ← `protect` ←
 //! `storage` ← `block` ← `guard` ← `thread` ← `lifecycle` ← `vfuncs`, `typed`, `class`.
 
 mod backtrace;
@@ -22,17 +23,16 @@ mod fault;
 mod guard;
 mod lifecycle;
 mod protect;
+mod regions;
 mod registry;
+mod report;
+mod stack;
 mod storage;
 mod thread;
 mod typed;
 mod vfuncs;
 
 pub use block::{ALLOCATOR_TYPE_NAME, AlignedMemory, AlignedMemoryRef, GstAlignedMemory};
-pub use fault::{
-    Kind as ProtectViolation, MAX_RECORDS as MAX_PROTECT_RECORDS, Record as ProtectRecord,
-    records as protect_records, violations as protect_violations,
-};
 pub use guard::{
     CANARY, CANARY_BYTE, FILL_BYTE, GuardViolation, POISON_BYTE, check_memory_guard, guard_enabled,
     set_guard_enabled,
@@ -40,6 +40,10 @@ pub use guard::{
 pub use lifecycle::{alloc, install_class_alloc, set_immortal, wrap};
 pub use protect::{set_protect_mode, unprotected};
 pub use registry::{ProtectMode, protect_mode};
+pub use report::{
+    Kind as ProtectViolation, MAX_RECORDS as MAX_PROTECT_RECORDS, Record as ProtectRecord,
+    records as protect_records, violations as protect_violations,
+};
 pub use storage::{HUGE_PAGE, MMAP_THRESHOLD};
 pub use thread::cache;
 pub use vfuncs::{charge_maps, install_vfuncs};

@@ -1,28 +1,36 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Protect mode: every block gets its own mapping between two inaccessible guard pages, placed
-//! so that the region ends as close to the second guard page as the alignment allows, and the
-//! pages' protection follows the mappings alive: none without a mapping, read-only while only
-//! `GST_MAP_READ` mappings are alive, read-write while a `GST_MAP_WRITE` one is. A freed block
-//! stays inaccessible in quarantine until [`QUARANTINE_BYTES`] of later frees have passed. A
-//! SIGSEGV/SIGBUS handler ([`fault`]) reports an access to a block at the faulting instruction.
+//! Protect mode: every block gets its own mapping (a region) between two inaccessible guard
+//! pages, placed so that the region ends as close to the second guard page as the alignment
+//! allows, and the pages' protection follows the mappings alive, whichever thread holds them:
+//! none without a mapping, read-only while only `GST_MAP_READ` mappings are alive, read-write
+//! while a `GST_MAP_WRITE` one is. memkit's own accesses (a copy from or into the block) count
+//! like mappings while they last: every protection change is the union of all of them.
+//!
+//! A freed block stays inaccessible in quarantine until [`regions::QUARANTINE_BYTES`] of later frees
+//! have passed (or a quarter of the blocks protect mode may keep); then its region, still
+//! inaccessible, is kept for reuse ([`regions::CACHE_BYTES`] of regions, by size class) instead of
+//! being unmapped: a new block of the class takes it, and only its protection changes. New
+//! regions are mapped several at a time. A SIGSEGV/SIGBUS handler ([`fault`]) reports an
+//! access to a block (live, in quarantine or kept for reuse) at the faulting instruction.
 //!
 //! The fault handler reads only the registry (`registry.rs`: atomics, no lock, no allocation).
+//! Before a region is reused or unmapped, its entry is released there, which waits for any
+//! handler still at work on it (`registry::release`).
 
-use std::collections::VecDeque;
+use std::ops::Range;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Mutex, MutexGuard};
 
-use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
+use rustix::mm::{self, MprotectFlags};
 
-use super::fault::{self, Kind};
-use super::registry::{self, GUARD_OPENED, MAX_BLOCKS, PAGES_OPENED, REGISTRY, SLACK_BYTE};
+use super::regions::{self, Region, class_of, page, take_region};
+use super::registry::{self, GUARD_OPENED, PAGES_OPENED, REGISTRY, SLACK_BYTE};
 pub(super) use super::registry::{ProtectMode, protect_mode};
+use super::report::{self, Kind};
 use crate::allocator::layout::{self, BlockLayout};
 use crate::attribution::published;
 
-/// Bytes of freed blocks kept inaccessible before the oldest is unmapped.
-pub const QUARANTINE_BYTES: usize = 64 << 20;
 /// A memory flag of ours (above `GST_MEMORY_FLAG_LAST`, free for allocators): the memory is a
 /// protected block or a share of one.
 pub(super) const PROTECTED_FLAG: u32 = gst::ffi::GST_MEMORY_FLAG_LAST << 2;
@@ -60,66 +68,61 @@ pub(super) fn special_mode() -> bool {
     SPECIAL.load(Ordering::Relaxed) != 0
 }
 
-/// Blocks allocated unprotected in protect mode because [`MAX_BLOCKS`] were known already.
+/// Blocks allocated unprotected in protect mode: every registry entry was taken (the budget
+/// of mappings, 65,536 at most, even after unmapping the regions kept for
+/// reuse), or the system refused a new mapping.
 pub fn unprotected() -> usize {
     UNPROTECTED.load(Ordering::Relaxed)
 }
 
-fn page() -> usize {
-    rustix::param::page_size()
+/// What a block's pages still need the first time they open: the slack filled, and the
+/// prefix and padding zeroed where the flags promise zeros (a region used before holds an
+/// earlier block's bytes).
+struct Init {
+    /// Addresses to fill with [`SLACK_BYTE`].
+    fill: [Range<usize>; 2],
+    /// Region offsets to zero.
+    zero: [Range<usize>; 2],
 }
 
-/// How many protected blocks (live or in quarantine) may exist at once. Each takes three of
-/// the process's memory mappings (two guard pages and the pages between, which protection
-/// changes split), and the kernel allows `vm.max_map_count` of them (65,530 by default): a
-/// third of what that leaves after 16,384 for everything else, [`MAX_BLOCKS`] at most. Past
-/// the budget, blocks are allocated unprotected.
-fn budget() -> usize {
-    let max_maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .unwrap_or(65_530);
-    (max_maps.saturating_sub(16_384) / 3).clamp(64, MAX_BLOCKS)
+/// A protected block's state behind its lock.
+struct State {
+    /// memkit's own accesses in progress (a copy from or into the block), counted like
+    /// mappings.
+    own_readers: u32,
+    own_writers: u32,
+    /// The pages' protection as last set here.
+    prot: MprotectFlags,
+    /// Work left for the first opening of the pages.
+    init: Option<Init>,
 }
 
-/// Entries not in use (their indices); taken under this lock, never by the fault handler.
-static FREE_SLOTS: LazyLock<Mutex<Vec<usize>>> =
-    LazyLock::new(|| Mutex::new((0..*BUDGET).rev().collect()));
-
-/// [`budget`], read once.
-static BUDGET: LazyLock<usize> = LazyLock::new(budget);
-
-/// A freed block's mapping in quarantine: (start, length, registry slot).
-type Quarantined = (usize, usize, usize);
-
-/// Freed blocks' mappings, oldest first, and their bytes.
-static QUARANTINE: LazyLock<Mutex<(VecDeque<Quarantined>, usize)>> =
-    LazyLock::new(|| Mutex::new((VecDeque::new(), 0)));
-
-/// A protected block's mapping and protection.
+/// A protected block's region and protection.
 pub(super) struct Protect {
-    map: NonNull<u8>,
-    map_len: usize,
-    /// The accessible pages: after the first guard page, before the last.
-    pages: NonNull<u8>,
+    region: Region,
+    /// The block's pages: at the end of the region's usable pages.
+    pages: usize,
     pages_len: usize,
     /// The region base.
     pub(super) data: NonNull<u8>,
-    slot: usize,
+    maxsize: usize,
     /// Serialises a change of the counts with the `mprotect` that follows it.
-    lock: Mutex<()>,
+    state: Mutex<State>,
 }
 
-// SAFETY: the pointers are to our own mapping; every change goes through `lock` and atomics.
+// SAFETY: the pointers are to our own mapping; every change goes through `state` and atomics.
 unsafe impl Send for Protect {}
 // SAFETY: as above.
 unsafe impl Sync for Protect {}
 
 impl Protect {
-    /// A new protected block for `block` (fresh anonymous pages: its region holds zeros),
-    /// inaccessible until mapped; `None` when the system refuses the mapping or the registry
-    /// is full (the caller then allocates an ordinary block).
-    pub(super) fn new(block: &BlockLayout) -> Option<Box<Protect>> {
+    /// A new protected block for `block` (`flags`: its memory flags), inaccessible until
+    /// mapped; `None` when the system refuses the mapping or the registry is full (the caller
+    /// then allocates an ordinary block).
+    pub(super) fn new(
+        block: &BlockLayout,
+        flags: gst::ffi::GstMemoryFlags,
+    ) -> Option<Box<Protect>> {
         let page = page();
         let maxsize = block.maxsize.max(1);
         // Room below the region for aligning its payload: with an alignment up to a page the
@@ -132,56 +135,34 @@ impl Protect {
             block.align_mask
         };
         let pages_len = layout::round_up(maxsize.checked_add(extra)?, page - 1)?;
-        let map_len = pages_len.checked_add(2 * page)?;
-        let slot = match FREE_SLOTS.lock() {
-            Ok(mut free) => free.pop(),
-            Err(_) => None,
-        };
-        let Some(slot) = slot else {
+        let Some(mut region) = take_region(class_of(pages_len / page)) else {
             UNPROTECTED.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        // SAFETY: a new anonymous mapping at an address of the kernel's choosing touches no
-        // existing memory. Writable until its slack is filled, below.
-        let map = unsafe {
-            mm::mmap_anonymous(
-                ptr::null_mut(),
-                map_len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )
-        };
-        let Ok(map) = map else {
-            if let Ok(mut free) = FREE_SLOTS.lock() {
-                free.push(slot);
-            }
-            return None;
-        };
-        let map = NonNull::new(map.cast::<u8>())?;
-        let start = map.as_ptr() as usize;
-        let pages = start + page;
+        let pages_end = region.pages_end();
+        let pages = pages_end - pages_len;
         // The region's end as close to the last guard page as the payload's alignment allows
         // (the payload, `prefix` bytes into the region, is what is aligned).
-        let payload = (pages + pages_len - maxsize + block.prefix) & !block.align_mask;
+        let payload = (pages_end - maxsize + block.prefix) & !block.align_mask;
         let data = payload - block.prefix;
-        let slack_after = pages + pages_len - (data + block.maxsize);
-        // SAFETY: both ranges are inside our new, writable mapping: before the region and
-        // after it, within the pages.
-        unsafe {
-            ptr::write_bytes(pages as *mut u8, SLACK_BYTE, data - pages);
-            ptr::write_bytes((data + block.maxsize) as *mut u8, SLACK_BYTE, slack_after);
-        }
-        // SAFETY: our own new mapping; nothing else knows it yet.
-        if unsafe { mm::mprotect(map.as_ptr().cast(), map_len, MprotectFlags::empty()) }.is_err() {
-            // SAFETY: as above.
-            let _ = unsafe { mm::munmap(map.as_ptr().cast(), map_len) };
-            if let Ok(mut free) = FREE_SLOTS.lock() {
-                free.push(slot);
+        let end = data + block.maxsize;
+        let mut zero = [0..0, 0..0];
+        if region.used {
+            if flags & gst::ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+                zero[0] = block.prefix_range();
             }
-            return None;
+            if flags & gst::ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+                zero[1] = block.padding_range();
+            }
         }
+        let fill = regions::slack_to_fill(region.filled, pages, data, end, pages_end);
+        let init = (fill.iter().chain(&zero).any(|r| !r.is_empty())).then_some(Init { fill, zero });
+        region.used = true;
+        let slot = region.slot;
         let r = &REGISTRY;
-        r.map_start[slot].store(start, Ordering::Relaxed);
+        r.map_start[slot].store(region.start, Ordering::Relaxed);
+        r.pages_start[slot].store(pages, Ordering::Relaxed);
+        r.pages_end[slot].store(pages_end, Ordering::Relaxed);
         r.data[slot].store(data, Ordering::Relaxed);
         r.maxsize[slot].store(block.maxsize, Ordering::Relaxed);
         r.offset[slot].store(block.prefix, Ordering::Relaxed);
@@ -191,47 +172,100 @@ impl Protect {
         r.writers[slot].store(0, Ordering::Relaxed);
         r.freed[slot].store(0, Ordering::Relaxed);
         r.opened[slot].store(0, Ordering::Relaxed);
-        r.map_end[slot].store(start + map_len, Ordering::Release);
+        r.slack_reported[slot].store(0, Ordering::Relaxed);
+        r.map_end[slot].store(region.start + region.len, Ordering::SeqCst);
+        registry::released();
         Some(Box::new(Protect {
-            map,
-            map_len,
-            // SAFETY: inside the mapping, so non-null.
-            pages: unsafe { NonNull::new_unchecked(pages as *mut u8) },
+            region,
+            pages,
             pages_len,
             // SAFETY: inside the mapping, so non-null.
             data: unsafe { NonNull::new_unchecked(data as *mut u8) },
-            slot,
-            lock: Mutex::new(()),
+            maxsize: block.maxsize,
+            state: Mutex::new(State {
+                own_readers: 0,
+                own_writers: 0,
+                prot: MprotectFlags::empty(),
+                init,
+            }),
         }))
     }
 
-    /// Sets the pages' protection from the counts (the lock held); whether the system did.
-    fn apply(&self) -> bool {
-        self.close_opened_guards();
+    fn slot(&self) -> usize {
+        self.region.slot
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the block's pages to `flags` (the lock held); whether the system did.
+    fn protect(&self, st: &mut State, flags: MprotectFlags) -> bool {
+        if st.prot == flags {
+            return true;
+        }
+        // SAFETY: the pages are our own mapping; only their protection changes.
+        let ok = unsafe { mm::mprotect(self.pages as *mut _, self.pages_len, flags) }.is_ok();
+        if ok {
+            st.prot = flags;
+        }
+        ok
+    }
+
+    /// Sets the pages' protection to the union of the mappings and memkit's own accesses
+    /// alive (the lock held), after closing what continue mode opened at a violation and
+    /// doing what the first opening must; whether the system did.
+    fn apply(&self, st: &mut State) -> bool {
         let r = &REGISTRY;
-        let flags = if r.writers[self.slot].load(Ordering::Relaxed) > 0 {
+        let slot = self.slot();
+        if r.opened[slot].fetch_and(!GUARD_OPENED, Ordering::AcqRel) & GUARD_OPENED != 0 {
+            self.close_outside_pages();
+            // The handler opened the pages too.
+            st.prot = MprotectFlags::READ | MprotectFlags::WRITE;
+        }
+        let writers = r.writers[slot].load(Ordering::Relaxed) + st.own_writers;
+        let readers = r.readers[slot].load(Ordering::Relaxed) + st.own_readers;
+        let want = if writers > 0 {
             MprotectFlags::READ | MprotectFlags::WRITE
-        } else if r.readers[self.slot].load(Ordering::Relaxed) > 0 {
+        } else if readers > 0 {
             MprotectFlags::READ
         } else {
             MprotectFlags::empty()
         };
-        // SAFETY: the pages are our own mapping; only their protection changes.
-        unsafe { mm::mprotect(self.pages.as_ptr().cast(), self.pages_len, flags) }.is_ok()
+        if !want.is_empty() && st.init.is_some() {
+            if !self.protect(st, MprotectFlags::READ | MprotectFlags::WRITE) {
+                return false;
+            }
+            if let Some(init) = st.init.take() {
+                self.initialise(&init);
+            }
+        }
+        self.protect(st, want)
     }
 
-    /// Closes the guard pages continue mode opened at a violation, if it did.
-    fn close_opened_guards(&self) {
-        let r = &REGISTRY;
-        if r.opened[self.slot].fetch_and(!GUARD_OPENED, Ordering::AcqRel) & GUARD_OPENED != 0 {
-            let page = page();
-            for guard in [
-                self.map.as_ptr(),
-                self.pages.as_ptr().wrapping_add(self.pages_len),
-            ] {
-                // SAFETY: a guard page of our own mapping, closed again (continue mode
-                // opened it at a violation).
-                let _ = unsafe { mm::mprotect(guard.cast(), page, MprotectFlags::empty()) };
+    /// Closes the region but the block's pages: its guard pages and unused pages, which
+    /// continue mode opened at a violation.
+    fn close_outside_pages(&self) {
+        let start = self.region.start;
+        let end = start + self.region.len;
+        let pages_end = self.pages + self.pages_len;
+        for (from, to) in [(start, self.pages), (pages_end, end)] {
+            // SAFETY: a part of our own mapping; only its protection changes.
+            let _ = unsafe { mm::mprotect(from as *mut _, to - from, MprotectFlags::empty()) };
+        }
+    }
+
+    /// The first opening's work (the pages writable, the lock held).
+    fn initialise(&self, init: &Init) {
+        let data = self.data.as_ptr() as usize;
+        // SAFETY: the ranges lie in our pages, which are writable; no mapping of the block
+        // has been handed out before this.
+        unsafe {
+            for f in &init.fill {
+                ptr::write_bytes(f.start as *mut u8, SLACK_BYTE, f.len());
+            }
+            for z in &init.zero {
+                ptr::write_bytes((data + z.start) as *mut u8, 0, z.len());
             }
         }
     }
@@ -239,147 +273,187 @@ impl Protect {
     /// A mapping of the block begins (`write`: with `GST_MAP_WRITE`). `false` when the pages
     /// cannot be opened for it (the system refused the protection change): the map fails.
     pub(super) fn map(&self, write: bool) -> bool {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         let r = &REGISTRY;
-        r.mapper[self.slot].store(
+        let slot = self.slot();
+        r.mapper[slot].store(
             crate::attribution::charge::current_slot(),
             Ordering::Relaxed,
         );
         let count = if write { &r.writers } else { &r.readers };
-        count[self.slot].fetch_add(1, Ordering::Relaxed);
-        if self.apply() {
+        count[slot].fetch_add(1, Ordering::Relaxed);
+        if self.apply(&mut st) {
             return true;
         }
-        let _ = count[self.slot]
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let _ =
+            count[slot].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let _ = self.apply(&mut st);
         false
     }
 
     /// A mapping of the block ends. When it is the last WRITE mapping (the pages are still
     /// writable), the slack is checked: a write there went unnoticed by the guard pages.
     pub(super) fn unmap(&self, write: bool) {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.lock();
         let r = &REGISTRY;
-        if write && r.writers[self.slot].load(Ordering::Relaxed) == 1 {
+        let slot = self.slot();
+        if write
+            && r.writers[slot].load(Ordering::Relaxed) == 1
+            && st.own_writers == 0
+            && st.init.is_none()
+            && st.prot.contains(MprotectFlags::WRITE)
+        {
             self.check_slack("when its last WRITE mapping ended");
         }
         let count = if write { &r.writers } else { &r.readers };
-        let _ = count[self.slot]
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        let _ = self.apply();
+        let _ =
+            count[slot].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let _ = self.apply(&mut st);
     }
 
     /// Runs `f` with the pages accessible (`write`: writable too), memkit's own access (a
-    /// copy from or into the block): then the protection the mappings ask for again. `None`
-    /// (and `f` not run) when the system refuses to open them.
+    /// copy from or into the block), counted like a mapping meanwhile. `None` (and `f` not
+    /// run) when the system refuses to open them.
     pub(super) fn with_access<R>(&self, write: bool, f: impl FnOnce() -> R) -> Option<R> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let flags = if write {
-            MprotectFlags::READ | MprotectFlags::WRITE
-        } else {
-            MprotectFlags::READ
+        let mut st = self.lock();
+        let own = |st: &mut State, up: bool| {
+            let n = if write {
+                &mut st.own_writers
+            } else {
+                &mut st.own_readers
+            };
+            *n = if up { *n + 1 } else { n.saturating_sub(1) };
         };
-        // SAFETY: the pages are our own mapping; only their protection changes.
-        unsafe { mm::mprotect(self.pages.as_ptr().cast(), self.pages_len, flags) }.ok()?;
+        own(&mut st, true);
+        if !self.apply(&mut st) {
+            own(&mut st, false);
+            let _ = self.apply(&mut st);
+            return None;
+        }
         let out = f();
-        let _ = self.apply();
+        own(&mut st, false);
+        let _ = self.apply(&mut st);
         Some(out)
     }
 
-    /// Reports damage to the slack, and restores it (the pages must be writable: the last
-    /// WRITE mapping is alive, or [`Protect::with_open`] runs this).
+    /// Reports damage to the slack, and restores it (the pages writable, the lock held). The
+    /// bytes are read with volatile reads: another thread may be writing them (that is what
+    /// this looks for), and a reference to bytes being written is undefined behaviour.
     fn check_slack(&self, when: &str) {
-        let pages = self.pages.as_ptr() as usize;
+        let r = &REGISTRY;
+        let slot = self.slot();
+        r.opened[slot].fetch_and(!PAGES_OPENED, Ordering::AcqRel);
+        // A write to the slack already reported at the instruction (continue mode): not
+        // reported again (an access writes at most 64 bytes).
+        let reported = r.slack_reported[slot].swap(0, Ordering::Relaxed);
+        let known = |a: usize| reported != 0 && a >= reported && a < reported + 64;
         let data = self.data.as_ptr() as usize;
-        let end = data + REGISTRY.maxsize[self.slot].load(Ordering::Relaxed);
-        let pages_end = pages + self.pages_len;
+        let end = data + self.maxsize;
+        let pages_end = self.pages + self.pages_len;
         for (from, to, kind) in [
-            (pages, data, Kind::BeforeBlock),
+            (self.pages, data, Kind::BeforeBlock),
             (end, pages_end, Kind::PastMaxsize),
         ] {
-            // SAFETY: inside our pages, accessible per the caller's contract; nothing else may
-            // write the slack (a write there is what this looks for).
-            let slack = unsafe { std::slice::from_raw_parts(from as *const u8, to - from) };
-            // The damaged byte nearest the region: the write that went furthest astray
-            // reports last, the one just outside first.
-            let damaged = if kind == Kind::BeforeBlock {
-                slack.iter().rposition(|&b| b != SLACK_BYTE)
-            } else {
-                slack.iter().position(|&b| b != SLACK_BYTE)
+            // SAFETY: inside our pages, accessible per the caller's contract.
+            let damaged = unsafe { damaged_bytes(from, to) };
+            let Some((first, last)) = damaged else {
+                continue;
             };
-            if let Some(i) = damaged {
-                fault::report_slack(kind, from + i, self.slot, when);
-                // Restored, so that each damage is reported once (continue mode).
+            // The damaged byte nearest the region (the write that went furthest astray
+            // reports last, the one just outside first), not counting one already reported.
+            let nearest = if kind == Kind::BeforeBlock {
+                // SAFETY: as above.
+                (first..=last)
+                    .rev()
+                    .find(|&a| !known(a) && unsafe { damaged_at(a) })
+            } else {
+                // SAFETY: as above.
+                (first..=last).find(|&a| !known(a) && unsafe { damaged_at(a) })
+            };
+            if let Some(a) = nearest {
+                report::report_slack(kind, a, slot, when);
+            }
+            // Restored, so that each damage is reported once (continue mode).
+            for a in first..=last {
                 // SAFETY: the slack of our pages, writable per the caller's contract.
-                unsafe { ptr::write_bytes(from as *mut u8, SLACK_BYTE, to - from) };
+                unsafe { ptr::write_volatile(a as *mut u8, SLACK_BYTE) };
             }
         }
     }
+}
 
-    /// Runs `f` with the pages writable, then the protection the mappings ask for (the lock
-    /// held by the caller).
-    fn with_open<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        // SAFETY: the pages are our own mapping; only their protection changes.
-        unsafe {
-            mm::mprotect(
-                self.pages.as_ptr().cast(),
-                self.pages_len,
-                MprotectFlags::READ | MprotectFlags::WRITE,
-            )
+/// Whether the byte at `a` differs from [`SLACK_BYTE`] (a volatile read).
+///
+/// # Safety
+/// `a` must be readable.
+unsafe fn damaged_at(a: usize) -> bool {
+    // SAFETY: per the contract.
+    unsafe { ptr::read_volatile(a as *const u8) != SLACK_BYTE }
+}
+
+/// The first and last address in `[from, to)` whose byte differs from [`SLACK_BYTE`], read
+/// with volatile reads (eight bytes at a time where aligned and intact).
+///
+/// # Safety
+/// `[from, to)` must be readable.
+unsafe fn damaged_bytes(from: usize, to: usize) -> Option<(usize, usize)> {
+    const WORD: u64 = u64::from_ne_bytes([SLACK_BYTE; 8]);
+    let (mut first, mut last) = (None, 0);
+    let mut a = from;
+    while a < to {
+        // SAFETY: per the contract: every address read lies in [from, to).
+        if a.is_multiple_of(8)
+            && a + 8 <= to
+            && unsafe { ptr::read_volatile(a as *const u64) } == WORD
+        {
+            a += 8;
+            continue;
         }
-        .ok()?;
-        let out = f();
-        let _ = self.apply();
-        Some(out)
+        // SAFETY: as above.
+        if unsafe { damaged_at(a) } {
+            first.get_or_insert(a);
+            last = a;
+        }
+        a += 1;
     }
+    first.map(|f| (f, last))
 }
 
 impl Drop for Protect {
     /// The block is freed: its slack checked, then inaccessible, in quarantine; the oldest
-    /// blocks past the bound are unmapped and forgotten.
+    /// regions past the bound are kept for reuse (still known to the handler as freed) or
+    /// unmapped.
     fn drop(&mut self) {
+        let r = &REGISTRY;
+        let slot = self.slot();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // The slack can have changed unseen only while the pages were writable: a WRITE
         // mapping alive at the free, or pages continue mode opened at a violation (the end
         // of every other WRITE mapping checked it already).
-        let r = &REGISTRY;
-        if r.writers[self.slot].load(Ordering::Relaxed) > 0
-            || r.opened[self.slot].load(Ordering::Acquire) & PAGES_OPENED != 0
-        {
-            let _ = self.with_open(|| self.check_slack("when it was freed"));
-        }
-        self.close_opened_guards();
-        // SAFETY: the pages are our own mapping; only their protection changes.
-        let _ = unsafe {
-            mm::mprotect(
-                self.pages.as_ptr().cast(),
-                self.pages_len,
-                MprotectFlags::empty(),
-            )
-        };
-        REGISTRY.freed[self.slot].store(1, Ordering::Release);
-        let evicted: Vec<(usize, usize, usize)> = {
-            let mut q = QUARANTINE.lock().unwrap_or_else(|e| e.into_inner());
-            q.0.push_back((self.map.as_ptr() as usize, self.map_len, self.slot));
-            q.1 += self.map_len;
-            let mut out = Vec::new();
-            // Bytes, and a quarter of the blocks' budget: new blocks keep room.
-            let max_blocks = (*BUDGET / 4).max(1);
-            while q.1 > QUARANTINE_BYTES || q.0.len() > max_blocks {
-                let Some(old) = q.0.pop_front() else { break };
-                q.1 -= old.1;
-                out.push(old);
-            }
-            out
-        };
-        for (start, len, slot) in evicted {
-            // Forgotten by the handler before the pages go.
-            REGISTRY.map_end[slot].store(0, Ordering::Release);
-            // SAFETY: a mapping of ours that nothing references any more (its block was
-            // freed a quarantine ago).
-            let _ = unsafe { mm::munmap(start as *mut _, len) };
-            if let Ok(mut free) = FREE_SLOTS.lock() {
-                free.push(slot);
+        let unseen = r.writers[slot].load(Ordering::Relaxed) > 0
+            || r.opened[slot].load(Ordering::Acquire) & PAGES_OPENED != 0;
+        let mut checked = true;
+        if unseen && st.init.is_none() {
+            checked = self.protect(&mut st, MprotectFlags::READ | MprotectFlags::WRITE);
+            if checked {
+                self.check_slack("when it was freed");
             }
         }
+        if r.opened[slot].swap(0, Ordering::AcqRel) & GUARD_OPENED != 0 {
+            self.close_outside_pages();
+            st.prot = MprotectFlags::READ | MprotectFlags::WRITE;
+        }
+        let mut region = self.region;
+        // Still accessible if the system refused: never reused, unmapped when it leaves the
+        // quarantine.
+        region.open = !self.protect(&mut st, MprotectFlags::empty());
+        r.freed[slot].store(1, Ordering::Release);
+        // The slack as the last fill left it, unless it changed unchecked.
+        if st.init.is_none() {
+            let data = self.data.as_ptr() as usize;
+            region.filled = checked.then_some((self.pages, data, data + self.maxsize));
+        }
+        drop(st);
+        regions::quarantine(region);
     }
 }

@@ -2,7 +2,7 @@
 //! What protect mode's fault handler reads: the mode, and one entry per protected mapping
 //! (live or in quarantine). Atomics only; `protect.rs` writes them, `fault.rs` reads them.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use crate::attribution::published;
 
@@ -55,17 +55,22 @@ pub(super) fn set_mode(mode: ProtectMode) {
     MODE.store(mode as u8, Ordering::Relaxed);
 }
 
-/// The registry the fault handler reads: one entry per protected mapping, live or in
-/// quarantine. An entry is claimed by storing its `MAP_END` (non-zero) last, and released by
-/// storing 0 there first.
+/// The registry the fault handler reads: one entry per protected mapping (a region), live, in
+/// quarantine or kept for reuse. An entry is claimed by storing its `map_end` (non-zero) last,
+/// and released by storing 0 there first, then waiting until no handler has it pinned (see
+/// [`pin`]); only then are its mapping's pages reused or unmapped.
 pub(super) struct Registry {
     pub map_start: [AtomicUsize; MAX_BLOCKS],
     pub map_end: [AtomicUsize; MAX_BLOCKS],
+    /// The block's accessible pages: `[pages_start, pages_end)`; the rest of the mapping is
+    /// guard pages (and, in a region larger than the block needs, unused pages before them).
+    pub pages_start: [AtomicUsize; MAX_BLOCKS],
+    pub pages_end: [AtomicUsize; MAX_BLOCKS],
     pub data: [AtomicUsize; MAX_BLOCKS],
     pub maxsize: [AtomicUsize; MAX_BLOCKS],
     pub readers: [AtomicU32; MAX_BLOCKS],
     pub writers: [AtomicU32; MAX_BLOCKS],
-    /// 1 once the block is freed (in quarantine).
+    /// 1 once the block is freed (in quarantine, or its region kept for reuse).
     pub freed: [AtomicU8; MAX_BLOCKS],
     /// The offset and size the block was allocated with.
     pub offset: [AtomicUsize; MAX_BLOCKS],
@@ -73,15 +78,22 @@ pub(super) struct Registry {
     /// The charge target (see `attribution::published`) running when the block was last
     /// mapped.
     pub mapper: [AtomicU32; MAX_BLOCKS],
-    /// What continue mode opened at a violation: [`GUARD_OPENED`] (a guard page, until the
-    /// block's next map or unmap), [`PAGES_OPENED`] (the block's pages: its slack is checked
-    /// at free).
+    /// What continue mode opened at a violation: [`GUARD_OPENED`] (the whole mapping, until
+    /// the block's next protection change), [`PAGES_OPENED`] (the slack may have changed
+    /// unseen: checked at the next slack check).
     pub opened: [AtomicU8; MAX_BLOCKS],
+    /// Fault handlers at work on the entry (see [`pin`]).
+    pub pins: [AtomicU32; MAX_BLOCKS],
+    /// An address of the slack that a violation reported at the instruction wrote to (0:
+    /// none): the slack check that finds it damaged does not report it again.
+    pub slack_reported: [AtomicUsize; MAX_BLOCKS],
 }
 
 pub(super) static REGISTRY: Registry = Registry {
     map_start: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     map_end: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
+    pages_start: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
+    pages_end: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     data: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     maxsize: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     readers: [const { AtomicU32::new(0) }; MAX_BLOCKS],
@@ -91,7 +103,105 @@ pub(super) static REGISTRY: Registry = Registry {
     size: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
     mapper: [const { AtomicU32::new(published::NO_SLOT) }; MAX_BLOCKS],
     opened: [const { AtomicU8::new(0) }; MAX_BLOCKS],
+    pins: [const { AtomicU32::new(0) }; MAX_BLOCKS],
+    slack_reported: [const { AtomicUsize::new(0) }; MAX_BLOCKS],
 };
+
+/// Threads whose last fault is remembered at once (by thread id, modulo this).
+const LAST_FAULTS: usize = 1024;
+static LAST_TID: [AtomicI32; LAST_FAULTS] = [const { AtomicI32::new(0) }; LAST_FAULTS];
+static LAST_ADDR: [AtomicUsize; LAST_FAULTS] = [const { AtomicUsize::new(0) }; LAST_FAULTS];
+static LAST_IP: [AtomicUsize; LAST_FAULTS] = [const { AtomicUsize::new(0) }; LAST_FAULTS];
+
+/// Records a fault of thread `tid` at `addr` by the instruction at `ip`; whether it is the
+/// thread's last fault again. The same fault again means the access ran again before it
+/// could complete, because another thread closed what the handler had opened (or reused the
+/// region meanwhile): the same violation, not counted twice. Async-signal-safe (each entry is
+/// written by its own thread; another thread whose id falls on the same entry only makes a
+/// repeat look new).
+pub(super) fn same_fault_again(tid: i32, addr: usize, ip: usize) -> bool {
+    let i = tid.unsigned_abs() as usize % LAST_FAULTS;
+    let again = ip != 0
+        && LAST_TID[i].load(Ordering::Relaxed) == tid
+        && LAST_ADDR[i].load(Ordering::Relaxed) == addr
+        && LAST_IP[i].load(Ordering::Relaxed) == ip;
+    LAST_TID[i].store(tid, Ordering::Relaxed);
+    LAST_ADDR[i].store(addr, Ordering::Relaxed);
+    LAST_IP[i].store(ip, Ordering::Relaxed);
+    again
+}
+
+/// The entry whose mapping holds `addr`, pinned, with that mapping's start and end: until
+/// [`unpin`], the mapping stays the entry's (not reused, not unmapped). Async-signal-safe
+/// (atomics only).
+///
+/// The handler increments the pin, then checks that the entry still holds `addr`; the owner
+/// releasing an entry clears `map_end`, then waits for the pins to drain ([`release`]). Both
+/// sides use sequentially consistent operations, so either the handler sees the entry gone
+/// or the owner sees the pin. (`map_end` may read 0 after the check, while the owner waits:
+/// the caller uses the bounds returned here.)
+pub(super) fn pin(addr: usize) -> Option<(usize, usize, usize)> {
+    let r = &REGISTRY;
+    let holds = |i: usize| {
+        let end = r.map_end[i].load(Ordering::SeqCst);
+        let start = r.map_start[i].load(Ordering::SeqCst);
+        (end != 0 && addr < end && addr >= start).then_some((start, end))
+    };
+    let slot = (0..MAX_BLOCKS).find(|&i| holds(i).is_some())?;
+    r.pins[slot].fetch_add(1, Ordering::SeqCst);
+    match holds(slot) {
+        Some((start, end)) => Some((slot, start, end)),
+        None => {
+            unpin(slot);
+            None
+        }
+    }
+}
+
+/// Ends a [`pin`].
+pub(super) fn unpin(slot: usize) {
+    REGISTRY.pins[slot].fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Entries between [`release`] and [`released`]: their mapping is being reused or unmapped.
+/// A fault at an address no entry holds waits while this is not 0 ([`pin_waiting`]): it may
+/// be on a region a moment away from its next block.
+static RELEASING: AtomicUsize = AtomicUsize::new(0);
+
+/// [`pin`], waiting (a bounded while) for the entries being released to be registered again
+/// or unmapped: a fault on a freed block whose region is being reused at that instant is
+/// still ours. Async-signal-safe (atomics and `sched_yield`).
+pub(super) fn pin_waiting(addr: usize) -> Option<(usize, usize, usize)> {
+    for _ in 0..100_000 {
+        if let Some(pinned) = pin(addr) {
+            return Some(pinned);
+        }
+        if RELEASING.load(Ordering::SeqCst) == 0 {
+            // Whatever was released meanwhile is registered again (or gone) by now.
+            return pin(addr);
+        }
+        // SAFETY: sched_yield(2) has no arguments.
+        unsafe { libc::sched_yield() };
+    }
+    None
+}
+
+/// Forgets entry `slot` for the fault handler and waits until no handler has it pinned: its
+/// mapping is then its owner's alone (to reuse or unmap). The owner calls [`released`] once
+/// the entry is registered again or its mapping unmapped.
+pub(super) fn release(slot: usize) {
+    let r = &REGISTRY;
+    RELEASING.fetch_add(1, Ordering::SeqCst);
+    r.map_end[slot].store(0, Ordering::SeqCst);
+    while r.pins[slot].load(Ordering::SeqCst) != 0 {
+        std::thread::yield_now();
+    }
+}
+
+/// The end of a [`release`]: the entry is registered again, or its mapping is unmapped.
+pub(super) fn released() {
+    RELEASING.fetch_sub(1, Ordering::SeqCst);
+}
 
 /// Bits of [`Registry::opened`].
 pub const GUARD_OPENED: u8 = 1;

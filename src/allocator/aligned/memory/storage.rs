@@ -160,7 +160,7 @@ pub(super) enum Backing {
         key: Option<Key>,
         guard: Option<Guard>,
     },
-    /// A root allocated in protect mode: its own mapping between guard pages.
+    /// A root allocated in protect mode: its own region (a mapping between guard pages).
     Protected(Box<super::protect::Protect>),
     /// A root wrapping a foreign owner (see [`wrap`]); the owner is dropped when the root is
     /// freed, i.e. after every share of it is gone.
