@@ -4,8 +4,9 @@
 //! into it and the tracer (and later protect mode) can read it.
 //!
 //! **Who is running** ([`running`]): every thread keeps a stack of the elements whose code it
-//! runs. The tracer pushes the element whose pad receives a buffer (`pad-push-pre`, the list
-//! variant) or is pulled from (`pad-pull-range-pre`) and pops it after (`-post`); an element
+//! runs. The tracer pushes the element whose pad receives a buffer or an event (`pad-push-pre`,
+//! the list variant, `pad-push-event-pre`), is pulled from (`pad-pull-range-pre`) or answers a
+//! query (`pad-query-pre`, `element-query-pre`) and pops it after (`-post`); an element
 //! changing state is pushed for the change. Below the stack a thread is charged as itself
 //! until it first pushes a buffer with an empty stack: the element whose pad pushes is the one
 //! whose task the thread runs (a source's loop, a queue's), and what the thread was charged

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MPL-2.0
-"""The tracer's charges by element when memkit's own elements copy (issue 28).
+"""The tracer's charges by element when events flush work and memkit's own elements copy
+(issue 28).
 
 Each test runs its pipelines in a process of its own (gst-launch-1.0) under
 GST_TRACERS=memkittracer(report=...), and reads the JSON report. Run with Debian's
@@ -34,12 +35,39 @@ def launch(pipeline, params=""):
     return traced(["gst-launch-1.0", "-q", *pipeline.split()], params)
 
 
+def has(name):
+    return subprocess.run(["gst-inspect-1.0", "--exists", name]).returncode == 0
+
+
 def by_element(data):
     rows = {}
     for e in data["by-element"]:
         assert e["element"] not in rows, f"two rows named {e['element']}: {data['by-element']}"
         rows[e["element"]] = e
     return rows
+
+
+class EventTest(unittest.TestCase):
+    """Work done while an event is handled is charged to the element handling it."""
+
+    def test_memmerge_remainder_at_eos_is_charged_to_memmerge(self):
+        # Two buffers of separate blocks: at EOS memmerge copies them into one of 2000 bytes.
+        _, data = launch("memsrc num-buffers=2 blocksize=1000 ! "
+                         "memmerge target-size=100000 ! fakesink")
+        el = by_element(data)
+        self.assertEqual(el["memsrc0"]["allocations"], 2)
+        self.assertEqual(el["memmerge0"]["allocations"], 1)
+        self.assertGreaterEqual(el["memmerge0"]["bytes"], 2000)
+
+    @unittest.skipUnless(has("x264enc"), "x264enc is not installed")
+    def test_frames_an_encoder_flushes_at_eos_are_its_own(self):
+        # x264enc holds frames back (lookahead, B-frames) and encodes them when EOS arrives:
+        # every output frame (one allocation each) is x264enc's, none the source's.
+        _, data = launch("videotestsrc num-buffers=20 ! video/x-raw,width=160,height=120 ! "
+                         "x264enc ! fakesink")
+        el = by_element(data)
+        self.assertEqual((el["x264enc0"]["allocations"], el["x264enc0"]["write-maps"]), (20, 20),
+                         data["by-element"])
 
 
 class ElementCopyTest(unittest.TestCase):
