@@ -98,11 +98,11 @@ pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
 }
 
-/// The slot charges made now on this thread go to, for the record of a mapping: [`NO_SLOT`](super::published::NO_SLOT)
-/// while nothing is charged (no tracer).
+/// The id (see `published`) of what charges made now on this thread go to, for the record of
+/// a mapping: [`NO_SLOT`](super::published::NO_SLOT) while nothing is charged (no tracer).
 pub fn current_slot() -> u32 {
     if active() {
-        running::current()
+        super::published::id(running::current() as usize, 0)
     } else {
         super::published::NO_SLOT
     }

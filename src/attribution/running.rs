@@ -95,7 +95,7 @@ fn slot_of(element: &gst::Element) -> Slot {
             None => {
                 let slot = t.list.len() as Slot;
                 let name = element.name();
-                published::set_name(slot, &name);
+                published::table().set_name(published::id(slot as usize, 0), &name);
                 t.list.push(Target::Element(name.to_string()));
                 t.by_ptr.insert(addr, slot);
                 slot
@@ -113,7 +113,7 @@ pub fn enter(element: Option<&gst::Element>) {
     let slot = element.map_or_else(current, slot_of);
     with_thread(|t| {
         t.stack.push(slot);
-        published::publish(&mut t.row, slot);
+        published::publish(&mut t.row, published::id(slot as usize, 0));
     });
 }
 
@@ -127,7 +127,7 @@ pub fn leave() {
 fn republish() {
     if published::enabled() {
         let slot = current();
-        with_thread(|t| published::publish(&mut t.row, slot));
+        with_thread(|t| published::publish(&mut t.row, published::id(slot as usize, 0)));
     }
 }
 
@@ -147,7 +147,7 @@ pub fn pushing(element: Option<&gst::Element>) {
         let mut t = targets();
         if let Some(Target::Thread(o @ None)) = t.list.get_mut(own as usize) {
             *o = Some(owner);
-            published::set_name(own, &element.name());
+            published::table().set_name(published::id(own as usize, 0), &element.name());
         }
     }
     republish();
@@ -170,7 +170,7 @@ fn own_slot() -> Slot {
         let mut t = targets();
         t.list.push(Target::Thread(None));
         let slot = (t.list.len() - 1) as Slot;
-        published::set_name(slot, APPLICATION);
+        published::table().set_name(published::id(slot as usize, 0), APPLICATION);
         slot
     };
     with_thread(|t| t.own = Some(slot));
