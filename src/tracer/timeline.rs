@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
+use crate::attribution::slots::RowId;
 use crate::attribution::timeline::Sample;
 
 /// A line of the chart: its name, its points (seconds, MiB), its colour, whether it is thick.
@@ -16,16 +17,16 @@ type Series = (String, Vec<(f64, f64)>, RGBColor, bool);
 /// Elements drawn with a line of their own; the rest are summed as "others".
 pub const TOP: usize = 6;
 
-/// Live bytes of each resolved name in `sample` (threads charged to the element whose task
-/// they run add to it).
-fn by_name(sample: &Sample, names: &[String]) -> HashMap<String, u64> {
+/// What elements whose rows were added up are shown as.
+const EARLIER: &str = "earlier elements";
+
+/// Live bytes at the end of `sample`'s interval by the name the report shows (rows of the
+/// same name, which only the added-up earlier elements can have, add up).
+fn by_name(sample: &Sample, names: &HashMap<RowId, String>) -> HashMap<String, u64> {
     let mut m: HashMap<String, u64> = HashMap::new();
-    for &(slot, bytes) in &sample.per {
-        let name = names
-            .get(slot as usize)
-            .cloned()
-            .unwrap_or_else(|| crate::attribution::APPLICATION.to_owned());
-        *m.entry(name).or_default() += bytes;
+    for (row, span) in &sample.per {
+        let name = names.get(row).map_or(EARLIER, String::as_str);
+        *m.entry(name.to_owned()).or_default() += span.end;
     }
     m
 }
@@ -45,7 +46,7 @@ fn ranked(rows: &[HashMap<String, u64>]) -> Vec<String> {
 }
 
 /// The samples as CSV: `seconds,total,cached,<one column per element>`, bytes.
-pub fn to_csv(samples: &[Sample], names: &[String]) -> String {
+pub fn to_csv(samples: &[Sample], names: &HashMap<RowId, String>) -> String {
     let rows: Vec<HashMap<String, u64>> = samples.iter().map(|s| by_name(s, names)).collect();
     let columns = ranked(&rows);
     let mut out = String::from("seconds,total,cached");
@@ -55,7 +56,7 @@ pub fn to_csv(samples: &[Sample], names: &[String]) -> String {
     }
     out.push('\n');
     for (s, row) in samples.iter().zip(&rows) {
-        let _ = write!(out, "{:.6},{},{}", s.seconds, s.total, s.cached);
+        let _ = write!(out, "{:.6},{},{}", s.seconds, s.total.end, s.cached);
         for c in &columns {
             let _ = write!(out, ",{}", row.get(c).copied().unwrap_or(0));
         }
@@ -66,7 +67,11 @@ pub fn to_csv(samples: &[Sample], names: &[String]) -> String {
 
 /// The chart: a line per element (the [`TOP`] largest by peak, the others summed), the total
 /// and the cached bytes, in MiB against seconds, with a legend.
-pub fn draw_svg(path: &str, samples: &[Sample], names: &[String]) -> Result<(), String> {
+pub fn draw_svg(
+    path: &str,
+    samples: &[Sample],
+    names: &HashMap<RowId, String>,
+) -> Result<(), String> {
     const MIB: f64 = (1u64 << 20) as f64;
     let rows: Vec<HashMap<String, u64>> = samples.iter().map(|s| by_name(s, names)).collect();
     let columns = ranked(&rows);
@@ -74,7 +79,7 @@ pub fn draw_svg(path: &str, samples: &[Sample], names: &[String]) -> Result<(), 
     let x_max = samples.last().map_or(1.0, |s| s.seconds).max(1e-3);
     let y_max = samples
         .iter()
-        .map(|s| s.total.max(s.cached))
+        .map(|s| s.total.end.max(s.cached))
         .max()
         .unwrap_or(0) as f64
         / MIB;
@@ -125,7 +130,9 @@ pub fn draw_svg(path: &str, samples: &[Sample], names: &[String]) -> Result<(), 
             false,
         ));
     }
-    let total = samples.iter().map(|s| (s.seconds, s.total as f64 / MIB));
+    let total = samples
+        .iter()
+        .map(|s| (s.seconds, s.total.end as f64 / MIB));
     lines.push(("total".to_owned(), total.collect(), BLACK, true));
     let cached = samples.iter().map(|s| (s.seconds, s.cached as f64 / MIB));
     lines.push((
@@ -179,14 +186,23 @@ pub fn write(path: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attribution::timeline::Span;
 
-    fn samples() -> (Vec<Sample>, Vec<String>) {
-        let names = vec!["src".to_owned(), "conv, \"2\"".to_owned(), "src".to_owned()];
+    fn end(end: u64) -> Span {
+        Span {
+            end,
+            low: end,
+            high: end,
+        }
+    }
+
+    fn samples() -> (Vec<Sample>, HashMap<RowId, String>) {
+        let names = HashMap::from([(1, "src".to_owned()), (2, "conv, \"2\"".to_owned())]);
         let samples = (0..50)
             .map(|i| Sample {
                 seconds: i as f64 * 0.1,
-                per: vec![(0, 1000 * i), (1, 5 << 20), (2, 24)],
-                total: 1000 * i + (5 << 20) + 24,
+                per: vec![(1, end(1000 * i)), (2, end(5 << 20)), (3, end(24))],
+                total: end(1000 * i + (5 << 20) + 24),
                 cached: 1 << 20,
             })
             .collect();
@@ -198,17 +214,20 @@ mod tests {
         let (s, names) = samples();
         let csv = to_csv(&s, &names);
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines[0], "seconds,total,cached,\"conv, \"\"2\"\"\",\"src\"");
+        assert_eq!(
+            lines[0],
+            "seconds,total,cached,\"conv, \"\"2\"\"\",\"src\",\"earlier elements\""
+        );
         assert_eq!(lines.len(), 51);
-        // Slots with the same name (a thread and its element) add up.
         assert_eq!(
             lines[2],
             format!(
-                "0.100000,{},{},{},{}",
+                "0.100000,{},{},{},{},{}",
                 1000 + (5 << 20) + 24,
                 1 << 20,
                 5 << 20,
-                1024
+                1000,
+                24
             )
         );
     }

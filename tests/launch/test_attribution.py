@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: MPL-2.0
-"""The tracer's charges by element when events flush work and memkit's own elements copy
-(issue 28).
+"""The tracer's charges by element when threads are reused, names collide, events flush work
+and memkit's own elements copy (issue 28).
 
-Each test runs its pipelines in a process of its own (gst-launch-1.0) under
-GST_TRACERS=memkittracer(report=...), and reads the JSON report. Run with Debian's
-/usr/bin/python3.
+Each test runs its pipelines in a process of its own (gst-launch-1.0, or Debian's python3 with
+GI for several pipelines in one process) under GST_TRACERS=memkittracer(report=...), and reads
+the JSON report. Run with Debian's /usr/bin/python3.
 """
 
 import json
@@ -14,6 +14,68 @@ import tempfile
 import unittest
 
 TIMEOUT = 180
+
+
+# Runs the pipelines given as arguments one after another, each to EOS then NULL, in one
+# process: GStreamer's task pool hands the threads of one to the next.
+SEQUENCE_APP = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+for desc in sys.argv[1:]:
+    p = Gst.parse_launch(desc)
+    p.set_state(Gst.State.PLAYING)
+    msg = p.get_bus().timed_pop_filtered(Gst.SECOND * 60,
+                                         Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    assert msg and msg.type == Gst.MessageType.EOS, (desc, msg and msg.parse_error())
+    p.set_state(Gst.State.NULL)
+"""
+
+# Runs the pipelines given as arguments all at once, each to EOS, then all to NULL.
+CONCURRENT_APP = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+ps = [Gst.parse_launch(desc) for desc in sys.argv[1:]]
+for p in ps:
+    p.set_state(Gst.State.PLAYING)
+for p in ps:
+    msg = p.get_bus().timed_pop_filtered(Gst.SECOND * 60,
+                                         Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    assert msg and msg.type == Gst.MessageType.EOS, msg and msg.parse_error()
+for p in ps:
+    p.set_state(Gst.State.NULL)
+"""
+
+# One memsrc named "before" runs in a pipeline, is taken out, renamed "after", and runs again
+# in another.
+RENAME_APP = """
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+src = Gst.ElementFactory.make("memsrc", "before")
+src.set_property("num-buffers", 5)
+src.set_property("blocksize", 4096)
+for name in ("one", "two"):
+    p = Gst.Pipeline.new(name)
+    sink = Gst.ElementFactory.make("fakesink", None)
+    p.add(src)
+    p.add(sink)
+    assert src.link(sink)
+    p.set_state(Gst.State.PLAYING)
+    msg = p.get_bus().timed_pop_filtered(Gst.SECOND * 60,
+                                         Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    assert msg and msg.type == Gst.MessageType.EOS, msg and msg.parse_error()
+    p.set_state(Gst.State.NULL)
+    src.unlink(sink)
+    p.remove(src)
+    src.set_name("after")
+"""
 
 
 def traced(args, params=""):
@@ -35,6 +97,10 @@ def launch(pipeline, params=""):
     return traced(["gst-launch-1.0", "-q", *pipeline.split()], params)
 
 
+def app(script, *args, params=""):
+    return traced(["/usr/bin/python3", "-c", script, *args], params)
+
+
 def has(name):
     return subprocess.run(["gst-inspect-1.0", "--exists", name]).returncode == 0
 
@@ -45,6 +111,58 @@ def by_element(data):
         assert e["element"] not in rows, f"two rows named {e['element']}: {data['by-element']}"
         rows[e["element"]] = e
     return rows
+
+
+class ThreadReuseTest(unittest.TestCase):
+    """A thread is charged to the task it runs now, not to the first it ever ran."""
+
+    def test_three_pipelines_in_sequence_are_charged_to_their_own_sources(self):
+        counts = {"first": 10, "second": 20, "third": 30}
+        pipelines = [f"memsrc name={name} num-buffers={n} blocksize=4096 ! queue ! fakesink"
+                     for name, n in counts.items()]
+        _, data = app(SEQUENCE_APP, *pipelines)
+        el = by_element(data)
+        for name, n in counts.items():
+            self.assertIn(name, el, data["by-element"])
+            self.assertEqual((el[name]["allocations"], el[name]["bytes"]), (n, n * 4096), name)
+            self.assertEqual(el[name]["write-maps"], n, name)
+        self.assertEqual(sum(e["allocations"] for e in data["by-element"]),
+                         data["stats"]["allocations"], "every allocation is charged once")
+
+    def test_an_aggregator_on_a_reused_thread_is_charged_for_its_output(self):
+        # The first pipeline leaves its task threads in the pool; the mixer's source thread
+        # (mix:src) takes one of them and allocates every output buffer on it.
+        _, data = app(SEQUENCE_APP,
+                      "memsrc name=warm num-buffers=10 blocksize=4096 ! queue ! fakesink",
+                      "audiotestsrc num-buffers=20 samplesperbuffer=1024 ! "
+                      "audio/x-raw,format=S16LE,channels=2,rate=48000 ! audiomixer name=mix ! "
+                      "fakesink")
+        el = by_element(data)
+        self.assertEqual(el["warm"]["allocations"], 10)
+        self.assertGreaterEqual(el["mix"]["allocations"], 20, data["by-element"])
+        self.assertGreaterEqual(el["mix"]["bytes"], 20 * 1024 * 4)
+        self.assertGreaterEqual(el["mix"]["write-maps"], el["mix"]["allocations"])
+
+
+class IdentityTest(unittest.TestCase):
+    """Charges are kept per element, not per name."""
+
+    def test_two_pipelines_at_once_with_the_same_names_get_a_row_each(self):
+        _, data = app(CONCURRENT_APP,
+                      "memsrc name=src num-buffers=10 blocksize=4096 ! queue name=q ! fakesink",
+                      "memsrc name=src num-buffers=20 blocksize=8192 ! queue name=q ! fakesink")
+        el = by_element(data)
+        self.assertNotIn("src", el, "the names collide: each row shows its path")
+        self.assertEqual((el["pipeline0/src"]["allocations"], el["pipeline0/src"]["bytes"]),
+                         (10, 10 * 4096))
+        self.assertEqual((el["pipeline1/src"]["allocations"], el["pipeline1/src"]["bytes"]),
+                         (20, 20 * 8192))
+
+    def test_a_renamed_element_is_reported_under_its_new_name(self):
+        _, data = app(RENAME_APP)
+        el = by_element(data)
+        self.assertNotIn("before", el)
+        self.assertEqual(el["after"]["allocations"], 10, "one element, one row: both runs")
 
 
 class EventTest(unittest.TestCase):
