@@ -88,6 +88,26 @@ impl Sample {
     }
 }
 
+/// `samples` merged into at most `at_most` (at least 2): the first alone, then runs of
+/// neighbours, each the least and the most of its intervals (for a picture that has fewer
+/// pixels than samples: no peak is lost).
+pub fn merged(samples: &[Sample], at_most: usize) -> Vec<Sample> {
+    let at_most = at_most.max(2);
+    if samples.len() <= at_most {
+        return samples.to_vec();
+    }
+    let run = (samples.len() - 1).div_ceil(at_most - 1);
+    let mut out = Vec::with_capacity(at_most);
+    out.extend(samples.first().cloned());
+    for chunk in samples[1..].chunks(run) {
+        let mut it = chunk.iter().cloned();
+        if let Some(first) = it.next() {
+            out.push(it.fold(first, Sample::then));
+        }
+    }
+    out
+}
+
 #[derive(Debug, Default)]
 pub struct Timeline {
     pub(crate) start: Option<Instant>,
@@ -216,6 +236,25 @@ mod tests {
         );
         assert_eq!(m.total, span(6, 0, 95));
         assert_eq!(m.cached, 2);
+    }
+
+    #[test]
+    fn merged_for_a_picture_keeps_the_extremes() {
+        let samples: Vec<Sample> = (0..1000u64)
+            .map(|i| Sample {
+                seconds: i as f64,
+                per: vec![(1, span(i % 7, i % 7, if i == 500 { 9999 } else { i % 7 }))],
+                total: span(i % 7, i % 7, i % 7),
+                cached: 0,
+            })
+            .collect();
+        let m = merged(&samples, 100);
+        assert!(m.len() <= 100, "{}", m.len());
+        assert_eq!(m[0], samples[0]);
+        assert_eq!(m.last().unwrap().seconds, 999.0);
+        assert_eq!(m.iter().map(|s| s.per[0].1.high).max(), Some(9999));
+        assert_eq!(m.iter().map(|s| s.per[0].1.low).min(), Some(0));
+        assert_eq!(merged(&samples[..50], 100), samples[..50].to_vec());
     }
 
     #[test]

@@ -1,20 +1,22 @@
 # SPDX-License-Identifier: MPL-2.0
-"""The tracer's charges by element when threads are reused, names collide, events flush work
-and memkit's own elements copy (issue 28).
+"""The tracer's charges by element when threads are reused, names collide, events flush work,
+memkit's own elements copy, and the timeline is drawn (issue 28).
 
 Each test runs its pipelines in a process of its own (gst-launch-1.0, or Debian's python3 with
 GI for several pipelines in one process) under GST_TRACERS=memkittracer(report=...), and reads
 the JSON report. Run with Debian's /usr/bin/python3.
 """
 
+import csv
 import json
 import os
+import re
 import subprocess
 import tempfile
 import unittest
+import xml.etree.ElementTree as ET
 
 TIMEOUT = 180
-
 
 # Runs the pipelines given as arguments one after another, each to EOS then NULL, in one
 # process: GStreamer's task pool hands the threads of one to the next.
@@ -101,16 +103,16 @@ def app(script, *args, params=""):
     return traced(["/usr/bin/python3", "-c", script, *args], params)
 
 
-def has(name):
-    return subprocess.run(["gst-inspect-1.0", "--exists", name]).returncode == 0
-
-
 def by_element(data):
     rows = {}
     for e in data["by-element"]:
         assert e["element"] not in rows, f"two rows named {e['element']}: {data['by-element']}"
         rows[e["element"]] = e
     return rows
+
+
+def has(name):
+    return subprocess.run(["gst-inspect-1.0", "--exists", name]).returncode == 0
 
 
 class ThreadReuseTest(unittest.TestCase):
@@ -222,6 +224,100 @@ class ElementCopyTest(unittest.TestCase):
         self.assertEqual((el["memfdsink0"]["copies"], el["memfdsink0"]["bytes-copied"]),
                          (5, 50000))
 
+
+# 400 buffers through a tee in a few tens of milliseconds: many allocations and frees between
+# two samples of the timeline.
+FAST = ("audiotestsrc num-buffers=400 samplesperbuffer=256 ! tee name=t "
+        "t. ! queue ! fakesink t. ! queue ! fakesink")
+
+
+def svg_peaks(path):
+    """The highest value each series of the chart reaches, in bytes, read from the drawing:
+    each legend entry's colour finds its shapes, the y axis's labels give the scale."""
+    root = ET.parse(path).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [(t.text.strip(), float(t.get("y")), float(t.get("x"))) for t in root.iter(ns + "text")
+             if t.text]
+    # The y axis labels: numbers at the same x, left of the plot.
+    ticks = [(float(s), y) for s, y, x in texts if re.fullmatch(r"[0-9.]+", s)]
+    xs = {}
+    for s, y, x in texts:
+        if re.fullmatch(r"[0-9.]+", s):
+            xs.setdefault(x, []).append((float(s), y))
+    ticks = max(xs.values(), key=len)
+    (v0, y0), (v1, y1) = min(ticks), max(ticks)
+    unit = re.search(r"live memory \((\w+)\)", " ".join(s for s, _, _ in texts)).group(1)
+    scale = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+
+    def value(py):
+        return (v0 + (py - y0) * (v1 - v0) / (y1 - y0)) * scale
+
+    def points(el):
+        pts = el.get("points") or ""
+        return [tuple(map(float, p.split(","))) for p in pts.split()]
+
+    shapes = {}
+    for el in root.iter():
+        if el.tag in (ns + "polyline", ns + "polygon"):
+            colour = el.get("stroke") if el.tag.endswith("polyline") else el.get("fill")
+            shapes.setdefault(colour, []).append(points(el))
+    # Legend entries: a short two-point line, then the name right of it.
+    peaks = {}
+    labels = [(s, y, x) for s, y, x in texts]
+    for colour, lines in shapes.items():
+        for line in lines:
+            if len(line) == 2 and line[0][1] == line[1][1] and line[1][0] - line[0][0] == 20:
+                lx, ly = line[1]
+                name = min(labels, key=lambda t: abs(t[1] - ly) + abs(t[2] - lx))[0]
+                top = min(py for shape in lines if shape is not line for _, py in shape)
+                peaks[name] = value(top)
+    return peaks, (v1 - v0) * scale / abs(y1 - y0)
+
+
+class TimelineTest(unittest.TestCase):
+    """Each interval of the timeline shows the most (and the least) reached in it."""
+
+    def test_the_csv_peak_of_each_element_is_the_reports(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            table = os.path.join(tmp, "t.csv")
+            _, data = launch(FAST, f"timeline={table}")
+            with open(table, newline="") as f:
+                rows = list(csv.reader(f))
+        head = rows[0]
+        self.assertEqual(head[:5], ["seconds", "total", "total min", "total max", "cached"])
+        for e in data["by-element"]:
+            if not e["allocations"]:
+                continue
+            name = e["element"]
+            self.assertIn(name, head, f"{name} allocated: it has a column")
+            peak = max(int(r[head.index(name + " max")]) for r in rows[1:])
+            self.assertEqual(peak, e["peak-live-bytes"], name)
+            low = min(int(r[head.index(name + " min")]) for r in rows[1:])
+            self.assertEqual(low, 0, name)
+        for r in rows[1:]:
+            v = dict(zip(head, r))
+            self.assertLessEqual(int(v["total min"]), int(v["total"]))
+            self.assertLessEqual(int(v["total"]), int(v["total max"]))
+        # The most alive at once in all: at least any one element's, at most their sum.
+        total = max(int(r[3]) for r in rows[1:])
+        peaks = [e["peak-live-bytes"] for e in data["by-element"]]
+        self.assertGreaterEqual(total, max(peaks))
+        self.assertLessEqual(total, sum(peaks))
+
+    def test_the_svg_peak_of_each_element_is_the_reports(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            svg = os.path.join(tmp, "t.svg")
+            _, data = launch(FAST, f"timeline={svg}")
+            peaks, pixel = svg_peaks(svg)
+        for e in data["by-element"]:
+            if not e["allocations"]:
+                continue
+            name = e["element"]
+            self.assertIn(name, peaks, f"{name} allocated: it has a line ({peaks})")
+            self.assertAlmostEqual(peaks[name], e["peak-live-bytes"], delta=2 * pixel,
+                                   msg=name)
+        self.assertGreaterEqual(peaks["total"] + 2 * pixel,
+                                max(e["peak-live-bytes"] for e in data["by-element"]))
 
 
 if __name__ == "__main__":
