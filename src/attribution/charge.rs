@@ -193,7 +193,7 @@ pub fn report() -> Vec<ElementCharges> {
     let mut out: Vec<ElementCharges> = rows
         .into_iter()
         .map(|r| ElementCharges {
-            name: names[&r.row].clone(),
+            name: names.get(&r.row).cloned().unwrap_or_default(),
             counts: r.counts,
             live: r.live,
             peak: r.peak,

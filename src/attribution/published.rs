@@ -75,8 +75,12 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
     }
 
     /// Names `id` (its entry now names this generation). One writer at a time: the charges'
-    /// lock is held.
+    /// lock is held. [`NO_SLOT`] (a slot past the table) and [`APPLICATION_SLOT`] name no
+    /// entry.
     pub(crate) fn set_name(&self, id: u32, name: &str) {
+        if id == NO_SLOT || id == APPLICATION_SLOT {
+            return;
+        }
         let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let Some(bytes) = self.names.get(index) else {
             return;
@@ -279,6 +283,16 @@ mod tests {
             UNKNOWN,
             "never the newcomer's name"
         );
+    }
+
+    #[test]
+    fn the_special_ids_name_no_entry() {
+        let table = Table::<{ MAX_NAMES }, 1>::new();
+        table.set_name(id(MAX_NAMES - 1, 3), "last");
+        table.set_name(id(MAX_NAMES, 0), "past the table"); // NO_SLOT
+        table.set_name(APPLICATION_SLOT, "not application");
+        assert_eq!(name_in(&table, id(MAX_NAMES - 1, 3)), "last");
+        assert_eq!(name_in(&table, APPLICATION_SLOT), APPLICATION);
     }
 
     #[test]
