@@ -2,88 +2,24 @@
 //! What each element is charged: allocations and bytes, live bytes and their peak, shares,
 //! copies with their bytes, read and write maps, and the blocks still alive (leaks at exit).
 //! Recording starts with [`activate`]; until then every entry point is one relaxed load.
+//!
+//! **Work per event.** An allocation, free, share, copy or map takes one lock and does
+//! constant work: the counts of one slot, a hash map insert or remove for the block, the
+//! interval's least and most of that slot and of the total, and a look at the clock. A sample
+//! of the timeline (100 per second at most, fewer as a run grows long) reads only the slots
+//! that changed since the last one or hold bytes.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard, OnceLock};
 
-use super::running::{self, Slot};
-use super::timeline::{self, Sample, Timeline};
+use super::running;
+use super::slots::{self, Counts, RowId};
+use super::state::state;
+use super::timeline::Sample;
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
-
-/// What an element did with memory: the counts the report shows for it.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Counts {
-    pub allocations: u64,
-    pub bytes: u64,
-    pub shares: u64,
-    pub copies: u64,
-    pub bytes_copied: u64,
-    pub read_maps: u64,
-    pub write_maps: u64,
-    /// Memory of other allocators (seen through core's `memory-init`, GStreamer 1.26+).
-    pub foreign_allocations: u64,
-    pub foreign_bytes: u64,
-}
-
-impl Counts {
-    fn add(&mut self, o: &Counts) {
-        self.allocations += o.allocations;
-        self.bytes += o.bytes;
-        self.shares += o.shares;
-        self.copies += o.copies;
-        self.bytes_copied += o.bytes_copied;
-        self.read_maps += o.read_maps;
-        self.write_maps += o.write_maps;
-        self.foreign_allocations += o.foreign_allocations;
-        self.foreign_bytes += o.foreign_bytes;
-    }
-}
-
-/// One slot's charges.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Raw {
-    pub counts: Counts,
-    pub live: i64,
-    pub peak: i64,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    pub per: Vec<Raw>,
-    /// Live blocks by address: (the slot that allocated it, bytes, another allocator's).
-    live: HashMap<usize, (Slot, usize, bool)>,
-    pub timeline: Timeline,
-}
-
-impl State {
-    /// Whether a sample is due after an event; if not, the event's state is owed to the
-    /// timeline.
-    fn due_or_owe(&mut self) -> bool {
-        if self.timeline.due() {
-            return true;
-        }
-        let per = super::timeline::live(self.per.iter().map(|r| r.live));
-        self.timeline.owe(per);
-        false
-    }
-
-    fn raw(&mut self, slot: Slot) -> &mut Raw {
-        let i = slot as usize;
-        if self.per.len() <= i {
-            self.per.resize(i + 1, Raw::default());
-        }
-        &mut self.per[i]
-    }
-}
-
-static STATE: LazyLock<Mutex<State>> = LazyLock::new(Mutex::default);
 static CACHED_BYTES: OnceLock<fn() -> u64> = OnceLock::new();
-
-pub(crate) fn state() -> MutexGuard<'static, State> {
-    STATE.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Starts recording (the tracer calls it once, before any pipeline runs).
 pub fn activate() {
@@ -98,11 +34,11 @@ pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
 }
 
-/// The slot charges made now on this thread go to, for the record of a mapping: [`NO_SLOT`](super::published::NO_SLOT)
-/// while nothing is charged (no tracer).
+/// The id (see `published`) of what charges made now on this thread go to, for the record of
+/// a mapping: [`NO_SLOT`](super::published::NO_SLOT) while nothing is charged (no tracer).
 pub fn current_slot() -> u32 {
     if active() {
-        running::current()
+        running::current().published_id()
     } else {
         super::published::NO_SLOT
     }
@@ -122,25 +58,39 @@ pub fn allocated(addr: usize, bytes: usize, foreign: bool) {
     if !active() {
         return;
     }
-    let slot = running::current();
-    let due = {
+    let target = running::current();
+    let bytes = bytes as u64;
+    let sampled = {
         let mut s = state();
-        let r = s.raw(slot);
+        let sampled = s.sample_if_due();
+        let slot = s.slots.charged(target);
+        if let Some((old, old_bytes, _)) = s.live.insert(addr, (slot, bytes, foreign)) {
+            // An address alive twice: its free was not seen. The old block is gone.
+            s.slots.raw(old).blocks -= 1;
+            s.change_live(old, old_bytes, false);
+        }
+        let r = s.slots.raw(slot);
         if foreign {
             r.counts.foreign_allocations += 1;
-            r.counts.foreign_bytes += bytes as u64;
+            r.counts.foreign_bytes += bytes;
         } else {
             r.counts.allocations += 1;
-            r.counts.bytes += bytes as u64;
+            r.counts.bytes += bytes;
         }
-        r.live += bytes as i64;
-        r.peak = r.peak.max(r.live);
-        s.live.insert(addr, (slot, bytes, foreign));
-        s.due_or_owe()
+        r.blocks += 1;
+        s.change_live(slot, bytes, true);
+        sampled
     };
-    if due {
-        sample();
+    if let Some(seconds) = sampled {
+        read_cached(seconds);
     }
+}
+
+/// Reads the allocators' cached bytes (out of our lock: they take their own locks to count
+/// their caches) for the sample taken at `seconds`.
+fn read_cached(seconds: f64) {
+    let cached = cached_bytes();
+    state().set_cached(seconds, cached);
 }
 
 /// The block at `addr` was freed: the element that allocated it holds it no more.
@@ -148,16 +98,18 @@ pub fn freed(addr: usize) {
     if !active() {
         return;
     }
-    let due = {
+    let sampled = {
         let mut s = state();
         let Some((slot, bytes, _)) = s.live.remove(&addr) else {
             return;
         };
-        s.raw(slot).live -= bytes as i64;
-        s.due_or_owe()
+        let sampled = s.sample_if_due();
+        s.slots.raw(slot).blocks -= 1;
+        s.change_live(slot, bytes, false);
+        sampled
     };
-    if due {
-        sample();
+    if let Some(seconds) = sampled {
+        read_cached(seconds);
     }
 }
 
@@ -180,9 +132,10 @@ fn charge(event: Event) {
 #[cold]
 #[inline(never)]
 fn charge_now(event: Event) {
-    let slot = running::current();
+    let target = running::current();
     let mut s = state();
-    let c = &mut s.raw(slot).counts;
+    let slot = s.slots.charged(target);
+    let c = &mut s.slots.raw(slot).counts;
     match event {
         Event::Share => c.shares += 1,
         Event::Copy(bytes) => {
@@ -200,7 +153,8 @@ pub fn shared() {
     charge(Event::Share);
 }
 
-/// A memory of `bytes` was copied.
+/// A memory of `bytes` was copied (by `gst_memory_copy`, or by an element of ours into a
+/// block of its own).
 #[inline(always)]
 pub fn copied(bytes: usize) {
     charge(Event::Copy(bytes));
@@ -215,59 +169,44 @@ pub fn mapped(write: bool) {
 /// One element's charges, as the report shows them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ElementCharges {
+    /// Its name; its path where another element of the report has the same name.
     pub name: String,
     pub counts: Counts,
     /// Bytes of the blocks it allocated still alive now.
     pub live: u64,
-    /// The most of those alive at once (per slot: an element whose task thread was charged
-    /// before it was known adds both peaks).
+    /// The most of those alive at once.
     pub peak: u64,
 }
 
-impl ElementCharges {
-    fn add(&mut self, r: &Raw) {
-        self.counts.add(&r.counts);
-        self.live += r.live.max(0) as u64;
-        self.peak += r.peak.max(0) as u64;
-    }
-
-    fn is_empty(&self) -> bool {
-        let c = &self.counts;
-        c.allocations + c.foreign_allocations + c.shares + c.copies + c.read_maps + c.write_maps
-            == 0
-    }
+/// The report's rows and the names they are shown under, by row.
+fn shown_rows() -> (Vec<slots::Row>, HashMap<RowId, String>) {
+    let rows = state().slots.rows();
+    let names = slots::shown_names(&rows);
+    let by_row = rows.iter().map(|r| r.row).zip(names).collect();
+    (rows, by_row)
 }
 
-/// The charges by element (threads resolved to the element whose task they run, or
-/// "application"), the ones that copied first (most bytes first), then by bytes allocated.
+/// The charges by element (one row per element, however named), the ones that copied first
+/// (most bytes first), then by bytes allocated.
 pub fn report() -> Vec<ElementCharges> {
-    let names = running::names();
-    let per = state().per.clone();
-    let mut by_name: Vec<ElementCharges> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for (slot, raw) in per.iter().enumerate() {
-        let name = names
-            .get(slot)
-            .cloned()
-            .unwrap_or_else(|| running::APPLICATION.to_owned());
-        let i = *index.entry(name.clone()).or_insert_with(|| {
-            by_name.push(ElementCharges {
-                name,
-                ..ElementCharges::default()
-            });
-            by_name.len() - 1
-        });
-        by_name[i].add(raw);
-    }
-    by_name.retain(|e| !e.is_empty());
+    let (rows, names) = shown_rows();
+    let mut out: Vec<ElementCharges> = rows
+        .into_iter()
+        .map(|r| ElementCharges {
+            name: names.get(&r.row).cloned().unwrap_or_default(),
+            counts: r.counts,
+            live: r.live,
+            peak: r.peak,
+        })
+        .collect();
     let key = |e: &ElementCharges| {
         (
             e.counts.bytes_copied,
             e.counts.bytes + e.counts.foreign_bytes,
         )
     };
-    by_name.sort_by(|a, b| (key(b), &a.name).cmp(&(key(a), &b.name)));
-    by_name
+    out.sort_by(|a, b| (key(b), &a.name).cmp(&(key(a), &b.name)));
+    out
 }
 
 /// A block alive now, charged to the element that allocated it.
@@ -282,17 +221,23 @@ pub struct Leak {
 
 /// The blocks alive now, largest first.
 pub fn leaks() -> Vec<Leak> {
-    let names = running::names();
-    let mut out: Vec<Leak> = state()
-        .live
-        .iter()
-        .map(|(&address, &(slot, bytes, foreign))| Leak {
+    let (_, names) = shown_rows();
+    let blocks: Vec<(usize, RowId, u64, bool)> = {
+        let s = state();
+        s.live
+            .iter()
+            .map(|(&addr, &(slot, bytes, foreign))| (addr, s.slots.row_of(slot), bytes, foreign))
+            .collect()
+    };
+    let mut out: Vec<Leak> = blocks
+        .into_iter()
+        .map(|(address, row, bytes, foreign)| Leak {
             element: names
-                .get(slot as usize)
+                .get(&row)
                 .cloned()
                 .unwrap_or_else(|| running::APPLICATION.to_owned()),
             address,
-            bytes,
+            bytes: bytes as usize,
             foreign,
         })
         .collect();
@@ -300,7 +245,7 @@ pub fn leaks() -> Vec<Leak> {
     out
 }
 
-/// Takes a timeline sample now (after the one owed, if any).
+/// Takes a timeline sample now.
 pub fn sample() {
     // Outside our lock: the allocators take their own locks to count their cache.
     let cached = cached_bytes();
@@ -308,23 +253,51 @@ pub fn sample() {
     let Some(start) = s.timeline.start else {
         return;
     };
-    let per = timeline::live(s.per.iter().map(|r| r.live));
-    let total = per.iter().map(|p| p.1).sum();
-    let seconds = start.elapsed().as_secs_f64();
-    if let Some(owed) = s.timeline.owed.take() {
-        s.timeline.push(owed);
-    }
-    s.timeline.last_cached = cached;
-    s.timeline.push(Sample {
-        seconds,
-        per,
-        total,
-        cached,
-    });
+    let sample = s.take_sample(start.elapsed().as_secs_f64(), cached);
+    s.timeline.push(sample);
 }
 
-/// The timeline's samples so far, with the slots' names as the report shows them.
-pub fn samples() -> (Vec<Sample>, Vec<String>) {
-    let names = running::names();
+/// The timeline's samples so far, and the names of their rows as the report shows them.
+pub fn samples() -> (Vec<Sample>, HashMap<RowId, String>) {
+    let (_, names) = shown_rows();
     (state().timeline.samples.clone(), names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gst::prelude::*;
+
+    #[test]
+    fn elements_are_named_for_protect_mode_past_4096_gone_ones() {
+        gst::init().unwrap();
+        activate();
+        std::thread::spawn(|| {
+            for i in 0..5000 {
+                let e = gst::ElementFactory::make("fakesink")
+                    .name(format!("churn{i}"))
+                    .build()
+                    .unwrap();
+                running::enter(Some(&e));
+                running::leave();
+                // What the tracer's object-destroyed hook does.
+                running::forget(e.as_ptr() as usize);
+            }
+            let late = gst::ElementFactory::make("fakesink")
+                .name("late-comer")
+                .build()
+                .unwrap();
+            running::enter(Some(&late));
+            let id = current_slot();
+            running::leave();
+            assert_eq!(
+                super::super::published::name(id),
+                "late-comer",
+                "named past 4,096"
+            );
+            running::forget(late.as_ptr() as usize);
+        })
+        .join()
+        .unwrap();
+    }
 }

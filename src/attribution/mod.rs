@@ -1,27 +1,33 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Who is running, and what each element is charged: the bookkeeping behind the tracer's
 //! report by element. It depends on nothing else of memkit, so that the allocators can charge
-//! into it and the tracer (and later protect mode) can read it.
+//! into it and the tracer (and protect mode) can read it.
 //!
 //! **Who is running** ([`running`]): every thread keeps a stack of the elements whose code it
-//! runs. The tracer pushes the element whose pad receives a buffer (`pad-push-pre`, the list
-//! variant) or is pulled from (`pad-pull-range-pre`) and pops it after (`-post`); an element
-//! changing state is pushed for the change. Below the stack a thread is charged as itself
-//! until it first pushes a buffer with an empty stack: the element whose pad pushes is the one
-//! whose task the thread runs (a source's loop, a queue's), and what the thread was charged
-//! before goes to that element. A thread that never does (an application calling
-//! `gst_app_src_push_buffer`, a probe, `main`) is charged to "application".
+//! runs. The tracer pushes the element whose pad receives a buffer or an event (`pad-push`,
+//! the list variant, `pad-push-event`), is pulled from (`pad-pull-range`) or answers a query
+//! (`pad-query`, `element-query`), and the element changing state, and pops it after. Below
+//! the stack a thread runs the task it was given: GStreamer's task pool reuses threads, and a
+//! pad task announces itself on its thread when it starts and stops (the stream-status
+//! messages ENTER and LEAVE, which core posts from the task's thread), so the thread is the
+//! task owner's from its first instruction to its last, then nobody's. A thread that runs no
+//! pad task but pushes a buffer with nothing entered (an element's own thread) is the pushing
+//! element's from then on. Anything else (an application calling `gst_app_src_push_buffer`, a
+//! probe's thread, `main`) is charged to "application".
 //!
-//! **Charges** ([`charge`]): nothing is recorded until [`activate`] (the tracer does it);
-//! after, the allocators report each allocation (with its address, so that the free finds
-//! the element that made it), free, share, copy and map, and the element running at that
-//! moment is charged. Live bytes are kept per element (bytes of blocks it allocated that are
-//! not freed yet), with their peak, and sampled over time for the timeline ([`timeline`],
-//! [`sample`]).
+//! **Charges** ([`charge`], [`slots`]): nothing is recorded until [`activate`] (the tracer
+//! does it); after, the allocators report each allocation (with its address, so that the free
+//! finds the element that made it), free, share, copy and map, and the element running at
+//! that moment is charged. Charges are kept per element, not per name: elements of the same
+//! name are shown by their path. Live bytes are kept per element (bytes of blocks it allocated
+//! that are not freed yet), with their peak, and for the timeline ([`timeline`], [`sample`])
+//! the least and the most reached between two samples.
 
 pub mod charge;
 pub mod published;
 pub mod running;
+pub mod slots;
+pub mod state;
 pub mod timeline;
 
 pub use charge::{

@@ -2,41 +2,196 @@
 //! Who is running, as a signal handler can read it: atomics only, no lock, no allocation.
 //!
 //! Protect mode's fault handler names the element running on the faulting thread and the
-//! element that last mapped the block. Every charge target gets its name copied here when it
-//! is made (a thread's: "application", then its task owner's once known); once [`enable`]d
-//! (protect mode does it), every thread the tracer sees publishes its current target in a row
-//! of its own, keyed by its kernel thread id. Without the tracer nothing is published and the
-//! names are "unknown".
+//! element that last mapped the block. Each charge target (see `running`) is known here by an
+//! **id**: the index of its entry in a table of [`MAX_NAMES`] names, and the entry's generation
+//! (bumped each time the entry is given to another target), so that an id kept in a record
+//! outlives its target honestly: once the entry names another target, the old id reads
+//! "unknown", never the newcomer's name. Entries are reused oldest-retired first, so a gone
+//! target's name stays readable until [`MAX_NAMES`] later targets have come.
+//!
+//! Once [`enable`]d (protect mode does it), every thread the tracer sees publishes the id of
+//! the target it runs now in a row of its own, keyed by its kernel thread id. Without the
+//! tracer nothing is published and the names are "unknown".
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering, fence};
 
 /// What charges made outside any element go to.
 pub const APPLICATION: &str = "application";
 
-/// What is reported when no name is known (no tracer, or past the tables).
+/// What is reported when no name is known (no tracer, or an entry given to another target).
 pub const UNKNOWN: &str = "unknown";
-/// The slot meaning "not known".
+/// The id meaning "not known".
 pub const NO_SLOT: u32 = u32::MAX;
-/// The slot of a thread that never ran an element while the tracer watched: "application".
-const APPLICATION_SLOT: u32 = u32::MAX - 1;
+/// The id of a thread that runs no element while the tracer watches: "application".
+pub(crate) const APPLICATION_SLOT: u32 = u32::MAX - 1;
 
 /// Bytes of a name kept (longer names are cut).
 const NAME_BYTES: usize = 64;
-/// Charge targets whose names are kept.
-const MAX_NAMES: usize = 4096;
+/// Bits of an id that index the table; the generation is above them.
+const INDEX_BITS: u32 = 12;
+/// Names kept at once: targets in use (elements alive, or gone with blocks still alive) and the
+/// most recently retired ones.
+pub(crate) const MAX_NAMES: usize = 1 << INDEX_BITS;
+/// Generations an entry goes through before they repeat (the top one is left out, so that no
+/// id is [`NO_SLOT`] or [`APPLICATION_SLOT`]).
+const GENERATIONS: u32 = (u32::MAX >> INDEX_BITS) - 1;
 /// Threads that can publish at once.
 const MAX_THREADS: usize = 1024;
+/// Tries of a reader racing a writer of the same entry before it says "unknown" (a signal
+/// handler may have interrupted that writer on its own thread: it must not wait).
+const READ_TRIES: usize = 4;
 
+/// The id of entry `index` in its `generation`; [`NO_SLOT`] past the table.
+pub(crate) fn id(index: usize, generation: u32) -> u32 {
+    if index >= MAX_NAMES {
+        return NO_SLOT;
+    }
+    ((generation % GENERATIONS) << INDEX_BITS) | index as u32
+}
+
+/// The names and the threads' rows. One static instance serves the process; tests make their
+/// own.
+pub(crate) struct Table<const NAMES: usize, const THREADS: usize> {
+    names: [[AtomicU8; NAME_BYTES]; NAMES],
+    len: [AtomicU8; NAMES],
+    /// A sequence lock per entry: the generation it names, doubled, plus one while written
+    /// (at first a generation no id has: never named).
+    seq: [AtomicU32; NAMES],
+    /// A row's owner (0: free) and the id it runs now.
+    row_tid: [AtomicI32; THREADS],
+    row_id: [AtomicU32; THREADS],
+}
+
+impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
+    pub(crate) const fn new() -> Self {
+        Table {
+            names: [const { [const { AtomicU8::new(0) }; NAME_BYTES] }; NAMES],
+            len: [const { AtomicU8::new(0) }; NAMES],
+            seq: [const { AtomicU32::new(u32::MAX - 1) }; NAMES],
+            row_tid: [const { AtomicI32::new(0) }; THREADS],
+            row_id: [const { AtomicU32::new(NO_SLOT) }; THREADS],
+        }
+    }
+
+    /// Names `id` (its entry now names this generation). One writer at a time: the charges'
+    /// lock is held. [`NO_SLOT`] (a slot past the table) and [`APPLICATION_SLOT`] name no
+    /// entry.
+    pub(crate) fn set_name(&self, id: u32, name: &str) {
+        if id == NO_SLOT || id == APPLICATION_SLOT {
+            return;
+        }
+        let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let Some(bytes) = self.names.get(index) else {
+            return;
+        };
+        let generation = id >> INDEX_BITS;
+        // Cut at a character boundary.
+        let mut n = name.len().min(NAME_BYTES);
+        while !name.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.seq[index].store((generation << 1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (dst, &b) in bytes.iter().zip(name.as_bytes()[..n].iter()) {
+            dst.store(b, Ordering::Relaxed);
+        }
+        self.len[index].store(n as u8, Ordering::Relaxed);
+        self.seq[index].store(generation << 1, Ordering::Release);
+    }
+
+    /// Copies the name of `id` into `out`; its length. Async-signal-safe.
+    pub(crate) fn name_into(&self, id: u32, out: &mut [u8]) -> usize {
+        let copy = |s: &str, out: &mut [u8]| {
+            let n = s.len().min(out.len());
+            out[..n].copy_from_slice(&s.as_bytes()[..n]);
+            n
+        };
+        if id == APPLICATION_SLOT {
+            return copy(APPLICATION, out);
+        }
+        let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let generation = id >> INDEX_BITS;
+        if id == NO_SLOT || index >= NAMES {
+            return copy(UNKNOWN, out);
+        }
+        for _ in 0..READ_TRIES {
+            let before = self.seq[index].load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            if before >> 1 != generation {
+                break; // never named, or named another target since
+            }
+            let len = usize::from(self.len[index].load(Ordering::Relaxed));
+            let n = len.min(out.len());
+            for (dst, src) in out[..n].iter_mut().zip(self.names[index].iter()) {
+                *dst = src.load(Ordering::Relaxed);
+            }
+            fence(Ordering::Acquire);
+            if self.seq[index].load(Ordering::Relaxed) == before && n > 0 {
+                return n;
+            }
+        }
+        copy(UNKNOWN, out)
+    }
+
+    /// The name of `id`, as [`Table::name_into`] gives it.
+    pub(crate) fn name(&self, id: u32) -> String {
+        let mut out = [0u8; NAME_BYTES];
+        let n = self.name_into(id, &mut out);
+        String::from_utf8_lossy(&out[..n]).into_owned()
+    }
+
+    /// Publishes `id` as what the thread `tid` runs, in `row` (claimed at the first call).
+    pub(crate) fn publish_as(&self, row: &mut Option<usize>, id: u32, tid: i32) {
+        let r = match *row {
+            Some(r) => r,
+            None => {
+                let Some(r) = (0..THREADS).find(|&r| {
+                    self.row_tid[r]
+                        .compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                }) else {
+                    return;
+                };
+                *row = Some(r);
+                r
+            }
+        };
+        self.row_id[r].store(id, Ordering::Release);
+    }
+
+    /// The thread owning `row` exits.
+    pub(crate) fn release(&self, row: usize) {
+        self.row_id[row].store(NO_SLOT, Ordering::Relaxed);
+        self.row_tid[row].store(0, Ordering::Release);
+    }
+
+    /// The id the thread `tid` published last, if it has a row. Async-signal-safe.
+    pub(crate) fn published_by(&self, tid: i32) -> Option<u32> {
+        (0..THREADS)
+            .find(|&r| self.row_tid[r].load(Ordering::Acquire) == tid)
+            .map(|r| self.row_id[r].load(Ordering::Acquire))
+            .filter(|&id| id != NO_SLOT)
+    }
+}
+
+/// The process's table.
+pub(crate) type Names = Table<MAX_NAMES, MAX_THREADS>;
+static TABLE: Names = Table::new();
+
+/// The process's table (tests make their own).
+pub(crate) fn table() -> &'static Names {
+    &TABLE
+}
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Whether the tracer charges elements (see `charge::activate`).
 static TRACING: AtomicBool = AtomicBool::new(false);
-static NAMES: [[AtomicU8; NAME_BYTES]; MAX_NAMES] =
-    [const { [const { AtomicU8::new(0) }; NAME_BYTES] }; MAX_NAMES];
-static NAME_LEN: [AtomicU8; MAX_NAMES] = [const { AtomicU8::new(0) }; MAX_NAMES];
-/// A row's owner (0: free) and the slot it runs now.
-static ROW_TID: [AtomicI32; MAX_THREADS] = [const { AtomicI32::new(0) }; MAX_THREADS];
-static ROW_SLOT: [AtomicU32; MAX_THREADS] = [const { AtomicU32::new(NO_SLOT) }; MAX_THREADS];
+/// How a thread's kernel id is had (given by [`enable`]: `gettid` needs `unsafe`, which this
+/// module has not).
+static THREAD_ID: OnceLock<fn() -> i32> = OnceLock::new();
 
 /// Starts publishing what each thread runs (protect mode is on), each thread under the id
 /// `thread_id` gives it (the kernel's thread id, which the fault handler asks for).
@@ -55,100 +210,42 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Records `name` for `slot`.
-pub(crate) fn set_name(slot: u32, name: &str) {
-    let Some(bytes) = NAMES.get(slot as usize) else {
-        return;
-    };
-    // Cut at a character boundary.
-    let mut n = name.len().min(NAME_BYTES);
-    while !name.is_char_boundary(n) {
-        n -= 1;
-    }
-    NAME_LEN[slot as usize].store(0, Ordering::Release);
-    for (dst, &b) in bytes.iter().zip(name.as_bytes()[..n].iter()) {
-        dst.store(b, Ordering::Relaxed);
-    }
-    NAME_LEN[slot as usize].store(n as u8, Ordering::Release);
+/// Copies the name of `id` into `out`; its length. Async-signal-safe.
+pub fn name_into(id: u32, out: &mut [u8]) -> usize {
+    TABLE.name_into(id, out)
 }
 
-/// Copies the name of `slot` into `out`; its length. Async-signal-safe.
-pub fn name_into(slot: u32, out: &mut [u8]) -> usize {
-    if slot == APPLICATION_SLOT {
-        let n = APPLICATION.len().min(out.len());
-        out[..n].copy_from_slice(&APPLICATION.as_bytes()[..n]);
-        return n;
-    }
-    let len = NAME_LEN
-        .get(slot as usize)
-        .map_or(0, |len| usize::from(len.load(Ordering::Acquire)));
-    if len == 0 {
-        let n = UNKNOWN.len().min(out.len());
-        out[..n].copy_from_slice(&UNKNOWN.as_bytes()[..n]);
-        return n;
-    }
-    let n = len.min(out.len());
-    for (dst, src) in out[..n].iter_mut().zip(NAMES[slot as usize].iter()) {
-        *dst = src.load(Ordering::Relaxed);
-    }
-    n
+/// The name of `id`, as [`name_into`] gives it.
+pub fn name(id: u32) -> String {
+    TABLE.name(id)
 }
 
-/// The name of `slot`, as [`name_into`] gives it.
-pub fn name(slot: u32) -> String {
-    let mut out = [0u8; NAME_BYTES];
-    let n = name_into(slot, &mut out);
-    String::from_utf8_lossy(&out[..n]).into_owned()
-}
-
-/// How a thread's kernel id is had (given by [`enable`]: `gettid` needs `unsafe`, which this
-/// module has not).
-static THREAD_ID: OnceLock<fn() -> i32> = OnceLock::new();
-
-/// Publishes `slot` as what this thread runs, in `row` (claimed at the first call).
-pub(crate) fn publish(row: &mut Option<usize>, slot: u32) {
+/// Publishes `id` as what this thread runs, in `row` (claimed at the first call), when
+/// enabled.
+pub(crate) fn publish(row: &mut Option<usize>, id: u32) {
     if !enabled() {
         return;
     }
-    let r = match *row {
-        Some(r) => r,
-        None => {
-            let Some(thread_id) = THREAD_ID.get() else {
-                return;
-            };
-            let tid = thread_id();
-            let Some(r) = (0..MAX_THREADS).find(|&r| {
-                ROW_TID[r]
-                    .compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            }) else {
-                return;
-            };
-            *row = Some(r);
-            r
-        }
-    };
-    ROW_SLOT[r].store(slot, Ordering::Release);
+    if let Some(thread_id) = THREAD_ID.get() {
+        TABLE.publish_as(row, id, thread_id());
+    }
 }
 
 /// The thread owning `row` exits.
 pub(crate) fn release(row: usize) {
-    ROW_SLOT[row].store(NO_SLOT, Ordering::Relaxed);
-    ROW_TID[row].store(0, Ordering::Release);
+    TABLE.release(row);
 }
 
-/// The slot the thread `tid` runs now, [`NO_SLOT`] when it never published. Async-signal-safe.
+/// The id of what the thread `tid` runs now, [`NO_SLOT`] when it never published.
+/// Async-signal-safe.
 pub fn running_on(tid: i32) -> u32 {
     if !enabled() {
         return NO_SLOT;
     }
-    let published = (0..MAX_THREADS)
-        .find(|&r| ROW_TID[r].load(Ordering::Acquire) == tid)
-        .map(|r| ROW_SLOT[r].load(Ordering::Acquire));
-    match published {
-        Some(slot) if slot != NO_SLOT => slot,
-        _ if TRACING.load(Ordering::Acquire) => APPLICATION_SLOT,
-        _ => NO_SLOT,
+    match TABLE.published_by(tid) {
+        Some(id) => id,
+        None if TRACING.load(Ordering::Acquire) => APPLICATION_SLOT,
+        None => NO_SLOT,
     }
 }
 
@@ -156,43 +253,78 @@ pub fn running_on(tid: i32) -> u32 {
 mod tests {
     use super::*;
 
-    fn name(slot: u32) -> String {
-        let mut out = [0u8; 80];
-        let n = name_into(slot, &mut out);
-        String::from_utf8(out[..n].to_vec()).unwrap()
+    fn name_in<const N: usize, const T: usize>(table: &Table<N, T>, id: u32) -> String {
+        table.name(id)
     }
 
     #[test]
-    fn names_are_cut_at_a_character_boundary_and_unknown_slots_say_so() {
-        set_name(4000, "short");
-        assert_eq!(name(4000), "short");
+    fn names_are_cut_at_a_character_boundary_and_unknown_ids_say_so() {
+        let table = Table::<8, 1>::new();
+        table.set_name(id(1, 0), "short");
+        assert_eq!(name_in(&table, id(1, 0)), "short");
         let long = "é".repeat(40); // 80 bytes
-        set_name(4001, &long);
-        assert_eq!(name(4001), "é".repeat(32));
-        assert_eq!(name(NO_SLOT), UNKNOWN);
-        assert_eq!(name(4002), UNKNOWN, "never named");
+        table.set_name(id(2, 0), &long);
+        assert_eq!(name_in(&table, id(2, 0)), "é".repeat(32));
+        assert_eq!(name_in(&table, NO_SLOT), UNKNOWN);
+        assert_eq!(name_in(&table, APPLICATION_SLOT), APPLICATION);
+        assert_eq!(name_in(&table, id(3, 0)), UNKNOWN, "never named");
+        assert_eq!(name_in(&table, id(9, 0)), UNKNOWN, "past the table");
+    }
+
+    #[test]
+    fn an_id_of_an_entry_given_to_another_target_reads_unknown() {
+        let table = Table::<8, 1>::new();
+        table.set_name(id(5, 7), "gone");
+        assert_eq!(name_in(&table, id(5, 7)), "gone");
+        table.set_name(id(5, 8), "newcomer");
+        assert_eq!(name_in(&table, id(5, 8)), "newcomer");
+        assert_eq!(
+            name_in(&table, id(5, 7)),
+            UNKNOWN,
+            "never the newcomer's name"
+        );
+    }
+
+    #[test]
+    fn the_special_ids_name_no_entry() {
+        let table = Table::<{ MAX_NAMES }, 1>::new();
+        table.set_name(id(MAX_NAMES - 1, 3), "last");
+        table.set_name(id(MAX_NAMES, 0), "past the table"); // NO_SLOT
+        table.set_name(APPLICATION_SLOT, "not application");
+        assert_eq!(name_in(&table, id(MAX_NAMES - 1, 3)), "last");
+        assert_eq!(name_in(&table, APPLICATION_SLOT), APPLICATION);
+    }
+
+    #[test]
+    fn no_id_is_a_special_one() {
+        for generation in [0, GENERATIONS - 1, GENERATIONS, u32::MAX] {
+            for index in [0, MAX_NAMES - 2, MAX_NAMES - 1] {
+                let i = id(index, generation);
+                assert!(
+                    i != NO_SLOT && i != APPLICATION_SLOT,
+                    "{index} {generation}"
+                );
+            }
+        }
+        assert_eq!(id(MAX_NAMES, 0), NO_SLOT);
     }
 
     #[test]
     fn a_thread_publishes_in_its_own_row_and_frees_it() {
-        // Ids of our own making: the test runs once per process.
-        thread_local!(static ID: i32 = 7_000_000 + std::process::id() as i32 % 1000);
-        fn id() -> i32 {
-            ID.with(|id| *id)
-        }
-        enable(id);
-        std::thread::spawn(|| {
-            // Whichever id source was given first (another test may have enabled it).
-            let tid = THREAD_ID.get().expect("enabled")();
-            let mut row = None;
-            publish(&mut row, 4003);
-            assert_eq!(running_on(tid), 4003);
-            publish(&mut row, 4004);
-            assert_eq!(running_on(tid), 4004);
-            release(row.unwrap());
-            assert_ne!(running_on(tid), 4004, "the row is free again");
-        })
-        .join()
-        .unwrap();
+        // The table and the thread ids are this test's own: no process-wide source is
+        // installed, so no other test can change what this one sees.
+        let table = Table::<2, 4>::new();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut row = None;
+                table.publish_as(&mut row, 4003, 11);
+                assert_eq!(table.published_by(11), Some(4003));
+                table.publish_as(&mut row, 4004, 11);
+                assert_eq!(table.published_by(11), Some(4004));
+                assert_eq!(table.published_by(12), None, "another thread's id");
+                table.release(row.unwrap());
+                assert_eq!(table.published_by(11), None, "the row is free again");
+            });
+        });
     }
 }

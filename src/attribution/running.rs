@@ -1,52 +1,81 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Which element's code a thread is running (see the module above for the rules). The
-//! tracer's hooks call [`enter`], [`leave`] and [`pushing`]; anyone may ask [`current_name`].
+//! tracer's hooks call [`enter`], [`leave`], [`task_started`], [`task_stopped`] and
+//! [`pushing`]; anyone may ask [`current_name`].
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use gst::glib::translate::ToGlibPtr;
 use gst::prelude::*;
 
 use super::published;
+use super::slots::Target;
+use super::state;
 
 pub use super::published::APPLICATION;
 
-/// A charge target: an element, or a thread that has no element running.
-pub(crate) type Slot = u32;
-
-enum Target {
-    Element(String),
-    /// A thread's own charges; `owner`: the element whose task it runs, once known.
-    Thread(Option<Slot>),
-}
-
-#[derive(Default)]
-struct Targets {
-    list: Vec<Target>,
-    /// Elements by address, while they live ([`forget`] drops them when they are destroyed).
-    by_ptr: HashMap<usize, Slot>,
-}
-
-static TARGETS: LazyLock<Mutex<Targets>> = LazyLock::new(Mutex::default);
-/// Bumped whenever an element is forgotten: a thread's cached lookup is then stale (its
-/// address may be reused by a new element).
+/// Bumped whenever an element the charges know is forgotten: every thread's cached lookups
+/// are then stale (its address may be reused by a new element).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
-fn targets() -> MutexGuard<'static, Targets> {
-    TARGETS.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Elements a thread remembers the targets of (the ones of a chain of pushes).
+const CACHED: usize = 8;
 
 #[derive(Default)]
 struct ThreadState {
-    stack: Vec<Slot>,
-    own: Option<Slot>,
-    /// The last element looked up: (address, slot, generation).
-    cache: Option<(usize, Slot, u64)>,
+    /// The elements whose code runs, innermost last.
+    stack: Vec<Target>,
+    /// The element whose task the thread runs, below the stack.
+    task: Option<Target>,
+    /// Whether `task` was told by the task's start (a pad task's stream-status ENTER), which
+    /// a push does not change.
+    task_told: bool,
+    /// Recent lookups: (address, target), valid in `cache_generation`.
+    cache: [Option<(usize, Target)>; CACHED],
+    cache_next: usize,
+    cache_generation: u64,
     /// This thread's row in the signal-safe view ([`published`]).
     row: Option<usize>,
+}
+
+impl ThreadState {
+    fn current(&self) -> Target {
+        self.stack
+            .last()
+            .copied()
+            .or(self.task)
+            .unwrap_or(Target::APPLICATION)
+    }
+
+    fn cached(&mut self, addr: usize, generation: u64) -> Option<Target> {
+        if self.cache_generation != generation {
+            self.cache = [None; CACHED];
+            self.cache_generation = generation;
+            return None;
+        }
+        self.cache
+            .iter()
+            .flatten()
+            .find(|(a, _)| *a == addr)
+            .map(|&(_, t)| t)
+    }
+
+    fn remember(&mut self, addr: usize, target: Target, generation: u64) {
+        if self.cache_generation != generation {
+            return;
+        }
+        self.cache[self.cache_next] = Some((addr, target));
+        self.cache_next = (self.cache_next + 1) % CACHED;
+    }
+
+    /// Publishes what the thread runs now, when protect mode wants to know.
+    fn republish(&mut self) {
+        if published::enabled() {
+            let id = self.current().published_id();
+            published::publish(&mut self.row, id);
+        }
+    }
 }
 
 impl Drop for ThreadState {
@@ -76,162 +105,151 @@ fn address(element: &gst::Element) -> usize {
     ptr as usize
 }
 
-/// The slot of `element`, registered under its name at first sight.
-fn slot_of(element: &gst::Element) -> Slot {
-    let addr = address(element);
-    let generation = GENERATION.load(Ordering::Acquire);
-    let cached = with_thread(|t| match t.cache {
-        Some((a, slot, g)) if a == addr && g == generation => Some(slot),
-        _ => None,
-    })
-    .flatten();
-    if let Some(slot) = cached {
-        return slot;
+/// `element`'s name and its path from the top-level bin (`pipeline0/src`: the names only,
+/// not `gst_object_get_path_string`'s types).
+fn describe(element: &gst::Element) -> (String, String) {
+    let name = element.name().to_string();
+    let mut names = vec![name.clone()];
+    let mut parent = element.parent();
+    while let Some(p) = parent {
+        names.push(p.name().to_string());
+        parent = p.parent();
     }
-    let slot = {
-        let mut t = targets();
-        match t.by_ptr.get(&addr) {
-            Some(&slot) => slot,
-            None => {
-                let slot = t.list.len() as Slot;
-                let name = element.name();
-                published::set_name(slot, &name);
-                t.list.push(Target::Element(name.to_string()));
-                t.by_ptr.insert(addr, slot);
-                slot
-            }
-        }
-    };
-    with_thread(|t| t.cache = Some((addr, slot, generation)));
-    slot
+    names.reverse();
+    (name, names.join("/"))
 }
 
-/// `element`'s code starts running on this thread (a pad of it receives a buffer, is pulled
-/// from, or it changes state). `None` (a pad without an element, such as a ghost pad's
-/// internal pad) keeps what runs now, so that every [`enter`] has its [`leave`].
+/// The target of `element`, registered at first sight.
+fn target_of(element: &gst::Element) -> Target {
+    let addr = address(element);
+    let generation = GENERATION.load(Ordering::Acquire);
+    if let Some(Some(target)) = with_thread(|t| t.cached(addr, generation)) {
+        return target;
+    }
+    let target = state::target_of(addr, || describe(element));
+    with_thread(|t| t.remember(addr, target, generation));
+    target
+}
+
+/// `element`'s code starts running on this thread (a pad of it receives a buffer or an
+/// event, is pulled from or queried, it is queried or changes state). `None` (a pad without
+/// an element, such as a ghost pad's internal pad) keeps what runs now, so that every
+/// [`enter`] has its [`leave`].
 pub fn enter(element: Option<&gst::Element>) {
-    let slot = element.map_or_else(current, slot_of);
+    let target = element.map(target_of);
     with_thread(|t| {
-        t.stack.push(slot);
-        published::publish(&mut t.row, slot);
+        let target = target.unwrap_or_else(|| t.current());
+        t.stack.push(target);
+        t.republish();
     });
 }
 
 /// The element entered last on this thread is done.
 pub fn leave() {
-    with_thread(|t| t.stack.pop());
-    republish();
+    with_thread(|t| {
+        t.stack.pop();
+        t.republish();
+    });
 }
 
-/// Publishes what this thread runs now, when protect mode wants to know.
-fn republish() {
-    if published::enabled() {
-        let slot = current();
-        with_thread(|t| published::publish(&mut t.row, slot));
-    }
+/// This thread starts running `owner`'s task (a pad task's stream-status ENTER, posted from
+/// the task's thread before its first iteration): below any element entered, the thread is
+/// `owner`'s until the task stops.
+pub fn task_started(owner: &gst::Element) {
+    let target = target_of(owner);
+    with_thread(|t| {
+        t.task = Some(target);
+        t.task_told = true;
+        t.republish();
+    });
 }
 
-/// A pad of `element` pushes a buffer from this thread. With no element entered, the thread
-/// runs `element`'s task (a source's loop, a queue's): the thread's own charges, past and
-/// future, are `element`'s from now on. `None` (a pad without an element) changes nothing.
+/// The task this thread ran has stopped (stream-status LEAVE): the thread goes back to the
+/// pool, and runs no element until it is given another task.
+pub fn task_stopped() {
+    with_thread(|t| {
+        t.task = None;
+        t.task_told = false;
+        t.republish();
+    });
+}
+
+/// A pad of `element` pushes a buffer from this thread. With no element entered and no task
+/// told, the thread is one of an element's own (not a pad task: it posted no stream-status):
+/// it is `element`'s from now on. `None` (a pad without an element) changes nothing.
 pub fn pushing(element: Option<&gst::Element>) {
     let Some(element) = element else {
         return;
     };
-    if with_thread(|t| t.stack.is_empty()) != Some(true) {
+    let untold = with_thread(|t| t.stack.is_empty() && !t.task_told && t.task.is_none());
+    if untold != Some(true) {
         return;
     }
-    let own = own_slot();
-    let owner = slot_of(element);
-    {
-        let mut t = targets();
-        if let Some(Target::Thread(o @ None)) = t.list.get_mut(own as usize) {
-            *o = Some(owner);
-            published::set_name(own, &element.name());
-        }
-    }
-    republish();
+    let target = target_of(element);
+    with_thread(|t| {
+        t.task = Some(target);
+        t.republish();
+    });
 }
 
-/// The element at `addr` is being destroyed: its address may be reused by a new one.
+/// `element` changes state: its name and path are read again (it may have been renamed, or
+/// added to a bin, since it was first seen).
+pub fn refresh(element: &gst::Element) {
+    let target = target_of(element);
+    let (name, path) = describe(element);
+    state::rename(target, &name, &path);
+}
+
+/// The object at `addr` is being destroyed: if it is an element the charges know, its
+/// address may be reused by a new one.
 pub fn forget(addr: usize) {
-    let mut t = targets();
-    if t.by_ptr.remove(&addr).is_some() {
+    if state::forget(addr) {
         GENERATION.fetch_add(1, Ordering::AcqRel);
     }
 }
 
-/// This thread's own slot, made at first use.
-fn own_slot() -> Slot {
-    if let Some(Some(own)) = with_thread(|t| t.own) {
-        return own;
-    }
-    let slot = {
-        let mut t = targets();
-        t.list.push(Target::Thread(None));
-        let slot = (t.list.len() - 1) as Slot;
-        published::set_name(slot, APPLICATION);
-        slot
-    };
-    with_thread(|t| t.own = Some(slot));
-    slot
-}
-
-/// The slot charges made now on this thread go to.
-pub(crate) fn current() -> Slot {
-    with_thread(|t| t.stack.last().copied())
-        .flatten()
-        .unwrap_or_else(own_slot)
-}
-
-/// The names of `slots`, resolved as the report shows them: an element's name; for a thread,
-/// its owner's name, or [`APPLICATION`].
-pub(crate) fn names() -> Vec<String> {
-    let t = targets();
-    t.list
-        .iter()
-        .map(|target| match target {
-            Target::Element(name) => name.clone(),
-            Target::Thread(Some(owner)) => match t.list.get(*owner as usize) {
-                Some(Target::Element(name)) => name.clone(),
-                _ => APPLICATION.to_owned(),
-            },
-            Target::Thread(None) => APPLICATION.to_owned(),
-        })
-        .collect()
+/// What charges made now on this thread go to.
+pub(crate) fn current() -> Target {
+    with_thread(|t| t.current()).unwrap_or(Target::APPLICATION)
 }
 
 /// The name of the element running on this thread, as the report would show it now.
 pub fn current_name() -> String {
-    let slot = current();
-    names()
-        .into_iter()
-        .nth(slot as usize)
-        .unwrap_or_else(|| APPLICATION.to_owned())
+    state::shown_name(current())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn fake(factory: &str, name: &str) -> gst::Element {
+        gst::ElementFactory::make(factory)
+            .name(name)
+            .build()
+            .unwrap()
+    }
+
+    /// What the tracer's object-destroyed hook does before `elements` are freed: another test
+    /// may make an element at the same address.
+    fn destroyed(elements: &[&gst::Element]) {
+        for e in elements {
+            forget(address(e));
+        }
+    }
+
     #[test]
     fn a_thread_is_charged_to_the_element_it_runs_then_to_its_task_owner() {
         gst::init().unwrap();
-        let src = gst::ElementFactory::make("fakesrc")
-            .name("who-src")
-            .build()
-            .unwrap();
-        let sink = gst::ElementFactory::make("fakesink")
-            .name("who-sink")
-            .build()
-            .unwrap();
+        let src = fake("fakesrc", "who-src");
+        let sink = fake("fakesink", "who-sink");
         std::thread::spawn(move || {
             assert_eq!(current_name(), APPLICATION, "nothing known yet");
             enter(Some(&sink));
             assert_eq!(current_name(), "who-sink");
             leave();
             assert_eq!(current_name(), APPLICATION);
-            // The first push with nothing entered: this thread runs the source's task.
+            // The first push with nothing entered and no task told: the thread is the
+            // source's own.
             pushing(Some(&src));
             assert_eq!(current_name(), "who-src");
             enter(Some(&sink));
@@ -239,6 +257,36 @@ mod tests {
             assert_eq!(current_name(), "who-sink");
             leave();
             assert_eq!(current_name(), "who-src");
+            destroyed(&[&src, &sink]);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_reused_thread_follows_the_task_it_runs_now() {
+        gst::init().unwrap();
+        let first = fake("fakesrc", "task-first");
+        let second = fake("fakesrc", "task-second");
+        let mux = fake("fakesink", "task-mux");
+        std::thread::spawn(move || {
+            task_started(&first);
+            assert_eq!(current_name(), "task-first");
+            pushing(Some(&first));
+            task_stopped();
+            assert_eq!(current_name(), APPLICATION, "back in the pool");
+            // The pool gives the thread to another task: an aggregator's, which works
+            // before its first push and then pushes from its own pad.
+            task_started(&mux);
+            assert_eq!(current_name(), "task-mux", "before any push");
+            pushing(Some(&second)); // a told task is not changed by a push
+            assert_eq!(current_name(), "task-mux");
+            enter(Some(&second));
+            assert_eq!(current_name(), "task-second");
+            leave();
+            task_stopped();
+            assert_eq!(current_name(), APPLICATION);
+            destroyed(&[&first, &second, &mux]);
         })
         .join()
         .unwrap();

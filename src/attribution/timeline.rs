@@ -1,24 +1,111 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Live bytes over time: sampled when an allocation or a free comes at least [`interval`]
-//! after the last sample, 100 per second at most to begin with. At [`MAX_SAMPLES`] every
-//! other sample is dropped and the interval doubles, so a run of any length keeps between
-//! 1,024 and 2,048 samples (a file of a few hundred KiB at most) spread over all of it.
+//! Live bytes over time, by element. A sample is taken just before an allocation or a free
+//! that comes at least [`FIRST_INTERVAL`] after the last sample (100 per second at most to
+//! begin with), and when the report is written. It says, for the interval since the last
+//! sample, the value at its end **and the least and the most reached within it**, so that no
+//! peak between two samples is lost: the timeline's peak of an element is the report's. At [`MAX_SAMPLES`] every two intervals are merged into one
+//! (the least of both, the most of both, the later end) and the interval doubles, so a run of
+//! any length keeps between 1,024 and 2,048 samples (a file of a few hundred KiB at most)
+//! spread over all of it.
 
 use std::time::{Duration, Instant};
+
+use super::slots::RowId;
 
 /// The shortest time between two samples at the start of a run.
 pub const FIRST_INTERVAL: Duration = Duration::from_millis(10);
 /// Samples kept at most; reaching it halves them.
 pub const MAX_SAMPLES: usize = 2048;
 
-/// One sample: seconds since the start, every slot's live bytes (non-zero only), the total
-/// and the allocators' cached bytes.
-#[derive(Debug, Clone, Default)]
+/// One element's live bytes over an interval: at its end, the least and the most.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub end: u64,
+    pub low: u64,
+    pub high: u64,
+}
+
+impl Span {
+    /// The interval `self`, then `later`, as one.
+    fn then(self, later: Span) -> Span {
+        Span {
+            end: later.end,
+            low: self.low.min(later.low),
+            high: self.high.max(later.high),
+        }
+    }
+}
+
+/// One sample: seconds since the start; the elements that held bytes or changed in the
+/// interval it ends, by row, in row order (an element not there held none all along); the
+/// total; the allocators' cached bytes at its end.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
     pub seconds: f64,
-    pub per: Vec<(u32, u64)>,
-    pub total: u64,
+    pub per: Vec<(RowId, Span)>,
+    pub total: Span,
     pub cached: u64,
+}
+
+impl Sample {
+    /// The interval of `self`, then `later`'s, as one sample.
+    fn then(self, later: Sample) -> Sample {
+        let zero = Span::default();
+        let mut per = Vec::with_capacity(self.per.len().max(later.per.len()));
+        let (mut a, mut b) = (
+            self.per.into_iter().peekable(),
+            later.per.into_iter().peekable(),
+        );
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    let (row, first) = a.next().unwrap_or_default();
+                    let (_, second) = b.next().unwrap_or_default();
+                    (row, first.then(second))
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => {
+                    let (row, first) = a.next().unwrap_or_default();
+                    (row, first.then(zero))
+                }
+                (Some(_), None) => {
+                    let (row, first) = a.next().unwrap_or_default();
+                    (row, first.then(zero))
+                }
+                (_, Some(_)) => {
+                    let (row, second) = b.next().unwrap_or_default();
+                    (row, zero.then(second))
+                }
+                (None, None) => break,
+            };
+            per.push(next);
+        }
+        Sample {
+            seconds: later.seconds,
+            per,
+            total: self.total.then(later.total),
+            cached: later.cached,
+        }
+    }
+}
+
+/// `samples` merged into at most `at_most` (at least 2): the first alone, then runs of
+/// neighbours, each the least and the most of its intervals (for a picture that has fewer
+/// pixels than samples: no peak is lost).
+pub fn merged(samples: &[Sample], at_most: usize) -> Vec<Sample> {
+    let at_most = at_most.max(2);
+    if samples.len() <= at_most {
+        return samples.to_vec();
+    }
+    let run = (samples.len() - 1).div_ceil(at_most - 1);
+    let mut out = Vec::with_capacity(at_most);
+    out.extend(samples.first().cloned());
+    for chunk in samples[1..].chunks(run) {
+        let mut it = chunk.iter().cloned();
+        if let Some(first) = it.next() {
+            out.push(it.fold(first, Sample::then));
+        }
+    }
+    out
 }
 
 #[derive(Debug, Default)]
@@ -28,12 +115,6 @@ pub struct Timeline {
     /// When the last sample was taken, since the start.
     last: Option<Duration>,
     pub(crate) samples: Vec<Sample>,
-    /// The state after the last event that came too soon for a sample of its own: pushed
-    /// before the next sample, so that the chart shows where the values ended (a burst of
-    /// allocations, then a quiet second, would otherwise lose its last steps).
-    pub(crate) owed: Option<Sample>,
-    /// The cached bytes of the last sample (an owed sample reuses them).
-    pub(crate) last_cached: u64,
 }
 
 impl Timeline {
@@ -64,45 +145,37 @@ impl Timeline {
         }
     }
 
-    /// Records the state after an event that is not sampled (see `owed`).
-    pub(crate) fn owe(&mut self, per: Vec<(u32, u64)>) {
-        let Some(start) = self.start else {
-            return;
-        };
-        let total = per.iter().map(|p| p.1).sum();
-        self.owed = Some(Sample {
-            seconds: start.elapsed().as_secs_f64(),
-            per,
-            total,
-            cached: self.last_cached,
-        });
-    }
-
+    /// Adds `sample`; at [`MAX_SAMPLES`], merges every two intervals into one first (the
+    /// first sample, the start, stays alone) and doubles the interval.
     pub(crate) fn push(&mut self, sample: Sample) {
         if self.samples.len() >= MAX_SAMPLES {
-            let mut i = 0;
-            self.samples.retain(|_| {
-                i += 1;
-                i % 2 == 1
-            });
+            let old = std::mem::take(&mut self.samples);
+            let mut pending: Option<Sample> = None;
+            for (i, s) in old.into_iter().enumerate() {
+                let s = match pending.take() {
+                    Some(earlier) => earlier.then(s),
+                    None => s,
+                };
+                if i % 2 == 1 {
+                    pending = Some(s);
+                } else {
+                    self.samples.push(s);
+                }
+            }
+            self.samples.extend(pending);
             self.interval = self.interval.checked_mul(2).unwrap_or(self.interval);
         }
         self.samples.push(sample);
     }
 }
 
-/// Every slot's live bytes (non-zero only), from each slot's live bytes in slot order.
-pub(crate) fn live(lives: impl Iterator<Item = i64>) -> Vec<(u32, u64)> {
-    lives
-        .enumerate()
-        .filter(|&(_, live)| live > 0)
-        .map(|(slot, live)| (slot as u32, live as u64))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn span(end: u64, low: u64, high: u64) -> Span {
+        Span { end, low, high }
+    }
 
     #[test]
     fn a_long_run_keeps_a_bounded_number_of_samples_spread_over_all_of_it() {
@@ -135,5 +208,82 @@ mod tests {
             max <= 2.0 * min + 0.01,
             "evenly spread: gaps {min}..{max} s"
         );
+    }
+
+    #[test]
+    fn merging_keeps_the_least_and_the_most_of_both_intervals() {
+        let a = Sample {
+            seconds: 1.0,
+            per: vec![(1, span(5, 0, 90)), (3, span(7, 7, 7))],
+            total: span(12, 0, 95),
+            cached: 1,
+        };
+        let b = Sample {
+            seconds: 2.0,
+            per: vec![(2, span(4, 0, 4)), (3, span(2, 1, 8))],
+            total: span(6, 3, 14),
+            cached: 2,
+        };
+        let m = a.then(b);
+        assert_eq!(m.seconds, 2.0);
+        assert_eq!(
+            m.per,
+            vec![
+                (1, span(0, 0, 90)), // not in the later one: none held at its end
+                (2, span(4, 0, 4)),  // not in the earlier one: none held then
+                (3, span(2, 1, 8)),
+            ]
+        );
+        assert_eq!(m.total, span(6, 0, 95));
+        assert_eq!(m.cached, 2);
+    }
+
+    #[test]
+    fn merged_for_a_picture_keeps_the_extremes() {
+        let samples: Vec<Sample> = (0..1000u64)
+            .map(|i| Sample {
+                seconds: i as f64,
+                per: vec![(1, span(i % 7, i % 7, if i == 500 { 9999 } else { i % 7 }))],
+                total: span(i % 7, i % 7, i % 7),
+                cached: 0,
+            })
+            .collect();
+        let m = merged(&samples, 100);
+        assert!(m.len() <= 100, "{}", m.len());
+        assert_eq!(m[0], samples[0]);
+        assert_eq!(m.last().unwrap().seconds, 999.0);
+        assert_eq!(m.iter().map(|s| s.per[0].1.high).max(), Some(9999));
+        assert_eq!(m.iter().map(|s| s.per[0].1.low).min(), Some(0));
+        assert_eq!(merged(&samples[..50], 100), samples[..50].to_vec());
+    }
+
+    #[test]
+    fn halving_loses_no_peak_and_keeps_the_last_state() {
+        let mut t = Timeline::default();
+        t.start();
+        for i in 0..=MAX_SAMPLES as u64 {
+            // A spike in one interval only, and the last one ends at 42.
+            let high = if i == 777 { 1 << 30 } else { i };
+            let end = if i == MAX_SAMPLES as u64 - 1 { 42 } else { i };
+            t.push(Sample {
+                seconds: i as f64,
+                per: vec![(9, span(end, 0, high.max(end)))],
+                total: span(end, 0, high.max(end)),
+                cached: 0,
+            });
+        }
+        assert!(
+            t.samples.len() <= MAX_SAMPLES / 2 + 2,
+            "{}",
+            t.samples.len()
+        );
+        let peak = t.samples.iter().map(|s| s.per[0].1.high).max();
+        assert_eq!(peak, Some(1 << 30), "the spike survives the merge");
+        let before_last = &t.samples[t.samples.len() - 2];
+        assert_eq!(
+            before_last.per[0].1.end, 42,
+            "the last state before halving"
+        );
+        assert_eq!(before_last.seconds, (MAX_SAMPLES - 1) as f64);
     }
 }

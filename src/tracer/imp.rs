@@ -356,8 +356,15 @@ impl ObjectImpl for MemkitTracer {
         self.register_hook(TracerHook::PadPushListPost);
         self.register_hook(TracerHook::PadPullRangePre);
         self.register_hook(TracerHook::PadPullRangePost);
+        self.register_hook(TracerHook::PadPushEventPre);
+        self.register_hook(TracerHook::PadPushEventPost);
+        self.register_hook(TracerHook::PadQueryPre);
+        self.register_hook(TracerHook::PadQueryPost);
+        self.register_hook(TracerHook::ElementQueryPre);
+        self.register_hook(TracerHook::ElementQueryPost);
         self.register_hook(TracerHook::ElementChangeStatePre);
         self.register_hook(TracerHook::ElementChangeStatePost);
+        self.register_hook(TracerHook::ElementPostMessagePre);
         self.register_hook(TracerHook::ObjectDestroyed);
         let seen = super::hooks::watch_other_memory(self.obj().upcast_ref());
         FOREIGN_SEEN.store(seen, std::sync::atomic::Ordering::Relaxed);
@@ -415,6 +422,52 @@ impl TracerImpl for MemkitTracer {
         running::leave();
     }
 
+    fn pad_push_event_pre(&self, _ts: u64, pad: &gst::Pad, _event: &gst::Event) {
+        enter_peer(pad, false);
+    }
+
+    fn pad_push_event_post(&self, _ts: u64, _pad: &gst::Pad, _success: bool) {
+        running::leave();
+    }
+
+    /// `pad`'s own query function runs (core calls the hook in `gst_pad_query`, which
+    /// `gst_pad_peer_query` calls on the peer).
+    fn pad_query_pre(&self, _ts: u64, pad: &gst::Pad, _query: &gst::QueryRef) {
+        running::enter(pad.parent_element().as_ref());
+    }
+
+    fn pad_query_post(&self, _ts: u64, _pad: &gst::Pad, _query: &gst::QueryRef, _res: bool) {
+        running::leave();
+    }
+
+    fn element_query_pre(&self, _ts: u64, element: &gst::Element, _query: &gst::QueryRef) {
+        running::enter(Some(element));
+    }
+
+    fn element_query_post(
+        &self,
+        _ts: u64,
+        _element: &gst::Element,
+        _query: &gst::QueryRef,
+        _res: bool,
+    ) {
+        running::leave();
+    }
+
+    /// A pad task starts or stops on this thread: core posts the stream-status ENTER and
+    /// LEAVE messages from the task's own thread (`pad_enter_thread`, `pad_leave_thread`),
+    /// naming the element that owns the task.
+    fn element_post_message_pre(&self, _ts: u64, _element: &gst::Element, message: &gst::Message) {
+        if let gst::MessageView::StreamStatus(status) = message.view() {
+            let (kind, owner) = status.get();
+            match kind {
+                gst::StreamStatusType::Enter => running::task_started(&owner),
+                gst::StreamStatusType::Leave => running::task_stopped(),
+                _ => {}
+            }
+        }
+    }
+
     fn pad_pull_range_pre(&self, _ts: u64, pad: &gst::Pad, _offset: u64, _size: u32) {
         enter_peer(pad, false);
     }
@@ -434,6 +487,7 @@ impl TracerImpl for MemkitTracer {
         element: &gst::Element,
         _change: gst::StateChange,
     ) {
+        running::refresh(element);
         running::enter(Some(element));
     }
 
@@ -460,9 +514,9 @@ impl TracerImpl for MemkitTracer {
     }
 }
 
-/// A buffer goes through `pad` to its peer (`push`: pushed, else pulled by `pad`): the peer's
-/// element runs now. A push from a thread running no element makes the pushing element the
-/// owner of the thread's task.
+/// A buffer or an event goes through `pad` to its peer (`push`: a buffer pushed, else a
+/// buffer pulled by `pad` or an event sent either way): the peer's element runs now. A buffer
+/// pushed from a thread running no element and no pad task makes it the pushing element's.
 fn enter_peer(pad: &gst::Pad, push: bool) {
     if push {
         running::pushing(pad.parent_element().as_ref());

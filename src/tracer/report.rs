@@ -64,6 +64,13 @@ fn protect_lines() -> Vec<ProtectLine> {
     lines
 }
 
+/// Rows of the text table at most (the elements that copied, then allocated, most first):
+/// a process that ran thousands of pipelines has thousands of elements, and the JSON report
+/// has them all.
+pub const TABLE_ROWS: usize = 40;
+/// Elements named on the `COPIED BY` line at most.
+pub const COPIERS: usize = 20;
+
 /// `1536` -> `"1.5 KiB"`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -153,10 +160,12 @@ impl Report {
 
     /// The copies line and the table by element.
     fn elements_text(&self, t: &mut String) {
-        let copiers: Vec<String> = self
+        let all = self.elements.iter().filter(|e| e.counts.copies > 0).count();
+        let mut copiers: Vec<String> = self
             .elements
             .iter()
             .filter(|e| e.counts.copies > 0)
+            .take(COPIERS)
             .map(|e| {
                 format!(
                     "{} {} ({})",
@@ -166,6 +175,9 @@ impl Report {
                 )
             })
             .collect();
+        if all > copiers.len() {
+            copiers.push(format!("and {} more", all - copiers.len()));
+        }
         if copiers.is_empty() {
             let _ = writeln!(t, "  copied by     no element: nothing was copied");
         } else {
@@ -199,7 +211,7 @@ impl Report {
             "maps w",
             "shares"
         );
-        for e in &self.elements {
+        for e in self.elements.iter().take(TABLE_ROWS) {
             let _ = writeln!(
                 t,
                 "                {:<width$} {:>8} {:>11} {:>11} {:>7} {:>11} {:>8} {:>8} {:>7}",
@@ -212,6 +224,13 @@ impl Report {
                 e.counts.read_maps,
                 e.counts.write_maps,
                 e.counts.shares
+            );
+        }
+        if self.elements.len() > TABLE_ROWS {
+            let _ = writeln!(
+                t,
+                "                ... and {} more elements (the JSON report has them all)",
+                self.elements.len() - TABLE_ROWS
             );
         }
     }
@@ -502,6 +521,30 @@ mod tests {
         assert_eq!(human(100), "100 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn the_text_table_and_the_copiers_line_are_bounded_and_the_json_has_every_element() {
+        gst::init().unwrap();
+        let mut r = Report::collect("many", false, false);
+        r.elements = (0..100)
+            .map(|i| attribution::ElementCharges {
+                name: format!("e{i}"),
+                counts: attribution::slots::Counts {
+                    allocations: 1,
+                    copies: 1,
+                    bytes_copied: 10,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .collect();
+        let text = r.to_text();
+        assert!(text.contains("e39 ") && !text.contains("e40 "), "{text}");
+        assert!(text.contains("... and 60 more elements (the JSON report has them all)"));
+        assert!(text.contains("e19 1 (10 B), and 80 more\n"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["by-element"].as_array().unwrap().len(), 100);
     }
 
     #[test]

@@ -305,14 +305,17 @@ class AttributionTest(unittest.TestCase):
             self.traced(pipeline, f"timeline={table}")
             with open(table, newline="") as f:
                 rows = list(csv.reader(f))
-        self.assertEqual(rows[0][:3], ["seconds", "total", "cached"])
-        self.assertIn("memsrc0", rows[0])
+        head = rows[0]
+        self.assertEqual(head[:5], ["seconds", "total", "total min", "total max", "cached"])
+        self.assertEqual(head[5:8], ["memsrc0", "memsrc0 min", "memsrc0 max"])
         self.assertGreater(len(rows), 10, "sampled over the run")
         peak = 0
         for row in rows[1:]:
             values = [int(v) for v in row[1:]]
-            self.assertEqual(values[0], sum(values[2:]), "total = the elements' sum")
-            peak = max(peak, values[rows[0].index("memsrc0") - 1])
+            # At the end of each interval the total is the elements' sum (every third column
+            # from the sixth: each element's value, its least and its most).
+            self.assertEqual(values[0], sum(values[4::3]), "total = the elements' sum")
+            peak = max(peak, values[head.index("memsrc0 max") - 1])
         # The queue holds up to 50 buffers of memsrc's: its live bytes rise to about that.
         self.assertGreaterEqual(peak, 20 * 65536)
 

@@ -197,6 +197,8 @@ impl MemAlign {
                 pos += map.size();
             }
         }
+        // A copy like gst_memory_copy's, for the tracer's report ("COPIED BY").
+        crate::attribution::copied(size);
         let mut out = gst::Buffer::new();
         {
             let o = out.get_mut().expect("a new buffer is writable");

@@ -274,6 +274,8 @@ impl MemfdSink {
             })?;
         dst.copy_from_slice(map.as_slice());
         drop(dst);
+        // A copy like gst_memory_copy's, for the tracer's report ("COPIED BY").
+        crate::attribution::copied(map.size());
         Ok(copy)
     }
 }

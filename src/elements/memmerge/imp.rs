@@ -203,6 +203,8 @@ impl MemMerge {
                 pos += map.size();
             }
         }
+        // A copy like gst_memory_copy's, for the tracer's report ("COPIED BY").
+        crate::attribution::copied(total);
         Ok((mem.upcast_memory(), true))
     }
 

@@ -1,0 +1,324 @@
+# SPDX-License-Identifier: MPL-2.0
+"""The tracer's charges by element when threads are reused, names collide, events flush work,
+memkit's own elements copy, and the timeline is drawn (issue 28).
+
+Each test runs its pipelines in a process of its own (gst-launch-1.0, or Debian's python3 with
+GI for several pipelines in one process) under GST_TRACERS=memkittracer(report=...), and reads
+the JSON report. Run with Debian's /usr/bin/python3.
+"""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import tempfile
+import unittest
+import xml.etree.ElementTree as ET
+
+TIMEOUT = 180
+
+# Runs the pipelines given as arguments one after another, each to EOS then NULL, in one
+# process: GStreamer's task pool hands the threads of one to the next.
+SEQUENCE_APP = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+for desc in sys.argv[1:]:
+    p = Gst.parse_launch(desc)
+    p.set_state(Gst.State.PLAYING)
+    msg = p.get_bus().timed_pop_filtered(Gst.SECOND * 60,
+                                         Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    assert msg and msg.type == Gst.MessageType.EOS, (desc, msg and msg.parse_error())
+    p.set_state(Gst.State.NULL)
+"""
+
+# Runs the pipelines given as arguments all at once, each to EOS, then all to NULL.
+CONCURRENT_APP = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+ps = [Gst.parse_launch(desc) for desc in sys.argv[1:]]
+for p in ps:
+    p.set_state(Gst.State.PLAYING)
+for p in ps:
+    msg = p.get_bus().timed_pop_filtered(Gst.SECOND * 60,
+                                         Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    assert msg and msg.type == Gst.MessageType.EOS, msg and msg.parse_error()
+for p in ps:
+    p.set_state(Gst.State.NULL)
+"""
+
+# One memsrc named "before" runs in a pipeline, is taken out, renamed "after", and runs again
+# in another.
+RENAME_APP = """
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+src = Gst.ElementFactory.make("memsrc", "before")
+src.set_property("num-buffers", 5)
+src.set_property("blocksize", 4096)
+for name in ("one", "two"):
+    p = Gst.Pipeline.new(name)
+    sink = Gst.ElementFactory.make("fakesink", None)
+    p.add(src)
+    p.add(sink)
+    assert src.link(sink)
+    p.set_state(Gst.State.PLAYING)
+    msg = p.get_bus().timed_pop_filtered(Gst.SECOND * 60,
+                                         Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    assert msg and msg.type == Gst.MessageType.EOS, msg and msg.parse_error()
+    p.set_state(Gst.State.NULL)
+    src.unlink(sink)
+    p.remove(src)
+    src.set_name("after")
+"""
+
+
+def traced(args, params=""):
+    """Runs `args` under the tracer: (its standard error, the last JSON report written)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "report.json")
+        sep = "," if params else ""
+        env = dict(os.environ, G_DEBUG="fatal_warnings",
+                   GST_TRACERS=f"memkittracer(report={path}{sep}{params})")
+        env.pop("MEMKIT_GUARD", None)
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "CRITICAL" not in proc.stderr, proc.stderr[-3000:]
+        with open(path) as f:
+            return proc.stderr, json.load(f)
+
+
+def launch(pipeline, params=""):
+    return traced(["gst-launch-1.0", "-q", *pipeline.split()], params)
+
+
+def app(script, *args, params=""):
+    return traced(["/usr/bin/python3", "-c", script, *args], params)
+
+
+def by_element(data):
+    rows = {}
+    for e in data["by-element"]:
+        assert e["element"] not in rows, f"two rows named {e['element']}: {data['by-element']}"
+        rows[e["element"]] = e
+    return rows
+
+
+def has(name):
+    return subprocess.run(["gst-inspect-1.0", "--exists", name]).returncode == 0
+
+
+class ThreadReuseTest(unittest.TestCase):
+    """A thread is charged to the task it runs now, not to the first it ever ran."""
+
+    def test_three_pipelines_in_sequence_are_charged_to_their_own_sources(self):
+        counts = {"first": 10, "second": 20, "third": 30}
+        pipelines = [f"memsrc name={name} num-buffers={n} blocksize=4096 ! queue ! fakesink"
+                     for name, n in counts.items()]
+        _, data = app(SEQUENCE_APP, *pipelines)
+        el = by_element(data)
+        for name, n in counts.items():
+            self.assertIn(name, el, data["by-element"])
+            self.assertEqual((el[name]["allocations"], el[name]["bytes"]), (n, n * 4096), name)
+            self.assertEqual(el[name]["write-maps"], n, name)
+        self.assertEqual(sum(e["allocations"] for e in data["by-element"]),
+                         data["stats"]["allocations"], "every allocation is charged once")
+
+    def test_an_aggregator_on_a_reused_thread_is_charged_for_its_output(self):
+        # The first pipeline leaves its task threads in the pool; the mixer's source thread
+        # (mix:src) takes one of them and allocates every output buffer on it.
+        _, data = app(SEQUENCE_APP,
+                      "memsrc name=warm num-buffers=10 blocksize=4096 ! queue ! fakesink",
+                      "audiotestsrc num-buffers=20 samplesperbuffer=1024 ! "
+                      "audio/x-raw,format=S16LE,channels=2,rate=48000 ! audiomixer name=mix ! "
+                      "fakesink")
+        el = by_element(data)
+        self.assertEqual(el["warm"]["allocations"], 10)
+        self.assertGreaterEqual(el["mix"]["allocations"], 20, data["by-element"])
+        self.assertGreaterEqual(el["mix"]["bytes"], 20 * 1024 * 4)
+        self.assertGreaterEqual(el["mix"]["write-maps"], el["mix"]["allocations"])
+
+
+class IdentityTest(unittest.TestCase):
+    """Charges are kept per element, not per name."""
+
+    def test_two_pipelines_at_once_with_the_same_names_get_a_row_each(self):
+        _, data = app(CONCURRENT_APP,
+                      "memsrc name=src num-buffers=10 blocksize=4096 ! queue name=q ! fakesink",
+                      "memsrc name=src num-buffers=20 blocksize=8192 ! queue name=q ! fakesink")
+        el = by_element(data)
+        self.assertNotIn("src", el, "the names collide: each row shows its path")
+        self.assertEqual((el["pipeline0/src"]["allocations"], el["pipeline0/src"]["bytes"]),
+                         (10, 10 * 4096))
+        self.assertEqual((el["pipeline1/src"]["allocations"], el["pipeline1/src"]["bytes"]),
+                         (20, 20 * 8192))
+
+    def test_a_renamed_element_is_reported_under_its_new_name(self):
+        _, data = app(RENAME_APP)
+        el = by_element(data)
+        self.assertNotIn("before", el)
+        self.assertEqual(el["after"]["allocations"], 10, "one element, one row: both runs")
+
+
+class EventTest(unittest.TestCase):
+    """Work done while an event is handled is charged to the element handling it."""
+
+    def test_memmerge_remainder_at_eos_is_charged_to_memmerge(self):
+        # Two buffers of separate blocks: at EOS memmerge copies them into one of 2000 bytes.
+        _, data = launch("memsrc num-buffers=2 blocksize=1000 ! "
+                         "memmerge target-size=100000 ! fakesink")
+        el = by_element(data)
+        self.assertEqual(el["memsrc0"]["allocations"], 2)
+        self.assertEqual(el["memmerge0"]["allocations"], 1)
+        self.assertGreaterEqual(el["memmerge0"]["bytes"], 2000)
+
+    @unittest.skipUnless(has("x264enc"), "x264enc is not installed")
+    def test_frames_an_encoder_flushes_at_eos_are_its_own(self):
+        # x264enc holds frames back (lookahead, B-frames) and encodes them when EOS arrives:
+        # every output frame (one allocation each) is x264enc's, none the source's.
+        _, data = launch("videotestsrc num-buffers=20 ! video/x-raw,width=160,height=120 ! "
+                         "x264enc ! fakesink")
+        el = by_element(data)
+        self.assertEqual((el["x264enc0"]["allocations"], el["x264enc0"]["write-maps"]), (20, 20),
+                         data["by-element"])
+
+
+class ElementCopyTest(unittest.TestCase):
+    """Copies that memkit's own elements make are copies in the report."""
+
+    def test_memmerge_copied_merges_are_copies(self):
+        # 32 buffers of separate blocks, merged two by two: 16 copied merges of 5000 bytes.
+        err, data = launch("memsrc num-buffers=32 blocksize=2500 ! memmerge target-size=5000 ! "
+                           "fakesink")
+        el = by_element(data)
+        self.assertEqual((el["memmerge0"]["copies"], el["memmerge0"]["bytes-copied"]),
+                         (16, 80000))
+        self.assertIn("COPIED BY     memmerge0 16 (78.1 KiB)", err)
+
+    def test_memmerge_zero_copy_merges_are_not_copies(self):
+        _, data = launch("memsrc num-buffers=4 blocksize=65536 ! memslice chunk-size=4096 ! "
+                         "memmerge target-size=65536 ! fakesink")
+        self.assertEqual([e["element"] for e in data["by-element"] if e["copies"]], [])
+
+    def test_memalign_alignment_copies_are_copies(self):
+        # SystemMemory payloads are not 4096-aligned (almost never): memalign copies them.
+        _, data = launch("memsrc allocator=SystemMemory num-buffers=8 blocksize=3000 ! "
+                         "memalign alignment=4096 ! fakesink")
+        el = by_element(data)
+        self.assertGreaterEqual(el["memalign0"]["copies"], 7)
+        self.assertEqual(el["memalign0"]["bytes-copied"], el["memalign0"]["copies"] * 3000)
+
+    def test_memfdsink_copies_into_memfd_are_copies(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = os.path.join(tmp, "s")
+            _, data = launch("memsrc allocator=AlignedMemory num-buffers=5 blocksize=10000 ! "
+                             f"memfdsink min-consumers=0 socket-path={sock}")
+        el = by_element(data)
+        self.assertEqual((el["memfdsink0"]["copies"], el["memfdsink0"]["bytes-copied"]),
+                         (5, 50000))
+
+
+# 400 buffers through a tee in a few tens of milliseconds: many allocations and frees between
+# two samples of the timeline.
+FAST = ("audiotestsrc num-buffers=400 samplesperbuffer=256 ! tee name=t "
+        "t. ! queue ! fakesink t. ! queue ! fakesink")
+
+
+def svg_peaks(path):
+    """The highest value each series of the chart reaches, in bytes, read from the drawing:
+    each legend entry's colour finds its shapes, the y axis's labels give the scale."""
+    root = ET.parse(path).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [(t.text.strip(), float(t.get("y")), float(t.get("x"))) for t in root.iter(ns + "text")
+             if t.text]
+    # The y axis labels: numbers at the same x, left of the plot.
+    ticks = [(float(s), y) for s, y, x in texts if re.fullmatch(r"[0-9.]+", s)]
+    xs = {}
+    for s, y, x in texts:
+        if re.fullmatch(r"[0-9.]+", s):
+            xs.setdefault(x, []).append((float(s), y))
+    ticks = max(xs.values(), key=len)
+    (v0, y0), (v1, y1) = min(ticks), max(ticks)
+    unit = re.search(r"live memory \((\w+)\)", " ".join(s for s, _, _ in texts)).group(1)
+    scale = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+
+    def value(py):
+        return (v0 + (py - y0) * (v1 - v0) / (y1 - y0)) * scale
+
+    def points(el):
+        pts = el.get("points") or ""
+        return [tuple(map(float, p.split(","))) for p in pts.split()]
+
+    shapes = {}
+    for el in root.iter():
+        if el.tag in (ns + "polyline", ns + "polygon"):
+            colour = el.get("stroke") if el.tag.endswith("polyline") else el.get("fill")
+            shapes.setdefault(colour, []).append(points(el))
+    # Legend entries: a short two-point line, then the name right of it.
+    peaks = {}
+    labels = [(s, y, x) for s, y, x in texts]
+    for colour, lines in shapes.items():
+        for line in lines:
+            if len(line) == 2 and line[0][1] == line[1][1] and line[1][0] - line[0][0] == 20:
+                lx, ly = line[1]
+                name = min(labels, key=lambda t: abs(t[1] - ly) + abs(t[2] - lx))[0]
+                top = min(py for shape in lines if shape is not line for _, py in shape)
+                peaks[name] = value(top)
+    return peaks, (v1 - v0) * scale / abs(y1 - y0)
+
+
+class TimelineTest(unittest.TestCase):
+    """Each interval of the timeline shows the most (and the least) reached in it."""
+
+    def test_the_csv_peak_of_each_element_is_the_reports(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            table = os.path.join(tmp, "t.csv")
+            _, data = launch(FAST, f"timeline={table}")
+            with open(table, newline="") as f:
+                rows = list(csv.reader(f))
+        head = rows[0]
+        self.assertEqual(head[:5], ["seconds", "total", "total min", "total max", "cached"])
+        for e in data["by-element"]:
+            if not e["allocations"]:
+                continue
+            name = e["element"]
+            self.assertIn(name, head, f"{name} allocated: it has a column")
+            peak = max(int(r[head.index(name + " max")]) for r in rows[1:])
+            self.assertEqual(peak, e["peak-live-bytes"], name)
+            low = min(int(r[head.index(name + " min")]) for r in rows[1:])
+            self.assertEqual(low, 0, name)
+        for r in rows[1:]:
+            v = dict(zip(head, r))
+            self.assertLessEqual(int(v["total min"]), int(v["total"]))
+            self.assertLessEqual(int(v["total"]), int(v["total max"]))
+        # The most alive at once in all: at least any one element's, at most their sum.
+        total = max(int(r[3]) for r in rows[1:])
+        peaks = [e["peak-live-bytes"] for e in data["by-element"]]
+        self.assertGreaterEqual(total, max(peaks))
+        self.assertLessEqual(total, sum(peaks))
+
+    def test_the_svg_peak_of_each_element_is_the_reports(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            svg = os.path.join(tmp, "t.svg")
+            _, data = launch(FAST, f"timeline={svg}")
+            peaks, pixel = svg_peaks(svg)
+        for e in data["by-element"]:
+            if not e["allocations"]:
+                continue
+            name = e["element"]
+            self.assertIn(name, peaks, f"{name} allocated: it has a line ({peaks})")
+            self.assertAlmostEqual(peaks[name], e["peak-live-bytes"], delta=2 * pixel,
+                                   msg=name)
+        self.assertGreaterEqual(peaks["total"] + 2 * pixel,
+                                max(e["peak-live-bytes"] for e in data["by-element"]))
+
+
+if __name__ == "__main__":
+    unittest.main()
