@@ -17,8 +17,10 @@ makes protected AlignedMemory the default allocator; continue mode reports every
 goes on) and without memkit at all. Prints one table: suite, test, its result with and without
 memkit, the violations it caused by kind and the functions they came through (the first two
 frames of the report's backtrace outside libc, named by addr2line where the library has its
-symbols, else `library+offset` with the exported functions that tail-call it). Then each
-distinct violation with the tests it was seen in, and the suites that were skipped and why.
+symbols, by the triage's names for Debian's stripped plugins (scripts/protect_reports.py), else
+`library+offset` with the exported functions that tail-call it). Then the suites that were
+skipped and why, and each distinct violation with the tests it was seen in; the same text goes
+to WORK/hunt-table.md, each run's output to WORK/logs. docs/gstreamer-bugs.md is the triage.
 Each test's violations are attributed from check's per-test result lines (each test runs in a
 forked child that reports on standard error before the parent prints its result).
 
