@@ -41,6 +41,7 @@ import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import debian_packages
 import protect_reports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +63,12 @@ PKGS = ["gstreamer-check-1.0", "gstreamer-base-1.0", "gstreamer-net-1.0",
         "gstreamer-photography-1.0", "gstreamer-webrtc-1.0", "gio-2.0", "gmodule-2.0", "zlib"]
 # Libraries of gst-plugins-bad that Debian installs without a pkg-config file.
 LIBS = ["-lgstbasecamerabinsrc-1.0", "-lgstisoff-1.0"]
+# What the 1.22 suites need beyond scripts/install-deps.sh: the plugins they test, the headers
+# and libraries they build against.
+DEBIAN_122 = ["gstreamer1.0-plugins-ugly", "gstreamer1.0-libav",
+              "libgstreamer-plugins-bad1.0-dev", "zlib1g-dev", "libsoup2.4-dev",
+              "libsoup-3.0-dev", "libgdk-pixbuf-2.0-dev", "libexif-dev", "libcurl4-openssl-dev",
+              "libxkbcommon-x11-dev", "gcc", "pkg-config"]
 # ...and the few that need one more (the soup suite twice, as upstream builds it).
 EXTRA_PKGS = {
     "elements/souphttpsrc2": ["libsoup-2.4"], "elements/souphttpsrc3": ["libsoup-3.0"],
@@ -222,7 +229,10 @@ def compile_122(suite, path, check, bdir, flags):
 
 
 def beacon(name):
-    return "GST_STATE_IGNORE_ELEMENTS" if name.startswith("bad:") else "GST_PLUGIN_LOADING_WHITELIST"
+    """The variable each module's tests check is set (GST_CHECK_TEST_ENVIRONMENT_BEACON)."""
+    if name.startswith("bad:"):
+        return "GST_STATE_IGNORE_ELEMENTS"
+    return "GST_PLUGIN_LOADING_WHITELIST"
 
 
 def env_122(module, info, work):
@@ -394,6 +404,7 @@ def main():
         sys.exit("build memkit first: meson setup builddir && meson compile -C builddir")
     suites = []
     if args.set in ("1.22", "all"):
+        debian_packages.ensure(DEBIAN_122)
         suites += build_122(args.work, args.only)
     if args.set in ("1.28", "all"):
         suites += build_128(args.work, args.only)

@@ -4,9 +4,10 @@
 
 Each pipeline of CORPUS (what users run: decoders and encoders, muxers and demuxers, RTP,
 overlays, compositing, video and audio filters, queues, applications) runs twice with
-gst-launch-1.0 -e (a live one is stopped with SIGINT after a few seconds): with GST_TRACERS="memkittracer(guard=protect-continue,report=...)" (the
-tracer makes protected AlignedMemory the default allocator; continue mode reports every
-violation and goes on) and without memkit. Prints one table: the pipeline, its exit with and
+gst-launch-1.0 -e (a live one is stopped with SIGINT after a few seconds): with
+GST_TRACERS="memkittracer(guard=protect-continue,report=...)" (the tracer makes protected
+AlignedMemory the default allocator; continue mode reports every violation and goes on) and
+without memkit. Prints one table: the pipeline, its exit with and
 without memkit, the AlignedMemory blocks it allocated, and its violations by kind, by element
 (the JSON report's `protect-by-element`) and by the first two functions of their backtraces
 (standard error). Then each distinct violation with the pipelines it was seen in. Pipelines
@@ -14,8 +15,9 @@ that read a file name the pipeline that writes it (`needs`); `$T` is the scratch
 
     /usr/bin/python3 scripts/hunt-pipelines.py [--only TEXT] [--work DIR] [--list]
 
-Needs Debian's gstreamer1.0-plugins-good, -bad, -ugly and gstreamer1.0-libav (a pipeline whose
-elements are missing is skipped and said so). Not part of .ci/run: about ten minutes.
+Needs Debian's gstreamer1.0-plugins-good, -bad, -ugly and gstreamer1.0-libav (installed when
+missing, as root; a pipeline whose elements are still missing is skipped and said so). Not
+part of .ci/run: about ten minutes.
 """
 
 import argparse
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import time
 
+import debian_packages
 import protect_reports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -327,6 +330,8 @@ def main():
         return 0
     if not os.path.exists(os.path.join(ROOT, "builddir", "libgstmemkit.so")):
         sys.exit("build memkit first: meson setup builddir && meson compile -C builddir")
+    debian_packages.ensure(["gstreamer1.0-plugins-good", "gstreamer1.0-plugins-bad",
+                            "gstreamer1.0-plugins-ugly", "gstreamer1.0-libav"])
     for d in ("logs", "files"):
         os.makedirs(os.path.join(args.work, d), exist_ok=True)
     for fname, text in FILES.values():
@@ -375,7 +380,8 @@ def main():
         print(f"{name}: exit {status} with memkit, {plain} without, {allocs} AlignedMemory "
               f"allocations, {len(reports)} violations", file=sys.stderr, flush=True)
     table = ["| pipeline | with memkit | without | AlignedMemory allocations | violations | "
-             "by element | in (innermost functions outside libc) |", "|---|---|---|---|---|---|---|"]
+             "by element | in (innermost functions outside libc) |",
+             "|---|---|---|---|---|---|---|"]
     table += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     summary = [f"{len(rows)} pipelines run, {len(skipped)} skipped; {sum(totals.values())} "
                f"violations ({dict(totals)}) in {sum(1 for r in rows if r[4])} pipelines, "
