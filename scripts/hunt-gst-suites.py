@@ -338,13 +338,31 @@ def run(suite, memkit, logs, only_test=None):
     return status, out
 
 
-RESULT = re.compile(r"^.*?:\d+:([PFE]):[^:]*:([A-Za-z_0-9]+):(\d+): ?(.*)$")
+# check's result line of one test (CK_LOG_FILE_NAME=-): FILE:LINE:P|F|E:TCASE:TEST:LOOP: MESSAGE.
+# Searched anywhere in a line: when check kills a test's forked child at its timeout, the child
+# may have written the start of a report's line, and the parent's result line follows it.
+RESULT = re.compile(r"(\S*?):(\d+):([PFE]):([^:]*):([A-Za-z_0-9]+):(\d+): ?(.*)$")
+
+
 def results(out):
     """{test: (P/F/E, message)} and {test: [report, ...]}: each report belongs to the first
-    result line after it (the test whose forked child wrote it)."""
+    result line after it (the test whose forked child wrote it). A result line ends the report
+    it interrupts, whatever precedes it on its line."""
     res, reports, pending = {}, collections.defaultdict(list), []
     block = None
     for line in out.splitlines():
+        m = RESULT.search(line)
+        if m:
+            if line[:m.start()].startswith(protect_reports.HEADER):  # a header cut short
+                pending.append([line[:m.start()]])
+            block = None
+            verdict, test, _msg = m.group(3), m.group(5), m.group(7)
+            old = res.get(test)
+            if old is None or old[0] == "P":  # a loop test fails if any iteration fails
+                res[test] = (verdict, _msg)
+            reports[test] += pending
+            pending = []
+            continue
         if line.startswith(protect_reports.HEADER):
             block = [line]
             pending.append(block)
@@ -353,14 +371,6 @@ def results(out):
             block.append(line)
             continue
         block = None
-        m = RESULT.match(line)
-        if m:
-            verdict, test, _loop, _msg = m.groups()
-            old = res.get(test)
-            if old is None or old[0] == "P":  # a loop test fails if any iteration fails
-                res[test] = (verdict, _msg)
-            reports[test] += pending
-            pending = []
     if pending:
         reports["(after the last result)"] += pending
     return res, reports
