@@ -8,7 +8,8 @@ fixtures/mpegtsmux-test_align-timeout.log is an excerpt of the hunt's log of gst
 the second cut short where check killed test_align's forked child at its timeout, so that
 check's result line for test_align follows the frame's indentation on the same line; two
 reports of test_keyframe_flag_propagation and its result; the suite's closing summary, which
-repeats test_align's error. No GStreamer needed: run with /usr/bin/python3 -m unittest.
+repeats test_align's error. Then which suites test nothing here, and how many tests a source
+registers. No GStreamer needed: run with /usr/bin/python3 -m unittest.
 """
 
 import importlib.util
@@ -55,6 +56,72 @@ class ResultsTest(unittest.TestCase):
         self.assertEqual(sum(len(r) for r in self.reports.values()), 4)
         self.assertEqual(self.reports.get("test_multiple_state_change", []), [])
         self.assertEqual(self.res["test_multiple_state_change"][0], "P")
+
+
+# Outputs of suites that test nothing here, as the hunt's logs hold them (paths shortened).
+FAAC = """Running suite(s): faac
+Running suite faac
+../libs/gst/check/gstcheck.c:518:F:general:test_adts:0: Could not create a 'faac' element
+../libs/gst/check/gstcheck.c:518:F:general:test_raw:0: Could not create a 'faac' element
+0%: Checks: 2, Failures: 2, Errors: 0
+"""
+SVTHEVCENC = """Running suite(s): svthevcenc
+Running suite svthevcenc
+
+(elements_svthevcenc:23914): GStreamer-Check-ERROR **: 12:32:42.802: Unable to create pipeline \
+'bin.( svthevcenc )': no element "svthevcenc"
+/x/svthevcenc.c:23:E:general:test_encode_simple:0: (after this point) Received signal 5 (Trace/breakpoint trap)
+50%: Checks: 1, Failures: 0, Errors: 1
+"""
+NO_CHECKS = """Running suite(s): splitmuxsink-timecode
+Running suite splitmuxsink-timecode
+100%: Checks: 0, Failures: 0, Errors: 0
+"""
+PASSES = """Running suite(s): faac
+../libs/gst/check/gstcheck.c:530:P:general:test_adts:0: Passed
+/x/faac.c:54:F:general:test_raw:0: Error creating pipeline: no element "faac"
+50%: Checks: 2, Failures: 1, Errors: 0
+"""
+
+
+class TestedNothingTest(unittest.TestCase):
+    def why(self, name, with_memkit, without):
+        suite = hunt.Suite(name, [], {})
+        return hunt.tested_nothing(suite, [(hunt.results(out)[0], out)
+                                           for out in (with_memkit, without)])
+
+    def test_a_suite_whose_element_is_missing_tests_nothing(self):
+        self.assertIn("faac is not installed", self.why("bad:elements/faac", FAAC, FAAC))
+        self.assertIn("svthevcenc is not installed",
+                      self.why("bad:elements/svthevcenc", SVTHEVCENC, SVTHEVCENC))
+
+    def test_a_suite_that_registers_no_test_tests_nothing(self):
+        why = self.why("good:elements/splitmuxsinktimecode", NO_CHECKS, NO_CHECKS)
+        self.assertIn("Checks: 0", why)
+        self.assertIn("timecodestamper", why)
+
+    def test_a_suite_with_a_passing_test_tested_something(self):
+        self.assertIsNone(self.why("bad:elements/faac", PASSES, FAAC))
+
+    def test_a_suite_cut_short_before_any_result_is_not_called_empty(self):
+        self.assertIsNone(self.why("x", "Running suite(s): x\n", "Running suite(s): x\n"))
+
+
+class RegisteredTestsTest(unittest.TestCase):
+    def test_tests_under_if_0_or_in_comments_are_not_registered(self):
+        source = """
+  tcase_add_test (tc_chain, test_one);
+#if 0
+  tcase_add_test (tc_chain, test_two);
+#endif
+  /* FIXME
+     tcase_add_test (tc_chain, test_three);
+   */
+#ifdef HAVE_SRTP2
+  tcase_add_loop_test (tc_chain, test_four, 0, 2);
+#endif
+"""
+        self.assertEqual(hunt.registered_tests(source), 2)
 
 
 if __name__ == "__main__":
