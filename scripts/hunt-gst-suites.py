@@ -412,9 +412,11 @@ def results(out):
     return res, reports
 
 
-def tested_nothing(suite, runs):
+def tested_nothing(suite, runs, violations=0):
     """Why a suite that ran tested nothing, or None. runs: (results, output) with and without
-    memkit."""
+    memkit; a suite in which memkit saw violations tested something."""
+    if violations:
+        return None
     if not any(res for res, _ in runs):
         if not all(re.search(r"^\d+%: Checks: 0,", out, re.M) for _, out in runs):
             return None  # no result line, but not for want of tests (a timeout, a crash)
@@ -460,8 +462,9 @@ def main():
     parser.add_argument("--jobs", type=int, default=1, help="suites run at once (default 1)")
     parser.add_argument("--tracers", default=TRACERS, help=f"GST_TRACERS (default: {TRACERS})")
     parser.add_argument("--from-logs", action="store_true",
-                        help="run nothing: read each suite's output from WORK/logs, kept by an "
-                             "earlier run, and print the table again")
+                        help="run no suite (the builds are still made or checked): read each "
+                             "suite's output from WORK/logs, kept by an earlier run, and print "
+                             "the table again")
     args = parser.parse_args()
     TRACERS = args.tracers
     logs = os.path.join(args.work, "logs")
@@ -489,7 +492,8 @@ def main():
             plain_status, plain_out = run(suite, False, logs)
         res_m, reports = results(with_out)
         res_p, _ = results(plain_out)
-        suite.skip = tested_nothing(suite, [(res_m, with_out), (res_p, plain_out)])
+        suite.skip = tested_nothing(suite, [(res_m, with_out), (res_p, plain_out)],
+                                    sum(len(r) for r in reports.values()))
         return suite, with_status, plain_status, res_m, res_p, reports
 
     rows, seen, totals = [], collections.defaultdict(lambda: [0, set()]), collections.Counter()

@@ -103,6 +103,11 @@ class TestedNothingTest(unittest.TestCase):
     def test_a_suite_with_a_passing_test_tested_something(self):
         self.assertIsNone(self.why("bad:elements/faac", PASSES, FAAC))
 
+    def test_a_suite_in_which_memkit_saw_a_violation_tested_something(self):
+        suite = hunt.Suite("bad:elements/faac", [], {})
+        runs = [(hunt.results(FAAC)[0], FAAC)] * 2
+        self.assertIsNone(hunt.tested_nothing(suite, runs, violations=1))
+
     def test_a_suite_cut_short_before_any_result_is_not_called_empty(self):
         self.assertIsNone(self.why("x", "Running suite(s): x\n", "Running suite(s): x\n"))
 
