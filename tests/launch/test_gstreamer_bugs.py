@@ -1,8 +1,14 @@
 # SPDX-License-Identifier: MPL-2.0
 """GStreamer's own bugs that protect mode catches: each reproducer of docs/gstreamer-bugs.md
-dies in protect mode with the report naming the violation, the library and the element, and
-runs to its end without memkit. Known-bug tests: they pass while the bug is in the installed
-GStreamer, and fail (saying so) once it is fixed there.
+dies in protect mode with the report naming the violation, the element, and the function of
+docs/gstreamer-bugs.md, and runs to its end without memkit. Known-bug tests: they pass while the
+bug is in the installed GStreamer, and fail (saying so) once it is fixed there.
+
+The function: Debian's plugins are stripped, so a report shows a static function as
+`libgstX.so(+0x...)`. Where the installed plugin is the build the triage named
+(scripts/protect_reports.py, TRIAGED, keyed by the library's build-id) the frame's offset must
+be the named function's; where the plugin has symbols, addr2line's name must be it. Another
+build without symbols cannot be checked there, and the test says so on standard error.
 
 A reproducer whose elements are not installed (the 1.28 stage has only core, a minimal
 gst-plugins-base and unixfd) is skipped. The overlay's global-alpha bug has its test in
@@ -13,61 +19,98 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import unittest
+from typing import NamedTuple, Optional
 
 TIMEOUT = 120
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-REPORT = re.compile(r"^memkit protect: (.+?) \((a read|a write)\) at 0x[0-9a-f]+", re.M)
-FRAME = re.compile(r"^\s+(\S+?)\((\S*?)\)\[0x[0-9a-f]+\]$", re.M)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import protect_reports  # noqa: E402
 
-# name: (the reproducer: a gst-launch-1.0 pipeline, run with the tracer in protect mode, or a
-# Python program, run with MEMKIT_GUARD=protect; the elements it needs; the report's kind; read
-# or write; the plugin of the first frame in a plugin (frames of a library the plugin calls
-# may precede it); the element running, or None when the tracer does
-# not know it there: a thread that pushed nothing yet, or an event rather than a buffer)
+REPORT = re.compile(r"^memkit protect: (.+?) \((a read|a write)\) at 0x[0-9a-f]+", re.M)
+FRAME = re.compile(r"^\s+(\S+?)\((\S*?)\)\[0x[0-9a-f]+\]$")
+WHERE = re.compile(r"^memkit protect: .* at 0x[0-9a-f]+, (\d+) bytes after the region base\n"
+                   r"  block: .*allocated with offset (\d+) and size (\d+)\)", re.M)
+
+
+class Bug(NamedTuple):
+    # a gst-launch-1.0 pipeline, run with the tracer in protect mode; or a Python program, run
+    # with MEMKIT_GUARD=protect and the tracer (which names the element)
+    reproducer: object
+    needs: list  # the elements it needs
+    kind: str  # the report's kind
+    access: str  # "a read" or "a write"
+    library: str  # the plugin of the first frame in a plugin
+    function: str  # that frame's function (docs/gstreamer-bugs.md)
+    # the library of the frames before the plugin's: the library the plugin called
+    callee: Optional[str] = None
+    # the element running, or None where the tracer does not know it: an event rather than a
+    # buffer (rtpmp4adepay's setcaps), a thread that pushed nothing yet (mpegtsmux's source)
+    element: Optional[str] = None
+    thread: Optional[str] = None  # the faulting thread's name
+    # (bytes after the region base, allocated size) of the faulting access, where the
+    # reproducer makes the buffer itself
+    at: Optional[tuple] = None
+
+
+def python(name):
+    return ["/usr/bin/python3", os.path.join(ROOT, "tests", "gstreamer-bugs", name)]
+
+
 BUGS = {
-    "matroskamux-ebml-read-after-unmap": (
+    "matroskamux-ebml-read-after-unmap": Bug(
         "audiotestsrc num-buffers=1 ! matroskamux ! fakesink", ["matroskamux"],
-        "access with no mapping alive", "a read", "libgstmatroska.so", "matroskamux0"),
-    "mpegtsmux-write-through-read-map": (
+        "access with no mapping alive", "a read", "libgstmatroska.so",
+        "gst_ebml_write_element_push", callee="libc.so.6", element="matroskamux0"),
+    "mpegtsmux-write-through-read-map": Bug(
         "audiotestsrc num-buffers=1 ! opusenc ! mpegtsmux ! fakesink", ["opusenc", "mpegtsmux"],
-        "write through a READ mapping", "a write", "libgstmpegtsmux.so", None),
-    "rglimiter-write-through-read-map": (
+        "write through a READ mapping", "a write", "libgstmpegtsmux.so",
+        "tsmux_write_ts_header", thread="mpegtsmux0:src"),
+    "rglimiter-write-through-read-map": Bug(
         "audiotestsrc num-buffers=1 wave=square ! audio/x-raw,format=F32LE ! rglimiter ! "
-        "fakesink", ["rglimiter"],
-        "write through a READ mapping", "a write", "libgstreplaygain.so", "rglimiter0"),
-    "rtph261depay-writes-its-input": (
-        ["/usr/bin/python3", os.path.join(ROOT, "tests", "gstreamer-bugs", "rtph261depay.py")],
-        ["appsrc", "rtph261depay"],
-        "write through a READ mapping", "a write", "libgstrtp.so", None),
-    "rtpmp4adepay-config-write-through-read-map": (
-        ["/usr/bin/python3", os.path.join(ROOT, "tests", "gstreamer-bugs", "rtpmp4adepay.py")],
-        ["appsrc", "rtpmp4adepay"],
-        "write through a READ mapping", "a write", "libgstrtp.so", None),
-    "speexenc-stereo-write-through-read-map": (
+        "fakesink", ["rglimiter"], "write through a READ mapping", "a write",
+        "libgstreplaygain.so", "gst_rg_limiter_transform_ip", element="rglimiter0"),
+    # byte 16 of the 108-byte packet: the first payload byte, after the 12-byte RTP header and
+    # the 4-byte H.261 header
+    "rtph261depay-writes-its-input": Bug(
+        python("rtph261depay.py"), ["appsrc", "rtph261depay"],
+        "write through a READ mapping", "a write", "libgstrtp.so",
+        "gst_rtp_h261_depay_process", element="rtph261depay0", at=(16, 108)),
+    # byte 0 of the 4 bytes of the caps' config (40002410), on the application's thread
+    "rtpmp4adepay-config-write-through-read-map": Bug(
+        python("rtpmp4adepay.py"), ["appsrc", "rtpmp4adepay"],
+        "write through a READ mapping", "a write", "libgstrtp.so",
+        "gst_rtp_mp4a_depay_setcaps", thread="src:src", at=(0, 4)),
+    "speexenc-stereo-write-through-read-map": Bug(
         "audiotestsrc num-buffers=1 ! audio/x-raw,rate=16000,channels=2 ! speexenc ! fakesink",
-        ["speexenc"], "write through a READ mapping", "a write", "libgstspeex.so", "speexenc0"),
-    "jifmux-read-after-unmap": (
+        ["speexenc"], "write through a READ mapping", "a write", "libgstspeex.so",
+        "gst_speex_enc_encode", callee="libspeex.so.1", element="speexenc0"),
+    "jifmux-read-after-unmap": Bug(
         "videotestsrc num-buffers=1 ! jpegenc ! jifmux ! fakesink", ["jpegenc", "jifmux"],
-        "access with no mapping alive", "a read", "libgstjpegformat.so", "jifmux0"),
-    "pnmdec-ascii-read-after-flush": (
+        "access with no mapping alive", "a read", "libgstjpegformat.so", "gst_jif_mux_chain",
+        element="jifmux0"),
+    "pnmdec-ascii-read-after-flush": Bug(
         "videotestsrc num-buffers=1 ! video/x-raw,format=GRAY8,width=16,height=16 ! "
         "pnmenc ascii=true ! pnmdec ! fakesink", ["pnmenc", "pnmdec"],
-        "access with no mapping alive", "a read", "libgstpnm.so", "pnmdec0"),
-    "rgb2bayer-write-through-read-map": (
+        "access with no mapping alive", "a read", "libgstpnm.so", "gst_pnmdec_parse_ascii",
+        callee="libglib-2.0.so.0", element="pnmdec0"),
+    "rgb2bayer-write-through-read-map": Bug(
         "videotestsrc num-buffers=1 ! video/x-raw,format=ARGB,width=64,height=64 ! rgb2bayer ! "
-        "fakesink", ["rgb2bayer"],
-        "write through a READ mapping", "a write", "libgstbayer.so", "rgb2bayer0"),
-    "zxing-reads-past-the-frame": (
+        "fakesink", ["rgb2bayer"], "write through a READ mapping", "a write", "libgstbayer.so",
+        "gst_rgb2bayer_transform", element="rgb2bayer0"),
+    "zxing-reads-past-the-frame": Bug(
         "videotestsrc num-buffers=1 ! video/x-raw,format=xRGB,width=64,height=64 ! zxing ! "
-        "fakesink", ["zxing"], "access past maxsize", "a read", "libgstzxing.so", "zxing0"),
-    "av1enc-read-after-unmap": (
+        "fakesink", ["zxing"], "access past maxsize", "a read", "libgstzxing.so",
+        "gst_zxing_transform_frame_ip", callee="libZXing.so", element="zxing0"),
+    "av1enc-read-after-unmap": Bug(
         "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=64 ! av1enc cpu-used=8 ! "
-        "fakesink", ["av1enc"],
-        "access with no mapping alive", "a read", "libgstaom.so", "av1enc0"),
-    "amrnbenc-write-through-read-map": (
+        "fakesink", ["av1enc"], "access with no mapping alive", "a read", "libgstaom.so",
+        "gst_av1_enc_handle_frame", callee="libaom.so", element="av1enc0"),
+    "amrnbenc-write-through-read-map": Bug(
         "audiotestsrc num-buffers=1 ! audio/x-raw,rate=8000,channels=1 ! amrnbenc ! fakesink",
-        ["amrnbenc"], "write through a READ mapping", "a write", "libgstamrnb.so", "amrnbenc0"),
+        ["amrnbenc"], "write through a READ mapping", "a write", "libgstamrnb.so",
+        "gst_amrnbenc_handle_frame", callee="libopencore-amrnb.so", element="amrnbenc0"),
 }
 
 
@@ -87,33 +130,67 @@ def reproduce(reproducer, protect):
     else:
         if protect:
             env["MEMKIT_GUARD"] = "protect"
+            env["GST_TRACERS"] = "memkittracer"  # names the element running
         argv = reproducer
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
+def function_known(lib, offset):
+    """Whether the function at lib's offset can be known here: lib is the build the triage
+    named, or has symbols, or the report named the function itself."""
+    if not offset.startswith("+"):
+        return True
+    key = (os.path.basename(lib), protect_reports.build_id(lib))
+    return key in protect_reports.TRIAGED or protect_reports.has_symbols(lib)
+
+
 class GStreamerBugsTest(unittest.TestCase):
     def check(self, name):
-        reproducer, needs, kind, access, library, element = BUGS[name]
-        missing = [e for e in needs if not have(e)]
+        bug = BUGS[name]
+        missing = [e for e in bug.needs if not have(e)]
         if missing:
             self.skipTest(f"no {', '.join(missing)} in this GStreamer")
-        plain = reproduce(reproducer, protect=False)
+        plain = reproduce(bug.reproducer, protect=False)
         self.assertEqual(plain.returncode, 0, plain.stderr[-2000:])
         self.assertNotIn("memkit protect", plain.stderr)
-        proc = reproduce(reproducer, protect=True)
+        proc = reproduce(bug.reproducer, protect=True)
+        err = proc.stderr[-3000:]
         reports = REPORT.findall(proc.stderr)
         self.assertTrue(reports, f"{name}: no violation reported; fixed in this GStreamer? "
-                                 f"(exit {proc.returncode})\n{proc.stderr[-2000:]}")
-        self.assertEqual(proc.returncode, -signal.SIGSEGV, proc.stderr[-2000:])
-        self.assertEqual(reports, [(kind, access)])
-        frames = FRAME.findall(proc.stderr.split("backtrace", 1)[1])
+                                 f"(exit {proc.returncode})\n{err}")
+        self.assertEqual(proc.returncode, -signal.SIGSEGV, err)
+        self.assertEqual(reports, [(bug.kind, bug.access)])
+        report = protect_reports.blocks(proc.stderr)[0]
+        frames = [(line, m.group(1), m.group(2)) for line in report
+                  for m in [FRAME.match(line)] if m]
         # a plugin's file is libgstNAME.so; GStreamer's libraries are libgstNAME-1.0.so.0
-        plugins = [os.path.basename(lib) for lib, _ in frames
-                   if re.match(r"libgst\w+\.so$", os.path.basename(lib))]
-        self.assertEqual(plugins[:1], [library], proc.stderr[-2000:])
-        running = re.search(r"element running: (\S+),", proc.stderr).group(1)
-        if element is not None:
-            self.assertEqual(running, element)
+        first = next((i for i, (_, lib, _) in enumerate(frames)
+                      if re.match(r"libgst\w+\.so$", os.path.basename(lib))), None)
+        self.assertIsNotNone(first, err)
+        line, lib, offset = frames[first]
+        self.assertEqual(os.path.basename(lib), bug.library, err)
+        # the frames before the plugin's are the library it called, or none
+        callees = {os.path.basename(lib) for _, lib, _ in frames[:first]}
+        if bug.callee is None:
+            self.assertEqual(callees, set(), err)
+        else:
+            self.assertTrue(callees and all(c.startswith(bug.callee) for c in callees),
+                            f"frames before {bug.library}'s: {callees}\n{err}")
+        if function_known(lib, offset):
+            named = protect_reports.function(line)
+            self.assertTrue(named == bug.function or named.startswith(bug.function + " ("),
+                            f"{bug.library}{offset} is {named}, not {bug.function}\n{err}")
+        else:
+            print(f"{name}: {bug.library} is not the build the triage named and has no "
+                  f"symbols: the function at {offset} is not checked", file=sys.stderr)
+        running = protect_reports.element(report)[0]
+        if bug.element is not None:
+            self.assertEqual(running, bug.element, err)
+        if bug.thread is not None:
+            self.assertIn(f"  thread: {bug.thread}", report, err)
+        if bug.at is not None:
+            after, offset_in_block, size = map(int, WHERE.search(proc.stderr).groups())
+            self.assertEqual((after - offset_in_block, size), bug.at, err)
 
     def test_matroskamux_reads_its_ebml_elements_after_unmapping_them(self):
         self.check("matroskamux-ebml-read-after-unmap")
