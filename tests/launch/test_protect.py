@@ -216,7 +216,8 @@ class ProtectTest(unittest.TestCase):
             for nick in ["off", "abort", "continue"]:
                 self.assertRegex(proc.stdout, rf"\(\d\): {nick} +- ")
             self.assertIn("guard=protect-continue", proc.stdout)
-            self.assertRegex(proc.stdout, r"fail-on-violation +: Fail on violation")
+            self.assertRegex(proc.stdout, r"fail-on-violation +: When the process exits, make "
+                             r"its exit status 66 if any protect-mode or guard-mode violation")
 
     def test_the_mappings_alive_are_reported(self):
         proc = launch(scribble("write-read-mapped", 1), "protect")
