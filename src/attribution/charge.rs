@@ -86,8 +86,8 @@ pub fn allocated(addr: usize, bytes: usize, foreign: bool) {
     }
 }
 
-/// Reads the allocators' cached bytes (out of our lock: they take their own locks to count
-/// their caches) for the sample taken at `seconds`.
+/// Reads the allocators' cached bytes (out of our lock) for the sample taken at `seconds`.
+/// The source must take no lock of an allocator: a free may charge while it holds one.
 fn read_cached(seconds: f64) {
     let cached = cached_bytes();
     state().set_cached(seconds, cached);

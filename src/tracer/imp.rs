@@ -274,8 +274,10 @@ impl ObjectImpl for MemkitTracer {
         self.parent_constructed();
         self.apply_params();
         // Charges by element from now on; maps of the registered instance are charged too.
+        // The timeline reads the caches' bytes at an allocation or a free, which may come
+        // under an allocator's lock: the source takes none.
         attribution::set_cached_bytes_source(|| {
-            (allocator::stats().cached_bytes)
+            (allocator::aligned::cached_bytes() as u64)
                 .saturating_add(allocator::memfd::cached_bytes() as u64)
         });
         attribution::activate();
