@@ -20,8 +20,9 @@
 //! finds the element that made it), free, share, copy and map, and the element running at
 //! that moment is charged. Charges are kept per element, not per name: elements of the same
 //! name are shown by their path. Live bytes are kept per element (bytes of blocks it allocated
-//! that are not freed yet), with their peak, and for the timeline ([`timeline`], [`sample`])
-//! the least and the most reached between two samples.
+//! that are not freed yet), with their peak, and for the timeline ([`timeline`], [`sample`];
+//! only once [`start_timeline`] is called) the least and the most reached between two
+//! samples, one by one for the elements of the highest peaks so far, summed for the rest.
 
 pub mod charge;
 pub mod published;
@@ -32,6 +33,6 @@ pub mod timeline;
 
 pub use charge::{
     ElementCharges, Leak, activate, active, allocated, copied, freed, leaks, mapped, report,
-    sample, samples, set_cached_bytes_source, shared,
+    sample, samples, set_cached_bytes_source, shared, start_timeline,
 };
 pub use running::{APPLICATION, current_name};

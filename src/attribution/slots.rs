@@ -99,7 +99,9 @@ pub(crate) struct Raw {
     /// The least and the most of `live` since the timeline's last sample.
     pub(crate) low: u64,
     pub(crate) high: u64,
-    /// Whether the next sample reads it (it changed, or holds bytes).
+    /// Whether the timeline follows it one by one (see `State::change_live`).
+    pub(crate) tracked: bool,
+    /// Whether the next sample reads it (followed, and it changed or holds bytes).
     pub(crate) listed: bool,
 }
 
@@ -174,7 +176,7 @@ impl Slots {
         self.by_addr.get(&addr).map(|&slot| self.target(slot))
     }
 
-    fn target(&self, slot: Slot) -> Target {
+    pub(crate) fn target(&self, slot: Slot) -> Target {
         Target {
             slot,
             generation: self.entries[slot as usize].generation,
@@ -264,7 +266,7 @@ impl Slots {
     }
 
     /// The slot of `target` if it is still in that life; `None` for "application" too.
-    fn valid(&self, target: Target) -> Option<Slot> {
+    pub(crate) fn valid(&self, target: Target) -> Option<Slot> {
         let e = self.entries.get(target.slot as usize)?;
         (target.slot != 0 && e.in_use && e.generation == target.generation).then_some(target.slot)
     }

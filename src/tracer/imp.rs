@@ -254,7 +254,13 @@ impl ObjectImpl for MemkitTracer {
                 }
             }
             "report" => settings.report = value.get().expect("type checked upstream"),
-            "timeline" => settings.timeline = value.get().expect("type checked upstream"),
+            "timeline" => {
+                settings.timeline = value.get().expect("type checked upstream");
+                // Samples are taken only for a timeline file (none are, without one).
+                if settings.timeline.is_some() {
+                    attribution::start_timeline();
+                }
+            }
             _ => unimplemented!(),
         }
     }

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import unittest
 import xml.etree.ElementTree as ET
 
@@ -232,6 +233,49 @@ class DeadlockTest(unittest.TestCase):
         # The sink's pool recycles its blocks: 30 frames written into them, none left.
         self.assertEqual(by_element(data)["videotestsrc0"]["write-maps"], 30, data["by-element"])
         self.assertEqual(data["memfd-stats"]["bytes-live"], 0)
+
+
+# N pipelines each leave one buffer alive (the application keeps the sample each appsink gave,
+# as a thumbnailer does), then a steady pipeline runs.
+HELD_APP = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+kept = []
+for i in range(int(sys.argv[1])):
+    p = Gst.parse_launch(f"memsrc name=s{i} num-buffers=1 blocksize=64 ! appsink name=k")
+    p.set_state(Gst.State.PLAYING)
+    kept.append(p.get_by_name("k").emit("pull-sample"))
+    p.set_state(Gst.State.NULL)
+p = Gst.parse_launch("memsrc name=steady blocksize=64 num-buffers=200 ! "
+                     "identity sleep-time=5000 ! fakesink")
+p.set_state(Gst.State.PLAYING)
+assert p.get_bus().timed_pop_filtered(60 * Gst.SECOND, Gst.MessageType.EOS)
+p.set_state(Gst.State.NULL)
+"""
+
+
+class BoundTest(unittest.TestCase):
+    """The timeline's cost does not grow with the elements that hold bytes."""
+
+    def test_a_thousand_elements_holding_bytes(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            table = os.path.join(tmp, "t.csv")
+            start = time.monotonic()
+            _, data = app(HELD_APP, "1000", params=f"timeline={table}", timeout=300)
+            took = time.monotonic() - start
+            size = os.path.getsize(table)
+            with open(table, newline="") as f:
+                rows = list(csv.reader(f))
+        self.assertLess(size, 1 << 20, "the CSV stays under 1 MiB")
+        # The tracer of before issue 28 takes about 4 s here; before this bound, 114 s.
+        self.assertLess(took, 60, "no work per sample for each element holding bytes")
+        live = sum(e["live-bytes"] for e in data["by-element"])
+        self.assertGreaterEqual(live, 1000 * 64, "the samples' buffers are alive")
+        self.assertIn("others", " ".join(rows[0]))
+        self.assertEqual(int(rows[-1][1]), live, "the total at the end: the bytes held")
 
 
 class ElementCopyTest(unittest.TestCase):
