@@ -9,6 +9,11 @@
 //! "unknown", never the newcomer's name. Entries are reused oldest-retired first, so a gone
 //! target's name stays readable until [`MAX_NAMES`] later targets have come.
 //!
+//! Each entry is a sequence lock: a writer makes its sequence odd, writes, and makes it even
+//! again, one higher than before; a reader copies the name between two reads of the sequence
+//! and keeps the copy only when both are the same even number, so that a copy spanning a whole
+//! rewrite (a rename: the same generation) is taken again, never kept torn.
+//!
 //! Once [`enable`]d (protect mode does it), every thread the tracer sees publishes the id of
 //! the target it runs now in a row of its own, keyed by its kernel thread id. Without the
 //! tracer nothing is published and the names are "unknown".
@@ -38,6 +43,8 @@ pub(crate) const MAX_NAMES: usize = 1 << INDEX_BITS;
 const GENERATIONS: u32 = (u32::MAX >> INDEX_BITS) - 1;
 /// Threads that can publish at once.
 const MAX_THREADS: usize = 1024;
+/// What an entry's generation is before it is first named: no id has it.
+const NEVER: u32 = u32::MAX;
 /// Tries of a reader racing a writer of the same entry before it says "unknown" (a signal
 /// handler may have interrupted that writer on its own thread: it must not wait).
 const READ_TRIES: usize = 4;
@@ -55,8 +62,9 @@ pub(crate) fn id(index: usize, generation: u32) -> u32 {
 pub(crate) struct Table<const NAMES: usize, const THREADS: usize> {
     names: [[AtomicU8; NAME_BYTES]; NAMES],
     len: [AtomicU8; NAMES],
-    /// A sequence lock per entry: the generation it names, doubled, plus one while written
-    /// (at first a generation no id has: never named).
+    /// The generation each entry names ([`NEVER`] at first).
+    generation: [AtomicU32; NAMES],
+    /// A sequence lock per entry: odd while it is written, one higher after each write.
     seq: [AtomicU32; NAMES],
     /// A row's owner (0: free) and the id it runs now.
     row_tid: [AtomicI32; THREADS],
@@ -68,7 +76,8 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
         Table {
             names: [const { [const { AtomicU8::new(0) }; NAME_BYTES] }; NAMES],
             len: [const { AtomicU8::new(0) }; NAMES],
-            seq: [const { AtomicU32::new(u32::MAX - 1) }; NAMES],
+            generation: [const { AtomicU32::new(NEVER) }; NAMES],
+            seq: [const { AtomicU32::new(0) }; NAMES],
             row_tid: [const { AtomicI32::new(0) }; THREADS],
             row_id: [const { AtomicU32::new(NO_SLOT) }; THREADS],
         }
@@ -91,13 +100,16 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
         while !name.is_char_boundary(n) {
             n -= 1;
         }
-        self.seq[index].store((generation << 1) | 1, Ordering::Relaxed);
+        // The only writer: the sequence is even here.
+        let seq = self.seq[index].load(Ordering::Relaxed);
+        self.seq[index].store(seq.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
+        self.generation[index].store(generation, Ordering::Relaxed);
         for (dst, &b) in bytes.iter().zip(name.as_bytes()[..n].iter()) {
             dst.store(b, Ordering::Relaxed);
         }
         self.len[index].store(n as u8, Ordering::Relaxed);
-        self.seq[index].store(generation << 1, Ordering::Release);
+        self.seq[index].store(seq.wrapping_add(2), Ordering::Release);
     }
 
     /// Copies the name of `id` into `out`; its length. Async-signal-safe.
@@ -121,16 +133,20 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
                 std::hint::spin_loop();
                 continue;
             }
-            if before >> 1 != generation {
-                break; // never named, or named another target since
-            }
+            let named = self.generation[index].load(Ordering::Relaxed);
             let len = usize::from(self.len[index].load(Ordering::Relaxed));
             let n = len.min(out.len());
             for (dst, src) in out[..n].iter_mut().zip(self.names[index].iter()) {
                 *dst = src.load(Ordering::Relaxed);
             }
             fence(Ordering::Acquire);
-            if self.seq[index].load(Ordering::Relaxed) == before && n > 0 {
+            if self.seq[index].load(Ordering::Relaxed) != before {
+                continue; // written meanwhile: the copy may mix two names
+            }
+            if named != generation {
+                break; // never named, or named another target since
+            }
+            if n > 0 {
                 return n;
             }
         }
@@ -307,6 +323,60 @@ mod tests {
             }
         }
         assert_eq!(id(MAX_NAMES, 0), NO_SLOT);
+    }
+
+    #[test]
+    fn a_rewrite_moves_the_sequence_so_that_a_read_across_it_tries_again() {
+        let table = Table::<2, 1>::new();
+        let id = id(1, 3);
+        table.set_name(id, "old");
+        let before = table.seq[1].load(Ordering::Acquire);
+        table.set_name(id, "new");
+        assert_ne!(
+            table.seq[1].load(Ordering::Acquire),
+            before,
+            "a reader that began before the rewrite and ends after it must see it"
+        );
+        assert_eq!(table.name(id), "new");
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_name_torn_by_a_rewrite_of_the_same_target() {
+        // A rename rewrites the entry in the same generation: a reader whose copy spans a
+        // whole rewrite must notice it and try again, never mix the old bytes and the new.
+        // A small table, as the attack that found it used.
+        static TABLE: Table<4, 1> = Table::new();
+        let table = &TABLE;
+        let (a, b) = ("A".repeat(NAME_BYTES), "b".repeat(NAME_BYTES));
+        let id = id(1, 3);
+        table.set_name(id, &a);
+        let stop = AtomicBool::new(false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let (reads, torn) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    table.set_name(id, if i.is_multiple_of(2) { &b } else { &a });
+                    i += 1;
+                }
+            });
+            let mut out = [0u8; NAME_BYTES];
+            let (mut reads, mut torn) = (0u64, None);
+            while torn.is_none() && std::time::Instant::now() < deadline {
+                for _ in 0..10_000 {
+                    let n = table.name_into(id, &mut out);
+                    let got = &out[..n];
+                    reads += 1;
+                    if got != a.as_bytes() && got != b.as_bytes() && got != UNKNOWN.as_bytes() {
+                        torn = Some(String::from_utf8_lossy(got).into_owned());
+                        break;
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            (reads, torn)
+        });
+        assert_eq!(torn, None, "a torn name after {reads} reads");
     }
 
     #[test]
