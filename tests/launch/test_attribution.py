@@ -235,6 +235,92 @@ class DeadlockTest(unittest.TestCase):
         self.assertEqual(data["memfd-stats"]["bytes-live"], 0)
 
 
+# The application stops a recording the usual way, an EOS sent into the encoder's sink pad
+# from its own thread: the encoder flushes and pushes on that thread. Then the application
+# feeds another pipeline with buffers of its own (10 of 100,000 bytes), from the same thread.
+EOS_FROM_APP = """
+import sys, time
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+a = Gst.parse_launch(sys.argv[1])
+src = a.get_by_name("src")
+a.set_state(Gst.State.PLAYING)
+for i in range(int(sys.argv[3])):
+    b = Gst.Buffer.new_wrapped(bytes(int(sys.argv[2])))
+    b.pts = i * Gst.SECOND // 30
+    b.duration = Gst.SECOND // 30
+    src.emit("push-buffer", b)
+time.sleep(1.0)
+a.get_by_name("work").get_static_pad("sink").send_event(Gst.Event.new_eos())
+msg = a.get_bus().timed_pop_filtered(10 * Gst.SECOND, Gst.MessageType.EOS)
+assert msg, "the EOS reached the sink"
+a.set_state(Gst.State.NULL)
+b = Gst.parse_launch("appsrc name=feed format=bytes ! fakesink")
+feed = b.get_by_name("feed")
+b.set_state(Gst.State.PLAYING)
+for i in range(10):
+    feed.emit("push-buffer", Gst.Buffer.new_allocate(None, 100000, None))
+feed.emit("end-of-stream")
+assert b.get_bus().timed_pop_filtered(10 * Gst.SECOND, Gst.MessageType.EOS)
+b.set_state(Gst.State.NULL)
+"""
+
+
+class ApplicationThreadTest(unittest.TestCase):
+    """A thread that runs no pad task is nobody's once the element it pushed for returns."""
+
+    def check_the_application_keeps_its_thread(self, data, worker):
+        el = by_element(data)
+        self.assertGreaterEqual(el["application"]["bytes"], 10 * 100000, data["by-element"])
+        self.assertLess(el.get(worker, {"bytes": 0})["bytes"], 10 * 100000,
+                        f"{worker} is charged none of the application's buffers")
+
+    @unittest.skipUnless(has("x264enc"), "x264enc is not installed")
+    def test_an_encoder_flushing_at_an_eos_from_the_application(self):
+        _, data = app(EOS_FROM_APP,
+                      "appsrc name=src caps=video/x-raw,format=I420,width=320,height=240,"
+                      "framerate=30/1 format=time ! x264enc name=work ! fakesink",
+                      str(320 * 240 * 3 // 2), "10")
+        self.check_the_application_keeps_its_thread(data, "work")
+
+    def test_memmerge_pushing_its_remainder_at_an_eos_from_the_application(self):
+        _, data = app(EOS_FROM_APP,
+                      "appsrc name=src format=bytes ! memmerge name=work target-size=1048576 ! "
+                      "fakesink", "4096", "3")
+        self.check_the_application_keeps_its_thread(data, "work")
+
+
+# The application posts a stream-status ENTER for an element from its own thread (no task
+# runs there), then allocates 4 buffers of 50,000 bytes.
+FAKE_ENTER_APP = """
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+p = Gst.parse_launch("memsrc name=victim num-buffers=1 ! fakesink")
+victim = p.get_by_name("victim")
+victim.post_message(Gst.Message.new_stream_status(victim.get_static_pad("src"),
+                                                  Gst.StreamStatusType.ENTER, victim))
+bufs = [Gst.Buffer.new_allocate(None, 50000, None) for _ in range(4)]
+del bufs
+p.set_state(Gst.State.READY)
+p.set_state(Gst.State.NULL)
+"""
+
+
+class TaskTrustTest(unittest.TestCase):
+    """Only a pad task's own thread makes a thread its element's."""
+
+    def test_an_enter_posted_by_the_application_changes_nothing(self):
+        _, data = app(FAKE_ENTER_APP)
+        el = by_element(data)
+        self.assertEqual(el["application"]["allocations"], 4, data["by-element"])
+        self.assertGreaterEqual(el["application"]["bytes"], 200000, data["by-element"])
+        self.assertNotIn("victim", el)
+
+
 # N pipelines each leave one buffer alive (the application keeps the sample each appsink gave,
 # as a thumbnailer does), then a steady pipeline runs.
 HELD_APP = """
