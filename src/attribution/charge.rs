@@ -276,6 +276,7 @@ mod tests {
     #[test]
     fn elements_are_named_for_protect_mode_past_4096_gone_ones() {
         gst::init().unwrap();
+        running::set_namer(|o| o.name().to_string());
         activate();
         std::thread::spawn(|| {
             for i in 0..5000 {

@@ -4,6 +4,7 @@
 //! anyone may ask [`current_name`].
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gst::glib::translate::ToGlibPtr;
@@ -117,14 +118,32 @@ fn address(element: &gst::Element) -> usize {
     ptr as usize
 }
 
+/// How an object's name is read (given by [`set_namer`]: names are bytes, not always UTF-8,
+/// and reading them as bytes needs `unsafe`, which this module has not).
+static NAMER: OnceLock<fn(&gst::Object) -> String> = OnceLock::new();
+
+/// Names are read with `namer` (the tracer gives one that reads a name's bytes as UTF-8,
+/// replacing what is not).
+pub fn set_namer(namer: fn(&gst::Object) -> String) {
+    let _ = NAMER.set(namer);
+}
+
+/// `object`'s name, as the namer reads it; without one (never, once the tracer runs), a
+/// placeholder rather than `gst_object_get_name` as a Rust string, which must be UTF-8.
+fn name_of(object: &gst::Object) -> String {
+    NAMER
+        .get()
+        .map_or_else(|| "unnamed".to_owned(), |namer| namer(object))
+}
+
 /// `element`'s name and its path from the top-level bin (`pipeline0/src`: the names only,
 /// not `gst_object_get_path_string`'s types).
 fn describe(element: &gst::Element) -> (String, String) {
-    let name = element.name().to_string();
+    let name = name_of(element.upcast_ref());
     let mut names = vec![name.clone()];
     let mut parent = element.parent();
     while let Some(p) = parent {
-        names.push(p.name().to_string());
+        names.push(name_of(&p));
         parent = p.parent();
     }
     names.reverse();
@@ -235,6 +254,7 @@ mod tests {
     use super::*;
 
     fn fake(factory: &str, name: &str) -> gst::Element {
+        set_namer(|o| o.name().to_string());
         gst::ElementFactory::make(factory)
             .name(name)
             .build()

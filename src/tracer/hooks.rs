@@ -4,7 +4,9 @@
 //! exposes them only with its `v1_26` feature, and memkit builds with `v1_22` so that one build
 //! loads on every GStreamer from 1.22), which tell the tracer about memory of other allocators
 //! (an element's own pool of SystemMemory, a hardware allocator), charged to the element
-//! running like memkit's own; a task's thread.
+//! running like memkit's own; an object's name as bytes; a task's thread.
+
+use std::ffi::CStr;
 
 use gst::ffi;
 use gst::glib;
@@ -13,6 +15,23 @@ use gst::prelude::*;
 
 use crate::allocator;
 use crate::attribution;
+
+/// `object`'s name, its bytes read as UTF-8 with U+FFFD for what is not (GStreamer takes any
+/// C string as a name; `gst::Object::name` must not be given one that is not UTF-8).
+pub fn object_name(object: &gst::Object) -> String {
+    let ptr: *mut ffi::GstObject = object.to_glib_none().0;
+    // SAFETY: `object` is alive for this call; gst_object_get_name returns a copy of the name
+    // (taken under the object's lock) that we own and free, or NULL.
+    unsafe {
+        let name = ffi::gst_object_get_name(ptr);
+        if name.is_null() {
+            return String::new();
+        }
+        let out = CStr::from_ptr(name).to_string_lossy().into_owned();
+        glib::ffi::g_free(name.cast());
+        out
+    }
+}
 
 /// Whether `task` runs on this thread now: core sets a task's `thread` to the thread that runs
 /// it before it calls the task's enter callback there (which posts the stream-status ENTER),

@@ -10,7 +10,7 @@ use gst::subclass::prelude::*;
 use crate::allocator::{self, aligned::ProtectProperty};
 use crate::attribution::{self, running};
 
-use super::hooks::task_runs_here;
+use super::hooks::{object_name, task_runs_here};
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -183,9 +183,9 @@ impl MemkitTracer {
     fn check_buffer(&self, pad: &gst::Pad, buffer: &gst::BufferRef) {
         let mut element: Option<String> = None;
         for mem in buffer.iter_memories() {
-            let name = element.get_or_insert_with(|| {
-                pad.parent_element()
-                    .map_or_else(|| pad.name().to_string(), |e| e.name().to_string())
+            let name = element.get_or_insert_with(|| match pad.parent_element() {
+                Some(e) => object_name(e.upcast_ref()),
+                None => object_name(pad.upcast_ref()),
             });
             if allocator::check_memory_guard(mem, Some(name)) {
                 gst::error!(
@@ -288,6 +288,7 @@ impl ObjectImpl for MemkitTracer {
             (allocator::aligned::cached_bytes() as u64)
                 .saturating_add(allocator::memfd::cached_bytes() as u64)
         });
+        running::set_namer(object_name);
         attribution::activate();
         let aligned = allocator::aligned_allocator().upcast::<gst::Allocator>();
         allocator::aligned::charge_maps(&aligned);
@@ -466,7 +467,8 @@ impl TracerImpl for MemkitTracer {
             && element.parent().is_none()
             && element.is::<gst::Pipeline>()
         {
-            self.print_report(&format!("pipeline {} stopped", element.name()), false);
+            let name = object_name(element.upcast_ref());
+            self.print_report(&format!("pipeline {name} stopped"), false);
         }
     }
 }

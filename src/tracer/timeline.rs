@@ -13,6 +13,8 @@ use plotters::prelude::*;
 use crate::attribution::slots::RowId;
 use crate::attribution::timeline::{Sample, Span, merged};
 
+use super::report::printable;
+
 /// Elements drawn with a line of their own; the rest are summed as "others".
 pub const TOP: usize = 6;
 /// Elements with columns of their own in the CSV; the rest are summed as "others".
@@ -208,7 +210,8 @@ pub fn draw_svg(
     for (i, (name, spans)) in cols.names.iter().zip(cols.spans).enumerate() {
         let c = pick(i);
         series.push(Series {
-            name: name.clone(),
+            // plotters escapes <&"' but not control characters, which XML forbids.
+            name: printable(name).into_owned(),
             spans,
             color: RGBColor(c.0, c.1, c.2),
             thick: false,

@@ -321,6 +321,68 @@ class TaskTrustTest(unittest.TestCase):
         self.assertNotIn("victim", el)
 
 
+# Builds a pipeline with ctypes (Python GI refuses names that are not UTF-8): a memsrc named
+# with the bytes of argv[1] (hex) and a fakesink named with those of argv[2], 50 buffers of
+# 65,536 bytes, then gst_deinit (the exit report).
+CTYPES_NAMES_APP = """
+import ctypes, sys
+gst = ctypes.CDLL("libgstreamer-1.0.so.0")
+gobject = ctypes.CDLL("libgobject-2.0.so.0")
+vp = ctypes.c_void_p
+for f, res, args in [
+        ("gst_pipeline_new", vp, [ctypes.c_char_p]),
+        ("gst_element_factory_make", vp, [ctypes.c_char_p, ctypes.c_char_p]),
+        ("gst_bin_add", ctypes.c_int, [vp, vp]),
+        ("gst_element_link", ctypes.c_int, [vp, vp]),
+        ("gst_element_set_state", ctypes.c_int, [vp, ctypes.c_int]),
+        ("gst_element_get_bus", vp, [vp]),
+        ("gst_bus_timed_pop_filtered", vp, [vp, ctypes.c_uint64, ctypes.c_int]),
+        ("gst_mini_object_unref", None, [vp]),
+        ("gst_object_unref", None, [vp])]:
+    getattr(gst, f).restype = res
+    getattr(gst, f).argtypes = args
+gst.gst_init(None, None)
+p = gst.gst_pipeline_new(b"p")
+src = gst.gst_element_factory_make(b"memsrc", bytes.fromhex(sys.argv[1]))
+sink = gst.gst_element_factory_make(b"fakesink", bytes.fromhex(sys.argv[2]))
+gobject.g_object_set(vp(src), b"num-buffers", ctypes.c_int(50), b"blocksize",
+                     ctypes.c_uint(65536), None)
+assert gst.gst_bin_add(p, src) and gst.gst_bin_add(p, sink) and gst.gst_element_link(src, sink)
+gst.gst_element_set_state(p, 4)
+bus = gst.gst_element_get_bus(p)
+msg = gst.gst_bus_timed_pop_filtered(bus, 10 * 10**9, 1 | 2)  # EOS | ERROR
+assert msg
+gst.gst_mini_object_unref(msg)
+gst.gst_object_unref(bus)
+gst.gst_element_set_state(p, 1)
+gst.gst_object_unref(p)
+gst.gst_deinit()
+"""
+
+
+class NameTest(unittest.TestCase):
+    """Element names are bytes: every output of the report is valid and readable."""
+
+    def test_names_that_are_not_utf8_give_valid_utf8_reports(self):
+        err, data = app(CTYPES_NAMES_APP, b"src\xff\xfe".hex(), b'sink"\\\n,\x01'.hex())
+        el = by_element(data)
+        self.assertEqual(el["src\ufffd\ufffd"]["allocations"], 50, data["by-element"])
+        self.assertIn("src\ufffd\ufffd", err)
+
+    def test_control_characters_in_names_give_a_valid_svg(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            svg = os.path.join(tmp, "t.svg")
+            err, data = app(CTYPES_NAMES_APP, b"ctl\x01\x02name".hex(), b"sink".hex(),
+                            params=f"timeline={svg}")
+            root = ET.parse(svg).getroot()  # not well-formed XML raises
+        texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+        self.assertIn("ctl\\x01\\x02name", texts)
+        self.assertEqual(by_element(data)["ctl\x01\x02name"]["allocations"], 50,
+                         "the JSON holds the name itself")
+        self.assertIn("ctl\\x01\\x02name", err, "the text report shows the characters")
+        self.assertNotIn("\x01", err)
+
+
 # N pipelines each leave one buffer alive (the application keeps the sample each appsink gave,
 # as a thumbnailer does), then a steady pipeline runs.
 HELD_APP = """
