@@ -14,9 +14,12 @@
 //! and keeps the copy only when both are the same even number, so that a copy spanning a whole
 //! rewrite (a rename: the same generation) is taken again, never kept torn.
 //!
-//! Once [`enable`]d (protect mode does it), every thread the tracer sees publishes the id of
-//! the target it runs now in a row of its own, keyed by its kernel thread id. Without the
-//! tracer nothing is published and the names are "unknown".
+//! Once [`enable`]d (protect mode does it), every thread the tracer sees running an element
+//! publishes the id of the target it runs now in a row of its own, keyed by its kernel thread
+//! id; a thread that runs nothing (a pool thread between tasks, the application between two
+//! calls into an element) gives its row back, as it does when it exits, so that
+//! [`MAX_THREADS`] bounds the threads inside an element at once, not the threads ever seen.
+//! Without the tracer nothing is published and the names are "unknown".
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering, fence};
@@ -41,8 +44,9 @@ pub(crate) const MAX_NAMES: usize = 1 << INDEX_BITS;
 /// Generations an entry goes through before they repeat (the top one is left out, so that no
 /// id is [`NO_SLOT`] or [`APPLICATION_SLOT`]).
 const GENERATIONS: u32 = (u32::MAX >> INDEX_BITS) - 1;
-/// Threads that can publish at once.
-const MAX_THREADS: usize = 1024;
+/// Threads that can publish at once (a thread past them is named "application" by protect
+/// mode): 32 KiB of rows.
+pub(crate) const MAX_THREADS: usize = 4096;
 /// What an entry's generation is before it is first named: no id has it.
 const NEVER: u32 = u32::MAX;
 /// Tries of a reader racing a writer of the same entry before it says "unknown" (a signal
@@ -160,12 +164,20 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
         String::from_utf8_lossy(&out[..n]).into_owned()
     }
 
-    /// Publishes `id` as what the thread `tid` runs, in `row` (claimed at the first call).
+    /// The rows in the order the thread `tid` looks at them: from a place its id picks, so that
+    /// threads seldom race for the same row, then round.
+    fn rows_of(tid: i32) -> impl Iterator<Item = usize> {
+        let start = (tid as u32).wrapping_mul(0x9e37_79b9) as usize % THREADS;
+        (start..THREADS).chain(0..start)
+    }
+
+    /// Publishes `id` as what the thread `tid` runs, in `row` (claimed when it is `None`; a
+    /// thread past the rows publishes nothing).
     pub(crate) fn publish_as(&self, row: &mut Option<usize>, id: u32, tid: i32) {
         let r = match *row {
             Some(r) => r,
             None => {
-                let Some(r) = (0..THREADS).find(|&r| {
+                let Some(r) = Self::rows_of(tid).find(|&r| {
                     self.row_tid[r]
                         .compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
@@ -179,7 +191,7 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
         self.row_id[r].store(id, Ordering::Release);
     }
 
-    /// The thread owning `row` exits.
+    /// The thread owning `row` runs nothing now, or exits: the row is free for another.
     pub(crate) fn release(&self, row: usize) {
         self.row_id[row].store(NO_SLOT, Ordering::Relaxed);
         self.row_tid[row].store(0, Ordering::Release);
@@ -187,7 +199,7 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
 
     /// The id the thread `tid` published last, if it has a row. Async-signal-safe.
     pub(crate) fn published_by(&self, tid: i32) -> Option<u32> {
-        (0..THREADS)
+        Self::rows_of(tid)
             .find(|&r| self.row_tid[r].load(Ordering::Acquire) == tid)
             .map(|r| self.row_id[r].load(Ordering::Acquire))
             .filter(|&id| id != NO_SLOT)
@@ -236,9 +248,16 @@ pub fn name(id: u32) -> String {
     TABLE.name(id)
 }
 
-/// Publishes `id` as what this thread runs, in `row` (claimed at the first call), when
-/// enabled.
+/// Publishes `id` as what this thread runs, in `row` (claimed when it is `None`), when
+/// enabled; [`APPLICATION_SLOT`] gives the row back instead ([`running_on`] says
+/// "application" for a thread without one).
 pub(crate) fn publish(row: &mut Option<usize>, id: u32) {
+    if id == APPLICATION_SLOT {
+        if let Some(r) = row.take() {
+            TABLE.release(r);
+        }
+        return;
+    }
     if !enabled() {
         return;
     }
@@ -377,6 +396,26 @@ mod tests {
             (reads, torn)
         });
         assert_eq!(torn, None, "a torn name after {reads} reads");
+    }
+
+    #[test]
+    fn rows_given_back_serve_more_threads_than_there_are_rows() {
+        let table = Table::<2, 4>::new();
+        for round in 0..10 {
+            let mut rows: Vec<Option<usize>> = vec![None; 4];
+            for (i, row) in rows.iter_mut().enumerate() {
+                let tid = 100 + round * 4 + i as i32;
+                table.publish_as(row, 7, tid);
+                assert!(row.is_some(), "thread {tid} has a row");
+                assert_eq!(table.published_by(tid), Some(7));
+            }
+            let mut fifth = None;
+            table.publish_as(&mut fifth, 7, 99);
+            assert_eq!(fifth, None, "four rows, four threads at once");
+            for row in rows {
+                table.release(row.unwrap());
+            }
+        }
     }
 
     #[test]
