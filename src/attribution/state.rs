@@ -80,6 +80,8 @@ impl State {
     /// [`TRACKED`] highest of the run is followed when it reaches its peak).
     fn track(&mut self, slot: Slot, held: u64) {
         if self.tracked.len() >= TRACKED {
+            // The threshold was the least peak when last looked at: the followed ones may
+            // have grown past `slot`'s since.
             let slots = &mut self.slots;
             for t in &mut self.tracked {
                 if let Some(s) = slots.valid(t.target) {
@@ -88,6 +90,11 @@ impl State {
             }
             let least = (0..self.tracked.len()).min_by_key(|&i| self.tracked[i].peak);
             if let Some(i) = least {
+                let least_peak = self.tracked[i].peak;
+                if self.slots.raw(slot).peak <= least_peak {
+                    self.threshold = least_peak;
+                    return;
+                }
                 let gone = self.tracked.swap_remove(i);
                 if let Some(s) = self.slots.valid(gone.target) {
                     let r = self.slots.raw(s);
@@ -285,6 +292,33 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         assert_eq!(s.listed.len(), TRACKED);
+    }
+
+    #[test]
+    fn an_element_replaces_a_followed_one_only_when_its_peak_passes_theirs_now() {
+        let mut s = state();
+        s.timeline.start();
+        let t: Vec<Target> = (0..TRACKED + 1)
+            .map(|i| s.slots.register(0x10 + i, &format!("e{i}"), "p"))
+            .collect();
+        for x in &t[..TRACKED] {
+            s.change_live(x.slot, 10, true);
+        }
+        // The followed ones grow past 10 after the threshold was taken.
+        for x in &t[..TRACKED] {
+            s.change_live(x.slot, 100, true);
+        }
+        let late = t[TRACKED].slot;
+        s.change_live(late, 50, true);
+        assert!(
+            !s.slots.raw(late).tracked,
+            "50 is less than every followed peak"
+        );
+        assert_eq!(s.others.end, 50);
+        s.change_live(late, 100, true);
+        assert!(s.slots.raw(late).tracked, "150 passes 110");
+        assert_eq!(s.others.end, 110, "the one it replaced, summed from now on");
+        assert_eq!(s.total.end, 110 * TRACKED as u64 + 150);
     }
 
     #[test]
