@@ -172,8 +172,15 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
     }
 
     /// Publishes `id` as what the thread `tid` runs, in `row` (claimed when it is `None`; a
-    /// thread past the rows publishes nothing).
+    /// thread past the rows publishes nothing); [`APPLICATION_SLOT`] (the thread runs
+    /// nothing) gives the row back instead.
     pub(crate) fn publish_as(&self, row: &mut Option<usize>, id: u32, tid: i32) {
+        if id == APPLICATION_SLOT {
+            if let Some(r) = row.take() {
+                self.release(r);
+            }
+            return;
+        }
         let r = match *row {
             Some(r) => r,
             None => {
@@ -253,9 +260,7 @@ pub fn name(id: u32) -> String {
 /// "application" for a thread without one).
 pub(crate) fn publish(row: &mut Option<usize>, id: u32) {
     if id == APPLICATION_SLOT {
-        if let Some(r) = row.take() {
-            TABLE.release(r);
-        }
+        TABLE.publish_as(row, id, 0);
         return;
     }
     if !enabled() {
@@ -396,6 +401,25 @@ mod tests {
             (reads, torn)
         });
         assert_eq!(torn, None, "a torn name after {reads} reads");
+    }
+
+    #[test]
+    fn a_thread_that_runs_nothing_gives_its_row_to_another() {
+        let table = Table::<2, 1>::new();
+        let (mut first, mut second) = (None, None);
+        table.publish_as(&mut first, 7, 100);
+        assert_eq!(table.published_by(100), Some(7));
+        table.publish_as(&mut second, 9, 200);
+        assert_eq!(table.published_by(200), None, "one row, taken");
+        table.publish_as(&mut first, APPLICATION_SLOT, 100);
+        assert_eq!(first, None);
+        assert_eq!(table.published_by(100), None, "runs nothing: application");
+        table.publish_as(&mut second, 9, 200);
+        assert_eq!(
+            table.published_by(200),
+            Some(9),
+            "the row given back serves another"
+        );
     }
 
     #[test]
