@@ -5,9 +5,9 @@
 //!
 //! **Work per event.** An allocation, free, share, copy or map takes one lock and does
 //! constant work: the counts of one slot, a hash map insert or remove for the block, the
-//! interval's least and most of that slot and of the total, and a look at the clock. A sample
-//! of the timeline (100 per second at most, fewer as a run grows long) reads only the slots
-//! that changed since the last one or hold bytes.
+//! interval's least and most of that slot (or of the others summed) and of the total, and a
+//! look at the clock, those only with a timeline. A sample of the timeline (100 per second at
+//! most, fewer as a run grows long) reads at most `TRACKED` slots (see [`super::timeline`]).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -23,9 +23,14 @@ static CACHED_BYTES: OnceLock<fn() -> u64> = OnceLock::new();
 
 /// Starts recording (the tracer calls it once, before any pipeline runs).
 pub fn activate() {
-    let _ = state().timeline.start();
     super::published::set_tracing();
     ACTIVE.store(true, Ordering::Release);
+}
+
+/// Starts the timeline's samples (the tracer calls it when it writes a timeline: none are
+/// taken without one).
+pub fn start_timeline() {
+    let _ = state().timeline.start();
 }
 
 /// Whether charges are being recorded.
@@ -86,8 +91,8 @@ pub fn allocated(addr: usize, bytes: usize, foreign: bool) {
     }
 }
 
-/// Reads the allocators' cached bytes (out of our lock: they take their own locks to count
-/// their caches) for the sample taken at `seconds`.
+/// Reads the allocators' cached bytes (out of our lock) for the sample taken at `seconds`.
+/// The source must take no lock of an allocator: a free may charge while it holds one.
 fn read_cached(seconds: f64) {
     let cached = cached_bytes();
     state().set_cached(seconds, cached);
@@ -271,6 +276,7 @@ mod tests {
     #[test]
     fn elements_are_named_for_protect_mode_past_4096_gone_ones() {
         gst::init().unwrap();
+        running::set_namer(|o| o.name().to_string());
         activate();
         std::thread::spawn(|| {
             for i in 0..5000 {

@@ -9,9 +9,17 @@
 //! "unknown", never the newcomer's name. Entries are reused oldest-retired first, so a gone
 //! target's name stays readable until [`MAX_NAMES`] later targets have come.
 //!
-//! Once [`enable`]d (protect mode does it), every thread the tracer sees publishes the id of
-//! the target it runs now in a row of its own, keyed by its kernel thread id. Without the
-//! tracer nothing is published and the names are "unknown".
+//! Each entry is a sequence lock: a writer makes its sequence odd, writes, and makes it even
+//! again, one higher than before; a reader copies the name between two reads of the sequence
+//! and keeps the copy only when both are the same even number, so that a copy spanning a whole
+//! rewrite (a rename: the same generation) is taken again, never kept torn.
+//!
+//! Once [`enable`]d (protect mode does it), every thread the tracer sees running an element
+//! publishes the id of the target it runs now in a row of its own, keyed by its kernel thread
+//! id; a thread that runs nothing (a pool thread between tasks, the application between two
+//! calls into an element) gives its row back, as it does when it exits, so that
+//! [`MAX_THREADS`] bounds the threads inside an element at once, not the threads ever seen.
+//! Without the tracer nothing is published and the names are "unknown".
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering, fence};
@@ -36,8 +44,11 @@ pub(crate) const MAX_NAMES: usize = 1 << INDEX_BITS;
 /// Generations an entry goes through before they repeat (the top one is left out, so that no
 /// id is [`NO_SLOT`] or [`APPLICATION_SLOT`]).
 const GENERATIONS: u32 = (u32::MAX >> INDEX_BITS) - 1;
-/// Threads that can publish at once.
-const MAX_THREADS: usize = 1024;
+/// Threads that can publish at once (a thread past them is named "application" by protect
+/// mode): 32 KiB of rows.
+pub(crate) const MAX_THREADS: usize = 4096;
+/// What an entry's generation is before it is first named: no id has it.
+const NEVER: u32 = u32::MAX;
 /// Tries of a reader racing a writer of the same entry before it says "unknown" (a signal
 /// handler may have interrupted that writer on its own thread: it must not wait).
 const READ_TRIES: usize = 4;
@@ -55,8 +66,9 @@ pub(crate) fn id(index: usize, generation: u32) -> u32 {
 pub(crate) struct Table<const NAMES: usize, const THREADS: usize> {
     names: [[AtomicU8; NAME_BYTES]; NAMES],
     len: [AtomicU8; NAMES],
-    /// A sequence lock per entry: the generation it names, doubled, plus one while written
-    /// (at first a generation no id has: never named).
+    /// The generation each entry names ([`NEVER`] at first).
+    generation: [AtomicU32; NAMES],
+    /// A sequence lock per entry: odd while it is written, one higher after each write.
     seq: [AtomicU32; NAMES],
     /// A row's owner (0: free) and the id it runs now.
     row_tid: [AtomicI32; THREADS],
@@ -68,7 +80,8 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
         Table {
             names: [const { [const { AtomicU8::new(0) }; NAME_BYTES] }; NAMES],
             len: [const { AtomicU8::new(0) }; NAMES],
-            seq: [const { AtomicU32::new(u32::MAX - 1) }; NAMES],
+            generation: [const { AtomicU32::new(NEVER) }; NAMES],
+            seq: [const { AtomicU32::new(0) }; NAMES],
             row_tid: [const { AtomicI32::new(0) }; THREADS],
             row_id: [const { AtomicU32::new(NO_SLOT) }; THREADS],
         }
@@ -91,13 +104,16 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
         while !name.is_char_boundary(n) {
             n -= 1;
         }
-        self.seq[index].store((generation << 1) | 1, Ordering::Relaxed);
+        // The only writer: the sequence is even here.
+        let seq = self.seq[index].load(Ordering::Relaxed);
+        self.seq[index].store(seq.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
+        self.generation[index].store(generation, Ordering::Relaxed);
         for (dst, &b) in bytes.iter().zip(name.as_bytes()[..n].iter()) {
             dst.store(b, Ordering::Relaxed);
         }
         self.len[index].store(n as u8, Ordering::Relaxed);
-        self.seq[index].store(generation << 1, Ordering::Release);
+        self.seq[index].store(seq.wrapping_add(2), Ordering::Release);
     }
 
     /// Copies the name of `id` into `out`; its length. Async-signal-safe.
@@ -121,16 +137,20 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
                 std::hint::spin_loop();
                 continue;
             }
-            if before >> 1 != generation {
-                break; // never named, or named another target since
-            }
+            let named = self.generation[index].load(Ordering::Relaxed);
             let len = usize::from(self.len[index].load(Ordering::Relaxed));
             let n = len.min(out.len());
             for (dst, src) in out[..n].iter_mut().zip(self.names[index].iter()) {
                 *dst = src.load(Ordering::Relaxed);
             }
             fence(Ordering::Acquire);
-            if self.seq[index].load(Ordering::Relaxed) == before && n > 0 {
+            if self.seq[index].load(Ordering::Relaxed) != before {
+                continue; // written meanwhile: the copy may mix two names
+            }
+            if named != generation {
+                break; // never named, or named another target since
+            }
+            if n > 0 {
                 return n;
             }
         }
@@ -144,12 +164,27 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
         String::from_utf8_lossy(&out[..n]).into_owned()
     }
 
-    /// Publishes `id` as what the thread `tid` runs, in `row` (claimed at the first call).
+    /// The rows in the order the thread `tid` looks at them: from a place its id picks, so that
+    /// threads seldom race for the same row, then round.
+    fn rows_of(tid: i32) -> impl Iterator<Item = usize> {
+        let start = (tid as u32).wrapping_mul(0x9e37_79b9) as usize % THREADS;
+        (start..THREADS).chain(0..start)
+    }
+
+    /// Publishes `id` as what the thread `tid` runs, in `row` (claimed when it is `None`; a
+    /// thread past the rows publishes nothing); [`APPLICATION_SLOT`] (the thread runs
+    /// nothing) gives the row back instead.
     pub(crate) fn publish_as(&self, row: &mut Option<usize>, id: u32, tid: i32) {
+        if id == APPLICATION_SLOT {
+            if let Some(r) = row.take() {
+                self.release(r);
+            }
+            return;
+        }
         let r = match *row {
             Some(r) => r,
             None => {
-                let Some(r) = (0..THREADS).find(|&r| {
+                let Some(r) = Self::rows_of(tid).find(|&r| {
                     self.row_tid[r]
                         .compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
@@ -163,7 +198,7 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
         self.row_id[r].store(id, Ordering::Release);
     }
 
-    /// The thread owning `row` exits.
+    /// The thread owning `row` runs nothing now, or exits: the row is free for another.
     pub(crate) fn release(&self, row: usize) {
         self.row_id[row].store(NO_SLOT, Ordering::Relaxed);
         self.row_tid[row].store(0, Ordering::Release);
@@ -171,7 +206,7 @@ impl<const NAMES: usize, const THREADS: usize> Table<NAMES, THREADS> {
 
     /// The id the thread `tid` published last, if it has a row. Async-signal-safe.
     pub(crate) fn published_by(&self, tid: i32) -> Option<u32> {
-        (0..THREADS)
+        Self::rows_of(tid)
             .find(|&r| self.row_tid[r].load(Ordering::Acquire) == tid)
             .map(|r| self.row_id[r].load(Ordering::Acquire))
             .filter(|&id| id != NO_SLOT)
@@ -220,9 +255,14 @@ pub fn name(id: u32) -> String {
     TABLE.name(id)
 }
 
-/// Publishes `id` as what this thread runs, in `row` (claimed at the first call), when
-/// enabled.
+/// Publishes `id` as what this thread runs, in `row` (claimed when it is `None`), when
+/// enabled; [`APPLICATION_SLOT`] gives the row back instead ([`running_on`] says
+/// "application" for a thread without one).
 pub(crate) fn publish(row: &mut Option<usize>, id: u32) {
+    if id == APPLICATION_SLOT {
+        TABLE.publish_as(row, id, 0);
+        return;
+    }
     if !enabled() {
         return;
     }
@@ -307,6 +347,99 @@ mod tests {
             }
         }
         assert_eq!(id(MAX_NAMES, 0), NO_SLOT);
+    }
+
+    #[test]
+    fn a_rewrite_moves_the_sequence_so_that_a_read_across_it_tries_again() {
+        let table = Table::<2, 1>::new();
+        let id = id(1, 3);
+        table.set_name(id, "old");
+        let before = table.seq[1].load(Ordering::Acquire);
+        table.set_name(id, "new");
+        assert_ne!(
+            table.seq[1].load(Ordering::Acquire),
+            before,
+            "a reader that began before the rewrite and ends after it must see it"
+        );
+        assert_eq!(table.name(id), "new");
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_name_torn_by_a_rewrite_of_the_same_target() {
+        // A rename rewrites the entry in the same generation: a reader whose copy spans a
+        // whole rewrite must notice it and try again, never mix the old bytes and the new.
+        // A small table, as the attack that found it used.
+        static TABLE: Table<4, 1> = Table::new();
+        let table = &TABLE;
+        let (a, b) = ("A".repeat(NAME_BYTES), "b".repeat(NAME_BYTES));
+        let id = id(1, 3);
+        table.set_name(id, &a);
+        let stop = AtomicBool::new(false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let (reads, torn) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    table.set_name(id, if i.is_multiple_of(2) { &b } else { &a });
+                    i += 1;
+                }
+            });
+            let mut out = [0u8; NAME_BYTES];
+            let (mut reads, mut torn) = (0u64, None);
+            while torn.is_none() && std::time::Instant::now() < deadline {
+                for _ in 0..10_000 {
+                    let n = table.name_into(id, &mut out);
+                    let got = &out[..n];
+                    reads += 1;
+                    if got != a.as_bytes() && got != b.as_bytes() && got != UNKNOWN.as_bytes() {
+                        torn = Some(String::from_utf8_lossy(got).into_owned());
+                        break;
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            (reads, torn)
+        });
+        assert_eq!(torn, None, "a torn name after {reads} reads");
+    }
+
+    #[test]
+    fn a_thread_that_runs_nothing_gives_its_row_to_another() {
+        let table = Table::<2, 1>::new();
+        let (mut first, mut second) = (None, None);
+        table.publish_as(&mut first, 7, 100);
+        assert_eq!(table.published_by(100), Some(7));
+        table.publish_as(&mut second, 9, 200);
+        assert_eq!(table.published_by(200), None, "one row, taken");
+        table.publish_as(&mut first, APPLICATION_SLOT, 100);
+        assert_eq!(first, None);
+        assert_eq!(table.published_by(100), None, "runs nothing: application");
+        table.publish_as(&mut second, 9, 200);
+        assert_eq!(
+            table.published_by(200),
+            Some(9),
+            "the row given back serves another"
+        );
+    }
+
+    #[test]
+    fn rows_given_back_serve_more_threads_than_there_are_rows() {
+        let table = Table::<2, 4>::new();
+        for round in 0..10 {
+            let mut rows: Vec<Option<usize>> = vec![None; 4];
+            for (i, row) in rows.iter_mut().enumerate() {
+                let tid = 100 + round * 4 + i as i32;
+                table.publish_as(row, 7, tid);
+                assert!(row.is_some(), "thread {tid} has a row");
+                assert_eq!(table.published_by(tid), Some(7));
+            }
+            let mut fifth = None;
+            table.publish_as(&mut fifth, 7, 99);
+            assert_eq!(fifth, None, "four rows, four threads at once");
+            for row in rows {
+                table.release(row.unwrap());
+            }
+        }
     }
 
     #[test]

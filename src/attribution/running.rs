@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Which element's code a thread is running (see the module above for the rules). The
-//! tracer's hooks call [`enter`], [`leave`], [`task_started`], [`task_stopped`] and
-//! [`pushing`]; anyone may ask [`current_name`].
+//! tracer's hooks call [`enter`], [`push`], [`leave`], [`task_started`] and [`task_stopped`];
+//! anyone may ask [`current_name`].
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gst::glib::translate::ToGlibPtr;
@@ -22,15 +23,21 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Elements a thread remembers the targets of (the ones of a chain of pushes).
 const CACHED: usize = 8;
 
+/// An element entered on a thread.
+#[derive(Clone, Copy)]
+struct Frame {
+    target: Target,
+    /// Entered for the length of a push from a thread that ran nothing (the element pushing):
+    /// left with the frame above it, the element the push entered.
+    with_next: bool,
+}
+
 #[derive(Default)]
 struct ThreadState {
     /// The elements whose code runs, innermost last.
-    stack: Vec<Target>,
-    /// The element whose task the thread runs, below the stack.
-    task: Option<Target>,
-    /// Whether `task` was told by the task's start (a pad task's stream-status ENTER), which
-    /// a push does not change.
-    task_told: bool,
+    stack: Vec<Frame>,
+    /// The element whose pad task the thread runs, below the stack, and that task's address.
+    task: Option<(Target, usize)>,
     /// Recent lookups: (address, target), valid in `cache_generation`.
     cache: [Option<(usize, Target)>; CACHED],
     cache_next: usize,
@@ -43,9 +50,14 @@ impl ThreadState {
     fn current(&self) -> Target {
         self.stack
             .last()
-            .copied()
-            .or(self.task)
+            .map(|f| f.target)
+            .or(self.task.map(|t| t.0))
             .unwrap_or(Target::APPLICATION)
+    }
+
+    fn push(&mut self, target: Target, with_next: bool) {
+        self.stack.push(Frame { target, with_next });
+        self.republish();
     }
 
     fn cached(&mut self, addr: usize, generation: u64) -> Option<Target> {
@@ -69,9 +81,10 @@ impl ThreadState {
         self.cache_next = (self.cache_next + 1) % CACHED;
     }
 
-    /// Publishes what the thread runs now, when protect mode wants to know.
+    /// Publishes what the thread runs now, when protect mode wants to know (a thread that
+    /// runs nothing gives its row back).
     fn republish(&mut self) {
-        if published::enabled() {
+        if published::enabled() || self.row.is_some() {
             let id = self.current().published_id();
             published::publish(&mut self.row, id);
         }
@@ -105,14 +118,32 @@ fn address(element: &gst::Element) -> usize {
     ptr as usize
 }
 
+/// How an object's name is read (given by [`set_namer`]: names are bytes, not always UTF-8,
+/// and reading them as bytes needs `unsafe`, which this module has not).
+static NAMER: OnceLock<fn(&gst::Object) -> String> = OnceLock::new();
+
+/// Names are read with `namer` (the tracer gives one that reads a name's bytes as UTF-8,
+/// replacing what is not).
+pub fn set_namer(namer: fn(&gst::Object) -> String) {
+    let _ = NAMER.set(namer);
+}
+
+/// `object`'s name, as the namer reads it; without one (never, once the tracer runs), a
+/// placeholder rather than `gst_object_get_name` as a Rust string, which must be UTF-8.
+fn name_of(object: &gst::Object) -> String {
+    NAMER
+        .get()
+        .map_or_else(|| "unnamed".to_owned(), |namer| namer(object))
+}
+
 /// `element`'s name and its path from the top-level bin (`pipeline0/src`: the names only,
 /// not `gst_object_get_path_string`'s types).
 fn describe(element: &gst::Element) -> (String, String) {
-    let name = element.name().to_string();
+    let name = name_of(element.upcast_ref());
     let mut names = vec![name.clone()];
     let mut parent = element.parent();
     while let Some(p) = parent {
-        names.push(p.name().to_string());
+        names.push(name_of(&p));
         parent = p.parent();
     }
     names.reverse();
@@ -131,64 +162,64 @@ fn target_of(element: &gst::Element) -> Target {
     target
 }
 
-/// `element`'s code starts running on this thread (a pad of it receives a buffer or an
-/// event, is pulled from or queried, it is queried or changes state). `None` (a pad without
-/// an element, such as a ghost pad's internal pad) keeps what runs now, so that every
-/// [`enter`] has its [`leave`].
+/// `element`'s code starts running on this thread (a pad of it receives an event, is pulled
+/// from or queried, it is queried or changes state). `None` (a pad without an element, such
+/// as a ghost pad's internal pad) keeps what runs now, so that every [`enter`] has its
+/// [`leave`].
 pub fn enter(element: Option<&gst::Element>) {
     let target = element.map(target_of);
     with_thread(|t| {
         let target = target.unwrap_or_else(|| t.current());
-        t.stack.push(target);
-        t.republish();
+        t.push(target, false);
     });
 }
 
-/// The element entered last on this thread is done.
+/// A pad of `pusher` pushes a buffer to a pad of `peer` from this thread: `peer` is entered
+/// as by [`enter`]. On a thread that runs nothing (no element entered, no pad task: an
+/// application's thread that sent an event into an element, an element's own thread),
+/// `pusher` runs for the length of the push too, below `peer`, and the [`leave`] after the
+/// push leaves both: the thread runs nothing again.
+pub fn push(pusher: Option<&gst::Element>, peer: Option<&gst::Element>) {
+    let idle = with_thread(|t| t.stack.is_empty() && t.task.is_none()) == Some(true);
+    if idle && let Some(pusher) = pusher {
+        let target = target_of(pusher);
+        with_thread(|t| t.push(target, true));
+    }
+    enter(peer);
+}
+
+/// The element entered last on this thread is done (and the element pushing, when the push
+/// had entered it: see [`push`]).
 pub fn leave() {
     with_thread(|t| {
         t.stack.pop();
+        if t.stack.last().is_some_and(|f| f.with_next) {
+            t.stack.pop();
+        }
         t.republish();
     });
 }
 
-/// This thread starts running `owner`'s task (a pad task's stream-status ENTER, posted from
-/// the task's thread before its first iteration): below any element entered, the thread is
-/// `owner`'s until the task stops.
-pub fn task_started(owner: &gst::Element) {
+/// This thread starts running `owner`'s pad task, the task at `task` (its stream-status
+/// ENTER, posted from the task's thread before its first iteration: the caller checks that
+/// it is): below any element entered, the thread is `owner`'s until that task stops.
+pub fn task_started(owner: &gst::Element, task: usize) {
     let target = target_of(owner);
     with_thread(|t| {
-        t.task = Some(target);
-        t.task_told = true;
+        t.task = Some((target, task));
         t.republish();
     });
 }
 
-/// The task this thread ran has stopped (stream-status LEAVE): the thread goes back to the
-/// pool, and runs no element until it is given another task.
-pub fn task_stopped() {
+/// The task at `task` has stopped on this thread (its stream-status LEAVE): the thread goes
+/// back to the pool, and runs no element until it is given another task. A LEAVE of a task
+/// this thread does not run changes nothing.
+pub fn task_stopped(task: usize) {
     with_thread(|t| {
-        t.task = None;
-        t.task_told = false;
-        t.republish();
-    });
-}
-
-/// A pad of `element` pushes a buffer from this thread. With no element entered and no task
-/// told, the thread is one of an element's own (not a pad task: it posted no stream-status):
-/// it is `element`'s from now on. `None` (a pad without an element) changes nothing.
-pub fn pushing(element: Option<&gst::Element>) {
-    let Some(element) = element else {
-        return;
-    };
-    let untold = with_thread(|t| t.stack.is_empty() && !t.task_told && t.task.is_none());
-    if untold != Some(true) {
-        return;
-    }
-    let target = target_of(element);
-    with_thread(|t| {
-        t.task = Some(target);
-        t.republish();
+        if t.task.is_some_and(|(_, running)| running == task) {
+            t.task = None;
+            t.republish();
+        }
     });
 }
 
@@ -223,10 +254,15 @@ mod tests {
     use super::*;
 
     fn fake(factory: &str, name: &str) -> gst::Element {
+        set_namer(|o| o.name().to_string());
         gst::ElementFactory::make(factory)
             .name(name)
             .build()
             .unwrap()
+    }
+
+    fn task(n: usize) -> usize {
+        0x1000 * n
     }
 
     /// What the tracer's object-destroyed hook does before `elements` are freed: another test
@@ -238,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_is_charged_to_the_element_it_runs_then_to_its_task_owner() {
+    fn a_thread_is_charged_to_the_element_it_runs_then_to_nobody() {
         gst::init().unwrap();
         let src = fake("fakesrc", "who-src");
         let sink = fake("fakesink", "who-sink");
@@ -248,15 +284,24 @@ mod tests {
             assert_eq!(current_name(), "who-sink");
             leave();
             assert_eq!(current_name(), APPLICATION);
-            // The first push with nothing entered and no task told: the thread is the
-            // source's own.
-            pushing(Some(&src));
-            assert_eq!(current_name(), "who-src");
-            enter(Some(&sink));
-            pushing(Some(&sink)); // inside an element: not a task owner
+            // A push from a thread that runs nothing (an application's thread that sent an
+            // event into the source): the sink runs, then nobody again.
+            push(Some(&src), Some(&sink));
+            assert_eq!(current_name(), "who-sink");
+            push(Some(&sink), None); // a pad without a peer element: the sink still runs
             assert_eq!(current_name(), "who-sink");
             leave();
+            leave();
+            assert_eq!(
+                current_name(),
+                APPLICATION,
+                "the thread is not the source's"
+            );
+            // The pusher runs for the length of a push to nowhere.
+            push(Some(&src), None);
             assert_eq!(current_name(), "who-src");
+            leave();
+            assert_eq!(current_name(), APPLICATION);
             destroyed(&[&src, &sink]);
         })
         .join()
@@ -270,21 +315,29 @@ mod tests {
         let second = fake("fakesrc", "task-second");
         let mux = fake("fakesink", "task-mux");
         std::thread::spawn(move || {
-            task_started(&first);
+            task_started(&first, task(1));
             assert_eq!(current_name(), "task-first");
-            pushing(Some(&first));
-            task_stopped();
+            push(Some(&first), Some(&mux));
+            assert_eq!(current_name(), "task-mux");
+            leave();
+            assert_eq!(current_name(), "task-first");
+            task_stopped(task(1));
             assert_eq!(current_name(), APPLICATION, "back in the pool");
             // The pool gives the thread to another task: an aggregator's, which works
             // before its first push and then pushes from its own pad.
-            task_started(&mux);
+            task_started(&mux, task(2));
             assert_eq!(current_name(), "task-mux", "before any push");
-            pushing(Some(&second)); // a told task is not changed by a push
+            task_stopped(task(1)); // not the task it runs
             assert_eq!(current_name(), "task-mux");
-            enter(Some(&second));
+            push(Some(&mux), Some(&second));
             assert_eq!(current_name(), "task-second");
             leave();
-            task_stopped();
+            assert_eq!(
+                current_name(),
+                "task-mux",
+                "a push does not change the task"
+            );
+            task_stopped(task(2));
             assert_eq!(current_name(), APPLICATION);
             destroyed(&[&first, &second, &mux]);
         })

@@ -99,7 +99,9 @@ pub(crate) struct Raw {
     /// The least and the most of `live` since the timeline's last sample.
     pub(crate) low: u64,
     pub(crate) high: u64,
-    /// Whether the next sample reads it (it changed, or holds bytes).
+    /// Whether the timeline follows it one by one (see `State::change_live`).
+    pub(crate) tracked: bool,
+    /// Whether the next sample reads it (followed, and it changed or holds bytes).
     pub(crate) listed: bool,
 }
 
@@ -174,7 +176,7 @@ impl Slots {
         self.by_addr.get(&addr).map(|&slot| self.target(slot))
     }
 
-    fn target(&self, slot: Slot) -> Target {
+    pub(crate) fn target(&self, slot: Slot) -> Target {
         Target {
             slot,
             generation: self.entries[slot as usize].generation,
@@ -236,14 +238,25 @@ impl Slots {
         }
     }
 
-    /// Takes `slot` out of the slots of its name.
+    /// Takes `slot` out of the slots of its name; one left alone with it is published by its
+    /// name again, no longer by its path.
     fn name_out(&mut self, slot: Slot) {
         let name = &self.entries[slot as usize].name;
-        if let Some(slots) = self.by_name.get_mut(name) {
-            slots.retain(|&s| s != slot);
-            if slots.is_empty() {
+        let Some(slots) = self.by_name.get_mut(name) else {
+            return;
+        };
+        slots.retain(|&s| s != slot);
+        let alone = match slots.as_slice() {
+            [] => {
                 self.by_name.remove(name);
+                None
             }
+            &[one] => Some(one),
+            _ => None,
+        };
+        if let Some(one) = alone {
+            let shown = &self.entries[one as usize].name;
+            self.names.set_name(self.target(one).published_id(), shown);
         }
     }
 
@@ -264,7 +277,7 @@ impl Slots {
     }
 
     /// The slot of `target` if it is still in that life; `None` for "application" too.
-    fn valid(&self, target: Target) -> Option<Slot> {
+    pub(crate) fn valid(&self, target: Target) -> Option<Slot> {
         let e = self.entries.get(target.slot as usize)?;
         (target.slot != 0 && e.in_use && e.generation == target.generation).then_some(target.slot)
     }
@@ -522,6 +535,21 @@ mod tests {
         let rows = s.rows();
         let names = shown_names(&rows);
         assert_eq!(names, ["src", "other"]);
+    }
+
+    #[test]
+    fn when_a_colliding_name_leaves_the_other_is_published_by_its_name_again() {
+        let mut s = slots();
+        let a = s.register(0x10, "src", "p0/src");
+        s.register(0x20, "src", "p1/src");
+        assert_eq!(s.names.name(a.published_id()), "p0/src");
+        s.forget(0x20);
+        assert_eq!(s.shown_name(a.slot), "src");
+        assert_eq!(
+            s.names.name(a.published_id()),
+            "src",
+            "what protect mode reads too"
+        );
     }
 
     #[test]

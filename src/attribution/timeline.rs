@@ -1,12 +1,20 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Live bytes over time, by element. A sample is taken just before an allocation or a free
 //! that comes at least [`FIRST_INTERVAL`] after the last sample (100 per second at most to
-//! begin with), and when the report is written. It says, for the interval since the last
+//! begin with), and when the report is written; none is taken without a timeline file
+//! ([`start`](Timeline::start) is not called). It says, for the interval since the last
 //! sample, the value at its end **and the least and the most reached within it**, so that no
-//! peak between two samples is lost: the timeline's peak of an element is the report's. At [`MAX_SAMPLES`] every two intervals are merged into one
-//! (the least of both, the most of both, the later end) and the interval doubles, so a run of
-//! any length keeps between 1,024 and 2,048 samples (a file of a few hundred KiB at most)
-//! spread over all of it.
+//! peak between two samples is lost. At [`MAX_SAMPLES`] every two intervals are merged into
+//! one (the least of both, the most of both, the later end) and the interval doubles, so a run
+//! of any length keeps between 1,024 and 2,048 samples spread over all of it.
+//!
+//! **Bounds.** A sample holds at most [`TRACKED`] elements one by one: the ones with the
+//! highest peaks so far (an element whose peak passes the least of them takes its place; the
+//! one it replaces is summed with the rest from then on), so that each of the [`TRACKED`]
+//! highest peaks of the run is followed when it is reached and the timeline's peak of such an
+//! element is the report's. The others are summed into one span, the least and the most of the
+//! sum kept like the total's. A sample is thus at most [`TRACKED`] + 2 spans, whatever the
+//! number of elements holding bytes, and so is the work of taking it.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +24,8 @@ use super::slots::RowId;
 pub const FIRST_INTERVAL: Duration = Duration::from_millis(10);
 /// Samples kept at most; reaching it halves them.
 pub const MAX_SAMPLES: usize = 2048;
+/// Elements followed one by one; the others are summed.
+pub const TRACKED: usize = 32;
 
 /// One element's live bytes over an interval: at its end, the least and the most.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,6 +36,19 @@ pub struct Span {
 }
 
 impl Span {
+    /// The value goes from `from` to `to` (a part of it, summed here, did).
+    pub(crate) fn moved(&mut self, from: u64, to: u64) {
+        self.end = self.end.saturating_sub(from).saturating_add(to);
+        self.low = self.low.min(self.end);
+        self.high = self.high.max(self.end);
+    }
+
+    /// The interval ends: the next starts at the end value.
+    pub(crate) fn restart(&mut self) {
+        self.low = self.end;
+        self.high = self.end;
+    }
+
     /// The interval `self`, then `later`, as one.
     fn then(self, later: Span) -> Span {
         Span {
@@ -36,13 +59,15 @@ impl Span {
     }
 }
 
-/// One sample: seconds since the start; the elements that held bytes or changed in the
-/// interval it ends, by row, in row order (an element not there held none all along); the
-/// total; the allocators' cached bytes at its end.
+/// One sample: seconds since the start; the elements followed one by one that held bytes or
+/// changed in the interval it ends, by row, in row order (an element not there held none on
+/// its line all along: none, or it was summed in `others`); the elements not followed,
+/// summed; the total; the allocators' cached bytes at its end.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
     pub seconds: f64,
     pub per: Vec<(RowId, Span)>,
+    pub others: Span,
     pub total: Span,
     pub cached: u64,
 }
@@ -82,6 +107,7 @@ impl Sample {
         Sample {
             seconds: later.seconds,
             per,
+            others: self.others.then(later.others),
             total: self.total.then(later.total),
             cached: later.cached,
         }
@@ -215,12 +241,14 @@ mod tests {
         let a = Sample {
             seconds: 1.0,
             per: vec![(1, span(5, 0, 90)), (3, span(7, 7, 7))],
+            others: span(3, 1, 4),
             total: span(12, 0, 95),
             cached: 1,
         };
         let b = Sample {
             seconds: 2.0,
             per: vec![(2, span(4, 0, 4)), (3, span(2, 1, 8))],
+            others: span(0, 0, 9),
             total: span(6, 3, 14),
             cached: 2,
         };
@@ -234,6 +262,7 @@ mod tests {
                 (3, span(2, 1, 8)),
             ]
         );
+        assert_eq!(m.others, span(0, 0, 9));
         assert_eq!(m.total, span(6, 0, 95));
         assert_eq!(m.cached, 2);
     }
@@ -244,6 +273,7 @@ mod tests {
             .map(|i| Sample {
                 seconds: i as f64,
                 per: vec![(1, span(i % 7, i % 7, if i == 500 { 9999 } else { i % 7 }))],
+                others: Span::default(),
                 total: span(i % 7, i % 7, i % 7),
                 cached: 0,
             })
@@ -268,6 +298,7 @@ mod tests {
             t.push(Sample {
                 seconds: i as f64,
                 per: vec![(9, span(end, 0, high.max(end)))],
+                others: Span::default(),
                 total: span(end, 0, high.max(end)),
                 cached: 0,
             });

@@ -1,17 +1,49 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Core's `memory-init` and `memory-free-pre` hooks (GStreamer 1.26 and later), registered by
-//! hand: gstreamer-rs exposes them only with its `v1_26` feature, and memkit builds with
-//! `v1_22` so that one build loads on every GStreamer from 1.22. They tell the tracer about
-//! memory of other allocators (an element's own pool of SystemMemory, a hardware allocator),
-//! charged to the element running like memkit's own. Also the process's exit hook that
-//! `fail-on-violation` needs (`atexit`, `_exit`).
+//! The tracer's reads of GStreamer that need `unsafe`: core's `memory-init` and
+//! `memory-free-pre` hooks (GStreamer 1.26 and later), registered by hand (gstreamer-rs
+//! exposes them only with its `v1_26` feature, and memkit builds with `v1_22` so that one build
+//! loads on every GStreamer from 1.22), which tell the tracer about memory of other allocators
+//! (an element's own pool of SystemMemory, a hardware allocator), charged to the element
+//! running like memkit's own; an object's name as bytes; a task's thread; and the process's
+//! exit hook that `fail-on-violation` needs (`atexit`, `_exit`).
+
+use std::ffi::CStr;
 
 use gst::ffi;
 use gst::glib;
 use gst::glib::translate::ToGlibPtr;
+use gst::prelude::*;
 
 use crate::allocator;
 use crate::attribution;
+
+/// `object`'s name, its bytes read as UTF-8 with U+FFFD for what is not (GStreamer takes any
+/// C string as a name; `gst::Object::name` must not be given one that is not UTF-8).
+pub fn object_name(object: &gst::Object) -> String {
+    let ptr: *mut ffi::GstObject = object.to_glib_none().0;
+    // SAFETY: `object` is alive for this call; gst_object_get_name returns a copy of the name
+    // (taken under the object's lock) that we own and free, or NULL.
+    unsafe {
+        let name = ffi::gst_object_get_name(ptr);
+        if name.is_null() {
+            return String::new();
+        }
+        let out = CStr::from_ptr(name).to_string_lossy().into_owned();
+        glib::ffi::g_free(name.cast());
+        out
+    }
+}
+
+/// Whether `task` runs on this thread now: core sets a task's `thread` to the thread that runs
+/// it before it calls the task's enter callback there (which posts the stream-status ENTER),
+/// and clears it before the leave callback.
+pub fn task_runs_here(task: &gst::Task) -> bool {
+    let ptr: *mut ffi::GstTask = task.to_glib_none().0;
+    let _lock = task.object_lock();
+    // SAFETY: `task` is alive for this call; its `thread` field is written under the object
+    // lock, which we hold; g_thread_self has no precondition.
+    unsafe { !(*ptr).thread.is_null() && (*ptr).thread == glib::ffi::g_thread_self() }
+}
 
 /// Whether `mem` is a root memory of an allocator that is not memkit's.
 ///

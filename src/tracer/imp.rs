@@ -12,6 +12,8 @@ use gst::subclass::prelude::*;
 use crate::allocator::{self, aligned::ProtectProperty};
 use crate::attribution::{self, running};
 
+use super::hooks::{object_name, task_runs_here};
+
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "memkittracer",
@@ -221,9 +223,9 @@ impl MemkitTracer {
     fn check_buffer(&self, pad: &gst::Pad, buffer: &gst::BufferRef) {
         let mut element: Option<String> = None;
         for mem in buffer.iter_memories() {
-            let name = element.get_or_insert_with(|| {
-                pad.parent_element()
-                    .map_or_else(|| pad.name().to_string(), |e| e.name().to_string())
+            let name = element.get_or_insert_with(|| match pad.parent_element() {
+                Some(e) => object_name(e.upcast_ref()),
+                None => object_name(pad.upcast_ref()),
             });
             if allocator::check_memory_guard(mem, Some(name)) {
                 gst::error!(
@@ -303,7 +305,13 @@ impl ObjectImpl for MemkitTracer {
                 }
             }
             "report" => settings.report = value.get().expect("type checked upstream"),
-            "timeline" => settings.timeline = value.get().expect("type checked upstream"),
+            "timeline" => {
+                settings.timeline = value.get().expect("type checked upstream");
+                // Samples are taken only for a timeline file (none are, without one).
+                if settings.timeline.is_some() {
+                    attribution::start_timeline();
+                }
+            }
             "fail-on-violation" => {
                 settings.fail_on_violation = value.get().expect("type checked upstream");
                 if settings.fail_on_violation {
@@ -338,10 +346,13 @@ impl ObjectImpl for MemkitTracer {
         self.parent_constructed();
         self.apply_params();
         // Charges by element from now on; maps of the registered instance are charged too.
+        // The timeline reads the caches' bytes at an allocation or a free, which may come
+        // under an allocator's lock: the source takes none.
         attribution::set_cached_bytes_source(|| {
-            (allocator::stats().cached_bytes)
+            (allocator::aligned::cached_bytes() as u64)
                 .saturating_add(allocator::memfd::cached_bytes() as u64)
         });
+        running::set_namer(object_name);
         attribution::activate();
         let aligned = allocator::aligned_allocator().upcast::<gst::Allocator>();
         allocator::aligned::charge_maps(&aligned);
@@ -457,13 +468,24 @@ impl TracerImpl for MemkitTracer {
     /// A pad task starts or stops on this thread: core posts the stream-status ENTER and
     /// LEAVE messages from the task's own thread (`pad_enter_thread`, `pad_leave_thread`),
     /// naming the element that owns the task.
-    fn element_post_message_pre(&self, _ts: u64, _element: &gst::Element, message: &gst::Message) {
+    fn element_post_message_pre(&self, _ts: u64, element: &gst::Element, message: &gst::Message) {
         if let gst::MessageView::StreamStatus(status) = message.view() {
             let (kind, owner) = status.get();
-            match kind {
-                gst::StreamStatusType::Enter => running::task_started(&owner),
-                gst::StreamStatusType::Leave => running::task_stopped(),
-                _ => {}
+            if !matches!(
+                kind,
+                gst::StreamStatusType::Enter | gst::StreamStatusType::Leave
+            ) {
+                return;
+            }
+            if let Some(task) = pad_task(element, &owner, message, status) {
+                let addr = task.as_ptr() as usize;
+                match kind {
+                    gst::StreamStatusType::Enter if task_runs_here(&task) => {
+                        running::task_started(&owner, addr)
+                    }
+                    gst::StreamStatusType::Leave => running::task_stopped(addr),
+                    _ => {}
+                }
             }
         }
     }
@@ -509,18 +531,41 @@ impl TracerImpl for MemkitTracer {
             && element.parent().is_none()
             && element.is::<gst::Pipeline>()
         {
-            self.print_report(&format!("pipeline {} stopped", element.name()), false);
+            let name = object_name(element.upcast_ref());
+            self.print_report(&format!("pipeline {name} stopped"), false);
         }
     }
 }
 
 /// A buffer or an event goes through `pad` to its peer (`push`: a buffer pushed, else a
 /// buffer pulled by `pad` or an event sent either way): the peer's element runs now. A buffer
-/// pushed from a thread running no element and no pad task makes it the pushing element's.
+/// pushed from a thread running no element and no pad task charges the pushing element for
+/// the length of the push, not after (see `running::push`).
 fn enter_peer(pad: &gst::Pad, push: bool) {
+    let peer = pad.peer().and_then(|peer| peer.parent_element());
     if push {
-        running::pushing(pad.parent_element().as_ref());
+        running::push(pad.parent_element().as_ref(), peer.as_ref());
+    } else {
+        running::enter(peer.as_ref());
     }
-    let element = pad.peer().and_then(|peer| peer.parent_element());
-    running::enter(element.as_ref());
+}
+
+/// The pad task a stream-status message that `element` posts describes, if it is one: its
+/// object is a GstTask, its source a pad of `element`, which is `owner`, the element it
+/// names (as core's `pad_enter_thread` and `pad_leave_thread` post it). An application can
+/// post any message: one that is not such is ignored.
+fn pad_task(
+    element: &gst::Element,
+    owner: &gst::Element,
+    message: &gst::Message,
+    status: &gst::message::StreamStatus,
+) -> Option<gst::Task> {
+    if owner != element {
+        return None;
+    }
+    let pad = message.src()?.downcast_ref::<gst::Pad>()?;
+    if pad.parent_element().as_ref() != Some(element) {
+        return None;
+    }
+    status.stream_status_object()?.get::<gst::Task>().ok()
 }

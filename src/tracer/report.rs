@@ -2,6 +2,7 @@
 //! The tracer's report: collected from the allocator statistics, the tracked live blocks and
 //! the guard violations, printed as text and written as JSON.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::allocator::{self, aligned::stats::Counter};
@@ -62,6 +63,24 @@ fn protect_lines() -> Vec<ProtectLine> {
         .collect();
     lines.sort_by_key(|l| std::cmp::Reverse(l.count));
     lines
+}
+
+/// `name` as text shows it: its control characters (a name is any C string) written as `\xNN`,
+/// so that no name breaks a line of the report, a terminal or the SVG's XML (which allows no
+/// control character but tab and newline, not even escaped).
+pub(super) fn printable(name: &str) -> Cow<'_, str> {
+    if !name.chars().any(char::is_control) {
+        return Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Rows of the text table at most (the elements that copied, then allocated, most first):
@@ -141,10 +160,10 @@ impl Report {
             let _ = writeln!(
                 t,
                 "    {}: {} {} (block last mapped by {})",
-                l.element,
+                printable(&l.element),
                 l.kind.describe(),
                 l.count,
-                l.mapper
+                printable(&l.mapper)
             );
         }
         let recorded: u64 = self.protect_by.iter().map(|l| l.count).sum();
@@ -169,7 +188,7 @@ impl Report {
             .map(|e| {
                 format!(
                     "{} {} ({})",
-                    e.name,
+                    printable(&e.name),
                     e.counts.copies,
                     human(e.counts.bytes_copied)
                 )
@@ -194,7 +213,7 @@ impl Report {
         let width = self
             .elements
             .iter()
-            .map(|e| e.name.chars().count())
+            .map(|e| printable(&e.name).chars().count())
             .max()
             .unwrap_or(0)
             .clamp(7, 40);
@@ -215,7 +234,7 @@ impl Report {
             let _ = writeln!(
                 t,
                 "                {:<width$} {:>8} {:>11} {:>11} {:>7} {:>11} {:>8} {:>8} {:>7}",
-                e.name,
+                printable(&e.name),
                 e.counts.allocations + e.counts.foreign_allocations,
                 human(e.counts.bytes + e.counts.foreign_bytes),
                 human(e.peak),
@@ -245,7 +264,7 @@ impl Report {
                 .map(|e| {
                     format!(
                         "{} {} ({})",
-                        e.name,
+                        printable(&e.name),
                         e.counts.foreign_allocations,
                         human(e.counts.foreign_bytes)
                     )
@@ -272,7 +291,7 @@ impl Report {
     pub fn to_text(&self) -> String {
         let s = &self.stats;
         let mut t = String::new();
-        let _ = writeln!(t, "memkit report ({})", self.title);
+        let _ = writeln!(t, "memkit report ({})", printable(&self.title));
         let _ = writeln!(
             t,
             "  allocations   {} (cache hits {}, misses {}), frees {}, wraps {}",
@@ -340,7 +359,7 @@ impl Report {
             let _ = writeln!(
                 t,
                 "    {}: {} damaged, bytes {}..{} of a block of maxsize {} (found {})",
-                v.element.as_deref().unwrap_or("unknown element"),
+                printable(v.element.as_deref().unwrap_or("unknown element")),
                 v.area,
                 v.range.start,
                 v.range.end,
@@ -364,6 +383,7 @@ impl Report {
                 .collect();
             for (addr, size) in self.live_blocks.iter().take(20) {
                 let who = by.get(addr).copied().unwrap_or(attribution::APPLICATION);
+                let who = printable(who);
                 let _ = writeln!(t, "    block {addr:#x}: {size} bytes, allocated by {who}");
             }
             let foreign: Vec<&attribution::Leak> =
@@ -380,7 +400,9 @@ impl Report {
                     let _ = writeln!(
                         t,
                         "    memory {:#x}: {} bytes, allocated by {}",
-                        b.address, b.bytes, b.element
+                        b.address,
+                        b.bytes,
+                        printable(&b.element)
                     );
                 }
             }
@@ -521,6 +543,13 @@ mod tests {
         assert_eq!(human(100), "100 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn control_characters_of_a_name_are_written_as_escapes() {
+        assert_eq!(printable("ctl\u{1}\u{2}name"), "ctl\\x01\\x02name");
+        assert_eq!(printable("a\nb\u{7f}\u{85}"), "a\\x0ab\\x7f\\x85");
+        assert!(matches!(printable("plain é"), Cow::Borrowed("plain é")));
     }
 
     #[test]

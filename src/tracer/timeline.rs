@@ -13,65 +13,118 @@ use plotters::prelude::*;
 use crate::attribution::slots::RowId;
 use crate::attribution::timeline::{Sample, Span, merged};
 
+use super::report::printable;
+
 /// Elements drawn with a line of their own; the rest are summed as "others".
 pub const TOP: usize = 6;
+/// Elements with columns of their own in the CSV; the rest are summed as "others".
+pub const CSV_TOP: usize = 16;
 /// Intervals drawn at most (the chart is 1,000 pixels wide): more are merged, keeping their
 /// least and most.
 const DRAWN: usize = 800;
 
 /// What elements whose rows were added up are shown as.
 const EARLIER: &str = "earlier elements";
+/// What the elements summed are shown as.
+const OTHERS: &str = "others";
 
-/// Each element's span in `sample`, by the name the report shows (rows of the same name, which
-/// only the added-up earlier elements can have, add up).
-fn by_name(sample: &Sample, names: &HashMap<RowId, String>) -> HashMap<String, Span> {
-    let mut m: HashMap<String, Span> = HashMap::new();
-    for (row, span) in &sample.per {
-        let name = names.get(row).map_or(EARLIER, String::as_str);
-        let s = m.entry(name.to_owned()).or_default();
-        s.end += span.end;
-        s.low += span.low;
-        s.high += span.high;
-    }
-    m
+/// The samples by column: the `top` names with the highest peaks (rows of the same name,
+/// which only the added-up earlier elements can have, add up), each with its span in every
+/// sample, then the rest summed with the elements the samples sum already (`others`): for a
+/// sum, the end is the sum's, the least and the most the sums of theirs (which hold the sum's
+/// range, and may be wider).
+struct Columns {
+    names: Vec<String>,
+    spans: Vec<Vec<Span>>,
+    others: Vec<Span>,
 }
 
-/// Every name that held bytes in some interval, the highest peak first.
-fn ranked(rows: &[HashMap<String, Span>]) -> Vec<String> {
-    let mut peak: HashMap<&str, u64> = HashMap::new();
-    for row in rows {
-        for (name, span) in row {
-            let p = peak.entry(name).or_default();
-            *p = (*p).max(span.high);
-        }
+fn add(a: Span, b: Span) -> Span {
+    Span {
+        end: a.end.saturating_add(b.end),
+        low: a.low.saturating_add(b.low),
+        high: a.high.saturating_add(b.high),
     }
-    let mut v: Vec<(&str, u64)> = peak.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    v.into_iter().map(|(n, _)| n.to_owned()).collect()
+}
+
+fn columns(samples: &[Sample], names: &HashMap<RowId, String>, top: usize) -> Columns {
+    // Each row's name, once: an index into `shown`.
+    let mut shown: Vec<&str> = Vec::new();
+    let mut index_of_name: HashMap<&str, usize> = HashMap::new();
+    let mut index_of_row: HashMap<RowId, usize> = HashMap::new();
+    let mut peak: Vec<u64> = Vec::new();
+    let by_sample: Vec<Vec<(usize, Span)>> = samples
+        .iter()
+        .map(|s| {
+            let mut per: Vec<(usize, Span)> = Vec::with_capacity(s.per.len());
+            for &(row, span) in &s.per {
+                let i = *index_of_row.entry(row).or_insert_with(|| {
+                    let name = names.get(&row).map_or(EARLIER, String::as_str);
+                    *index_of_name.entry(name).or_insert_with(|| {
+                        shown.push(name);
+                        peak.push(0);
+                        shown.len() - 1
+                    })
+                });
+                match per.iter_mut().find(|p| p.0 == i) {
+                    Some(p) => p.1 = add(p.1, span),
+                    None => per.push((i, span)),
+                }
+            }
+            for &(i, span) in &per {
+                peak[i] = peak[i].max(span.high);
+            }
+            per
+        })
+        .collect();
+    let mut ranked: Vec<usize> = (0..shown.len()).collect();
+    ranked.sort_by(|&a, &b| peak[b].cmp(&peak[a]).then(shown[a].cmp(shown[b])));
+    let top = top.min(ranked.len());
+    // Where each name goes: its column, or `others` (None).
+    let mut column: Vec<Option<usize>> = vec![None; shown.len()];
+    for (c, &i) in ranked[..top].iter().enumerate() {
+        column[i] = Some(c);
+    }
+    let mut spans = vec![vec![Span::default(); samples.len()]; top];
+    let mut others = Vec::with_capacity(samples.len());
+    for (n, (s, per)) in samples.iter().zip(&by_sample).enumerate() {
+        let mut rest = s.others;
+        for &(i, span) in per {
+            match column[i] {
+                Some(c) => spans[c][n] = span,
+                None => rest = add(rest, span),
+            }
+        }
+        others.push(rest);
+    }
+    Columns {
+        names: ranked[..top].iter().map(|&i| shown[i].to_owned()).collect(),
+        spans,
+        others,
+    }
 }
 
 /// The samples as CSV: `seconds,total,total min,total max,cached`, then three columns per
-/// element (`<name>`, `<name> min`, `<name> max`), bytes: each row ends an interval, with the
-/// value at its end and the least and the most within it.
+/// element (`<name>`, `<name> min`, `<name> max`) for the [`CSV_TOP`] elements of the highest
+/// peaks, then `others`, `others min`, `others max` (the rest summed), bytes: each row ends an
+/// interval, with the value at its end and the least and the most within it.
 pub fn to_csv(samples: &[Sample], names: &HashMap<RowId, String>) -> String {
-    let rows: Vec<HashMap<String, Span>> = samples.iter().map(|s| by_name(s, names)).collect();
-    let columns = ranked(&rows);
+    let cols = columns(samples, names, CSV_TOP);
     let mut out = String::from("seconds,total,total min,total max,cached");
-    for c in &columns {
+    for c in cols.names.iter().map(String::as_str).chain([OTHERS]) {
         // Element names may hold commas or quotes: quoted as RFC 4180 says.
         let c = c.replace('"', "\"\"");
         let _ = write!(out, ",\"{c}\",\"{c} min\",\"{c} max\"");
     }
     out.push('\n');
-    for (s, row) in samples.iter().zip(&rows) {
+    for (n, s) in samples.iter().enumerate() {
         let t = s.total;
         let _ = write!(
             out,
             "{:.6},{},{},{},{}",
             s.seconds, t.end, t.low, t.high, s.cached
         );
-        for c in &columns {
-            let v = row.get(c).copied().unwrap_or_default();
+        for v in cols.spans.iter().map(|c| c[n]).chain([cols.others[n]]) {
             let _ = write!(out, ",{},{},{}", v.end, v.low, v.high);
         }
         out.push('\n');
@@ -113,9 +166,7 @@ pub fn draw_svg(
     names: &HashMap<RowId, String>,
 ) -> Result<(), String> {
     let samples = merged(samples, DRAWN);
-    let rows: Vec<HashMap<String, Span>> = samples.iter().map(|s| by_name(s, names)).collect();
-    let columns = ranked(&rows);
-    let (top, rest) = columns.split_at(columns.len().min(TOP));
+    let cols = columns(&samples, names, TOP);
     let x_max = samples.last().map_or(1.0, |s| s.seconds).max(1e-3);
     let top_bytes = samples
         .iter()
@@ -156,37 +207,23 @@ pub fn draw_svg(
         band: true,
     }];
     let pick = |i: usize| Palette99::pick(i).to_rgba();
-    for (i, name) in top.iter().enumerate() {
+    for (i, (name, spans)) in cols.names.iter().zip(cols.spans).enumerate() {
         let c = pick(i);
         series.push(Series {
-            name: name.clone(),
-            spans: rows
-                .iter()
-                .map(|r| r.get(name).copied().unwrap_or_default())
-                .collect(),
+            // plotters escapes <&"' but not control characters, which XML forbids.
+            name: printable(name).into_owned(),
+            spans,
             color: RGBColor(c.0, c.1, c.2),
             thick: false,
             band: true,
         });
     }
-    if !rest.is_empty() {
+    if cols.others.iter().any(|s| s.high > 0) {
         // The band of a sum is drawn from the sum of the least to the sum of the most: it
         // holds the sum's range, and may be wider.
-        let spans = rows
-            .iter()
-            .map(|r| {
-                rest.iter()
-                    .filter_map(|n| r.get(n))
-                    .fold(Span::default(), |a, s| Span {
-                        end: a.end + s.end,
-                        low: a.low + s.low,
-                        high: a.high + s.high,
-                    })
-            })
-            .collect();
         series.push(Series {
-            name: format!("others ({})", rest.len()),
-            spans,
+            name: OTHERS.to_owned(),
+            spans: cols.others,
             color: RGBColor(128, 128, 128),
             thick: false,
             band: true,
@@ -300,6 +337,7 @@ mod tests {
                     (1, span(1000 * i, 0, 1000 * i + 7)),
                     (2, span(5 << 20, 5 << 20, 5 << 20)),
                 ],
+                others: Span::default(),
                 total: span(1000 * i + (5 << 20), 5 << 20, 1000 * i + 7 + (5 << 20)),
                 cached: 1 << 20,
             })
@@ -315,13 +353,14 @@ mod tests {
         assert_eq!(
             lines[0],
             "seconds,total,total min,total max,cached,\"conv, \"\"2\"\"\",\"conv, \"\"2\"\" min\",\
-             \"conv, \"\"2\"\" max\",\"src\",\"src min\",\"src max\""
+             \"conv, \"\"2\"\" max\",\"src\",\"src min\",\"src max\",\"others\",\"others min\",\
+             \"others max\""
         );
         assert_eq!(lines.len(), 51);
         assert_eq!(
             lines[2],
             format!(
-                "0.100000,{},{},{},{},{},{},{},1000,0,1007",
+                "0.100000,{},{},{},{},{},{},{},1000,0,1007,0,0,0",
                 1000 + (5 << 20),
                 5 << 20,
                 1007 + (5 << 20),
@@ -331,6 +370,44 @@ mod tests {
                 5 << 20
             )
         );
+    }
+
+    #[test]
+    fn csv_columns_are_the_highest_peaks_and_the_rest_summed_as_others() {
+        let names: HashMap<RowId, String> = (1..=40).map(|r| (r, format!("e{r}"))).collect();
+        let samples: Vec<Sample> = (0..3u64)
+            .map(|i| Sample {
+                seconds: i as f64,
+                per: (1..=40u32)
+                    .map(|r| (r, span(u64::from(r) * 10, 0, u64::from(r) * 10 + i)))
+                    .collect(),
+                others: span(5, 1, 7),
+                ..Sample::default()
+            })
+            .collect();
+        let csv = to_csv(&samples, &names);
+        let lines: Vec<&str> = csv.lines().collect();
+        let header: Vec<&str> = lines[0].split(',').collect();
+        assert_eq!(header.len(), 5 + 3 * (CSV_TOP + 1));
+        assert_eq!(header[5], "\"e40\"", "the highest peak first");
+        assert_eq!(
+            header[5 + 3 * (CSV_TOP - 1)],
+            format!("\"e{}\"", 41 - CSV_TOP)
+        );
+        assert_eq!(header[5 + 3 * CSV_TOP], "\"others\"");
+        let last: Vec<u64> = lines[3]
+            .split(',')
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let rest: u64 = (1..=40 - CSV_TOP as u64).sum();
+        // The sum of the rest's ends, lows and highs, with the elements summed already.
+        assert_eq!(
+            &last[last.len() - 3..],
+            [5 + rest * 10, 1, 7 + rest * 10 + 2 * (40 - CSV_TOP as u64)]
+        );
+        assert_eq!(last[4], 400, "e40's end");
+        assert_eq!(last[6], 402, "e40's most");
     }
 
     #[test]

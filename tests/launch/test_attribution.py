@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import unittest
 import xml.etree.ElementTree as ET
 
@@ -80,27 +81,29 @@ for name in ("one", "two"):
 """
 
 
-def traced(args, params=""):
-    """Runs `args` under the tracer: (its standard error, the last JSON report written)."""
+def traced(args, params="", timeout=TIMEOUT):
+    """Runs `args` under the tracer: (its standard error, the last JSON report written). The
+    standard error must be UTF-8 and the report UTF-8 JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "report.json")
         sep = "," if params else ""
         env = dict(os.environ, G_DEBUG="fatal_warnings",
                    GST_TRACERS=f"memkittracer(report={path}{sep}{params})")
         env.pop("MEMKIT_GUARD", None)
-        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "CRITICAL" not in proc.stderr, proc.stderr[-3000:]
-        with open(path) as f:
-            return proc.stderr, json.load(f)
+        proc = subprocess.run(args, env=env, capture_output=True, timeout=timeout)
+        err = proc.stderr.decode("utf-8")
+        assert proc.returncode == 0, err[-3000:]
+        assert "CRITICAL" not in err, err[-3000:]
+        with open(path, encoding="utf-8") as f:
+            return err, json.load(f)
 
 
-def launch(pipeline, params=""):
-    return traced(["gst-launch-1.0", "-q", *pipeline.split()], params)
+def launch(pipeline, params="", timeout=TIMEOUT):
+    return traced(["gst-launch-1.0", "-q", *pipeline.split()], params, timeout)
 
 
-def app(script, *args, params=""):
-    return traced(["/usr/bin/python3", "-c", script, *args], params)
+def app(script, *args, params="", timeout=TIMEOUT):
+    return traced(["/usr/bin/python3", "-c", script, *args], params, timeout)
 
 
 def by_element(data):
@@ -189,6 +192,239 @@ class EventTest(unittest.TestCase):
         el = by_element(data)
         self.assertEqual((el["x264enc0"]["allocations"], el["x264enc0"]["write-maps"]), (20, 20),
                          data["by-element"])
+
+
+# A MemfdMemory block freed when a timeline sample is due: the free holds MemfdMemory's
+# recycling lock while it tells the tracer, which reads the caches' bytes for the sample.
+MEMFD_FREE_APP = """
+import time
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+Gst.Plugin.load_by_name("memkit")
+a = Gst.Allocator.find("MemfdMemory")
+for i in range(10):
+    m = a.alloc(4096, None)
+    time.sleep(0.02)  # past the 10 ms between samples: one is due at the free
+    del m
+p = Gst.parse_launch("fakesrc num-buffers=1 ! fakesink")  # its stop writes the report
+p.set_state(Gst.State.PLAYING)
+p.get_bus().timed_pop_filtered(10 * Gst.SECOND, Gst.MessageType.EOS)
+p.set_state(Gst.State.NULL)
+"""
+
+
+class DeadlockTest(unittest.TestCase):
+    """No charge made under an allocator's lock waits for that lock again."""
+
+    def test_a_memfd_block_recycled_when_a_sample_is_due_does_not_hang(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            _, data = app(MEMFD_FREE_APP, params=f"timeline={tmp}/t.csv", timeout=60)
+        el = by_element(data)
+        self.assertGreaterEqual(el["application"]["allocations"], 10, data["by-element"])
+        self.assertEqual(data["memfd-stats"]["bytes-live"], 0)
+
+    def test_a_live_memfdsink_pipeline_finishes(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            _, data = launch("videotestsrc num-buffers=30 is-live=true ! "
+                             "video/x-raw,width=320,height=240 ! "
+                             f"memfdsink socket-path={tmp}/s min-consumers=0",
+                             f"timeline={tmp}/t.csv", timeout=60)
+        # The sink's pool recycles its blocks: 30 frames written into them, none left.
+        self.assertEqual(by_element(data)["videotestsrc0"]["write-maps"], 30, data["by-element"])
+        self.assertEqual(data["memfd-stats"]["bytes-live"], 0)
+
+
+# The application stops a recording the usual way, an EOS sent into the encoder's sink pad
+# from its own thread: the encoder flushes and pushes on that thread. Then the application
+# feeds another pipeline with buffers of its own (10 of 100,000 bytes), from the same thread.
+EOS_FROM_APP = """
+import sys, time
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+a = Gst.parse_launch(sys.argv[1])
+src = a.get_by_name("src")
+a.set_state(Gst.State.PLAYING)
+for i in range(int(sys.argv[3])):
+    b = Gst.Buffer.new_wrapped(bytes(int(sys.argv[2])))
+    b.pts = i * Gst.SECOND // 30
+    b.duration = Gst.SECOND // 30
+    src.emit("push-buffer", b)
+time.sleep(1.0)
+a.get_by_name("work").get_static_pad("sink").send_event(Gst.Event.new_eos())
+msg = a.get_bus().timed_pop_filtered(10 * Gst.SECOND, Gst.MessageType.EOS)
+assert msg, "the EOS reached the sink"
+a.set_state(Gst.State.NULL)
+b = Gst.parse_launch("appsrc name=feed format=bytes ! fakesink")
+feed = b.get_by_name("feed")
+b.set_state(Gst.State.PLAYING)
+for i in range(10):
+    feed.emit("push-buffer", Gst.Buffer.new_allocate(None, 100000, None))
+feed.emit("end-of-stream")
+assert b.get_bus().timed_pop_filtered(10 * Gst.SECOND, Gst.MessageType.EOS)
+b.set_state(Gst.State.NULL)
+"""
+
+
+class ApplicationThreadTest(unittest.TestCase):
+    """A thread that runs no pad task is nobody's once the element it pushed for returns."""
+
+    def check_the_application_keeps_its_thread(self, data, worker):
+        el = by_element(data)
+        self.assertGreaterEqual(el["application"]["bytes"], 10 * 100000, data["by-element"])
+        self.assertLess(el.get(worker, {"bytes": 0})["bytes"], 10 * 100000,
+                        f"{worker} is charged none of the application's buffers")
+
+    @unittest.skipUnless(has("x264enc"), "x264enc is not installed")
+    def test_an_encoder_flushing_at_an_eos_from_the_application(self):
+        _, data = app(EOS_FROM_APP,
+                      "appsrc name=src caps=video/x-raw,format=I420,width=320,height=240,"
+                      "framerate=30/1 format=time ! x264enc name=work ! fakesink",
+                      str(320 * 240 * 3 // 2), "10")
+        self.check_the_application_keeps_its_thread(data, "work")
+
+    def test_memmerge_pushing_its_remainder_at_an_eos_from_the_application(self):
+        _, data = app(EOS_FROM_APP,
+                      "appsrc name=src format=bytes ! memmerge name=work target-size=1048576 ! "
+                      "fakesink", "4096", "3")
+        self.check_the_application_keeps_its_thread(data, "work")
+
+
+# The application posts a stream-status ENTER for an element from its own thread (no task
+# runs there), then allocates 4 buffers of 50,000 bytes.
+FAKE_ENTER_APP = """
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+p = Gst.parse_launch("memsrc name=victim num-buffers=1 ! fakesink")
+victim = p.get_by_name("victim")
+victim.post_message(Gst.Message.new_stream_status(victim.get_static_pad("src"),
+                                                  Gst.StreamStatusType.ENTER, victim))
+bufs = [Gst.Buffer.new_allocate(None, 50000, None) for _ in range(4)]
+del bufs
+p.set_state(Gst.State.READY)
+p.set_state(Gst.State.NULL)
+"""
+
+
+class TaskTrustTest(unittest.TestCase):
+    """Only a pad task's own thread makes a thread its element's."""
+
+    def test_an_enter_posted_by_the_application_changes_nothing(self):
+        _, data = app(FAKE_ENTER_APP)
+        el = by_element(data)
+        self.assertEqual(el["application"]["allocations"], 4, data["by-element"])
+        self.assertGreaterEqual(el["application"]["bytes"], 200000, data["by-element"])
+        self.assertNotIn("victim", el)
+
+
+# Builds a pipeline with ctypes (Python GI refuses names that are not UTF-8): a memsrc named
+# with the bytes of argv[1] (hex) and a fakesink named with those of argv[2], 50 buffers of
+# 65,536 bytes, then gst_deinit (the exit report).
+CTYPES_NAMES_APP = """
+import ctypes, sys
+gst = ctypes.CDLL("libgstreamer-1.0.so.0")
+gobject = ctypes.CDLL("libgobject-2.0.so.0")
+vp = ctypes.c_void_p
+for f, res, args in [
+        ("gst_pipeline_new", vp, [ctypes.c_char_p]),
+        ("gst_element_factory_make", vp, [ctypes.c_char_p, ctypes.c_char_p]),
+        ("gst_bin_add", ctypes.c_int, [vp, vp]),
+        ("gst_element_link", ctypes.c_int, [vp, vp]),
+        ("gst_element_set_state", ctypes.c_int, [vp, ctypes.c_int]),
+        ("gst_element_get_bus", vp, [vp]),
+        ("gst_bus_timed_pop_filtered", vp, [vp, ctypes.c_uint64, ctypes.c_int]),
+        ("gst_mini_object_unref", None, [vp]),
+        ("gst_object_unref", None, [vp])]:
+    getattr(gst, f).restype = res
+    getattr(gst, f).argtypes = args
+gst.gst_init(None, None)
+p = gst.gst_pipeline_new(b"p")
+src = gst.gst_element_factory_make(b"memsrc", bytes.fromhex(sys.argv[1]))
+sink = gst.gst_element_factory_make(b"fakesink", bytes.fromhex(sys.argv[2]))
+gobject.g_object_set(vp(src), b"num-buffers", ctypes.c_int(50), b"blocksize",
+                     ctypes.c_uint(65536), None)
+assert gst.gst_bin_add(p, src) and gst.gst_bin_add(p, sink) and gst.gst_element_link(src, sink)
+gst.gst_element_set_state(p, 4)
+bus = gst.gst_element_get_bus(p)
+msg = gst.gst_bus_timed_pop_filtered(bus, 10 * 10**9, 1 | 2)  # EOS | ERROR
+assert msg
+gst.gst_mini_object_unref(msg)
+gst.gst_object_unref(bus)
+gst.gst_element_set_state(p, 1)
+gst.gst_object_unref(p)
+gst.gst_deinit()
+"""
+
+
+class NameTest(unittest.TestCase):
+    """Element names are bytes: every output of the report is valid and readable."""
+
+    def test_names_that_are_not_utf8_give_valid_utf8_reports(self):
+        err, data = app(CTYPES_NAMES_APP, b"src\xff\xfe".hex(), b'sink"\\\n,\x01'.hex())
+        el = by_element(data)
+        self.assertEqual(el["src\ufffd\ufffd"]["allocations"], 50, data["by-element"])
+        self.assertIn("src\ufffd\ufffd", err)
+
+    def test_control_characters_in_names_give_a_valid_svg(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            svg = os.path.join(tmp, "t.svg")
+            err, data = app(CTYPES_NAMES_APP, b"ctl\x01\x02name".hex(), b"sink".hex(),
+                            params=f"timeline={svg}")
+            root = ET.parse(svg).getroot()  # not well-formed XML raises
+        texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+        self.assertIn("ctl\\x01\\x02name", texts)
+        self.assertEqual(by_element(data)["ctl\x01\x02name"]["allocations"], 50,
+                         "the JSON holds the name itself")
+        self.assertIn("ctl\\x01\\x02name", err, "the text report shows the characters")
+        self.assertNotIn("\x01", err)
+
+
+# N pipelines each leave one buffer alive (the application keeps the sample each appsink gave,
+# as a thumbnailer does), then a steady pipeline runs.
+HELD_APP = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+kept = []
+for i in range(int(sys.argv[1])):
+    p = Gst.parse_launch(f"memsrc name=s{i} num-buffers=1 blocksize=64 ! appsink name=k")
+    p.set_state(Gst.State.PLAYING)
+    kept.append(p.get_by_name("k").emit("pull-sample"))
+    p.set_state(Gst.State.NULL)
+p = Gst.parse_launch("memsrc name=steady blocksize=64 num-buffers=200 ! "
+                     "identity sleep-time=5000 ! fakesink")
+p.set_state(Gst.State.PLAYING)
+assert p.get_bus().timed_pop_filtered(60 * Gst.SECOND, Gst.MessageType.EOS)
+p.set_state(Gst.State.NULL)
+"""
+
+
+class BoundTest(unittest.TestCase):
+    """The timeline's cost does not grow with the elements that hold bytes."""
+
+    def test_a_thousand_elements_holding_bytes(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            table = os.path.join(tmp, "t.csv")
+            start = time.monotonic()
+            _, data = app(HELD_APP, "1000", params=f"timeline={table}", timeout=300)
+            took = time.monotonic() - start
+            size = os.path.getsize(table)
+            with open(table, newline="") as f:
+                rows = list(csv.reader(f))
+        self.assertLess(size, 1 << 20, "the CSV stays under 1 MiB")
+        # The tracer of before issue 28 takes about 4 s here; before this bound, 114 s.
+        self.assertLess(took, 60, "no work per sample for each element holding bytes")
+        live = sum(e["live-bytes"] for e in data["by-element"])
+        self.assertGreaterEqual(live, 1000 * 64, "the samples' buffers are alive")
+        self.assertIn("others", " ".join(rows[0]))
+        self.assertEqual(int(rows[-1][1]), live, "the total at the end: the bytes held")
 
 
 class ElementCopyTest(unittest.TestCase):

@@ -94,6 +94,42 @@ print(n)
 """
 
 
+# N pipelines whose two pad tasks wait (appsrc without data, the queue behind it): 2N threads
+# each inside an element; then a scribbler faults on a thread of its own, named `crowded`;
+# then the N pipelines stop and another scribbler, `after`, faults.
+MANY_THREADS_APP = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+
+def scribble(name):
+    q = Gst.parse_launch("memsrc num-buffers=3 blocksize=100 ! queue ! "
+                         f"memkitscribble name={name} damage=write-read-mapped ! fakesink")
+    q.set_state(Gst.State.PLAYING)
+    assert q.get_bus().timed_pop_filtered(60 * Gst.SECOND, Gst.MessageType.EOS)
+    q.set_state(Gst.State.NULL)
+
+ps = []
+for i in range(int(sys.argv[1])):
+    p = Gst.parse_launch("appsrc ! queue ! fakesink")
+    p.set_state(Gst.State.PLAYING)
+    ps.append(p)
+for p in ps:
+    # The tracer saw each task start before its message reached the bus.
+    entered = 0
+    while entered < 2:
+        m = p.get_bus().timed_pop_filtered(60 * Gst.SECOND, Gst.MessageType.STREAM_STATUS)
+        assert m, "the tasks started"
+        entered += m.parse_stream_status()[0] == Gst.StreamStatusType.ENTER
+scribble("crowded")
+for p in ps:
+    p.set_state(Gst.State.NULL)
+scribble("after")
+"""
+
+
 class ProtectTest(unittest.TestCase):
     # damage, memsrc's settings, the kind reported, read or write, reports in continue mode for
     # 3 buffers, the signal abort mode dies of (SIGABRT: found in the slack beside the region
@@ -290,6 +326,16 @@ class ProtectTest(unittest.TestCase):
                 r = json.load(f)
             self.assertEqual(r["protect"], "abort")
             self.assertGreaterEqual(r["stats"]["allocations"], 20)
+
+    def test_faults_name_their_element_with_more_than_a_thousand_threads_at_work(self):
+        env = dict(os.environ, G_DEBUG="fatal_warnings",
+                   GST_TRACERS="memkittracer(guard=protect-continue)")
+        env.pop("MEMKIT_GUARD", None)
+        proc = subprocess.run(["/usr/bin/python3", "-c", MANY_THREADS_APP, "600"], env=env,
+                              capture_output=True, text=True, timeout=300)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        running = re.findall(r"element running: ([^,]+),", proc.stderr)
+        self.assertEqual(running, ["crowded"] * 3 + ["after"] * 3)
 
     def test_the_overlay_global_alpha_bug_of_gstreamer_is_found(self):
         script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts",

@@ -92,6 +92,9 @@ impl<T> Pool<T> {
 pub struct Cache<T: Linked + Send + 'static> {
     max_bytes: AtomicUsize,
     shared: Mutex<Pool<T>>,
+    /// The shared pool's bytes, written under its lock after every change: read without it
+    /// (the tracer's timeline reads it at an allocation or a free, which may hold a lock).
+    shared_bytes: AtomicUsize,
 }
 
 /// A thread's magazine; its blocks go to the shared pool (or are freed) when the thread ends.
@@ -135,6 +138,7 @@ impl<T: Linked + Send + 'static> LocalMagazine<T> {
                         rejected.push(b);
                     }
                 }
+                cache.shared_bytes.store(pool.bytes(), Ordering::Relaxed);
             }
             drop(rejected);
         }
@@ -146,6 +150,7 @@ impl<T: Linked + Send + 'static> Cache<T> {
         Cache {
             max_bytes: AtomicUsize::new(initial_max()),
             shared: Mutex::new(Pool::default()),
+            shared_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -197,9 +202,12 @@ impl<T: Linked + Send + 'static> Cache<T> {
         if self.max_bytes() == 0 {
             return None;
         }
-        local
-            .and_then(|l| l.magazine.take(key))
-            .or_else(|| self.shared.lock().ok()?.take(key))
+        local.and_then(|l| l.magazine.take(key)).or_else(|| {
+            let mut pool = self.shared.lock().ok()?;
+            let block = pool.take(key);
+            self.shared_bytes.store(pool.bytes(), Ordering::Relaxed);
+            block
+        })
     }
 
     /// Caches `block` if there is room (this thread's magazine first, then the shared pool);
@@ -233,7 +241,11 @@ impl<T: Linked + Send + 'static> Cache<T> {
     #[cold]
     fn put_shared(&self, key: Key, block: Box<T>, max: usize) -> Option<Box<T>> {
         match self.shared.lock() {
-            Ok(mut pool) => pool.put(key, block, max).err(),
+            Ok(mut pool) => {
+                let rejected = pool.put(key, block, max).err();
+                self.shared_bytes.store(pool.bytes(), Ordering::Relaxed);
+                rejected
+            }
             Err(_) => Some(block),
         }
     }
@@ -245,7 +257,11 @@ impl<T: Linked + Send + 'static> Cache<T> {
         let freed = self
             .shared
             .lock()
-            .map(|mut p| p.trim_to(max))
+            .map(|mut p| {
+                let freed = p.trim_to(max);
+                self.shared_bytes.store(p.bytes(), Ordering::Relaxed);
+                freed
+            })
             .unwrap_or_default();
         drop(freed);
         if max == 0 {
@@ -259,7 +275,11 @@ impl<T: Linked + Send + 'static> Cache<T> {
         let freed = self
             .shared
             .lock()
-            .map(|mut p| p.trim_to(0))
+            .map(|mut p| {
+                let freed = p.trim_to(0);
+                self.shared_bytes.store(0, Ordering::Relaxed);
+                freed
+            })
             .unwrap_or_default();
         drop(freed);
     }
@@ -269,9 +289,10 @@ impl<T: Linked + Send + 'static> Cache<T> {
         drop(freed);
     }
 
-    /// Bytes held by the shared pool and by `local`.
+    /// Bytes held by the shared pool and by `local`. Takes no lock: callable from anywhere,
+    /// an allocator's locked section included.
     pub fn cached_bytes(&self, local: Option<&LocalMagazine<T>>) -> usize {
-        local.map_or(0, |l| l.magazine.bytes()) + self.shared.lock().map(|p| p.bytes()).unwrap_or(0)
+        local.map_or(0, |l| l.magazine.bytes()) + self.shared_bytes.load(Ordering::Relaxed)
     }
 }
 

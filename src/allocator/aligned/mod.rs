@@ -77,7 +77,8 @@ pub fn trim_cache() {
     memory::cache().trim();
 }
 
-/// Bytes AlignedMemory's recycling cache holds (shared pool and this thread's free lists).
+/// Bytes AlignedMemory's recycling cache holds (shared pool and this thread's free lists),
+/// read without taking a lock.
 pub fn cached_bytes() -> usize {
     memory::cache().cached_bytes()
 }

@@ -31,6 +31,17 @@ struct Recycled {
 }
 
 static RECYCLED: LazyLock<Mutex<Recycled>> = LazyLock::new(Default::default);
+/// `RECYCLED`'s bytes, written under its lock after every change: read without it, so that
+/// the tracer's timeline can read it while a free holds `RECYCLED` (a recycled block is
+/// charged as freed under the lock: see [`recycle_dispose`]).
+static RECYCLED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+impl Recycled {
+    /// Publishes `bytes` for [`recycled_bytes`] (called after each change, under the lock).
+    fn note(&self) {
+        RECYCLED_BYTES.store(self.bytes, Ordering::Relaxed);
+    }
+}
 
 /// The recycling bound (MemfdMemory's `max-cached-bytes`), in bytes; 0 recycles nothing.
 static MAX_BYTES: LazyLock<AtomicUsize> =
@@ -58,6 +69,7 @@ pub fn set_max_bytes(max: usize) {
             }
         }
         r.blocks.retain(|_, v| !v.is_empty());
+        r.note();
         over
     };
     // Outside the lock: freeing a block runs `free`, which takes BLOCKS.
@@ -116,11 +128,16 @@ pub(super) unsafe extern "C" fn recycle_dispose(
         if r.bytes + maxsize > max || (stream != 0 && !r.active.contains(&stream)) {
             return glib::ffi::GTRUE;
         }
-        // Resurrect it: the reference we take is the one the cache owns.
+        // Resurrect it: the reference we take is the one the cache owns. Charged as freed
+        // before a take can see it (so that the free never follows the next allocation of
+        // the same address), under the locks: the tracer takes only its own lock there and
+        // reads the cached bytes from RECYCLED_BYTES (lock order: BLOCKS, RECYCLED, then the
+        // tracer's).
         ffi::gst_mini_object_ref(obj);
         mstats::count(M::Frees, 1);
         mstats::block(obj as usize, maxsize, false);
         r.bytes += maxsize;
+        r.note();
         r.blocks
             .entry((stream, maxsize))
             .or_default()
@@ -139,6 +156,7 @@ pub(super) fn take_recycled(stream: u64, maxsize: usize) -> Option<gst::Memory> 
     }
     let mem = r.blocks.get_mut(&(stream, maxsize)).and_then(Vec::pop)?;
     r.bytes -= maxsize;
+    r.note();
     Some(mem)
 }
 
@@ -158,6 +176,7 @@ pub fn forget_stream(stream: u64) {
             r.bytes -= key.1 * list.len();
             blocks.extend(list);
         }
+        r.note();
         blocks
     };
     // Outside the lock: freeing a block runs `free`, which takes BLOCKS.
@@ -185,6 +204,7 @@ pub fn retire_block(id: u64) {
         }
         if let Some(m) = &found {
             r.bytes -= m.maxsize();
+            r.note();
         }
         found
     };
@@ -216,6 +236,7 @@ pub fn trim_recycled() {
     let blocks: Vec<gst::Memory> = match RECYCLED.lock() {
         Ok(mut r) => {
             r.bytes = 0;
+            r.note();
             r.blocks.drain().flat_map(|(_, v)| v).collect()
         }
         Err(_) => return,
@@ -226,7 +247,7 @@ pub fn trim_recycled() {
     }
 }
 
-/// Bytes held by recycled blocks.
+/// Bytes held by recycled blocks, read without taking a lock.
 pub fn recycled_bytes() -> usize {
-    RECYCLED.lock().map(|r| r.bytes).unwrap_or(0)
+    RECYCLED_BYTES.load(Ordering::Relaxed)
 }
