@@ -18,16 +18,14 @@
 //!   block's next protection change.
 
 use std::ffi::c_void;
+use std::sync::Once;
 use std::sync::atomic::Ordering;
-use std::sync::{Once, OnceLock};
 
+use super::chain::{chain, die};
 use super::registry::{self, GUARD_OPENED, PAGES_OPENED, ProtectMode, REGISTRY, protect_mode};
 use super::report::{Kind, LEAN, REPORTING, claim_reporting, report};
 
 static INSTALL: Once = Once::new();
-/// The actions that were there before ours, for SIGSEGV and SIGBUS (read by the handler: a
-/// `OnceLock` read is one atomic load).
-static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
 
 /// Installs the handler for SIGSEGV and SIGBUS once, with its own stack, and an alternate
 /// signal stack for this thread if it has none. Called with the first protected block, not
@@ -62,7 +60,7 @@ pub(super) fn install() {
             let mut previous: [libc::sigaction; 2] = std::mem::zeroed();
             libc::sigaction(libc::SIGSEGV, &action, &mut previous[0]);
             libc::sigaction(libc::SIGBUS, &action, &mut previous[1]);
-            let _ = PREVIOUS.set(previous);
+            super::chain::set_previous(previous);
         }
     });
 }
@@ -241,87 +239,4 @@ fn handle(fault: &mut Fault) {
     // the opening it undoes.
     r.opened[slot].fetch_or(GUARD_OPENED | PAGES_OPENED, Ordering::AcqRel);
     fault.verdict = Verdict::Resume;
-}
-
-/// Dies of `sig`: the default action, and the signal sent again to this thread with its
-/// original `siginfo` (a fault's address and code, a sender's pid), delivered as soon as the
-/// system call returns.
-///
-/// # Safety
-/// The arguments of the signal handler.
-unsafe fn die(sig: libc::c_int, info: *mut libc::siginfo_t) {
-    // SAFETY: plain system calls with valid arguments (rt_tgsigqueueinfo to the calling
-    // thread may carry any si_code).
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(sig, &dfl, std::ptr::null_mut());
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        let (pid, tid) = (libc::getpid(), libc::gettid());
-        if libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info) != 0 {
-            libc::syscall(libc::SYS_tgkill, pid, tid, sig);
-        }
-    }
-}
-
-/// Passes a signal that is not ours on, as the kernel would have delivered it without us: to
-/// the previous handler (with its mask, and its `SA_RESETHAND`), ignored if it was ignored
-/// and sent (a fault cannot be ignored), or the default action.
-///
-/// # Safety
-/// The arguments of the signal handler.
-unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
-    // A signal in the instant between our install and the record of what was there: the
-    // default action.
-    let Some(prev) = PREVIOUS
-        .get()
-        .map(|p| if sig == libc::SIGBUS { p[1] } else { p[0] })
-    else {
-        // SAFETY: per the contract.
-        unsafe { die(sig, info) };
-        return;
-    };
-    // SAFETY: the kernel's siginfo.
-    let sent = unsafe { (*info).si_code } <= 0;
-    match prev.sa_sigaction {
-        libc::SIG_DFL => {
-            // SAFETY: per the contract.
-            unsafe { die(sig, info) }
-        }
-        libc::SIG_IGN if sent => {}
-        libc::SIG_IGN => {
-            // SAFETY: per the contract.
-            unsafe { die(sig, info) }
-        }
-        handler => {
-            // SAFETY: the previous handler, called as the kernel would have: its mask (and
-            // the signal itself unless SA_NODEFER) blocked meanwhile, reset first under
-            // SA_RESETHAND, with the arguments its flags ask for.
-            unsafe {
-                if prev.sa_flags & libc::SA_RESETHAND != 0 {
-                    let mut dfl: libc::sigaction = std::mem::zeroed();
-                    dfl.sa_sigaction = libc::SIG_DFL;
-                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
-                }
-                let mut mask = prev.sa_mask;
-                if prev.sa_flags & libc::SA_NODEFER == 0 {
-                    libc::sigaddset(&mut mask, sig);
-                }
-                let mut old: libc::sigset_t = std::mem::zeroed();
-                libc::sigprocmask(libc::SIG_BLOCK, &mask, &mut old);
-                if prev.sa_flags & libc::SA_SIGINFO != 0 {
-                    let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void) =
-                        std::mem::transmute(handler);
-                    f(sig, info, ctx);
-                } else {
-                    let f: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
-                    f(sig);
-                }
-                libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            }
-        }
-    }
 }

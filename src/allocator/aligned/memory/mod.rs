@@ -13,11 +13,12 @@
 //! the host process), every size computation checked, NULL/FALSE plus a log line on failure.
 //!
 //! Files depend on each other in one direction: `registry`, `backtrace`, `stack` ← `report` ←
-//! `fault` ← `regions` ← `protect` ←
+//! `chain` ← `fault` ← `regions` ← `protect` ←
 //! `storage` ← `block` ← `guard` ← `thread` ← `lifecycle` ← `vfuncs`, `typed`, `class`.
 
 mod backtrace;
 mod block;
+mod chain;
 mod class;
 mod fault;
 mod guard;
