@@ -33,7 +33,6 @@ fn describe(kinds: &[ProtectViolation]) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn an_onstack_signal_flood_during_reports_leaves_every_report_and_the_process() {
     let out = run_child("attack-nested-usr1");
     assert!(out.status.success(), "{}", out.tail());
@@ -42,7 +41,6 @@ fn an_onstack_signal_flood_during_reports_leaves_every_report_and_the_process() 
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn a_sigsegv_sent_during_reports_goes_to_the_previous_handler_as_sent() {
     let out = run_child("attack-nested-segv");
     assert!(out.status.success(), "{}", out.tail());
@@ -51,7 +49,6 @@ fn a_sigsegv_sent_during_reports_goes_to_the_previous_handler_as_sent() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn a_sigsegv_sent_from_another_process_stays_ignored_during_reports() {
     let out = run_child("attack-ignored-kill");
     assert!(out.status.success(), "{}", out.tail());

@@ -55,8 +55,14 @@ pub(super) fn install() {
             }
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_fault as *const () as usize;
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-            libc::sigemptyset(&mut action.sa_mask);
+            // Every signal blocked while the handler runs (SIGSEGV and SIGBUS too: one sent
+            // meanwhile waits, and is passed on once the handler returns), but the
+            // synchronous ones it cannot block (a blocked fault signal kills the process).
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigfillset(&mut action.sa_mask);
+            for sig in [libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
+                libc::sigdelset(&mut action.sa_mask, sig);
+            }
             let mut previous: [libc::sigaction; 2] = std::mem::zeroed();
             libc::sigaction(libc::SIGSEGV, &action, &mut previous[0]);
             libc::sigaction(libc::SIGBUS, &action, &mut previous[1]);
@@ -127,6 +133,9 @@ struct Fault {
     /// On the handler's own stack: the whole report, backtrace included.
     deep: bool,
     verdict: Verdict,
+    /// The thread's alternate signal stack, disabled while the handler works on its own
+    /// stack (see [`handle_on_stack`]).
+    altstack: libc::stack_t,
 }
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
@@ -153,6 +162,11 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
         ip: unsafe { fault_ip(ctx) },
         deep: false,
         verdict: Verdict::Resume,
+        altstack: libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        },
     };
     // The handler's own stack goes with the right to write a report: one report at a time.
     let claimed = claim_reporting();
@@ -162,6 +176,11 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
             // SAFETY: the handler's stack is used only by the thread that holds REPORTING;
             // `handle_on_stack` cannot unwind (extern "C").
             unsafe { super::stack::on_stack(top, handle_on_stack, (&raw mut fault).cast()) };
+            if fault.altstack.ss_flags & libc::SS_DISABLE == 0 {
+                // SAFETY: the stack the thread had; it is not on it by the kernel's account
+                // (that one is disabled), so the call is allowed.
+                unsafe { libc::sigaltstack(&fault.altstack, std::ptr::null_mut()) };
+            }
         }
         _ => handle(&mut fault),
     }
@@ -175,13 +194,28 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
     }
 }
 
-/// [`handle`], called on the handler's own stack.
+/// [`handle`], called on the handler's own stack. The thread's alternate signal stack is
+/// disabled meanwhile (and enabled again by the caller, back on the thread's stack): the
+/// kernel does not count the handler's stack as the alternate one, and would otherwise place
+/// a signal delivered now (one the handler's mask lets through) at the alternate stack's top,
+/// over the frames of this handler; disabled, it is placed below them, on this stack.
 ///
 /// # Safety
 /// `fault` must point at a live [`Fault`].
 unsafe extern "C" fn handle_on_stack(fault: *mut c_void) {
     // SAFETY: per the contract.
-    handle(unsafe { &mut *fault.cast::<Fault>() });
+    let fault = unsafe { &mut *fault.cast::<Fault>() };
+    let off = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: sigaltstack(2) with valid arguments; it refuses (and changes nothing) only on
+    // the alternate stack, which this is not.
+    if unsafe { libc::sigaltstack(&off, &mut fault.altstack) } != 0 {
+        fault.altstack.ss_flags = libc::SS_DISABLE;
+    }
+    handle(fault);
 }
 
 /// What a fault on a block is, from the address and the block's state.
