@@ -194,7 +194,6 @@ fn a_previous_handler_with_sa_nodefer_gets_its_nested_fault() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn a_fault_in_the_backtrace_stops_the_backtrace_not_the_process() {
     let out = run_child("attack-badframe");
     assert!(out.status.success(), "{}", out.tail());
@@ -209,7 +208,6 @@ fn a_fault_in_the_backtrace_stops_the_backtrace_not_the_process() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn a_call_into_a_block_is_reported_once_then_dies() {
     let out = run_child("attack-exec");
     assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{}", out.tail());

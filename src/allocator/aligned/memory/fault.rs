@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 
 use super::chain::{chain, die};
 use super::registry::{self, GUARD_OPENED, PAGES_OPENED, ProtectMode, REGISTRY, protect_mode};
-use super::report::{Kind, LEAN, REPORTING, claim_reporting, report};
+use super::report::{Access, Detail, Kind, REPORTING, claim_reporting, report};
 
 static INSTALL: Once = Once::new();
 
@@ -71,21 +71,29 @@ pub(super) fn install() {
     });
 }
 
-/// Whether the faulting access was a write (x86-64: bit 1 of the page-fault error code).
+/// The faulting access (x86-64: bits 1, a write, and 4, an instruction fetch, of the
+/// page-fault error code).
 ///
 /// # Safety
 /// `ctx` must be the `ucontext_t` the kernel passed to the handler.
-unsafe fn was_write(ctx: *mut libc::c_void) -> Option<bool> {
+unsafe fn access_of(ctx: *mut libc::c_void) -> Access {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: per the caller's contract.
         let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
-        Some(uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0)
+        let err = uc.uc_mcontext.gregs[libc::REG_ERR as usize];
+        if err & 16 != 0 {
+            Access::Fetch
+        } else if err & 2 != 0 {
+            Access::Write
+        } else {
+            Access::Read
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = ctx;
-        None
+        Access::Unknown
     }
 }
 
@@ -128,7 +136,7 @@ struct Fault {
     /// The block's mapping, as pinned.
     map: (usize, usize),
     addr: usize,
-    write: Option<bool>,
+    access: Access,
     ip: usize,
     /// On the handler's own stack: the whole report, backtrace included.
     deep: bool,
@@ -139,6 +147,11 @@ struct Fault {
 }
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    // A fault inside this thread's report (its stack walk), or a signal sent meanwhile.
+    // SAFETY: the handler's own arguments.
+    if unsafe { super::recover::intercept(sig, info, ctx) } {
+        return;
+    }
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     // A sent signal (si_code <= 0) is no fault, whatever its si_addr field holds.
@@ -157,7 +170,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
         map: (start, end),
         addr,
         // SAFETY: ctx is the handler's context.
-        write: unsafe { was_write(ctx) },
+        access: unsafe { access_of(ctx) },
         // SAFETY: as above.
         ip: unsafe { fault_ip(ctx) },
         deep: false,
@@ -219,7 +232,7 @@ unsafe extern "C" fn handle_on_stack(fault: *mut c_void) {
 }
 
 /// What a fault on a block is, from the address and the block's state.
-fn classify(slot: usize, addr: usize, write: Option<bool>) -> Kind {
+fn classify(slot: usize, addr: usize, access: Access) -> Kind {
     let r = &REGISTRY;
     let data = r.data[slot].load(Ordering::Relaxed);
     let end = data + r.maxsize[slot].load(Ordering::Relaxed);
@@ -231,7 +244,7 @@ fn classify(slot: usize, addr: usize, write: Option<bool>) -> Kind {
         Kind::BeforeBlock
     } else if addr >= end {
         Kind::PastMaxsize
-    } else if readers > 0 && writers == 0 && write != Some(false) {
+    } else if readers > 0 && writers == 0 && matches!(access, Access::Write | Access::Unknown) {
         Kind::WriteThroughRead
     } else {
         Kind::NoMapping
@@ -244,13 +257,19 @@ fn classify(slot: usize, addr: usize, write: Option<bool>) -> Kind {
 fn handle(fault: &mut Fault) {
     let r = &REGISTRY;
     let slot = fault.slot;
-    let kind = classify(slot, fault.addr, fault.write);
+    let kind = classify(slot, fault.addr, fault.access);
     let tid = super::registry::thread_id();
     if !registry::same_fault_again(tid, fault.addr, fault.ip) {
-        let found = (!fault.deep).then_some(LEAN);
-        report(kind, fault.write, fault.addr, slot, found);
+        let detail = if fault.deep {
+            Detail::Full
+        } else {
+            Detail::Line
+        };
+        report(kind, fault.access, fault.addr, slot, None, detail);
     }
-    if protect_mode() != ProtectMode::Continue {
+    // An instruction fetch cannot complete on pages that are never executable (nor would it
+    // without protect mode): the process dies of it in either mode.
+    if protect_mode() != ProtectMode::Continue || fault.access == Access::Fetch {
         fault.verdict = Verdict::Die;
         return;
     }

@@ -24,6 +24,7 @@ mod fault;
 mod guard;
 mod lifecycle;
 mod protect;
+mod recover;
 mod regions;
 mod registry;
 mod report;

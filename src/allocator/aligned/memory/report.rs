@@ -52,6 +52,26 @@ impl Kind {
     }
 }
 
+/// The faulting access, as the kernel tells it (x86-64 only: elsewhere [`Access::Unknown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    Read,
+    Write,
+    /// An instruction fetch: a jump or call into the block.
+    Fetch,
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    Unknown,
+}
+
+/// How much of a report is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Detail {
+    /// Every line, the backtrace included (the report lock held).
+    Full,
+    /// One line (another report held the report lock).
+    Line,
+}
+
 /// Violations seen, by kind.
 static COUNTS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
@@ -74,12 +94,14 @@ impl<const N: usize> Line<N> {
         }
     }
 
-    /// " (a write)", " (a read)", or nothing where the kind of access is unknown.
-    fn access(&mut self, write: Option<bool>) -> &mut Self {
-        self.str(match write {
-            Some(true) => " (a write)",
-            Some(false) => " (a read)",
-            None => "",
+    /// " (a write)", " (a read)", " (an instruction fetch)", or nothing where the kind of
+    /// access is unknown.
+    fn access(&mut self, access: Access) -> &mut Self {
+        self.str(match access {
+            Access::Write => " (a write)",
+            Access::Read => " (a read)",
+            Access::Fetch => " (an instruction fetch)",
+            Access::Unknown => "",
         })
     }
 
@@ -133,15 +155,15 @@ impl<const N: usize> Line<N> {
     }
 }
 
-/// What a report made off the handler's own stack says instead of the rest (no backtrace: the
-/// thread's stack may be small).
-pub(super) const LEAN: &str = "(only this: another report held the handler's stack)";
+/// What a report of [`Detail::Line`] says instead of the rest.
+const LEAN: &str = "(only this line: another report was being written)";
 
 /// Damage found in the slack of a block's pages (by its canary: `found` says when), reported
 /// like a fault; in abort mode the process then aborts.
 pub(super) fn report_slack(kind: Kind, addr: usize, slot: usize, found: &str) {
     let claimed = claim_reporting();
-    report(kind, Some(true), addr, slot, Some(found));
+    let detail = if claimed { Detail::Full } else { Detail::Line };
+    report(kind, Access::Write, addr, slot, Some(found), detail);
     if claimed {
         REPORTING.store(false, Ordering::Release);
     }
@@ -171,23 +193,24 @@ pub(super) fn claim_reporting() -> bool {
 
 /// Writes the report of a violation to stderr and records it. Async-signal-safe: buffers on
 /// the stack, `write`, atomics, and glibc's `backtrace` (loaded before the first fault).
-/// `found`: where slack damage was found, or [`LEAN`] for a report without its details.
+/// `found`: where slack damage was found (`None`: at the faulting instruction).
 pub(super) fn report(
     kind: Kind,
-    write: Option<bool>,
+    access: Access,
     addr: usize,
     slot: usize,
     found: Option<&str>,
+    detail: Detail,
 ) {
     let r = &REGISTRY;
     let running = published::running_on(super::registry::thread_id());
     let mapper = r.mapper[slot].load(Ordering::Relaxed);
     record(kind, running, mapper);
-    if found == Some(LEAN) {
+    if detail == Detail::Line {
         let mut line = Line::<160>::new();
         line.str("memkit protect: ")
             .str(kind.describe())
-            .access(write)
+            .access(access)
             .str(" at ")
             .hex(addr)
             .str(" ")
@@ -196,12 +219,14 @@ pub(super) fn report(
         line.write();
         return;
     }
-    write_report(kind, write, addr, slot, found, running, mapper);
+    write_report(kind, access, addr, slot, found, running, mapper);
 }
 
+/// The report of [`Detail::Full`] (the report lock held).
+#[inline(never)]
 fn write_report(
     kind: Kind,
-    write: Option<bool>,
+    access: Access,
     addr: usize,
     slot: usize,
     found: Option<&str>,
@@ -216,7 +241,7 @@ fn write_report(
     let mut line = Line::<512>::new();
     line.str("memkit protect: ")
         .str(kind.describe())
-        .access(write)
+        .access(access)
         .str(" at ")
         .hex(addr)
         .str(", ");
