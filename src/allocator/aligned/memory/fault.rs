@@ -138,8 +138,10 @@ struct Fault {
     addr: usize,
     access: Access,
     ip: usize,
-    /// On the handler's own stack: the whole report, backtrace included.
-    deep: bool,
+    /// How much of the report to write: [`Detail::Full`] on one of the handler's stacks with
+    /// the report lock, [`Detail::Line`] there without it, [`Detail::Brief`] on the thread's
+    /// own stack (the handler's stacks all busy).
+    detail: Detail,
     verdict: Verdict,
     /// The thread's alternate signal stack, disabled while the handler works on its own
     /// stack (see [`handle_on_stack`]).
@@ -173,7 +175,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
         access: unsafe { access_of(ctx) },
         // SAFETY: as above.
         ip: unsafe { fault_ip(ctx) },
-        deep: false,
+        detail: Detail::Brief,
         verdict: Verdict::Resume,
         altstack: libc::stack_t {
             ss_sp: std::ptr::null_mut(),
@@ -181,24 +183,21 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
             ss_size: 0,
         },
     };
-    // The handler's own stack goes with the right to write a report: one report at a time.
-    let claimed = claim_reporting();
-    match super::stack::top() {
-        Some(top) if claimed => {
-            fault.deep = true;
-            // SAFETY: the handler's stack is used only by the thread that holds REPORTING;
-            // `handle_on_stack` cannot unwind (extern "C").
-            unsafe { super::stack::on_stack(top, handle_on_stack, (&raw mut fault).cast()) };
+    // The work is done on one of the handler's own stacks; on the thread's own only when
+    // they all stay busy (then briefly: see `Detail::Brief`).
+    match super::stack::claim() {
+        Some(stack) => {
+            // SAFETY: the stack is ours until `stack` drops; `handle_on_stack` cannot unwind
+            // (extern "C").
+            unsafe { super::stack::on_stack(stack.top, handle_on_stack, (&raw mut fault).cast()) };
+            drop(stack);
             if fault.altstack.ss_flags & libc::SS_DISABLE == 0 {
                 // SAFETY: the stack the thread had; it is not on it by the kernel's account
                 // (that one is disabled), so the call is allowed.
                 unsafe { libc::sigaltstack(&fault.altstack, std::ptr::null_mut()) };
             }
         }
-        _ => handle(&mut fault),
-    }
-    if claimed {
-        REPORTING.store(false, Ordering::Release);
+        None => handle(&mut fault),
     }
     registry::unpin(slot);
     if fault.verdict == Verdict::Die {
@@ -228,7 +227,13 @@ unsafe extern "C" fn handle_on_stack(fault: *mut c_void) {
     if unsafe { libc::sigaltstack(&off, &mut fault.altstack) } != 0 {
         fault.altstack.ss_flags = libc::SS_DISABLE;
     }
+    // One report at a time; a thread that waits too long for its turn writes one line.
+    let claimed = claim_reporting();
+    fault.detail = if claimed { Detail::Full } else { Detail::Line };
     handle(fault);
+    if claimed {
+        REPORTING.store(false, Ordering::Release);
+    }
 }
 
 /// What a fault on a block is, from the address and the block's state.
@@ -260,12 +265,7 @@ fn handle(fault: &mut Fault) {
     let kind = classify(slot, fault.addr, fault.access);
     let tid = super::registry::thread_id();
     if !registry::same_fault_again(tid, fault.addr, fault.ip) {
-        let detail = if fault.deep {
-            Detail::Full
-        } else {
-            Detail::Line
-        };
-        report(kind, fault.access, fault.addr, slot, None, detail);
+        report(kind, fault.access, fault.addr, slot, None, fault.detail);
     }
     // An instruction fetch cannot complete on pages that are never executable (nor would it
     // without protect mode): the process dies of it in either mode.

@@ -70,6 +70,9 @@ pub(super) enum Detail {
     Full,
     /// One line (another report held the report lock).
     Line,
+    /// One line without the address, made of fixed strings (on the faulting thread's own
+    /// stack, which may have little room: see `stack::claim`).
+    Brief,
 }
 
 /// Violations seen, by kind.
@@ -175,20 +178,28 @@ pub(super) fn report_slack(kind: Kind, addr: usize, slot: usize, found: &str) {
 /// Whether a thread is writing a report (and, in the handler, using the handler's stack).
 pub(super) static REPORTING: AtomicBool = AtomicBool::new(false);
 
+/// How long a report waits for [`REPORTING`].
+const REPORTING_WAIT_NS: u64 = 2_000_000_000;
+
 /// Takes [`REPORTING`], so that threads reporting at once do not mix their lines; the wait is
-/// bounded (a report stuck halfway cannot stop the others for good): `false` when it ran out.
+/// bounded (a report stuck halfway, on a full pipe, cannot stop the others for good): `false`
+/// when it ran out.
 pub(super) fn claim_reporting() -> bool {
-    for _ in 0..100_000 {
+    let mut start = None;
+    loop {
         if REPORTING
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
             return true;
         }
+        let started = *start.get_or_insert_with(super::stack::now_ns);
+        if super::stack::now_ns().saturating_sub(started) > REPORTING_WAIT_NS {
+            return false;
+        }
         // SAFETY: sched_yield(2) has no arguments.
         unsafe { libc::sched_yield() };
     }
-    false
 }
 
 /// Writes the report of a violation to stderr and records it. Async-signal-safe: buffers on
@@ -206,20 +217,42 @@ pub(super) fn report(
     let running = published::running_on(super::registry::thread_id());
     let mapper = r.mapper[slot].load(Ordering::Relaxed);
     record(kind, running, mapper);
-    if detail == Detail::Line {
-        let mut line = Line::<160>::new();
-        line.str("memkit protect: ")
-            .str(kind.describe())
-            .access(access)
-            .str(" at ")
-            .hex(addr)
-            .str(" ")
-            .str(LEAN)
-            .str("\n");
-        line.write();
-        return;
+    match detail {
+        Detail::Full => write_report(kind, access, addr, slot, found, running, mapper),
+        Detail::Line => write_line(kind, access, addr),
+        Detail::Brief => write_brief(kind),
     }
-    write_report(kind, access, addr, slot, found, running, mapper);
+}
+
+/// The report of [`Detail::Line`].
+#[inline(never)]
+fn write_line(kind: Kind, access: Access, addr: usize) {
+    let mut line = Line::<160>::new();
+    line.str("memkit protect: ")
+        .str(kind.describe())
+        .access(access)
+        .str(" at ")
+        .hex(addr)
+        .str(" ")
+        .str(LEAN)
+        .str("\n");
+    line.write();
+}
+
+/// The report of [`Detail::Brief`]: fixed strings, one `writev`.
+#[inline(never)]
+fn write_brief(kind: Kind) {
+    let parts: [&str; 3] = [
+        "memkit protect: ",
+        kind.describe(),
+        " (only this: the handler's stacks were all busy)\n",
+    ];
+    let iov = parts.map(|p| libc::iovec {
+        iov_base: p.as_ptr() as *mut libc::c_void,
+        iov_len: p.len(),
+    });
+    // SAFETY: writev(2) of static strings.
+    unsafe { libc::writev(2, iov.as_ptr(), iov.len() as libc::c_int) };
 }
 
 /// The report of [`Detail::Full`] (the report lock held).
