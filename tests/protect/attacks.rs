@@ -126,7 +126,6 @@ fn legal_maps_and_copies_work_at_the_mapping_limit() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn distinct_violations_by_one_instruction_at_one_address_are_each_counted() {
     let out = run_child("attack-dedupe");
     assert!(out.status.success(), "{}", out.tail());

@@ -121,6 +121,31 @@ unsafe fn fault_ip(ctx: *mut c_void) -> usize {
     }
 }
 
+/// A hash of the general-purpose registers and the instruction pointer of the faulting
+/// context (0 where unknown): an access that runs again after the handler returned finds
+/// them exactly as they were.
+///
+/// # Safety
+/// `ctx` must be the `ucontext_t` the kernel passed to the handler.
+unsafe fn registers_hash(ctx: *mut c_void) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: per the caller's contract.
+        let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+        // R8 to R15, RDI, RSI, RBP, RBX, RDX, RAX, RCX, RSP, RIP (FNV-1a over the words).
+        uc.uc_mcontext.gregs[..=libc::REG_RIP as usize]
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325, |h, &r| {
+                (h ^ r as u64).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ctx;
+        0
+    }
+}
+
 /// What to do once the handler is done with a fault.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -138,6 +163,7 @@ struct Fault {
     addr: usize,
     access: Access,
     ip: usize,
+    regs: u64,
     /// How much of the report to write: [`Detail::Full`] on one of the handler's stacks with
     /// the report lock, [`Detail::Line`] there without it, [`Detail::Brief`] on the thread's
     /// own stack (the handler's stacks all busy).
@@ -175,6 +201,8 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
         access: unsafe { access_of(ctx) },
         // SAFETY: as above.
         ip: unsafe { fault_ip(ctx) },
+        // SAFETY: as above.
+        regs: unsafe { registers_hash(ctx) },
         detail: Detail::Brief,
         verdict: Verdict::Resume,
         altstack: libc::stack_t {
@@ -263,8 +291,13 @@ fn handle(fault: &mut Fault) {
     let r = &REGISTRY;
     let slot = fault.slot;
     let kind = classify(slot, fault.addr, fault.access);
-    let tid = super::registry::thread_id();
-    if !registry::same_fault_again(tid, fault.addr, fault.ip) {
+    let seen = registry::Seen {
+        tid: registry::thread_id(),
+        addr: fault.addr,
+        ip: fault.ip,
+        regs: fault.regs,
+    };
+    if !registry::same_fault_again(seen) {
         report(kind, fault.access, fault.addr, slot, None, fault.detail);
     }
     // An instruction fetch cannot complete on pages that are never executable (nor would it

@@ -75,6 +75,22 @@ pub fn unprotected() -> usize {
     UNPROTECTED.load(Ordering::Relaxed)
 }
 
+/// This thread did something with a protected block (an allocation, a map, an unmap, a copy,
+/// a free): its next fault is a new violation even at the same address by the same
+/// instruction (see `registry::same_fault_again`).
+fn own_operation() {
+    thread_local! {
+        static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    }
+    let tid = TID.with(|t| {
+        if t.get() == 0 {
+            t.set(registry::thread_id());
+        }
+        t.get()
+    });
+    registry::forget_last_fault(tid);
+}
+
 /// What a block's pages still need the first time they open: the slack filled, and the
 /// prefix and padding zeroed where the flags promise zeros (a region used before holds an
 /// earlier block's bytes).
@@ -135,6 +151,7 @@ impl Protect {
             block.align_mask
         };
         let pages_len = layout::round_up(maxsize.checked_add(extra)?, page - 1)?;
+        own_operation();
         let Some(mut region) = take_region(class_of(pages_len / page)) else {
             UNPROTECTED.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -273,6 +290,7 @@ impl Protect {
     /// A mapping of the block begins (`write`: with `GST_MAP_WRITE`). `false` when the pages
     /// cannot be opened for it (the system refused the protection change): the map fails.
     pub(super) fn map(&self, write: bool) -> bool {
+        own_operation();
         let mut st = self.lock();
         let r = &REGISTRY;
         let slot = self.slot();
@@ -294,6 +312,7 @@ impl Protect {
     /// A mapping of the block ends. When it is the last WRITE mapping (the pages are still
     /// writable), the slack is checked: a write there went unnoticed by the guard pages.
     pub(super) fn unmap(&self, write: bool) {
+        own_operation();
         let mut st = self.lock();
         let r = &REGISTRY;
         let slot = self.slot();
@@ -315,6 +334,7 @@ impl Protect {
     /// copy from or into the block), counted like a mapping meanwhile. `None` (and `f` not
     /// run) when the system refuses to open them.
     pub(super) fn with_access<R>(&self, write: bool, f: impl FnOnce() -> R) -> Option<R> {
+        own_operation();
         let mut st = self.lock();
         let own = |st: &mut State, up: bool| {
             let n = if write {
@@ -424,6 +444,7 @@ impl Drop for Protect {
     /// regions past the bound are kept for reuse (still known to the handler as freed) or
     /// unmapped.
     fn drop(&mut self) {
+        own_operation();
         let r = &REGISTRY;
         let slot = self.slot();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -2,7 +2,7 @@
 //! What protect mode's fault handler reads: the mode, and one entry per protected mapping
 //! (live or in quarantine). Atomics only; `protect.rs` writes them, `fault.rs` reads them.
 
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::attribution::published;
 
@@ -110,25 +110,50 @@ pub(super) static REGISTRY: Registry = Registry {
 /// Threads whose last fault is remembered at once (by thread id, modulo this).
 const LAST_FAULTS: usize = 1024;
 static LAST_TID: [AtomicI32; LAST_FAULTS] = [const { AtomicI32::new(0) }; LAST_FAULTS];
+/// The last fault's address (0: forgotten), instruction, and a hash of the registers.
 static LAST_ADDR: [AtomicUsize; LAST_FAULTS] = [const { AtomicUsize::new(0) }; LAST_FAULTS];
 static LAST_IP: [AtomicUsize; LAST_FAULTS] = [const { AtomicUsize::new(0) }; LAST_FAULTS];
+static LAST_REGS: [AtomicU64; LAST_FAULTS] = [const { AtomicU64::new(0) }; LAST_FAULTS];
 
-/// Records a fault of thread `tid` at `addr` by the instruction at `ip`; whether it is the
-/// thread's last fault again. The same fault again means the access ran again before it
-/// could complete, because another thread closed what the handler had opened (or reused the
-/// region meanwhile): the same violation, not counted twice. Async-signal-safe (each entry is
-/// written by its own thread; another thread whose id falls on the same entry only makes a
-/// repeat look new).
-pub(super) fn same_fault_again(tid: i32, addr: usize, ip: usize) -> bool {
-    let i = tid.unsigned_abs() as usize % LAST_FAULTS;
-    let again = ip != 0
-        && LAST_TID[i].load(Ordering::Relaxed) == tid
-        && LAST_ADDR[i].load(Ordering::Relaxed) == addr
-        && LAST_IP[i].load(Ordering::Relaxed) == ip;
-    LAST_TID[i].store(tid, Ordering::Relaxed);
-    LAST_ADDR[i].store(addr, Ordering::Relaxed);
-    LAST_IP[i].store(ip, Ordering::Relaxed);
+/// A fault as the handler saw it: the thread, the address, the instruction and a hash of the
+/// registers (see `fault::registers_hash`).
+#[derive(Clone, Copy)]
+pub(super) struct Seen {
+    pub tid: i32,
+    pub addr: usize,
+    pub ip: usize,
+    pub regs: u64,
+}
+
+/// Records a fault; whether it is the thread's last fault again: the same access run again
+/// before it could complete, because another thread closed what the handler had opened (or
+/// reused the region meanwhile), which is the same violation and not counted twice. The same
+/// address, instruction and registers (an access that runs again finds them all as they
+/// were), and no protect-mode operation by the thread in between (see [`forget_last_fault`]:
+/// a map, unmap, copy, allocation or free by the thread itself makes its next fault a new
+/// violation). Async-signal-safe (each entry is written by its own thread; another thread
+/// whose id falls on the same entry only makes a repeat look new, never the reverse).
+pub(super) fn same_fault_again(seen: Seen) -> bool {
+    let i = seen.tid.unsigned_abs() as usize % LAST_FAULTS;
+    let again = seen.ip != 0
+        && LAST_TID[i].load(Ordering::Relaxed) == seen.tid
+        && LAST_ADDR[i].load(Ordering::Relaxed) == seen.addr
+        && LAST_IP[i].load(Ordering::Relaxed) == seen.ip
+        && LAST_REGS[i].load(Ordering::Relaxed) == seen.regs;
+    LAST_TID[i].store(seen.tid, Ordering::Relaxed);
+    LAST_ADDR[i].store(seen.addr, Ordering::Relaxed);
+    LAST_IP[i].store(seen.ip, Ordering::Relaxed);
+    LAST_REGS[i].store(seen.regs, Ordering::Relaxed);
     again
+}
+
+/// Forgets thread `tid`'s last fault: it did something of its own with a protected block
+/// (see [`same_fault_again`]). Called outside the handler, by the thread itself.
+pub(super) fn forget_last_fault(tid: i32) {
+    let i = tid.unsigned_abs() as usize % LAST_FAULTS;
+    if LAST_TID[i].load(Ordering::Relaxed) == tid && LAST_ADDR[i].load(Ordering::Relaxed) != 0 {
+        LAST_ADDR[i].store(0, Ordering::Relaxed);
+    }
 }
 
 /// The entry whose mapping holds `addr`, pinned, with that mapping's start and end: until
