@@ -85,7 +85,6 @@ fn reports_under_contention_use_little_of_a_4_kib_alternate_stack() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn continue_mode_at_the_mapping_limit_dies_instead_of_looping() {
     let out = run_child_within("attack-maploop", Duration::from_secs(120));
     assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{}", out.tail());

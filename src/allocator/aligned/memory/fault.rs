@@ -15,7 +15,8 @@
 //!   dies of the signal (it does not run the access again: an access that became legal
 //!   meanwhile would leave the process alive without its handler); in continue mode the
 //!   block's whole mapping is opened, so that the access completes, and closed again at the
-//!   block's next protection change.
+//!   block's next protection change; when the system refuses to open it (at the limit of
+//!   memory mappings), that is said and the process dies of the signal as in abort mode.
 
 use std::ffi::c_void;
 use std::sync::Once;
@@ -314,13 +315,22 @@ fn handle(fault: &mut Fault) {
         r.slack_reported[slot].store(fault.addr, Ordering::Relaxed);
     }
     // SAFETY: the mapping is ours and pinned (not reused or unmapped until we unpin it).
-    unsafe {
+    let opened = unsafe {
         libc::mprotect(
             start as *mut c_void,
             end - start,
             libc::PROT_READ | libc::PROT_WRITE,
         )
-    };
+    } == 0;
+    if !opened {
+        // The system refused (at `vm.max_map_count`, the change would split a mapping): the
+        // access would fault again for ever. Said, then the process dies of the signal.
+        // SAFETY: errno is this thread's.
+        let errno = unsafe { *libc::__errno_location() };
+        super::report::cannot_open(errno);
+        fault.verdict = Verdict::Die;
+        return;
+    }
     // Set after the change, so that the protection change that clears the bit comes after
     // the opening it undoes.
     r.opened[slot].fetch_or(GUARD_OPENED | PAGES_OPENED, Ordering::AcqRel);

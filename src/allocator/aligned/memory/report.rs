@@ -255,6 +255,29 @@ fn write_brief(kind: Kind) {
     unsafe { libc::writev(2, iov.as_ptr(), iov.len() as libc::c_int) };
 }
 
+/// Continue mode could not open a block's pages for the access to complete (`errno`: why
+/// `mprotect` refused): one line of fixed strings, after the violation's report; the process
+/// then dies of the signal.
+#[inline(never)]
+pub(super) fn cannot_open(errno: libc::c_int) {
+    let why = if errno == libc::ENOMEM {
+        "ENOMEM: at the limit of memory mappings, vm.max_map_count"
+    } else {
+        "the system refused the protection change"
+    };
+    let parts: [&str; 3] = [
+        "memkit: protect mode (continue) cannot open the block for the access to complete (",
+        why,
+        "); the process dies of the signal\n",
+    ];
+    let iov = parts.map(|p| libc::iovec {
+        iov_base: p.as_ptr() as *mut libc::c_void,
+        iov_len: p.len(),
+    });
+    // SAFETY: writev(2) of static strings.
+    unsafe { libc::writev(2, iov.as_ptr(), iov.len() as libc::c_int) };
+}
+
 /// The report of [`Detail::Full`] (the report lock held).
 #[inline(never)]
 fn write_report(
