@@ -103,7 +103,6 @@ fn continue_mode_at_the_mapping_limit_dies_instead_of_looping() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn legal_maps_and_copies_work_at_the_mapping_limit() {
     let out = run_child_within("attack-maplimit", Duration::from_secs(120));
     assert!(out.status.success(), "{}", out.tail());

@@ -113,6 +113,22 @@ struct State {
     init: Option<Init>,
 }
 
+impl State {
+    /// Records the pages' protection, and whether they are open in [`regions::OPEN`].
+    fn set_prot(&mut self, flags: MprotectFlags) {
+        match (self.prot.is_empty(), flags.is_empty()) {
+            (true, false) => {
+                regions::OPEN.fetch_add(1, Ordering::Relaxed);
+            }
+            (false, true) => {
+                regions::OPEN.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.prot = flags;
+    }
+}
+
 /// A protected block's region and protection.
 pub(super) struct Protect {
     region: Region,
@@ -175,6 +191,7 @@ impl Protect {
         let fill = regions::slack_to_fill(region.filled, pages, data, end, pages_end);
         let init = (fill.iter().chain(&zero).any(|r| !r.is_empty())).then_some(Init { fill, zero });
         region.used = true;
+        regions::LIVE.fetch_add(1, Ordering::Relaxed);
         let slot = region.slot;
         let r = &REGISTRY;
         r.map_start[slot].store(region.start, Ordering::Relaxed);
@@ -224,7 +241,9 @@ impl Protect {
         // SAFETY: the pages are our own mapping; only their protection changes.
         let ok = unsafe { mm::mprotect(self.pages as *mut _, self.pages_len, flags) }.is_ok();
         if ok {
-            st.prot = flags;
+            st.set_prot(flags);
+        } else {
+            regions::REFUSED.store(true, Ordering::Relaxed);
         }
         ok
     }
@@ -238,7 +257,7 @@ impl Protect {
         if r.opened[slot].fetch_and(!GUARD_OPENED, Ordering::AcqRel) & GUARD_OPENED != 0 {
             self.close_outside_pages();
             // The handler opened the pages too.
-            st.prot = MprotectFlags::READ | MprotectFlags::WRITE;
+            st.set_prot(MprotectFlags::READ | MprotectFlags::WRITE);
         }
         let writers = r.writers[slot].load(Ordering::Relaxed) + st.own_writers;
         let readers = r.readers[slot].load(Ordering::Relaxed) + st.own_readers;
@@ -462,13 +481,14 @@ impl Drop for Protect {
         }
         if r.opened[slot].swap(0, Ordering::AcqRel) & GUARD_OPENED != 0 {
             self.close_outside_pages();
-            st.prot = MprotectFlags::READ | MprotectFlags::WRITE;
+            st.set_prot(MprotectFlags::READ | MprotectFlags::WRITE);
         }
         let mut region = self.region;
         // Still accessible if the system refused: never reused, unmapped when it leaves the
         // quarantine.
         region.open = !self.protect(&mut st, MprotectFlags::empty());
         r.freed[slot].store(1, Ordering::Release);
+        regions::LIVE.fetch_sub(1, Ordering::Relaxed);
         // The slack as the last fill left it, unless it changed unchecked.
         if st.init.is_none() {
             let data = self.data.as_ptr() as usize;

@@ -14,8 +14,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::ptr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
@@ -40,11 +41,112 @@ pub(super) fn page() -> usize {
 /// (65,530 by default): a third of what that leaves after 16,384 for everything else,
 /// [`MAX_BLOCKS`] at most. Past the budget, blocks are allocated unprotected.
 fn budget() -> usize {
-    let max_maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+    (MAX_MAPS.saturating_sub(16_384) / 3).clamp(64, MAX_BLOCKS)
+}
+
+/// `vm.max_map_count`, read once.
+static MAX_MAPS: LazyLock<usize> = LazyLock::new(|| {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())
-        .unwrap_or(65_530);
-    (max_maps.saturating_sub(16_384) / 3).clamp(64, MAX_BLOCKS)
+        .unwrap_or(65_530)
+});
+
+/// Memory mappings kept free for everything else the process does between two counts of its
+/// mappings (and for the blocks counted as closed that open meanwhile).
+fn maps_reserve() -> usize {
+    (*MAX_MAPS / 64).max(256)
+}
+
+/// Protected blocks alive, and those whose pages are open (readable or writable): a closed
+/// block's opening can split its region's mapping in three.
+pub(super) static LIVE: AtomicUsize = AtomicUsize::new(0);
+pub(super) static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// A protection change or mapping was refused: the mappings are counted again at the next
+/// allocation.
+pub(super) static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// The last count of the process's memory mappings (`/proc/self/maps`), and what protect mode
+/// did since.
+struct MapsCount {
+    /// When it was taken, and how long it took.
+    at: Option<Instant>,
+    cost: Duration,
+    maps: usize,
+    /// Blocks given a region since.
+    since: usize,
+    /// Past the limit at the last look (said once per process, see [`maps_allow`]).
+    full: bool,
+}
+
+static MAPS_COUNT: Mutex<MapsCount> = Mutex::new(MapsCount {
+    at: None,
+    cost: Duration::ZERO,
+    maps: 0,
+    since: 0,
+    full: false,
+});
+
+/// Counts the lines of `/proc/self/maps` (`None` if it cannot be read).
+fn count_maps() -> Option<usize> {
+    use std::io::Read;
+    let mut f = std::fs::File::open("/proc/self/maps").ok()?;
+    let mut buf = [0u8; 16 << 10];
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Some(n),
+            Ok(k) => n += buf[..k].iter().filter(|&&b| b == b'\n').count(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether a new block may be protected without bringing the process near
+/// `vm.max_map_count`: the mappings it has (counted from `/proc/self/maps` at most every 10 ms,
+/// or 50 times as long as a count takes, and at once after a refused change), plus what
+/// protect mode may still add (two for each live block closed now, whose opening splits a
+/// mapping; one for each region, whose unmapping may leave a hole in its batch's mapping;
+/// three for each block given a region since the count), plus [`maps_reserve`], within the
+/// limit. Past it, new blocks are allocated unprotected (said once on stderr) until a later
+/// count finds room: legal maps of the blocks already protected keep the room they need.
+fn maps_allow(regions_in_use: usize) -> bool {
+    let mut c = MAPS_COUNT.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let due = match c.at {
+        None => true,
+        Some(at) => now.duration_since(at) >= (c.cost * 50).max(Duration::from_millis(10)),
+    };
+    if (due || REFUSED.swap(false, Ordering::Relaxed))
+        && let Some(maps) = count_maps()
+    {
+        c.maps = maps;
+        c.since = 0;
+        c.at = Some(now);
+        c.cost = now.elapsed();
+    }
+    let live = LIVE.load(Ordering::Relaxed);
+    let closed = live.saturating_sub(OPEN.load(Ordering::Relaxed));
+    let need = c.maps + 2 * closed + regions_in_use + 3 * (c.since + 1) + maps_reserve();
+    if need > *MAX_MAPS {
+        if !c.full {
+            c.full = true;
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "memkit: protect mode is at the limit of memory mappings ({} in use, \
+                     vm.max_map_count {}): new blocks are allocated unprotected until there is \
+                     room again",
+                    c.maps, *MAX_MAPS
+                );
+            }
+        }
+        return false;
+    }
+    c.full = false;
+    c.since += 1;
+    true
 }
 
 /// Entries not in use (their indices); taken under this lock, never by the fault handler.
@@ -154,6 +256,10 @@ fn unmap_regions(list: Vec<Region>) {
 /// even after unmapping the regions kept. The caller registers the region for its block and
 /// then calls `registry::released` (for a new region too: one release is counted for each).
 pub(super) fn take_region(class: usize) -> Option<Region> {
+    let in_use = BUDGET.saturating_sub(free_slots().len());
+    if !maps_allow(in_use) {
+        return None;
+    }
     let page = page();
     let len = class.checked_add(2)?.checked_mul(page)?;
     let cached = {
@@ -190,6 +296,7 @@ pub(super) fn take_region(class: usize) -> Option<Region> {
         )
     };
     let Ok(map) = map else {
+        REFUSED.store(true, Ordering::Relaxed);
         free_slots().extend(slots);
         return None;
     };
