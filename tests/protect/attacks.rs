@@ -140,7 +140,6 @@ fn distinct_violations_by_one_instruction_at_one_address_are_each_counted() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn an_overrun_through_the_slack_into_the_guard_page_is_one_violation() {
     let out = run_child("attack-overrun-slack");
     assert!(out.status.success(), "{}", out.tail());
@@ -153,7 +152,6 @@ fn an_overrun_through_the_slack_into_the_guard_page_is_one_violation() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn an_overrun_into_the_next_region_is_not_blamed_on_its_block() {
     let out = run_child("attack-overrun-next");
     assert!(out.status.success(), "{}", out.tail());

@@ -23,7 +23,10 @@ use std::sync::Once;
 use std::sync::atomic::Ordering;
 
 use super::chain::{chain, die};
-use super::registry::{self, GUARD_OPENED, PAGES_OPENED, ProtectMode, REGISTRY, protect_mode};
+use super::registry::{
+    self, GUARD_OPENED, OVERRAN_AFTER, OVERRAN_BEFORE, PAGES_OPENED, ProtectMode, REGISTRY,
+    protect_mode,
+};
 use super::report::{Access, Detail, Kind, REPORTING, claim_reporting, report};
 
 static INSTALL: Once = Once::new();
@@ -298,7 +301,10 @@ fn handle(fault: &mut Fault) {
         ip: fault.ip,
         regs: fault.regs,
     };
-    if !registry::same_fault_again(seen) {
+    // Checked first: the fault is recorded as the thread's last either way.
+    let again = registry::same_fault_again(seen);
+    let continued = continues_neighbours_overrun(slot, fault.map, fault.addr);
+    if !again && !continued {
         report(kind, fault.access, fault.addr, slot, None, fault.detail);
     }
     // An instruction fetch cannot complete on pages that are never executable (nor would it
@@ -314,6 +320,13 @@ fn handle(fault: &mut Fault) {
         // An access to the slack, reported here: the slack check does not report it again.
         r.slack_reported[slot].store(fault.addr, Ordering::Relaxed);
     }
+    // An access past the block's pages, reported here: the overrun that reached it crossed
+    // the slack on that side, which the slack check does not report again.
+    let overran = match kind {
+        Kind::PastMaxsize if !in_pages => OVERRAN_AFTER,
+        Kind::BeforeBlock if !in_pages => OVERRAN_BEFORE,
+        _ => 0,
+    };
     // SAFETY: the mapping is ours and pinned (not reused or unmapped until we unpin it).
     let opened = unsafe {
         libc::mprotect(
@@ -333,6 +346,37 @@ fn handle(fault: &mut Fault) {
     }
     // Set after the change, so that the protection change that clears the bit comes after
     // the opening it undoes.
-    r.opened[slot].fetch_or(GUARD_OPENED | PAGES_OPENED, Ordering::AcqRel);
+    r.opened[slot].fetch_or(GUARD_OPENED | PAGES_OPENED | overran, Ordering::AcqRel);
     fault.verdict = Verdict::Resume;
+}
+
+/// Whether a fault on the outer pages of a region (a guard page, or the unused pages before
+/// the block's) continues an overrun of the neighbouring region's block, already reported
+/// there: the region that ends where this one starts (or starts where it ends) was opened by
+/// continue mode at an access past its block's pages on this side. Not this region's block's
+/// violation; the same one again.
+fn continues_neighbours_overrun(slot: usize, (start, end): (usize, usize), addr: usize) -> bool {
+    let r = &REGISTRY;
+    let (pages_start, pages_end) = (
+        r.pages_start[slot].load(Ordering::Relaxed),
+        r.pages_end[slot].load(Ordering::Relaxed),
+    );
+    let (edge, bit) = if addr < pages_start {
+        (start, OVERRAN_AFTER)
+    } else if addr >= pages_end {
+        (end, OVERRAN_BEFORE)
+    } else {
+        return false;
+    };
+    registry::slots_in_use().any(|k| {
+        let opened = r.opened[k].load(Ordering::Acquire);
+        let map_end = r.map_end[k].load(Ordering::Relaxed);
+        let touches = map_end != 0
+            && if bit == OVERRAN_AFTER {
+                map_end == edge
+            } else {
+                r.map_start[k].load(Ordering::Relaxed) == edge
+            };
+        k != slot && touches && opened & GUARD_OPENED != 0 && opened & bit != 0
+    })
 }

@@ -25,7 +25,9 @@ use std::sync::{Mutex, MutexGuard};
 use rustix::mm::{self, MprotectFlags};
 
 use super::regions::{self, Region, class_of, page, take_region};
-use super::registry::{self, GUARD_OPENED, PAGES_OPENED, REGISTRY, SLACK_BYTE};
+use super::registry::{
+    self, GUARD_OPENED, OVERRAN_AFTER, OVERRAN_BEFORE, PAGES_OPENED, REGISTRY, SLACK_BYTE,
+};
 pub(super) use super::registry::{ProtectMode, protect_mode};
 use super::report::{self, Kind};
 use crate::allocator::layout::{self, BlockLayout};
@@ -194,6 +196,7 @@ impl Protect {
         regions::LIVE.fetch_add(1, Ordering::Relaxed);
         let slot = region.slot;
         let r = &REGISTRY;
+        registry::registering(slot);
         r.map_start[slot].store(region.start, Ordering::Relaxed);
         r.pages_start[slot].store(pages, Ordering::Relaxed);
         r.pages_end[slot].store(pages_end, Ordering::Relaxed);
@@ -381,7 +384,10 @@ impl Protect {
     fn check_slack(&self, when: &str) {
         let r = &REGISTRY;
         let slot = self.slot();
-        r.opened[slot].fetch_and(!PAGES_OPENED, Ordering::AcqRel);
+        let opened = r.opened[slot].fetch_and(
+            !(PAGES_OPENED | OVERRAN_AFTER | OVERRAN_BEFORE),
+            Ordering::AcqRel,
+        );
         // A write to the slack already reported at the instruction (continue mode): not
         // reported again (an access writes at most 64 bytes).
         let reported = r.slack_reported[slot].swap(0, Ordering::Relaxed);
@@ -398,6 +404,13 @@ impl Protect {
             let Some((first, last)) = damaged else {
                 continue;
             };
+            // An overrun reported at the guard page (or the unused pages) beyond this side,
+            // whose damage reaches the edge it crossed: the same violation.
+            let crossed = if kind == Kind::BeforeBlock {
+                opened & OVERRAN_BEFORE != 0 && first == from
+            } else {
+                opened & OVERRAN_AFTER != 0 && last + 1 == to
+            };
             // The damaged byte nearest the region (the write that went furthest astray
             // reports last, the one just outside first), not counting one already reported.
             let nearest = if kind == Kind::BeforeBlock {
@@ -409,7 +422,7 @@ impl Protect {
                 // SAFETY: as above.
                 (first..=last).find(|&a| !known(a) && unsafe { damaged_at(a) })
             };
-            if let Some(a) = nearest {
+            if let Some(a) = nearest.filter(|_| !crossed) {
                 report::report_slack(kind, a, slot, when);
             }
             // Restored, so that each damage is reported once (continue mode).

@@ -300,6 +300,7 @@ pub(super) fn take_region(class: usize) -> Option<Region> {
         free_slots().extend(slots);
         return None;
     };
+    registry::mapped(map as usize, map as usize + total);
     let mut fresh = slots.into_iter().enumerate().map(|(i, slot)| Region {
         start: map as usize + i * len,
         len,

@@ -80,7 +80,7 @@ pub(super) struct Registry {
     pub mapper: [AtomicU32; MAX_BLOCKS],
     /// What continue mode opened at a violation: [`GUARD_OPENED`] (the whole mapping, until
     /// the block's next protection change), [`PAGES_OPENED`] (the slack may have changed
-    /// unseen: checked at the next slack check).
+    /// unseen: checked at the next slack check); and [`OVERRAN_AFTER`], [`OVERRAN_BEFORE`].
     pub opened: [AtomicU8; MAX_BLOCKS],
     /// Fault handlers at work on the entry (see [`pin`]).
     pub pins: [AtomicU32; MAX_BLOCKS],
@@ -183,6 +183,29 @@ pub(super) fn pin(addr: usize) -> Option<(usize, usize, usize)> {
     }
 }
 
+/// The lowest and highest address of every mapping protect mode made (they never shrink): a
+/// fault outside them is not ours, found without looking at the entries.
+static LOWEST: AtomicUsize = AtomicUsize::new(usize::MAX);
+static HIGHEST: AtomicUsize = AtomicUsize::new(0);
+/// One past the highest entry ever registered: the entries [`pin`] looks at.
+static SLOTS_HIGH: AtomicUsize = AtomicUsize::new(0);
+
+/// A new mapping of protect mode's, `[start, end)`: before any of its regions is registered.
+pub(super) fn mapped(start: usize, end: usize) {
+    LOWEST.fetch_min(start, Ordering::SeqCst);
+    HIGHEST.fetch_max(end, Ordering::SeqCst);
+}
+
+/// Entry `slot` is about to be registered (before its `map_end` is stored).
+pub(super) fn registering(slot: usize) {
+    SLOTS_HIGH.fetch_max(slot + 1, Ordering::SeqCst);
+}
+
+/// The entries ever registered (a superset of those registered now). Async-signal-safe.
+pub(super) fn slots_in_use() -> std::ops::Range<usize> {
+    0..SLOTS_HIGH.load(Ordering::SeqCst).min(MAX_BLOCKS)
+}
+
 /// Ends a [`pin`].
 pub(super) fn unpin(slot: usize) {
     REGISTRY.pins[slot].fetch_sub(1, Ordering::SeqCst);
@@ -231,6 +254,11 @@ pub(super) fn released() {
 /// Bits of [`Registry::opened`].
 pub const GUARD_OPENED: u8 = 1;
 pub const PAGES_OPENED: u8 = 2;
+/// A violation past maxsize (before the block) was reported at or beyond the end (start) of
+/// the block's pages: an overrun that crossed the slack on that side, which the next slack
+/// check does not report again.
+pub const OVERRAN_AFTER: u8 = 4;
+pub const OVERRAN_BEFORE: u8 = 8;
 
 /// The byte the slack of a protected block's pages holds (before the region, and after it
 /// when the alignment leaves room): checked when the last WRITE mapping ends and at free.
