@@ -218,7 +218,6 @@ fn a_call_into_a_block_is_reported_once_then_dies() {
 }
 
 #[test]
-#[ignore = "the fix comes in a later commit"]
 fn a_huge_alignment_costs_what_the_region_costs() {
     let out = run_child("attack-bigalign");
     assert!(out.status.success(), "{}", out.tail());

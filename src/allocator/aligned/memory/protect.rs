@@ -168,19 +168,25 @@ impl Protect {
         } else {
             block.align_mask
         };
-        let pages_len = layout::round_up(maxsize.checked_add(extra)?, page - 1)?;
+        let need = layout::round_up(maxsize.checked_add(extra)?, page - 1)?;
         own_operation();
-        let Some(mut region) = take_region(class_of(pages_len / page)) else {
+        let Some(mut region) = take_region(class_of(need / page)) else {
             UNPROTECTED.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let pages_end = region.pages_end();
-        let pages = pages_end - pages_len;
+        let usable_end = region.pages_end();
         // The region's end as close to the last guard page as the payload's alignment allows
         // (the payload, `prefix` bytes into the region, is what is aligned).
-        let payload = (pages_end - maxsize + block.prefix) & !block.align_mask;
+        let payload = (usable_end - maxsize + block.prefix) & !block.align_mask;
         let data = payload - block.prefix;
         let end = data + block.maxsize;
+        // The block's pages: the ones the region touches. With an alignment up to a page they
+        // end at the last guard page; beyond a page the pages around them stay inaccessible
+        // like a guard page, so that the slack filled and checked is under a page on each
+        // side, whatever the alignment.
+        let pages = data & !(page - 1);
+        let pages_end = layout::round_up(data + maxsize, page - 1)?;
+        let pages_len = pages_end - pages;
         let mut zero = [0..0, 0..0];
         if region.used {
             if flags & gst::ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
@@ -190,7 +196,11 @@ impl Protect {
                 zero[1] = block.padding_range();
             }
         }
-        let fill = regions::slack_to_fill(region.filled, pages, data, end, pages_end);
+        // The last fill counts for pages ending where ours end (see `slack_to_fill`).
+        let filled = region
+            .filled
+            .filter(|&(_, _, e)| layout::round_up(e, page - 1) == Some(pages_end));
+        let fill = regions::slack_to_fill(filled, pages, data, end, pages_end);
         let init = (fill.iter().chain(&zero).any(|r| !r.is_empty())).then_some(Init { fill, zero });
         region.used = true;
         regions::LIVE.fetch_add(1, Ordering::Relaxed);
