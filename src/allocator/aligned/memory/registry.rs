@@ -167,12 +167,15 @@ pub(super) fn forget_last_fault(tid: i32) {
 /// the caller uses the bounds returned here.)
 pub(super) fn pin(addr: usize) -> Option<(usize, usize, usize)> {
     let r = &REGISTRY;
+    if addr < LOWEST.load(Ordering::SeqCst) || addr >= HIGHEST.load(Ordering::SeqCst) {
+        return None;
+    }
     let holds = |i: usize| {
         let end = r.map_end[i].load(Ordering::SeqCst);
         let start = r.map_start[i].load(Ordering::SeqCst);
         (end != 0 && addr < end && addr >= start).then_some((start, end))
     };
-    let slot = (0..MAX_BLOCKS).find(|&i| holds(i).is_some())?;
+    let slot = slots_in_use().find(|&i| holds(i).is_some())?;
     r.pins[slot].fetch_add(1, Ordering::SeqCst);
     match holds(slot) {
         Some((start, end)) => Some((slot, start, end)),
