@@ -124,6 +124,22 @@ fn legal_maps_and_copies_work_at_the_mapping_limit() {
 }
 
 #[test]
+fn short_lived_blocks_in_quick_succession_all_stay_protected() {
+    let out = run_child("attack-churn");
+    assert!(out.status.success(), "{}", out.tail());
+    assert!(
+        out.stdout.contains("0 blocks unprotected"),
+        "{}",
+        out.tail()
+    );
+    assert!(
+        !out.stderr.contains("at the limit of memory mappings"),
+        "{}",
+        out.tail()
+    );
+}
+
+#[test]
 fn distinct_violations_by_one_instruction_at_one_address_are_each_counted() {
     let out = run_child("attack-dedupe");
     assert!(out.status.success(), "{}", out.tail());
@@ -242,6 +258,7 @@ pub fn child(case: &str) {
         "contended" => contended(),
         "maploop" => maploop(),
         "maplimit" => maplimit(),
+        "churn" => churn(),
         "dedupe" => dedupe(),
         "overrun-slack" => overrun_slack(),
         "overrun-next" => overrun_next(),
@@ -700,6 +717,39 @@ fn maplimit() {
     println!(
         "{failed} of 300 WRITE maps failed, {copies_failed} of 20 copies failed, {} blocks \
          unprotected",
+        gstmemkit::allocator::aligned::unprotected()
+    );
+}
+
+/// Abort mode, with 12,000 memory mappings of the process's own (counting them takes a few
+/// milliseconds): 60,000 blocks of 100 bytes, each allocated, mapped for writing, unmapped and
+/// freed in turn (the quarantine fills, regions leave it and are reused or unmapped), as fast
+/// as they go.
+fn churn() {
+    let page = 4096;
+    // SAFETY: a reservation of ours; only its protections change.
+    unsafe {
+        let n = 12_000;
+        let base = libc::mmap(
+            ptr::null_mut(),
+            n * page,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        ) as usize;
+        assert_ne!(base as *mut c_void, libc::MAP_FAILED);
+        for i in (1..n).step_by(2) {
+            libc::mprotect((base + i * page) as *mut _, page, libc::PROT_READ);
+        }
+    }
+    set_protect_mode(ProtectMode::Abort);
+    for i in 0..60_000 {
+        let mut m = alloc(100, 0, 0);
+        m.get_mut().unwrap().map_writable().unwrap().as_mut_slice()[i % 100] = 1;
+    }
+    println!(
+        "{} blocks unprotected",
         gstmemkit::allocator::aligned::unprotected()
     );
 }

@@ -203,7 +203,6 @@ impl Protect {
         let fill = regions::slack_to_fill(filled, pages, data, end, pages_end);
         let init = (fill.iter().chain(&zero).any(|r| !r.is_empty())).then_some(Init { fill, zero });
         region.used = true;
-        regions::LIVE.fetch_add(1, Ordering::Relaxed);
         let slot = region.slot;
         let r = &REGISTRY;
         registry::registering(slot);
@@ -511,7 +510,6 @@ impl Drop for Protect {
         // quarantine.
         region.open = !self.protect(&mut st, MprotectFlags::empty());
         r.freed[slot].store(1, Ordering::Release);
-        regions::LIVE.fetch_sub(1, Ordering::Relaxed);
         // The slack as the last fill left it, unless it changed unchecked.
         if st.init.is_none() {
             let data = self.data.as_ptr() as usize;

@@ -58,33 +58,26 @@ fn maps_reserve() -> usize {
     (*MAX_MAPS / 64).max(256)
 }
 
-/// Protected blocks alive, and those whose pages are open (readable or writable): a closed
-/// block's opening can split its region's mapping in three.
-pub(super) static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Protected blocks whose pages are open (readable or writable).
 pub(super) static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// A protection change or mapping was refused: the mappings are counted again at the next
 /// allocation.
 pub(super) static REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// The last count of the process's memory mappings (`/proc/self/maps`), and what protect mode
-/// did since.
+/// The last count of the process's memory mappings (`/proc/self/maps`).
 struct MapsCount {
     /// When it was taken, and how long it took.
     at: Option<Instant>,
     cost: Duration,
-    maps: usize,
-    /// Blocks given a region since.
-    since: usize,
-    /// Past the limit at the last look (said once per process, see [`maps_allow`]).
-    full: bool,
+    /// The mappings that were not protect mode's then, at most: the count less two for each
+    /// block whose pages were open (each is a mapping of its own, and splits its region's).
+    others: usize,
 }
 
 static MAPS_COUNT: Mutex<MapsCount> = Mutex::new(MapsCount {
     at: None,
     cost: Duration::ZERO,
-    maps: 0,
-    since: 0,
-    full: false,
+    others: 0,
 });
 
 /// Counts the lines of `/proc/self/maps` (`None` if it cannot be read).
@@ -104,13 +97,12 @@ fn count_maps() -> Option<usize> {
 }
 
 /// Whether a new block may be protected without bringing the process near
-/// `vm.max_map_count`: the mappings it has (counted from `/proc/self/maps` at most every 10 ms,
-/// or 50 times as long as a count takes, and at once after a refused change), plus what
-/// protect mode may still add (two for each live block closed now, whose opening splits a
-/// mapping; one for each region, whose unmapping may leave a hole in its batch's mapping;
-/// three for each block given a region since the count), plus [`maps_reserve`], within the
+/// `vm.max_map_count`: the mappings of the rest of the process (counted from `/proc/self/maps`
+/// at most every 10 ms, or 50 times as long as a count takes, and at once after a refused
+/// change), plus the most protect mode's regions can take (three each: a block's open pages
+/// split its region's mapping), the new one's included, plus [`maps_reserve`], within the
 /// limit. Past it, new blocks are allocated unprotected (said once on stderr) until a later
-/// count finds room: legal maps of the blocks already protected keep the room they need.
+/// count finds room: maps of the blocks already protected keep the room they need.
 fn maps_allow(regions_in_use: usize) -> bool {
     let mut c = MAPS_COUNT.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
@@ -121,31 +113,23 @@ fn maps_allow(regions_in_use: usize) -> bool {
     if (due || REFUSED.swap(false, Ordering::Relaxed))
         && let Some(maps) = count_maps()
     {
-        c.maps = maps;
-        c.since = 0;
+        c.others = maps.saturating_sub(2 * OPEN.load(Ordering::Relaxed));
         c.at = Some(now);
         c.cost = now.elapsed();
     }
-    let live = LIVE.load(Ordering::Relaxed);
-    let closed = live.saturating_sub(OPEN.load(Ordering::Relaxed));
-    let need = c.maps + 2 * closed + regions_in_use + 3 * (c.since + 1) + maps_reserve();
+    let need = c.others + 3 * (regions_in_use + 1) + maps_reserve();
     if need > *MAX_MAPS {
-        if !c.full {
-            c.full = true;
-            static SAID: AtomicBool = AtomicBool::new(false);
-            if !SAID.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "memkit: protect mode is at the limit of memory mappings ({} in use, \
-                     vm.max_map_count {}): new blocks are allocated unprotected until there is \
-                     room again",
-                    c.maps, *MAX_MAPS
-                );
-            }
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if !SAID.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "memkit: protect mode is at the limit of memory mappings ({} of the process's \
+                 own, {} regions of protect mode's, vm.max_map_count {}): new blocks are \
+                 allocated unprotected until there is room again",
+                c.others, regions_in_use, *MAX_MAPS
+            );
         }
         return false;
     }
-    c.full = false;
-    c.since += 1;
     true
 }
 
