@@ -124,6 +124,31 @@ fn legal_maps_and_copies_work_at_the_mapping_limit() {
 }
 
 #[test]
+fn continue_mode_writes_ten_reports_at_one_instruction_and_counts_the_rest() {
+    let out = run_child("attack-repeated");
+    assert!(out.status.success(), "{}", out.tail());
+    assert!(
+        out.stdout.contains("50 violations, 40 not written"),
+        "{}",
+        out.tail()
+    );
+    assert_eq!(
+        out.reports(),
+        describe(&[ProtectViolation::WriteThroughRead; 10]),
+        "{}",
+        out.tail()
+    );
+    assert_eq!(
+        out.stderr
+            .matches("reported 10 violations at this instruction: further ones there are counted")
+            .count(),
+        1,
+        "{}",
+        out.tail()
+    );
+}
+
+#[test]
 fn short_lived_blocks_in_quick_succession_all_stay_protected() {
     let out = run_child("attack-churn");
     assert!(out.status.success(), "{}", out.tail());
@@ -259,6 +284,7 @@ pub fn child(case: &str) {
         "maploop" => maploop(),
         "maplimit" => maplimit(),
         "churn" => churn(),
+        "repeated" => repeated(),
         "dedupe" => dedupe(),
         "overrun-slack" => overrun_slack(),
         "overrun-next" => overrun_next(),
@@ -379,6 +405,8 @@ const VIOLATIONS: usize = 200;
 /// alternate stack, while `send` signals it (given its pthread and kernel thread id) until it
 /// is done. Checks that each is counted.
 fn violations_while_signalled(send: impl Fn(libc::pthread_t, i32)) {
+    // Every report written, so that signals arrive while reports are being written.
+    gstmemkit::allocator::set_reports_per_instruction(0);
     let done = Arc::new(AtomicBool::new(false));
     let tid = Arc::new(AtomicI32::new(0));
     let worker = {
@@ -718,6 +746,19 @@ fn maplimit() {
         "{failed} of 300 WRITE maps failed, {copies_failed} of 20 copies failed, {} blocks \
          unprotected",
         gstmemkit::allocator::aligned::unprotected()
+    );
+}
+
+/// Continue mode: 50 writes through READ mappings of new blocks by one instruction.
+fn repeated() {
+    set_protect_mode(ProtectMode::Continue);
+    for i in 0..50 {
+        write_through_read(i);
+    }
+    println!(
+        "{} violations, {} not written",
+        total_violations(),
+        gstmemkit::allocator::unwritten_reports()
     );
 }
 

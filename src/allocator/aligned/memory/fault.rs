@@ -305,7 +305,15 @@ fn handle(fault: &mut Fault) {
     let again = registry::same_fault_again(seen);
     let continued = continues_neighbours_overrun(slot, fault.map, fault.addr);
     if !again && !continued {
-        report(kind, fault.access, fault.addr, slot, None, fault.detail);
+        report(
+            kind,
+            fault.access,
+            fault.addr,
+            slot,
+            None,
+            fault.ip,
+            fault.detail,
+        );
     }
     // An instruction fetch cannot complete on pages that are never executable (nor would it
     // without protect mode): the process dies of it in either mode.

@@ -166,7 +166,7 @@ const LEAN: &str = "(only this line: another report was being written)";
 pub(super) fn report_slack(kind: Kind, addr: usize, slot: usize, found: &str) {
     let claimed = claim_reporting();
     let detail = if claimed { Detail::Full } else { Detail::Line };
-    report(kind, Access::Write, addr, slot, Some(found), detail);
+    report(kind, Access::Write, addr, slot, Some(found), 0, detail);
     if claimed {
         REPORTING.store(false, Ordering::Release);
     }
@@ -202,26 +202,100 @@ pub(super) fn claim_reporting() -> bool {
     }
 }
 
+/// Reports written at one faulting instruction by default (see
+/// [`set_reports_per_instruction`]).
+pub const REPORTS_PER_INSTRUCTION: u32 = 10;
+static PER_INSTRUCTION: AtomicU32 = AtomicU32::new(REPORTS_PER_INSTRUCTION);
+/// Faulting instructions told apart at once (open addressing on the instruction's address;
+/// past them, every report is written).
+const SITES: usize = 1024;
+static SITE_IP: [AtomicUsize; SITES] = [const { AtomicUsize::new(0) }; SITES];
+static SITE_SEEN: [AtomicU32; SITES] = [const { AtomicU32::new(0) }; SITES];
+static UNWRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how many violations at one faulting instruction are reported on stderr (0: all); the
+/// ones past it are counted and recorded, not written (a report with its backtrace takes
+/// milliseconds: continue mode on a loop that misbehaves at every iteration would crawl).
+/// `MEMKIT_PROTECT_REPORTS` sets it from the environment; 10 by default.
+pub fn set_reports_per_instruction(n: u32) {
+    PER_INSTRUCTION.store(n, Ordering::Relaxed);
+}
+
+/// Violations counted and recorded but not written (past [`set_reports_per_instruction`]'s
+/// number at their instruction).
+pub fn unwritten_reports() -> u64 {
+    UNWRITTEN.load(Ordering::Relaxed)
+}
+
+/// The violations at instruction `ip` before this one (counting this one in); `None` when
+/// the instruction is unknown or the table is full. Async-signal-safe (atomics).
+fn seen_at(ip: usize) -> Option<u32> {
+    if ip == 0 {
+        return None;
+    }
+    let start = (ip ^ (ip >> 12)).wrapping_mul(0x9E37_79B9) % SITES;
+    for k in 0..SITES {
+        let i = (start + k) % SITES;
+        let cur = SITE_IP[i].load(Ordering::Acquire);
+        let mine = cur == ip
+            || (cur == 0
+                && match SITE_IP[i].compare_exchange(0, ip, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => true,
+                    Err(other) => other == ip,
+                });
+        if mine {
+            return Some(SITE_SEEN[i].fetch_add(1, Ordering::Relaxed));
+        }
+    }
+    None
+}
+
 /// Writes the report of a violation to stderr and records it. Async-signal-safe: buffers on
 /// the stack, `write`, atomics, and glibc's `backtrace` (loaded before the first fault).
-/// `found`: where slack damage was found (`None`: at the faulting instruction).
+/// `found`: where slack damage was found (`None`: at the faulting instruction `ip`, 0 where
+/// unknown). Past [`set_reports_per_instruction`]'s number at one instruction, the violation
+/// is only counted and recorded.
 pub(super) fn report(
     kind: Kind,
     access: Access,
     addr: usize,
     slot: usize,
     found: Option<&str>,
+    ip: usize,
     detail: Detail,
 ) {
     let r = &REGISTRY;
     let running = published::running_on(super::registry::thread_id());
     let mapper = r.mapper[slot].load(Ordering::Relaxed);
     record(kind, running, mapper);
+    let cap = PER_INSTRUCTION.load(Ordering::Relaxed);
+    let seen = if found.is_none() && cap > 0 {
+        seen_at(ip)
+    } else {
+        None
+    };
+    if seen.is_some_and(|n| n >= cap) {
+        UNWRITTEN.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     match detail {
         Detail::Full => write_report(kind, access, addr, slot, found, running, mapper),
         Detail::Line => write_line(kind, access, addr),
         Detail::Brief => write_brief(kind),
     }
+    if seen.is_some_and(|n| n + 1 == cap) {
+        write_capped(cap);
+    }
+}
+
+/// Said after the last report written at one instruction.
+#[inline(never)]
+fn write_capped(cap: u32) {
+    let mut line = Line::<160>::new();
+    line.str("memkit: protect mode has reported ")
+        .dec(u64::from(cap))
+        .str(" violations at this instruction: further ones there are counted, not written\n");
+    line.write();
 }
 
 /// The report of [`Detail::Line`].
