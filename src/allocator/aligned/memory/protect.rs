@@ -115,22 +115,6 @@ struct State {
     init: Option<Init>,
 }
 
-impl State {
-    /// Records the pages' protection, and whether they are open in [`regions::OPEN`].
-    fn set_prot(&mut self, flags: MprotectFlags) {
-        match (self.prot.is_empty(), flags.is_empty()) {
-            (true, false) => {
-                regions::OPEN.fetch_add(1, Ordering::Relaxed);
-            }
-            (false, true) => {
-                regions::OPEN.fetch_sub(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-        self.prot = flags;
-    }
-}
-
 /// A protected block's region and protection.
 pub(super) struct Protect {
     region: Region,
@@ -253,7 +237,7 @@ impl Protect {
         // SAFETY: the pages are our own mapping; only their protection changes.
         let ok = unsafe { mm::mprotect(self.pages as *mut _, self.pages_len, flags) }.is_ok();
         if ok {
-            st.set_prot(flags);
+            st.prot = flags;
         } else {
             regions::REFUSED.store(true, Ordering::Relaxed);
         }
@@ -269,7 +253,7 @@ impl Protect {
         if r.opened[slot].fetch_and(!GUARD_OPENED, Ordering::AcqRel) & GUARD_OPENED != 0 {
             self.close_outside_pages();
             // The handler opened the pages too.
-            st.set_prot(MprotectFlags::READ | MprotectFlags::WRITE);
+            st.prot = MprotectFlags::READ | MprotectFlags::WRITE;
         }
         let writers = r.writers[slot].load(Ordering::Relaxed) + st.own_writers;
         let readers = r.readers[slot].load(Ordering::Relaxed) + st.own_readers;
@@ -503,7 +487,7 @@ impl Drop for Protect {
         }
         if r.opened[slot].swap(0, Ordering::AcqRel) & GUARD_OPENED != 0 {
             self.close_outside_pages();
-            st.set_prot(MprotectFlags::READ | MprotectFlags::WRITE);
+            st.prot = MprotectFlags::READ | MprotectFlags::WRITE;
         }
         let mut region = self.region;
         // Still accessible if the system refused: never reused, unmapped when it leaves the

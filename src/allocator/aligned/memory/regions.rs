@@ -14,9 +14,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard, TryLockError};
 
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
@@ -58,27 +57,17 @@ fn maps_reserve() -> usize {
     (*MAX_MAPS / 64).max(256)
 }
 
-/// Protected blocks whose pages are open (readable or writable).
-pub(super) static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// A protection change or mapping was refused: the mappings are counted again at the next
 /// allocation.
 pub(super) static REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// The last count of the process's memory mappings (`/proc/self/maps`).
-struct MapsCount {
-    /// When it was taken, and how long it took.
-    at: Option<Instant>,
-    cost: Duration,
-    /// The mappings that were not protect mode's then, at most: the count less two for each
-    /// block whose pages were open (each is a mapping of its own, and splits its region's).
-    others: usize,
-}
-
-static MAPS_COUNT: Mutex<MapsCount> = Mutex::new(MapsCount {
-    at: None,
-    cost: Duration::ZERO,
-    others: 0,
-});
+/// The mappings of the rest of the process at the last count of `/proc/self/maps` (at most:
+/// the count less two for each protected block whose pages were open, each a mapping of its
+/// own that splits its region's), and when the next count is due (monotonic nanoseconds).
+static OTHERS: AtomicUsize = AtomicUsize::new(0);
+static NEXT_COUNT_NS: AtomicU64 = AtomicU64::new(0);
+/// Held by the thread counting (the others go on with the last count).
+static COUNTING: Mutex<()> = Mutex::new(());
 
 /// Counts the lines of `/proc/self/maps` (`None` if it cannot be read).
 fn count_maps() -> Option<usize> {
@@ -98,39 +87,52 @@ fn count_maps() -> Option<usize> {
 
 /// Whether a new block may be protected without bringing the process near
 /// `vm.max_map_count`: the mappings of the rest of the process (counted from `/proc/self/maps`
-/// at most every 10 ms, or 50 times as long as a count takes, and at once after a refused
-/// change), plus the most protect mode's regions can take (three each: a block's open pages
-/// split its region's mapping), the new one's included, plus [`maps_reserve`], within the
-/// limit. Past it, new blocks are allocated unprotected (said once on stderr) until a later
-/// count finds room: maps of the blocks already protected keep the room they need.
-fn maps_allow(regions_in_use: usize) -> bool {
-    let mut c = MAPS_COUNT.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    let due = match c.at {
-        None => true,
-        Some(at) => now.duration_since(at) >= (c.cost * 50).max(Duration::from_millis(10)),
-    };
-    if (due || REFUSED.swap(false, Ordering::Relaxed))
-        && let Some(maps) = count_maps()
-    {
-        c.others = maps.saturating_sub(2 * OPEN.load(Ordering::Relaxed));
-        c.at = Some(now);
-        c.cost = now.elapsed();
-    }
-    let need = c.others + 3 * (regions_in_use + 1) + maps_reserve();
-    if need > *MAX_MAPS {
-        static SAID: AtomicBool = AtomicBool::new(false);
-        if !SAID.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "memkit: protect mode is at the limit of memory mappings ({} of the process's \
-                 own, {} regions of protect mode's, vm.max_map_count {}): new blocks are \
-                 allocated unprotected until there is room again",
-                c.others, regions_in_use, *MAX_MAPS
-            );
+/// at most every 10 ms, or 50 times as long as a count takes, and at the next allocation after
+/// a refused change), plus the most protect mode's regions can take (three each: a block's
+/// open pages split its region's mapping), the new one's included, plus [`maps_reserve`],
+/// within the limit. Past it, new blocks are allocated unprotected (said once on stderr)
+/// until a later count finds room: maps of the blocks already protected keep the room they
+/// need. Between counts: a clock read and two atomic loads (no lock while every region the
+/// budget allows would fit).
+fn maps_allow() -> bool {
+    let now = super::stack::now_ns();
+    if now >= NEXT_COUNT_NS.load(Ordering::Relaxed) || REFUSED.load(Ordering::Relaxed) {
+        let counting = match COUNTING.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if counting.is_some() {
+            REFUSED.store(false, Ordering::Relaxed);
+            if let Some(maps) = count_maps() {
+                let took = super::stack::now_ns().saturating_sub(now);
+                OTHERS.store(
+                    maps.saturating_sub(2 * registry::open_blocks()),
+                    Ordering::Relaxed,
+                );
+                NEXT_COUNT_NS.store(now + (took * 50).max(10_000_000), Ordering::Relaxed);
+            }
         }
-        return false;
     }
-    true
+    let room = MAX_MAPS.saturating_sub(OTHERS.load(Ordering::Relaxed) + maps_reserve());
+    if 3 * (*BUDGET + 1) <= room {
+        return true;
+    }
+    let in_use = BUDGET.saturating_sub(free_slots().len());
+    if 3 * (in_use + 1) <= room {
+        return true;
+    }
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "memkit: protect mode is at the limit of memory mappings ({} of the process's own, \
+             {in_use} regions of protect mode's, vm.max_map_count {}): new blocks are allocated \
+             unprotected until there is room again",
+            OTHERS.load(Ordering::Relaxed),
+            *MAX_MAPS
+        );
+    }
+    false
 }
 
 /// Entries not in use (their indices); taken under this lock, never by the fault handler.
@@ -240,8 +242,7 @@ fn unmap_regions(list: Vec<Region>) {
 /// even after unmapping the regions kept. The caller registers the region for its block and
 /// then calls `registry::released` (for a new region too: one release is counted for each).
 pub(super) fn take_region(class: usize) -> Option<Region> {
-    let in_use = BUDGET.saturating_sub(free_slots().len());
-    if !maps_allow(in_use) {
+    if !maps_allow() {
         return None;
     }
     let page = page();

@@ -209,6 +209,21 @@ pub(super) fn slots_in_use() -> std::ops::Range<usize> {
     0..SLOTS_HIGH.load(Ordering::SeqCst).min(MAX_BLOCKS)
 }
 
+/// Live blocks whose pages are open now (a mapping alive, or opened by continue mode), by
+/// their entries' counts: what the last count of the process's mappings owes to protect
+/// mode's open pages (see `regions::maps_allow`).
+pub(super) fn open_blocks() -> usize {
+    let r = &REGISTRY;
+    slots_in_use()
+        .filter(|&i| {
+            r.map_end[i].load(Ordering::Relaxed) != 0
+                && r.freed[i].load(Ordering::Relaxed) == 0
+                && (r.readers[i].load(Ordering::Relaxed) + r.writers[i].load(Ordering::Relaxed) > 0
+                    || r.opened[i].load(Ordering::Relaxed) & GUARD_OPENED != 0)
+        })
+        .count()
+}
+
 /// Ends a [`pin`].
 pub(super) fn unpin(slot: usize) {
     REGISTRY.pins[slot].fetch_sub(1, Ordering::SeqCst);
