@@ -56,6 +56,10 @@ fn a_sigsegv_sent_from_another_process_stays_ignored_during_reports() {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "the handler's stack use is that of an optimised build (meson runs cargo test --release)"
+)]
 fn reports_under_contention_use_little_of_a_4_kib_alternate_stack() {
     let out = run_child("attack-contended");
     assert!(out.status.success(), "{}", out.tail());
