@@ -50,7 +50,8 @@ pub use aligned::{
     FILL_BYTE, GstAlignedMemory, GuardViolation, MAX_PROTECT_RECORDS, POISON_BYTE, ProtectMode,
     ProtectRecord, ProtectViolation, aligned_allocator, check_memory_guard, guard_enabled,
     max_cached_bytes, protect_mode, protect_records, protect_violations, reset_stats,
-    set_guard_enabled, set_max_cached_bytes, set_protect_mode,
+    set_guard_enabled, set_max_cached_bytes, set_protect_mode, set_reports_per_instruction,
+    unwritten_reports,
 };
 pub use error::{AllocError, FdError, MemoryError};
 pub use layout::{LayoutError, MAX_ALIGN, MIN_ALIGN_MASK};

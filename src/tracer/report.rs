@@ -148,6 +148,14 @@ impl Report {
         } else {
             let _ = writeln!(t, ": {}", kinds.join(", "));
         }
+        let unwritten = allocator::unwritten_reports();
+        if unwritten > 0 {
+            let _ = writeln!(
+                t,
+                "    {unwritten} of them counted but not written on stderr (past the reports \
+                 written at one instruction, MEMKIT_PROTECT_REPORTS)"
+            );
+        }
         let unprotected = allocator::aligned::unprotected();
         if unprotected > 0 {
             let _ = writeln!(

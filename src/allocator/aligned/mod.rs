@@ -29,6 +29,7 @@ pub use memory::{
     ProtectRecord, ProtectViolation, check_memory_guard, guard_enabled, protect_mode,
     protect_records, protect_violations, set_guard_enabled, set_protect_mode, unprotected,
 };
+pub use memory::{REPORTS_PER_INSTRUCTION, set_reports_per_instruction, unwritten_reports};
 
 /// The name `AlignedMemory` is registered under, and its memory type (`mem_type`).
 pub const ALIGNED_MEMORY: &str = "AlignedMemory";
@@ -52,6 +53,15 @@ static ALLOCATOR: LazyLock<AlignedAllocator> = LazyLock::new(|| {
             crate::allocator::debug::ALIGNED,
             "MEMKIT_GUARD={other:?} is not a mode (1, abort, protect, protect-continue): ignored"
         ),
+    }
+    if let Ok(v) = std::env::var("MEMKIT_PROTECT_REPORTS") {
+        match v.trim().parse::<u32>() {
+            Ok(n) => set_reports_per_instruction(n),
+            Err(_) => gst::warning!(
+                crate::allocator::debug::ALIGNED,
+                "MEMKIT_PROTECT_REPORTS={v:?} is not a number of reports (0: all): ignored"
+            ),
+        }
     }
     stats::init_from_env();
     let allocator = glib::Object::new::<AlignedAllocator>();

@@ -42,13 +42,40 @@ fn write(s: &[u8]) {
     unsafe { libc::write(2, s.as_ptr().cast(), s.len()) };
 }
 
+/// The stack walk that [`write_backtrace`] guards: glibc's `backtrace` into `frames`.
+struct Walk {
+    frames: [*mut c_void; 64],
+}
+
+/// Fills the [`Walk`] at `walk` (null entries past the last frame found).
+///
+/// # Safety
+/// `walk` must point at a live [`Walk`] whose frames are all null.
+unsafe extern "C" fn walk(walk: *mut c_void) {
+    // SAFETY: per the contract; glibc's unwinder writes at most `len` entries (its library
+    // was loaded by `fault::install`).
+    unsafe {
+        let walk = &mut *walk.cast::<Walk>();
+        libc::backtrace(walk.frames.as_mut_ptr(), walk.frames.len() as libc::c_int);
+    }
+}
+
 /// Writes the backtrace of the calling thread, skipping the frames of this library at its
-/// top (the report's own) and, after a fault, the signal trampoline below them.
+/// top (the report's own) and, after a fault, the signal trampoline below them. The caller
+/// holds the report lock (see `recover`): a fault while reading the stack (damaged, or in a
+/// protected block) ends the backtrace with a line saying where.
 pub(super) fn write_backtrace(after_signal: bool) {
-    let mut frames = [std::ptr::null_mut::<c_void>(); 64];
-    // SAFETY: glibc's unwinder fills our buffer (its library was loaded by `fault::install`).
-    let n = unsafe { libc::backtrace(frames.as_mut_ptr(), frames.len() as libc::c_int) };
-    let frames = &frames[..n.max(0) as usize];
+    let mut w = Walk {
+        frames: [std::ptr::null_mut(); 64],
+    };
+    // SAFETY: `walk` fills our Walk and holds nothing when abandoned (see `recover`).
+    let stopped = unsafe { super::recover::guarded(walk, (&raw mut w).cast()) }.err();
+    let n = w
+        .frames
+        .iter()
+        .position(|f| f.is_null())
+        .unwrap_or(w.frames.len());
+    let frames = &w.frames[..n];
     let own = base_of(write_backtrace as *const () as *mut c_void);
     let mut first = frames
         .iter()
@@ -68,6 +95,23 @@ pub(super) fn write_backtrace(after_signal: bool) {
             tail_callers(pc);
         }
     }
+    if let Some(addr) = stopped {
+        let mut hex = [0u8; 18];
+        write(b"    (the backtrace stopped: reading the stack faulted at ");
+        write(hex_into(addr, &mut hex));
+        write(b")\n");
+    }
+}
+
+/// `v` in hexadecimal ("0x..."), written into `buf`.
+fn hex_into(v: usize, buf: &mut [u8; 18]) -> &[u8] {
+    buf[0] = b'0';
+    buf[1] = b'x';
+    let digits = (usize::BITS as usize / 4 - v.leading_zeros() as usize / 4).max(1);
+    for i in 0..digits {
+        buf[2 + i] = b"0123456789abcdef"[(v >> ((digits - 1 - i) * 4)) & 0xf];
+    }
+    &buf[..2 + digits]
 }
 
 /// The load base of the object holding `pc`, null when none does.
@@ -265,6 +309,14 @@ mod tests {
         };
         assert_eq!(found, Some(gst_init));
         assert!(count > 500, "{count} functions");
+    }
+
+    #[test]
+    fn an_address_is_written_in_hexadecimal() {
+        let mut buf = [0u8; 18];
+        assert_eq!(hex_into(0, &mut buf), b"0x0");
+        assert_eq!(hex_into(0x10, &mut buf), b"0x10");
+        assert_eq!(hex_into(usize::MAX, &mut buf), b"0xffffffffffffffff");
     }
 
     #[test]

@@ -15,19 +15,21 @@
 //!   dies of the signal (it does not run the access again: an access that became legal
 //!   meanwhile would leave the process alive without its handler); in continue mode the
 //!   block's whole mapping is opened, so that the access completes, and closed again at the
-//!   block's next protection change.
+//!   block's next protection change; when the system refuses to open it (at the limit of
+//!   memory mappings), that is said and the process dies of the signal as in abort mode.
 
 use std::ffi::c_void;
+use std::sync::Once;
 use std::sync::atomic::Ordering;
-use std::sync::{Once, OnceLock};
 
-use super::registry::{self, GUARD_OPENED, PAGES_OPENED, ProtectMode, REGISTRY, protect_mode};
-use super::report::{Kind, LEAN, REPORTING, claim_reporting, report};
+use super::chain::{chain, die};
+use super::registry::{
+    self, GUARD_OPENED, OVERRAN_AFTER, OVERRAN_BEFORE, PAGES_OPENED, ProtectMode, REGISTRY,
+    protect_mode,
+};
+use super::report::{Access, Detail, Kind, REPORTING, claim_reporting, report};
 
 static INSTALL: Once = Once::new();
-/// The actions that were there before ours, for SIGSEGV and SIGBUS (read by the handler: a
-/// `OnceLock` read is one atomic load).
-static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
 
 /// Installs the handler for SIGSEGV and SIGBUS once, with its own stack, and an alternate
 /// signal stack for this thread if it has none. Called with the first protected block, not
@@ -57,31 +59,45 @@ pub(super) fn install() {
             }
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_fault as *const () as usize;
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-            libc::sigemptyset(&mut action.sa_mask);
+            // Every signal blocked while the handler runs (SIGSEGV and SIGBUS too: one sent
+            // meanwhile waits, and is passed on once the handler returns), but the
+            // synchronous ones it cannot block (a blocked fault signal kills the process).
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigfillset(&mut action.sa_mask);
+            for sig in [libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
+                libc::sigdelset(&mut action.sa_mask, sig);
+            }
             let mut previous: [libc::sigaction; 2] = std::mem::zeroed();
             libc::sigaction(libc::SIGSEGV, &action, &mut previous[0]);
             libc::sigaction(libc::SIGBUS, &action, &mut previous[1]);
-            let _ = PREVIOUS.set(previous);
+            super::chain::set_previous(previous);
         }
     });
 }
 
-/// Whether the faulting access was a write (x86-64: bit 1 of the page-fault error code).
+/// The faulting access (x86-64: bits 1, a write, and 4, an instruction fetch, of the
+/// page-fault error code).
 ///
 /// # Safety
 /// `ctx` must be the `ucontext_t` the kernel passed to the handler.
-unsafe fn was_write(ctx: *mut libc::c_void) -> Option<bool> {
+unsafe fn access_of(ctx: *mut libc::c_void) -> Access {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: per the caller's contract.
         let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
-        Some(uc.uc_mcontext.gregs[libc::REG_ERR as usize] & 2 != 0)
+        let err = uc.uc_mcontext.gregs[libc::REG_ERR as usize];
+        if err & 16 != 0 {
+            Access::Fetch
+        } else if err & 2 != 0 {
+            Access::Write
+        } else {
+            Access::Read
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = ctx;
-        None
+        Access::Unknown
     }
 }
 
@@ -109,6 +125,31 @@ unsafe fn fault_ip(ctx: *mut c_void) -> usize {
     }
 }
 
+/// A hash of the general-purpose registers and the instruction pointer of the faulting
+/// context (0 where unknown): an access that runs again after the handler returned finds
+/// them exactly as they were.
+///
+/// # Safety
+/// `ctx` must be the `ucontext_t` the kernel passed to the handler.
+unsafe fn registers_hash(ctx: *mut c_void) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: per the caller's contract.
+        let uc = unsafe { &*(ctx as *const libc::ucontext_t) };
+        // R8 to R15, RDI, RSI, RBP, RBX, RDX, RAX, RCX, RSP, RIP (FNV-1a over the words).
+        uc.uc_mcontext.gregs[..=libc::REG_RIP as usize]
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325, |h, &r| {
+                (h ^ r as u64).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ctx;
+        0
+    }
+}
+
 /// What to do once the handler is done with a fault.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -124,14 +165,25 @@ struct Fault {
     /// The block's mapping, as pinned.
     map: (usize, usize),
     addr: usize,
-    write: Option<bool>,
+    access: Access,
     ip: usize,
-    /// On the handler's own stack: the whole report, backtrace included.
-    deep: bool,
+    regs: u64,
+    /// How much of the report to write: [`Detail::Full`] on one of the handler's stacks with
+    /// the report lock, [`Detail::Line`] there without it, [`Detail::Brief`] on the thread's
+    /// own stack (the handler's stacks all busy).
+    detail: Detail,
     verdict: Verdict,
+    /// The thread's alternate signal stack, disabled while the handler works on its own
+    /// stack (see [`handle_on_stack`]).
+    altstack: libc::stack_t,
 }
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
+    // A fault inside this thread's report (its stack walk), or a signal sent meanwhile.
+    // SAFETY: the handler's own arguments.
+    if unsafe { super::recover::intercept(sig, info, ctx) } {
+        return;
+    }
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     // A sent signal (si_code <= 0) is no fault, whatever its si_addr field holds.
@@ -150,25 +202,34 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
         map: (start, end),
         addr,
         // SAFETY: ctx is the handler's context.
-        write: unsafe { was_write(ctx) },
+        access: unsafe { access_of(ctx) },
         // SAFETY: as above.
         ip: unsafe { fault_ip(ctx) },
-        deep: false,
+        // SAFETY: as above.
+        regs: unsafe { registers_hash(ctx) },
+        detail: Detail::Brief,
         verdict: Verdict::Resume,
+        altstack: libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        },
     };
-    // The handler's own stack goes with the right to write a report: one report at a time.
-    let claimed = claim_reporting();
-    match super::stack::top() {
-        Some(top) if claimed => {
-            fault.deep = true;
-            // SAFETY: the handler's stack is used only by the thread that holds REPORTING;
-            // `handle_on_stack` cannot unwind (extern "C").
-            unsafe { super::stack::on_stack(top, handle_on_stack, (&raw mut fault).cast()) };
+    // The work is done on one of the handler's own stacks; on the thread's own only when
+    // they all stay busy (then briefly: see `Detail::Brief`).
+    match super::stack::claim() {
+        Some(stack) => {
+            // SAFETY: the stack is ours until `stack` drops; `handle_on_stack` cannot unwind
+            // (extern "C").
+            unsafe { super::stack::on_stack(stack.top, handle_on_stack, (&raw mut fault).cast()) };
+            drop(stack);
+            if fault.altstack.ss_flags & libc::SS_DISABLE == 0 {
+                // SAFETY: the stack the thread had; it is not on it by the kernel's account
+                // (that one is disabled), so the call is allowed.
+                unsafe { libc::sigaltstack(&fault.altstack, std::ptr::null_mut()) };
+            }
         }
-        _ => handle(&mut fault),
-    }
-    if claimed {
-        REPORTING.store(false, Ordering::Release);
+        None => handle(&mut fault),
     }
     registry::unpin(slot);
     if fault.verdict == Verdict::Die {
@@ -177,17 +238,38 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c
     }
 }
 
-/// [`handle`], called on the handler's own stack.
+/// [`handle`], called on the handler's own stack. The thread's alternate signal stack is
+/// disabled meanwhile (and enabled again by the caller, back on the thread's stack): the
+/// kernel does not count the handler's stack as the alternate one, and would otherwise place
+/// a signal delivered now (one the handler's mask lets through) at the alternate stack's top,
+/// over the frames of this handler; disabled, it is placed below them, on this stack.
 ///
 /// # Safety
 /// `fault` must point at a live [`Fault`].
 unsafe extern "C" fn handle_on_stack(fault: *mut c_void) {
     // SAFETY: per the contract.
-    handle(unsafe { &mut *fault.cast::<Fault>() });
+    let fault = unsafe { &mut *fault.cast::<Fault>() };
+    let off = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: sigaltstack(2) with valid arguments; it refuses (and changes nothing) only on
+    // the alternate stack, which this is not.
+    if unsafe { libc::sigaltstack(&off, &mut fault.altstack) } != 0 {
+        fault.altstack.ss_flags = libc::SS_DISABLE;
+    }
+    // One report at a time; a thread that waits too long for its turn writes one line.
+    let claimed = claim_reporting();
+    fault.detail = if claimed { Detail::Full } else { Detail::Line };
+    handle(fault);
+    if claimed {
+        REPORTING.store(false, Ordering::Release);
+    }
 }
 
 /// What a fault on a block is, from the address and the block's state.
-fn classify(slot: usize, addr: usize, write: Option<bool>) -> Kind {
+fn classify(slot: usize, addr: usize, access: Access) -> Kind {
     let r = &REGISTRY;
     let data = r.data[slot].load(Ordering::Relaxed);
     let end = data + r.maxsize[slot].load(Ordering::Relaxed);
@@ -199,7 +281,7 @@ fn classify(slot: usize, addr: usize, write: Option<bool>) -> Kind {
         Kind::BeforeBlock
     } else if addr >= end {
         Kind::PastMaxsize
-    } else if readers > 0 && writers == 0 && write != Some(false) {
+    } else if readers > 0 && writers == 0 && matches!(access, Access::Write | Access::Unknown) {
         Kind::WriteThroughRead
     } else {
         Kind::NoMapping
@@ -212,13 +294,30 @@ fn classify(slot: usize, addr: usize, write: Option<bool>) -> Kind {
 fn handle(fault: &mut Fault) {
     let r = &REGISTRY;
     let slot = fault.slot;
-    let kind = classify(slot, fault.addr, fault.write);
-    let tid = super::registry::thread_id();
-    if !registry::same_fault_again(tid, fault.addr, fault.ip) {
-        let found = (!fault.deep).then_some(LEAN);
-        report(kind, fault.write, fault.addr, slot, found);
+    let kind = classify(slot, fault.addr, fault.access);
+    let seen = registry::Seen {
+        tid: registry::thread_id(),
+        addr: fault.addr,
+        ip: fault.ip,
+        regs: fault.regs,
+    };
+    // Checked first: the fault is recorded as the thread's last either way.
+    let again = registry::same_fault_again(seen);
+    let continued = continues_neighbours_overrun(slot, fault.map, fault.addr);
+    if !again && !continued {
+        report(
+            kind,
+            fault.access,
+            fault.addr,
+            slot,
+            None,
+            fault.ip,
+            fault.detail,
+        );
     }
-    if protect_mode() != ProtectMode::Continue {
+    // An instruction fetch cannot complete on pages that are never executable (nor would it
+    // without protect mode): the process dies of it in either mode.
+    if protect_mode() != ProtectMode::Continue || fault.access == Access::Fetch {
         fault.verdict = Verdict::Die;
         return;
     }
@@ -229,99 +328,63 @@ fn handle(fault: &mut Fault) {
         // An access to the slack, reported here: the slack check does not report it again.
         r.slack_reported[slot].store(fault.addr, Ordering::Relaxed);
     }
+    // An access past the block's pages, reported here: the overrun that reached it crossed
+    // the slack on that side, which the slack check does not report again.
+    let overran = match kind {
+        Kind::PastMaxsize if !in_pages => OVERRAN_AFTER,
+        Kind::BeforeBlock if !in_pages => OVERRAN_BEFORE,
+        _ => 0,
+    };
     // SAFETY: the mapping is ours and pinned (not reused or unmapped until we unpin it).
-    unsafe {
+    let opened = unsafe {
         libc::mprotect(
             start as *mut c_void,
             end - start,
             libc::PROT_READ | libc::PROT_WRITE,
         )
-    };
+    } == 0;
+    if !opened {
+        // The system refused (at `vm.max_map_count`, the change would split a mapping): the
+        // access would fault again for ever. Said, then the process dies of the signal.
+        // SAFETY: errno is this thread's.
+        let errno = unsafe { *libc::__errno_location() };
+        super::report::cannot_open(errno);
+        fault.verdict = Verdict::Die;
+        return;
+    }
     // Set after the change, so that the protection change that clears the bit comes after
     // the opening it undoes.
-    r.opened[slot].fetch_or(GUARD_OPENED | PAGES_OPENED, Ordering::AcqRel);
+    r.opened[slot].fetch_or(GUARD_OPENED | PAGES_OPENED | overran, Ordering::AcqRel);
     fault.verdict = Verdict::Resume;
 }
 
-/// Dies of `sig`: the default action, and the signal sent again to this thread with its
-/// original `siginfo` (a fault's address and code, a sender's pid), delivered as soon as the
-/// system call returns.
-///
-/// # Safety
-/// The arguments of the signal handler.
-unsafe fn die(sig: libc::c_int, info: *mut libc::siginfo_t) {
-    // SAFETY: plain system calls with valid arguments (rt_tgsigqueueinfo to the calling
-    // thread may carry any si_code).
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(sig, &dfl, std::ptr::null_mut());
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        let (pid, tid) = (libc::getpid(), libc::gettid());
-        if libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info) != 0 {
-            libc::syscall(libc::SYS_tgkill, pid, tid, sig);
-        }
-    }
-}
-
-/// Passes a signal that is not ours on, as the kernel would have delivered it without us: to
-/// the previous handler (with its mask, and its `SA_RESETHAND`), ignored if it was ignored
-/// and sent (a fault cannot be ignored), or the default action.
-///
-/// # Safety
-/// The arguments of the signal handler.
-unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut c_void) {
-    // A signal in the instant between our install and the record of what was there: the
-    // default action.
-    let Some(prev) = PREVIOUS
-        .get()
-        .map(|p| if sig == libc::SIGBUS { p[1] } else { p[0] })
-    else {
-        // SAFETY: per the contract.
-        unsafe { die(sig, info) };
-        return;
+/// Whether a fault on the outer pages of a region (a guard page, or the unused pages before
+/// the block's) continues an overrun of the neighbouring region's block, already reported
+/// there: the region that ends where this one starts (or starts where it ends) was opened by
+/// continue mode at an access past its block's pages on this side. Not this region's block's
+/// violation; the same one again.
+fn continues_neighbours_overrun(slot: usize, (start, end): (usize, usize), addr: usize) -> bool {
+    let r = &REGISTRY;
+    let (pages_start, pages_end) = (
+        r.pages_start[slot].load(Ordering::Relaxed),
+        r.pages_end[slot].load(Ordering::Relaxed),
+    );
+    let (edge, bit) = if addr < pages_start {
+        (start, OVERRAN_AFTER)
+    } else if addr >= pages_end {
+        (end, OVERRAN_BEFORE)
+    } else {
+        return false;
     };
-    // SAFETY: the kernel's siginfo.
-    let sent = unsafe { (*info).si_code } <= 0;
-    match prev.sa_sigaction {
-        libc::SIG_DFL => {
-            // SAFETY: per the contract.
-            unsafe { die(sig, info) }
-        }
-        libc::SIG_IGN if sent => {}
-        libc::SIG_IGN => {
-            // SAFETY: per the contract.
-            unsafe { die(sig, info) }
-        }
-        handler => {
-            // SAFETY: the previous handler, called as the kernel would have: its mask (and
-            // the signal itself unless SA_NODEFER) blocked meanwhile, reset first under
-            // SA_RESETHAND, with the arguments its flags ask for.
-            unsafe {
-                if prev.sa_flags & libc::SA_RESETHAND != 0 {
-                    let mut dfl: libc::sigaction = std::mem::zeroed();
-                    dfl.sa_sigaction = libc::SIG_DFL;
-                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
-                }
-                let mut mask = prev.sa_mask;
-                if prev.sa_flags & libc::SA_NODEFER == 0 {
-                    libc::sigaddset(&mut mask, sig);
-                }
-                let mut old: libc::sigset_t = std::mem::zeroed();
-                libc::sigprocmask(libc::SIG_BLOCK, &mask, &mut old);
-                if prev.sa_flags & libc::SA_SIGINFO != 0 {
-                    let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void) =
-                        std::mem::transmute(handler);
-                    f(sig, info, ctx);
-                } else {
-                    let f: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
-                    f(sig);
-                }
-                libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            }
-        }
-    }
+    registry::slots_in_use().any(|k| {
+        let opened = r.opened[k].load(Ordering::Acquire);
+        let map_end = r.map_end[k].load(Ordering::Relaxed);
+        let touches = map_end != 0
+            && if bit == OVERRAN_AFTER {
+                map_end == edge
+            } else {
+                r.map_start[k].load(Ordering::Relaxed) == edge
+            };
+        k != slot && touches && opened & GUARD_OPENED != 0 && opened & bit != 0
+    })
 }

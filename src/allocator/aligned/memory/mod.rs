@@ -13,16 +13,18 @@
 //! the host process), every size computation checked, NULL/FALSE plus a log line on failure.
 //!
 //! Files depend on each other in one direction: `registry`, `backtrace`, `stack` ← `report` ←
-//! `fault` ← `regions` ← `protect` ←
+//! `chain` ← `fault` ← `regions` ← `protect` ←
 //! `storage` ← `block` ← `guard` ← `thread` ← `lifecycle` ← `vfuncs`, `typed`, `class`.
 
 mod backtrace;
 mod block;
+mod chain;
 mod class;
 mod fault;
 mod guard;
 mod lifecycle;
 mod protect;
+mod recover;
 mod regions;
 mod registry;
 mod report;
@@ -41,8 +43,9 @@ pub use lifecycle::{alloc, install_class_alloc, set_immortal, wrap};
 pub use protect::{set_protect_mode, unprotected};
 pub use registry::{ProtectMode, protect_mode};
 pub use report::{
-    Kind as ProtectViolation, MAX_RECORDS as MAX_PROTECT_RECORDS, Record as ProtectRecord,
-    records as protect_records, violations as protect_violations,
+    Kind as ProtectViolation, MAX_RECORDS as MAX_PROTECT_RECORDS, REPORTS_PER_INSTRUCTION,
+    Record as ProtectRecord, records as protect_records, set_reports_per_instruction,
+    unwritten_reports, violations as protect_violations,
 };
 pub use storage::{HUGE_PAGE, MMAP_THRESHOLD};
 pub use thread::cache;

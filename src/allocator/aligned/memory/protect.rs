@@ -25,7 +25,9 @@ use std::sync::{Mutex, MutexGuard};
 use rustix::mm::{self, MprotectFlags};
 
 use super::regions::{self, Region, class_of, page, take_region};
-use super::registry::{self, GUARD_OPENED, PAGES_OPENED, REGISTRY, SLACK_BYTE};
+use super::registry::{
+    self, GUARD_OPENED, OVERRAN_AFTER, OVERRAN_BEFORE, PAGES_OPENED, REGISTRY, SLACK_BYTE,
+};
 pub(super) use super::registry::{ProtectMode, protect_mode};
 use super::report::{self, Kind};
 use crate::allocator::layout::{self, BlockLayout};
@@ -73,6 +75,22 @@ pub(super) fn special_mode() -> bool {
 /// reuse), or the system refused a new mapping.
 pub fn unprotected() -> usize {
     UNPROTECTED.load(Ordering::Relaxed)
+}
+
+/// This thread did something with a protected block (an allocation, a map, an unmap, a copy,
+/// a free): its next fault is a new violation even at the same address by the same
+/// instruction (see `registry::same_fault_again`).
+fn own_operation() {
+    thread_local! {
+        static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    }
+    let tid = TID.with(|t| {
+        if t.get() == 0 {
+            t.set(registry::thread_id());
+        }
+        t.get()
+    });
+    registry::forget_last_fault(tid);
 }
 
 /// What a block's pages still need the first time they open: the slack filled, and the
@@ -134,18 +152,25 @@ impl Protect {
         } else {
             block.align_mask
         };
-        let pages_len = layout::round_up(maxsize.checked_add(extra)?, page - 1)?;
-        let Some(mut region) = take_region(class_of(pages_len / page)) else {
+        let need = layout::round_up(maxsize.checked_add(extra)?, page - 1)?;
+        own_operation();
+        let Some(mut region) = take_region(class_of(need / page)) else {
             UNPROTECTED.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        let pages_end = region.pages_end();
-        let pages = pages_end - pages_len;
+        let usable_end = region.pages_end();
         // The region's end as close to the last guard page as the payload's alignment allows
         // (the payload, `prefix` bytes into the region, is what is aligned).
-        let payload = (pages_end - maxsize + block.prefix) & !block.align_mask;
+        let payload = (usable_end - maxsize + block.prefix) & !block.align_mask;
         let data = payload - block.prefix;
         let end = data + block.maxsize;
+        // The block's pages: the ones the region touches. With an alignment up to a page they
+        // end at the last guard page; beyond a page the pages around them stay inaccessible
+        // like a guard page, so that the slack filled and checked is under a page on each
+        // side, whatever the alignment.
+        let pages = data & !(page - 1);
+        let pages_end = layout::round_up(data + maxsize, page - 1)?;
+        let pages_len = pages_end - pages;
         let mut zero = [0..0, 0..0];
         if region.used {
             if flags & gst::ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
@@ -155,11 +180,16 @@ impl Protect {
                 zero[1] = block.padding_range();
             }
         }
-        let fill = regions::slack_to_fill(region.filled, pages, data, end, pages_end);
+        // The last fill counts for pages ending where ours end (see `slack_to_fill`).
+        let filled = region
+            .filled
+            .filter(|&(_, _, e)| layout::round_up(e, page - 1) == Some(pages_end));
+        let fill = regions::slack_to_fill(filled, pages, data, end, pages_end);
         let init = (fill.iter().chain(&zero).any(|r| !r.is_empty())).then_some(Init { fill, zero });
         region.used = true;
         let slot = region.slot;
         let r = &REGISTRY;
+        registry::registering(slot);
         r.map_start[slot].store(region.start, Ordering::Relaxed);
         r.pages_start[slot].store(pages, Ordering::Relaxed);
         r.pages_end[slot].store(pages_end, Ordering::Relaxed);
@@ -208,6 +238,8 @@ impl Protect {
         let ok = unsafe { mm::mprotect(self.pages as *mut _, self.pages_len, flags) }.is_ok();
         if ok {
             st.prot = flags;
+        } else {
+            regions::REFUSED.store(true, Ordering::Relaxed);
         }
         ok
     }
@@ -273,6 +305,7 @@ impl Protect {
     /// A mapping of the block begins (`write`: with `GST_MAP_WRITE`). `false` when the pages
     /// cannot be opened for it (the system refused the protection change): the map fails.
     pub(super) fn map(&self, write: bool) -> bool {
+        own_operation();
         let mut st = self.lock();
         let r = &REGISTRY;
         let slot = self.slot();
@@ -294,6 +327,7 @@ impl Protect {
     /// A mapping of the block ends. When it is the last WRITE mapping (the pages are still
     /// writable), the slack is checked: a write there went unnoticed by the guard pages.
     pub(super) fn unmap(&self, write: bool) {
+        own_operation();
         let mut st = self.lock();
         let r = &REGISTRY;
         let slot = self.slot();
@@ -315,6 +349,7 @@ impl Protect {
     /// copy from or into the block), counted like a mapping meanwhile. `None` (and `f` not
     /// run) when the system refuses to open them.
     pub(super) fn with_access<R>(&self, write: bool, f: impl FnOnce() -> R) -> Option<R> {
+        own_operation();
         let mut st = self.lock();
         let own = |st: &mut State, up: bool| {
             let n = if write {
@@ -342,7 +377,10 @@ impl Protect {
     fn check_slack(&self, when: &str) {
         let r = &REGISTRY;
         let slot = self.slot();
-        r.opened[slot].fetch_and(!PAGES_OPENED, Ordering::AcqRel);
+        let opened = r.opened[slot].fetch_and(
+            !(PAGES_OPENED | OVERRAN_AFTER | OVERRAN_BEFORE),
+            Ordering::AcqRel,
+        );
         // A write to the slack already reported at the instruction (continue mode): not
         // reported again (an access writes at most 64 bytes).
         let reported = r.slack_reported[slot].swap(0, Ordering::Relaxed);
@@ -359,6 +397,13 @@ impl Protect {
             let Some((first, last)) = damaged else {
                 continue;
             };
+            // An overrun reported at the guard page (or the unused pages) beyond this side,
+            // whose damage reaches the edge it crossed: the same violation.
+            let crossed = if kind == Kind::BeforeBlock {
+                opened & OVERRAN_BEFORE != 0 && first == from
+            } else {
+                opened & OVERRAN_AFTER != 0 && last + 1 == to
+            };
             // The damaged byte nearest the region (the write that went furthest astray
             // reports last, the one just outside first), not counting one already reported.
             let nearest = if kind == Kind::BeforeBlock {
@@ -370,7 +415,7 @@ impl Protect {
                 // SAFETY: as above.
                 (first..=last).find(|&a| !known(a) && unsafe { damaged_at(a) })
             };
-            if let Some(a) = nearest {
+            if let Some(a) = nearest.filter(|_| !crossed) {
                 report::report_slack(kind, a, slot, when);
             }
             // Restored, so that each damage is reported once (continue mode).
@@ -424,6 +469,7 @@ impl Drop for Protect {
     /// regions past the bound are kept for reuse (still known to the handler as freed) or
     /// unmapped.
     fn drop(&mut self) {
+        own_operation();
         let r = &REGISTRY;
         let slot = self.slot();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

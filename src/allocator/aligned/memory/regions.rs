@@ -14,8 +14,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::ptr;
-use std::sync::atomic::Ordering;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard, TryLockError};
 
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
@@ -40,11 +40,99 @@ pub(super) fn page() -> usize {
 /// (65,530 by default): a third of what that leaves after 16,384 for everything else,
 /// [`MAX_BLOCKS`] at most. Past the budget, blocks are allocated unprotected.
 fn budget() -> usize {
-    let max_maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+    (MAX_MAPS.saturating_sub(16_384) / 3).clamp(64, MAX_BLOCKS)
+}
+
+/// `vm.max_map_count`, read once.
+static MAX_MAPS: LazyLock<usize> = LazyLock::new(|| {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())
-        .unwrap_or(65_530);
-    (max_maps.saturating_sub(16_384) / 3).clamp(64, MAX_BLOCKS)
+        .unwrap_or(65_530)
+});
+
+/// Memory mappings kept free for everything else the process does between two counts of its
+/// mappings (and for the blocks counted as closed that open meanwhile).
+fn maps_reserve() -> usize {
+    (*MAX_MAPS / 64).max(256)
+}
+
+/// A protection change or mapping was refused: the mappings are counted again at the next
+/// allocation.
+pub(super) static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// The mappings of the rest of the process at the last count of `/proc/self/maps` (at most:
+/// the count less two for each protected block whose pages were open, each a mapping of its
+/// own that splits its region's), and when the next count is due (monotonic nanoseconds).
+static OTHERS: AtomicUsize = AtomicUsize::new(0);
+static NEXT_COUNT_NS: AtomicU64 = AtomicU64::new(0);
+/// Held by the thread counting (the others go on with the last count).
+static COUNTING: Mutex<()> = Mutex::new(());
+
+/// Counts the lines of `/proc/self/maps` (`None` if it cannot be read).
+fn count_maps() -> Option<usize> {
+    use std::io::Read;
+    let mut f = std::fs::File::open("/proc/self/maps").ok()?;
+    let mut buf = [0u8; 16 << 10];
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Some(n),
+            Ok(k) => n += buf[..k].iter().filter(|&&b| b == b'\n').count(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether a new block may be protected without bringing the process near
+/// `vm.max_map_count`: the mappings of the rest of the process (counted from `/proc/self/maps`
+/// at most every 10 ms, or 50 times as long as a count takes, and at the next allocation after
+/// a refused change), plus the most protect mode's regions can take (three each: a block's
+/// open pages split its region's mapping), the new one's included, plus [`maps_reserve`],
+/// within the limit. Past it, new blocks are allocated unprotected (said once on stderr)
+/// until a later count finds room: maps of the blocks already protected keep the room they
+/// need. Between counts: a clock read and two atomic loads (no lock while every region the
+/// budget allows would fit).
+fn maps_allow() -> bool {
+    let now = super::stack::now_ns();
+    if now >= NEXT_COUNT_NS.load(Ordering::Relaxed) || REFUSED.load(Ordering::Relaxed) {
+        let counting = match COUNTING.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if counting.is_some() {
+            REFUSED.store(false, Ordering::Relaxed);
+            if let Some(maps) = count_maps() {
+                let took = super::stack::now_ns().saturating_sub(now);
+                OTHERS.store(
+                    maps.saturating_sub(2 * registry::open_blocks()),
+                    Ordering::Relaxed,
+                );
+                NEXT_COUNT_NS.store(now + (took * 50).max(10_000_000), Ordering::Relaxed);
+            }
+        }
+    }
+    let room = MAX_MAPS.saturating_sub(OTHERS.load(Ordering::Relaxed) + maps_reserve());
+    if 3 * (*BUDGET + 1) <= room {
+        return true;
+    }
+    let in_use = BUDGET.saturating_sub(free_slots().len());
+    if 3 * (in_use + 1) <= room {
+        return true;
+    }
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "memkit: protect mode is at the limit of memory mappings ({} of the process's own, \
+             {in_use} regions of protect mode's, vm.max_map_count {}): new blocks are allocated \
+             unprotected until there is room again",
+            OTHERS.load(Ordering::Relaxed),
+            *MAX_MAPS
+        );
+    }
+    false
 }
 
 /// Entries not in use (their indices); taken under this lock, never by the fault handler.
@@ -154,6 +242,9 @@ fn unmap_regions(list: Vec<Region>) {
 /// even after unmapping the regions kept. The caller registers the region for its block and
 /// then calls `registry::released` (for a new region too: one release is counted for each).
 pub(super) fn take_region(class: usize) -> Option<Region> {
+    if !maps_allow() {
+        return None;
+    }
     let page = page();
     let len = class.checked_add(2)?.checked_mul(page)?;
     let cached = {
@@ -190,9 +281,11 @@ pub(super) fn take_region(class: usize) -> Option<Region> {
         )
     };
     let Ok(map) = map else {
+        REFUSED.store(true, Ordering::Relaxed);
         free_slots().extend(slots);
         return None;
     };
+    registry::mapped(map as usize, map as usize + total);
     let mut fresh = slots.into_iter().enumerate().map(|(i, slot)| Region {
         start: map as usize + i * len,
         len,

@@ -2,7 +2,7 @@
 //! What protect mode's fault handler reads: the mode, and one entry per protected mapping
 //! (live or in quarantine). Atomics only; `protect.rs` writes them, `fault.rs` reads them.
 
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::attribution::published;
 
@@ -80,7 +80,7 @@ pub(super) struct Registry {
     pub mapper: [AtomicU32; MAX_BLOCKS],
     /// What continue mode opened at a violation: [`GUARD_OPENED`] (the whole mapping, until
     /// the block's next protection change), [`PAGES_OPENED`] (the slack may have changed
-    /// unseen: checked at the next slack check).
+    /// unseen: checked at the next slack check); and [`OVERRAN_AFTER`], [`OVERRAN_BEFORE`].
     pub opened: [AtomicU8; MAX_BLOCKS],
     /// Fault handlers at work on the entry (see [`pin`]).
     pub pins: [AtomicU32; MAX_BLOCKS],
@@ -110,25 +110,50 @@ pub(super) static REGISTRY: Registry = Registry {
 /// Threads whose last fault is remembered at once (by thread id, modulo this).
 const LAST_FAULTS: usize = 1024;
 static LAST_TID: [AtomicI32; LAST_FAULTS] = [const { AtomicI32::new(0) }; LAST_FAULTS];
+/// The last fault's address (0: forgotten), instruction, and a hash of the registers.
 static LAST_ADDR: [AtomicUsize; LAST_FAULTS] = [const { AtomicUsize::new(0) }; LAST_FAULTS];
 static LAST_IP: [AtomicUsize; LAST_FAULTS] = [const { AtomicUsize::new(0) }; LAST_FAULTS];
+static LAST_REGS: [AtomicU64; LAST_FAULTS] = [const { AtomicU64::new(0) }; LAST_FAULTS];
 
-/// Records a fault of thread `tid` at `addr` by the instruction at `ip`; whether it is the
-/// thread's last fault again. The same fault again means the access ran again before it
-/// could complete, because another thread closed what the handler had opened (or reused the
-/// region meanwhile): the same violation, not counted twice. Async-signal-safe (each entry is
-/// written by its own thread; another thread whose id falls on the same entry only makes a
-/// repeat look new).
-pub(super) fn same_fault_again(tid: i32, addr: usize, ip: usize) -> bool {
-    let i = tid.unsigned_abs() as usize % LAST_FAULTS;
-    let again = ip != 0
-        && LAST_TID[i].load(Ordering::Relaxed) == tid
-        && LAST_ADDR[i].load(Ordering::Relaxed) == addr
-        && LAST_IP[i].load(Ordering::Relaxed) == ip;
-    LAST_TID[i].store(tid, Ordering::Relaxed);
-    LAST_ADDR[i].store(addr, Ordering::Relaxed);
-    LAST_IP[i].store(ip, Ordering::Relaxed);
+/// A fault as the handler saw it: the thread, the address, the instruction and a hash of the
+/// registers (see `fault::registers_hash`).
+#[derive(Clone, Copy)]
+pub(super) struct Seen {
+    pub tid: i32,
+    pub addr: usize,
+    pub ip: usize,
+    pub regs: u64,
+}
+
+/// Records a fault; whether it is the thread's last fault again: the same access run again
+/// before it could complete, because another thread closed what the handler had opened (or
+/// reused the region meanwhile), which is the same violation and not counted twice. The same
+/// address, instruction and registers (an access that runs again finds them all as they
+/// were), and no protect-mode operation by the thread in between (see [`forget_last_fault`]:
+/// a map, unmap, copy, allocation or free by the thread itself makes its next fault a new
+/// violation). Async-signal-safe (each entry is written by its own thread; another thread
+/// whose id falls on the same entry only makes a repeat look new, never the reverse).
+pub(super) fn same_fault_again(seen: Seen) -> bool {
+    let i = seen.tid.unsigned_abs() as usize % LAST_FAULTS;
+    let again = seen.ip != 0
+        && LAST_TID[i].load(Ordering::Relaxed) == seen.tid
+        && LAST_ADDR[i].load(Ordering::Relaxed) == seen.addr
+        && LAST_IP[i].load(Ordering::Relaxed) == seen.ip
+        && LAST_REGS[i].load(Ordering::Relaxed) == seen.regs;
+    LAST_TID[i].store(seen.tid, Ordering::Relaxed);
+    LAST_ADDR[i].store(seen.addr, Ordering::Relaxed);
+    LAST_IP[i].store(seen.ip, Ordering::Relaxed);
+    LAST_REGS[i].store(seen.regs, Ordering::Relaxed);
     again
+}
+
+/// Forgets thread `tid`'s last fault: it did something of its own with a protected block
+/// (see [`same_fault_again`]). Called outside the handler, by the thread itself.
+pub(super) fn forget_last_fault(tid: i32) {
+    let i = tid.unsigned_abs() as usize % LAST_FAULTS;
+    if LAST_TID[i].load(Ordering::Relaxed) == tid && LAST_ADDR[i].load(Ordering::Relaxed) != 0 {
+        LAST_ADDR[i].store(0, Ordering::Relaxed);
+    }
 }
 
 /// The entry whose mapping holds `addr`, pinned, with that mapping's start and end: until
@@ -142,12 +167,15 @@ pub(super) fn same_fault_again(tid: i32, addr: usize, ip: usize) -> bool {
 /// the caller uses the bounds returned here.)
 pub(super) fn pin(addr: usize) -> Option<(usize, usize, usize)> {
     let r = &REGISTRY;
+    if addr < LOWEST.load(Ordering::SeqCst) || addr >= HIGHEST.load(Ordering::SeqCst) {
+        return None;
+    }
     let holds = |i: usize| {
         let end = r.map_end[i].load(Ordering::SeqCst);
         let start = r.map_start[i].load(Ordering::SeqCst);
         (end != 0 && addr < end && addr >= start).then_some((start, end))
     };
-    let slot = (0..MAX_BLOCKS).find(|&i| holds(i).is_some())?;
+    let slot = slots_in_use().find(|&i| holds(i).is_some())?;
     r.pins[slot].fetch_add(1, Ordering::SeqCst);
     match holds(slot) {
         Some((start, end)) => Some((slot, start, end)),
@@ -156,6 +184,44 @@ pub(super) fn pin(addr: usize) -> Option<(usize, usize, usize)> {
             None
         }
     }
+}
+
+/// The lowest and highest address of every mapping protect mode made (they never shrink): a
+/// fault outside them is not ours, found without looking at the entries.
+static LOWEST: AtomicUsize = AtomicUsize::new(usize::MAX);
+static HIGHEST: AtomicUsize = AtomicUsize::new(0);
+/// One past the highest entry ever registered: the entries [`pin`] looks at.
+static SLOTS_HIGH: AtomicUsize = AtomicUsize::new(0);
+
+/// A new mapping of protect mode's, `[start, end)`: before any of its regions is registered.
+pub(super) fn mapped(start: usize, end: usize) {
+    LOWEST.fetch_min(start, Ordering::SeqCst);
+    HIGHEST.fetch_max(end, Ordering::SeqCst);
+}
+
+/// Entry `slot` is about to be registered (before its `map_end` is stored).
+pub(super) fn registering(slot: usize) {
+    SLOTS_HIGH.fetch_max(slot + 1, Ordering::SeqCst);
+}
+
+/// The entries ever registered (a superset of those registered now). Async-signal-safe.
+pub(super) fn slots_in_use() -> std::ops::Range<usize> {
+    0..SLOTS_HIGH.load(Ordering::SeqCst).min(MAX_BLOCKS)
+}
+
+/// Live blocks whose pages are open now (a mapping alive, or opened by continue mode), by
+/// their entries' counts: what the last count of the process's mappings owes to protect
+/// mode's open pages (see `regions::maps_allow`).
+pub(super) fn open_blocks() -> usize {
+    let r = &REGISTRY;
+    slots_in_use()
+        .filter(|&i| {
+            r.map_end[i].load(Ordering::Relaxed) != 0
+                && r.freed[i].load(Ordering::Relaxed) == 0
+                && (r.readers[i].load(Ordering::Relaxed) + r.writers[i].load(Ordering::Relaxed) > 0
+                    || r.opened[i].load(Ordering::Relaxed) & GUARD_OPENED != 0)
+        })
+        .count()
 }
 
 /// Ends a [`pin`].
@@ -206,6 +272,11 @@ pub(super) fn released() {
 /// Bits of [`Registry::opened`].
 pub const GUARD_OPENED: u8 = 1;
 pub const PAGES_OPENED: u8 = 2;
+/// A violation past maxsize (before the block) was reported at or beyond the end (start) of
+/// the block's pages: an overrun that crossed the slack on that side, which the next slack
+/// check does not report again.
+pub const OVERRAN_AFTER: u8 = 4;
+pub const OVERRAN_BEFORE: u8 = 8;
 
 /// The byte the slack of a protected block's pages holds (before the region, and after it
 /// when the alignment leaves room): checked when the last WRITE mapping ends and at free.

@@ -52,6 +52,29 @@ impl Kind {
     }
 }
 
+/// The faulting access, as the kernel tells it (x86-64 only: elsewhere [`Access::Unknown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    Read,
+    Write,
+    /// An instruction fetch: a jump or call into the block.
+    Fetch,
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    Unknown,
+}
+
+/// How much of a report is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Detail {
+    /// Every line, the backtrace included (the report lock held).
+    Full,
+    /// One line (another report held the report lock).
+    Line,
+    /// One line without the address, made of fixed strings (on the faulting thread's own
+    /// stack, which may have little room: see `stack::claim`).
+    Brief,
+}
+
 /// Violations seen, by kind.
 static COUNTS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
@@ -74,12 +97,14 @@ impl<const N: usize> Line<N> {
         }
     }
 
-    /// " (a write)", " (a read)", or nothing where the kind of access is unknown.
-    fn access(&mut self, write: Option<bool>) -> &mut Self {
-        self.str(match write {
-            Some(true) => " (a write)",
-            Some(false) => " (a read)",
-            None => "",
+    /// " (a write)", " (a read)", " (an instruction fetch)", or nothing where the kind of
+    /// access is unknown.
+    fn access(&mut self, access: Access) -> &mut Self {
+        self.str(match access {
+            Access::Write => " (a write)",
+            Access::Read => " (a read)",
+            Access::Fetch => " (an instruction fetch)",
+            Access::Unknown => "",
         })
     }
 
@@ -133,15 +158,15 @@ impl<const N: usize> Line<N> {
     }
 }
 
-/// What a report made off the handler's own stack says instead of the rest (no backtrace: the
-/// thread's stack may be small).
-pub(super) const LEAN: &str = "(only this: another report held the handler's stack)";
+/// What a report of [`Detail::Line`] says instead of the rest.
+const LEAN: &str = "(only this line: another report was being written)";
 
 /// Damage found in the slack of a block's pages (by its canary: `found` says when), reported
 /// like a fault; in abort mode the process then aborts.
 pub(super) fn report_slack(kind: Kind, addr: usize, slot: usize, found: &str) {
     let claimed = claim_reporting();
-    report(kind, Some(true), addr, slot, Some(found));
+    let detail = if claimed { Detail::Full } else { Detail::Line };
+    report(kind, Access::Write, addr, slot, Some(found), 0, detail);
     if claimed {
         REPORTING.store(false, Ordering::Release);
     }
@@ -153,55 +178,185 @@ pub(super) fn report_slack(kind: Kind, addr: usize, slot: usize, found: &str) {
 /// Whether a thread is writing a report (and, in the handler, using the handler's stack).
 pub(super) static REPORTING: AtomicBool = AtomicBool::new(false);
 
+/// How long a report waits for [`REPORTING`].
+const REPORTING_WAIT_NS: u64 = 2_000_000_000;
+
 /// Takes [`REPORTING`], so that threads reporting at once do not mix their lines; the wait is
-/// bounded (a report stuck halfway cannot stop the others for good): `false` when it ran out.
+/// bounded (a report stuck halfway, on a full pipe, cannot stop the others for good): `false`
+/// when it ran out.
 pub(super) fn claim_reporting() -> bool {
-    for _ in 0..100_000 {
+    let mut start = None;
+    loop {
         if REPORTING
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
             return true;
         }
+        let started = *start.get_or_insert_with(super::stack::now_ns);
+        if super::stack::now_ns().saturating_sub(started) > REPORTING_WAIT_NS {
+            return false;
+        }
         // SAFETY: sched_yield(2) has no arguments.
         unsafe { libc::sched_yield() };
     }
-    false
+}
+
+/// Reports written at one faulting instruction by default (see
+/// [`set_reports_per_instruction`]).
+pub const REPORTS_PER_INSTRUCTION: u32 = 10;
+static PER_INSTRUCTION: AtomicU32 = AtomicU32::new(REPORTS_PER_INSTRUCTION);
+/// Faulting instructions told apart at once (open addressing on the instruction's address;
+/// past them, every report is written).
+const SITES: usize = 1024;
+static SITE_IP: [AtomicUsize; SITES] = [const { AtomicUsize::new(0) }; SITES];
+static SITE_SEEN: [AtomicU32; SITES] = [const { AtomicU32::new(0) }; SITES];
+static UNWRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how many violations at one faulting instruction are reported on stderr (0: all); the
+/// ones past it are counted and recorded, not written (a report with its backtrace takes
+/// milliseconds: continue mode on a loop that misbehaves at every iteration would crawl).
+/// `MEMKIT_PROTECT_REPORTS` sets it from the environment; 10 by default.
+pub fn set_reports_per_instruction(n: u32) {
+    PER_INSTRUCTION.store(n, Ordering::Relaxed);
+}
+
+/// Violations counted and recorded but not written (past [`set_reports_per_instruction`]'s
+/// number at their instruction).
+pub fn unwritten_reports() -> u64 {
+    UNWRITTEN.load(Ordering::Relaxed)
+}
+
+/// The violations at instruction `ip` before this one (counting this one in); `None` when
+/// the instruction is unknown or the table is full. Async-signal-safe (atomics).
+fn seen_at(ip: usize) -> Option<u32> {
+    if ip == 0 {
+        return None;
+    }
+    let start = (ip ^ (ip >> 12)).wrapping_mul(0x9E37_79B9) % SITES;
+    for k in 0..SITES {
+        let i = (start + k) % SITES;
+        let cur = SITE_IP[i].load(Ordering::Acquire);
+        let mine = cur == ip
+            || (cur == 0
+                && match SITE_IP[i].compare_exchange(0, ip, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => true,
+                    Err(other) => other == ip,
+                });
+        if mine {
+            return Some(SITE_SEEN[i].fetch_add(1, Ordering::Relaxed));
+        }
+    }
+    None
 }
 
 /// Writes the report of a violation to stderr and records it. Async-signal-safe: buffers on
 /// the stack, `write`, atomics, and glibc's `backtrace` (loaded before the first fault).
-/// `found`: where slack damage was found, or [`LEAN`] for a report without its details.
+/// `found`: where slack damage was found (`None`: at the faulting instruction `ip`, 0 where
+/// unknown). Past [`set_reports_per_instruction`]'s number at one instruction, the violation
+/// is only counted and recorded.
 pub(super) fn report(
     kind: Kind,
-    write: Option<bool>,
+    access: Access,
     addr: usize,
     slot: usize,
     found: Option<&str>,
+    ip: usize,
+    detail: Detail,
 ) {
     let r = &REGISTRY;
     let running = published::running_on(super::registry::thread_id());
     let mapper = r.mapper[slot].load(Ordering::Relaxed);
     record(kind, running, mapper);
-    if found == Some(LEAN) {
-        let mut line = Line::<160>::new();
-        line.str("memkit protect: ")
-            .str(kind.describe())
-            .access(write)
-            .str(" at ")
-            .hex(addr)
-            .str(" ")
-            .str(LEAN)
-            .str("\n");
-        line.write();
+    let cap = PER_INSTRUCTION.load(Ordering::Relaxed);
+    let seen = if found.is_none() && cap > 0 {
+        seen_at(ip)
+    } else {
+        None
+    };
+    if seen.is_some_and(|n| n >= cap) {
+        UNWRITTEN.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    write_report(kind, write, addr, slot, found, running, mapper);
+    match detail {
+        Detail::Full => write_report(kind, access, addr, slot, found, running, mapper),
+        Detail::Line => write_line(kind, access, addr),
+        Detail::Brief => write_brief(kind),
+    }
+    if seen.is_some_and(|n| n + 1 == cap) {
+        write_capped(cap);
+    }
 }
 
+/// Said after the last report written at one instruction.
+#[inline(never)]
+fn write_capped(cap: u32) {
+    let mut line = Line::<160>::new();
+    line.str("memkit: protect mode has reported ")
+        .dec(u64::from(cap))
+        .str(" violations at this instruction: further ones there are counted, not written\n");
+    line.write();
+}
+
+/// The report of [`Detail::Line`].
+#[inline(never)]
+fn write_line(kind: Kind, access: Access, addr: usize) {
+    let mut line = Line::<160>::new();
+    line.str("memkit protect: ")
+        .str(kind.describe())
+        .access(access)
+        .str(" at ")
+        .hex(addr)
+        .str(" ")
+        .str(LEAN)
+        .str("\n");
+    line.write();
+}
+
+/// The report of [`Detail::Brief`]: fixed strings, one `writev`.
+#[inline(never)]
+fn write_brief(kind: Kind) {
+    let parts: [&str; 3] = [
+        "memkit protect: ",
+        kind.describe(),
+        " (only this: the handler's stacks were all busy)\n",
+    ];
+    let iov = parts.map(|p| libc::iovec {
+        iov_base: p.as_ptr() as *mut libc::c_void,
+        iov_len: p.len(),
+    });
+    // SAFETY: writev(2) of static strings.
+    unsafe { libc::writev(2, iov.as_ptr(), iov.len() as libc::c_int) };
+}
+
+/// Continue mode could not open a block's pages for the access to complete (`errno`: why
+/// `mprotect` refused): one line of fixed strings, after the violation's report; the process
+/// then dies of the signal.
+#[inline(never)]
+pub(super) fn cannot_open(errno: libc::c_int) {
+    let why = if errno == libc::ENOMEM {
+        "ENOMEM: at the limit of memory mappings, vm.max_map_count"
+    } else {
+        "the system refused the protection change"
+    };
+    let parts: [&str; 3] = [
+        "memkit: protect mode (continue) cannot open the block for the access to complete (",
+        why,
+        "); the process dies of the signal\n",
+    ];
+    let iov = parts.map(|p| libc::iovec {
+        iov_base: p.as_ptr() as *mut libc::c_void,
+        iov_len: p.len(),
+    });
+    // SAFETY: writev(2) of static strings.
+    unsafe { libc::writev(2, iov.as_ptr(), iov.len() as libc::c_int) };
+}
+
+/// The report of [`Detail::Full`] (the report lock held).
+#[inline(never)]
 fn write_report(
     kind: Kind,
-    write: Option<bool>,
+    access: Access,
     addr: usize,
     slot: usize,
     found: Option<&str>,
@@ -216,7 +371,7 @@ fn write_report(
     let mut line = Line::<512>::new();
     line.str("memkit protect: ")
         .str(kind.describe())
-        .access(write)
+        .access(access)
         .str(" at ")
         .hex(addr)
         .str(", ");

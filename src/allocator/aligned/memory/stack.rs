@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The fault handler's own stack. A signal handler runs on whatever stack the faulting thread
+//! The fault handler's own stacks. A signal handler runs on whatever stack the faulting thread
 //! gives it: its alternate signal stack (glibc's `SIGSTKSZ` is 8 KiB, and the kernel's signal
 //! frame alone takes 3.3 KiB of it on an AVX-512 machine), or its own stack. The report, and
 //! above all the unwinder behind its backtrace, need several KiB more; so the handler moves
-//! to a stack of its own ([`REPORT_STACK`] bytes, mapped when the handler is installed, with
-//! an inaccessible page below it) for all its work, and uses only a few hundred bytes of the
-//! thread's stack.
+//! to a stack of its own ([`STACKS`] of [`REPORT_STACK`] bytes, mapped when the handler is
+//! installed, each with an inaccessible page below it) for all its work, and uses only a few
+//! hundred bytes of the thread's stack.
 //!
 //! [`on_stack`] calls a function on another stack through a small assembly trampoline whose
 //! unwind information points back to the old stack, so a backtrace taken on the new stack
@@ -15,26 +15,40 @@
 
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-/// Bytes of the handler's own stack (untouched pages cost nothing).
+/// Bytes of each of the handler's stacks (untouched pages cost nothing).
 pub const REPORT_STACK: usize = 256 << 10;
+/// The handler's stacks: as many threads as this work on violations at once off their own
+/// stacks (a report waits for the report lock on its stack, and writes a line to stderr
+/// that may block); a thread that finds none free within [`STACK_WAIT_NS`] counts its
+/// violation on its own stack.
+pub const STACKS: usize = 4;
+/// How long a fault waits for one of the handler's stacks.
+const STACK_WAIT_NS: u64 = 1_000_000_000;
 
-/// The top of the handler's stack (0: not mapped yet).
+/// The top of the first stack (0: not mapped yet); stack `i`'s top is `i` strides below.
 static TOP: AtomicUsize = AtomicUsize::new(0);
+/// Bit `i`: stack `i` is in use.
+static BUSY: AtomicU32 = AtomicU32::new(0);
 
-/// Maps the handler's stack, once (not async-signal-safe: called when the handler is
-/// installed). Without it (the system refused the mapping) the handler runs on the thread's
-/// stack.
+/// Bytes from one stack's top to the next: the stack and the inaccessible page below it.
+fn stride() -> usize {
+    REPORT_STACK + rustix::param::page_size()
+}
+
+/// Maps the handler's stacks, once (not async-signal-safe: called when the handler is
+/// installed), each with an inaccessible page below it (an overflow faults instead of
+/// writing over another stack). Without them (the system refused the mapping) the handler
+/// runs on the thread's stack.
 pub(super) fn prepare() {
     if TOP.load(Ordering::Acquire) != 0 {
         return;
     }
     let page = rustix::param::page_size();
-    let len = REPORT_STACK + page;
-    // SAFETY: a new anonymous mapping at an address of the kernel's choosing; its lowest page
-    // made inaccessible (an overflow faults instead of writing over other memory). It is
-    // never unmapped.
+    let len = stride() * STACKS;
+    // SAFETY: a new anonymous mapping at an address of the kernel's choosing; only parts of it
+    // are made inaccessible. It is never unmapped.
     unsafe {
         let map = libc::mmap(
             ptr::null_mut(),
@@ -47,16 +61,71 @@ pub(super) fn prepare() {
         if map == libc::MAP_FAILED {
             return;
         }
-        libc::mprotect(map, page, libc::PROT_NONE);
+        for i in 0..STACKS {
+            libc::mprotect(map.byte_add(i * stride()), page, libc::PROT_NONE);
+        }
         TOP.store(map as usize + len, Ordering::Release);
     }
 }
 
-/// The top of the handler's stack, if it is mapped.
-pub(super) fn top() -> Option<usize> {
-    match TOP.load(Ordering::Acquire) {
-        0 => None,
-        top => Some(top),
+/// One of the handler's stacks, taken by [`claim`], given back when dropped.
+pub(super) struct Stack {
+    index: usize,
+    /// Its top (16-byte aligned).
+    pub(super) top: usize,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        BUSY.fetch_and(!(1 << self.index), Ordering::Release);
+    }
+}
+
+/// Nanoseconds of the monotonic clock (async-signal-safe).
+pub(super) fn now_ns() -> u64 {
+    // SAFETY: clock_gettime(2) writes our timespec.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One of the handler's stacks, waiting up to [`STACK_WAIT_NS`] for one to be free; `None`
+/// when none is mapped or all stayed busy. Async-signal-safe (atomics, `sched_yield`,
+/// `clock_gettime`).
+pub(super) fn claim() -> Option<Stack> {
+    let top = TOP.load(Ordering::Acquire);
+    if top == 0 {
+        return None;
+    }
+    let mut start = None;
+    loop {
+        let busy = BUSY.load(Ordering::Relaxed);
+        if let Some(index) = (0..STACKS).find(|&i| busy & (1 << i) == 0) {
+            if BUSY
+                .compare_exchange(
+                    busy,
+                    busy | 1 << index,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Some(Stack {
+                    index,
+                    top: top - index * stride(),
+                });
+            }
+            continue;
+        }
+        let started = *start.get_or_insert_with(now_ns);
+        if now_ns().saturating_sub(started) > STACK_WAIT_NS {
+            return None;
+        }
+        // SAFETY: sched_yield(2) has no arguments.
+        unsafe { libc::sched_yield() };
     }
 }
 
