@@ -1149,3 +1149,71 @@ fn a_producer_that_hangs_up_at_once_is_reconnected_to_with_backoff_and_can_be_st
     );
     assert!(stopped, "memfdsrc did not stop within 5 s");
 }
+
+// ----- issue 27: deep nesting -------------------------------------------------------------------
+
+/// A string nested `depth` deep in GStreamer's list syntax: `{ { ... } }`.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "{".repeat(depth), "}".repeat(depth))
+}
+
+#[test]
+fn deeply_nested_caps_segments_and_meta_caps_are_refused_before_gstreamer_parses_them() {
+    // 32,000 levels in 64 KiB: GStreamer's value parser recursed once per level and overflowed
+    // the streaming thread's stack (SIGSEGV).
+    let deep = nested(32_000);
+    let caps = format!("application/x-test, v=(int){deep}");
+    assert!(Message::Caps(caps.clone()).encode().len() <= transport::wire::MAX_MESSAGE);
+    assert_refused(
+        consume(
+            "deep-caps",
+            vec![caps_packet(&caps), segment_packet(), eos_packet()],
+            "",
+        ),
+        "nested",
+    );
+    let segment = format!("GstEventSegment, segment=(int){deep};");
+    assert_refused(
+        consume(
+            "deep-segment",
+            vec![
+                caps_packet("application/octet-stream"),
+                (Message::Event(EventKind::Segment, segment).encode(), vec![]),
+                eos_packet(),
+            ],
+            "",
+        ),
+        "nested",
+    );
+    let (bytes, fds) = registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]);
+    let Message::Buffer(mut w) = Message::decode(&bytes).unwrap() else {
+        unreachable!()
+    };
+    w.refs = vec![(
+        format!("timestamp/x-test, v=(int){}", nested(30_000)),
+        1,
+        u64::MAX,
+    )];
+    assert_refused(
+        consume_registry("deep-meta", vec![(Message::Buffer(w).encode(), fds)], ""),
+        "nested",
+    );
+}
+
+#[test]
+fn caps_nested_a_little_are_fine() {
+    // Arrays (fixed, unlike lists) four deep.
+    let caps = format!(
+        "application/x-test, v=(int){}1{}",
+        "<".repeat(4),
+        ">".repeat(4)
+    );
+    assert_eq!(
+        consume(
+            "shallow-caps",
+            vec![caps_packet(&caps), segment_packet(), eos_packet()],
+            ""
+        ),
+        None
+    );
+}
