@@ -357,7 +357,7 @@ impl Server {
             state,
             thread: Some(thread),
             bound: (path.to_owned(), meta.dev(), meta.ino()),
-            freed: memfd::subscribe_freed(),
+            freed: memfd::subscribe_freed(stream),
             stopping: Arc::new(AtomicBool::new(false)),
             stream,
         })

@@ -609,5 +609,99 @@ class Issue19Consumers(ProducerTestCase):
                                       f"carried other frames")
 
 
+import hostile_peers  # noqa: E402 - beside this file
+
+HOSTILE_PEERS = hostile_peers.__file__
+
+
+def hostile(*args):
+    """A hostile peer of hostile_peers.py in a process of its own; returns once its attack
+    has landed (it keeps what the attack needs until `stop_hostile`)."""
+    p = subprocess.Popen(["/usr/bin/python3", HOSTILE_PEERS, *map(str, args)], env=env(),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    while True:
+        line = p.stdout.readline()
+        if not line:
+            raise AssertionError(f"hostile peer {args} ended before its attack landed")
+        if line.strip() == "landed":
+            return p
+
+
+def stop_hostile(p):
+    p.stdin.close()
+    p.wait(timeout=TIMEOUT)
+    p.stdout.close()
+
+
+def block_bytes(fd, size):
+    with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as view:
+        return view[:]
+
+
+class PrivateBytes(ProducerTestCase):
+    """Issue 27: a consumer sees nothing of the producer process but its own stream, even
+    when the sink's allocator does not reach the source. Every memory here is 100 bytes of
+    zeros in a block of 4096 (the rest of the block exists, and is checked too), beside a
+    private pipeline writing random bytes in 3000-byte memories of the same block size."""
+
+    PRIVATE = hostile_peers.PRIVATE + " "
+
+    def foreign(self, path, n=150):
+        """Consumes `n` buffers at `path`, mapping every block whole: how many carried a
+        byte that is not zero (the stream sends only zeros), and how many buffers came."""
+        cons = connect(path)
+        registry = {}
+        seen = 0
+        foreign = 0
+        try:
+            for _ in range(n):
+                bid, mems = next_buffer(cons, registry)
+                for fd, offset, size, block_size in mems:
+                    self.assertEqual(size, 100)
+                    if block_bytes(fd, block_size).count(0) != block_size:
+                        foreign += 1
+                release(cons, bid)
+                seen += 1
+        finally:
+            for fd, _size in registry.values():
+                os.close(fd)
+            cons.close()
+        return foreign, seen
+
+    def check(self, pipeline, path=None):
+        prod = self.spawn(self.PRIVATE + pipeline)
+        wait_for(path or self.sock)
+        foreign, seen = self.foreign(path or self.sock)
+        prod.kill()
+        prod.communicate()
+        self.assertEqual(seen, 150)
+        self.assertEqual(foreign, 0, f"{foreign} of {seen} buffers carried private bytes")
+
+    def test_through_a_tee(self):
+        # Before: 99 of 150 buffers carried the private pipeline's bytes outside their range.
+        self.check("memsrc allocator=MemfdMemory pattern=zero blocksize=100 ! "
+                   f"identity sleep-time=2000 ! tee ! queue ! memfdsink socket-path={self.sock}")
+
+    def test_through_an_identity_that_drops_the_allocation_query(self):
+        self.check("memsrc allocator=MemfdMemory pattern=zero blocksize=100 ! "
+                   f"identity sleep-time=2000 drop-allocation=true ! "
+                   f"memfdsink socket-path={self.sock}")
+
+    def test_through_a_tee_to_two_sinks(self):
+        other = self.path("other.sock")
+        self.check("memsrc allocator=MemfdMemory pattern=zero blocksize=100 ! "
+                   f"identity sleep-time=2000 ! tee name=t ! queue ! "
+                   f"memfdsink socket-path={self.sock} t. ! queue ! "
+                   f"memfdsink socket-path={other} min-consumers=0")
+
+    def test_from_an_appsrc_fed_by_the_application(self):
+        producer = hostile("appsrc", self.sock)
+        try:
+            foreign, seen = self.foreign(self.sock)
+        finally:
+            stop_hostile(producer)
+        self.assertEqual(seen, 150)
+        self.assertEqual(foreign, 0, f"{foreign} of {seen} buffers carried private bytes")
+
 if __name__ == "__main__":
     unittest.main()
