@@ -33,6 +33,11 @@ fn blocks_are_released_and_no_descriptor_leaks() {
     let path = std::env::temp_dir().join(format!("memkit-test-{}.sock", std::process::id()));
     let path = path.to_str().unwrap().to_owned();
     gstmemkit::allocator::trim_cache();
+    // An earlier test's peers may still be closing (on a closer thread).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while gstmemkit::peer_descriptors_closing() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let before = open_fds();
     let producer = gst::parse::launch(&format!(
         "memsrc allocator=MemfdMemory num-buffers=200 blocksize=65536 pattern=counter ! \
@@ -102,7 +107,22 @@ fn blocks_are_released_and_no_descriptor_leaks() {
     drop(producer);
     // Freed MemfdMemory blocks are kept for reuse (with their descriptors) until trimmed.
     gstmemkit::allocator::trim_cache();
-    assert_eq!(open_fds(), before, "no descriptor left open");
+    // What a peer sent (its connection included) is closed on a closer thread: poll,
+    // generously (30 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (open_fds() != before || gstmemkit::peer_descriptors_closing() > 0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(gstmemkit::peer_descriptors_closing(), 0);
+    let what: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(open_fds(), before, "no descriptor left open: {what:?}");
     assert!(!std::path::Path::new(&path).exists(), "socket removed");
 }
 

@@ -206,6 +206,19 @@ impl Writer {
 }
 
 impl Message {
+    /// What the message is, in words (for errors).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "a hello",
+            Message::Caps(_) => "caps",
+            Message::Event(EventKind::StreamStart, _) => "a stream-start event",
+            Message::Event(EventKind::Segment, _) => "a segment event",
+            Message::Event(EventKind::Eos, _) => "an EOS event",
+            Message::Buffer(_) => "a buffer",
+            Message::Release(_) => "a release",
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Message::Hello { max_blocks } => {
