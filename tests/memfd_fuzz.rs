@@ -48,6 +48,7 @@ use transport::wire::{BlockWire, BufferWire, EventKind, MemWire, Message};
 #[path = "../src/transport"]
 mod transport {
     pub mod closer;
+    pub mod parsed;
     pub mod socket;
     pub mod wire;
 }

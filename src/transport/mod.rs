@@ -4,6 +4,7 @@
 //! ranges of them. No GObject here: the two elements are thin layers over it.
 //!
 //! - [`wire`]: the messages and their encoding (validated decoding, versioned).
+//! - [`parsed`]: what a peer's strings must not hold before GStreamer's parsers read them.
 //! - [`closer`]: closing what a peer sent (descriptors, connections) off every path another
 //!   thread waits on.
 //! - [`socket`]: the Unix `SOCK_SEQPACKET` sockets and descriptor passing.
@@ -13,6 +14,7 @@
 
 pub mod client;
 pub mod closer;
+pub mod parsed;
 pub mod peer;
 pub mod server;
 pub mod socket;

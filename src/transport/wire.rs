@@ -154,6 +154,9 @@ pub enum ProtoError {
         "a string nested {0} levels deep (at most {MAX_NESTING}): refused before GStreamer parses it"
     )]
     TooDeep(usize),
+    /// A string for GStreamer's parser that it would answer with a warning.
+    #[error("{0}: refused before GStreamer parses it")]
+    Unparsable(String),
 }
 
 /// How deep `text` nests brackets (`{ [ < (`, counted inside quoted strings too: a quoted
@@ -261,7 +264,7 @@ impl Message {
             KIND_HELLO => Message::Hello {
                 max_blocks: r.u32()?,
             },
-            KIND_CAPS => Message::Caps(r.parsed()?),
+            KIND_CAPS => Message::Caps(r.parsed_by_gst()?),
             KIND_EVENT => {
                 let kind = match r.u8()? {
                     1 => EventKind::StreamStart,
@@ -269,7 +272,12 @@ impl Message {
                     3 => EventKind::Eos,
                     k => return Err(ProtoError::BadEvent(k)),
                 };
-                Message::Event(kind, r.parsed()?)
+                // memfdsrc never parses a stream-start (its stream id is the producer's).
+                let text = match kind {
+                    EventKind::StreamStart => r.parsed()?,
+                    _ => r.parsed_by_gst()?,
+                };
+                Message::Event(kind, text)
             }
             KIND_BUFFER => Message::Buffer(decode_buffer(&mut r)?),
             KIND_RELEASE => Message::Release(r.ids()?),
@@ -349,7 +357,7 @@ fn decode_buffer(r: &mut Reader<'_>) -> Result<BufferWire, ProtoError> {
         });
     }
     for _ in 0..r.count(MAX_METAS, ProtoError::TooManyMetas)? {
-        b.refs.push((r.parsed()?, r.u64()?, r.u64()?));
+        b.refs.push((r.parsed_by_gst()?, r.u64()?, r.u64()?));
     }
     for _ in 0..r.count(MAX_METAS, ProtoError::TooManyMetas)? {
         let flags = r.u32()?;
@@ -415,12 +423,22 @@ impl Reader<'_> {
         let bytes = self.take(n)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| ProtoError::BadString)
     }
-    /// A string GStreamer will parse: refused when it nests deeper than [`MAX_NESTING`].
+    /// A string GStreamer may parse: refused when it nests deeper than [`MAX_NESTING`].
     fn parsed(&mut self) -> Result<String, ProtoError> {
         let s = self.string()?;
         match nesting(&s) {
             n if n > MAX_NESTING => Err(ProtoError::TooDeep(n)),
             _ => Ok(s),
+        }
+    }
+    /// A string `memfdsrc` has GStreamer parse (caps, a segment, a reference timestamp meta's
+    /// caps): [`parsed`](Self::parsed), and refused when it holds what GStreamer's parser
+    /// would warn about (see [`super::parsed`]).
+    fn parsed_by_gst(&mut self) -> Result<String, ProtoError> {
+        let s = self.parsed()?;
+        match super::parsed::bad_caps_features(&s) {
+            Some(why) => Err(ProtoError::Unparsable(why)),
+            None => Ok(s),
         }
     }
     fn ids(&mut self) -> Result<Vec<u64>, ProtoError> {
