@@ -1498,3 +1498,42 @@ fn gst_is_silent_about(caps: &str) -> bool {
     init();
     caps.parse::<gst::Caps>().is_ok()
 }
+
+#[test]
+fn structure_names_gstreamer_would_warn_about_are_refused_before_it_parses_them() {
+    // "gst_structure_new_empty: assertion 'gst_structure_validate_name (name)' failed" (a
+    // CRITICAL) from caps whose name is not one GStreamer takes: found by the fuzzer's long
+    // run. The same for a second structure, a quoted name, 0.10-style raw caps (a warning)
+    // and caps in a reference timestamp meta.
+    for (i, caps) in [
+        "1abc, a=(int)1",
+        "application/x-test; 2x",
+        "\"x y\", a=(int)1",
+        "video/x-raw-yuv, format=(string)I420",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_refused(
+            consume(
+                &format!("bad-name-{i}"),
+                vec![caps_packet(caps), segment_packet(), eos_packet()],
+                "",
+            ),
+            "structure name",
+        );
+    }
+    let (bytes, fds) = registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]);
+    let Message::Buffer(mut w) = Message::decode(&bytes).unwrap() else {
+        unreachable!()
+    };
+    w.refs = vec![("0timestamp".into(), 1, u64::MAX)];
+    assert_refused(
+        consume_registry(
+            "bad-meta-name",
+            vec![(Message::Buffer(w).encode(), fds)],
+            "",
+        ),
+        "structure name",
+    );
+}

@@ -264,7 +264,7 @@ impl Message {
             KIND_HELLO => Message::Hello {
                 max_blocks: r.u32()?,
             },
-            KIND_CAPS => Message::Caps(r.parsed_by_gst()?),
+            KIND_CAPS => Message::Caps(r.parsed_by_gst(true)?),
             KIND_EVENT => {
                 let kind = match r.u8()? {
                     1 => EventKind::StreamStart,
@@ -275,7 +275,7 @@ impl Message {
                 // memfdsrc never parses a stream-start (its stream id is the producer's).
                 let text = match kind {
                     EventKind::StreamStart => r.parsed()?,
-                    _ => r.parsed_by_gst()?,
+                    _ => r.parsed_by_gst(false)?,
                 };
                 Message::Event(kind, text)
             }
@@ -357,7 +357,7 @@ fn decode_buffer(r: &mut Reader<'_>) -> Result<BufferWire, ProtoError> {
         });
     }
     for _ in 0..r.count(MAX_METAS, ProtoError::TooManyMetas)? {
-        b.refs.push((r.parsed_by_gst()?, r.u64()?, r.u64()?));
+        b.refs.push((r.parsed_by_gst(true)?, r.u64()?, r.u64()?));
     }
     for _ in 0..r.count(MAX_METAS, ProtoError::TooManyMetas)? {
         let flags = r.u32()?;
@@ -434,9 +434,12 @@ impl Reader<'_> {
     /// A string `memfdsrc` has GStreamer parse (caps, a segment, a reference timestamp meta's
     /// caps): [`parsed`](Self::parsed), and refused when it holds what GStreamer's parser
     /// would warn about (see [`super::parsed`]).
-    fn parsed_by_gst(&mut self) -> Result<String, ProtoError> {
+    /// `caps`: parsed as caps (else as a structure).
+    fn parsed_by_gst(&mut self, caps: bool) -> Result<String, ProtoError> {
         let s = self.parsed()?;
-        match super::parsed::bad_caps_features(&s) {
+        let why = super::parsed::bad_caps_features(&s)
+            .or_else(|| super::parsed::bad_structure_names(&s, caps));
+        match why {
             Some(why) => Err(ProtoError::Unparsable(why)),
             None => Ok(s),
         }
