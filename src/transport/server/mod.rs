@@ -14,7 +14,7 @@
 //! - [`send`]: the send path (the streaming thread);
 //! - [`service`]: the service thread.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -58,6 +58,9 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     /// The stream's id for MemfdMemory's recycling: its blocks go back to its own allocator.
     stream: u64,
+    /// An eventfd that wakes the service thread: a consumer's socket was found full, and the
+    /// service thread is to watch it for room at once (not at its next 50 ms tick).
+    wake: Arc<OwnedFd>,
 }
 
 impl Server {
@@ -69,10 +72,15 @@ impl Server {
         let meta = std::fs::symlink_metadata(path).map_err(|e| socket::path_error(path, e))?;
         let state: State = Arc::new((Mutex::new(Shared::new(limits)), Condvar::new()));
         let freed = memfd::subscribe_freed(stream);
-        let (thread_state, thread_freed) = (state.clone(), freed.clone());
+        use rustix::event::{EventfdFlags, eventfd};
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map(Arc::new)
+            .map_err(|e| format!("cannot make an eventfd: {e}"))?;
+        let (thread_state, thread_freed, thread_wake) =
+            (state.clone(), freed.clone(), wake.clone());
         let thread = std::thread::Builder::new()
             .name("memfdsink".into())
-            .spawn(move || service::serve(thread_state, listener, thread_freed))
+            .spawn(move || service::serve(thread_state, listener, thread_freed, thread_wake))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         Ok(Server {
             state,
@@ -81,6 +89,7 @@ impl Server {
             freed,
             stopping: Arc::new(AtomicBool::new(false)),
             stream,
+            wake,
         })
     }
 

@@ -91,6 +91,10 @@ impl Server {
                     let stall = kind == Some(std::io::ErrorKind::WouldBlock);
                     let held = lock(&self.state).unsend(id, out.wire.id, plan, stall);
                     drop(held);
+                    if stall {
+                        // Once per stall (it is not planned for again until it has room).
+                        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+                    }
                 }
                 Err(e) => {
                     let why = if kind == Some(std::io::ErrorKind::WouldBlock) {

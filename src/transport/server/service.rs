@@ -29,12 +29,13 @@ struct Ready {
 }
 
 /// Waits up to 50 ms for the listener (when `listen`) or a consumer's socket to be readable,
-/// or a stalled consumer's to have room: what each is (the listener first), or `None` when
-/// nothing is.
+/// a stalled consumer's to have room, or `wake` to be written to: what each socket is (the
+/// listener first), or `None` when nothing is (or only `wake`, which is read here).
 fn wait_ready(
     listener: &OwnedFd,
     listen: bool,
     socks: &[(u64, Arc<Conn>, bool)],
+    wake: &OwnedFd,
 ) -> Option<Vec<Ready>> {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let tick = Timespec {
@@ -56,8 +57,16 @@ fn wait_ready(
         };
         PollFd::new(s.as_ref(), PollFlags::IN | out)
     }));
+    fds.push(PollFd::new(wake, PollFlags::IN));
     if poll(&mut fds, Some(&tick)).unwrap_or(0) == 0 {
         return None;
+    }
+    if fds
+        .pop()
+        .is_some_and(|w| w.revents().contains(PollFlags::IN))
+    {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(wake, &mut count);
     }
     let read = PollFlags::IN | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
     Some(
@@ -71,7 +80,8 @@ fn wait_ready(
 }
 
 /// The service thread: accepts consumers and reads their messages until `running` is false.
-pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>) {
+/// `wake`: written to when a consumer stalls, so that its socket is watched for room at once.
+pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>, wake: Arc<OwnedFd>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut listen_pause: Option<Instant> = None;
     loop {
@@ -92,7 +102,7 @@ pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>) {
         };
         gone.finish();
         let listen = listen_pause.is_none_or(|t| Instant::now() >= t);
-        let Some(ready) = wait_ready(&listener, listen, &socks) else {
+        let Some(ready) = wait_ready(&listener, listen, &socks, &wake) else {
             continue;
         };
         if listen {
