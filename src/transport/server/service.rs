@@ -133,6 +133,10 @@ pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>, wa
             }
         }
     }
+    // Closing the listener closes the connections still waiting to be accepted, and with
+    // them what their peers queued in them: descriptors whose close may block (a TCP socket
+    // with SO_LINGER), which `Server::stop` would wait for here.
+    super::super::closer::close(listener);
 }
 
 /// Accepts a new consumer: refused when `max_consumers` have said hello or its process is
@@ -330,6 +334,38 @@ mod tests {
             start.elapsed()
         );
         drop((ours, ours2));
+    }
+
+    #[test]
+    fn a_lingering_descriptor_on_a_connection_never_accepted_does_not_hold_up_the_stop() {
+        // Found by the fuzzer: closing the listener closes the connections waiting to be
+        // accepted, and what their peers queued in them; the service thread did that as it
+        // ended, and Server::stop, which waits for it, took the linger time (3 s there).
+        let state = state();
+        let dir = std::env::temp_dir().join(format!("memkit-backlog-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = socket::listen_at(&path, 0o600).unwrap();
+        let ours = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
+        let (fd, _peer, _l) = lingering(LINGER);
+        let hello = Message::Hello { max_blocks: 64 }.encode();
+        socket::send(ours.as_fd(), &hello, &[fd.as_fd()]).unwrap();
+        drop(fd); // the queued connection holds the last reference
+        lock(&state).running = false; // it ends before accepting anything
+        let wake =
+            Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap());
+        let freed = crate::allocator::memfd::subscribe_freed(0);
+        let start = Instant::now();
+        serve(state, listener, freed, wake);
+        let took = start.elapsed();
+        drop(ours);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
+        assert!(
+            took < Duration::from_secs(1),
+            "the service thread ended after {took:?}"
+        );
     }
 
     #[test]
