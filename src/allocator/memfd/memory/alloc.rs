@@ -69,8 +69,20 @@ pub fn alloc(
         // Its map state is a fresh block's: `mem_unmap` never lets an unbalanced unmap reach
         // GstFdMemory's map count, and a block disposed while locked was not recycled. Should
         // zeroing fail to map it all the same, it is freed and a fresh block made.
-        let zero = ffi::GST_MEMORY_FLAG_ZERO_PREFIXED | ffi::GST_MEMORY_FLAG_ZERO_PADDED;
-        let zeroed = zero_ranges(&mem, l.offset, l.size, zero);
+        // Only the ranges that exist: a memory that fills its block (a 1 MiB frame in a
+        // 1 MiB block) costs no map at all.
+        let mut zero = 0;
+        if l.offset > 0 {
+            zero |= ffi::GST_MEMORY_FLAG_ZERO_PREFIXED;
+        }
+        if l.offset + l.size < l.maxsize {
+            zero |= ffi::GST_MEMORY_FLAG_ZERO_PADDED;
+        }
+        let zeroed = if zero != 0 {
+            zero_ranges(&mem, l.offset, l.size, zero)
+        } else {
+            Ok(())
+        };
         match zeroed {
             Ok(()) => {
                 // SAFETY: as above.
