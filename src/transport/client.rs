@@ -289,8 +289,11 @@ impl Registry<gst::Memory> {
 }
 
 /// Whether `fd` is a regular file of shmem (tmpfs), as every memfd is: closing one never
-/// waits for anything.
+/// waits for anything. Its seals are asked first: the kernel answers that itself for any
+/// file (EINVAL but for shmem and hugetlbfs), where `fstatfs`/`fstat` of a file of a FUSE
+/// server would wait for that server.
 fn shmem_file(fd: &OwnedFd) -> Result<(), FdError> {
+    rustix::fs::fcntl_get_seals(fd).map_err(FdError::NotSealable)?;
     let fs = rustix::fs::fstatfs(fd).map_err(FdError::Stat)?;
     if fs.f_type as u64 != TMPFS_MAGIC {
         return Err(FdError::NotShmem(fs.f_type as u64));
