@@ -11,7 +11,12 @@ in a process of its own, started before the good consumer and stopped after it:
   to max-outstanding buffers), reconnecting whenever dropped;
 - release-flood: one connection sending 4096-id releases of buffers it does not hold, as fast
   as the socket takes them, reconnecting whenever dropped;
-- silent: 32 connections that never say hello, reconnected whenever dropped.
+- silent: 32 connections that never say hello, reconnected whenever dropped;
+- linger: connections that attach to their hello a TCP socket whose close blocks for 10 s
+  (SO_LINGER {1, 10}, a full send queue towards a peer that reads nothing), closing their own
+  copy so that the producer's close is the last, reconnecting whenever dropped (issue 27);
+- non-readers: 8 connections that say hello and never read, against a producer whose
+  max-outstanding is 65536 (their sockets fill long before that bound; issue 27).
 
 The attacker's CPU time is measured (wait4); the same run is then repeated with a burner
 instead of the attacker, twice: one that spins for the same share of the CPU (and sleeps the
@@ -42,7 +47,10 @@ import threading
 import time
 
 MAGIC, VERSION, KIND_RELEASE, KIND_HELLO = 0x44464B4D, 2, 4, 5
-ATTACKS = ["hoarders", "release-flood", "silent"]
+ATTACKS = ["hoarders", "release-flood", "silent", "linger", "non-readers"]
+# Producer properties an attack needs (the same for its runs alone and under load).
+PRODUCER = {"non-readers": "max-outstanding=65536"}
+LINGER = 10
 
 
 def hello(path):
@@ -78,6 +86,25 @@ def connections(path, stop):
         s.close()
 
 
+def lingering_socket(keep):
+    """A TCP socket whose last close blocks for LINGER s; its peer and listener go to `keep`."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    c = socket.create_connection(lst.getsockname())
+    peer, _ = lst.accept()
+    c.setblocking(False)
+    try:
+        while True:
+            c.send(b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, LINGER))
+    keep.append((peer, lst))
+    del keep[:-64]  # the oldest peers go: their sockets' queues drain, their lingers end
+    return c
+
+
 def hoarder(path, stop):
     for s in connections(path, stop):
         s.settimeout(0.1)
@@ -109,6 +136,46 @@ def attack(kind, path):
                 except OSError:
                     alive = False
                 alive = alive and drain(s)
+    elif kind == "linger":
+        keep = []
+        while not stop.is_set():
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                s.connect(path)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            c = lingering_socket(keep)
+            fd = c.detach()
+            try:
+                socket.send_fds(s, [struct.pack("<IBBI", MAGIC, VERSION, KIND_HELLO, 512)], [fd])
+            except OSError:
+                pass
+            os.close(fd)  # the producer holds the last reference
+            s.settimeout(0.1)
+            while not stop.is_set() and drain(s):
+                pass
+            s.close()
+    elif kind == "non-readers":
+        conns = []
+        while not stop.is_set():
+            conns = [c for c in conns if c.fileno() >= 0]
+            while len(conns) < 8 and not stop.is_set():
+                try:
+                    conns.append(hello(path))
+                except OSError:
+                    break
+            time.sleep(0.05)
+            for c in list(conns):
+                try:
+                    if c.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                        c.close()
+                        conns.remove(c)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    c.close()
+                    conns.remove(c)
     elif kind == "silent":
         conns = []
         while not stop.is_set():
@@ -166,14 +233,14 @@ def stop_helper(proc):
     return usage.ru_utime + usage.ru_stime
 
 
-def run(n, attacker=None, share=None):
+def run(n, attacker=None, share=None, props=""):
     """One stream of `n` buffers to the good consumer with `attacker` (or a burner of
-    `share` of a core) beside it: (good consumer's buffers/s, CPU seconds of the helper,
-    wall seconds it ran)."""
+    `share` of a core) beside it, from a producer with `props`: (good consumer's buffers/s,
+    CPU seconds of the helper, wall seconds it ran)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "s.sock")
-        prod = gst(f"memsrc pattern=none blocksize=4096 ! memfdsink socket-path={path} name=s",
-                   limit=1024)
+        prod = gst(f"memsrc pattern=none blocksize=4096 ! memfdsink socket-path={path} name=s "
+                   f"{props}", limit=1024)
         while not os.path.exists(path):
             time.sleep(0.01)
         side, started = None, time.time()
@@ -214,14 +281,16 @@ def main():
           f"{'att/load':>9} {'att/spin':>9}")
     for kind in args.attacks.split(","):
         alone, hit, loaded, spun, shares = [], [], [], [], []
+        props = PRODUCER.get(kind, "")
         for _ in range(repeats):
-            alone.append(run(n)[0])
-            rate, cpu, wall = run(n, attacker=kind)
+            alone.append(run(n, props=props)[0])
+            rate, cpu, wall = run(n, attacker=kind, props=props)
             hit.append(rate)
             share = min(cpu / wall, 1.0)
             shares.append(share)
-            loaded.append(run(n, share=share)[0] if share > 0.01 else run(n)[0])
-            spun.append(run(n, share=1.0)[0])
+            loaded.append(run(n, share=share, props=props)[0] if share > 0.01
+                          else run(n, props=props)[0])
+            spun.append(run(n, share=1.0, props=props)[0])
         a, h, lo, sp = (statistics.median(x) for x in (alone, hit, loaded, spun))
         print(f"{kind:<14} {a:>9.0f} {h:>9.0f} {statistics.median(shares):>5.2f} {lo:>9.0f} "
               f"{sp:>9.0f} {h / lo:>9.2f} {h / sp:>9.2f}")

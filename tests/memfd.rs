@@ -372,3 +372,27 @@ fn wrap_fd_reads_seals_before_size() {
     // With seals read first, a file sealed in time was shrunk first: every round is refused.
     assert_eq!(accepted, 0, "a shrunk file was accepted");
 }
+
+#[test]
+fn a_stream_sends_only_the_blocks_its_own_allocator_made() {
+    use gstmemkit::allocator::memfd::{MemfdAllocator, block_of, memfd_allocator};
+    init();
+    let ours = MemfdAllocator::for_stream();
+    let other = MemfdAllocator::for_stream();
+    for _ in 0..3 {
+        // Fresh, then recycled (freed at the end of each round).
+        let mut mem = ours
+            .upcast_ref::<gst::Allocator>()
+            .alloc(3000, None)
+            .unwrap();
+        mem.get_mut().unwrap().resize(100..200);
+        assert!(block_of(&mem, ours.stream()).is_some(), "its own block");
+        assert!(block_of(&mem, other.stream()).is_none(), "another stream's");
+        let private = memfd_allocator().alloc_memfd(3000, None).unwrap();
+        assert!(
+            block_of(&private, ours.stream()).is_none(),
+            "private memory"
+        );
+        assert!(block_of(&private, 0).is_none());
+    }
+}

@@ -33,6 +33,11 @@ fn blocks_are_released_and_no_descriptor_leaks() {
     let path = std::env::temp_dir().join(format!("memkit-test-{}.sock", std::process::id()));
     let path = path.to_str().unwrap().to_owned();
     gstmemkit::allocator::trim_cache();
+    // An earlier test's peers may still be closing (on a closer thread).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while gstmemkit::peer_descriptors_closing() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let before = open_fds();
     let producer = gst::parse::launch(&format!(
         "memsrc allocator=MemfdMemory num-buffers=200 blocksize=65536 pattern=counter ! \
@@ -102,7 +107,22 @@ fn blocks_are_released_and_no_descriptor_leaks() {
     drop(producer);
     // Freed MemfdMemory blocks are kept for reuse (with their descriptors) until trimmed.
     gstmemkit::allocator::trim_cache();
-    assert_eq!(open_fds(), before, "no descriptor left open");
+    // What a peer sent (its connection included) is closed on a closer thread: poll,
+    // generously (30 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (open_fds() != before || gstmemkit::peer_descriptors_closing() > 0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(gstmemkit::peer_descriptors_closing(), 0);
+    let what: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(open_fds(), before, "no descriptor left open: {what:?}");
     assert!(!std::path::Path::new(&path).exists(), "socket removed");
 }
 
@@ -121,7 +141,7 @@ fn app_to_app(name: &str) -> (gst::Element, gst::Element) {
     let path = std::env::temp_dir().join(format!("memkit-{name}-{}.sock", std::process::id()));
     let path = path.to_str().unwrap().to_owned();
     let producer = gst::parse::launch(&format!(
-        "appsrc name=in format=time caps=application/x-test ! memfdsink on-full=wait socket-path={path}"
+        "appsrc name=in format=time caps=application/x-test ! memfdsink name=s on-full=wait socket-path={path}"
     ))
     .unwrap();
     let consumer = gst::parse::launch(&format!(
@@ -413,4 +433,47 @@ fn start_only_properties_are_refused_once_started() {
     // Stopped: they may change again.
     sink.set_property("socket-path", "/elsewhere.sock");
     assert_eq!(sink.property::<String>("socket-path"), "/elsewhere.sock");
+}
+
+#[test]
+fn a_buffer_mixing_the_streams_blocks_and_other_memory_sends_its_blocks_as_they_are() {
+    // Found by the fuzzer (tests/memfd_fuzz.rs): the sink put the stream's own blocks of such
+    // a buffer through `MemoryRef::to_owned`, which copies (into private memory), so that
+    // no block of it crossed as it was (and, once private memory was no longer sent, the
+    // buffer was refused).
+    use gstmemkit::allocator::memfd::stats::{self, Counter};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (producer, consumer) = app_to_app("mixed");
+    let (src, sink) = (by_name(&producer, "in"), by_name(&consumer, "out"));
+    // The allocator the sink proposes: the stream's own.
+    let caps = gst::Caps::builder("application/x-test").build();
+    let mut query = gst::query::Allocation::new(Some(&caps), true);
+    assert!(src.static_pad("src").unwrap().peer_query(&mut query));
+    let ours = query.allocation_params().next().unwrap().0.unwrap();
+    stats::reset();
+    let mut own = ours.alloc(4096, None).unwrap();
+    own.get_mut().unwrap().map_writable().unwrap().fill(1);
+    let mut b = gst::Buffer::new();
+    {
+        let b = b.get_mut().unwrap();
+        b.append_memory(own);
+        b.append_memory(gst::Memory::from_slice(vec![2u8; 1000]));
+    }
+    let pushed = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
+    assert_eq!(pushed, gst::FlowReturn::Ok);
+    let got = pull(&sink);
+    let map = got.map_readable().unwrap();
+    assert_eq!(map.len(), 5096);
+    assert!(map[..4096].iter().all(|&x| x == 1) && map[4096..].iter().all(|&x| x == 2));
+    drop(map);
+    assert_eq!(
+        stats::get(Counter::Copies),
+        0,
+        "the stream's own block was copied"
+    );
+    let s = by_name(&producer, "s").property::<gst::Structure>("stats");
+    assert_eq!(s.get::<u64>("bytes-copied").unwrap(), 1000, "{s}");
+    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    consumer.set_state(gst::State::Null).unwrap();
+    producer.set_state(gst::State::Null).unwrap();
 }

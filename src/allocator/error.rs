@@ -125,6 +125,9 @@ pub enum FdError {
     /// and its owner can punch holes in it under the seals.
     #[error("not a shmem memfd (file system magic {0:#x}; hugetlbfs is 0x958458f6)")]
     NotShmem(u64),
+    /// Not a regular file (a device, a socket, a directory...): no memfd.
+    #[error("not a regular file (a memfd is one)")]
+    NotAFile,
     /// The block does not map (read-only) in this process.
     #[error("the block does not map for reading")]
     Unmappable,

@@ -12,8 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::allocator::FdError;
 use crate::allocator::memfd;
 
+use super::closer::{self, Conn, Fds};
 use super::socket;
 use super::wire::{BufferWire, MAX_IDS, Message, ProtoError};
+
+/// `TMPFS_MAGIC`: the file system of shmem memfds.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 /// Releases waiting for the producer to read them (its socket queue full) before the
 /// producer is taken to be misbehaving and the stream fails.
@@ -29,7 +33,8 @@ pub const RELEASE_BATCH: usize = 8;
 /// runs out of packets ([`Connection::idle`]): one message and one wakeup of the producer for
 /// several buffers under load, none held back when the stream waits.
 pub struct Connection {
-    sock: OwnedFd,
+    /// Closed on a closer thread: the producer may have queued descriptors in it.
+    sock: Conn,
     releases: Mutex<Releases>,
 }
 
@@ -48,7 +53,7 @@ impl Connection {
         socket::try_send(sock.as_fd(), &Message::Hello { max_blocks }.encode(), &[])
             .map_err(|e| format!("cannot greet the producer: {e}"))?;
         Ok(Arc::new(Connection {
-            sock,
+            sock: Conn::new(sock),
             releases: Mutex::new(Releases {
                 idle: true,
                 ..Releases::default()
@@ -209,11 +214,11 @@ impl<M> Registry<M> {
 impl Registry<gst::Memory> {
     /// Applies a buffer message's retirements and announcements (`fds`: one per announced
     /// block, in order), then returns its memories: shares of registered blocks that let
-    /// `release` go when freed.
+    /// `release` go when freed. Descriptors that are not made blocks go to a closer thread.
     pub fn receive(
         &mut self,
         w: &BufferWire,
-        fds: Vec<OwnedFd>,
+        fds: Fds,
         max_size: u64,
         release: &Arc<Release>,
     ) -> Result<Vec<gst::Memory>, BlockError> {
@@ -224,24 +229,12 @@ impl Registry<gst::Memory> {
             }));
         }
         self.retire(&w.retire);
-        for (b, fd) in w.blocks.iter().zip(fds) {
-            if b.size > max_size {
-                return Err(BlockError::TooLarge {
-                    size: b.size,
-                    max: max_size,
-                });
+        let mut fds = fds.take().into_iter();
+        for (b, fd) in w.blocks.iter().zip(fds.by_ref()) {
+            if let Err(e) = self.register(b.id, b.size, fd, max_size) {
+                closer::close_all(fds);
+                return Err(e);
             }
-            let size = usize::try_from(b.size).map_err(|_| BlockError::TooLarge {
-                size: b.size,
-                max: max_size,
-            })?;
-            let root = memfd::wrap_fd(fd, size, 0, size, None).map_err(BlockError::Unusable)?;
-            // Mapped now (and kept mapped), before any memory of it goes downstream: a block
-            // that does not map is refused here, not met by a failed map further down.
-            if root.map_readable().is_err() {
-                return Err(BlockError::Unusable(FdError::Unmappable));
-            }
-            self.announce(b.id, root)?;
         }
         w.mems
             .iter()
@@ -259,6 +252,57 @@ impl Registry<gst::Memory> {
             })
             .collect()
     }
+
+    /// Wraps and registers block `id` of `size` bytes, announced with `fd`.
+    fn register(
+        &mut self,
+        id: u64,
+        size: u64,
+        fd: OwnedFd,
+        max_size: u64,
+    ) -> Result<(), BlockError> {
+        // Anything but a shmem file goes to a closer thread: its close may block (a socket
+        // with a linger, a terminal draining its output, a file of a FUSE server...), and
+        // it is not a block anyway. A shmem file's close never waits.
+        if let Err(e) = shmem_file(&fd) {
+            closer::close(fd);
+            return Err(BlockError::Unusable(e));
+        }
+        if size > max_size {
+            return Err(BlockError::TooLarge {
+                size,
+                max: max_size,
+            });
+        }
+        let len = usize::try_from(size).map_err(|_| BlockError::TooLarge {
+            size,
+            max: max_size,
+        })?;
+        let root = memfd::wrap_fd(fd, len, 0, len, None).map_err(BlockError::Unusable)?;
+        // Mapped now (and kept mapped), before any memory of it goes downstream: a block
+        // that does not map is refused here, not met by a failed map further down.
+        if root.map_readable().is_err() {
+            return Err(BlockError::Unusable(FdError::Unmappable));
+        }
+        self.announce(id, root)
+    }
+}
+
+/// Whether `fd` is a regular file of shmem (tmpfs), as every memfd is: closing one never
+/// waits for anything. Its seals are asked first: the kernel answers that itself for any
+/// file (EINVAL but for shmem and hugetlbfs), where `fstatfs`/`fstat` of a file of a FUSE
+/// server would wait for that server.
+fn shmem_file(fd: &OwnedFd) -> Result<(), FdError> {
+    rustix::fs::fcntl_get_seals(fd).map_err(FdError::NotSealable)?;
+    let fs = rustix::fs::fstatfs(fd).map_err(FdError::Stat)?;
+    if fs.f_type as u64 != TMPFS_MAGIC {
+        return Err(FdError::NotShmem(fs.f_type as u64));
+    }
+    let st = rustix::fs::fstat(fd).map_err(FdError::Stat)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(FdError::NotAFile);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

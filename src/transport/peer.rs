@@ -84,6 +84,12 @@ impl<H> Peer<H> {
         self.mapped.len()
     }
 
+    /// How many buffers were planned for it (sent or not).
+    #[cfg(test)]
+    pub fn planned(&self) -> u64 {
+        self.seq
+    }
+
     /// Plans sending buffer `id`, whose memories lie in `blocks` (id and size each, repeats
     /// allowed), holding `hold` until it is released. Blocks it has not mapped are announced;
     /// to stay within its bound, blocks it maps but no held buffer uses are retired, least
@@ -175,6 +181,11 @@ impl<H> Peer<H> {
             self.mapped.remove(b);
         }
         idle
+    }
+
+    /// The oldest buffer it holds (the lowest id: ids grow).
+    pub fn oldest(&self) -> Option<u64> {
+        self.outstanding.keys().min().copied()
     }
 
     /// The blocks the buffers it holds use (each once).

@@ -13,7 +13,13 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
+use super::closer::Fds;
 use super::wire::{MAX_MEMORIES, ProtoError};
+
+/// The most descriptors the kernel passes with one message (`SCM_MAX_FD`): room for all of
+/// them is given to every receive, so that none is discarded by the kernel, whose discarding
+/// closes them in the receiving thread (see [`closer`](super::closer)).
+const SCM_MAX_FD: usize = 253;
 
 /// Why a socket path cannot be used.
 pub fn path_error(path: &Path, why: impl std::fmt::Display) -> String {
@@ -90,7 +96,8 @@ pub fn connect(
     }
 }
 
-/// Accepts a pending connection, if any (the listener is polled first).
+/// Accepts a pending connection (the listener is polled first: a pending connection of a
+/// Unix socket cannot vanish before it is accepted).
 pub fn accept(listener: &OwnedFd) -> std::io::Result<OwnedFd> {
     Ok(net::accept_with(listener, SocketFlags::CLOEXEC)?)
 }
@@ -174,8 +181,8 @@ fn send_with(
 /// What one receive gave.
 pub enum Received {
     /// A packet of this many bytes (in the caller's buffer), and the descriptors that came
-    /// with it (closed when dropped).
-    Packet(usize, Vec<OwnedFd>),
+    /// with it (closed on a closer thread when dropped).
+    Packet(usize, Fds),
     /// The peer closed the connection.
     Closed,
     /// Nothing within the timeout.
@@ -183,7 +190,8 @@ pub enum Received {
 }
 
 /// Waits up to `timeout` for a packet on `sock` and receives it into `buf` (which must hold
-/// [`MAX_MESSAGE`](super::wire::MAX_MESSAGE) bytes). A larger packet is an error (and its descriptors are closed).
+/// [`MAX_MESSAGE`](super::wire::MAX_MESSAGE) bytes). A larger packet is an error, and so is
+/// one with more than [`MAX_MEMORIES`] descriptors (which are closed on a closer thread).
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], timeout: Duration) -> Result<Received, String> {
     recv_hinted(sock, buf, timeout, true)
 }
@@ -220,7 +228,7 @@ pub fn recv_hinted(
 
 /// Receives a packet already queued on `sock`, never waiting.
 fn receive_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received, String> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     // A peer that closes while our own messages to it are unread (a producer stopping with
     // releases in flight) makes the kernel report ECONNRESET once, ahead of the packets it
@@ -249,13 +257,21 @@ fn receive_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received, String>
             fds.extend(rights);
         }
     }
+    drop(control);
+    let fds = Fds::new(fds);
     if msg.flags.contains(net::ReturnFlags::TRUNC) {
         return Err(ProtoError::Oversized.to_string());
     }
     if msg.flags.contains(net::ReturnFlags::CTRUNC) {
+        return Err(
+            "descriptors of a message were lost: this process is out of descriptors".into(),
+        );
+    }
+    if fds.len() > MAX_MEMORIES {
         return Err(format!(
-            "descriptors of a message were lost: more than {MAX_MEMORIES} were attached, or \
-             this process is out of descriptors"
+            "{} descriptors came with one message, more than any message carries \
+             ({MAX_MEMORIES})",
+            fds.len()
         ));
     }
     if msg.bytes == 0 {
@@ -280,4 +296,71 @@ fn hung_up(sock: BorrowedFd<'_>) -> bool {
         && pfd[0]
             .revents()
             .intersects(PollFlags::RDHUP | PollFlags::HUP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_waiting_for_room_gives_up_when_told_to_stop() {
+        let (ours, theirs) = net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        // Fill the queue towards `ours`: it reads nothing.
+        let packet = vec![0u8; 4096];
+        while try_send(theirs.as_fd(), &packet, &[]).is_ok() {}
+        let far = Instant::now() + Duration::from_secs(60);
+        let start = Instant::now();
+        let stopped = send_until(theirs.as_fd(), &packet, &[], far, || true);
+        assert_eq!(stopped.unwrap_err().kind(), std::io::ErrorKind::Interrupted);
+        let soon = Instant::now() + Duration::from_millis(100);
+        let timed_out = send_until(theirs.as_fd(), &packet, &[], soon, || false);
+        assert_eq!(
+            timed_out.unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drop(ours);
+    }
+
+    #[test]
+    fn more_descriptors_than_a_message_carries_are_refused_and_closed_elsewhere() {
+        let (ours, theirs) = net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let pipes: Vec<(OwnedFd, OwnedFd)> = (0..40)
+            .map(|_| {
+                let (r, w) = std::io::pipe().unwrap();
+                (OwnedFd::from(r), OwnedFd::from(w))
+            })
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = pipes.iter().map(|(r, _)| r.as_fd()).collect();
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(40))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        net::sendmsg(
+            &ours,
+            &[IoSlice::new(b"x")],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .unwrap();
+        let mut buf = vec![0u8; super::super::wire::MAX_MESSAGE];
+        let err = recv(theirs.as_fd(), &mut buf, Duration::ZERO)
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("40 descriptors came with one message"),
+            "{err}"
+        );
+    }
 }

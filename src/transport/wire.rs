@@ -33,6 +33,10 @@ pub const MAX_METAS: usize = 16;
 pub const MAX_IDS: usize = 4096;
 /// The most planes a video meta has.
 pub const MAX_PLANES: usize = 4;
+/// The deepest nesting of brackets (`{ [ < (`) in a string GStreamer will parse (caps, an
+/// event's structure, a reference timestamp meta's caps): its value parser recurses once per
+/// level, and 64 KiB of `{` overflow a streaming thread's stack. Real caps nest a few levels.
+pub const MAX_NESTING: usize = 64;
 
 const KIND_CAPS: u8 = 1;
 const KIND_EVENT: u8 = 2;
@@ -145,6 +149,32 @@ pub enum ProtoError {
     BadString,
     #[error("unknown event kind {0}")]
     BadEvent(u8),
+    /// A string for GStreamer's parser nests brackets deeper than [`MAX_NESTING`].
+    #[error(
+        "a string nested {0} levels deep (at most {MAX_NESTING}): refused before GStreamer parses it"
+    )]
+    TooDeep(usize),
+    /// A string for GStreamer's parser that it would answer with a warning.
+    #[error("{0}: refused before GStreamer parses it")]
+    Unparsable(String),
+}
+
+/// How deep `text` nests brackets (`{ [ < (`, counted inside quoted strings too: a quoted
+/// value may be a structure or caps that GStreamer parses in turn); a closing bracket never
+/// takes the count below zero.
+pub fn nesting(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'{' | b'[' | b'<' | b'(' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' | b'>' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 // ----- encoding ----------------------------------------------------------------------------
@@ -179,6 +209,19 @@ impl Writer {
 }
 
 impl Message {
+    /// What the message is, in words (for errors).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "a hello",
+            Message::Caps(_) => "caps",
+            Message::Event(EventKind::StreamStart, _) => "a stream-start event",
+            Message::Event(EventKind::Segment, _) => "a segment event",
+            Message::Event(EventKind::Eos, _) => "an EOS event",
+            Message::Buffer(_) => "a buffer",
+            Message::Release(_) => "a release",
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Message::Hello { max_blocks } => {
@@ -221,7 +264,7 @@ impl Message {
             KIND_HELLO => Message::Hello {
                 max_blocks: r.u32()?,
             },
-            KIND_CAPS => Message::Caps(r.string()?),
+            KIND_CAPS => Message::Caps(r.parsed_by_gst(true)?),
             KIND_EVENT => {
                 let kind = match r.u8()? {
                     1 => EventKind::StreamStart,
@@ -229,7 +272,12 @@ impl Message {
                     3 => EventKind::Eos,
                     k => return Err(ProtoError::BadEvent(k)),
                 };
-                Message::Event(kind, r.string()?)
+                // memfdsrc never parses a stream-start (its stream id is the producer's).
+                let text = match kind {
+                    EventKind::StreamStart => r.parsed()?,
+                    _ => r.parsed_by_gst(false)?,
+                };
+                Message::Event(kind, text)
             }
             KIND_BUFFER => Message::Buffer(decode_buffer(&mut r)?),
             KIND_RELEASE => Message::Release(r.ids()?),
@@ -309,7 +357,7 @@ fn decode_buffer(r: &mut Reader<'_>) -> Result<BufferWire, ProtoError> {
         });
     }
     for _ in 0..r.count(MAX_METAS, ProtoError::TooManyMetas)? {
-        b.refs.push((r.string()?, r.u64()?, r.u64()?));
+        b.refs.push((r.parsed_by_gst(true)?, r.u64()?, r.u64()?));
     }
     for _ in 0..r.count(MAX_METAS, ProtoError::TooManyMetas)? {
         let flags = r.u32()?;
@@ -374,6 +422,27 @@ impl Reader<'_> {
         let n = self.u32()? as usize;
         let bytes = self.take(n)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| ProtoError::BadString)
+    }
+    /// A string GStreamer may parse: refused when it nests deeper than [`MAX_NESTING`].
+    fn parsed(&mut self) -> Result<String, ProtoError> {
+        let s = self.string()?;
+        match nesting(&s) {
+            n if n > MAX_NESTING => Err(ProtoError::TooDeep(n)),
+            _ => Ok(s),
+        }
+    }
+    /// A string `memfdsrc` has GStreamer parse (caps, a segment, a reference timestamp meta's
+    /// caps): [`parsed`](Self::parsed), and refused when it holds what GStreamer's parser
+    /// would warn about (see [`super::parsed`]).
+    /// `caps`: parsed as caps (else as a structure).
+    fn parsed_by_gst(&mut self, caps: bool) -> Result<String, ProtoError> {
+        let s = self.parsed()?;
+        let why = super::parsed::bad_caps_features(&s)
+            .or_else(|| super::parsed::bad_structure_names(&s, caps));
+        match why {
+            Some(why) => Err(ProtoError::Unparsable(why)),
+            None => Ok(s),
+        }
     }
     fn ids(&mut self) -> Result<Vec<u64>, ProtoError> {
         let n = self.count(MAX_IDS, ProtoError::TooManyIds)?;
@@ -478,6 +547,33 @@ mod tests {
         utf.extend_from_slice(&2u32.to_le_bytes());
         utf.extend_from_slice(&[0xff, 0xfe]);
         assert_eq!(Message::decode(&utf), Err(ProtoError::BadString));
+    }
+
+    #[test]
+    fn strings_for_gstreamer_nested_too_deep_are_refused() {
+        let deep = |n| format!("x, v=(int){}1{}", "{".repeat(n), "}".repeat(n));
+        assert_eq!(nesting(&deep(MAX_NESTING)), MAX_NESTING);
+        assert_eq!(nesting("}}}{"), 1, "closers first do not buy depth");
+        assert_eq!(nesting("a=(string)\"{{\", b"), 2, "quoted brackets count");
+        let ok = Message::Caps(deep(MAX_NESTING));
+        assert_eq!(Message::decode(&ok.encode()), Ok(ok));
+        for m in [
+            Message::Caps(deep(MAX_NESTING + 1)),
+            Message::Event(EventKind::Segment, deep(30_000)),
+        ] {
+            assert!(matches!(
+                Message::decode(&m.encode()),
+                Err(ProtoError::TooDeep(_))
+            ));
+        }
+        let Message::Buffer(mut b) = buffer() else {
+            unreachable!()
+        };
+        b.refs[0].0 = deep(1000);
+        assert_eq!(
+            Message::decode(&Message::Buffer(b).encode()),
+            Err(ProtoError::TooDeep(1000))
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ALLOCATION query, so producers that honour it allocate our memory and their buffers pass
 //! through untouched; anything else is copied into `AlignedMemory` once.
 //!
-//! Lock order: `settings` before `stats`; neither is held while pushing.
+//! Lock order: `settings` before `stats`; `downstream` alone; none is held while pushing.
 
 use std::sync::{LazyLock, Mutex};
 
@@ -99,6 +99,10 @@ pub struct MemAlign {
     settings: Mutex<Settings>,
     stats: Mutex<Stats>,
     refused: crate::elements::common::Refusals,
+    /// An instance of the chosen allocator's kind that downstream proposed (memfdsink
+    /// proposes its stream's own MemfdMemory): proposed and copied into in its place, so that
+    /// what passes is memory downstream takes as it is.
+    downstream: Mutex<Option<gst::Allocator>>,
 }
 
 /// Why a buffer cannot be checked or copied.
@@ -335,6 +339,7 @@ impl BaseTransformImpl for MemAlign {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         *self.stats.lock().unwrap() = Stats::default();
+        *self.downstream.lock().unwrap() = None;
         self.refused.post(&*self.obj());
         Ok(())
     }
@@ -367,6 +372,16 @@ impl BaseTransformImpl for MemAlign {
             let settings = self.settings.lock().unwrap();
             (settings.params(), settings.allocator.clone())
         };
+        let kind = allocator.type_();
+        let same = (kind != AlignedAllocator::static_type())
+            .then(|| {
+                query
+                    .allocation_params()
+                    .find_map(|(a, _)| a.filter(|a| a.type_() == kind))
+            })
+            .flatten();
+        *self.downstream.lock().unwrap() = same.clone();
+        let allocator = same.unwrap_or(allocator);
         propose_allocator_first(query, &allocator, &params);
         gst::debug!(CAT, imp = self, "proposed {allocator:?} with {params:?}");
         Ok(())
@@ -376,7 +391,10 @@ impl BaseTransformImpl for MemAlign {
         let Some(buf) = self.take_queued_buffer() else {
             return Ok(GenerateOutputSuccess::NoOutput);
         };
-        let settings = self.settings.lock().unwrap().clone();
+        let mut settings = self.settings.lock().unwrap().clone();
+        if let Some(a) = self.downstream.lock().unwrap().clone() {
+            settings.allocator = a;
+        }
         let index = self.stats.lock().unwrap().buffers;
         if buf.n_memory() == 0 {
             gst::warning!(

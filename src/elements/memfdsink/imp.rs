@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `memfdsink`: serves a stream to consumers (`memfdsrc` in other processes) over a Unix
 //! socket: a thin element over [`crate::transport::server`]. Each memory of a buffer goes as
-//! a range of a `MemfdMemory` block, the block itself (its descriptor) only the first time a
-//! consumer needs it; memory that is not a `MemfdMemory` block is copied once into one.
+//! a range of a `MemfdMemory` block of this stream (made by the allocator the sink proposes),
+//! the block itself (its descriptor) only the first time a consumer needs it; any other
+//! memory (private MemfdMemory, another stream's block, a received one, system memory) is
+//! copied once into a block of the stream: a consumer maps the whole block, and the bytes
+//! around another block's memory are not the stream's to show.
 //!
 //! Consumers are not trusted: see the transport for the bounds (`max-outstanding`,
 //! `max-consumers`, the consumer's own bound of mapped blocks), `on-full`, and why a block a
@@ -200,7 +203,7 @@ impl MemfdSink {
         gst::FlowError::Error
     }
 
-    /// `buffer` as sent: memories that are not `MemfdMemory` blocks copied once into one.
+    /// `buffer` as sent: memories that are not blocks of this stream copied once into one.
     fn sendable(&self, buffer: &gst::Buffer) -> Result<gst::Buffer, gst::FlowError> {
         let n = buffer.n_memory();
         if n > wire::MAX_MEMORIES {
@@ -231,13 +234,14 @@ impl MemfdSink {
                     ("Cannot copy metas")
                 ))
             })?;
-            for mem in buffer.iter_memories() {
-                if memfd::block_of(mem, stream).is_some() {
-                    o.append_memory(mem.to_owned());
+            // References (`MemoryRef::to_owned` would copy the memory: a private copy).
+            for mem in (0..n).filter_map(|i| buffer.memory(i)) {
+                if memfd::block_of(&mem, stream).is_some() {
+                    o.append_memory(mem);
                     continue;
                 }
-                o.append_memory(self.copy_memory(mem)?);
                 copied += mem.size() as u64;
+                o.append_memory(self.copy_memory(&mem)?);
             }
         }
         let mut c = self.copies.lock().unwrap();

@@ -114,3 +114,45 @@ pub(super) fn check_video_meta(
     }
     Ok(())
 }
+
+/// Adds the received video metas to `b`, each checked first (see [`check_video_meta`]);
+/// a raw video frame without a meta is checked against the caps' default layout. `Err`: the
+/// error to post.
+pub(super) fn add_video_metas(
+    b: &mut gst::BufferRef,
+    metas: &[proto::VideoMetaWire],
+    flags: u32,
+    caps: Option<&gst_video::VideoInfo>,
+) -> Result<(), String> {
+    let mut memories = Vec::with_capacity(b.n_memory());
+    let mut start = 0u64;
+    for m in b.iter_memories() {
+        memories.push(start..start + m.size() as u64);
+        start += m.size() as u64;
+    }
+    // The wire's flags: `BufferRef::flags` drops the video ones.
+    let flagged = flags & gst_video::VideoBufferFlags::INTERLACED.bits() != 0;
+    let unusable = |e| format!("Unusable video meta from the producer: {e}");
+    if metas.is_empty()
+        && let Some(info) = caps
+    {
+        return check_default_layout(info, flagged, start)
+            .map_err(|e| format!("Unusable video frame from the producer: {e}"));
+    }
+    for v in metas {
+        let format = gst_video::VideoFormat::from_string(&v.format);
+        check_video_meta(v, format, &memories, caps, flagged).map_err(unusable)?;
+        let offsets: Vec<usize> = v.offsets.iter().map(|&o| o as usize).collect();
+        gst_video::VideoMeta::add_full(
+            b,
+            gst_video::VideoFrameFlags::from_bits_truncate(v.flags),
+            format,
+            v.width,
+            v.height,
+            &offsets,
+            &v.strides,
+        )
+        .map_err(|e| unusable(e.to_string()))?;
+    }
+    Ok(())
+}

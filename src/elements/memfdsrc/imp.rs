@@ -12,7 +12,6 @@
 //! frees a buffer; a producer that stops reading them is an error once
 //! [`MAX_PENDING_RELEASES`] are waiting.
 
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,10 +27,11 @@ use gst_base::subclass::prelude::*;
 
 use crate::elements::common::post_stats;
 use crate::transport::client::{Connection, MAX_PENDING_RELEASES, Registry, Release};
+use crate::transport::closer::Fds;
 use crate::transport::socket::{self, Received};
 use crate::transport::wire::{self as proto, BufferWire, EventKind, Message};
 
-use super::check::{check_default_layout, check_video_meta};
+use super::check::add_video_metas;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -180,7 +180,7 @@ impl MemfdSrc {
     fn make_buffer(
         &self,
         w: BufferWire,
-        fds: Vec<OwnedFd>,
+        fds: Fds,
         link: &mut Link,
     ) -> Result<gst::Buffer, gst::FlowError> {
         let max_size = self.settings.lock().unwrap().max_memory_size;
@@ -212,7 +212,8 @@ impl MemfdSrc {
             // core's; never the mini-object bits below them (lock semantics) from a peer.
             let flags = crate::elements::common::crossing_flags(w.flags);
             b.set_flags(gst::BufferFlags::from_bits_retain(flags));
-            self.add_video_metas(b, &w.video, w.flags)?;
+            let caps = self.video_info.lock().unwrap().clone();
+            add_video_metas(b, &w.video, w.flags, caps.as_ref()).map_err(|e| self.fail(&e))?;
             for (caps, ts, dur) in &w.refs {
                 let malformed = |why: &str| {
                     self.fail(&format!(
@@ -229,55 +230,22 @@ impl MemfdSrc {
         Ok(buffer)
     }
 
-    /// Adds the received video metas to `b`, each checked first (see [`check_video_meta`]);
-    /// a raw video frame without a meta is checked against the caps' default layout.
-    fn add_video_metas(
-        &self,
-        b: &mut gst::BufferRef,
-        metas: &[proto::VideoMetaWire],
-        flags: u32,
-    ) -> Result<(), gst::FlowError> {
-        let mut memories = Vec::with_capacity(b.n_memory());
-        let mut start = 0u64;
-        for m in b.iter_memories() {
-            memories.push(start..start + m.size() as u64);
-            start += m.size() as u64;
-        }
-        let caps = self.video_info.lock().unwrap().clone();
-        // The wire's flags: `BufferRef::flags` drops the video ones.
-        let flagged = flags & gst_video::VideoBufferFlags::INTERLACED.bits() != 0;
-        let unusable = |e| self.fail(&format!("Unusable video meta from the producer: {e}"));
-        if metas.is_empty()
-            && let Some(info) = &caps
-        {
-            return check_default_layout(info, flagged, start)
-                .map_err(|e| self.fail(&format!("Unusable video frame from the producer: {e}")));
-        }
-        for v in metas {
-            let format = gst_video::VideoFormat::from_string(&v.format);
-            check_video_meta(v, format, &memories, caps.as_ref(), flagged).map_err(unusable)?;
-            let offsets: Vec<usize> = v.offsets.iter().map(|&o| o as usize).collect();
-            gst_video::VideoMeta::add_full(
-                b,
-                gst_video::VideoFrameFlags::from_bits_truncate(v.flags),
-                format,
-                v.width,
-                v.height,
-                &offsets,
-                &v.strides,
-            )
-            .map_err(|e| unusable(e.to_string()))?;
-        }
-        Ok(())
-    }
-
     /// Applies caps from the producer: they must be fixed (anything else would reach
-    /// `gst_event_new_caps` and raise a CRITICAL).
+    /// `gst_event_new_caps` and raise a CRITICAL), and come before data flows: the first
+    /// caps once a segment went downstream (it goes with the first buffer) would make
+    /// GStreamer warn of misordered sticky events.
     fn apply_caps(&self, text: &str) -> Result<(), gst::FlowError> {
         let caps =
             gst::Caps::from_str(text).map_err(|_| self.fail("Malformed caps from the producer"))?;
         if !caps.is_fixed() {
             return Err(self.fail(&format!("Caps from the producer are not fixed: {caps}")));
+        }
+        let pad = self.obj().src_pad().clone();
+        if pad.current_caps().is_none() && pad.sticky_event::<gst::event::Segment>(0).is_some() {
+            return Err(self.fail(
+                "Caps from the producer after its stream began without caps (a buffer came \
+                 first)",
+            ));
         }
         gst::debug!(CAT, imp = self, "caps {}", caps);
         *self.video_info.lock().unwrap() = gst_video::VideoInfo::from_caps(&caps).ok();
@@ -494,6 +462,16 @@ impl PushSrcImpl for MemfdSrc {
             };
             let msg = Message::decode(&link.packet[..n])
                 .map_err(|e| self.fail(&format!("Malformed message from the producer: {e}")))?;
+            // Only a buffer's blocks come with descriptors. Any other goes to a closer thread
+            // (dropping `fds` does that): its close may block for as long as the producer
+            // likes, and nothing here waits for it.
+            if !fds.is_empty() && !matches!(msg, Message::Buffer(_)) {
+                return Err(self.fail(&format!(
+                    "Malformed message from the producer: {} descriptors came with {}",
+                    fds.len(),
+                    msg.kind()
+                )));
+            }
             match msg {
                 Message::Caps(text) => self.apply_caps(&text)?,
                 Message::Event(EventKind::Segment, text) => self.apply_segment(&text)?,

@@ -18,6 +18,7 @@ use crate::allocator::memfd::stats::{self as mstats, Counter as M};
 use crate::allocator::memfd::sys;
 use crate::allocator::raw::{traced, try_share};
 
+use super::blocks::claim;
 use super::recycle::{discard, recycle_dispose, take_recycled};
 
 thread_local! {
@@ -27,7 +28,8 @@ thread_local! {
 }
 
 /// Allocates a `MemfdMemory` block through `allocator`, which serves `stream` (0: private
-/// memory): a recycled one of the same size that this stream may reuse, or a new sealed memfd.
+/// memory): a recycled one of the same size that this stream may reuse (zero outside the new
+/// memory), or a new sealed memfd; a stream's block stays that stream's.
 pub fn alloc(
     allocator: &gst_allocators::FdAllocator,
     stream: u64,
@@ -60,10 +62,22 @@ pub fn alloc(
             (*m).align = l.align_mask;
             (*m).mini_object.flags = ffi::GST_MINI_OBJECT_FLAG_LOCKABLE;
         }
-        let zero = flags & (ffi::GST_MEMORY_FLAG_ZERO_PREFIXED | ffi::GST_MEMORY_FLAG_ZERO_PADDED);
+        // Everything outside the new memory is zeroed, whatever the flags ask: a consumer of
+        // a stream maps the whole block, and the bytes around a memory must not show what the
+        // block held before (a fresh memfd is all zeros there too). It costs a map (the block
+        // stays mapped) and at most a page for a block taken for the same size.
         // Its map state is a fresh block's: `mem_unmap` never lets an unbalanced unmap reach
         // GstFdMemory's map count, and a block disposed while locked was not recycled. Should
         // zeroing fail to map it all the same, it is freed and a fresh block made.
+        // Only the ranges that exist: a memory that fills its block (a 1 MiB frame in a
+        // 1 MiB block) costs no map at all.
+        let mut zero = 0;
+        if l.offset > 0 {
+            zero |= ffi::GST_MEMORY_FLAG_ZERO_PREFIXED;
+        }
+        if l.offset + l.size < l.maxsize {
+            zero |= ffi::GST_MEMORY_FLAG_ZERO_PADDED;
+        }
         let zeroed = if zero != 0 {
             zero_ranges(&mem, l.offset, l.size, zero)
         } else {
@@ -124,6 +138,10 @@ pub fn alloc(
     }
     // SAFETY: as above.
     unsafe { (*(mem.as_ptr() as *mut ffi::GstMemory)).mini_object.flags |= flags };
+    if stream != 0 {
+        // The stream's own block, for as long as it lives (a recycled one already is).
+        claim(mem.as_ptr() as *mut ffi::GstMemory, stream);
+    }
     gst::trace!(
         CAT,
         obj = allocator,

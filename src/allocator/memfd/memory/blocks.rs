@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The transport's view of blocks: ids, blocks sent and retired, freed-block queues.
+//! The transport's view of blocks: which stream a block belongs to, ids, retired blocks,
+//! freed-block queues.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -8,94 +9,147 @@ use gst::ffi;
 
 use crate::allocator::raw::root_memory;
 
-use super::fd::{is_memfd_memory, is_sealed_memfd};
+use super::fd::is_memfd_memory;
 
-/// Which streams a block was sent by: what decides where it may be recycled. A consumer
-/// keeps the blocks it was sent mapped, so a block may only ever carry frames of the one
-/// stream it was sent by, and private memory never goes to a block any consumer maps.
+/// Whose a block is: what decides where it may be recycled and whether a `memfdsink` may
+/// send it as it is. A consumer keeps the blocks it was sent mapped, the whole block, so a
+/// block may only ever carry bytes of the one stream it belongs to, and a block of private
+/// memory never goes to a consumer (`memfdsink` copies it into a block of its stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
-    /// Never sent: private memory, recycled for anyone.
+    /// Private memory (the registered allocator's, a copy, a wrapped descriptor): recycled for
+    /// private memory only, never sent as it is.
     Private,
-    /// Sent by this stream only: recycled for this stream's allocator only.
+    /// Made by stream `s`'s own allocator (the one its `memfdsink` proposes): recycled for
+    /// that allocator only, and the one kind of block that stream sends as it is.
     Stream(u64),
-    /// Sent by more than one stream: never recycled.
-    Streams,
 }
 
-impl Owner {
-    fn sent_by(self, stream: u64) -> Owner {
-        match self {
-            Owner::Private => Owner::Stream(stream),
-            Owner::Stream(s) if s == stream => self,
-            _ => Owner::Streams,
-        }
-    }
-}
-
-/// A root block the transport has seen: its id (never reused in this process), which streams
-/// sent it, and whether it was retired (is never to be recycled).
+/// A root block of a stream: its id (never reused in this process), its stream, and whether
+/// it was retired (is never to be recycled).
 pub(super) struct BlockEntry {
     pub(super) id: u64,
     pub(super) owner: Owner,
     pub(super) retired: bool,
 }
 
-/// The transport's view of live root blocks, keyed by the root memory's address (an entry is
-/// removed when its root is freed, before the address can be reused).
-pub(super) static BLOCKS: LazyLock<Mutex<HashMap<usize, BlockEntry>>> =
-    LazyLock::new(Default::default);
+/// The blocks of streams, keyed by the root memory's address (an entry is removed when its
+/// root is freed, before the address can be reused), and their addresses by id.
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) by_root: HashMap<usize, BlockEntry>,
+    by_id: HashMap<u64, usize>,
+}
+
+impl Registry {
+    /// Block `id`'s entry and root, marked retired.
+    pub(super) fn retire(&mut self, id: u64) -> Option<usize> {
+        let root = *self.by_id.get(&id)?;
+        if let Some(entry) = self.by_root.get_mut(&root) {
+            entry.retired = true;
+        }
+        Some(root)
+    }
+}
+
+pub(super) static BLOCKS: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 static NEXT_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Ids of blocks sent to another process and since freed, for one transport to retire.
+fn blocks() -> std::sync::MutexGuard<'static, Registry> {
+    BLOCKS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The new root block `root` was made by stream `stream`'s allocator: it is that stream's
+/// for as long as it lives (recycling included).
+pub(super) fn claim(root: *mut ffi::GstMemory, stream: u64) {
+    let mut b = blocks();
+    if b.by_root.contains_key(&(root as usize)) {
+        return;
+    }
+    let id = NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    b.by_root.insert(
+        root as usize,
+        BlockEntry {
+            id,
+            owner: Owner::Stream(stream),
+            retired: false,
+        },
+    );
+    b.by_id.insert(id, root as usize);
+}
+
+/// Ids of blocks of one stream freed since they were last taken, for its transport to retire
+/// at the consumers that map them.
 #[derive(Default)]
-pub struct FreedBlocks(Mutex<Vec<u64>>);
+pub struct FreedBlocks {
+    stream: u64,
+    ids: Mutex<Vec<u64>>,
+}
 
 impl FreedBlocks {
     /// The ids freed since the last call.
     pub fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many wait to be taken.
+    pub fn len(&self) -> usize {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 static FREED: LazyLock<Mutex<Vec<std::sync::Weak<FreedBlocks>>>> = LazyLock::new(Default::default);
 
-/// A queue that receives the id of every block that was [`block_of`]'d and has since been
-/// freed, until the returned `Arc` is dropped.
-pub fn subscribe_freed() -> std::sync::Arc<FreedBlocks> {
-    let q = std::sync::Arc::new(FreedBlocks::default());
+/// A queue that receives the id of every block of stream `stream` that is freed, until the
+/// returned `Arc` is dropped. Other streams' blocks never reach it.
+pub fn subscribe_freed(stream: u64) -> std::sync::Arc<FreedBlocks> {
+    let q = std::sync::Arc::new(FreedBlocks {
+        stream,
+        ids: Mutex::default(),
+    });
     let mut subs = FREED.lock().unwrap_or_else(|e| e.into_inner());
     subs.retain(|w| w.strong_count() > 0);
     subs.push(std::sync::Arc::downgrade(&q));
     q
 }
 
-/// Called from `free` for a root: forgets its entry and tells the subscribers.
+/// Called from `free` for a root: forgets its entry and tells its stream's subscribers.
 pub(super) fn block_freed(root: *mut ffi::GstMemory) {
-    let gone = BLOCKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&(root as usize));
-    if let Some(BlockEntry { id, owner, .. }) = gone
-        && owner != Owner::Private
+    let gone = {
+        let mut b = blocks();
+        let gone = b.by_root.remove(&(root as usize));
+        if let Some(e) = &gone {
+            b.by_id.remove(&e.id);
+        }
+        gone
+    };
+    if let Some(BlockEntry {
+        id,
+        owner: Owner::Stream(stream),
+        ..
+    }) = gone
     {
         for q in FREED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter_map(|w| w.upgrade())
+            .filter(|q| q.stream == stream)
         {
-            q.0.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+            q.ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
         }
     }
 }
 
-/// Which streams sent the block behind `mem` (`Private` for one never sent).
+/// Whose the block behind `mem` is.
 pub fn owner_of(mem: &gst::MemoryRef) -> Owner {
     let root = root_memory(mem);
-    BLOCKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    blocks()
+        .by_root
         .get(&(root as usize))
         .map_or(Owner::Private, |b| b.owner)
 }
@@ -111,12 +165,13 @@ pub struct Block<'a> {
     pub fd: std::os::fd::BorrowedFd<'a>,
 }
 
-/// The `MemfdMemory` block behind `mem` (a block or a share of one), if it may be sent to
-/// another process as it is: a root of this allocator whose memfd is sealed against shrinking
-/// and against writes by receivers. Marks the block as sent by `stream` (see [`Owner`]).
-/// No system call is made under the registry's lock.
+/// The `MemfdMemory` block behind `mem` (a block or a share of one), if stream `stream` may
+/// send it as it is: a block its own allocator made (sealed against shrinking and against
+/// writes by receivers). Anything else (private memory, another stream's block, a block
+/// received from another process) is `None`: a consumer maps the whole block, and the bytes
+/// of such a block outside `mem` are not the stream's to show.
 pub fn block_of(mem: &gst::MemoryRef, stream: u64) -> Option<Block<'_>> {
-    if !is_memfd_memory(mem) {
+    if stream == 0 || !is_memfd_memory(mem) {
         return None;
     }
     let fd_mem = mem.downcast_memory_ref::<gst_allocators::FdMemory>()?;
@@ -124,30 +179,15 @@ pub fn block_of(mem: &gst::MemoryRef, stream: u64) -> Option<Block<'_>> {
     if raw < 0 {
         return None;
     }
+    let root = root_memory(mem);
+    let id = match blocks().by_root.get(&(root as usize)) {
+        Some(b) if b.owner == Owner::Stream(stream) => b.id,
+        _ => return None,
+    };
     // SAFETY: the descriptor is owned by the live memory `mem` borrows (a share uses its
     // root's), open for as long as the borrow we return it with.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
-    let root = root_memory(mem);
     // SAFETY: the root is live while `mem` is.
     let size = unsafe { (*root).maxsize };
-    if let Some(b) = BLOCKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_mut(&(root as usize))
-    {
-        b.owner = b.owner.sent_by(stream);
-        return Some(Block { id: b.id, size, fd });
-    }
-    // First seen: a block we allocated is sealed; a wrapped one (received) must be checked.
-    if !is_sealed_memfd(mem) {
-        return None;
-    }
-    let mut blocks = BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
-    let b = blocks.entry(root as usize).or_insert_with(|| BlockEntry {
-        id: NEXT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        owner: Owner::Private,
-        retired: false,
-    });
-    b.owner = b.owner.sent_by(stream);
-    Some(Block { id: b.id, size, fd })
+    Some(Block { id, size, fd })
 }

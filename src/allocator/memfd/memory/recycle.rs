@@ -18,16 +18,99 @@ use crate::allocator::raw::{lockstate, traced};
 
 use super::blocks::{self, Owner};
 
+/// The (stream, maxsize) a recycled block is kept for.
+type Key = (u64, usize);
+
 /// Freed blocks kept for reuse, by (stream, maxsize): the memory objects themselves, still
 /// mapped and with their pages faulted in (a fresh memfd costs a page fault and a zeroed page
-/// per 4 KiB). Stream 0 holds private blocks (never sent).
+/// per 4 KiB). Stream 0 holds private blocks. The blocks themselves are kept by root address
+/// (so that retiring one by id costs a lookup); each key has a stack of roots, newest last,
+/// from which a take pops: an entry whose block has gone since (retired, trimmed) is skipped
+/// then, and the stacks are compacted once such entries outnumber the blocks.
 #[derive(Default)]
 struct Recycled {
-    blocks: HashMap<(u64, usize), Vec<gst::Memory>>,
+    blocks: HashMap<usize, (Key, gst::Memory)>,
+    stacks: HashMap<Key, Vec<usize>>,
+    /// Stack entries whose block has gone.
+    stale: usize,
     bytes: usize,
     /// Streams whose allocator takes blocks: only their blocks are kept (a stream whose
     /// producer allocates elsewhere would fill the cache with blocks nobody takes).
     active: HashSet<u64>,
+}
+
+impl Recycled {
+    fn push(&mut self, key: Key, mem: gst::Memory) {
+        let root = mem.as_ptr() as usize;
+        self.bytes += key.1;
+        self.note();
+        self.stacks.entry(key).or_default().push(root);
+        self.blocks.insert(root, (key, mem));
+    }
+
+    fn pop(&mut self, key: Key) -> Option<gst::Memory> {
+        let stack = self.stacks.get_mut(&key)?;
+        while let Some(root) = stack.pop() {
+            match self.blocks.get(&root) {
+                Some((k, _)) if *k == key => {
+                    let (_, mem) = self.blocks.remove(&root)?;
+                    self.bytes -= key.1;
+                    self.note();
+                    return Some(mem);
+                }
+                _ => self.stale = self.stale.saturating_sub(1),
+            }
+        }
+        None
+    }
+
+    /// Takes the block at `root` out, wherever it is kept (its stack entry goes stale).
+    fn take_out(&mut self, root: usize) -> Option<gst::Memory> {
+        let (key, mem) = self.blocks.remove(&root)?;
+        self.bytes -= key.1;
+        self.note();
+        self.stale += 1;
+        Some(mem)
+    }
+
+    /// [`take_out`](Self::take_out), compacting the stacks when stale entries outnumber the
+    /// blocks: each compaction is paid for by as many removals.
+    fn remove(&mut self, root: usize) -> Option<gst::Memory> {
+        let mem = self.take_out(root);
+        self.compact_if_stale();
+        mem
+    }
+
+    fn compact_if_stale(&mut self) {
+        if self.stale > self.blocks.len() + 64 {
+            self.compact();
+        }
+    }
+
+    /// Drops the stack entries of blocks that have gone.
+    fn compact(&mut self) {
+        let blocks = &self.blocks;
+        for (key, stack) in self.stacks.iter_mut() {
+            let mut seen = HashSet::with_capacity(stack.len());
+            stack.retain(|r| blocks.get(r).is_some_and(|(k, _)| k == key) && seen.insert(*r));
+        }
+        self.stacks.retain(|_, v| !v.is_empty());
+        self.stale = 0;
+    }
+
+    /// Takes out every block whose key `pick` selects.
+    fn drain(&mut self, pick: impl Fn(&Key) -> bool) -> Vec<gst::Memory> {
+        let roots: Vec<usize> = self
+            .blocks
+            .iter()
+            .filter(|(_, (k, _))| pick(k))
+            .map(|(r, _)| *r)
+            .collect();
+        let out = roots.into_iter().filter_map(|r| self.take_out(r)).collect();
+        self.stacks.retain(|k, _| !pick(k));
+        self.compact_if_stale();
+        out
+    }
 }
 
 static RECYCLED: LazyLock<Mutex<Recycled>> = LazyLock::new(Default::default);
@@ -58,18 +141,14 @@ pub fn set_max_bytes(max: usize) {
     let over: Vec<gst::Memory> = {
         let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
         let mut over = Vec::new();
-        let keys: Vec<(u64, usize)> = r.blocks.keys().copied().collect();
-        for key in keys {
-            while r.bytes > max {
-                let Some(mem) = r.blocks.get_mut(&key).and_then(Vec::pop) else {
-                    break;
-                };
-                r.bytes -= key.1;
-                over.push(mem);
+        let roots: Vec<usize> = r.blocks.keys().copied().collect();
+        for root in roots {
+            if r.bytes <= max {
+                break;
             }
+            over.extend(r.take_out(root));
         }
-        r.blocks.retain(|_, v| !v.is_empty());
-        r.note();
+        r.compact_if_stale();
         over
     };
     // Outside the lock: freeing a block runs `free`, which takes BLOCKS.
@@ -110,14 +189,12 @@ pub(super) unsafe extern "C" fn recycle_dispose(
         // Lock order: BLOCKS, then RECYCLED (as `retire_block`), so that a block retired
         // by id is either seen retired here or found in the cache there.
         let blocks = blocks::BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
-        let stream = match blocks.get(&(mem as usize)) {
+        let stream = match blocks.by_root.get(&(mem as usize)) {
             Some(b) if b.retired => return glib::ffi::GTRUE,
             None => 0,
             Some(b) => match b.owner {
                 Owner::Private => 0,
                 Owner::Stream(s) => s,
-                // Mapped by consumers of several streams: no stream may reuse it.
-                Owner::Streams => return glib::ffi::GTRUE,
             },
         };
         // Waits for the lock rather than freeing the block when another thread holds it (a
@@ -136,28 +213,19 @@ pub(super) unsafe extern "C" fn recycle_dispose(
         ffi::gst_mini_object_ref(obj);
         mstats::count(M::Frees, 1);
         mstats::block(obj as usize, maxsize, false);
-        r.bytes += maxsize;
-        r.note();
-        r.blocks
-            .entry((stream, maxsize))
-            .or_default()
-            .push(from_glib_full(mem));
+        r.push((stream, maxsize), from_glib_full(mem));
     }
     glib::ffi::GFALSE
 }
 
 /// Takes a recycled block of `maxsize` bytes for `stream` (0: private memory), one kept for
-/// that stream only: a stream never takes a private block either, whose bytes outside the
-/// new memory's range (which a consumer maps with it) still hold private data.
+/// that stream only: a stream never takes a private block, nor private memory a stream's.
 pub(super) fn take_recycled(stream: u64, maxsize: usize) -> Option<gst::Memory> {
     let mut r = RECYCLED.lock().ok()?;
     if stream != 0 && !r.active.contains(&stream) {
         r.active.insert(stream);
     }
-    let mem = r.blocks.get_mut(&(stream, maxsize)).and_then(Vec::pop)?;
-    r.bytes -= maxsize;
-    r.note();
-    Some(mem)
+    r.pop((stream, maxsize))
 }
 
 /// Stream `stream` has stopped: the blocks kept for it are freed, and its blocks are no
@@ -169,15 +237,7 @@ pub fn forget_stream(stream: u64) {
     let blocks: Vec<gst::Memory> = {
         let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
         r.active.remove(&stream);
-        let keys: Vec<(u64, usize)> = r.blocks.keys().filter(|k| k.0 == stream).copied().collect();
-        let mut blocks = Vec::new();
-        for key in keys {
-            let list = r.blocks.remove(&key).unwrap_or_default();
-            r.bytes -= key.1 * list.len();
-            blocks.extend(list);
-        }
-        r.note();
-        blocks
+        r.drain(|k| k.0 == stream)
     };
     // Outside the lock: freeing a block runs `free`, which takes BLOCKS.
     for mem in blocks {
@@ -186,27 +246,18 @@ pub fn forget_stream(stream: u64) {
     }
 }
 /// Keeps block `id` from ever being recycled (a consumer that may still map it went away): a
-/// cached block is freed now, one in use when its last reference goes.
+/// cached block is freed now, one in use when its last reference goes. Two lookups: a
+/// consumer's leaving costs what it was sent, not what the process holds.
 pub fn retire_block(id: u64) {
     let cached = {
         let mut blocks = blocks::BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((&root, entry)) = blocks.iter_mut().find(|(_, b)| b.id == id) else {
+        let Some(root) = blocks.retire(id) else {
             return;
         };
-        entry.retired = true;
-        let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
-        let mut found = None;
-        for list in r.blocks.values_mut() {
-            if let Some(i) = list.iter().position(|m| m.as_ptr() as usize == root) {
-                found = Some(list.swap_remove(i));
-                break;
-            }
-        }
-        if let Some(m) = &found {
-            r.bytes -= m.maxsize();
-            r.note();
-        }
-        found
+        RECYCLED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(root)
     };
     // Outside the locks: freeing it runs `free`, which takes BLOCKS.
     if let Some(mem) = cached {
@@ -234,11 +285,7 @@ pub(super) unsafe fn discard(mem: gst::Memory) {
 /// Frees every recycled block (part of `trim_cache`).
 pub fn trim_recycled() {
     let blocks: Vec<gst::Memory> = match RECYCLED.lock() {
-        Ok(mut r) => {
-            r.bytes = 0;
-            r.note();
-            r.blocks.drain().flat_map(|(_, v)| v).collect()
-        }
+        Ok(mut r) => r.drain(|_| true),
         Err(_) => return,
     };
     for mem in blocks {

@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Closing what a peer sent, off every path another thread waits on.
+//!
+//! The last `close()` of a descriptor runs its file's release in the closing thread, and
+//! that can block for as long as the sender likes: a TCP socket with `SO_LINGER {1, N}` and a
+//! full send queue waits N seconds; a Unix socket takes the descriptors queued in it along,
+//! each closed the same way. So no descriptor a peer chose (sent with a message, or a peer's
+//! connection, whose queue may hold more) is closed on a streaming or service thread, nor
+//! under a lock: it is handed here. A socket's linger is turned off first (`SO_LINGER` off:
+//! its close returns at once, the kernel finishing the shutdown in the background), which a
+//! sender can only undo while it still holds the socket, and then its own close is the last
+//! one, not ours. What still blocks (a socket re-armed in that window, or one queued inside
+//! another) blocks a closer thread: another is started for the next descriptor as long as
+//! none is idle, up to [`MAX_CLOSERS`], so one slow close never holds up the others.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "memkit-closer",
+        gst::DebugColorFlags::empty(),
+        Some("memkit transport: closing what peers sent"),
+    )
+});
+
+/// The most closer threads at once.
+pub const MAX_CLOSERS: usize = 8;
+/// A closer thread with nothing to close for this long ends.
+const IDLE: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Queue {
+    fds: VecDeque<OwnedFd>,
+    /// Closer threads running, and those waiting for work.
+    threads: usize,
+    idle: usize,
+    /// Descriptors handed over and not yet closed (queued or being closed).
+    open: usize,
+}
+
+static QUEUE: LazyLock<(Mutex<Queue>, Condvar)> = LazyLock::new(Default::default);
+
+fn queue() -> MutexGuard<'static, Queue> {
+    QUEUE.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Turns a socket's linger off (any other descriptor is left as it is): its close then
+/// returns at once.
+fn disarm(fd: BorrowedFd<'_>) {
+    // ENOTSOCK for anything but a socket: nothing to do.
+    let _ = rustix::net::sockopt::set_socket_linger(fd, None);
+}
+
+/// Closes `fds` on a closer thread; never blocks the caller.
+pub fn close_all(fds: impl IntoIterator<Item = OwnedFd>) {
+    let fds: Vec<OwnedFd> = fds.into_iter().collect();
+    if fds.is_empty() {
+        return;
+    }
+    for fd in &fds {
+        disarm(fd.as_fd());
+    }
+    let mut q = queue();
+    q.open += fds.len();
+    q.fds.extend(fds);
+    if q.idle == 0 && q.threads < MAX_CLOSERS {
+        let spawned = std::thread::Builder::new()
+            .name("memkit-closer".into())
+            .spawn(closer);
+        match spawned {
+            Ok(_) => q.threads += 1,
+            // The queue waits for a closer thread that can start (the next hand-over tries
+            // again); nothing is closed here.
+            Err(e) => gst::warning!(CAT, "cannot start a closer thread: {}", e),
+        }
+    }
+    drop(q);
+    QUEUE.1.notify_one();
+}
+
+/// Closes `fd` on a closer thread; never blocks the caller.
+pub fn close(fd: OwnedFd) {
+    close_all([fd]);
+}
+
+/// Descriptors handed over and not closed yet.
+pub fn pending() -> usize {
+    queue().open
+}
+
+/// A closer thread: closes what is queued, ends after [`IDLE`] without work.
+fn closer() {
+    let mut q = queue();
+    loop {
+        if let Some(fd) = q.fds.pop_front() {
+            drop(q);
+            drop(fd);
+            q = queue();
+            q.open -= 1;
+            continue;
+        }
+        q.idle += 1;
+        let (guard, waited) = QUEUE
+            .1
+            .wait_timeout(q, IDLE)
+            .unwrap_or_else(|e| e.into_inner());
+        q = guard;
+        q.idle -= 1;
+        if waited.timed_out() && q.fds.is_empty() {
+            q.threads -= 1;
+            return;
+        }
+    }
+}
+
+/// Descriptors received from a peer: closed on a closer thread when dropped, unless taken.
+#[derive(Default, Debug)]
+pub struct Fds(Vec<OwnedFd>);
+
+impl Fds {
+    pub fn new(fds: Vec<OwnedFd>) -> Self {
+        Fds(fds)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The descriptors, in order: closing any of them is the taker's business now.
+    pub fn take(mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Fds {
+    fn drop(&mut self) {
+        close_all(std::mem::take(&mut self.0));
+    }
+}
+
+/// A connection to a peer, closed on a closer thread when dropped: its queue may hold
+/// descriptors the peer sent, whose close would run in the closing thread.
+#[derive(Debug)]
+pub struct Conn(Option<OwnedFd>);
+
+impl Conn {
+    pub fn new(fd: OwnedFd) -> Self {
+        Conn(Some(fd))
+    }
+}
+
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_ref().expect("a connection until dropped").as_fd()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            close(fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A TCP socket whose last close blocks for `seconds` (a full send queue, linger on),
+    /// and its peer (which reads nothing) and listener.
+    fn lingering(seconds: u64) -> (OwnedFd, std::net::TcpStream, std::net::TcpListener) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        c.set_nonblocking(true).unwrap();
+        while c.write(&[0u8; 65536]).is_ok() {}
+        rustix::net::sockopt::set_socket_linger(&c, Some(Duration::from_secs(seconds))).unwrap();
+        (OwnedFd::from(c), peer, listener)
+    }
+
+    fn wait_closed() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pending() > 0 {
+            assert!(Instant::now() < deadline, "{} never closed", pending());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_lingering_socket_is_disarmed_and_closed_without_waiting() {
+        gst::init().unwrap();
+        let (fd, _peer, _l) = lingering(30);
+        let start = Instant::now();
+        close(fd);
+        wait_closed();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn one_close_that_blocks_does_not_hold_up_the_others() {
+        use rustix::event::{PollFd, PollFlags, poll};
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+        gst::init().unwrap();
+        // A lingering socket queued inside a Unix socket: out of reach of the disarming, its
+        // close (when the Unix socket's queue is purged) blocks the closer thread that
+        // closes the Unix socket, for 4 s.
+        let (fd, _peer, _l) = lingering(4);
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        super::super::socket::send(a.as_fd(), b"x", &[fd.as_fd()]).unwrap();
+        drop(fd);
+        let start = Instant::now();
+        close_all([a, b]);
+        // The next descriptor is closed by another thread meanwhile: a pipe's write end,
+        // whose read end sees the hang-up.
+        let (read, write) = std::io::pipe().unwrap();
+        let (read, write) = (OwnedFd::from(read), OwnedFd::from(write));
+        close(write);
+        let mut pfd = [PollFd::new(&read, PollFlags::IN)];
+        poll(
+            &mut pfd,
+            Some(&rustix::event::Timespec {
+                tv_sec: 30,
+                tv_nsec: 0,
+            }),
+        )
+        .unwrap();
+        let pipe_closed = start.elapsed();
+        assert!(pfd[0].revents().contains(PollFlags::HUP));
+        wait_closed();
+        let all_closed = start.elapsed();
+        assert!(
+            pipe_closed < Duration::from_secs(2) && all_closed >= Duration::from_secs(3),
+            "the pipe closed after {pipe_closed:?}, the socket after {all_closed:?}"
+        );
+    }
+}

@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Strings from a peer that GStreamer's parsers will read (caps, an event's structure, a
+//! reference timestamp meta's caps), checked for what those parsers would answer with a
+//! GLib warning instead of an error: a warning is no refusal (under `G_DEBUG=fatal_warnings`
+//! it aborts the process), so such a string is refused before GStreamer sees it.
+//!
+//! - A caps-features list (`video/x-raw(memory:DMABuf, meta:GstVideoMeta)`): a name that
+//!   `gst_caps_features_from_string` does not take ("Invalid caps feature name", "Failed
+//!   deserialize caps features"). A `(` right after a name character or a quote starts one,
+//!   inside quoted strings too (a quoted value may be caps GStreamer parses in turn); a type
+//!   (`=(int)`, `{ (int)`, `<(int)`) never follows a name.
+//! - A structure name in caps that `gst_structure_new_empty` would answer with a CRITICAL
+//!   (not a letter first, a character outside `A-Za-z0-9/-_.:+`) or a warning (0.10-style
+//!   `video/x-raw-*`, `audio/x-raw-*`): every name of a caps string (at its start and after
+//!   each `;`), and of every quoted value GStreamer may parse as caps in turn (one typed
+//!   anything but a string: `(GstCaps)"..."`, `(GstSegment)"..."`, an unknown type), checked
+//!   the same way, level by level. A quoted name in caps is refused.
+
+/// Why `text` holds a caps-features list GStreamer would warn about; `None`: it holds none.
+pub fn bad_caps_features(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b != b'(' || i == 0 || !starts_features(bytes[i - 1]) {
+            continue;
+        }
+        let rest = &text[i + 1..];
+        let list = rest.split(')').next().unwrap_or("");
+        if !features_ok(list) {
+            return Some(format!("caps features ({list}) GStreamer does not take"));
+        }
+    }
+    None
+}
+
+/// Why `text`, parsed as caps when `caps` (else as a structure), would make GStreamer warn
+/// about a structure name, its own or one of a quoted value it parses in turn; `None`: it
+/// would not.
+pub fn bad_structure_names(text: &str, caps: bool) -> Option<String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    let mut name_next = caps;
+    while i < b.len() {
+        if name_next {
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            name_next = false;
+            if i == b.len() {
+                break;
+            }
+            if b[i] == b'"' {
+                return Some("a quoted structure name in caps".into());
+            }
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b"_-+/:.".contains(&b[i])) {
+                i += 1;
+            }
+            let name = &text[start..i];
+            if !name.is_empty() && !name_ok(name) {
+                return Some(format!("a structure name GStreamer does not take ({name})"));
+            }
+            continue;
+        }
+        match b[i] {
+            b';' if caps => name_next = true,
+            b'"' => {
+                // The quoted value, unescaped, and the type it was cast to.
+                let cast = text[..i].trim_end();
+                let typed = cast
+                    .strip_suffix(')')
+                    .and_then(|c| c.rfind('(').map(|k| &c[k + 1..]));
+                let mut inner = Vec::new();
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    if i < b.len() {
+                        inner.push(b[i]);
+                    }
+                    i += 1;
+                }
+                let inner = String::from_utf8_lossy(&inner);
+                let plain = typed.is_none_or(|t| matches!(t, "string" | "str" | "s"));
+                if !plain && let Some(why) = bad_structure_names(&inner, typed != Some("structure"))
+                {
+                    return Some(why);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `gst_structure_validate_name`, and no 0.10-style raw caps (a warning).
+fn name_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.first().is_some_and(|c| c.is_ascii_alphabetic())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"/-_.:+".contains(c))
+        && !name.starts_with("video/x-raw-")
+        && !name.starts_with("audio/x-raw-")
+}
+
+/// Whether a `(` after `b` starts a caps-features list: `b` ends a structure's name
+/// (`GST_ASCII_IS_STRING`, or the quote of a quoted name).
+fn starts_features(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"_-+/:.\"".contains(&b)
+}
+
+/// Whether `gst_caps_features_from_string` takes `list` without a warning (stricter: no
+/// escapes).
+fn features_ok(list: &str) -> bool {
+    if list.is_empty() || list == "ANY" {
+        return true;
+    }
+    !list.contains('\\') && list.split(',').all(|f| feature_ok(f.trim_matches(' ')))
+}
+
+/// `gst_caps_feature_name_is_valid`: letters, `:`, a letter, then letters and digits.
+fn feature_ok(name: &str) -> bool {
+    let Some((kind, what)) = name.split_once(':') else {
+        return false;
+    };
+    !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_alphabetic())
+        && what.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && what.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_features_gstreamer_would_warn_about_are_found() {
+        for ok in [
+            "video/x-raw(memory:DMABuf), format=(string)NV12",
+            "video/x-raw(memory:SystemMemory, meta:GstVideoMeta)",
+            "video/x-raw(ANY)",
+            "video/x-raw()",
+            "x/y, a=(int)1, b={ (int)1, (int)2 }, c=<(int)1>, d=[ (int)1, (int)2 ]",
+            "x/y, t=(string)\"a (live) take\"",
+            "GstEventSegment, segment=(GstSegment)\"segment, rate=(double)1;\"",
+        ] {
+            assert_eq!(bad_caps_features(ok), None, "{ok}");
+        }
+        for bad in [
+            "x/y(?)",
+            "x/y(memory:)",
+            "x/y(memory)",
+            "x/y(:DMABuf)",
+            "x/y(memory:1a)",
+            "x/y(memory:a,)",
+            "x/y(memory:a,,meta:b)",
+            "x/y(   )",
+            "x/y(memory:a b)",
+            "x/y(memory\\:a)",
+            "\"x y\"(?)",
+            "x/y, c=(GstCaps)\"a/b(?)\"",
+        ] {
+            assert!(bad_caps_features(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn structure_names_gstreamer_would_warn_about_are_found() {
+        for (ok, caps) in [
+            (
+                "video/x-raw, format=(string)NV12; audio/x-raw, rate=(int)48000",
+                true,
+            ),
+            ("  x/y ;  ", true),
+            ("ANY", true),
+            ("x/y, t=(string)\"1; 2\"", true),
+            ("x/y, t=\"1; 2\"", true),
+            (
+                "GstEventSegment, segment=(GstSegment)\"segment\\,\\ rate\\=\\(double\\)1\\;\";",
+                false,
+            ),
+            ("x, c=(GstCaps)\"a/b\\, c\\=\\(int\\)1\\; d/e\"", false),
+            ("1x, a=(int)1", false),
+        ] {
+            assert_eq!(bad_structure_names(ok, caps), None, "{ok}");
+        }
+        for (bad, caps) in [
+            ("1x/y", true),
+            ("x/y; 2", true),
+            ("x/y; -a", true),
+            ("\"x y\", a=(int)1", true),
+            ("video/x-raw-yuv, format=(fourcc)I420", true),
+            ("x, c=(GstCaps)\"2a\"", false),
+            ("x, c=(GstCaps)\"a; 2\"", false),
+            ("x, s=(structure)\"y\\, c\\=\\(GstCaps\\)\\\"9\\\"\"", false),
+            ("GstEventSegment, segment=(GstSegment)\"3\"", false),
+        ] {
+            assert!(bad_structure_names(bad, caps).is_some(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The send path, on the streaming thread: a buffer is numbered and planned for every
+//! consumer with room under the state lock, then sent to each outside it; an event goes to
+//! everyone. Except with `OnFull::Wait` no send waits for a consumer, and a consumer whose
+//! socket is full is not even planned for until it has room again.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::super::closer::Conn;
+use super::super::peer::{Full, Plan};
+use super::super::socket;
+use super::super::wire::{self, BlockWire, BufferWire, MAX_IDS, MAX_MEMORIES, MAX_MESSAGE};
+use super::state::{CAT, Gone, Limits, OnFull, lock};
+use super::{Outgoing, Server};
+
+/// Except with `OnFull::Wait` (which waits up to `full_timeout`), an event (caps, segment,
+/// EOS) waits this long for room in a consumer's queue before that consumer, which does not
+/// read, is dropped.
+const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The consumers a buffer goes to: id, socket, what to send each.
+type Targets = Vec<(u64, Arc<Conn>, Plan)>;
+
+impl Server {
+    /// Sends `packet` (an event) to every consumer; drops the ones that fail (in `Wait` mode
+    /// those that do not read for `full_timeout`, otherwise those whose queue stays full
+    /// until one shared deadline). A flush interrupts the waits.
+    pub(super) fn broadcast(&self, packet: &[u8]) {
+        let (timeout, socks) = {
+            let s = lock(&self.state);
+            let socks: Vec<_> = s
+                .consumers
+                .iter()
+                .map(|c| (c.peer.id, c.sock.clone()))
+                .collect();
+            let timeout = match s.limits.on_full {
+                OnFull::Wait => s.limits.full_timeout,
+                _ => EVENT_SEND_TIMEOUT,
+            };
+            (timeout, socks)
+        };
+        // One deadline for all: however many consumers do not read, an event costs the
+        // stream at most that long.
+        let deadline = Instant::now() + timeout;
+        let stop = || self.stopping.load(Ordering::Relaxed);
+        for (id, sock) in socks {
+            match socket::send_until(sock.as_fd(), packet, &[], deadline, stop) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+                Err(e) => {
+                    let gone = lock(&self.state).drop_consumer(id, &format!("send failed: {e}"));
+                    gone.finish();
+                }
+            }
+        }
+    }
+
+    /// Numbers the buffer and sends it to every consumer that said hello and has room for
+    /// it. With `OnFull::Wait` a send waits for room up to `full_timeout` (a flush
+    /// interrupts it); otherwise it never waits.
+    pub fn send(&self, mut out: Outgoing<'_>) {
+        let size = out.hold.size() as u64;
+        let plain = wire::encode_buffer(&out.wire);
+        // What the packet has room for beside the buffer's own description and the blocks
+        // it may announce (16 bytes each): retired block ids, 8 bytes each.
+        let room = MAX_MESSAGE.saturating_sub(plain.len() + 16 * MAX_MEMORIES + 64) / 8;
+        let (limits, targets, gone) = self.enlist(&mut out, room.min(MAX_IDS));
+        gone.finish();
+        let plain = wire::encode_buffer(&out.wire);
+        let deadline = Instant::now() + limits.full_timeout;
+        let (mut sent_bytes, mut announced) = (0, 0);
+        for (id, sock, plan) in targets {
+            let sent = self.send_one(&sock, &out, &plan, &plain, limits.on_full, deadline);
+            let kind = sent.as_ref().err().map(std::io::Error::kind);
+            match sent {
+                Ok(()) => {
+                    sent_bytes += size;
+                    announced += plan.announce.len() as u64;
+                }
+                // Its socket queue is full (it does not read: treated like a full
+                // consumer, and not planned for again until its socket has room), or the
+                // stream is flushing: it misses this buffer.
+                Err(_)
+                    if kind == Some(std::io::ErrorKind::Interrupted)
+                        || (kind == Some(std::io::ErrorKind::WouldBlock)
+                            && limits.on_full == OnFull::Drop) =>
+                {
+                    let stall = kind == Some(std::io::ErrorKind::WouldBlock);
+                    let held = lock(&self.state).unsend(id, out.wire.id, plan, stall);
+                    drop(held);
+                    if stall {
+                        // Once per stall (it is not planned for again until it has room).
+                        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+                    }
+                }
+                Err(e) => {
+                    let why = if kind == Some(std::io::ErrorKind::WouldBlock) {
+                        format!(
+                            "read nothing for {} ms (full-timeout)",
+                            limits.full_timeout.as_millis()
+                        )
+                    } else {
+                        format!("send: {e}")
+                    };
+                    let gone = lock(&self.state).drop_consumer(id, &why);
+                    gone.finish();
+                }
+            }
+        }
+        let mut s = lock(&self.state);
+        s.stats.buffers += 1;
+        s.stats.bytes_sent += sent_bytes;
+        s.stats.blocks_announced += announced;
+    }
+
+    fn send_one(
+        &self,
+        sock: &Conn,
+        out: &Outgoing<'_>,
+        plan: &Plan,
+        plain: &[u8],
+        on_full: OnFull,
+        deadline: Instant,
+    ) -> std::io::Result<()> {
+        let (packet, fds) = if plan.retire.is_empty() && plan.announce.is_empty() {
+            (None, Vec::new())
+        } else {
+            let wire = BufferWire {
+                retire: plan.retire.clone(),
+                blocks: plan.announce.clone(),
+                ..out.wire.clone()
+            };
+            let packet = wire::encode_buffer(&wire);
+            let fds: Vec<BorrowedFd<'_>> = plan
+                .announce
+                .iter()
+                .filter_map(|a| out.blocks.iter().find(|(b, _)| b.id == a.id))
+                .map(|(_, fd)| *fd)
+                .collect();
+            (Some(packet), fds)
+        };
+        let packet = packet.as_deref().unwrap_or(plain);
+        if on_full == OnFull::Wait {
+            let stop = || self.stopping.load(Ordering::Relaxed);
+            socket::send_until(sock.as_fd(), packet, &fds, deadline, stop)
+        } else {
+            socket::try_send(sock.as_fd(), packet, &fds)
+        }
+    }
+
+    /// Numbers the buffer and plans it for every consumer with room (at most `max_retire`
+    /// retirements each), applying the full policy to the others and the bound of what all
+    /// may pin; returns the limits, the consumers to send it to, and the consumers dropped.
+    /// A consumer whose socket was full costs a flag test, nothing more.
+    fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> (Limits, Targets, Gone) {
+        let freed = self.freed.take();
+        let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
+        let mut s = lock(&self.state);
+        s.freed(&freed);
+        let limits = s.limits.clone();
+        let (max_out, on_full) = (limits.max_outstanding, limits.on_full);
+        let mut gone = s.make_room(&blocks);
+        s.next_buffer += 1;
+        let id = s.next_buffer;
+        out.wire.id = id;
+        let mut targets = Vec::with_capacity(s.consumers.len());
+        let mut full = Vec::new();
+        let mut stalled = 0;
+        let shared = &mut *s;
+        for c in shared.consumers.iter_mut().filter(|c| c.peer.ready()) {
+            if c.stalled {
+                stalled += 1;
+                continue;
+            }
+            // Record first, send second: a release can never arrive before its record.
+            match c
+                .peer
+                .plan(id, &blocks, out.hold.clone(), max_out, max_retire)
+            {
+                Ok(plan) => {
+                    shared.pins.pin(&blocks);
+                    targets.push((c.peer.id, c.sock.clone(), plan));
+                }
+                Err(why) => full.push((c.peer.id, why)),
+            }
+        }
+        s.stats.buffers_dropped += stalled;
+        for (cid, why) in full {
+            match on_full {
+                OnFull::Drop => {
+                    s.stats.buffers_dropped += 1;
+                    gst::trace!(CAT, "consumer {} is full ({:?}): buffer dropped", cid, why);
+                }
+                OnFull::Disconnect | OnFull::Wait => {
+                    let why = match why {
+                        Full::Outstanding => {
+                            format!("holds {max_out} buffers unreleased (max-outstanding)")
+                        }
+                        Full::Blocks => "every block it may map is in use".to_owned(),
+                    };
+                    gone.add(s.drop_consumer(cid, &why));
+                }
+            }
+        }
+        (limits, targets, gone)
+    }
+}

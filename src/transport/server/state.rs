@@ -1,0 +1,564 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The producer's shared state, behind its one lock: who is connected, what each consumer
+//! was sent and holds, what they pin together, who is penalized. Its invariants are kept by
+//! its own methods, whichever thread calls them (the streaming thread's send path, the
+//! service thread):
+//!
+//! - every buffer a consumer holds is pinned once in [`Pins`] and unpinned exactly when it
+//!   is released or the consumer leaves;
+//! - a consumer that leaves gives back what it held and has every block it was ever sent
+//!   retired ([`Gone`]), let go outside the lock;
+//! - nothing a peer sent is closed here: connections and descriptors go to the closer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::allocator::memfd;
+
+use super::super::closer::Conn;
+use super::super::peer::{Peer, Pins, Plan};
+use super::super::wire::{BlockWire, MAX_MEMORIES, Message};
+
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "memkit-server",
+        gst::DebugColorFlags::empty(),
+        Some("memkit transport: the producer side (memfdsink)"),
+    )
+});
+
+/// A connection that has not said hello by then is dropped: it must not hold a
+/// `max-consumers` slot for good.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most connections waiting for their hello: past it the oldest is dropped. They do not
+/// count against `max-consumers` (a flood of silent connections must not keep a real consumer
+/// out).
+pub(super) const MAX_PENDING: usize = 32;
+/// A process whose connection misbehaved (garbage, descriptors, a release of a buffer it does
+/// not hold, no hello) cannot connect again for this long: a reconnecting attacker gets one
+/// try a second.
+pub(super) const PENALTY: Duration = Duration::from_secs(1);
+
+/// What to do with a consumer that is full (holds `max_outstanding` buffers, or every block
+/// it may map is in use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// It misses buffers until it releases some; the others go on.
+    Drop,
+    /// It is dropped at once.
+    Disconnect,
+    /// The stream waits for it, up to `full_timeout`, then drops it.
+    Wait,
+}
+
+/// The bounds the producer applies; they may change while it runs.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_consumers: usize,
+    pub max_outstanding: usize,
+    pub on_full: OnFull,
+    pub full_timeout: Duration,
+    /// The most blocks (descriptors) and bytes all consumers together may pin with the
+    /// buffers they hold; past either, a connection of the peer that pins the most is
+    /// dropped (see [`Shared::make_room`]).
+    pub max_pinned_blocks: usize,
+    pub max_pinned_bytes: u64,
+}
+
+/// What the process can afford to let consumers pin: half of its descriptors
+/// (`RLIMIT_NOFILE`), at least 64.
+pub fn auto_pinned_blocks() -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    (nofile / 2).clamp(64, 1 << 20) as usize
+}
+
+/// What the process can afford to let consumers pin: a quarter of the machine's memory
+/// (`MemTotal`), 1 GiB when that cannot be read.
+pub fn auto_pinned_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib.saturating_mul(1024) / 4)
+        })
+        .unwrap_or(1 << 30)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub buffers: u64,
+    pub bytes_sent: u64,
+    pub blocks_announced: u64,
+    pub consumers_connected: u64,
+    pub consumers_dropped: u64,
+    pub consumers_refused: u64,
+    pub buffers_dropped: u64,
+    pub blocks_retired: u64,
+    pub released: u64,
+    /// Blocks and bytes the consumers pin now.
+    pub pinned_blocks: u64,
+    pub pinned_bytes: u64,
+    /// Consumers now, buffers they hold now.
+    pub consumers: u64,
+    pub outstanding: u64,
+}
+
+/// Who is at the other end of a connection (`SO_PEERCRED`, read when it connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Cred {
+    /// The credentials of the process at the other end of `sock`.
+    pub fn of(sock: &impl std::os::fd::AsFd) -> Option<Cred> {
+        let c = rustix::net::sockopt::socket_peercred(sock).ok()?;
+        Some(Cred {
+            pid: c.pid.as_raw_nonzero().get(),
+            uid: c.uid.as_raw(),
+            gid: c.gid.as_raw(),
+        })
+    }
+}
+
+/// One peer for fairness: a process (by its credentials), or a connection whose credentials
+/// are unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PeerKey {
+    Process(Cred),
+    Connection(u64),
+}
+
+pub(super) struct Consumer {
+    pub(super) peer: Peer<gst::Buffer>,
+    pub(super) sock: Arc<Conn>,
+    /// When it connected: it must say hello within [`HELLO_TIMEOUT`].
+    pub(super) since: Instant,
+    pub(super) cred: Option<Cred>,
+    /// Its socket queue was full when a buffer was sent to it (`OnFull::Drop`): it gets no
+    /// buffer, and costs no work per buffer, until the service thread sees room in it.
+    pub(super) stalled: bool,
+}
+
+impl Consumer {
+    fn key(&self) -> PeerKey {
+        self.cred
+            .map_or(PeerKey::Connection(self.peer.id), PeerKey::Process)
+    }
+}
+
+/// What a consumer that left, or released buffers, lets go: the blocks to retire for good
+/// and the buffers it held. Let go outside the state lock ([`Gone::finish`]): retiring a
+/// cached block frees it (system calls), and freeing a buffer recycles its blocks (the
+/// allocator's locks).
+#[must_use = "let it go with finish(), outside the state lock"]
+#[derive(Default)]
+pub(super) struct Gone {
+    pub(super) blocks: Vec<u64>,
+    pub(super) held: Vec<gst::Buffer>,
+}
+
+impl Gone {
+    pub(super) fn add(&mut self, other: Gone) {
+        self.blocks.extend(other.blocks);
+        self.held.extend(other.held);
+    }
+
+    /// Retires the blocks first (so that none is recycled when the buffers go), then lets
+    /// the buffers go. Linear in what was given back: a retirement is two lookups.
+    pub(super) fn finish(self) {
+        for id in &self.blocks {
+            memfd::retire_block(*id);
+        }
+        drop(self.held);
+    }
+}
+
+pub(super) struct Shared {
+    pub(super) consumers: Vec<Consumer>,
+    /// What the consumers' held buffers pin, all together.
+    pub(super) pins: Pins,
+    /// Processes that may not connect until then (they misbehaved).
+    penalties: HashMap<i32, Instant>,
+    pub(super) limits: Limits,
+    /// Packets a consumer that connects late gets first: caps, stream-start, segment.
+    pub(super) caps: Option<Vec<u8>>,
+    pub(super) stream_start: Option<Vec<u8>>,
+    pub(super) segment: Option<Vec<u8>>,
+    /// Bumped whenever those change: a consumer being accepted replays them again if they
+    /// changed while it was sent the previous ones.
+    pub(super) replay_generation: u64,
+    pub(super) stats: Stats,
+    next_consumer: u64,
+    pub(super) next_buffer: u64,
+    pub(super) running: bool,
+    pub(super) flushing: bool,
+}
+
+pub(super) type State = Arc<(Mutex<Shared>, Condvar)>;
+
+pub(super) fn lock(state: &State) -> MutexGuard<'_, Shared> {
+    state.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(super) fn new(limits: Limits) -> Shared {
+        Shared {
+            consumers: Vec::new(),
+            pins: Pins::default(),
+            penalties: Default::default(),
+            limits,
+            caps: None,
+            stream_start: None,
+            segment: None,
+            replay_generation: 0,
+            stats: Stats::default(),
+            next_consumer: 0,
+            next_buffer: 0,
+            running: true,
+            flushing: false,
+        }
+    }
+
+    pub(super) fn replay(&self) -> Vec<Vec<u8>> {
+        [&self.caps, &self.stream_start, &self.segment]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// The statistics, with the figures of now.
+    pub(super) fn stats(&self) -> Stats {
+        Stats {
+            consumers: self.consumers.len() as u64,
+            outstanding: self
+                .consumers
+                .iter()
+                .map(|c| c.peer.outstanding() as u64)
+                .sum(),
+            pinned_blocks: self.pins.count() as u64,
+            pinned_bytes: self.pins.bytes(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Consumers that said hello.
+    pub(super) fn ready(&self) -> usize {
+        self.consumers.iter().filter(|c| c.peer.ready()).count()
+    }
+
+    /// Why a connection from `cred` is refused now (its process is penalized, or
+    /// `max-consumers` said hello), counted as refused; `None`: it may join.
+    pub(super) fn refusal(&mut self, cred: Option<Cred>) -> Option<(String, bool)> {
+        let now = Instant::now();
+        self.penalties.retain(|_, until| *until > now);
+        let penalized = cred.is_some_and(|c| self.penalties.contains_key(&c.pid));
+        if !penalized && self.ready() < self.limits.max_consumers {
+            return None;
+        }
+        self.stats.consumers_refused += 1;
+        let why = if penalized {
+            "its process misbehaved less than a second ago".to_owned()
+        } else {
+            format!("{} connected (max-consumers)", self.ready())
+        };
+        Some((why, penalized))
+    }
+
+    /// A new connection on `sock` joins (to say hello within [`HELLO_TIMEOUT`]); past
+    /// [`MAX_PENDING`] connections waiting for their hello, the oldest of them is dropped.
+    pub(super) fn admit(&mut self, sock: Conn, cred: Option<Cred>) -> Gone {
+        let pending: Vec<(Instant, u64)> = self
+            .consumers
+            .iter()
+            .filter(|c| !c.peer.ready())
+            .map(|c| (c.since, c.peer.id))
+            .collect();
+        let gone = match pending.iter().min().map(|&(_, id)| id) {
+            Some(oldest) if pending.len() >= MAX_PENDING => {
+                self.drop_consumer(oldest, "the oldest of too many connections without hello")
+            }
+            _ => Gone::default(),
+        };
+        self.next_consumer += 1;
+        let id = self.next_consumer;
+        self.consumers.push(Consumer {
+            peer: Peer::new(id),
+            sock: Arc::new(sock),
+            since: Instant::now(),
+            cred,
+            stalled: false,
+        });
+        self.stats.consumers_connected += 1;
+        gst::info!(CAT, "consumer {} connected", id);
+        gone
+    }
+
+    /// Drops consumer `id`: every block it was ever sent is to be retired (it may keep them
+    /// mapped, so they must never carry a later frame), then the buffers it held let go,
+    /// both by the caller outside the lock. Its connection goes to the closer.
+    pub(super) fn drop_consumer(&mut self, id: u64, why: &str) -> Gone {
+        let Some(pos) = self.consumers.iter().position(|c| c.peer.id == id) else {
+            return Gone::default();
+        };
+        let c = self.consumers.remove(pos);
+        self.stats.consumers_dropped += 1;
+        let gone = self.leave(c.peer);
+        gst::warning!(
+            CAT,
+            "dropping consumer {}: {} ({} outstanding buffers released, their blocks retired)",
+            id,
+            why,
+            gone.held.len()
+        );
+        gone
+    }
+
+    /// Refuses consumer `id`, which said hello when `max-consumers` had said theirs.
+    fn refuse(&mut self, id: u64) -> Gone {
+        let Some(pos) = self.consumers.iter().position(|c| c.peer.id == id) else {
+            return Gone::default();
+        };
+        let c = self.consumers.remove(pos);
+        // Accepted, then refused: counted in both (connected - dropped stays who is here).
+        self.stats.consumers_refused += 1;
+        self.stats.consumers_dropped += 1;
+        gst::warning!(
+            CAT,
+            "refusing consumer {}: max-consumers said hello first",
+            id
+        );
+        self.leave(c.peer)
+    }
+
+    /// Drops consumer `id` for misbehaving: its process may not connect for [`PENALTY`].
+    pub(super) fn misbehaved(&mut self, id: u64, why: &str) -> Gone {
+        let pid = self
+            .consumers
+            .iter()
+            .find(|c| c.peer.id == id)
+            .and_then(|c| c.cred)
+            .map(|c| c.pid);
+        if let Some(pid) = pid {
+            self.penalties.insert(pid, Instant::now() + PENALTY);
+        }
+        self.drop_consumer(id, why)
+    }
+
+    #[cfg(test)]
+    pub(super) fn penalize(&mut self, pid: i32) {
+        self.penalties.insert(pid, Instant::now() + PENALTY);
+    }
+
+    #[cfg(test)]
+    pub(super) fn penalized(&self, pid: i32) -> bool {
+        self.penalties.contains_key(&pid)
+    }
+
+    /// `peer` left: what it pinned is unpinned; its blocks and buffers are returned.
+    fn leave(&mut self, peer: Peer<gst::Buffer>) -> Gone {
+        let (blocks, held) = peer.leave();
+        self.stats.blocks_retired += blocks.len() as u64;
+        let mut gone = Gone {
+            blocks,
+            held: Vec::with_capacity(held.len()),
+        };
+        for (buffer, ids) in held {
+            self.pins.unpin(&ids);
+            gone.held.push(buffer);
+        }
+        gone
+    }
+
+    /// Everyone leaves (the server stops).
+    pub(super) fn leave_all(&mut self) -> Gone {
+        let mut gone = Gone::default();
+        for c in std::mem::take(&mut self.consumers) {
+            gone.add(self.leave(c.peer));
+        }
+        gone
+    }
+
+    /// Handles one packet from consumer `id`, which came with `fds` descriptors; returns what
+    /// it let go (to be let go outside the state lock: freeing buffers recycles their
+    /// blocks). A release costs O(ids); one that names a buffer the consumer does not hold
+    /// (a flood, or a confused peer) drops it, and so does any descriptor: in protocol 2 a
+    /// consumer sends none.
+    pub(super) fn handle(&mut self, id: u64, packet: &[u8], fds: usize) -> Gone {
+        if fds > 0 {
+            let why = format!("sent {fds} descriptors (a consumer sends none)");
+            return self.misbehaved(id, &why);
+        }
+        let Some(c) = self.consumers.iter_mut().find(|c| c.peer.id == id) else {
+            return Gone::default();
+        };
+        match Message::decode(packet) {
+            Ok(Message::Release(ids)) => {
+                let mut gone = Gone::default();
+                for b in &ids {
+                    let Some((buffer, blocks)) = c.peer.release(*b) else {
+                        let why = format!("released buffer {b}, which it does not hold");
+                        gone.add(self.misbehaved(id, &why));
+                        return gone;
+                    };
+                    self.pins.unpin(&blocks);
+                    self.stats.released += 1;
+                    gone.held.push(buffer);
+                }
+                return gone;
+            }
+            Ok(Message::Hello { max_blocks }) if !c.peer.ready() => {
+                if let Err(e) = c.peer.hello(max_blocks, MAX_MEMORIES) {
+                    return self.misbehaved(id, &format!("unusable hello: {e}"));
+                }
+                // Past max-consumers (counted by hellos): refused now, it said hello too late.
+                if self.ready() > self.limits.max_consumers {
+                    return self.refuse(id);
+                }
+            }
+            Ok(other) => return self.misbehaved(id, &format!("unexpected message {other:?}")),
+            Err(e) => return self.misbehaved(id, &format!("bad message: {e}")),
+        }
+        Gone::default()
+    }
+
+    /// Drops the connections that have not said hello within [`HELLO_TIMEOUT`].
+    pub(super) fn expire_hellos(&mut self) -> Gone {
+        let late: Vec<u64> = self
+            .consumers
+            .iter()
+            .filter(|c| !c.peer.ready() && c.since.elapsed() >= HELLO_TIMEOUT)
+            .map(|c| c.peer.id)
+            .collect();
+        let mut gone = Gone::default();
+        for id in late {
+            let why = format!("no hello within {} ms", HELLO_TIMEOUT.as_millis());
+            gone.add(self.misbehaved(id, &why));
+        }
+        gone
+    }
+
+    /// Blocks of the stream were freed: each consumer that maps one retires it with its
+    /// next buffer.
+    pub(super) fn freed(&mut self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        for c in &mut self.consumers {
+            c.peer.freed(ids);
+        }
+    }
+
+    /// Buffer `buffer` was not sent to consumer `id` after all (its socket was full, or the
+    /// stream is flushing): it holds nothing of it; `stall`: its socket was full, so it is
+    /// not planned for again until it has room. Returns what was held for it, to let go
+    /// outside the lock.
+    pub(super) fn unsend(
+        &mut self,
+        id: u64,
+        buffer: u64,
+        plan: Plan,
+        stall: bool,
+    ) -> Option<gst::Buffer> {
+        self.stats.buffers_dropped += 1;
+        let c = self.consumers.iter_mut().find(|c| c.peer.id == id)?;
+        c.stalled |= stall;
+        let (held, ids) = c.peer.unsend(buffer, plan)?;
+        self.pins.unpin(&ids);
+        Some(held)
+    }
+
+    /// Consumer `id`'s socket has room again.
+    pub(super) fn unstall(&mut self, id: u64) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.peer.id == id) {
+            c.stalled = false;
+        }
+    }
+
+    /// Drops consumers until a buffer in `blocks` fits in the bounds of what all may pin (or
+    /// nobody holds anything any more). The one dropped is a connection of the peer that
+    /// pins the most, all its connections together: a process (same credentials) counts as
+    /// one peer however many connections it opens, and the peer that pins the most always
+    /// pins more than an equal share of the bound (the bound over the peers holding
+    /// buffers), so no peer within its share is dropped while another exceeds its own. Of
+    /// that peer, the connection that pins the most goes first; ties go to the one holding
+    /// the oldest buffer.
+    pub(super) fn make_room(&mut self, blocks: &[BlockWire]) -> Gone {
+        let mut gone = Gone::default();
+        loop {
+            let (n, bytes) = self.pins.added(blocks);
+            let (max_n, max_bytes) = (self.limits.max_pinned_blocks, self.limits.max_pinned_bytes);
+            let over_blocks = self.pins.count() + n > max_n;
+            if !over_blocks && self.pins.bytes() + bytes <= max_bytes {
+                return gone;
+            }
+            let Some((id, why)) = self.evictee(over_blocks) else {
+                return gone;
+            };
+            gone.add(self.drop_consumer(id, &why));
+        }
+    }
+
+    /// The connection [`make_room`](Self::make_room) drops, and why; `None` when nobody holds
+    /// anything. `by_blocks`: the bound passed is the blocks', else the bytes'.
+    fn evictee(&self, by_blocks: bool) -> Option<(u64, String)> {
+        let measure = |ids: &HashSet<u64>| {
+            if by_blocks {
+                ids.len() as u64
+            } else {
+                self.pins.bytes_of(ids)
+            }
+        };
+        // Per peer: the blocks its buffers pin (each once), and its connections holding any,
+        // with what each pins and its oldest buffer.
+        type Holders = Vec<(u64, u64, u64)>;
+        let mut peers: HashMap<PeerKey, (HashSet<u64>, Holders)> = HashMap::new();
+        for c in self.consumers.iter().filter(|c| c.peer.outstanding() > 0) {
+            let held = c.peer.held_blocks();
+            let own = measure(&held);
+            let oldest = c.peer.oldest().unwrap_or(u64::MAX);
+            let entry = peers.entry(c.key()).or_default();
+            entry.0.extend(held);
+            entry.1.push((c.peer.id, own, oldest));
+        }
+        let n_peers = peers.len() as u64;
+        let (usage, oldest, holders) = peers
+            .into_values()
+            .map(|(ids, holders)| {
+                let oldest = holders.iter().map(|h| h.2).min().unwrap_or(u64::MAX);
+                (measure(&ids), oldest, holders)
+            })
+            .max_by_key(|&(usage, oldest, _)| (usage, std::cmp::Reverse(oldest)))?;
+        let &(id, own, _) = holders
+            .iter()
+            .max_by_key(|&&(_, own, oldest)| (own, std::cmp::Reverse(oldest)))?;
+        let (unit, bound, pinned) = if by_blocks {
+            (
+                "blocks",
+                self.limits.max_pinned_blocks as u64,
+                self.pins.count() as u64,
+            )
+        } else {
+            ("bytes", self.limits.max_pinned_bytes, self.pins.bytes())
+        };
+        let why = format!(
+            "consumers pin {pinned} {unit} together (at most {bound}): its process pins the \
+             most, {usage} {unit} over {} connections (an equal share is {} of {n_peers} \
+             peers holding buffers), and this connection pins the most of them, {own}; its \
+             oldest buffer is {oldest}",
+            holders.len(),
+            bound / n_peers.max(1),
+        );
+        Some((id, why))
+    }
+}
+
+#[cfg(test)]
+mod tests;

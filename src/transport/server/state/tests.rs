@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The state's invariants: eviction at the pinned bound, misbehaviour.
+
+use super::*;
+use crate::transport::wire::MAX_IDS;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+pub(crate) fn limits() -> Limits {
+    Limits {
+        max_consumers: 8,
+        max_outstanding: 64,
+        on_full: OnFull::Drop,
+        full_timeout: Duration::from_secs(1),
+        max_pinned_blocks: 4,
+        max_pinned_bytes: 1 << 20,
+    }
+}
+
+fn shared() -> Shared {
+    gst::init().unwrap();
+    Shared::new(limits())
+}
+
+/// Adds consumer `id` of process `pid` (after its hello when `ready`).
+fn consumer(s: &mut Shared, id: u64, pid: i32) {
+    let (_ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let mut peer = Peer::new(id);
+    peer.hello(4096, MAX_MEMORIES).unwrap();
+    s.consumers.push(Consumer {
+        peer,
+        sock: Arc::new(Conn::new(theirs)),
+        since: Instant::now(),
+        cred: Some(Cred {
+            pid,
+            uid: 1000,
+            gid: 1000,
+        }),
+        stalled: false,
+    });
+}
+
+fn blk(id: u64, size: u64) -> BlockWire {
+    BlockWire { id, size }
+}
+
+/// Consumer `cid` is sent buffer `id` in `blocks`.
+fn hold(s: &mut Shared, cid: u64, id: u64, blocks: &[BlockWire]) {
+    let c = s.consumers.iter_mut().find(|c| c.peer.id == cid).unwrap();
+    c.peer
+        .plan(id, blocks, gst::Buffer::new(), 1 << 16, MAX_IDS)
+        .unwrap();
+    s.pins.pin(blocks);
+}
+
+fn ids(s: &Shared) -> Vec<u64> {
+    s.consumers.iter().map(|c| c.peer.id).collect()
+}
+
+#[test]
+fn past_the_pinned_bound_the_peer_pinning_the_most_loses_a_connection() {
+    let mut s = shared();
+    consumer(&mut s, 1, 10);
+    consumer(&mut s, 2, 20);
+    hold(&mut s, 1, 1, &[blk(1, 100)]);
+    hold(&mut s, 2, 2, &[blk(2, 1000), blk(3, 1000), blk(4, 1000)]);
+    assert_eq!(s.pins.count(), 4);
+    // A buffer in blocks already pinned needs no room.
+    let gone = s.make_room(&[blk(2, 1000)]);
+    assert!(gone.held.is_empty() && ids(&s) == vec![1, 2]);
+    // A new block would be the fifth (max-pinned-blocks 4): consumer 2 goes.
+    let gone = s.make_room(&[blk(5, 10)]);
+    assert_eq!(ids(&s), vec![1]);
+    assert_eq!((gone.held.len(), s.pins.count()), (1, 1));
+    gone.finish();
+    // The byte bound too: 1 MiB.
+    let gone = s.make_room(&[blk(6, 1 << 20)]);
+    assert!(ids(&s).is_empty(), "{:?}", ids(&s));
+    gone.finish();
+    // With nobody left to drop, the stream goes on regardless.
+    assert!(s.make_room(&[blk(7, 2 << 20)]).held.is_empty());
+}
+
+/// `n` buffers of one block each (ids from `first`) for consumer `cid`.
+fn hoard(s: &mut Shared, cid: u64, first: u64, n: u64) {
+    for b in first..first + n {
+        hold(s, cid, b, &[blk(b, 4096)]);
+    }
+}
+
+#[test]
+fn connections_of_one_process_count_as_one_peer() {
+    // Issue 27: a recorder holding a window of 48 against one process holding 47 on
+    // each of three connections, at a bound of 128 blocks. Before, the recorder was
+    // dropped ("it pins the most", per connection).
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 128;
+    consumer(&mut s, 1, 100); // the recorder
+    for hoarder in 2..=4 {
+        consumer(&mut s, hoarder, 200);
+    }
+    hoard(&mut s, 2, 1000, 47);
+    hoard(&mut s, 3, 2000, 47);
+    hoard(&mut s, 4, 3000, 33);
+    hoard(&mut s, 1, 5000, 1);
+    // The recorder goes on: a new block each buffer, the oldest released past 48.
+    for next in 5001..5101 {
+        s.make_room(&[blk(next, 4096)]).finish();
+        assert!(ids(&s).contains(&1), "the recorder was dropped");
+        hold(&mut s, 1, next, &[blk(next, 4096)]);
+        if next - 5000 >= 48 {
+            let old = next - 48;
+            let c = s.consumers.iter_mut().find(|c| c.peer.id == 1).unwrap();
+            let (_, blocks) = c.peer.release(old).unwrap();
+            s.pins.unpin(&blocks);
+        }
+        assert!(s.pins.count() <= 128);
+    }
+    assert!(ids(&s).len() < 4, "no hoarder was dropped: {:?}", ids(&s));
+}
+
+#[test]
+fn eleven_hoarders_of_one_process_lose_to_a_recorder_at_the_default_bound() {
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 512;
+    consumer(&mut s, 1, 100);
+    hoard(&mut s, 1, 100_000, 48);
+    for h in 0..11 {
+        consumer(&mut s, 2 + h, 200);
+        hoard(&mut s, 2 + h, 1000 * (h + 1), 47);
+    }
+    let gone = s.make_room(&[blk(99, 4096)]);
+    assert!(!gone.held.is_empty());
+    gone.finish();
+    assert!(ids(&s).contains(&1), "the recorder was dropped");
+    assert!(s.pins.count() < 512);
+}
+
+#[test]
+fn separate_processes_over_the_bound_lose_the_one_that_pins_the_most() {
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 10;
+    consumer(&mut s, 1, 10);
+    consumer(&mut s, 2, 20);
+    consumer(&mut s, 3, 30);
+    hoard(&mut s, 1, 100, 2);
+    hoard(&mut s, 2, 200, 5);
+    hoard(&mut s, 3, 300, 3);
+    let gone = s.make_room(&[blk(1, 4096)]);
+    assert_eq!(gone.held.len(), 5);
+    gone.finish();
+    assert_eq!(ids(&s), vec![1, 3]);
+}
+
+#[test]
+fn a_consumer_that_sends_a_descriptor_is_dropped_and_its_process_penalized() {
+    let mut s = shared();
+    consumer(&mut s, 1, 77);
+    let hello = Message::Hello { max_blocks: 64 }.encode();
+    s.handle(1, &hello, 1).finish();
+    assert!(ids(&s).is_empty());
+    assert!(s.penalized(77));
+    assert_eq!(s.stats.consumers_dropped, 1);
+}

@@ -1,0 +1,257 @@
+# SPDX-License-Identifier: MPL-2.0
+"""Hostile consumers of issue 27, each in a process of its own (so that its credentials are
+not the test's): run as `/usr/bin/python3 hostile_peers.py ATTACK PATH ARGS...`. It prints
+`landed` once the attack has reached the producer (what it sent was read or discarded: its
+socket's output queue is empty), then keeps every resource the attack needs (the peers of
+its lingering sockets, its connections) until its standard input closes.
+
+- `linger KIND PATH SECONDS COUNT`: a message carrying COUNT TCP sockets whose last close
+  blocks for SECONDS (`SO_LINGER {1, SECONDS}`, a full send queue towards a peer that reads
+  nothing); KIND is the message: `hello`, `garbage`, `behind-garbage` (a hello queued
+  behind garbage), `refused` (sent on a connection the producer refuses at accept: the
+  process misbehaved just before). After `landed` it
+  prints `dropped` or `kept`: whether the producer closed the connection within 5 s.
+- `appsrc PATH`: a producer, not a consumer: `appsrc ! memfdsink` fed 100-byte buffers of
+  zeros (500 a second until its standard input closes) in blocks from `Gst.Allocator.alloc`
+  on the registered MemfdMemory, beside a private pipeline of the same process writing random
+  bytes (`PRIVATE`); prints `landed` once the first is pushed.
+- `rest PATH`: keeps the producer's listener resting (see `rest_listener`).
+- `hoard PATH CONNECTIONS HOLD`: CONNECTIONS consumers, one after the other, each saying it
+  maps at most HOLD blocks and releasing nothing, so that each ends up holding HOLD buffers
+  of its own; prints `held N` as each fills, then `landed`.
+"""
+
+import fcntl
+import os
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+MAGIC, VERSION = 0x44464B4D, 2
+KIND_BUFFER, KIND_HELLO = 3, 5
+
+
+def hello_packet(max_blocks=512):
+    return struct.pack("<IBBI", MAGIC, VERSION, KIND_HELLO, max_blocks)
+
+
+def lingering_socket(seconds):
+    """A TCP socket whose last close blocks for `seconds`, and what keeps it so (its peer,
+    which reads nothing, and the listener)."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    c = socket.create_connection(lst.getsockname())
+    peer, _ = lst.accept()
+    c.setblocking(False)
+    try:
+        while True:
+            c.send(b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, seconds))
+    return c, [peer, lst]
+
+
+def outq(sock):
+    """Bytes `sock` has sent that its peer has not read (nor discarded)."""
+    import array
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
+    return buf[0]
+
+
+def wait_landed(sock, timeout=30):
+    end = time.time() + timeout
+    while outq(sock) > 0:
+        if time.time() > end:
+            raise SystemExit("the attack never reached the producer")
+        time.sleep(0.005)
+
+
+def connect(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    return s
+
+
+def send_with(sock, packet, fds):
+    raw = [f.detach() for f in fds]
+    socket.send_fds(sock, [packet], raw)
+    for fd in raw:
+        os.close(fd)  # the producer holds the last reference
+
+
+def rest_listener(path):
+    """Keeps the producer's listener resting (it rests 10 ms after each connection of a
+    penalized process it refuses) from another process: misbehaves once, then reconnects
+    until its standard input closes. Returns once the listener rests."""
+    p = subprocess.Popen([sys.executable, __file__, "rest", path], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    if p.stdout.readline().strip() != "resting":
+        raise SystemExit("the listener never rested")
+    return p
+
+
+def rest(path):
+    misbehave(path)
+    told = False
+    sys.stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=0)
+    os.set_blocking(sys.stdin.fileno(), False)
+    while True:
+        try:
+            if sys.stdin.read() == b"":
+                return
+        except BlockingIOError:
+            pass
+        try:
+            c = connect(path)
+            hung_up(c, 1)  # refused: closed at once
+            c.close()
+        except OSError:
+            pass
+        if not told:
+            print("resting", flush=True)
+            told = True
+
+
+def misbehave(path):
+    """Sends garbage and waits to be dropped: this process may not connect for a second."""
+    bad = connect(path)
+    bad.send(b"garbage!")
+    hung_up(bad, 10)
+    bad.close()
+
+
+def linger(kind, path, seconds, count):
+    """The descriptors go on a connection the producer accepts only after they were sent and
+    closed here (its listener kept resting by another process meanwhile): the producer holds
+    their last reference, whatever the scheduler does."""
+    keep = []
+    socks = []
+    for _ in range(count):
+        s, k = lingering_socket(seconds)
+        socks.append(s)
+        keep.extend(k)
+    if kind == "refused":
+        misbehave(path)  # this process is refused for a second
+    rester = rest_listener(path)
+    conn = connect(path)
+    if kind in ("hello", "refused"):
+        send_with(conn, hello_packet(), socks)
+    elif kind == "garbage":
+        send_with(conn, b"garbage!", socks)
+    elif kind == "behind-garbage":
+        conn.send(b"garbage!")
+        send_with(conn, hello_packet(), socks)
+    else:
+        raise SystemExit(f"unknown kind {kind}")
+    wait_landed(conn)
+    rester.stdin.close()
+    rester.wait()
+    print("landed", flush=True)
+    print("dropped" if hung_up(conn, 5) else "kept", flush=True)
+    sys.stdin.read()
+    del keep, conn
+
+
+def hung_up(conn, timeout):
+    """Whether the producer closes `conn` within `timeout` s (what it sends is discarded)."""
+    conn.settimeout(0.1)
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            msg, fds, _f, _a = socket.recv_fds(conn, 65536, 16)
+        except socket.timeout:
+            continue
+        except OSError:
+            return True
+        for fd in fds:
+            os.close(fd)
+        if not msg:
+            return True
+    return False
+
+
+def hoard(path, connections, hold):
+    conns = []
+    for _ in range(connections):
+        c = connect(path)
+        c.send(hello_packet(hold))
+        held = 0
+        while held < hold:
+            msg, fds, _f, _a = socket.recv_fds(c, 65536, 16)
+            for fd in fds:
+                os.close(fd)
+            if not msg:
+                raise SystemExit("the producer hung up on a hoarder")
+            if struct.unpack_from("<IBB", msg)[2] == KIND_BUFFER:
+                held += 1
+        conns.append(c)
+        print(f"held {held}", flush=True)
+    print("landed", flush=True)
+    sys.stdin.read()
+
+
+# A private pipeline: a burst of 2000 buffers of random bytes (3000 in blocks of 4096) held in
+# a queue, then freed one by one: its blocks wait in MemfdMemory's recycling for whoever
+# allocates next.
+PRIVATE = ("memsrc allocator=MemfdMemory pattern=random blocksize=3000 num-buffers=2000 ! "
+           "queue max-size-buffers=2000 max-size-bytes=0 max-size-time=0 ! "
+           "identity sleep-time=200 ! fakesink")
+
+
+def appsrc(path):
+    import gi
+    gi.require_version("Gst", "1.0")
+    from gi.repository import Gst
+    Gst.init(None)
+    private = Gst.parse_launch(PRIVATE)
+    private.set_state(Gst.State.PLAYING)
+    stream = Gst.parse_launch(f"appsrc name=a format=time caps=application/x-test ! "
+                              f"memfdsink socket-path={path}")
+    src = stream.get_by_name("a")
+    stream.set_state(Gst.State.PLAYING)
+    allocator = Gst.Allocator.find("MemfdMemory")
+    os.set_blocking(sys.stdin.fileno(), False)
+    told = False
+    while True:
+        try:
+            if sys.stdin.buffer.read() == b"":
+                break
+        except (BlockingIOError, TypeError):
+            pass
+        buf = Gst.Buffer.new()
+        buf.append_memory(Gst.Allocator.alloc(allocator, 100, None))
+        buf.fill(0, b"\0" * 100)
+        if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
+            break
+        if not told:
+            print("landed", flush=True)
+            told = True
+        time.sleep(0.002)
+    stream.set_state(Gst.State.NULL)
+    private.set_state(Gst.State.NULL)
+
+
+def main():
+    attack, *args = sys.argv[1:]
+    if attack == "linger":
+        kind, path, seconds, count = args
+        linger(kind, path, int(seconds), int(count))
+    elif attack == "rest":
+        rest(args[0])
+    elif attack == "appsrc":
+        appsrc(args[0])
+    elif attack == "hoard":
+        path, connections, hold = args
+        hoard(path, int(connections), int(hold))
+    else:
+        raise SystemExit(f"unknown attack {attack}")
+
+
+if __name__ == "__main__":
+    main()
