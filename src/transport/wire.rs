@@ -151,7 +151,7 @@ pub enum ProtoError {
     BadEvent(u8),
     /// A string for GStreamer's parser nests brackets deeper than [`MAX_NESTING`].
     #[error(
-        "a string nested {0} levels deep (at most {MAX_NESTING}): refused before GStreamer parses it"
+        "a string nested at least {0} levels deep (at most {MAX_NESTING}): refused before GStreamer parses it"
     )]
     TooDeep(usize),
     /// A string for GStreamer's parser that it would answer with a warning.
@@ -159,22 +159,78 @@ pub enum ProtoError {
     Unparsable(String),
 }
 
-/// How deep `text` nests brackets (`{ [ < (`, counted inside quoted strings too: a quoted
-/// value may be a structure or caps that GStreamer parses in turn); a closing bracket never
-/// takes the count below zero.
+/// How deep GStreamer's parsers would recurse on `text`, following its value syntax: every
+/// `{ [ < (` opens a level and its closer ends one (never below where the enclosing text
+/// began); a quoted string (`"` to the next `"` not escaped by `\`) is one level more, and
+/// its unescaped content (as `gst_string_unwrap` makes it, octal escapes too) is counted again
+/// as text at that level: a `(GstStructure)`, `(GstCaps)` or `(GstTagList)` value is such a
+/// string, and GStreamer parses it in turn. Every quoted string is counted so, whatever its
+/// type; brackets inside one never lower the count of the text around it. Past
+/// [`MAX_NESTING`] it no longer looks inside quoted strings (so its work and its own recursion
+/// stay bounded), and the count is then a lower bound.
 pub fn nesting(text: &str) -> usize {
-    let (mut depth, mut max) = (0usize, 0usize);
-    for b in text.bytes() {
-        match b {
+    depth_of(text.as_bytes(), 0)
+}
+
+/// The deepest level in `text` when it begins at level `base`; stops once past
+/// [`MAX_NESTING`]: it does not look inside a quoted string past that level (so it recurses
+/// at most that deep), and the count it returns is then a lower bound.
+fn depth_of(text: &[u8], base: usize) -> usize {
+    let (mut depth, mut max) = (base, base);
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
             b'{' | b'[' | b'<' | b'(' => {
                 depth += 1;
                 max = max.max(depth);
             }
-            b'}' | b']' | b'>' | b')' => depth = depth.saturating_sub(1),
+            b'}' | b']' | b'>' | b')' => depth = depth.saturating_sub(1).max(base),
+            b'"' => {
+                let (inner, next) = unwrap(&text[i + 1..]);
+                max = max.max(match depth + 1 {
+                    d if d > MAX_NESTING => d,
+                    d => depth_of(&inner, d),
+                });
+                i += 1 + next;
+                continue;
+            }
             _ => {}
         }
+        i += 1;
     }
     max
+}
+
+/// The content of the quoted string that `rest` begins just after its opening `"`, unescaped
+/// as `gst_string_unwrap` does (`\ooo` an octal byte, `\x` the byte `x`), and how many
+/// bytes of `rest` it spans with its closing `"`. An unterminated string runs to the end.
+fn unwrap(rest: &[u8]) -> (Vec<u8>, usize) {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'"' => return (out, i + 1),
+            b'\\' => {
+                let octal = |b: Option<&u8>, hi: u8| b.is_some_and(|b| (b'0'..=hi).contains(b));
+                if octal(rest.get(i + 1), b'3')
+                    && octal(rest.get(i + 2), b'7')
+                    && octal(rest.get(i + 3), b'7')
+                {
+                    let v = |k: usize| rest[i + k] - b'0';
+                    out.push((v(1) << 6) | (v(2) << 3) | v(3));
+                    i += 4;
+                } else {
+                    out.extend(rest.get(i + 1));
+                    i += 2;
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    (out, rest.len())
 }
 
 // ----- encoding ----------------------------------------------------------------------------
@@ -554,7 +610,28 @@ mod tests {
         let deep = |n| format!("x, v=(int){}1{}", "{".repeat(n), "}".repeat(n));
         assert_eq!(nesting(&deep(MAX_NESTING)), MAX_NESTING);
         assert_eq!(nesting("}}}{"), 1, "closers first do not buy depth");
-        assert_eq!(nesting("a=(string)\"{{\", b"), 2, "quoted brackets count");
+        assert_eq!(
+            nesting("a=(string)\"{{\", b"),
+            3,
+            "a quoted string is a level more"
+        );
+        assert_eq!(
+            nesting("v={ \"}}}\", { 1 } }"),
+            2,
+            "quoted closers close nothing"
+        );
+        assert_eq!(
+            nesting(r#"v="\"{{" }"#),
+            4,
+            "an escaped quote does not end the string"
+        );
+        assert_eq!(
+            nesting(r#"v="\173\173""#),
+            3,
+            "octal escapes are brackets too"
+        );
+        let twice = r#"s=(GstStructure)"t, u=(GstStructure)\"w, v={ 1 }\";""#;
+        assert_eq!(nesting(twice), 3, "structures in structures");
         let ok = Message::Caps(deep(MAX_NESTING));
         assert_eq!(Message::decode(&ok.encode()), Ok(ok));
         for m in [
