@@ -66,6 +66,10 @@ pub const PURGE_DEPTH: usize = 4;
 /// The most packets (or pending connections) taken from one Unix socket being emptied: one
 /// that holds more is left to a closer thread.
 const PURGE_PACKETS: usize = 1024;
+/// The most packets and pending connections taken in all by one [`close_all`], so that its
+/// caller's work stays bounded whatever is queued (past it, Unix sockets go to a closer
+/// thread as they are).
+const PURGE_BUDGET: usize = 4096;
 
 /// Whether `fd` is a Unix socket.
 fn is_unix(fd: BorrowedFd<'_>) -> bool {
@@ -78,7 +82,13 @@ fn is_unix(fd: BorrowedFd<'_>) -> bool {
 /// are pushed to `found`, `depth` deep. Never waits. `true` when the socket is empty now, so
 /// that its close releases nothing a peer chose (a listener is never said to be: a peer may
 /// connect until it is closed).
-fn purge(fd: BorrowedFd<'_>, depth: usize, found: &mut Vec<(OwnedFd, usize)>) -> bool {
+/// `budget`: packets and connections that may still be taken; none left, `false`.
+fn purge(
+    fd: BorrowedFd<'_>,
+    depth: usize,
+    found: &mut Vec<(OwnedFd, usize)>,
+    budget: &mut usize,
+) -> bool {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketFlags};
     use std::io::IoSliceMut;
     use std::mem::MaybeUninit;
@@ -88,7 +98,8 @@ fn purge(fd: BorrowedFd<'_>, depth: usize, found: &mut Vec<(OwnedFd, usize)>) ->
             tv_sec: 0,
             tv_nsec: 0,
         };
-        for _ in 0..PURGE_PACKETS {
+        for _ in 0..PURGE_PACKETS.min(*budget) {
+            *budget -= 1;
             // A blocking listener's accept waits: asked first whether one is pending (a
             // pending Unix connection cannot vanish before it is accepted).
             let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
@@ -111,7 +122,8 @@ fn purge(fd: BorrowedFd<'_>, depth: usize, found: &mut Vec<(OwnedFd, usize)>) ->
     // SCM_MAX_FD: room for every descriptor one packet may carry, so that none is discarded
     // (the kernel would close it here).
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253), ScmCredentials(1))];
-    for _ in 0..PURGE_PACKETS {
+    for _ in 0..PURGE_PACKETS.min(*budget) {
+        *budget -= 1;
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let got = rustix::net::recvmsg(
             fd,
@@ -142,9 +154,13 @@ fn purge(fd: BorrowedFd<'_>, depth: usize, found: &mut Vec<(OwnedFd, usize)>) ->
 pub fn close_all(fds: impl IntoIterator<Item = OwnedFd>) {
     let mut work: Vec<(OwnedFd, usize)> = fds.into_iter().map(|f| (f, 0)).collect();
     let mut fds = Vec::new();
+    let mut budget = PURGE_BUDGET;
     while let Some((fd, depth)) = work.pop() {
         disarm(fd.as_fd());
-        if depth < PURGE_DEPTH && is_unix(fd.as_fd()) && purge(fd.as_fd(), depth, &mut work) {
+        if depth < PURGE_DEPTH
+            && is_unix(fd.as_fd())
+            && purge(fd.as_fd(), depth, &mut work, &mut budget)
+        {
             drop(fd);
         } else {
             fds.push(fd);
