@@ -320,7 +320,10 @@ mod tests {
             start.elapsed()
         );
         // Refused at accept (its process penalized): the same, on the accepting thread.
-        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let me = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         lock(&state).penalize(me);
         let (ours2, theirs) = socket_pair();
         let (fd, _peer, _l) = lingering(LINGER);
@@ -425,8 +428,11 @@ mod tests {
         let state = state();
         let (_ours, id) = connect(&state);
         lock(&state).handle(id, b"garbage", 0).finish();
-        // A socket pair's peer is this very process: penalized now.
-        let me = rustix::process::getpid().as_raw_nonzero().get();
+        // A socket pair's peer is this very process: its user and group penalized now.
+        let me = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         assert!(lock(&state).penalized(me));
         let (_ours, theirs) = socket_pair();
         assert!(
