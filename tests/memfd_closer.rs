@@ -128,7 +128,7 @@ fn a_lingering_socket_on_a_connection_never_accepted_is_disarmed_when_the_listen
         keep.push(k);
         conns.push(c);
     }
-    closer::close(listener);
+    closer::close_listener(listener);
     let took = closed_within(Duration::from_secs(30));
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&dir);

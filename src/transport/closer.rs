@@ -83,16 +83,22 @@ fn is_unix(fd: BorrowedFd<'_>) -> bool {
 /// that its close releases nothing a peer chose (a listener is never said to be: a peer may
 /// connect until it is closed).
 /// `budget`: packets and connections that may still be taken; none left, `false`.
+/// A listener's pending connections are accepted only when it is our own (`depth` 0 in
+/// [`close_listener`]): a listener a peer sent may still be its own, in use.
 fn purge(
     fd: BorrowedFd<'_>,
     depth: usize,
     found: &mut Vec<(OwnedFd, usize)>,
     budget: &mut usize,
+    own_listener: bool,
 ) -> bool {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketFlags};
     use std::io::IoSliceMut;
     use std::mem::MaybeUninit;
     if rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false) {
+        if !own_listener {
+            return false;
+        }
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
         let now = Timespec {
             tv_sec: 0,
@@ -152,14 +158,29 @@ fn purge(
 /// Closes `fds` without ever blocking the caller: sockets disarmed, Unix sockets emptied (see
 /// [`purge`]) and then closed here, what may still block handed to a closer thread.
 pub fn close_all(fds: impl IntoIterator<Item = OwnedFd>) {
-    let mut work: Vec<(OwnedFd, usize)> = fds.into_iter().map(|f| (f, 0)).collect();
+    close_with(fds.into_iter().map(|f| (f, 0)).collect(), false);
+}
+
+/// Closes our own listening socket like [`close_all`], its pending connections accepted and
+/// emptied first (what their peers queued in them is disarmed, not waited for).
+pub fn close_listener(listener: OwnedFd) {
+    close_with(vec![(listener, 0)], true);
+}
+
+fn close_with(mut work: Vec<(OwnedFd, usize)>, own_listener: bool) {
     let mut fds = Vec::new();
     let mut budget = PURGE_BUDGET;
     while let Some((fd, depth)) = work.pop() {
         disarm(fd.as_fd());
         if depth < PURGE_DEPTH
             && is_unix(fd.as_fd())
-            && purge(fd.as_fd(), depth, &mut work, &mut budget)
+            && purge(
+                fd.as_fd(),
+                depth,
+                &mut work,
+                &mut budget,
+                own_listener && depth == 0,
+            )
         {
             drop(fd);
         } else {

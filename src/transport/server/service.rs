@@ -135,8 +135,9 @@ pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>, wa
     }
     // Closing the listener closes the connections still waiting to be accepted, and with
     // them what their peers queued in them: descriptors whose close may block (a TCP socket
-    // with SO_LINGER), which `Server::stop` would wait for here.
-    super::super::closer::close(listener);
+    // with SO_LINGER), which `Server::stop` would wait for here: they are accepted and
+    // emptied first, what they held disarmed, and the listener closed off this thread.
+    super::super::closer::close_listener(listener);
 }
 
 /// Accepts a new consumer: refused when `max_consumers` have said hello or its process is
