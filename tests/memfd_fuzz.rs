@@ -259,7 +259,7 @@ fn send(sock: &OwnedFd, packet: &[u8], fds: &[OwnedFd]) -> bool {
 
 /// A string for GStreamer's parsers: fine, or not fixed, garbage, nested, or long.
 fn text(rng: &mut Rng, good: &str) -> String {
-    match rng.below(8) {
+    match rng.below(11) {
         0..=3 => good.to_owned(),
         4 => "video/x-raw, width=(int)[ 1, 10 ]".to_owned(),
         5 => String::from_utf8_lossy(&rng.garbage()).into_owned(),
@@ -267,7 +267,58 @@ fn text(rng: &mut Rng, good: &str) -> String {
             let depth = rng.pick(&[10, 64, 65, 1000, 30_000]);
             format!("x/y, v=(int){}1{}", "{".repeat(depth), "}".repeat(depth))
         }
+        7 => nested_shapes(rng),
         _ => format!("x/y, v=(string)\"{}\"", "a".repeat(60_000)),
+    }
+}
+
+/// Deep nesting a plain bracket count misses or miscounts: closers inside quoted strings, every
+/// kind of bracket, brackets as octal escapes, escaped quotes, structures and caps inside quoted
+/// strings that GStreamer parses again.
+fn nested_shapes(rng: &mut Rng) -> String {
+    let depth = rng.pick(&[10, 64, 65, 1000, 25_000]);
+    let (open, close) = rng.pick(&[("{", "}"), ("<", ">"), ("[", "]"), ("(", ")")]);
+    match rng.below(5) {
+        0 => {
+            // `{{{"}}}", {{{"}}}", ... 1`: the quoted closers close nothing.
+            let group = rng.pick(&[7, 60]);
+            let mut out = String::from("x/y, v=");
+            let mut done = 0;
+            while done < depth {
+                let k = group.min(depth - done);
+                out += &format!("{}\"{}\",", open.repeat(k), close.repeat(k));
+                done += k;
+            }
+            out + "1"
+        }
+        1 => format!(
+            "x/y, v=(GstStructure)\"s, w={}1{}\"",
+            "\\173".repeat(depth.min(7_000)),
+            "\\175".repeat(depth.min(7_000))
+        ),
+        2 => format!(
+            "x/y, v=\"\\\"{}\", w={}1{}",
+            close.repeat(depth.min(20_000)),
+            open.repeat(depth.min(20_000)),
+            close.repeat(depth.min(20_000))
+        ),
+        3 => {
+            let inner = format!(
+                "{}1{}",
+                "{".repeat(depth.min(20_000)),
+                "}".repeat(depth.min(20_000))
+            );
+            let what = rng.pick(&["GstStructure", "GstCaps", "GstTagList"]);
+            format!("x/y, v=({what})\"s, w={inner}\"")
+        }
+        _ => {
+            let inner = format!(
+                "{}1{}",
+                "{".repeat(depth.min(20_000)),
+                "}".repeat(depth.min(20_000))
+            );
+            format!("x/y, v=(GstStructure)[s, w={inner}]")
+        }
     }
 }
 

@@ -1419,6 +1419,65 @@ fn deeply_nested_caps_segments_and_meta_caps_are_refused_before_gstreamer_parses
     );
 }
 
+/// A list nested `levels` deep whose closing brackets, `group` at a time, sit inside a quoted
+/// string element: `{{{"}}}", {{{"}}}", ... 1`. GStreamer's depth is `levels`; a count of
+/// brackets that does not skip quoted strings sees `group`.
+fn nested_behind_quoted_closers(levels: usize, group: usize) -> String {
+    let mut out = String::new();
+    let mut done = 0;
+    while done < levels {
+        let k = group.min(levels - done);
+        out += &format!("{}\"{}\",", "{".repeat(k), "}".repeat(k));
+        done += k;
+    }
+    out + "1"
+}
+
+#[test]
+fn nesting_hidden_behind_quoted_closers_is_refused_not_a_crash() {
+    // Found by the review of issue 27: `nesting()` counted the brackets inside quoted strings,
+    // closing ones too, so 30,000 real levels were counted as 60 and GStreamer's value parser
+    // overflowed the streaming thread's stack (SIGSEGV, 4 of 4 runs).
+    let deep = nested_behind_quoted_closers(30_000, 60);
+    let caps = format!("x/y, v={deep}");
+    assert!(Message::Caps(caps.clone()).encode().len() <= transport::wire::MAX_MESSAGE);
+    assert_refused(
+        consume(
+            "deep-quoted-caps",
+            vec![caps_packet(&caps), segment_packet(), eos_packet()],
+            "",
+        ),
+        "nested",
+    );
+    let segment = format!("GstEventSegment, v={deep}");
+    assert_refused(
+        consume(
+            "deep-quoted-segment",
+            vec![
+                caps_packet("application/octet-stream"),
+                (Message::Event(EventKind::Segment, segment).encode(), vec![]),
+                eos_packet(),
+            ],
+            "",
+        ),
+        "nested",
+    );
+    // Brackets written as octal escapes inside a structure GStreamer parses again.
+    let octal = format!(
+        "x/y, v=(GstStructure)\"s, w={}1{}\"",
+        "\\173".repeat(100),
+        "\\175".repeat(100)
+    );
+    assert_refused(
+        consume(
+            "deep-octal-caps",
+            vec![caps_packet(&octal), segment_packet(), eos_packet()],
+            "",
+        ),
+        "nested",
+    );
+}
+
 #[test]
 fn caps_nested_a_little_are_fine() {
     // Arrays (fixed, unlike lists) four deep.

@@ -9,9 +9,16 @@
 //! under a lock: it is handed here. A socket's linger is turned off first (`SO_LINGER` off:
 //! its close returns at once, the kernel finishing the shutdown in the background), which a
 //! sender can only undo while it still holds the socket, and then its own close is the last
-//! one, not ours. What still blocks (a socket re-armed in that window, or one queued inside
-//! another) blocks a closer thread: another is started for the next descriptor as long as
-//! none is idle, up to [`MAX_CLOSERS`], so one slow close never holds up the others.
+//! one, not ours. A Unix socket is emptied before it is closed ([`purge`]): shut for reading
+//! (so that nothing more can be queued in it), then what it holds is received (pending
+//! connections of a listener accepted), each descriptor that came disarmed the same way and
+//! Unix sockets emptied in turn, [`PURGE_DEPTH`] deep; an emptied Unix socket's close then
+//! releases nothing a peer chose and is done at once, by the caller. What still blocks (a
+//! socket re-armed in that window, a file whose release waits on its server, Unix sockets
+//! nested deeper) blocks a closer thread: another is started for the next descriptor as long
+//! as none is idle, up to [`MAX_CLOSERS`], so one slow close never holds up the others; and as
+//! only those few reach the closer threads, a clean connection's close never queues behind
+//! them.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -54,14 +61,134 @@ fn disarm(fd: BorrowedFd<'_>) {
     let _ = rustix::net::sockopt::set_socket_linger(fd, None);
 }
 
-/// Closes `fds` on a closer thread; never blocks the caller.
+/// How deep Unix sockets inside Unix sockets are emptied before they are closed.
+pub const PURGE_DEPTH: usize = 4;
+/// The most packets (or pending connections) taken from one Unix socket being emptied: one
+/// that holds more is left to a closer thread.
+const PURGE_PACKETS: usize = 1024;
+/// The most packets and pending connections taken in all by one [`close_all`], so that its
+/// caller's work stays bounded whatever is queued (past it, Unix sockets go to a closer
+/// thread as they are).
+const PURGE_BUDGET: usize = 4096;
+
+/// Whether `fd` is a Unix socket.
+fn is_unix(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == rustix::net::AddressFamily::UNIX)
+}
+
+/// Empties the Unix socket `fd` (about to be closed) of what a peer may have queued in it:
+/// shut for reading first (a peer can queue nothing more), then its packets are received and
+/// dropped, or, for a listener, its pending connections accepted; the descriptors that came
+/// are pushed to `found`, `depth` deep. Never waits. `true` when the socket is empty now, so
+/// that its close releases nothing a peer chose (a listener is never said to be: a peer may
+/// connect until it is closed).
+/// `budget`: packets and connections that may still be taken; none left, `false`.
+/// A listener's pending connections are accepted only when it is our own (`depth` 0 in
+/// [`close_listener`]): a listener a peer sent may still be its own, in use.
+fn purge(
+    fd: BorrowedFd<'_>,
+    depth: usize,
+    found: &mut Vec<(OwnedFd, usize)>,
+    budget: &mut usize,
+    own_listener: bool,
+) -> bool {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketFlags};
+    use std::io::IoSliceMut;
+    use std::mem::MaybeUninit;
+    if rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false) {
+        if !own_listener {
+            return false;
+        }
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        for _ in 0..PURGE_PACKETS.min(*budget) {
+            *budget -= 1;
+            // A blocking listener's accept waits: asked first whether one is pending (a
+            // pending Unix connection cannot vanish before it is accepted).
+            let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+            if !matches!(poll(&mut pfd, Some(&now)), Ok(1)) {
+                break;
+            }
+            match rustix::net::accept_with(fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+                Ok(conn) => found.push((conn, depth + 1)),
+                Err(_) => break,
+            }
+        }
+        return false;
+    }
+    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Read);
+    // Every packet received then comes with its sender's credentials, even one of no bytes:
+    // a receive of nothing without them is the end of the queue (a socket shut for reading
+    // answers 0, not EAGAIN, once it is empty).
+    let _ = rustix::net::sockopt::set_socket_passcred(fd, true);
+    let mut buf = [0u8; 64];
+    // SCM_MAX_FD: room for every descriptor one packet may carry, so that none is discarded
+    // (the kernel would close it here).
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253), ScmCredentials(1))];
+    for _ in 0..PURGE_PACKETS.min(*budget) {
+        *budget -= 1;
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            fd,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        );
+        let mut packet = false;
+        for m in control.drain() {
+            packet = true;
+            if let RecvAncillaryMessage::ScmRights(rights) = m {
+                found.extend(rights.map(|f| (f, depth + 1)));
+            }
+        }
+        match got {
+            Ok(m) if m.bytes == 0 && !packet => return true,
+            Ok(_) => continue,
+            Err(rustix::io::Errno::AGAIN) => return true,
+            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::CONNRESET) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Closes `fds` without ever blocking the caller: sockets disarmed, Unix sockets emptied (see
+/// [`purge`]) and then closed here, what may still block handed to a closer thread.
 pub fn close_all(fds: impl IntoIterator<Item = OwnedFd>) {
-    let fds: Vec<OwnedFd> = fds.into_iter().collect();
+    close_with(fds.into_iter().map(|f| (f, 0)).collect(), false);
+}
+
+/// Closes our own listening socket like [`close_all`], its pending connections accepted and
+/// emptied first (what their peers queued in them is disarmed, not waited for).
+pub fn close_listener(listener: OwnedFd) {
+    close_with(vec![(listener, 0)], true);
+}
+
+fn close_with(mut work: Vec<(OwnedFd, usize)>, own_listener: bool) {
+    let mut fds = Vec::new();
+    let mut budget = PURGE_BUDGET;
+    while let Some((fd, depth)) = work.pop() {
+        disarm(fd.as_fd());
+        if depth < PURGE_DEPTH
+            && is_unix(fd.as_fd())
+            && purge(
+                fd.as_fd(),
+                depth,
+                &mut work,
+                &mut budget,
+                own_listener && depth == 0,
+            )
+        {
+            drop(fd);
+        } else {
+            fds.push(fd);
+        }
+    }
     if fds.is_empty() {
         return;
-    }
-    for fd in &fds {
-        disarm(fd.as_fd());
     }
     let mut q = queue();
     q.open += fds.len();
@@ -170,10 +297,19 @@ impl Drop for Conn {
     }
 }
 
+/// Held by every test that counts on the closer threads of its process (they are shared): one
+/// such test at a time.
+#[cfg(test)]
+pub static TEST_SERIAL: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    fn serial() -> MutexGuard<'static, ()> {
+        TEST_SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     /// A TCP socket whose last close blocks for `seconds` (a full send queue, linger on),
     /// and its peer (which reads nothing) and listener.
@@ -199,6 +335,7 @@ mod tests {
     #[test]
     fn a_lingering_socket_is_disarmed_and_closed_without_waiting() {
         gst::init().unwrap();
+        let _one = serial();
         let (fd, _peer, _l) = lingering(30);
         let start = Instant::now();
         close(fd);
@@ -215,21 +352,25 @@ mod tests {
         use rustix::event::{PollFd, PollFlags, poll};
         use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
         gst::init().unwrap();
-        // A lingering socket queued inside a Unix socket: out of reach of the disarming, its
-        // close (when the Unix socket's queue is purged) blocks the closer thread that
-        // closes the Unix socket, for 4 s.
+        let _one = serial();
+        // A lingering socket queued inside Unix sockets nested deeper than the closer empties
+        // them: out of reach of the disarming, its close (when the innermost Unix socket's
+        // queue is purged) blocks the closer thread that closes that socket, for 4 s.
         let (fd, _peer, _l) = lingering(4);
-        let (a, b) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
-        super::super::socket::send(a.as_fd(), b"x", &[fd.as_fd()]).unwrap();
-        drop(fd);
+        let mut inner = fd;
+        for _ in 0..=PURGE_DEPTH {
+            let (a, b) = socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .unwrap();
+            super::super::socket::send(a.as_fd(), b"x", &[inner.as_fd()]).unwrap();
+            inner = b;
+        }
         let start = Instant::now();
-        close_all([a, b]);
+        close(inner);
         // The next descriptor is closed by another thread meanwhile: a pipe's write end,
         // whose read end sees the hang-up.
         let (read, write) = std::io::pipe().unwrap();

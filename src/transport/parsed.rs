@@ -130,6 +130,81 @@ fn feature_ok(name: &str) -> bool {
         && what.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// How deep GStreamer's parsers would recurse on `text`, following its value syntax: every
+/// `{ [ < (` opens a level and its closer ends one (never below where the enclosing text
+/// began); a quoted string (`"` to the next `"` not escaped by `\`) is one level more, and
+/// its unescaped content (as `gst_string_unwrap` makes it, octal escapes too) is counted again
+/// as text at that level: a `(GstStructure)`, `(GstCaps)` or `(GstTagList)` value is such a
+/// string, and GStreamer parses it in turn. Every quoted string is counted so, whatever its
+/// type; brackets inside one never lower the count of the text around it. Past
+/// [`MAX_NESTING`](super::wire::MAX_NESTING) it no longer looks inside quoted strings (so its
+/// work and its own recursion stay bounded), and the count is then a lower bound.
+pub fn nesting(text: &str) -> usize {
+    depth_of(text.as_bytes(), 0)
+}
+
+/// The deepest level in `text` when it begins at level `base`; stops once past
+/// [`MAX_NESTING`](super::wire::MAX_NESTING): it does not look inside a quoted string past
+/// that level (so it recurses at most that deep), and the count it returns is then a lower
+/// bound.
+fn depth_of(text: &[u8], base: usize) -> usize {
+    let (mut depth, mut max) = (base, base);
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'{' | b'[' | b'<' | b'(' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' | b'>' | b')' => depth = depth.saturating_sub(1).max(base),
+            b'"' => {
+                let (inner, next) = unwrap(&text[i + 1..]);
+                max = max.max(match depth + 1 {
+                    d if d > super::wire::MAX_NESTING => d,
+                    d => depth_of(&inner, d),
+                });
+                i += 1 + next;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    max
+}
+
+/// The content of the quoted string that `rest` begins just after its opening `"`, unescaped
+/// as `gst_string_unwrap` does (`\ooo` an octal byte, `\x` the byte `x`), and how many
+/// bytes of `rest` it spans with its closing `"`. An unterminated string runs to the end.
+fn unwrap(rest: &[u8]) -> (Vec<u8>, usize) {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'"' => return (out, i + 1),
+            b'\\' => {
+                let octal = |b: Option<&u8>, hi: u8| b.is_some_and(|b| (b'0'..=hi).contains(b));
+                if octal(rest.get(i + 1), b'3')
+                    && octal(rest.get(i + 2), b'7')
+                    && octal(rest.get(i + 3), b'7')
+                {
+                    let v = |k: usize| rest[i + k] - b'0';
+                    out.push((v(1) << 6) | (v(2) << 3) | v(3));
+                    i += 4;
+                } else {
+                    out.extend(rest.get(i + 1));
+                    i += 2;
+                }
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    (out, rest.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,8 @@ pub const MAX_PLANES: usize = 4;
 /// level, and 64 KiB of `{` overflow a streaming thread's stack. Real caps nest a few levels.
 pub const MAX_NESTING: usize = 64;
 
+pub use super::parsed::nesting;
+
 const KIND_CAPS: u8 = 1;
 const KIND_EVENT: u8 = 2;
 const KIND_BUFFER: u8 = 3;
@@ -151,30 +153,12 @@ pub enum ProtoError {
     BadEvent(u8),
     /// A string for GStreamer's parser nests brackets deeper than [`MAX_NESTING`].
     #[error(
-        "a string nested {0} levels deep (at most {MAX_NESTING}): refused before GStreamer parses it"
+        "a string nested at least {0} levels deep (at most {MAX_NESTING}): refused before GStreamer parses it"
     )]
     TooDeep(usize),
     /// A string for GStreamer's parser that it would answer with a warning.
     #[error("{0}: refused before GStreamer parses it")]
     Unparsable(String),
-}
-
-/// How deep `text` nests brackets (`{ [ < (`, counted inside quoted strings too: a quoted
-/// value may be a structure or caps that GStreamer parses in turn); a closing bracket never
-/// takes the count below zero.
-pub fn nesting(text: &str) -> usize {
-    let (mut depth, mut max) = (0usize, 0usize);
-    for b in text.bytes() {
-        match b {
-            b'{' | b'[' | b'<' | b'(' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b'}' | b']' | b'>' | b')' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
 }
 
 // ----- encoding ----------------------------------------------------------------------------
@@ -554,7 +538,28 @@ mod tests {
         let deep = |n| format!("x, v=(int){}1{}", "{".repeat(n), "}".repeat(n));
         assert_eq!(nesting(&deep(MAX_NESTING)), MAX_NESTING);
         assert_eq!(nesting("}}}{"), 1, "closers first do not buy depth");
-        assert_eq!(nesting("a=(string)\"{{\", b"), 2, "quoted brackets count");
+        assert_eq!(
+            nesting("a=(string)\"{{\", b"),
+            3,
+            "a quoted string is a level more"
+        );
+        assert_eq!(
+            nesting("v={ \"}}}\", { 1 } }"),
+            2,
+            "quoted closers close nothing"
+        );
+        assert_eq!(
+            nesting(r#"v="\"{{" }"#),
+            4,
+            "an escaped quote does not end the string"
+        );
+        assert_eq!(
+            nesting(r#"v="\173\173""#),
+            3,
+            "octal escapes are brackets too"
+        );
+        let twice = r#"s=(GstStructure)"t, u=(GstStructure)\"w, v={ 1 }\";""#;
+        assert_eq!(nesting(twice), 3, "structures in structures");
         let ok = Message::Caps(deep(MAX_NESTING));
         assert_eq!(Message::decode(&ok.encode()), Ok(ok));
         for m in [

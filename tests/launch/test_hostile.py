@@ -410,6 +410,8 @@ class Issue19Consumers(ProducerTestCase):
             s.close()
         # The hello deadline is 2 s; the producer's service thread looks every 50 ms.
         self.assertLess(time.time() - start, 6)
+        # No hello is misbehaviour: our user (a peer is a user and group) is refused for 1 s.
+        time.sleep(1.2)
         good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
         rc, text = finish(good)
         self.assertEqual(rc, 0, text[-3000:])
@@ -614,11 +616,16 @@ import hostile_peers  # noqa: E402 - beside this file
 HOSTILE_PEERS = hostile_peers.__file__
 
 
-def hostile(*args):
+def hostile(*args, user=None):
     """A hostile peer of hostile_peers.py in a process of its own; returns once its attack
-    has landed (it keeps what the attack needs until `stop_hostile`)."""
+    has landed (it keeps what the attack needs until `stop_hostile`). `user`: the uid (and
+    gid) it runs as, when the tests run as root."""
+    def become():
+        os.setgid(user)
+        os.setuid(user)
     p = subprocess.Popen(["/usr/bin/python3", HOSTILE_PEERS, *map(str, args)], env=env(),
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         preexec_fn=become if user is not None else None)
     while True:
         line = p.stdout.readline()
         if not line:
@@ -694,8 +701,11 @@ class LingeringDescriptors(ProducerTestCase):
 
     def paced(self):
         # -e: an interrupt ends the stream with EOS, at which the sink posts its stats.
+        # Open to every user: hostile_peers.py's rester runs as another (a peer is a user).
+        os.chmod(self.tmp.name, 0o711)
         prod = self.spawn(f"-e memsrc blocksize=4096 ! identity sleep-time=2000 ! "
-                          f"memfdsink socket-path={self.sock} min-consumers=0 name=s")
+                          f"memfdsink socket-path={self.sock} socket-mode=438 "
+                          f"min-consumers=0 name=s")
         wait_for(self.sock)
         good = GoodConsumer(self.sock)
         good.start()
@@ -827,25 +837,48 @@ class PrivateBytes(ProducerTestCase):
         self.assertEqual(foreign, 0, f"{foreign} of {seen} buffers carried private bytes")
 
 
+OTHER_USER = 65534  # nobody: the hoarders run as a user of their own (a peer is a user)
+
+
+@unittest.skipUnless(os.getuid() == 0, "needs root to run the hoarders as another user")
 class FairEviction(ProducerTestCase):
     """Issue 27: at the pinned bound, the consumer dropped is one of the peer that holds the
-    most; many connections of one process count as one."""
+    most; many connections, and processes, of one user count as one peer."""
 
-    def test_a_consumer_within_its_window_is_not_dropped_for_a_process_hoarding_on_many(self):
-        # A recorder holding a window of 48 buffers, releasing in order, against one process
-        # whose three connections hold 47 each (max-pinned-blocks=128). Before: the recorder
-        # was dropped ("it pins the most"), every hoarder kept.
+    def recorder_against(self, *hoarding):
+        """A recorder (this process, root) holding a window of 48 buffers, releasing in
+        order, against `hoarding`: hostile_peers.py hoard runs as OTHER_USER
+        (max-pinned-blocks=128)."""
+        os.chmod(self.tmp.name, 0o711)
         prod = self.spawn(f"-e memsrc blocksize=4096 ! identity sleep-time=2000 ! "
-                          f"memfdsink socket-path={self.sock} max-pinned-blocks=128 min-consumers=0 name=s")
+                          f"memfdsink socket-path={self.sock} socket-mode=438 "
+                          f"max-pinned-blocks=128 min-consumers=0 name=s")
         wait_for(self.sock)
         recorder = GoodConsumer(self.sock, window=48)
         recorder.start()
         wait_buffers(recorder, 100)
-        hoarders = hostile("hoard", self.sock, 3, 47)
+        hoarders = [hostile("hoard", self.sock, n, 47, user=OTHER_USER) for n in hoarding]
         got = len(recorder.times)
         wait_buffers(recorder, got + 500)
         recorder.stop()
-        stop_hostile(hoarders)
+        for h in hoarders:
+            stop_hostile(h)
+        return recorder, prod
+
+    def test_processes_of_one_user_hoarding_count_as_one_peer(self):
+        # Review of issue 27: peers were told apart by pid, so three processes of one user
+        # holding 47 each were three peers, and the recorder was dropped ("it pins the most").
+        recorder, prod = self.recorder_against(1, 1, 1)
+        prod.send_signal(signal.SIGINT)
+        rc, text = finish(prod)
+        self.assertIsNone(recorder.error, "the recorder was dropped")
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertGreaterEqual(stats(text)["s"]["consumers-dropped"], 1)
+
+    def test_a_consumer_within_its_window_is_not_dropped_for_a_process_hoarding_on_many(self):
+        # One process whose three connections hold 47 each. Before: the recorder was dropped
+        # ("it pins the most"), every hoarder kept.
+        recorder, prod = self.recorder_against(3)
         prod.send_signal(signal.SIGINT)
         rc, text = finish(prod)
         self.assertIsNone(recorder.error, "the recorder was dropped")

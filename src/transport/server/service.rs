@@ -135,8 +135,9 @@ pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>, wa
     }
     // Closing the listener closes the connections still waiting to be accepted, and with
     // them what their peers queued in them: descriptors whose close may block (a TCP socket
-    // with SO_LINGER), which `Server::stop` would wait for here.
-    super::super::closer::close(listener);
+    // with SO_LINGER), which `Server::stop` would wait for here: they are accepted and
+    // emptied first, what they held disarmed, and the listener closed off this thread.
+    super::super::closer::close_listener(listener);
 }
 
 /// Accepts a new consumer: refused when `max_consumers` have said hello or its process is
@@ -320,7 +321,10 @@ mod tests {
             start.elapsed()
         );
         // Refused at accept (its process penalized): the same, on the accepting thread.
-        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let me = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         lock(&state).penalize(me);
         let (ours2, theirs) = socket_pair();
         let (fd, _peer, _l) = lingering(LINGER);
@@ -425,8 +429,11 @@ mod tests {
         let state = state();
         let (_ours, id) = connect(&state);
         lock(&state).handle(id, b"garbage", 0).finish();
-        // A socket pair's peer is this very process: penalized now.
-        let me = rustix::process::getpid().as_raw_nonzero().get();
+        // A socket pair's peer is this very process: its user and group penalized now.
+        let me = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         assert!(lock(&state).penalized(me));
         let (_ours, theirs) = socket_pair();
         assert!(

@@ -35,9 +35,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// count against `max-consumers` (a flood of silent connections must not keep a real consumer
 /// out).
 pub(super) const MAX_PENDING: usize = 32;
-/// A process whose connection misbehaved (garbage, descriptors, a release of a buffer it does
-/// not hold, no hello) cannot connect again for this long: a reconnecting attacker gets one
-/// try a second.
+/// The credentials (user and group) of a connection that misbehaved (garbage, descriptors, a
+/// release of a buffer it does not hold, no hello) cannot connect again for this long, from
+/// any process: a reconnecting (or forking) attacker gets one try a second.
 pub(super) const PENALTY: Duration = Duration::from_secs(1);
 
 /// What to do with a consumer that is full (holds `max_outstanding` buffers, or every block
@@ -125,13 +125,20 @@ impl Cred {
             gid: c.gid.as_raw(),
         })
     }
+
+    /// Whom the connection counts for, for the fair share and for penalties: its user and
+    /// group. Processes are not told apart (a process can fork as many as it likes), so many
+    /// connections or processes with the same credentials are one peer.
+    pub fn user(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
 }
 
-/// One peer for fairness: a process (by its credentials), or a connection whose credentials
-/// are unknown.
+/// One peer for fairness: a user and group (every connection and process with the same
+/// credentials, [`Cred::user`]), or a connection whose credentials are unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerKey {
-    Process(Cred),
+    User(u32, u32),
     Connection(u64),
 }
 
@@ -148,8 +155,10 @@ pub(super) struct Consumer {
 
 impl Consumer {
     fn key(&self) -> PeerKey {
-        self.cred
-            .map_or(PeerKey::Connection(self.peer.id), PeerKey::Process)
+        self.cred.map_or(PeerKey::Connection(self.peer.id), |c| {
+            let (uid, gid) = c.user();
+            PeerKey::User(uid, gid)
+        })
     }
 }
 
@@ -185,7 +194,7 @@ pub(super) struct Shared {
     /// What the consumers' held buffers pin, all together.
     pub(super) pins: Pins,
     /// Processes that may not connect until then (they misbehaved).
-    penalties: HashMap<i32, Instant>,
+    penalties: HashMap<(u32, u32), Instant>,
     pub(super) limits: Limits,
     /// Packets a consumer that connects late gets first: caps, stream-start, segment.
     pub(super) caps: Option<Vec<u8>>,
@@ -254,18 +263,19 @@ impl Shared {
         self.consumers.iter().filter(|c| c.peer.ready()).count()
     }
 
-    /// Why a connection from `cred` is refused now (its process is penalized, or
+    /// Why a connection from `cred` is refused now (its credentials are penalized, or
     /// `max-consumers` said hello), counted as refused; `None`: it may join.
     pub(super) fn refusal(&mut self, cred: Option<Cred>) -> Option<(String, bool)> {
         let now = Instant::now();
         self.penalties.retain(|_, until| *until > now);
-        let penalized = cred.is_some_and(|c| self.penalties.contains_key(&c.pid));
+        let penalized = cred.is_some_and(|c| self.penalties.contains_key(&c.user()));
         if !penalized && self.ready() < self.limits.max_consumers {
             return None;
         }
         self.stats.consumers_refused += 1;
         let why = if penalized {
-            "its process misbehaved less than a second ago".to_owned()
+            "a connection with its credentials (user and group) misbehaved less than a second ago"
+                .to_owned()
         } else {
             format!("{} connected (max-consumers)", self.ready())
         };
@@ -338,28 +348,29 @@ impl Shared {
         self.leave(c.peer)
     }
 
-    /// Drops consumer `id` for misbehaving: its process may not connect for [`PENALTY`].
+    /// Drops consumer `id` for misbehaving: no connection with its credentials (user and
+    /// group, [`Cred::user`]: any process of theirs) may connect for [`PENALTY`].
     pub(super) fn misbehaved(&mut self, id: u64, why: &str) -> Gone {
-        let pid = self
+        let user = self
             .consumers
             .iter()
             .find(|c| c.peer.id == id)
             .and_then(|c| c.cred)
-            .map(|c| c.pid);
-        if let Some(pid) = pid {
-            self.penalties.insert(pid, Instant::now() + PENALTY);
+            .map(|c| c.user());
+        if let Some(user) = user {
+            self.penalties.insert(user, Instant::now() + PENALTY);
         }
         self.drop_consumer(id, why)
     }
 
     #[cfg(test)]
-    pub(super) fn penalize(&mut self, pid: i32) {
-        self.penalties.insert(pid, Instant::now() + PENALTY);
+    pub(super) fn penalize(&mut self, user: (u32, u32)) {
+        self.penalties.insert(user, Instant::now() + PENALTY);
     }
 
     #[cfg(test)]
-    pub(super) fn penalized(&self, pid: i32) -> bool {
-        self.penalties.contains_key(&pid)
+    pub(super) fn penalized(&self, user: (u32, u32)) -> bool {
+        self.penalties.contains_key(&user)
     }
 
     /// `peer` left: what it pinned is unpinned; its blocks and buffers are returned.
@@ -484,8 +495,8 @@ impl Shared {
 
     /// Drops consumers until a buffer in `blocks` fits in the bounds of what all may pin (or
     /// nobody holds anything any more). The one dropped is a connection of the peer that
-    /// pins the most, all its connections together: a process (same credentials) counts as
-    /// one peer however many connections it opens, and the peer that pins the most always
+    /// pins the most, all its connections together: a user and group (same credentials)
+    /// count as one peer however many connections and processes they open, and the peer that pins the most always
     /// pins more than an equal share of the bound (the bound over the peers holding
     /// buffers), so no peer within its share is dropped while another exceeds its own. Of
     /// that peer, the connection that pins the most goes first; ties go to the one holding
@@ -549,8 +560,8 @@ impl Shared {
             ("bytes", self.limits.max_pinned_bytes, self.pins.bytes())
         };
         let why = format!(
-            "consumers pin {pinned} {unit} together (at most {bound}): its process pins the \
-             most, {usage} {unit} over {} connections (an equal share is {} of {n_peers} \
+            "consumers pin {pinned} {unit} together (at most {bound}): its peer (its user and \
+             group) pins the most, {usage} {unit} over {} connections (an equal share is {} of {n_peers} \
              peers holding buffers), and this connection pins the most of them, {own}; its \
              oldest buffer is {oldest}",
             holders.len(),

@@ -21,8 +21,14 @@ fn shared() -> Shared {
     Shared::new(limits())
 }
 
-/// Adds consumer `id` of process `pid` (after its hello when `ready`).
+/// Adds consumer `id` of process `pid`, whose user is `1000 + pid` (one user per process),
+/// said hello.
 fn consumer(s: &mut Shared, id: u64, pid: i32) {
+    consumer_of(s, id, pid, 1000 + pid as u32);
+}
+
+/// Adds consumer `id` of process `pid` run by user and group `uid`, said hello.
+fn consumer_of(s: &mut Shared, id: u64, pid: i32, uid: u32) {
     let (_ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -36,11 +42,7 @@ fn consumer(s: &mut Shared, id: u64, pid: i32) {
         peer,
         sock: Arc::new(Conn::new(theirs)),
         since: Instant::now(),
-        cred: Some(Cred {
-            pid,
-            uid: 1000,
-            gid: 1000,
-        }),
+        cred: Some(Cred { pid, uid, gid: uid }),
         stalled: false,
     });
 }
@@ -125,6 +127,39 @@ fn connections_of_one_process_count_as_one_peer() {
 }
 
 #[test]
+fn processes_of_one_user_count_as_one_peer_for_the_share_and_the_penalty() {
+    // Review of issue 27: peers were told apart by pid, so hoarders forked into three
+    // processes (same user) were three peers and the recorder, holding its window of 48,
+    // was dropped ("it pins the most").
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 128;
+    consumer_of(&mut s, 1, 100, 1000); // the recorder, its own user
+    for hoarder in 2..=4 {
+        consumer_of(&mut s, hoarder, 200 + hoarder as i32, 2000); // one process each
+    }
+    hoard(&mut s, 2, 1000, 47);
+    hoard(&mut s, 3, 2000, 47);
+    hoard(&mut s, 4, 3000, 33);
+    hoard(&mut s, 1, 5000, 48);
+    let gone = s.make_room(&[blk(5048, 4096)]);
+    assert!(!gone.held.is_empty(), "nobody was dropped");
+    gone.finish();
+    assert!(ids(&s).contains(&1), "the recorder was dropped");
+    // One of them misbehaves: the others of that user cannot connect either, for a while.
+    let hoarder = *ids(&s).iter().find(|&&id| id != 1).unwrap();
+    s.misbehaved(hoarder, "garbage").finish();
+    let other = Cred {
+        pid: 999,
+        uid: 2000,
+        gid: 2000,
+    };
+    assert!(
+        s.refusal(Some(other)).is_some(),
+        "a fork of the offender got in"
+    );
+}
+
+#[test]
 fn eleven_hoarders_of_one_process_lose_to_a_recorder_at_the_default_bound() {
     let mut s = shared();
     s.limits.max_pinned_blocks = 512;
@@ -164,6 +199,23 @@ fn a_consumer_that_sends_a_descriptor_is_dropped_and_its_process_penalized() {
     let hello = Message::Hello { max_blocks: 64 }.encode();
     s.handle(1, &hello, 1).finish();
     assert!(ids(&s).is_empty());
-    assert!(s.penalized(77));
+    assert!(s.penalized((1077, 1077)));
+    // Any process with the same credentials is refused; another user is not.
+    assert!(
+        s.refusal(Some(Cred {
+            pid: 78,
+            uid: 1077,
+            gid: 1077
+        }))
+        .is_some()
+    );
+    assert!(
+        s.refusal(Some(Cred {
+            pid: 78,
+            uid: 1078,
+            gid: 1078
+        }))
+        .is_none()
+    );
     assert_eq!(s.stats.consumers_dropped, 1);
 }
