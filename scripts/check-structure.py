@@ -24,6 +24,7 @@ UNSAFE_MODULES = {
     "src/allocator/raw",
     "src/elements/memory",
     "src/tracer/hooks",
+    "src/transport/socket/sys",
 }
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -118,7 +118,17 @@ fn a_lingering_socket_on_a_connection_never_accepted_is_disarmed_when_the_listen
     let _ = std::fs::create_dir(&dir);
     let path = dir.join("l.sock");
     let _ = std::fs::remove_file(&path);
-    let listener = transport::socket::listen_at(&path, 0o600).unwrap();
+    // A listener that lets descriptors pass, as on kernels before 6.16 (`listen_at` has newer
+    // ones refuse them: then nothing can be queued in its connections at all).
+    let listener = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&listener, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&listener, 16).unwrap();
     let mut keep = Vec::new();
     let mut conns = Vec::new();
     for _ in 0..3 {
@@ -175,4 +185,60 @@ fn clean_closes_never_queue_behind_closer_threads_that_are_blocked() {
         after.saturating_sub(before)
     );
     assert!(done.is_some(), "the closer never finished");
+}
+
+#[test]
+fn one_close_that_blocks_does_not_hold_up_the_others() {
+    // Moved from the closer's unit tests, which every test binary that compiles the closer ran
+    // beside its own tests: their lingering sockets could hold every closer thread.
+    let _one = serial();
+    // A lingering socket nested deeper than the closer empties Unix sockets: its close (when
+    // the innermost Unix socket is closed) blocks the closer thread that does it, for 4 s.
+    let (fd, _keep) = lingering(4);
+    let start = Instant::now();
+    closer::close(nested(fd, PURGE_DEPTH + 1));
+    // The next descriptor is closed by another thread meanwhile: a pipe's write end, whose
+    // read end sees the hang-up.
+    let (read, write) = std::io::pipe().unwrap();
+    closer::close(OwnedFd::from(write));
+    let mut read = read;
+    let mut byte = [0u8; 1];
+    let eof = std::io::Read::read(&mut read, &mut byte).unwrap();
+    let pipe_closed = start.elapsed();
+    let done = closed_within(Duration::from_secs(30));
+    let all_closed = start.elapsed();
+    assert_eq!(eof, 0);
+    assert!(done.is_some(), "the closer never finished");
+    assert!(
+        pipe_closed < Duration::from_secs(2) && all_closed >= Duration::from_secs(3),
+        "the pipe closed after {pipe_closed:?}, the socket after {all_closed:?}"
+    );
+}
+
+#[test]
+fn the_closer_is_saturated_while_its_backlog_waits_and_not_after() {
+    // What a peer hands the closer while every closer thread is blocked waits; past
+    // BACKLOG the transport takes no new peer (a sink accepts nothing, a source does not
+    // reconnect), so `saturated` must say it, and stop saying it once they are closed.
+    let _one = serial();
+    let mut keep = Vec::new();
+    for _ in 0..MAX_CLOSERS {
+        let (fd, k) = lingering(4);
+        keep.push(k);
+        closer::close(nested(fd, PURGE_DEPTH + 1));
+    }
+    let blocked_since = Instant::now();
+    std::thread::sleep(Duration::from_millis(200)); // the closer threads take them
+    assert!(!closer::saturated(), "{} wait", closer::pending());
+    let pipes: Vec<OwnedFd> = (0..closer::BACKLOG)
+        .map(|_| OwnedFd::from(std::io::pipe().unwrap().1))
+        .collect();
+    closer::close_all(pipes);
+    let saturated = closer::saturated();
+    let still_blocked = blocked_since.elapsed() < Duration::from_secs(3);
+    let done = closed_within(Duration::from_secs(60));
+    assert!(still_blocked, "the check came too late to mean anything");
+    assert!(saturated, "{} wait, not saturated", closer::pending());
+    assert!(done.is_some(), "the closer never finished");
+    assert!(!closer::saturated());
 }

@@ -1147,6 +1147,11 @@ fn replay_case(replay: &str) {
 /// A harness of its own (`harness = false`): one case at a time, and nothing else of the test
 /// binary running beside them (the descriptors are counted process-wide).
 fn main() {
+    // What hostile consumers attach reaches memfdsink as on kernels before 6.16, where the
+    // sink receives it and drops the consumer: the path to fuzz. Newer kernels refuse it at
+    // the consumer's `sendmsg` (`SO_PASSRIGHTS`), which leaves nothing to fuzz.
+    // SAFETY: first thing in `main`, before any other thread exists or reads the environment.
+    unsafe { std::env::set_var("MEMKIT_MEMFDSINK_PASSRIGHTS", "1") };
     if let Ok(replay) = std::env::var("MEMKIT_FUZZ_REPLAY") {
         return replay_case(&replay);
     }

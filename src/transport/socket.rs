@@ -14,6 +14,9 @@ use rustix::net::{
 };
 
 use super::closer::Fds;
+
+#[allow(unsafe_code)]
+mod sys;
 use super::wire::{MAX_MEMORIES, ProtoError};
 
 /// The most descriptors the kernel passes with one message (`SCM_MAX_FD`): room for all of
@@ -61,8 +64,28 @@ pub fn listen_at(path: &Path, mode: u32) -> Result<OwnedFd, String> {
     net::bind(&fd, &addr).map_err(|e| path_error(path, format!("cannot bind: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| path_error(path, format!("cannot set permissions: {e}")))?;
+    refuse_descriptors(fd.as_fd());
     net::listen(&fd, 16).map_err(|e| path_error(path, format!("cannot listen: {e}")))?;
     Ok(fd)
+}
+
+/// In protocol 2 a consumer sends no descriptor: where the kernel can refuse them (Linux 6.16,
+/// `SO_PASSRIGHTS`) it does, for every connection of the listener `fd`, before any connects;
+/// a consumer's `sendmsg` with one then fails (`EPERM`) and nothing it could attach ever
+/// reaches this process. On older kernels they are received, and the consumer dropped.
+/// `MEMKIT_MEMFDSINK_PASSRIGHTS=1` leaves them passing, as older kernels do (to test that).
+fn refuse_descriptors(fd: BorrowedFd<'_>) {
+    if std::env::var_os("MEMKIT_MEMFDSINK_PASSRIGHTS").is_some_and(|v| v == "1") {
+        return;
+    }
+    if let Err(e) = sys::refuse_descriptors(fd) {
+        gst::debug!(
+            super::closer::CAT,
+            "the kernel cannot refuse consumers' descriptors ({}): \
+             they are received, and the consumer dropped",
+            e
+        );
+    }
 }
 
 fn connect_once(path: &Path) -> std::io::Result<OwnedFd> {

@@ -153,7 +153,8 @@ pub enum ProtoError {
     BadEvent(u8),
     /// A string for GStreamer's parser nests brackets deeper than [`MAX_NESTING`].
     #[error(
-        "a string nested at least {0} levels deep (at most {MAX_NESTING}): refused before GStreamer parses it"
+        "a string nested at least {0} levels deep (at most {MAX_NESTING}): \
+         refused before GStreamer parses it"
     )]
     TooDeep(usize),
     /// A string for GStreamer's parser that it would answer with a warning.

@@ -147,20 +147,73 @@ def linger(kind, path, seconds, count):
         misbehave(path)  # this process is refused for a second
     rester = rest_listener(path)
     conn = connect(path)
-    if kind in ("hello", "refused"):
-        send_with(conn, hello_packet(), socks)
-    elif kind == "garbage":
-        send_with(conn, b"garbage!", socks)
-    elif kind == "behind-garbage":
-        conn.send(b"garbage!")
-        send_with(conn, hello_packet(), socks)
-    else:
-        raise SystemExit(f"unknown kind {kind}")
+    try:
+        if kind in ("hello", "refused"):
+            send_with(conn, hello_packet(), socks)
+        elif kind == "garbage":
+            send_with(conn, b"garbage!", socks)
+        elif kind == "behind-garbage":
+            conn.send(b"garbage!")
+            send_with(conn, hello_packet(), socks)
+        else:
+            raise SystemExit(f"unknown kind {kind}")
+    except PermissionError:
+        # Linux 6.16 and newer: the producer's socket refuses descriptors (SO_PASSRIGHTS).
+        rester.stdin.close()
+        rester.wait()
+        print("landed", flush=True)
+        print("refused by the kernel", flush=True)
+        sys.stdin.read()
+        return
     wait_landed(conn)
     rester.stdin.close()
     rester.wait()
     print("landed", flush=True)
     print("dropped" if hung_up(conn, 5) else "kept", flush=True)
+    sys.stdin.read()
+    del keep, conn
+
+
+def nested(sock, levels):
+    """`sock` queued inside `levels` Unix sockets, each inside the next: the outermost (only
+    the queues hold the others)."""
+    inner = sock
+    for _ in range(levels):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        send_with(a, b"x", [inner])
+        a.close()
+        inner = b
+    return inner
+
+
+def saturate(path, seconds, connections, per):
+    """Blocks every closer thread of the producer for `seconds` (8 lingering sockets nested
+    deeper than it empties Unix sockets), then hands it `per` cheap descriptors on each of
+    `connections` more, one a second (a process that attached one is refused for a second):
+    what they carry can only wait for a closer thread."""
+    keep = []
+    blockers = []
+    for _ in range(8):
+        s, k = lingering_socket(seconds)
+        keep.extend(k)
+        blockers.append(nested(s, 5))
+    conn = connect(path)
+    send_with(conn, hello_packet(), blockers)
+    wait_landed(conn)
+    for _ in range(connections):
+        time.sleep(1.1)
+        pipes = [os.pipe() for _ in range(per)]
+        for r, w in pipes:
+            os.close(w)
+        try:
+            c = connect(path)
+            socket.send_fds(c, [hello_packet()], [r for r, _w in pipes])
+            keep.append(c)
+        except OSError:
+            pass  # the backlog is full: nothing more reaches it
+        for r, _w in pipes:
+            os.close(r)
+    print("landed", flush=True)
     sys.stdin.read()
     del keep, conn
 
@@ -249,6 +302,9 @@ def main():
     if attack == "linger":
         kind, path, seconds, count = args
         linger(kind, path, int(seconds), int(count))
+    elif attack == "saturate":
+        path, seconds, connections, per = args
+        saturate(path, int(seconds), int(connections), int(per))
     elif attack == "rest":
         rest(args[0])
     elif attack == "appsrc":

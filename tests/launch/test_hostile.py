@@ -11,6 +11,7 @@ import ctypes
 import fcntl
 import mmap
 import os
+import re
 import resource
 import select
 import signal
@@ -410,9 +411,9 @@ class Issue19Consumers(ProducerTestCase):
             s.close()
         # The hello deadline is 2 s; the producer's service thread looks every 50 ms.
         self.assertLess(time.time() - start, 6)
-        # No hello is misbehaviour: our user (a peer is a user and group) is refused for 1 s.
-        time.sleep(1.2)
-        good = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
+        # No hello is misbehaviour: our user (a peer is a user and group) is refused for 1 s,
+        # through which memfdsrc keeps reconnecting (backing off) until it is taken.
+        good = self.spawn(f"memfdsrc socket-path={self.sock} reconnect=true name=r ! fakesink")
         rc, text = finish(good)
         self.assertEqual(rc, 0, text[-3000:])
         self.assertEqual(stats(text)["r"]["buffers"], 50)
@@ -699,13 +700,18 @@ class LingeringDescriptors(ProducerTestCase):
     """Issue 27: descriptors whose close blocks (a TCP socket with SO_LINGER and a full send
     queue), sent to the producer by a consumer."""
 
-    def paced(self):
+    def paced(self, kernel_refuses=False):
+        """A paced producer and a good consumer. Unless `kernel_refuses`, the producer lets
+        descriptors reach it as kernels before 6.16 do (MEMKIT_MEMFDSINK_PASSRIGHTS=1), so
+        that what the sink does with them is tested on any kernel."""
         # -e: an interrupt ends the stream with EOS, at which the sink posts its stats.
         # Open to every user: hostile_peers.py's rester runs as another (a peer is a user).
         os.chmod(self.tmp.name, 0o711)
         prod = self.spawn(f"-e memsrc blocksize=4096 ! identity sleep-time=2000 ! "
                           f"memfdsink socket-path={self.sock} socket-mode=438 "
-                          f"min-consumers=0 name=s")
+                          f"min-consumers=0 name=s",
+                          extra_env=None if kernel_refuses
+                          else {"MEMKIT_MEMFDSINK_PASSRIGHTS": "1"})
         wait_for(self.sock)
         good = GoodConsumer(self.sock)
         good.start()
@@ -764,6 +770,62 @@ class LingeringDescriptors(ProducerTestCase):
         self.assertEqual(rc, 0, text[-3000:])
         self.assertEqual(verdict, "dropped")
         self.assertGreaterEqual(stats(text)["s"]["consumers-dropped"], 1)
+
+
+    def test_a_kernel_with_so_passrights_refuses_a_consumers_descriptors(self):
+        # Linux 6.16 and newer: the sink's listener refuses SCM_RIGHTS (SO_PASSRIGHTS off),
+        # for every connection from its first packet, so the consumer's sendmsg fails and
+        # nothing it attaches ever reaches the producer. Older kernels: dropped, as above.
+        release = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
+        prod, good = self.paced(kernel_refuses=True)
+        since = time.monotonic()
+        attacker = hostile("linger", "hello", self.sock, LINGER, 16)
+        verdict = attacker.stdout.readline().strip()
+        stop_hostile(attacker)
+        wait_buffers(good, len(good.times) + 20)
+        gap = good.max_gap(since)
+        good.stop()
+        start = time.monotonic()
+        prod.send_signal(signal.SIGINT)
+        rc, text = finish(prod)
+        took = time.monotonic() - start
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertIsNone(good.error)
+        self.assertLess(gap, 1.5, f"the good consumer waited {gap:.1f} s")
+        self.assertLess(took, 3, f"the producer took {took:.1f} s to stop")
+        if release >= (6, 16):
+            self.assertEqual(verdict, "refused by the kernel")
+        else:
+            self.assertEqual(verdict, "dropped")
+
+
+    def test_what_waits_to_be_closed_is_bounded_when_every_closer_thread_is_blocked(self):
+        # Review of issue 27: with every closer thread blocked (lingering sockets nested deeper
+        # than the closer empties Unix sockets), all a consumer attached queued behind them:
+        # the producer's descriptors grew 10 -> 1,012 over 1,000 connections, up to its
+        # limit. Now no connection is accepted while BACKLOG (256) descriptors wait.
+        prod, good = self.paced()
+        base = len(os.listdir(f"/proc/{prod.pid}/fd"))
+        since = time.monotonic()
+        attacker = hostile("saturate", self.sock, 10, 6, 100)
+        most = 0
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            most = max(most, len(os.listdir(f"/proc/{prod.pid}/fd")) - base)
+            time.sleep(0.05)
+        gap = good.max_gap(since)
+        good.stop()
+        stop_hostile(attacker)
+        start = time.monotonic()
+        prod.send_signal(signal.SIGINT)
+        rc, text = finish(prod)
+        took = time.monotonic() - start
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertIsNone(good.error)
+        self.assertLess(gap, 1.5, f"the good consumer waited {gap:.1f} s")
+        self.assertLess(took, 3, f"the producer took {took:.1f} s to stop")
+        # 8 blockers, then 100 a connection until 256 wait: at most one connection past it.
+        self.assertLessEqual(most, 256 + 100 + 40, f"{most} descriptors more than before")
 
 
 def block_bytes(fd, size):

@@ -27,7 +27,7 @@ use gst_base::subclass::prelude::*;
 
 use crate::elements::common::post_stats;
 use crate::transport::client::{Connection, MAX_PENDING_RELEASES, Registry, Release};
-use crate::transport::closer::Fds;
+use crate::transport::closer::{self, Fds};
 use crate::transport::socket::{self, Received};
 use crate::transport::wire::{self as proto, BufferWire, EventKind, Message};
 
@@ -554,10 +554,24 @@ impl MemfdSrc {
             "producer went away: reconnecting in {} ms",
             delay.as_millis()
         );
+        // Nor while what producers sent waits to be closed beyond the closer's backlog (a
+        // producer whose descriptors block every closer thread): each connection could hand it
+        // more.
         let until = std::time::Instant::now() + delay;
-        while std::time::Instant::now() < until {
+        let mut said = false;
+        while std::time::Instant::now() < until || closer::saturated() {
             if self.flushing.load(Ordering::Relaxed) {
                 return Err(gst::FlowError::Flushing);
+            }
+            if !said && closer::saturated() {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "{} descriptors producers sent wait to be closed: \
+                     not reconnecting until fewer do",
+                    closer::pending()
+                );
+                said = true;
             }
             std::thread::sleep(Duration::from_millis(10).min(delay));
         }

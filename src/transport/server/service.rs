@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::allocator::memfd::FreedBlocks;
 
-use super::super::closer::Conn;
+use super::super::closer::{self, Conn};
 use super::super::socket::{self, Received};
 use super::super::wire::MAX_MESSAGE;
 use super::state::{CAT, Cred, State, lock};
@@ -101,7 +101,9 @@ pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>, wa
             (socks, s.expire_hellos())
         };
         gone.finish();
-        let listen = listen_pause.is_none_or(|t| Instant::now() >= t);
+        // No new connection while the closer is saturated: what peers can hand it stays
+        // bounded (connections wait in the listener's backlog, whose length the kernel bounds).
+        let listen = listen_pause.is_none_or(|t| Instant::now() >= t) && !closer::saturated();
         let Some(ready) = wait_ready(&listener, listen, &socks, &wake) else {
             continue;
         };
@@ -350,7 +352,17 @@ mod tests {
         let _ = std::fs::create_dir(&dir);
         let path = dir.join("s.sock");
         let _ = std::fs::remove_file(&path);
-        let listener = socket::listen_at(&path, 0o600).unwrap();
+        // A listener that lets descriptors pass, as on kernels before 6.16 (`listen_at` has
+        // newer ones refuse them: then nothing can be queued in a pending connection).
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 16).unwrap();
         let ours = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
         let (fd, _peer, _l) = lingering(LINGER);
         let hello = Message::Hello { max_blocks: 64 }.encode();
