@@ -90,6 +90,20 @@ fn closed_within(limit: Duration) -> Option<Duration> {
     Some(start.elapsed())
 }
 
+/// Blocks every closer thread for `seconds` (lingering sockets nested deeper than the closer
+/// empties Unix sockets): since when, and what keeps them blocking.
+fn block_every_closer(seconds: u64) -> (Instant, Vec<impl Sized>) {
+    let mut keep = Vec::new();
+    for _ in 0..MAX_CLOSERS {
+        let (fd, k) = lingering(seconds);
+        keep.push(k);
+        closer::close(nested(fd, PURGE_DEPTH + 1));
+    }
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_millis(200)); // the closer threads take them
+    (since, keep)
+}
+
 #[test]
 fn a_lingering_socket_queued_inside_unix_sockets_is_disarmed_not_waited_for() {
     // Found by the review of issue 27: the closer disarmed only the descriptor it was given,
@@ -154,14 +168,7 @@ fn clean_closes_never_queue_behind_closer_threads_that_are_blocked() {
     // than the closer looks), every later close queued: 1,000 clean connections left 1,000
     // descriptors open in the producer, and at its descriptor limit no consumer could connect.
     let _one = serial();
-    let mut keep = Vec::new();
-    for _ in 0..MAX_CLOSERS {
-        let (fd, k) = lingering(8);
-        keep.push(k);
-        closer::close(nested(fd, PURGE_DEPTH + 1));
-    }
-    let blocked_since = Instant::now();
-    std::thread::sleep(Duration::from_millis(200)); // the closer threads take them
+    let (blocked_since, _keep) = block_every_closer(8);
     let before = open_fds();
     for _ in 0..200 {
         let (a, b) = rustix::net::socketpair(
@@ -221,14 +228,7 @@ fn the_closer_is_saturated_while_its_backlog_waits_and_not_after() {
     // BACKLOG the transport takes no new peer (a sink accepts nothing, a source does not
     // reconnect), so `saturated` must say it, and stop saying it once they are closed.
     let _one = serial();
-    let mut keep = Vec::new();
-    for _ in 0..MAX_CLOSERS {
-        let (fd, k) = lingering(4);
-        keep.push(k);
-        closer::close(nested(fd, PURGE_DEPTH + 1));
-    }
-    let blocked_since = Instant::now();
-    std::thread::sleep(Duration::from_millis(200)); // the closer threads take them
+    let (blocked_since, _keep) = block_every_closer(4);
     assert!(!closer::saturated(), "{} wait", closer::pending());
     let pipes: Vec<OwnedFd> = (0..closer::BACKLOG)
         .map(|_| OwnedFd::from(std::io::pipe().unwrap().1))

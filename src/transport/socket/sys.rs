@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// `SO_PASSRIGHTS` in `include/uapi/asm-generic/socket.h`, which these architectures use (alpha,
 /// parisc and sparc number it otherwise; there the option is not set).
-#[cfg(any(
+const SO_PASSRIGHTS: Option<libc::c_int> = if cfg!(any(
     target_arch = "x86",
     target_arch = "x86_64",
     target_arch = "arm",
@@ -14,19 +14,11 @@ use std::os::fd::{AsRawFd, BorrowedFd};
     target_arch = "powerpc64",
     target_arch = "s390x",
     target_arch = "loongarch64"
-))]
-const SO_PASSRIGHTS: Option<libc::c_int> = Some(83);
-#[cfg(not(any(
-    target_arch = "x86",
-    target_arch = "x86_64",
-    target_arch = "arm",
-    target_arch = "aarch64",
-    target_arch = "riscv64",
-    target_arch = "powerpc64",
-    target_arch = "s390x",
-    target_arch = "loongarch64"
-)))]
-const SO_PASSRIGHTS: Option<libc::c_int> = None;
+)) {
+    Some(83)
+} else {
+    None
+};
 
 /// Makes the kernel refuse `SCM_RIGHTS` sent to the Unix socket `fd` (and, for a listener, to
 /// every connection it accepts, from their first packet): the sender's `sendmsg` fails with
