@@ -906,15 +906,25 @@ fn a_frame_without_a_meta_must_hold_what_libgstvideo_reads_of_it() {
     );
 }
 
-#[test]
-fn a_reference_timestamp_of_none_is_refused_not_a_panic() {
+/// A registry packet whose one buffer carries a reference timestamp meta: `caps`,
+/// `timestamp`, `duration`.
+fn meta_packet(caps: impl Into<String>, timestamp: u64, duration: u64) -> Packet {
     let (bytes, fds) = registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]);
     let Message::Buffer(mut w) = Message::decode(&bytes).unwrap() else {
         unreachable!()
     };
-    w.refs = vec![("timestamp/x-test".into(), u64::MAX, u64::MAX)];
+    w.refs = vec![(caps.into(), timestamp, duration)];
+    (Message::Buffer(w).encode(), fds)
+}
+
+#[test]
+fn a_reference_timestamp_of_none_is_refused_not_a_panic() {
     assert_refused(
-        consume_registry("ref-none", vec![(Message::Buffer(w).encode(), fds)], ""),
+        consume_registry(
+            "ref-none",
+            vec![meta_packet("timestamp/x-test", u64::MAX, u64::MAX)],
+            "",
+        ),
         "reference timestamp meta from the producer: no timestamp",
     );
 }
@@ -1404,17 +1414,16 @@ fn deeply_nested_caps_segments_and_meta_caps_are_refused_before_gstreamer_parses
         ),
         "nested",
     );
-    let (bytes, fds) = registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]);
-    let Message::Buffer(mut w) = Message::decode(&bytes).unwrap() else {
-        unreachable!()
-    };
-    w.refs = vec![(
-        format!("timestamp/x-test, v=(int){}", nested(30_000)),
-        1,
-        u64::MAX,
-    )];
     assert_refused(
-        consume_registry("deep-meta", vec![(Message::Buffer(w).encode(), fds)], ""),
+        consume_registry(
+            "deep-meta",
+            vec![meta_packet(
+                format!("timestamp/x-test, v=(int){}", nested(30_000)),
+                1,
+                u64::MAX,
+            )],
+            "",
+        ),
         "nested",
     );
 }
@@ -1542,15 +1551,10 @@ fn caps_features_gstreamer_would_warn_about_are_refused_before_it_parses_them() 
         ),
         "caps features",
     );
-    let (bytes, fds) = registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]);
-    let Message::Buffer(mut w) = Message::decode(&bytes).unwrap() else {
-        unreachable!()
-    };
-    w.refs = vec![("timestamp/x-test(memory:)".into(), 1, u64::MAX)];
     assert_refused(
         consume_registry(
             "bad-meta-features",
-            vec![(Message::Buffer(w).encode(), fds)],
+            vec![meta_packet("timestamp/x-test(memory:)", 1, u64::MAX)],
             "",
         ),
         "caps features",
@@ -1587,15 +1591,10 @@ fn structure_names_gstreamer_would_warn_about_are_refused_before_it_parses_them(
             "structure name",
         );
     }
-    let (bytes, fds) = registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]);
-    let Message::Buffer(mut w) = Message::decode(&bytes).unwrap() else {
-        unreachable!()
-    };
-    w.refs = vec![("0timestamp".into(), 1, u64::MAX)];
     assert_refused(
         consume_registry(
             "bad-meta-name",
-            vec![(Message::Buffer(w).encode(), fds)],
+            vec![meta_packet("0timestamp", 1, u64::MAX)],
             "",
         ),
         "structure name",
