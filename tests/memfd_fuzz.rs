@@ -251,6 +251,16 @@ fn make(desc: Desc, keep: &mut Keep) -> OwnedFd {
 }
 
 /// Sends one packet with descriptors, giving up after 300 ms without room.
+/// A few random descriptors, sometimes more than a message may carry.
+fn some_descs(rng: &mut Rng, keep: &mut Keep) -> Vec<OwnedFd> {
+    let n = if rng.chance(20) {
+        17 + rng.below(24)
+    } else {
+        1 + rng.below(3)
+    };
+    (0..n).map(|_| make(any_desc(rng), keep)).collect()
+}
+
 fn send(sock: &OwnedFd, packet: &[u8], fds: &[OwnedFd]) -> bool {
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     let deadline = Instant::now() + Duration::from_millis(300);
@@ -607,14 +617,7 @@ fn hostile_producer(listener: OwnedFd, words: Vec<u64>, sent: Sent, reconnect: b
             13 => (rng.garbage(), vec![]),
             14 => {
                 // Descriptors on a message that carries none, sometimes more than allowed.
-                let n = if rng.chance(20) {
-                    17 + rng.below(24)
-                } else {
-                    1 + rng.below(3)
-                };
-                let fds = (0..n)
-                    .map(|_| make(any_desc(&mut rng), &mut keep))
-                    .collect();
+                let fds = some_descs(&mut rng, &mut keep);
                 (Message::Caps("application/x-fuzz".into()).encode(), fds)
             }
             15 if reconnect => {
@@ -894,14 +897,7 @@ impl Hostile<'_> {
                 }
                 8 => (rng.garbage(), vec![]),
                 9 => {
-                    let n = if rng.chance(20) {
-                        17 + rng.below(24)
-                    } else {
-                        1 + rng.below(3)
-                    };
-                    let fds = (0..n)
-                        .map(|_| make(any_desc(&mut rng), &mut self.keep))
-                        .collect();
+                    let fds = some_descs(&mut rng, &mut self.keep);
                     let packet = match rng.below(3) {
                         0 => Message::Hello { max_blocks: 64 }.encode(),
                         1 => Message::Release(vec![]).encode(),
