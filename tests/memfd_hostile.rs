@@ -1600,3 +1600,56 @@ fn structure_names_gstreamer_would_warn_about_are_refused_before_it_parses_them(
         "structure name",
     );
 }
+
+#[test]
+fn a_producer_whose_backlog_is_full_does_not_hold_up_a_start() {
+    // Review of issue 27: memfdsrc connected with a blocking connect(), which waits for as
+    // long as a producer that accepts nothing keeps its backlog full: `timeout` never
+    // applied, and with `reconnect=true` a stop never completed.
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    init();
+    let path = socket_path("full-backlog");
+    let _ = std::fs::remove_file(&path);
+    let addr = SocketAddrUnix::new(&path).unwrap();
+    let socket = |flags| {
+        rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None).unwrap()
+    };
+    let listener = socket(SocketFlags::CLOEXEC);
+    rustix::net::bind(&listener, &addr).unwrap();
+    rustix::net::listen(&listener, 1).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let c = socket(SocketFlags::CLOEXEC | SocketFlags::NONBLOCK);
+        match rustix::net::connect(&c, &addr) {
+            Ok(()) => queued.push(c),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(queued.len() < 64, "the backlog never filled");
+    }
+    let pipeline = gst::parse::launch(&format!(
+        "memfdsrc socket-path={} timeout=500 ! fakesink",
+        path.display()
+    ))
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = pipeline.clone();
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let result = p.set_state(gst::State::Paused);
+        let _ = tx.send((result, start.elapsed()));
+    });
+    let (result, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the start still waited for the producer after 10 s");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        result.is_err(),
+        "started against a producer that accepts nothing"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the start gave up after {took:?}"
+    );
+}

@@ -54,7 +54,12 @@ pub fn listen_at(path: &Path, mode: u32) -> Result<OwnedFd, String> {
                 format!("is owned by uid {}, not by us (uid {uid})", meta.uid()),
             ));
         }
-        if connect_once(path).is_ok() {
+        // Refused (`ECONNREFUSED`): nobody listens. A full backlog (`EAGAIN`) is a live one.
+        let live = match connect_once(path) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        };
+        if live {
             return Err(path_error(path, "is in use by a running memfdsink"));
         }
         std::fs::remove_file(path).map_err(|e| path_error(path, format!("stale: {e}")))?;
@@ -88,10 +93,20 @@ fn refuse_descriptors(fd: BorrowedFd<'_>) {
     }
 }
 
+/// One attempt, never waiting: a Unix connection is made at once or refused, and a
+/// listener whose backlog is full (a producer that accepts nothing) answers `EAGAIN` to a
+/// non-blocking socket, where a blocking one would wait for room for as long as it likes.
+/// The socket is blocking again once connected.
 fn connect_once(path: &Path) -> std::io::Result<OwnedFd> {
     let addr = SocketAddrUnix::new(path)?;
-    let fd = seqpacket()?;
+    let fd = net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
     net::connect(&fd, &addr)?;
+    rustix::io::ioctl_fionbio(&fd, false)?;
     Ok(fd)
 }
 
