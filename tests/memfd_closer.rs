@@ -242,3 +242,82 @@ fn the_closer_is_saturated_while_its_backlog_waits_and_not_after() {
     assert!(done.is_some(), "the closer never finished");
     assert!(!closer::saturated());
 }
+
+#[test]
+fn blocking_closes_handed_over_together_are_closed_side_by_side() {
+    // Review of issue 27: one hand-over started at most one closer thread, so 16 blocking
+    // descriptors given at once were closed one after another by it.
+    let _one = serial();
+    let mut keep = Vec::new();
+    let mut chains = Vec::new();
+    for _ in 0..3 {
+        let (fd, k) = lingering(3);
+        keep.push(k);
+        chains.push(nested(fd, PURGE_DEPTH + 1));
+    }
+    let start = Instant::now();
+    closer::close_all(chains);
+    let done = closed_within(Duration::from_secs(30));
+    assert!(
+        done.is_some_and(|d| d < Duration::from_millis(5500)),
+        "three 3 s closes took {:?} in all",
+        start.elapsed()
+    );
+}
+
+/// `count` descriptors of `/dev/null`.
+fn nulls(count: usize) -> Vec<OwnedFd> {
+    (0..count)
+        .map(|_| OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_purge_never_takes_more_descriptors_than_the_process_has_room_for() {
+    // Review of issue 27: a purge received every packet of a Unix socket; once the process
+    // was out of descriptors, the kernel closed what did not fit in the purging thread (the
+    // producer's service thread), a lingering socket among them: blocked for its linger.
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let _one = serial();
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let send_all = |fds: &[OwnedFd]| {
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        rustix::net::sendmsg(&a, &[IoSlice::new(b"x")], &mut control, SendFlags::empty()).unwrap();
+    };
+    send_all(&nulls(253));
+    let (lingering_fd, _keep) = lingering(4);
+    let mut second = nulls(252);
+    second.push(lingering_fd); // last: the first the kernel would have to discard
+    send_all(&second);
+    drop(second);
+    drop(a);
+    // Room for the first packet, not for both.
+    let saved = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(open_fds() as u64 + 400),
+            maximum: saved.maximum,
+        },
+    )
+    .unwrap();
+    let start = Instant::now();
+    closer::close_all([b]);
+    let took = start.elapsed();
+    setrlimit(Resource::Nofile, saved).unwrap();
+    let done = closed_within(Duration::from_secs(30));
+    assert!(done.is_some(), "the closer never finished");
+    assert!(
+        took < Duration::from_secs(1),
+        "close_all blocked its caller for {took:?}"
+    );
+}

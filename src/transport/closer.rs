@@ -15,10 +15,11 @@
 //! Unix sockets emptied in turn, [`PURGE_DEPTH`] deep; an emptied Unix socket's close then
 //! releases nothing a peer chose and is done at once, by the caller. What still blocks (a
 //! socket re-armed in that window, a file whose release waits on its server, Unix sockets
-//! nested deeper) blocks a closer thread: another is started for the next descriptor as long
-//! as none is idle, up to [`MAX_CLOSERS`], so one slow close never holds up the others; and as
-//! only those few reach the closer threads, a clean connection's close never queues behind
-//! them.
+//! nested deeper) blocks a closer thread: one is started for each descriptor no idle one will
+//! take, up to [`MAX_CLOSERS`], so one slow close never holds up the others; and as only those
+//! few reach the closer threads, a clean connection's close never queues behind them. A purge
+//! never receives more descriptors than the process has room for (the kernel would close the
+//! rest in the receiving thread): what it cannot take goes to a closer thread as it is.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -73,6 +74,50 @@ const PURGE_PACKETS: usize = 1024;
 /// thread as they are).
 const PURGE_BUDGET: usize = 4096;
 
+/// Descriptors this process keeps free whatever a purge receives: other threads open some
+/// meanwhile.
+const PURGE_MARGIN: usize = 64;
+/// The most descriptors one [`close_all`] holds at once from what it received.
+const PURGE_HOLD: usize = 1024;
+/// What one packet may bring (`SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+
+/// What one [`close_all`] may still take out of Unix sockets.
+struct Budget {
+    /// Packets and connections.
+    packets: usize,
+    /// Descriptors it may still receive: the process's free descriptors less
+    /// [`PURGE_MARGIN`], at most [`PURGE_HOLD`]; counted once, when first needed. Were the
+    /// process to run out while receiving, the kernel would close what does not fit in the
+    /// receiving thread, which is the caller's: what it cannot take stays for a closer thread.
+    room: Option<usize>,
+}
+
+impl Budget {
+    fn room(&mut self) -> &mut usize {
+        self.room.get_or_insert_with(|| {
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(u64::MAX);
+            let open = std::fs::read_dir("/proc/self/fd").map_or(usize::MAX, |d| d.count());
+            usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(open)
+                .saturating_sub(PURGE_MARGIN)
+                .min(PURGE_HOLD)
+        })
+    }
+
+    /// Whether one more packet bringing up to `fds` descriptors may be taken.
+    fn take(&mut self, fds: usize) -> bool {
+        if self.packets == 0 || *self.room() < fds {
+            return false;
+        }
+        self.packets -= 1;
+        true
+    }
+}
+
 /// Whether `fd` is a Unix socket.
 fn is_unix(fd: BorrowedFd<'_>) -> bool {
     rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == rustix::net::AddressFamily::UNIX)
@@ -84,14 +129,14 @@ fn is_unix(fd: BorrowedFd<'_>) -> bool {
 /// are pushed to `found`, `depth` deep. Never waits. `true` when the socket is empty now, so
 /// that its close releases nothing a peer chose (a listener is never said to be: a peer may
 /// connect until it is closed).
-/// `budget`: packets and connections that may still be taken; none left, `false`.
+/// `budget`: packets, connections and descriptors that may still be taken; none left, `false`.
 /// A listener's pending connections are accepted only when it is our own (`depth` 0 in
 /// [`close_listener`]): a listener a peer sent may still be its own, in use.
 fn purge(
     fd: BorrowedFd<'_>,
     depth: usize,
     found: &mut Vec<(OwnedFd, usize)>,
-    budget: &mut usize,
+    budget: &mut Budget,
     own_listener: bool,
 ) -> bool {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketFlags};
@@ -106,8 +151,10 @@ fn purge(
             tv_sec: 0,
             tv_nsec: 0,
         };
-        for _ in 0..PURGE_PACKETS.min(*budget) {
-            *budget -= 1;
+        for _ in 0..PURGE_PACKETS {
+            if !budget.take(1) {
+                break;
+            }
             // A blocking listener's accept waits: asked first whether one is pending (a
             // pending Unix connection cannot vanish before it is accepted).
             let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
@@ -115,7 +162,10 @@ fn purge(
                 break;
             }
             match rustix::net::accept_with(fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
-                Ok(conn) => found.push((conn, depth + 1)),
+                Ok(conn) => {
+                    *budget.room() -= 1;
+                    found.push((conn, depth + 1));
+                }
                 Err(_) => break,
             }
         }
@@ -130,8 +180,10 @@ fn purge(
     // SCM_MAX_FD: room for every descriptor one packet may carry, so that none is discarded
     // (the kernel would close it here).
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253), ScmCredentials(1))];
-    for _ in 0..PURGE_PACKETS.min(*budget) {
-        *budget -= 1;
+    for _ in 0..PURGE_PACKETS {
+        if !budget.take(SCM_MAX_FD) {
+            return false;
+        }
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let got = rustix::net::recvmsg(
             fd,
@@ -143,7 +195,10 @@ fn purge(
         for m in control.drain() {
             packet = true;
             if let RecvAncillaryMessage::ScmRights(rights) = m {
-                found.extend(rights.map(|f| (f, depth + 1)));
+                for f in rights {
+                    *budget.room() -= 1;
+                    found.push((f, depth + 1));
+                }
             }
         }
         match got {
@@ -171,7 +226,10 @@ pub fn close_listener(listener: OwnedFd) {
 
 fn close_with(mut work: Vec<(OwnedFd, usize)>, own_listener: bool) {
     let mut fds = Vec::new();
-    let mut budget = PURGE_BUDGET;
+    let mut budget = Budget {
+        packets: PURGE_BUDGET,
+        room: None,
+    };
     while let Some((fd, depth)) = work.pop() {
         disarm(fd.as_fd());
         if depth < PURGE_DEPTH
@@ -185,6 +243,9 @@ fn close_with(mut work: Vec<(OwnedFd, usize)>, own_listener: bool) {
             )
         {
             drop(fd);
+            if let Some(room) = budget.room.as_mut() {
+                *room += 1;
+            }
         } else {
             fds.push(fd);
         }
@@ -195,19 +256,28 @@ fn close_with(mut work: Vec<(OwnedFd, usize)>, own_listener: bool) {
     let mut q = queue();
     q.open += fds.len();
     q.fds.extend(fds);
-    if q.idle == 0 && q.threads < MAX_CLOSERS {
+    // A thread for each descriptor no idle one will take, up to MAX_CLOSERS: any of them may
+    // block, and none must wait behind another.
+    let mut started = 0;
+    while q.idle + started < q.fds.len() && q.threads < MAX_CLOSERS {
         let spawned = std::thread::Builder::new()
             .name("memkit-closer".into())
             .spawn(closer);
         match spawned {
-            Ok(_) => q.threads += 1,
+            Ok(_) => {
+                q.threads += 1;
+                started += 1;
+            }
             // The queue waits for a closer thread that can start (the next hand-over tries
             // again); nothing is closed here.
-            Err(e) => gst::warning!(CAT, "cannot start a closer thread: {}", e),
+            Err(e) => {
+                gst::warning!(CAT, "cannot start a closer thread: {}", e);
+                break;
+            }
         }
     }
     drop(q);
-    QUEUE.1.notify_one();
+    QUEUE.1.notify_all();
 }
 
 /// Closes `fd` on a closer thread; never blocks the caller.
