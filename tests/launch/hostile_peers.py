@@ -88,10 +88,10 @@ def send_with(sock, packet, fds):
 def rest_listener(path):
     """Keeps the producer's listener resting (it rests 10 ms after each connection of a
     penalized peer it refuses) from another process, of another user when run as root (a
-    peer is a user and group): misbehaves once, then reconnects until its standard input
+    peer is a user): misbehaves once, then reconnects until its standard input
     closes. Returns once the listener rests."""
     def become_nobody():
-        # A peer is a user and group: run as root (the tests), the rester is another user,
+        # A peer is a user: run as root (the tests), the rester is another user,
         # or its penalty would be the caller's too. The socket must let it connect.
         if os.getuid() == 0:
             os.setgid(65534)

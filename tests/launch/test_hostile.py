@@ -393,7 +393,7 @@ class Issue19Consumers(ProducerTestCase):
             s.close()
         # The hello deadline is 2 s; the producer's service thread looks every 50 ms.
         self.assertLess(time.time() - start, 6)
-        # No hello is misbehaviour: our user (a peer is a user and group) is refused for 1 s,
+        # No hello is misbehaviour: our user (a peer is a user) is refused for 1 s,
         # through which memfdsrc keeps reconnecting (backing off) until it is taken.
         good = self.spawn(f"memfdsrc socket-path={self.sock} reconnect=true name=r ! fakesink")
         rc, text = finish(good)

@@ -323,10 +323,7 @@ mod tests {
             start.elapsed()
         );
         // Refused at accept (its process penalized): the same, on the accepting thread.
-        let me = (
-            rustix::process::getuid().as_raw(),
-            rustix::process::getgid().as_raw(),
-        );
+        let me = rustix::process::getuid().as_raw();
         lock(&state).penalize(me);
         let (ours2, theirs) = socket_pair();
         let (fd, _peer, _l) = lingering(LINGER);
@@ -441,11 +438,8 @@ mod tests {
         let state = state();
         let (_ours, id) = connect(&state);
         lock(&state).handle(id, b"garbage", 0).finish();
-        // A socket pair's peer is this very process: its user and group penalized now.
-        let me = (
-            rustix::process::getuid().as_raw(),
-            rustix::process::getgid().as_raw(),
-        );
+        // A socket pair's peer is this very process: its user penalized now.
+        let me = rustix::process::getuid().as_raw();
         assert!(lock(&state).penalized(me));
         let (_ours, theirs) = socket_pair();
         assert!(

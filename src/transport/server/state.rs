@@ -35,9 +35,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// count against `max-consumers` (a flood of silent connections must not keep a real consumer
 /// out).
 pub(super) const MAX_PENDING: usize = 32;
-/// The credentials (user and group) of a connection that misbehaved (garbage, descriptors, a
-/// release of a buffer it does not hold, no hello) cannot connect again for this long, from
-/// any process: a reconnecting (or forking) attacker gets one try a second.
+/// The user of a connection that misbehaved (garbage, descriptors, a release of a buffer it
+/// does not hold, no hello) cannot connect again for this long, from any process or group: a
+/// reconnecting (or forking, or group-switching) attacker gets one try a second.
 pub(super) const PENALTY: Duration = Duration::from_secs(1);
 
 /// What to do with a consumer that is full (holds `max_outstanding` buffers, or every block
@@ -126,19 +126,20 @@ impl Cred {
         })
     }
 
-    /// Whom the connection counts for, for the fair share and for penalties: its user and
-    /// group. Processes are not told apart (a process can fork as many as it likes), so many
-    /// connections or processes with the same credentials are one peer.
-    pub fn user(&self) -> (u32, u32) {
-        (self.uid, self.gid)
+    /// Whom the connection counts for, for the fair share and for penalties: its user.
+    /// Processes are not told apart (a process can fork as many as it likes), nor groups (a
+    /// user can switch to any group of theirs), so many connections, processes or groups of
+    /// one user are one peer.
+    pub fn user(&self) -> u32 {
+        self.uid
     }
 }
 
-/// One peer for fairness: a user and group (every connection and process with the same
-/// credentials, [`Cred::user`]), or a connection whose credentials are unknown.
+/// One peer for fairness: a user (every connection, process and group of theirs,
+/// [`Cred::user`]), or a connection whose credentials are unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum PeerKey {
-    User(u32, u32),
+    User(u32),
     Connection(u64),
 }
 
@@ -156,8 +157,7 @@ pub(super) struct Consumer {
 impl Consumer {
     fn key(&self) -> PeerKey {
         self.cred.map_or(PeerKey::Connection(self.peer.id), |c| {
-            let (uid, gid) = c.user();
-            PeerKey::User(uid, gid)
+            PeerKey::User(c.user())
         })
     }
 }
@@ -194,7 +194,7 @@ pub(super) struct Shared {
     /// What the consumers' held buffers pin, all together.
     pub(super) pins: Pins,
     /// Processes that may not connect until then (they misbehaved).
-    penalties: HashMap<(u32, u32), Instant>,
+    penalties: HashMap<u32, Instant>,
     pub(super) limits: Limits,
     /// Packets a consumer that connects late gets first: caps, stream-start, segment.
     pub(super) caps: Option<Vec<u8>>,
@@ -274,8 +274,7 @@ impl Shared {
         }
         self.stats.consumers_refused += 1;
         let why = if penalized {
-            "a connection with its credentials (user and group) misbehaved less than a second ago"
-                .to_owned()
+            "a connection of its user misbehaved less than a second ago".to_owned()
         } else {
             format!("{} connected (max-consumers)", self.ready())
         };
@@ -364,12 +363,12 @@ impl Shared {
     }
 
     #[cfg(test)]
-    pub(super) fn penalize(&mut self, user: (u32, u32)) {
+    pub(super) fn penalize(&mut self, user: u32) {
         self.penalties.insert(user, Instant::now() + PENALTY);
     }
 
     #[cfg(test)]
-    pub(super) fn penalized(&self, user: (u32, u32)) -> bool {
+    pub(super) fn penalized(&self, user: u32) -> bool {
         self.penalties.contains_key(&user)
     }
 
@@ -495,7 +494,7 @@ impl Shared {
 
     /// Drops consumers until a buffer in `blocks` fits in the bounds of what all may pin (or
     /// nobody holds anything any more). The one dropped is a connection of the peer that
-    /// pins the most, all its connections together: a user and group (same credentials)
+    /// pins the most, all its connections together: a user (same uid, any group)
     /// count as one peer however many connections and processes they open, and the peer that pins the most always
     /// pins more than an equal share of the bound (the bound over the peers holding
     /// buffers), so no peer within its share is dropped while another exceeds its own. Of

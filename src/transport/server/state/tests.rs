@@ -29,6 +29,11 @@ fn consumer(s: &mut Shared, id: u64, pid: i32) {
 
 /// Adds consumer `id` of process `pid` run by user and group `uid`, said hello.
 fn consumer_of(s: &mut Shared, id: u64, pid: i32, uid: u32) {
+    consumer_in(s, id, pid, uid, uid);
+}
+
+/// Adds consumer `id` of process `pid` run by user `uid` in group `gid`, said hello.
+fn consumer_in(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
     let (_ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -42,7 +47,7 @@ fn consumer_of(s: &mut Shared, id: u64, pid: i32, uid: u32) {
         peer,
         sock: Arc::new(Conn::new(theirs)),
         since: Instant::now(),
-        cred: Some(Cred { pid, uid, gid: uid }),
+        cred: Some(Cred { pid, uid, gid }),
         stalled: false,
     });
 }
@@ -160,6 +165,38 @@ fn processes_of_one_user_count_as_one_peer_for_the_share_and_the_penalty() {
 }
 
 #[test]
+fn groups_of_one_user_count_as_one_peer_for_the_share_and_the_penalty() {
+    // Review of issue 27: peers were a user and group, so one user's hoarders in three
+    // groups (newgrp, sg) were three peers and the recorder holding its window of 48 was
+    // dropped, and a user penalized in one group connected at once in another.
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 128;
+    consumer_of(&mut s, 1, 100, 1000); // the recorder, its own user
+    for hoarder in 2..=4 {
+        consumer_in(&mut s, hoarder, 200, 2000, 2000 + hoarder as u32); // a group each
+    }
+    hoard(&mut s, 2, 1000, 47);
+    hoard(&mut s, 3, 2000, 47);
+    hoard(&mut s, 4, 3000, 33);
+    hoard(&mut s, 1, 5000, 48);
+    let gone = s.make_room(&[blk(5048, 4096)]);
+    assert!(!gone.held.is_empty(), "nobody was dropped");
+    gone.finish();
+    assert!(ids(&s).contains(&1), "the recorder was dropped");
+    let hoarder = *ids(&s).iter().find(|&&id| id != 1).unwrap();
+    s.misbehaved(hoarder, "garbage").finish();
+    let other_group = Cred {
+        pid: 200,
+        uid: 2000,
+        gid: 100,
+    };
+    assert!(
+        s.refusal(Some(other_group)).is_some(),
+        "the offender got in from another group"
+    );
+}
+
+#[test]
 fn eleven_hoarders_of_one_process_lose_to_a_recorder_at_the_default_bound() {
     let mut s = shared();
     s.limits.max_pinned_blocks = 512;
@@ -199,7 +236,7 @@ fn a_consumer_that_sends_a_descriptor_is_dropped_and_its_process_penalized() {
     let hello = Message::Hello { max_blocks: 64 }.encode();
     s.handle(1, &hello, 1).finish();
     assert!(ids(&s).is_empty());
-    assert!(s.penalized((1077, 1077)));
+    assert!(s.penalized(1077));
     // Any process with the same credentials is refused; another user is not.
     assert!(
         s.refusal(Some(Cred {
@@ -216,6 +253,16 @@ fn a_consumer_that_sends_a_descriptor_is_dropped_and_its_process_penalized() {
             gid: 1078
         }))
         .is_none()
+    );
+    // Nor does the same user in another group get in (review of issue 27: it did, when a
+    // peer was a user and group).
+    assert!(
+        s.refusal(Some(Cred {
+            pid: 79,
+            uid: 1077,
+            gid: 100
+        }))
+        .is_some()
     );
     assert_eq!(s.stats.consumers_dropped, 1);
 }
