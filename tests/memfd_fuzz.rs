@@ -863,7 +863,7 @@ impl Hostile<'_> {
         let mut rng = Rng { words };
         while !rng.done() {
             if self.conns.is_empty() || (self.conns.len() < 4 && rng.chance(10)) {
-                if let Ok(sock) = proto::connect(self.path, Duration::ZERO, || true) {
+                if let Some(sock) = connect_hostile(self.path) {
                     self.conns.push(Conn {
                         sock,
                         blocks: HashMap::new(),
@@ -939,6 +939,40 @@ impl Hostile<'_> {
     }
 }
 
+/// The user hostile consumers connect as, when the fuzzer runs as root (`nobody`).
+const HOSTILE_UID: u32 = 65534;
+
+/// Connects a hostile consumer. A peer is a user (for the penalty and the fair share), and
+/// the trust model asks that consumers one does not trust run as a user of their own: run as
+/// root, the fuzzer connects them as [`HOSTILE_UID`], on a thread whose effective user alone
+/// is changed for the connect (the credentials the sink sees are the connecting thread's),
+/// so that the good consumer, this process's user, is another peer. Otherwise they share its
+/// user, its penalty and its share.
+fn connect_hostile(path: &Path) -> Option<OwnedFd> {
+    if !rustix::process::geteuid().is_root() {
+        return proto::connect(path, Duration::ZERO, || true).ok();
+    }
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        // SAFETY: the raw system call (not libc's setresuid, which changes every thread of
+        // the process) changes this thread's effective user only; -1 leaves the real and
+        // saved users (root) as they are. The thread ends after the connect.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_setresuid,
+                -1 as libc::c_long,
+                libc::c_long::from(HOSTILE_UID),
+                -1 as libc::c_long,
+            )
+        };
+        assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+        assert_eq!(rustix::process::geteuid().as_raw(), HOSTILE_UID);
+        proto::connect(&path, Duration::ZERO, || true).ok()
+    })
+    .join()
+    .expect("the connecting thread panicked")
+}
+
 /// One case against `memfdsink`: hostile consumers play `words` beside a good consumer;
 /// `Err` names what broke.
 fn consumer_case(words: &[u64]) -> Result<(), String> {
@@ -951,7 +985,7 @@ fn consumer_case(words: &[u64]) -> Result<(), String> {
     let path = socket_path("sink");
     let producer = gst::parse::launch(&format!(
         "appsrc name=src format=time caps=application/x-fuzz block=true max-buffers=8 ! \
-         memfdsink name=sink socket-path={} min-consumers=0 sync=false \
+         memfdsink name=sink socket-path={} socket-mode=438 min-consumers=0 sync=false \
          max-pinned-blocks={max_pinned} max-outstanding={max_outstanding}",
         path.display()
     ))
