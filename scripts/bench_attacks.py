@@ -18,6 +18,12 @@ in a process of its own, started before the good consumer and stopped after it:
 - non-readers: 8 connections that say hello and never read, against a producer whose
   max-outstanding is 65536 (their sockets fill long before that bound; issue 27).
 
+Attackers and burners run as another user (`nobody`, when the script runs as root), and the
+socket is open to them: memfdsink counts a user and group as one peer, for the fair share and
+for the penalty, so an attacker running as the good consumer's user would be the good
+consumer (its penalty refuses the good consumer too). Not as root, they run as the same user,
+and the attacks that are penalised (release-flood, linger) may get the good consumer refused.
+
 The attacker's CPU time is measured (wait4); the same run is then repeated with a burner
 instead of the attacker, twice: one that spins for the same share of the CPU (and sleeps the
 rest of every 10 ms), and one that spins all the time (an attacker that spins is always
@@ -51,6 +57,8 @@ ATTACKS = ["hoarders", "release-flood", "silent", "linger", "non-readers"]
 # Producer properties an attack needs (the same for its runs alone and under load).
 PRODUCER = {"non-readers": "max-outstanding=65536"}
 LINGER = 10
+# Whom the attackers and burners run as: another user and group than the good consumer's.
+OTHER = (65534, 65534) if os.geteuid() == 0 else None
 
 
 def hello(path):
@@ -222,7 +230,13 @@ def gst(pipeline, limit=None):
 
 
 def helper(*args):
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args])
+    def other():
+        os.setgroups([])
+        os.setgid(OTHER[1])
+        os.setuid(OTHER[0])
+
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
+                            preexec_fn=other if OTHER else None)
 
 
 def stop_helper(proc):
@@ -238,9 +252,10 @@ def run(n, attacker=None, share=None, props=""):
     `share` of a core) beside it, from a producer with `props`: (good consumer's buffers/s,
     CPU seconds of the helper, wall seconds it ran)."""
     with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o711)  # the other user reaches the socket, and nothing else
         path = os.path.join(tmp, "s.sock")
         prod = gst(f"memsrc pattern=none blocksize=4096 ! memfdsink socket-path={path} name=s "
-                   f"{props}", limit=1024)
+                   f"socket-mode={0o666} {props}", limit=1024)
         while not os.path.exists(path):
             time.sleep(0.01)
         side, started = None, time.time()
