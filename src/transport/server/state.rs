@@ -502,10 +502,12 @@ impl Shared {
     /// connections and processes they open. A peer is dropped only if it pins more than an
     /// equal share of the bound (the bound over the peers holding buffers or waiting for
     /// this one), and only for a peer within its share that waits for this buffer (said
-    /// hello, its socket has room, and so has its window). With `OnFull::Drop`, when no peer
-    /// within its share waits (a lone consumer that lags, consumers of one user, peers that
-    /// all pin more than their share), nobody is dropped: the buffer is missed until
-    /// releases make room. With `Disconnect` and `Wait` the peer that pins the most is
+    /// hello, its socket has room, and so has its window). Failing that, a peer's connection
+    /// pinning the most is dropped for another of the same peer that waits and pins at most
+    /// half as much.
+    /// With `OnFull::Drop`, when nobody within its share waits (a lone consumer that lags,
+    /// peers that all pin more than their share), nobody is dropped: the buffer is missed
+    /// until releases make room. With `Disconnect` and `Wait` the peer that pins the most is
     /// dropped at the bound whatever its share. Of that peer, the connection that pins the
     /// most goes first; ties go to the one holding the oldest buffer. When nothing is pinned
     /// the buffer goes out whatever its size.
@@ -526,21 +528,21 @@ impl Shared {
     }
 
     /// The connection [`make_room`](Self::make_room) drops, and why; `None` when nobody
-    /// holds anything, or (`OnFull::Drop`) when no peer within its share waits for a buffer
-    /// in `blocks`. `by_blocks`: the bound passed is the blocks', else the bytes'.
+    /// holds anything, or (`OnFull::Drop`) when nobody within its share waits for a buffer
+    /// in `blocks`: no peer within its share of the bound, and no connection pinning at
+    /// most half what the connection of its peer pinning the most pins. `by_blocks`: the
+    /// bound passed is the blocks', else the bytes'.
     fn evictee(&self, by_blocks: bool, blocks: &[BlockWire]) -> Option<(u64, String)> {
         let max_out = self.limits.max_outstanding;
         let fair = self.limits.on_full == OnFull::Drop;
         let waiting = |c: &Consumer| c.peer.ready() && !c.stalled;
-        // The common case costs one pass: a lone peer (one consumer, or all of one user) has
-        // the whole bound as its share.
-        let mut keys = self
+        // The common case costs one pass: a lone consumer has the whole bound as its share.
+        let mut present = self
             .consumers
             .iter()
-            .filter(|c| c.peer.outstanding() > 0 || waiting(c))
-            .map(Consumer::key);
-        let first = keys.next()?;
-        if fair && keys.all(|k| k == first) {
+            .filter(|c| c.peer.outstanding() > 0 || waiting(c));
+        present.next()?;
+        if fair && present.next().is_none() {
             return None;
         }
         let measure = |ids: &HashSet<u64>| {
@@ -550,24 +552,21 @@ impl Shared {
                 self.pins.bytes_of(ids)
             }
         };
-        // Per peer: the blocks its buffers pin (each once), its connections holding any,
-        // with what each pins and its oldest buffer, and whether one waits for this buffer.
-        type Holders = Vec<(u64, u64, u64)>;
-        let mut peers: HashMap<PeerKey, (HashSet<u64>, Holders, bool)> = HashMap::new();
+        // Per peer: the blocks its buffers pin (each once), and its connections holding
+        // buffers or waiting for this one: what each pins, its oldest buffer, if it waits.
+        type Conns = Vec<(u64, u64, u64, bool)>;
+        let mut peers: HashMap<PeerKey, (HashSet<u64>, Conns)> = HashMap::new();
         for c in &self.consumers {
             let wants = waiting(c) && c.peer.fits(blocks, max_out).is_ok();
             if c.peer.outstanding() == 0 && !wants {
                 continue;
             }
+            let held = c.peer.held_blocks();
+            let own = measure(&held);
+            let oldest = c.peer.oldest().unwrap_or(u64::MAX);
             let entry = peers.entry(c.key()).or_default();
-            entry.2 |= wants;
-            if c.peer.outstanding() > 0 {
-                let held = c.peer.held_blocks();
-                let own = measure(&held);
-                let oldest = c.peer.oldest().unwrap_or(u64::MAX);
-                entry.0.extend(held);
-                entry.1.push((c.peer.id, own, oldest));
-            }
+            entry.0.extend(held);
+            entry.1.push((c.peer.id, own, oldest, wants));
         }
         let (unit, bound, pinned) = if by_blocks {
             (
@@ -580,33 +579,51 @@ impl Shared {
         };
         let n_peers = peers.len() as u64;
         let share = bound / n_peers.max(1);
-        let usage: Vec<(u64, u64, Holders, bool)> = peers
+        let usage: Vec<(u64, u64, Conns)> = peers
             .into_values()
-            .map(|(ids, holders, wants)| {
-                let oldest = holders.iter().map(|h| h.2).min().unwrap_or(u64::MAX);
-                (measure(&ids), oldest, holders, wants)
+            .map(|(ids, conns)| {
+                let oldest = conns.iter().map(|h| h.2).min().unwrap_or(u64::MAX);
+                (measure(&ids), oldest, conns)
             })
             .collect();
-        // Nobody within its share is kept from this buffer: nobody is dropped for it.
-        if fair && !usage.iter().any(|p| p.3 && p.0 <= share) {
-            return None;
-        }
-        let (used, oldest, holders, _) = usage
-            .into_iter()
-            .filter(|p| !p.2.is_empty())
-            .max_by_key(|p| (p.0, std::cmp::Reverse(p.1)))?;
-        if fair && used <= share {
-            return None;
-        }
-        let &(id, own, _) = holders
+        // A connection's most pinning one (ties: the oldest buffer).
+        let top = |conns: &Conns| {
+            conns
+                .iter()
+                .max_by_key(|&&(_, own, oldest, _)| (own, std::cmp::Reverse(oldest)))
+                .map(|&(id, own, _, _)| (id, own))
+        };
+        let kept_from_share = |used: u64, conns: &Conns| used <= share && conns.iter().any(|h| h.3);
+        let (used, oldest, conns) = usage
             .iter()
-            .max_by_key(|&&(_, own, oldest)| (own, std::cmp::Reverse(oldest)))?;
+            .filter(|p| p.2.iter().any(|h| h.1 > 0))
+            .max_by_key(|p| (p.0, std::cmp::Reverse(p.1)))?;
+        if !fair || (*used > share && usage.iter().any(|p| kept_from_share(p.0, &p.2))) {
+            let (id, own) = top(conns)?;
+            let why = format!(
+                "consumers pin {pinned} {unit} together (at most {bound}): its peer (its user \
+                 and group) pins the most, {used} {unit} over {} connections (an equal share \
+                 is {share} of {n_peers} peers holding buffers or waiting for one), and this \
+                 connection pins the most of them, {own}; its oldest buffer is {oldest}",
+                conns.len(),
+            );
+            return Some((id, why));
+        }
+        // No peer within its share waits: within a peer, its connection pinning the most
+        // goes for another of it that waits and pins at most half as much (a consumer of a
+        // user who also hoards), never for itself (a lone consumer that lags).
+        let (id, own) = usage
+            .iter()
+            .filter_map(|(_, _, conns)| {
+                let (id, own) = top(conns)?;
+                let kept = conns.iter().any(|h| h.0 != id && h.3 && h.1 <= own / 2);
+                (own > 0 && kept).then_some((id, own))
+            })
+            .max_by_key(|&(_, own)| own)?;
         let why = format!(
-            "consumers pin {pinned} {unit} together (at most {bound}): its peer (its user and \
-             group) pins the most, {used} {unit} over {} connections (an equal share is {share} \
-             of {n_peers} peers holding buffers or waiting for one), and this connection pins \
-             the most of them, {own}; its oldest buffer is {oldest}",
-            holders.len(),
+            "consumers pin {pinned} {unit} together (at most {bound}): this connection pins \
+             {own} {unit}, the most of its peer (its user and group), while another of them \
+             that pins at most half as much waits for a buffer"
         );
         Some((id, why))
     }

@@ -165,6 +165,27 @@ fn hoard(s: &mut Shared, cid: u64, first: u64, n: u64) {
 }
 
 #[test]
+fn hoarders_of_the_good_consumers_own_user_lose_to_it() {
+    // Connections of one user are one peer, with the whole bound as its share: of three
+    // that hold their whole window (40), one goes for a fourth of the same user that waits
+    // for the buffer and pins less than half as much (launch test_hostile's 16 reconnecting
+    // hoarders of the test's own user).
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 121;
+    s.limits.max_outstanding = 40;
+    consumer_of(&mut s, 1, 100, 1000); // the good consumer
+    hoard(&mut s, 1, 1, 1);
+    for h in 2..=4 {
+        consumer_of(&mut s, h, 200, 1000);
+        hoard(&mut s, h, 1000 * h, 40);
+    }
+    let (gone, fits) = s.make_room(&[blk(99, 4096)]);
+    assert!(fits && gone.held.len() == 40, "no hoarder was dropped");
+    gone.finish();
+    assert!(ids(&s).contains(&1), "the good consumer was dropped");
+}
+
+#[test]
 fn connections_of_one_process_count_as_one_peer() {
     // Issue 27: a recorder holding a window of 48 against one process holding 47 on
     // each of three connections, at a bound of 128 blocks. Before, the recorder was
