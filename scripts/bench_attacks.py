@@ -18,9 +18,15 @@ in a process of its own, started before the good consumer and stopped after it:
 - non-readers: 8 connections that say hello and never read, against a producer whose
   max-outstanding is 65536 (their sockets fill long before that bound; issue 27).
 
+Attackers and burners run as another user (`nobody`, when the script runs as root), and the
+socket is open to them: memfdsink counts a user and group as one peer, for the fair share and
+for the penalty, so an attacker running as the good consumer's user would be the good
+consumer (its penalty refuses the good consumer too). Not as root, they run as the same user,
+and the attacks that are penalised (release-flood, linger) may get the good consumer refused.
+
 The attacker's CPU time is measured (wait4); the same run is then repeated with a burner
-instead of the attacker, twice: one that spins for the same share of the CPU (and sleeps the
-rest of every 10 ms), and one that spins all the time (an attacker that spins is always
+instead of the attacker, twice: one that takes the same share of the CPU (paced by the CPU
+time it gets, and its own share measured too), and one that spins all the time (an attacker that spins is always
 runnable, and takes its fair share of the cores whatever it gets done: this is the pressure it
 puts on the scheduler). Printed per attack: the good consumer's buffers/s alone, under the
 attack, under each burner, and the ratio attack/load for each (1.0: the attack costs no more
@@ -51,6 +57,8 @@ ATTACKS = ["hoarders", "release-flood", "silent", "linger", "non-readers"]
 # Producer properties an attack needs (the same for its runs alone and under load).
 PRODUCER = {"non-readers": "max-outstanding=65536"}
 LINGER = 10
+# Whom the attackers and burners run as: another user and group than the good consumer's.
+OTHER = (65534, 65534) if os.geteuid() == 0 else None
 
 
 def hello(path):
@@ -202,14 +210,21 @@ def attack(kind, path):
 
 
 def burn(share):
-    """Spins for `share` of every 10 ms until SIGTERM."""
+    """Uses `share` of a core until SIGTERM: spins (1 ms at a time) while the CPU time it
+    got is behind `share` of the time it ran, sleeps 1 ms otherwise. Paced by the CPU time
+    it gets, not by the clock: on a busy machine a burner that spins for a share of every
+    10 ms of wall time gets less than that share (it measured a third of the attacker's CPU
+    time under release-flood)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    wall, cpu = time.perf_counter(), time.process_time()
     while not stop.is_set():
-        end = time.perf_counter() + 0.01 * share
-        while time.perf_counter() < end:
-            pass
-        time.sleep(0.01 * (1 - share))
+        if time.process_time() - cpu < share * (time.perf_counter() - wall):
+            end = time.perf_counter() + 0.001
+            while time.perf_counter() < end:
+                pass
+        else:
+            time.sleep(0.001)
 
 
 def gst(pipeline, limit=None):
@@ -222,7 +237,13 @@ def gst(pipeline, limit=None):
 
 
 def helper(*args):
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args])
+    def other():
+        os.setgroups([])
+        os.setgid(OTHER[1])
+        os.setuid(OTHER[0])
+
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
+                            preexec_fn=other if OTHER else None)
 
 
 def stop_helper(proc):
@@ -238,9 +259,10 @@ def run(n, attacker=None, share=None, props=""):
     `share` of a core) beside it, from a producer with `props`: (good consumer's buffers/s,
     CPU seconds of the helper, wall seconds it ran)."""
     with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o711)  # the other user reaches the socket, and nothing else
         path = os.path.join(tmp, "s.sock")
         prod = gst(f"memsrc pattern=none blocksize=4096 ! memfdsink socket-path={path} name=s "
-                   f"{props}", limit=1024)
+                   f"socket-mode={0o666} {props}", limit=1024)
         while not os.path.exists(path):
             time.sleep(0.01)
         side, started = None, time.time()
@@ -277,10 +299,10 @@ def main():
         return burn(args.burn)
     n, repeats = (2000, 1) if args.quick else (args.buffers, args.repeats)
     print(f"good consumer's buffers/s, 4 KiB buffers, {n} per run, median of {repeats}")
-    print(f"{'attack':<14} {'alone':>9} {'attack':>9} {'cpu':>5} {'load':>9} {'spin':>9} "
-          f"{'att/load':>9} {'att/spin':>9}")
+    print(f"{'attack':<14} {'alone':>9} {'attack':>9} {'cpu':>5} {'load':>9} {'lcpu':>5} "
+          f"{'spin':>9} {'att/load':>9} {'att/spin':>9}")
     for kind in args.attacks.split(","):
-        alone, hit, loaded, spun, shares = [], [], [], [], []
+        alone, hit, loaded, spun, shares, lshares = [], [], [], [], [], []
         props = PRODUCER.get(kind, "")
         for _ in range(repeats):
             alone.append(run(n, props=props)[0])
@@ -288,12 +310,14 @@ def main():
             hit.append(rate)
             share = min(cpu / wall, 1.0)
             shares.append(share)
-            loaded.append(run(n, share=share, props=props)[0] if share > 0.01
-                          else run(n, props=props)[0])
+            rate, cpu, wall = (run(n, share=share, props=props) if share > 0.01
+                               else run(n, props=props))
+            loaded.append(rate)
+            lshares.append(cpu / wall)
             spun.append(run(n, share=1.0, props=props)[0])
         a, h, lo, sp = (statistics.median(x) for x in (alone, hit, loaded, spun))
         print(f"{kind:<14} {a:>9.0f} {h:>9.0f} {statistics.median(shares):>5.2f} {lo:>9.0f} "
-              f"{sp:>9.0f} {h / lo:>9.2f} {h / sp:>9.2f}")
+              f"{statistics.median(lshares):>5.2f} {sp:>9.0f} {h / lo:>9.2f} {h / sp:>9.2f}")
     return 0
 
 

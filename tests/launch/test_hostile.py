@@ -928,5 +928,32 @@ class FairEviction(ProducerTestCase):
         self.assertEqual(rc, 0, text[-3000:])
         self.assertGreaterEqual(stats(text)["s"]["consumers-dropped"], 1)
 
+
+class PinnedBound(ProducerTestCase):
+    """Issue 27: at the pinned bound a consumer within its share misses buffers, as at its
+    max-outstanding window; it is not dropped."""
+
+    def test_a_lone_consumer_that_lags_at_the_pinned_bound_misses_buffers(self):
+        # A fast producer, a consumer taking 2 ms a buffer: what waits in its socket queue
+        # pins 16 blocks (max-pinned-blocks) long before max-outstanding (65536). Before: it
+        # was dropped at once ("its peer pins the most"), alone as it was.
+        n = 300
+        prod = self.spawn(f"-e memsrc blocksize=4096 ! memfdsink socket-path={self.sock} "
+                          f"max-outstanding=65536 max-pinned-blocks=16 min-consumers=0 name=s")
+        wait_for(self.sock)
+        good = self.spawn(f"memfdsrc socket-path={self.sock} num-buffers={n} name=r ! "
+                          f"identity sleep-time=2000 ! fakesink")
+        rc, text = finish(good)
+        # num-buffers reached: its EOS (a consumer dropped gets an error instead).
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertIn("Got EOS", text)
+        prod.send_signal(signal.SIGINT)
+        prc, ptext = finish(prod)
+        self.assertEqual(prc, 0, ptext[-3000:])
+        # It missed buffers (nobody else was there to miss them), and hung up at its EOS.
+        s = stats(ptext)["s"]
+        self.assertGreater(s["buffers-dropped"], 0, "the consumer never reached the bound")
+        self.assertEqual(s["consumers-dropped"], 1)
+
 if __name__ == "__main__":
     unittest.main()

@@ -349,8 +349,9 @@ impl ObjectImpl for MemfdSink {
                     .nick("Maximum pinned blocks")
                     .blurb(
                         "Blocks (one descriptor each) all consumers together may keep alive \
-                         with buffers they hold; past it the consumer pinning the most bytes \
-                         is dropped (0: half of the process's descriptor limit)",
+                         with buffers they hold; past it a consumer of a peer pinning more \
+                         than its share is dropped, or the buffer is missed (0: half of the \
+                         process's descriptor limit)",
                     )
                     .maximum(1 << 20)
                     .default_value(DEFAULT_MAX_PINNED_BLOCKS)
@@ -360,8 +361,9 @@ impl ObjectImpl for MemfdSink {
                     .nick("Maximum pinned bytes")
                     .blurb(
                         "Bytes of blocks all consumers together may keep alive with buffers \
-                         they hold; past it the consumer pinning the most bytes is dropped \
-                         (0: a quarter of the machine's memory)",
+                         they hold; past it a consumer of a peer pinning more than its share \
+                         is dropped, or the buffer is missed (0: a quarter of the machine's \
+                         memory)",
                     )
                     .default_value(DEFAULT_MAX_PINNED_BYTES)
                     .mutable_playing()

@@ -153,8 +153,9 @@ impl Server {
 
     /// Numbers the buffer and plans it for every consumer with room (at most `max_retire`
     /// retirements each), applying the full policy to the others and the bound of what all
-    /// may pin; returns the limits, the consumers to send it to, and the consumers dropped.
-    /// A consumer whose socket was full costs a flag test, nothing more.
+    /// may pin (a buffer that does not fit in it goes to nobody); returns the limits, the
+    /// consumers to send it to, and the consumers dropped. A consumer whose socket was full
+    /// costs a flag test, nothing more.
     fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> (Limits, Targets, Gone) {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
@@ -162,7 +163,7 @@ impl Server {
         s.freed(&freed);
         let limits = s.limits.clone();
         let (max_out, on_full) = (limits.max_outstanding, limits.on_full);
-        let mut gone = s.make_room(&blocks);
+        let (mut gone, fits) = s.make_room(&blocks);
         s.next_buffer += 1;
         let id = s.next_buffer;
         out.wire.id = id;
@@ -171,7 +172,8 @@ impl Server {
         let mut stalled = 0;
         let shared = &mut *s;
         for c in shared.consumers.iter_mut().filter(|c| c.peer.ready()) {
-            if c.stalled {
+            // Stalled, or the buffer does not fit in what all may pin: it misses it.
+            if c.stalled || !fits {
                 stalled += 1;
                 continue;
             }

@@ -78,19 +78,88 @@ fn past_the_pinned_bound_the_peer_pinning_the_most_loses_a_connection() {
     hold(&mut s, 2, 2, &[blk(2, 1000), blk(3, 1000), blk(4, 1000)]);
     assert_eq!(s.pins.count(), 4);
     // A buffer in blocks already pinned needs no room.
-    let gone = s.make_room(&[blk(2, 1000)]);
-    assert!(gone.held.is_empty() && ids(&s) == vec![1, 2]);
-    // A new block would be the fifth (max-pinned-blocks 4): consumer 2 goes.
-    let gone = s.make_room(&[blk(5, 10)]);
+    let (gone, fits) = s.make_room(&[blk(2, 1000)]);
+    assert!(fits && gone.held.is_empty() && ids(&s) == vec![1, 2]);
+    // A new block would be the fifth (max-pinned-blocks 4): consumer 2 (3 blocks, over
+    // its share of 2) goes, for consumer 1 (within its share), which waits for the buffer.
+    let (gone, fits) = s.make_room(&[blk(5, 10)]);
+    assert!(fits);
     assert_eq!(ids(&s), vec![1]);
     assert_eq!((gone.held.len(), s.pins.count()), (1, 1));
     gone.finish();
-    // The byte bound too: 1 MiB.
-    let gone = s.make_room(&[blk(6, 1 << 20)]);
-    assert!(ids(&s).is_empty(), "{:?}", ids(&s));
+    // The byte bound too (1 MiB), with a third user's consumer that waits, holding nothing.
+    consumer(&mut s, 3, 30);
+    hold(&mut s, 1, 3, &[blk(8, 600 << 10)]);
+    let (gone, fits) = s.make_room(&[blk(6, 600 << 10)]);
+    assert!(fits);
+    assert_eq!(ids(&s), vec![3]);
     gone.finish();
-    // With nobody left to drop, the stream goes on regardless.
-    assert!(s.make_room(&[blk(7, 2 << 20)]).held.is_empty());
+    // With nobody holding anything, the stream goes on regardless.
+    let (gone, fits) = s.make_room(&[blk(7, 2 << 20)]);
+    assert!(fits && gone.held.is_empty());
+}
+
+#[test]
+fn a_lone_consumer_at_the_pinned_bound_misses_buffers_and_is_kept() {
+    // Issue 27: a good consumer lagging behind a fast producer with a large
+    // max-outstanding pinned the whole bound on its own and was dropped ("it pins the
+    // most"). Within its share (the whole bound), it misses buffers, as at its window.
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 512;
+    s.limits.max_pinned_bytes = 1 << 30;
+    s.limits.max_outstanding = 65536;
+    consumer(&mut s, 1, 10);
+    hoard(&mut s, 1, 1, 512);
+    let (gone, fits) = s.make_room(&[blk(513, 4096)]);
+    assert_eq!(ids(&s), vec![1], "the lone consumer was dropped");
+    assert!(
+        gone.held.is_empty() && !fits,
+        "the buffer was let past the bound"
+    );
+    // It releases one: the next buffer fits.
+    let c = s.consumers.iter_mut().find(|c| c.peer.id == 1).unwrap();
+    let (_, blocks) = c.peer.release(1).unwrap();
+    s.pins.unpin(&blocks);
+    let (gone, fits) = s.make_room(&[blk(513, 4096)]);
+    assert!(gone.held.is_empty() && fits);
+    // The byte bound the same way.
+    s.limits.max_pinned_bytes = 511 * 4096;
+    let (gone, fits) = s.make_room(&[blk(514, 4096)]);
+    assert!(gone.held.is_empty() && !fits && ids(&s) == vec![1]);
+}
+
+#[test]
+fn a_consumer_that_lags_beside_non_readers_misses_buffers_and_is_kept() {
+    // Issue 27, bench_attacks' non-readers: connections that never read (their sockets
+    // full, so they wait for nothing) hold a few buffers; the good consumer, lagging
+    // behind a fast producer, holds the rest of the bound. Nobody within its share waits
+    // for the buffer, so nobody is dropped for it: whether the non-readers are another
+    // user (the good consumer is then over its share of half the bound) or the same.
+    for uid in [2000, 1000] {
+        let mut s = shared();
+        s.limits.max_pinned_blocks = 512;
+        s.limits.max_pinned_bytes = 1 << 30;
+        s.limits.max_outstanding = 65536;
+        consumer_of(&mut s, 1, 100, 1000); // the good consumer
+        for r in 2..=9 {
+            consumer_of(&mut s, r, 200, uid);
+            hoard(&mut s, r, 10_000 * r, 20);
+            s.consumers.last_mut().unwrap().stalled = true;
+        }
+        hoard(&mut s, 1, 1, 512 - 8 * 20);
+        let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
+        assert!(gone.held.is_empty(), "someone was dropped (user {uid})");
+        assert_eq!(ids(&s).len(), 9);
+        assert!(!fits, "the buffer was let past the bound");
+        // A consumer of a third user connects and waits, within its share: now the peer
+        // pinning the most, over its share, loses its connection pinning the most (the
+        // lagging consumer, either way) for it.
+        consumer_of(&mut s, 10, 300, 3000);
+        let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
+        assert!(fits && !gone.held.is_empty());
+        gone.finish();
+        assert!(ids(&s).contains(&10) && !ids(&s).contains(&1));
+    }
 }
 
 /// `n` buffers of one block each (ids from `first`) for consumer `cid`.
@@ -98,6 +167,27 @@ fn hoard(s: &mut Shared, cid: u64, first: u64, n: u64) {
     for b in first..first + n {
         hold(s, cid, b, &[blk(b, 4096)]);
     }
+}
+
+#[test]
+fn hoarders_of_the_good_consumers_own_user_lose_to_it() {
+    // Connections of one user are one peer, with the whole bound as its share: of three
+    // that hold their whole window (40), one goes for a fourth of the same user that waits
+    // for the buffer and pins less than half as much (launch test_hostile's 16 reconnecting
+    // hoarders of the test's own user).
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 121;
+    s.limits.max_outstanding = 40;
+    consumer_of(&mut s, 1, 100, 1000); // the good consumer
+    hoard(&mut s, 1, 1, 1);
+    for h in 2..=4 {
+        consumer_of(&mut s, h, 200, 1000);
+        hoard(&mut s, h, 1000 * h, 40);
+    }
+    let (gone, fits) = s.make_room(&[blk(99, 4096)]);
+    assert!(fits && gone.held.len() == 40, "no hoarder was dropped");
+    gone.finish();
+    assert!(ids(&s).contains(&1), "the good consumer was dropped");
 }
 
 #[test]
@@ -117,7 +207,7 @@ fn connections_of_one_process_count_as_one_peer() {
     hoard(&mut s, 1, 5000, 1);
     // The recorder goes on: a new block each buffer, the oldest released past 48.
     for next in 5001..5101 {
-        s.make_room(&[blk(next, 4096)]).finish();
+        s.make_room(&[blk(next, 4096)]).0.finish();
         assert!(ids(&s).contains(&1), "the recorder was dropped");
         hold(&mut s, 1, next, &[blk(next, 4096)]);
         if next - 5000 >= 48 {
@@ -146,7 +236,7 @@ fn processes_of_one_user_count_as_one_peer_for_the_share_and_the_penalty() {
     hoard(&mut s, 3, 2000, 47);
     hoard(&mut s, 4, 3000, 33);
     hoard(&mut s, 1, 5000, 48);
-    let gone = s.make_room(&[blk(5048, 4096)]);
+    let (gone, _) = s.make_room(&[blk(5048, 4096)]);
     assert!(!gone.held.is_empty(), "nobody was dropped");
     gone.finish();
     assert!(ids(&s).contains(&1), "the recorder was dropped");
@@ -179,7 +269,7 @@ fn groups_of_one_user_count_as_one_peer_for_the_share_and_the_penalty() {
     hoard(&mut s, 3, 2000, 47);
     hoard(&mut s, 4, 3000, 33);
     hoard(&mut s, 1, 5000, 48);
-    let gone = s.make_room(&[blk(5048, 4096)]);
+    let (gone, _) = s.make_room(&[blk(5048, 4096)]);
     assert!(!gone.held.is_empty(), "nobody was dropped");
     gone.finish();
     assert!(ids(&s).contains(&1), "the recorder was dropped");
@@ -206,7 +296,7 @@ fn eleven_hoarders_of_one_process_lose_to_a_recorder_at_the_default_bound() {
         consumer(&mut s, 2 + h, 200);
         hoard(&mut s, 2 + h, 1000 * (h + 1), 47);
     }
-    let gone = s.make_room(&[blk(99, 4096)]);
+    let (gone, _) = s.make_room(&[blk(99, 4096)]);
     assert!(!gone.held.is_empty());
     gone.finish();
     assert!(ids(&s).contains(&1), "the recorder was dropped");
@@ -223,7 +313,7 @@ fn separate_processes_over_the_bound_lose_the_one_that_pins_the_most() {
     hoard(&mut s, 1, 100, 2);
     hoard(&mut s, 2, 200, 5);
     hoard(&mut s, 3, 300, 3);
-    let gone = s.make_room(&[blk(1, 4096)]);
+    let (gone, _) = s.make_room(&[blk(1, 4096)]);
     assert_eq!(gone.held.len(), 5);
     gone.finish();
     assert_eq!(ids(&s), vec![1, 3]);
