@@ -134,22 +134,39 @@ impl ObjectSubclass for MemfdSrc {
     type ParentType = gst_base::PushSrc;
 }
 
+/// Why [`MemfdSrc::connect`] failed: `Greeting` when connected but the hello could not be
+/// sent (a producer that took the connection and closed it at once, as one does for a
+/// consumer of a user it penalizes): with `reconnect`, tried again after the back-off.
+enum ConnectError {
+    Failed(String),
+    Greeting(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Failed(e) | ConnectError::Greeting(e) => f.write_str(e),
+        }
+    }
+}
+
 impl MemfdSrc {
     /// Connects (again): a new connection, an empty registry.
-    fn connect(&self) -> Result<(), String> {
+    fn connect(&self) -> Result<(), ConnectError> {
         let settings = self.settings.lock().unwrap().clone();
         let Some(path) = settings.socket_path else {
-            return Err("memfdsrc needs socket-path".into());
+            return Err(ConnectError::Failed("memfdsrc needs socket-path".into()));
         };
         *self.link.lock().unwrap() = None;
         let sock = socket::connect(
             &PathBuf::from(&path),
             Duration::from_millis(settings.timeout_ms as u64),
             || self.flushing.load(Ordering::Relaxed),
-        )?;
+        )
+        .map_err(ConnectError::Failed)?;
         gst::info!(CAT, imp = self, "connected to {}", path);
         *self.link.lock().unwrap() = Some(Link {
-            conn: Connection::new(sock, settings.max_blocks)?,
+            conn: Connection::new(sock, settings.max_blocks).map_err(ConnectError::Greeting)?,
             registry: Registry::new(settings.max_blocks as usize),
             packet: vec![0; proto::MAX_MESSAGE],
             busy: false,
@@ -401,10 +418,25 @@ impl BaseSrcImpl for MemfdSrc {
         self.flushing.store(false, Ordering::Relaxed);
         *self.stats.lock().unwrap() = Stats::default();
         *self.backoff.lock().unwrap() = RECONNECT_FIRST_DELAY;
-        self.connect().map_err(|e| {
-            gst::error_msg!(gst::ResourceError::OpenRead, ("Cannot connect: {}", e))
-        })?;
-        Ok(())
+        // A producer that hangs up at once (one refusing this user for a while) is tried
+        // again until `timeout`, as one that is not there yet.
+        let timeout = Duration::from_millis(self.settings.lock().unwrap().timeout_ms as u64);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.connect() {
+                Ok(()) => return Ok(()),
+                Err(ConnectError::Greeting(e)) if std::time::Instant::now() < deadline => {
+                    gst::debug!(CAT, imp = self, "the producer hung up at once: {}", e);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::OpenRead,
+                        ("Cannot connect: {}", e)
+                    ));
+                }
+            }
+        }
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
@@ -540,8 +572,24 @@ impl MemfdSrc {
                 self.path()
             )));
         }
-        // Back off: a producer that accepts and hangs up at once must not make us spin. The
-        // delay doubles up to RECONNECT_MAX_DELAY and is reset by the next buffer.
+        loop {
+            self.back_off()?;
+            match self.connect() {
+                Ok(()) => break,
+                Err(ConnectError::Greeting(e)) => {
+                    gst::warning!(CAT, imp = self, "the producer hung up at once: {}", e);
+                }
+                Err(e) => return Err(self.fail(&format!("Cannot reconnect: {e}"))),
+            }
+        }
+        self.stats.lock().unwrap().reconnects += 1;
+        Ok(())
+    }
+
+    /// Waits before a reconnection: a producer that accepts and hangs up at once must not
+    /// make us spin. The delay doubles up to RECONNECT_MAX_DELAY and is reset by the next
+    /// buffer.
+    fn back_off(&self) -> Result<(), gst::FlowError> {
         let delay = {
             let mut backoff = self.backoff.lock().unwrap();
             let delay = *backoff;
@@ -575,9 +623,6 @@ impl MemfdSrc {
             }
             std::thread::sleep(Duration::from_millis(10).min(delay));
         }
-        self.connect()
-            .map_err(|e| self.fail(&format!("Cannot reconnect: {e}")))?;
-        self.stats.lock().unwrap().reconnects += 1;
         Ok(())
     }
 }
