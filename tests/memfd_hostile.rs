@@ -1707,7 +1707,10 @@ fn caps_a_real_producer_sends_still_pass() {
     for (i, caps) in [
         "video/x-raw(memory:SystemMemory), format=(string)NV12, width=(int)320, \
          height=(int)240, framerate=(fraction)30/1, pixel-aspect-ratio=(fraction)1/1, \
-         interlace-mode=(string)progressive, colorimetry=(string)bt601",
+         interlace-mode=(string)progressive, colorimetry=(string)bt601, \
+         multiview-mode=(string)mono, multiview-flags=(GstVideoMultiviewFlagsSet)0:ffffffff:\
+         /right-view-first/left-flipped/left-flopped/right-flipped/right-flopped/half-aspect\
+         /mixed-mono",
         "audio/x-raw, format=(string)S16LE, layout=(string)interleaved, rate=(int)48000, \
          channels=(int)2, channel-mask=(bitmask)0x0000000000000003",
         "video/x-h264, stream-format=(string)avc, codec_data=(buffer)0164001fffe1, \
