@@ -269,7 +269,7 @@ fn send(sock: &OwnedFd, packet: &[u8], fds: &[OwnedFd]) -> bool {
 
 /// A string for GStreamer's parsers: fine, or not fixed, garbage, nested, or long.
 fn text(rng: &mut Rng, good: &str) -> String {
-    match rng.below(11) {
+    match rng.below(13) {
         0..=3 => good.to_owned(),
         4 => "video/x-raw, width=(int)[ 1, 10 ]".to_owned(),
         5 => String::from_utf8_lossy(&rng.garbage()).into_owned(),
@@ -278,7 +278,70 @@ fn text(rng: &mut Rng, good: &str) -> String {
             format!("x/y, v=(int){}1{}", "{".repeat(depth), "}".repeat(depth))
         }
         7 => nested_shapes(rng),
+        8 | 9 => {
+            // Appended to the good string too: a segment's structure or a meta's caps with
+            // a hostile value after its own fields.
+            let value = hostile_value(rng);
+            match rng.below(2) {
+                0 => format!("x/y, v={value}"),
+                _ => format!("{}, v={value}", good.trim_end_matches(';')),
+            }
+        }
         _ => format!("x/y, v=(string)\"{}\"", "a".repeat(60_000)),
+    }
+}
+
+/// A value whose parse GStreamer's deserialisers or setters could assert or warn about:
+/// ranges with bad bounds or steps, numbers that wrap, casts to caps, structures, tag lists,
+/// ranges, arrays, enums and flags, untyped quoted numbers, fractions past `G_MAXINT`.
+fn hostile_value(rng: &mut Rng) -> String {
+    let n = || {
+        [
+            "5",
+            "1",
+            "0",
+            "-1",
+            "2147483647",
+            "3000000000",
+            "nan",
+            "1.5",
+            "1/0",
+            "2/4",
+        ]
+    };
+    let (a, b, c) = (rng.pick(&n()), rng.pick(&n()), rng.pick(&n()));
+    let cast = rng.pick(&[
+        "",
+        "(int)",
+        "(gint64)",
+        "(double)",
+        "(fraction)",
+        "(uint)",
+        "(GstCaps)",
+        "(structure)",
+        "(GstInt64Range)",
+        "(GstFractionRange)",
+        "(GstSegmentFlags)",
+        "(GstFormat)",
+        "(GstState)",
+        "(flagset)",
+        "(GstTagList)",
+        "(GValueArray)",
+    ]);
+    match rng.below(6) {
+        0 => format!("{cast}[ {a}, {b} ]"),
+        1 => format!("{cast}[ {a}, {b}, {c} ]"),
+        2 => format!("{cast}{a}"),
+        3 => format!("{cast}\"{a}\""),
+        4 => format!(
+            "{cast}[{}, a=(int)1]",
+            rng.pick(&["1bad", "video/x-raw-yuv", "s"])
+        ),
+        _ => format!(
+            "{cast}{}/{}",
+            rng.pick(&["2147483648", "-2147483648", "1", "99999999999"]),
+            b
+        ),
     }
 }
 

@@ -1653,3 +1653,186 @@ fn a_producer_whose_backlog_is_full_does_not_hold_up_a_start() {
         "the start gave up after {took:?}"
     );
 }
+
+// ----- found by the second attack review of issue 27 -----------------------------------------
+
+/// Caps whose parse made GStreamer raise a CRITICAL or a warning (SIGTRAP under
+/// `G_DEBUG=fatal_warnings`), and the words the refusal must name.
+const STRINGS_GSTREAMER_ASSERTS_ON: &[(&str, &str)] = &[
+    // gst_value_set_int_range_step: 'start < end', 'step > 0', 'start % step == 0'.
+    ("application/x-test, v=[ 5, 1 ]", "range"),
+    ("application/x-test, v=(int)[ 0, 10, 0 ]", "range"),
+    ("application/x-test, v=(int)[ 1, 10, 3 ]", "range"),
+    ("application/x-test, v=(gint64)[ 7, 7 ]", "range"),
+    // gst_value_set_double_range: 'start < end' (a NaN is below nothing).
+    ("application/x-test, v=[ nan, 1.0 ]", "range"),
+    ("application/x-test, v=(double)[ 2.5, 2.5 ]", "range"),
+    // gst_value_set_fraction_range: start below end; gst_value_set_fraction: numerator
+    // and denominator above -G_MAXINT (2147483648 wraps to G_MININT in sscanf).
+    ("application/x-test, v=(fraction)[ 1/2, 2/4 ]", "range"),
+    ("application/x-test, v=(fraction)2147483648/1", "fraction"),
+    ("application/x-test, v=2147483648/1", "fraction"),
+    // Structures and caps inside caps: gst_structure_new_empty CRITICAL, a 0.10-style
+    // caps warning, a tag list's caps.
+    (
+        "application/x-test, c=(GstCaps)[1bad, a=(int)1]",
+        "typed (GstCaps)",
+    ),
+    (
+        "application/x-test, c=(GstCaps)[video/x-raw-yuv]",
+        "typed (GstCaps)",
+    ),
+    ("application/x-test, c=[1bad, a=(int)1]", "range"),
+    (
+        "x/y, v=(GstTagList)\"taglist, a=(GstCaps)[1bad]\"",
+        "typed (GstTagList)",
+    ),
+    // "unimplemented" warnings.
+    ("x/y, v=(GstInt64Range)[5,1]", "typed (GstInt64Range)"),
+    ("x/y, v=(GValueArray)\"< 1 >\"", "typed (GValueArray)"),
+    // Flags no name stands for: "Could not serialize invalid flags" when printed.
+    (
+        "application/x-test, e=(GstSegmentFlags)9999, v={ (int)1, (int)2 }",
+        "typed (GstSegmentFlags)",
+    ),
+    // An untyped quoted number: "Received a structure string that contains '=\"1\"'".
+    ("x/y, v=\"1\"", "quoted value"),
+];
+
+#[test]
+fn strings_gstreamer_would_assert_on_are_refused_before_it_parses_them() {
+    // Found by the second attack review of issue 27 (p2_range_critical.py): each made
+    // memfdsrc raise a CRITICAL or a warning, fatal under G_DEBUG=fatal_warnings.
+    for (i, (caps, why)) in STRINGS_GSTREAMER_ASSERTS_ON.iter().enumerate() {
+        assert_refused(
+            consume(
+                &format!("assert-caps-{i}"),
+                vec![caps_packet(caps), segment_packet(), eos_packet()],
+                "",
+            ),
+            why,
+        );
+    }
+    // The same range in a segment's structure and in a reference timestamp meta's caps.
+    let segment = segment_text().replacen(";\";", ";\", v=[ 5, 1 ];", 1);
+    assert_ne!(segment, segment_text(), "{segment}");
+    assert_refused(
+        consume(
+            "assert-segment",
+            vec![
+                caps_packet("application/octet-stream"),
+                (Message::Event(EventKind::Segment, segment).encode(), vec![]),
+                eos_packet(),
+            ],
+            "",
+        ),
+        "range",
+    );
+    assert_refused(
+        consume_registry(
+            "assert-meta",
+            vec![meta_packet("timestamp/x-test, v=[ 5, 1 ]", 1, u64::MAX)],
+            "",
+        ),
+        "range",
+    );
+    // Flags no name stands for inside the segment itself.
+    let flags = segment_text().replacen("GST_SEGMENT_FLAG_NONE", "9999", 1);
+    assert_ne!(flags, segment_text(), "{flags}");
+    assert_refused(
+        consume(
+            "assert-segment-flags",
+            vec![
+                caps_packet("application/octet-stream"),
+                (Message::Event(EventKind::Segment, flags).encode(), vec![]),
+                eos_packet(),
+            ],
+            "",
+        ),
+        "flags",
+    );
+}
+
+#[test]
+fn caps_a_real_producer_sends_still_pass() {
+    // What gst_caps_to_string writes for real streams: plain types, a fixed fraction, a
+    // bitmask, a buffer, caps features, and a segment with named flags.
+    for (i, caps) in [
+        "video/x-raw(memory:SystemMemory), format=(string)NV12, width=(int)320, \
+         height=(int)240, framerate=(fraction)30/1, pixel-aspect-ratio=(fraction)1/1, \
+         interlace-mode=(string)progressive, colorimetry=(string)bt601, \
+         multiview-mode=(string)mono, multiview-flags=(GstVideoMultiviewFlagsSet)0:ffffffff:\
+         /right-view-first/left-flipped/left-flopped/right-flipped/right-flopped/half-aspect\
+         /mixed-mono",
+        "audio/x-raw, format=(string)S16LE, layout=(string)interleaved, rate=(int)48000, \
+         channels=(int)2, channel-mask=(bitmask)0x0000000000000003",
+        "video/x-h264, stream-format=(string)avc, codec_data=(buffer)0164001fffe1, \
+         level=(string)\"3.1\", b=(boolean)true, d=(double)-1.5e3, u=(guint64)18446744073709551615",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(gst_is_silent_about(caps), "{caps}");
+        assert_eq!(
+            consume(
+                &format!("real-caps-{i}"),
+                vec![caps_packet(caps), segment_packet(), eos_packet()],
+                ""
+            ),
+            None,
+            "{caps}"
+        );
+    }
+    let flags = segment_text().replacen(
+        "GST_SEGMENT_FLAG_NONE",
+        "GST_SEGMENT_FLAG_RESET+GST_SEGMENT_FLAG_TRICKMODE_NO_AUDIO",
+        1,
+    );
+    assert_eq!(
+        consume(
+            "real-segment-flags",
+            vec![
+                caps_packet("application/octet-stream"),
+                (Message::Event(EventKind::Segment, flags).encode(), vec![]),
+                eos_packet(),
+            ],
+            "",
+        ),
+        None
+    );
+}
+
+/// A segment of rate -1 with `stop` (`None`: no stop), then a buffer, then EOS.
+fn reverse_segment(name: &str, stop: Option<u64>) -> Option<String> {
+    let text = segment_text().replacen(", rate=(double)1", ", rate=(double)-1", 1);
+    let text = match stop {
+        Some(stop) => text.replacen(
+            "stop=(guint64)18446744073709551615",
+            &format!("stop=(guint64){stop}"),
+            1,
+        ),
+        None => text,
+    };
+    assert!(text.contains("rate=(double)-1"), "{text}");
+    consume(
+        name,
+        vec![
+            caps_packet("application/octet-stream"),
+            (Message::Event(EventKind::Segment, text).encode(), vec![]),
+            registry_packet(1, vec![(7, memfd(&[0; 4096]))], &[(7, 0, 10)]),
+            eos_packet(),
+        ],
+        "",
+    )
+}
+
+#[test]
+fn a_reverse_segment_without_a_stop_is_refused_not_a_critical() {
+    // Found by the second attack review of issue 27 (p4_segment_fuzz.py reverse-nostop):
+    // gst_segment_to_running_time_full: assertion 'stop != -1' failed downstream.
+    assert_refused(
+        reverse_segment("reverse-nostop", None),
+        "Invalid segment from the producer: a negative rate and no stop",
+    );
+    assert_eq!(reverse_segment("reverse-stop", Some(1_000_000_000)), None);
+}

@@ -15,6 +15,17 @@
 //!   each `;`), and of every quoted value GStreamer may parse as caps in turn (one typed
 //!   anything but a string: `(GstCaps)"..."`, `(GstSegment)"..."`, an unknown type), checked
 //!   the same way, level by level. A quoted name in caps is refused.
+//! - A value GStreamer's deserialisers or setters would assert on or warn about, or one the
+//!   checks cannot classify: [`bad_values`], a whitelist (the `values` module).
+
+/// The deepest nesting of brackets (`{ [ < (`) in a string GStreamer will parse (caps, an
+/// event's structure, a reference timestamp meta's caps): its value parser recurses once per
+/// level, and 64 KiB of `{` overflow a streaming thread's stack. Real caps nest a few levels.
+pub const MAX_NESTING: usize = 64;
+
+mod values;
+pub use values::bad_values;
+use values::starts_features;
 
 /// Why `text` holds a caps-features list GStreamer would warn about; `None`: it holds none.
 pub fn bad_caps_features(text: &str) -> Option<String> {
@@ -104,12 +115,6 @@ fn name_ok(name: &str) -> bool {
         && !name.starts_with("audio/x-raw-")
 }
 
-/// Whether a `(` after `b` starts a caps-features list: `b` ends a structure's name
-/// (`GST_ASCII_IS_STRING`, or the quote of a quoted name).
-fn starts_features(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"_-+/:.\"".contains(&b)
-}
-
 /// Whether `gst_caps_features_from_string` takes `list` without a warning (stricter: no
 /// escapes).
 fn features_ok(list: &str) -> bool {
@@ -137,16 +142,15 @@ fn feature_ok(name: &str) -> bool {
 /// as text at that level: a `(GstStructure)`, `(GstCaps)` or `(GstTagList)` value is such a
 /// string, and GStreamer parses it in turn. Every quoted string is counted so, whatever its
 /// type; brackets inside one never lower the count of the text around it. Past
-/// [`MAX_NESTING`](super::wire::MAX_NESTING) it no longer looks inside quoted strings (so its
-/// work and its own recursion stay bounded), and the count is then a lower bound.
+/// [`MAX_NESTING`] it no longer looks inside quoted strings (so its work and its own recursion
+/// stay bounded), and the count is then a lower bound.
 pub fn nesting(text: &str) -> usize {
     depth_of(text.as_bytes(), 0)
 }
 
 /// The deepest level in `text` when it begins at level `base`; stops once past
-/// [`MAX_NESTING`](super::wire::MAX_NESTING): it does not look inside a quoted string past
-/// that level (so it recurses at most that deep), and the count it returns is then a lower
-/// bound.
+/// [`MAX_NESTING`]: it does not look inside a quoted string past that level (so it recurses at
+/// most that deep), and the count it returns is then a lower bound.
 fn depth_of(text: &[u8], base: usize) -> usize {
     let (mut depth, mut max) = (base, base);
     let mut i = 0;
@@ -160,7 +164,7 @@ fn depth_of(text: &[u8], base: usize) -> usize {
             b'"' => {
                 let (inner, next) = unwrap(&text[i + 1..]);
                 max = max.max(match depth + 1 {
-                    d if d > super::wire::MAX_NESTING => d,
+                    d if d > MAX_NESTING => d,
                     d => depth_of(&inner, d),
                 });
                 i += 1 + next;

@@ -33,12 +33,7 @@ pub const MAX_METAS: usize = 16;
 pub const MAX_IDS: usize = 4096;
 /// The most planes a video meta has.
 pub const MAX_PLANES: usize = 4;
-/// The deepest nesting of brackets (`{ [ < (`) in a string GStreamer will parse (caps, an
-/// event's structure, a reference timestamp meta's caps): its value parser recurses once per
-/// level, and 64 KiB of `{` overflow a streaming thread's stack. Real caps nest a few levels.
-pub const MAX_NESTING: usize = 64;
-
-pub use super::parsed::nesting;
+pub use super::parsed::{MAX_NESTING, nesting};
 
 const KIND_CAPS: u8 = 1;
 const KIND_EVENT: u8 = 2;
@@ -157,7 +152,8 @@ pub enum ProtoError {
          refused before GStreamer parses it"
     )]
     TooDeep(usize),
-    /// A string for GStreamer's parser that it would answer with a warning.
+    /// A string for GStreamer's parser that it could answer with a warning or a CRITICAL
+    /// (or that the checks cannot classify): what was refused.
     #[error("{0}: refused before GStreamer parses it")]
     Unparsable(String),
 }
@@ -418,12 +414,13 @@ impl Reader<'_> {
     }
     /// A string `memfdsrc` has GStreamer parse (caps, a segment, a reference timestamp meta's
     /// caps): [`parsed`](Self::parsed), and refused when it holds what GStreamer's parser
-    /// would warn about (see [`super::parsed`]).
+    /// would warn or assert about, or a value its checks cannot classify ([`super::parsed`]).
     /// `caps`: parsed as caps (else as a structure).
     fn parsed_by_gst(&mut self, caps: bool) -> Result<String, ProtoError> {
         let s = self.parsed()?;
         let why = super::parsed::bad_caps_features(&s)
-            .or_else(|| super::parsed::bad_structure_names(&s, caps));
+            .or_else(|| super::parsed::bad_structure_names(&s, caps))
+            .or_else(|| super::parsed::bad_values(&s, caps));
         match why {
             Some(why) => Err(ProtoError::Unparsable(why)),
             None => Ok(s),

@@ -255,7 +255,8 @@ impl MemfdSrc {
         let caps =
             gst::Caps::from_str(text).map_err(|_| self.fail("Malformed caps from the producer"))?;
         if !caps.is_fixed() {
-            return Err(self.fail(&format!("Caps from the producer are not fixed: {caps}")));
+            // The producer's text, not the caps: nothing of GStreamer serialises them here.
+            return Err(self.fail(&format!("Caps from the producer are not fixed: {text}")));
         }
         let pad = self.obj().src_pad().clone();
         if pad.current_caps().is_none() && pad.sticky_event::<gst::event::Segment>(0).is_some() {
@@ -272,7 +273,9 @@ impl MemfdSrc {
     }
 
     /// Applies a segment from the producer, refusing one `gst_event_new_segment` would not
-    /// take (rate or applied rate 0 or not finite, undefined format).
+    /// take (rate or applied rate 0 or not finite, undefined format), or one
+    /// `gst_segment_to_running_time_full` asserts on downstream (a negative rate needs a stop
+    /// at or after the offset).
     fn apply_segment(&self, text: &str) -> Result<(), gst::FlowError> {
         let segment = gst::Structure::from_str(text)
             .ok()
@@ -287,6 +290,16 @@ impl MemfdSrc {
                 rates[0],
                 rates[1],
                 segment.format()
+            )));
+        }
+        // The raw values: `u64::MAX` is none.
+        let stop = segment.stop().value() as u64;
+        let offset = segment.offset().value() as u64;
+        if segment.rate() < 0.0 && (stop == u64::MAX || stop < offset) {
+            return Err(self.fail(&format!(
+                "Invalid segment from the producer: a negative rate and no stop at or after \
+                 the offset (rate {}, stop {stop}, offset {offset})",
+                rates[0]
             )));
         }
         if self.obj().new_segment(&segment).is_err() {
