@@ -26,6 +26,9 @@ pub struct Plan {
     pub announce: Vec<BlockWire>,
     /// Retired to make room (rather than freed): restored if the buffer is not sent.
     evicted: Vec<(u64, u64)>,
+    /// Blocks this buffer sends it for the first time: forgotten if the buffer is not sent
+    /// (a block sent before stays to be retired when it leaves: it may keep it mapped).
+    fresh: Vec<u64>,
 }
 
 /// One consumer, holding `H` for each buffer it has not released (what keeps the buffer's
@@ -107,9 +110,12 @@ impl<H> Peer<H> {
         let (announce, over) = self.needs(blocks, max_outstanding)?;
         let evicted = self.evict(over, blocks);
         self.seq += 1;
+        let mut fresh = Vec::new();
         for b in blocks {
             self.mapped.insert(b.id, self.seq);
-            self.ever.insert(b.id);
+            if self.ever.insert(b.id) {
+                fresh.push(b.id);
+            }
         }
         self.outstanding.insert(id, (hold, distinct(blocks)));
         let mut retire: Vec<u64> = evicted.iter().map(|&(b, _)| b).collect();
@@ -121,6 +127,7 @@ impl<H> Peer<H> {
             retire,
             announce,
             evicted,
+            fresh,
         })
     }
 
@@ -197,12 +204,14 @@ impl<H> Peer<H> {
     }
 
     /// Undoes [`plan`](Self::plan) for a buffer that was not sent after all (its socket was
-    /// full): it holds nothing and maps what it mapped before. Returns what was held for it
-    /// and its blocks.
+    /// full): it holds nothing and maps what it mapped before, and the blocks it was sent
+    /// before stay to be retired when it leaves. Returns what was held for it and its blocks.
     pub fn unsend(&mut self, id: u64, plan: Plan) -> Option<(H, Vec<u64>)> {
         for b in &plan.announce {
             self.mapped.remove(&b.id);
-            self.ever.remove(&b.id);
+        }
+        for b in &plan.fresh {
+            self.ever.remove(b);
         }
         self.mapped.extend(plan.evicted.iter().copied());
         let freed: Vec<u64> = plan
@@ -401,6 +410,27 @@ mod tests {
         // As before: block 1 mapped, so the next buffer evicts it again.
         let plan = p.plan(3, &[blk(2)], 3, 64, 4096).unwrap();
         assert_eq!((plan.retire, plan.announce), (vec![1], vec![blk(2)]));
+    }
+
+    #[test]
+    fn a_failed_send_keeps_the_blocks_sent_before_to_be_retired() {
+        // Review of issue 27: a buffer re-announcing a block the consumer was sent before
+        // (evicted from its mapped set to keep its bound) was not sent (socket full), and
+        // `unsend` forgot the block: not retired when the consumer left, so recycled for
+        // later frames the consumer, keeping its first descriptor, could read.
+        let mut p = peer(1);
+        p.plan(1, &[blk(1)], 1, 64, 4096).unwrap();
+        p.release(1);
+        p.plan(2, &[blk(2)], 2, 64, 4096).unwrap(); // block 1 evicted
+        p.release(2);
+        let plan = p.plan(3, &[blk(1)], 3, 64, 4096).unwrap();
+        assert_eq!(plan.announce, vec![blk(1)], "block 1 is announced again");
+        p.unsend(3, plan);
+        let plan = p.plan(4, &[blk(3)], 4, 64, 4096).unwrap();
+        p.unsend(4, plan); // block 3 was never sent: nothing to retire
+        let (mut ever, _) = p.leave();
+        ever.sort_unstable();
+        assert_eq!(ever, vec![1, 2], "a block sent before was forgotten");
     }
 
     #[test]
