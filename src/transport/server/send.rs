@@ -101,15 +101,13 @@ impl Server {
                     }
                 }
                 // The kernel refused the descriptors (too many in flight for our user): not
-                // this consumer's doing; it misses the buffer, and the consumer keeping the
-                // most unread is dropped if it is over its share.
+                // this consumer's doing; it misses the buffer.
                 Err(e) if e.raw_os_error() == Some(TOO_MANY_REFS) => {
                     let mut s = lock(&self.state);
                     let held = s.unsend(id, out.wire.id, plan, false);
-                    let gone = s.too_many_refs(id, out.wire.id);
+                    s.too_many_refs(id, out.wire.id);
                     drop(s);
                     drop(held);
-                    gone.finish();
                 }
                 Err(e) => {
                     let why = if kind == Some(std::io::ErrorKind::WouldBlock) {
@@ -171,8 +169,7 @@ impl Server {
     /// may pin; returns the limits, the consumers to send it to, and the consumers dropped.
     /// A consumer whose socket was full costs a flag test, nothing more. While the
     /// descriptors in flight would pass their bound, a consumer the buffer's new descriptors
-    /// would take past its share is full, and past the bound the consumer holding the most
-    /// is dropped.
+    /// would take past its share is full.
     fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> (Limits, Targets, Gone) {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
@@ -225,9 +222,6 @@ impl Server {
                 Err(why) => full.push((c.peer.id, why)),
             }
         }
-        let (dropped, more) = s.make_in_flight_room(id);
-        gone.add(more);
-        targets.retain(|(cid, _, _)| !dropped.contains(cid));
         s.stats.buffers_dropped += stalled;
         for (cid, why) in full {
             match on_full {

@@ -9,8 +9,8 @@
 //! - a consumer that leaves gives back what it held and has every block it was ever sent
 //!   retired ([`Gone`]), let go outside the lock;
 //! - the descriptors sent to a consumer are counted in flight from its plan until a
-//!   release shows it read them (or the send failed), and no consumer passes its share of
-//!   [`Shared::max_in_flight`] with a new one;
+//!   release (or the kernel) shows it read them, or the send failed; while the total would
+//!   pass [`Shared::max_in_flight`], no consumer passes its share with a new one;
 //! - nothing a peer sent is closed here: connections and descriptors go to the closer.
 
 use std::collections::{HashMap, HashSet};
@@ -79,12 +79,14 @@ pub fn auto_pinned_blocks() -> usize {
 }
 
 /// The most descriptors all consumers may keep in flight (unread in their socket queues, see
-/// `in_flight`): half of the process's descriptor limit (`RLIMIT_NOFILE`), at least 16.
+/// `in_flight`): a quarter of the process's descriptor limit (`RLIMIT_NOFILE`, which the
+/// kernel holds them to), at least 16: the consumers within their share may take the total to
+/// twice that.
 pub fn auto_in_flight() -> usize {
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
-    (nofile / 2).clamp(16, 1 << 20) as usize
+    (nofile / 4).clamp(16, 1 << 20) as usize
 }
 
 /// What the process can afford to let consumers pin: a quarter of the machine's memory

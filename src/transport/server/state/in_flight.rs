@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Descriptors in flight: those sent to a consumer that it has not shown it read, waiting in
 //! its socket queue. The kernel charges them to the producer's user and refuses to send more
-//! (`ETOOMANYREFS`) past that user's `RLIMIT_NOFILE`: they are bounded in all and per
-//! consumer, and charged to the consumers that keep them, never to one within its share.
+//! (`ETOOMANYREFS`) past that user's `RLIMIT_NOFILE`: while they would pass their bound, a
+//! consumer past its share gets no new one. Nobody is dropped for them: a consumer dropped
+//! keeps what is in its queue, charged to us, until it reads or closes it.
 
 use std::os::fd::AsFd;
 
 use crate::transport::socket;
 
-use super::{CAT, Gone, Shared};
+use super::{CAT, Shared};
 
 impl Shared {
     /// A consumer's share of the descriptors all may keep in flight: the bound over the
@@ -19,66 +20,25 @@ impl Shared {
         self.max_in_flight / self.ready().max(1)
     }
 
-    /// Drops consumers while the descriptors in flight to all of them pass `max_in_flight`,
-    /// the one holding the most first. Whenever the total is over the bound, the one holding
-    /// the most is over its share (the bound over the consumers that said hello): a consumer
-    /// within its share is never dropped for what others keep in flight. `buffer`: the
-    /// buffer being sent (what the kernel says a consumer read covers only the buffers before
-    /// it). Returns the consumers dropped.
-    pub(crate) fn make_in_flight_room(&mut self, buffer: u64) -> (Vec<u64>, Gone) {
-        let mut dropped = Vec::new();
-        let mut gone = Gone::default();
-        let mut asked = Vec::new();
-        loop {
-            let total: usize = self.consumers.iter().map(|c| c.peer.in_flight()).sum();
-            if total <= self.max_in_flight {
-                return (dropped, gone);
-            }
-            if self.ask_the_kernel(buffer, &mut asked) {
-                continue;
-            }
-            let Some((id, held)) = self.most_in_flight() else {
-                return (dropped, gone);
-            };
-            let why = format!(
-                "consumers keep {total} descriptors in flight together, unread (at most {}): it \
-                 holds the most, {held} (a share is {})",
-                self.max_in_flight,
-                self.in_flight_share()
-            );
-            gone.add(self.drop_consumer(id, &why));
-            dropped.push(id);
-        }
-    }
-
-    /// The kernel refused to send consumer `failed` a descriptor (`ETOOMANYREFS`: the
-    /// producer's user has too many in flight, here or in another of its processes). Not
-    /// `failed`'s doing: the consumer holding the most in flight is dropped if it holds more
-    /// than its share, otherwise nobody (the descriptors are held elsewhere).
-    pub(crate) fn too_many_refs(&mut self, failed: u64, buffer: u64) -> Gone {
-        let share = self.in_flight_share();
+    /// The kernel refused to send consumer `failed` a descriptor with `buffer` (`ETOOMANYREFS`:
+    /// the producer's user has too many in flight: in the queues of consumers dropped earlier,
+    /// which keep what was in them until they read or close, or in another of its
+    /// processes). Not `failed`'s doing: it misses the buffer, nobody is dropped (dropping a
+    /// consumer does not take back what is in its queue). Returns the consumer keeping the
+    /// most in flight and how many, for the log.
+    pub(crate) fn too_many_refs(&mut self, failed: u64, buffer: u64) -> Option<(u64, usize)> {
         let mut asked = Vec::new();
         while self.ask_the_kernel(buffer, &mut asked) {}
-        match self.most_in_flight() {
-            Some((id, held)) if held > share => {
-                let why = format!(
-                    "the kernel refused to send consumer {failed} a descriptor (too many in \
-                     flight): this one holds the most unread, {held} (a share is {share})"
-                );
-                self.drop_consumer(id, &why)
-            }
-            _ => {
-                gst::warning!(
-                    CAT,
-                    "the kernel refused to send consumer {} a descriptor (too many in flight \
-                     for our user) while every consumer is within its share ({}): it misses \
-                     the buffer",
-                    failed,
-                    share
-                );
-                Gone::default()
-            }
-        }
+        let most = self.most_in_flight();
+        gst::debug!(
+            CAT,
+            "the kernel refused to send consumer {} a descriptor (too many in flight for our \
+             user; the most unread here: {:?}, a share is {}): it misses the buffer",
+            failed,
+            most,
+            self.in_flight_share()
+        );
+        most
     }
 
     /// The consumer keeping the most descriptors in flight, and how many.
