@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MPL-2.0
 //! What the producer knows of one consumer: the blocks it has mapped (announced and not yet
 //! retired), every block it was ever sent (retired for good when it leaves: it may keep its
-//! mappings), and the buffers it holds; and [`Pins`], what all consumers together keep alive.
+//! mappings), the buffers it holds and the descriptors it may not have read yet; and
+//! [`Pins`], what all consumers together keep alive.
 //! Pure bookkeeping, no sockets: the server sends what [`Peer::plan`] decides.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::wire::BlockWire;
 
@@ -16,6 +17,9 @@ pub enum Full {
     /// Every block it has mapped is in use by a buffer it holds, and the new ones would take
     /// it past the bound it gave in its hello.
     Blocks,
+    /// The descriptors sent to it that it has not shown it read (in flight in its socket
+    /// queue, charged by the kernel to the producer's user) would pass its share.
+    InFlight,
 }
 
 /// What to send a consumer with one buffer: the blocks to retire first, the blocks to
@@ -26,6 +30,9 @@ pub struct Plan {
     pub announce: Vec<BlockWire>,
     /// Retired to make room (rather than freed): restored if the buffer is not sent.
     evicted: Vec<(u64, u64)>,
+    /// Blocks this buffer sends it for the first time: forgotten if the buffer is not sent
+    /// (a block sent before stays to be retired when it leaves: it may keep it mapped).
+    fresh: Vec<u64>,
 }
 
 /// One consumer, holding `H` for each buffer it has not released (what keeps the buffer's
@@ -43,6 +50,11 @@ pub struct Peer<H> {
     outstanding: HashMap<u64, (H, Vec<u64>)>,
     /// Blocks to retire with the next buffer (freed at the producer).
     pending_retire: Vec<u64>,
+    /// Buffers sent with descriptors, oldest first, that it has not shown it read (a
+    /// release of a buffer shows it read every packet up to it: the socket keeps their
+    /// order), with how many descriptors each carried; and their sum.
+    in_flight: VecDeque<(u64, usize)>,
+    in_flight_fds: usize,
     seq: u64,
 }
 
@@ -55,6 +67,8 @@ impl<H> Peer<H> {
             ever: HashSet::new(),
             outstanding: HashMap::new(),
             pending_retire: Vec::new(),
+            in_flight: VecDeque::new(),
+            in_flight_fds: 0,
             seq: 0,
         }
     }
@@ -77,6 +91,11 @@ impl<H> Peer<H> {
 
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// Descriptors sent to it (planned, until a send fails) that it has not shown it read.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_fds
     }
 
     #[cfg(test)]
@@ -107,11 +126,18 @@ impl<H> Peer<H> {
         let (announce, over) = self.needs(blocks, max_outstanding)?;
         let evicted = self.evict(over, blocks);
         self.seq += 1;
+        let mut fresh = Vec::new();
         for b in blocks {
             self.mapped.insert(b.id, self.seq);
-            self.ever.insert(b.id);
+            if self.ever.insert(b.id) {
+                fresh.push(b.id);
+            }
         }
         self.outstanding.insert(id, (hold, distinct(blocks)));
+        if !announce.is_empty() {
+            self.in_flight.push_back((id, announce.len()));
+            self.in_flight_fds += announce.len();
+        }
         let mut retire: Vec<u64> = evicted.iter().map(|&(b, _)| b).collect();
         let room = max_retire
             .saturating_sub(retire.len())
@@ -121,6 +147,7 @@ impl<H> Peer<H> {
             retire,
             announce,
             evicted,
+            fresh,
         })
     }
 
@@ -197,12 +224,18 @@ impl<H> Peer<H> {
     }
 
     /// Undoes [`plan`](Self::plan) for a buffer that was not sent after all (its socket was
-    /// full): it holds nothing and maps what it mapped before. Returns what was held for it
-    /// and its blocks.
+    /// full): it holds nothing and maps what it mapped before, and the blocks it was sent
+    /// before stay to be retired when it leaves. Returns what was held for it and its blocks.
     pub fn unsend(&mut self, id: u64, plan: Plan) -> Option<(H, Vec<u64>)> {
         for b in &plan.announce {
             self.mapped.remove(&b.id);
-            self.ever.remove(&b.id);
+        }
+        for b in &plan.fresh {
+            self.ever.remove(b);
+        }
+        if let Some(pos) = self.in_flight.iter().rposition(|&(b, _)| b == id) {
+            let (_, n) = self.in_flight.remove(pos).unwrap_or_default();
+            self.in_flight_fds -= n;
         }
         self.mapped.extend(plan.evicted.iter().copied());
         let freed: Vec<u64> = plan
@@ -214,9 +247,31 @@ impl<H> Peer<H> {
         self.outstanding.remove(&id)
     }
 
-    /// It released buffer `id`: what was held for it and its blocks, if it held it.
+    /// It read every packet of the buffers before `id` (its socket queue held none of ours):
+    /// their descriptors are no longer in flight.
+    pub fn read_before(&mut self, id: u64) {
+        while let Some(&(b, n)) = self.in_flight.front() {
+            if b >= id {
+                break;
+            }
+            self.in_flight.pop_front();
+            self.in_flight_fds -= n;
+        }
+    }
+
+    /// It released buffer `id`: what was held for it and its blocks, if it held it. It read
+    /// the packet of that buffer, and so every packet before it: their descriptors are no
+    /// longer in flight.
     pub fn release(&mut self, id: u64) -> Option<(H, Vec<u64>)> {
-        self.outstanding.remove(&id)
+        let held = self.outstanding.remove(&id)?;
+        while let Some(&(b, n)) = self.in_flight.front() {
+            if b > id {
+                break;
+            }
+            self.in_flight.pop_front();
+            self.in_flight_fds -= n;
+        }
+        Some(held)
     }
 
     /// Blocks freed at the producer: those it maps are retired with the next buffer.
@@ -401,6 +456,46 @@ mod tests {
         // As before: block 1 mapped, so the next buffer evicts it again.
         let plan = p.plan(3, &[blk(2)], 3, 64, 4096).unwrap();
         assert_eq!((plan.retire, plan.announce), (vec![1], vec![blk(2)]));
+    }
+
+    #[test]
+    fn a_failed_send_keeps_the_blocks_sent_before_to_be_retired() {
+        // Review of issue 27: a buffer re-announcing a block the consumer was sent before
+        // (evicted from its mapped set to keep its bound) was not sent (socket full), and
+        // `unsend` forgot the block: not retired when the consumer left, so recycled for
+        // later frames the consumer, keeping its first descriptor, could read.
+        let mut p = peer(1);
+        p.plan(1, &[blk(1)], 1, 64, 4096).unwrap();
+        p.release(1);
+        p.plan(2, &[blk(2)], 2, 64, 4096).unwrap(); // block 1 evicted
+        p.release(2);
+        let plan = p.plan(3, &[blk(1)], 3, 64, 4096).unwrap();
+        assert_eq!(plan.announce, vec![blk(1)], "block 1 is announced again");
+        p.unsend(3, plan);
+        let plan = p.plan(4, &[blk(3)], 4, 64, 4096).unwrap();
+        p.unsend(4, plan); // block 3 was never sent: nothing to retire
+        let (mut ever, _) = p.leave();
+        ever.sort_unstable();
+        assert_eq!(ever, vec![1, 2], "a block sent before was forgotten");
+    }
+
+    #[test]
+    fn descriptors_stay_in_flight_until_a_release_shows_they_were_read() {
+        let mut p = peer(8);
+        p.plan(1, &[blk(1), blk(2)], 1, 64, 4096).unwrap(); // two descriptors
+        p.plan(2, &[blk(1)], 2, 64, 4096).unwrap(); // none
+        p.plan(3, &[blk(3)], 3, 64, 4096).unwrap(); // one
+        assert_eq!(p.in_flight(), 3);
+        let plan = p.plan(4, &[blk(4)], 4, 64, 4096).unwrap();
+        assert_eq!(p.in_flight(), 4);
+        p.unsend(4, plan);
+        assert_eq!(p.in_flight(), 3, "a packet not sent is not in flight");
+        assert!(p.release(2).is_some()); // it read buffers 1 and 2
+        assert_eq!(p.in_flight(), 1);
+        assert!(p.release(9).is_none()); // not held: shows nothing
+        assert_eq!(p.in_flight(), 1);
+        assert!(p.release(3).is_some());
+        assert_eq!(p.in_flight(), 0);
     }
 
     #[test]

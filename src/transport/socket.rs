@@ -148,6 +148,12 @@ pub fn send(sock: BorrowedFd<'_>, packet: &[u8], fds: &[BorrowedFd<'_>]) -> std:
     send_with(sock, packet, fds, SendFlags::NOSIGNAL)
 }
 
+/// Whether the peer of the Unix socket `sock` has read every packet we sent on it (nothing of
+/// ours waits in its queue); `false` when that cannot be told.
+pub fn read_everything(sock: BorrowedFd<'_>) -> bool {
+    sys::unread(sock).is_ok_and(|n| n == 0)
+}
+
 /// Sends one packet without ever waiting: a full queue is `ErrorKind::WouldBlock`.
 pub fn try_send(
     sock: BorrowedFd<'_>,

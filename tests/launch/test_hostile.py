@@ -955,5 +955,47 @@ class PinnedBound(ProducerTestCase):
         self.assertGreater(s["buffers-dropped"], 0, "the consumer never reached the bound")
         self.assertEqual(s["consumers-dropped"], 1)
 
+
+@unittest.skipUnless(os.getuid() == 0, "needs root to run the producer as another user")
+class DescriptorsInFlight(ProducerTestCase):
+    """Review of issue 27: the kernel charges the descriptors in flight in consumers' socket
+    queues to the producer's user, and refuses more (ETOOMANYREFS) past its RLIMIT_NOFILE;
+    not a limit root has, so the producer runs as OTHER_USER."""
+
+    def test_consumers_that_read_nothing_do_not_get_a_good_one_dropped(self):
+        # Before: 20 connections that said hello and read nothing kept 64 descriptors each
+        # in flight; the good consumer's next send failed (ETOOMANYREFS) and it was dropped
+        # ("send: Too many references"), after about 50 buffers.
+        os.chmod(self.tmp.name, 0o777)
+
+        def as_other_user():
+            os.setgroups([])
+            os.setgid(OTHER_USER)
+            os.setuid(OTHER_USER)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+        prod = self.spawn(f"-e memsrc blocksize=4096 ! identity sleep-time=2000 ! "
+                          f"memfdsink socket-path={self.sock} socket-mode=438 "
+                          f"min-consumers=0 name=s", preexec=as_other_user,
+                          extra_env={"GST_REGISTRY": self.path("registry.bin"),
+                                     "HOME": self.tmp.name})
+        wait_for(self.sock)
+        good = GoodConsumer(self.sock)
+        good.start()
+        try:
+            wait_buffers(good, 100)
+            idle = [connect(self.sock) for _ in range(20)]
+            wait_buffers(good, len(good.times) + 1000, timeout=60)
+        finally:
+            good.stop()
+        prod.send_signal(signal.SIGINT)
+        rc, text = finish(prod)
+        for s in idle:
+            s.close()
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertNotIn("Too many references", text)
+        self.assertNotIn("dropping consumer 1:", text)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -344,6 +344,88 @@ mod tests {
     }
 
     #[test]
+    fn consumers_that_read_nothing_keep_the_descriptors_in_flight_within_the_bound() {
+        // Review of issue 27: 20 connections that said hello and read nothing each kept 64 of
+        // the producer's descriptors in flight (the same 64 blocks: the pinned bound never
+        // saw it); past its RLIMIT_NOFILE the kernel refused the next one (ETOOMANYREFS)
+        // and the good consumer, whose send failed, was dropped. Now past the bound those
+        // past their share get no new descriptor, and the good consumer gets every buffer.
+        gst::init().unwrap();
+        let stream = MemfdAllocator::for_stream();
+        let path = std::env::temp_dir().join(format!("memkit-refs-{}.sock", std::process::id()));
+        let server = Server::start(&path, 0o600, limits(64), stream.stream()).unwrap();
+        {
+            let mut s = lock(&server.state);
+            s.max_in_flight = 100;
+            s.limits.max_consumers = 32;
+        }
+        let hello = Message::Hello { max_blocks: 512 }.encode();
+        let join = || {
+            let sock = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
+            socket::send(std::os::fd::AsFd::as_fd(&sock), &hello, &[]).unwrap();
+            sock
+        };
+        let good = join();
+        wait_until(&server, "hello", |s| s.ready() == 1);
+        let hoarders: Vec<_> = (0..20).map(|_| join()).collect();
+        wait_until(&server, "hellos", |s| s.ready() == 21);
+        // 64 blocks in turn: every consumer is sent each block's descriptor once.
+        let holds: Vec<gst::Buffer> = (0..64)
+            .map(|_| {
+                let mut b = gst::Buffer::new();
+                let mem = stream.alloc_memfd(4096, None).unwrap();
+                b.get_mut().unwrap().append_memory(mem);
+                b
+            })
+            .collect();
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut got = 0;
+        for i in 0..640 {
+            let hold = &holds[i % holds.len()];
+            let b = memfd::block_of(hold.peek_memory(0), stream.stream()).unwrap();
+            let wire = BufferWire {
+                mems: vec![super::super::wire::MemWire {
+                    block: b.id,
+                    offset: 0,
+                    size: 4096,
+                }],
+                ..BufferWire::default()
+            };
+            let block = BlockWire {
+                id: b.id,
+                size: b.size as u64,
+            };
+            server.send(Outgoing {
+                hold: hold.clone(),
+                wire,
+                blocks: vec![(block, b.fd)],
+            });
+            // The good consumer reads each buffer and releases it.
+            let fd = std::os::fd::AsFd::as_fd(&good);
+            match socket::recv(fd, &mut buf, Duration::from_secs(5)) {
+                Ok(socket::Received::Packet(n, _fds)) => {
+                    let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
+                        panic!("not a buffer")
+                    };
+                    socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
+                    got += 1;
+                    wait_until(&server, "the release read", |s| {
+                        s.consumers[0].peer.outstanding() == 0
+                    });
+                }
+                _ => panic!("the good consumer got no buffer after {got}"),
+            }
+            let s = lock(&server.state);
+            let total: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
+            // Past the bound only those within their share take more (21 of 4 each).
+            assert!(total <= 100 + 21 * 4, "{total} descriptors in flight");
+        }
+        assert_eq!(got, 640);
+        drop((good, hoarders));
+        drop(server);
+    }
+
+    #[test]
     fn a_sink_without_consumers_keeps_no_queue_of_freed_blocks() {
         // Issue 27: a sink waiting for its first consumer kept the id of every block of the
         // process freed meanwhile (only sending a buffer took them): 6-11 bytes each, for as

@@ -21,6 +21,10 @@ use super::{Outgoing, Server};
 /// read, is dropped.
 const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// `sendmsg`'s error when the descriptors attached would pass what the kernel lets the
+/// sending user keep in flight.
+const TOO_MANY_REFS: i32 = rustix::io::Errno::TOOMANYREFS.raw_os_error();
+
 /// The consumers a buffer goes to: id, socket, what to send each.
 type Targets = Vec<(u64, Arc<Conn>, Plan)>;
 
@@ -96,6 +100,15 @@ impl Server {
                         let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
                     }
                 }
+                // The kernel refused the descriptors (too many in flight for our user): not
+                // this consumer's doing; it misses the buffer.
+                Err(e) if e.raw_os_error() == Some(TOO_MANY_REFS) => {
+                    let mut s = lock(&self.state);
+                    let held = s.unsend(id, out.wire.id, plan, false);
+                    s.too_many_refs(id, out.wire.id);
+                    drop(s);
+                    drop(held);
+                }
                 Err(e) => {
                     let why = if kind == Some(std::io::ErrorKind::WouldBlock) {
                         format!(
@@ -155,7 +168,8 @@ impl Server {
     /// retirements each), applying the full policy to the others and the bound of what all
     /// may pin (a buffer that does not fit in it goes to nobody); returns the limits, the
     /// consumers to send it to, and the consumers dropped. A consumer whose socket was full
-    /// costs a flag test, nothing more.
+    /// costs a flag test, nothing more. While the descriptors in flight would pass their
+    /// bound, a consumer the buffer's new descriptors would take past its share is full.
     fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> (Limits, Targets, Gone) {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
@@ -170,6 +184,8 @@ impl Server {
         let mut targets = Vec::with_capacity(s.consumers.len());
         let mut full = Vec::new();
         let mut stalled = 0;
+        let (share, max_in_flight) = (s.in_flight_share(), s.max_in_flight);
+        let mut in_flight: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
         let shared = &mut *s;
         for c in shared.consumers.iter_mut().filter(|c| c.peer.ready()) {
             // Stalled, or the buffer does not fit in what all may pin: it misses it.
@@ -183,6 +199,24 @@ impl Server {
                 .plan(id, &blocks, out.hold.clone(), max_out, max_retire)
             {
                 Ok(plan) => {
+                    // While all in flight would pass the bound, a consumer past its share
+                    // (one with nothing in flight may always take one buffer) gets no new
+                    // descriptor, unless the kernel says it read every packet sent before:
+                    // its releases may lag behind what it read.
+                    let k = plan.announce.len();
+                    in_flight += k;
+                    let over =
+                        k > 0 && in_flight > max_in_flight && c.peer.in_flight() > share.max(k);
+                    if over && socket::read_everything(c.sock.as_fd()) {
+                        let before = c.peer.in_flight();
+                        c.peer.read_before(id);
+                        in_flight -= before - c.peer.in_flight();
+                    } else if over {
+                        drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing
+                        in_flight -= k;
+                        full.push((c.peer.id, Full::InFlight));
+                        continue;
+                    }
                     shared.pins.pin(&blocks);
                     targets.push((c.peer.id, c.sock.clone(), plan));
                 }
@@ -202,6 +236,10 @@ impl Server {
                             format!("holds {max_out} buffers unreleased (max-outstanding)")
                         }
                         Full::Blocks => "every block it may map is in use".to_owned(),
+                        Full::InFlight => format!(
+                            "it has not read the descriptors it was sent (more than its share, \
+                             {share}, in flight)"
+                        ),
                     };
                     gone.add(s.drop_consumer(cid, &why));
                 }

@@ -8,6 +8,9 @@
 //!   is released or the consumer leaves;
 //! - a consumer that leaves gives back what it held and has every block it was ever sent
 //!   retired ([`Gone`]), let go outside the lock;
+//! - the descriptors sent to a consumer are counted in flight from its plan until a
+//!   release (or the kernel) shows it read them, or the send failed; while the total would
+//!   pass [`Shared::max_in_flight`], no consumer passes its share with a new one;
 //! - nothing a peer sent is closed here: connections and descriptors go to the closer.
 
 use std::collections::{HashMap, HashSet};
@@ -73,6 +76,17 @@ pub fn auto_pinned_blocks() -> usize {
         .current
         .unwrap_or(u64::MAX);
     (nofile / 2).clamp(64, 1 << 20) as usize
+}
+
+/// The most descriptors all consumers may keep in flight (unread in their socket queues, see
+/// `in_flight`): a quarter of the process's descriptor limit (`RLIMIT_NOFILE`, which the
+/// kernel holds them to), at least 16: the consumers within their share may take the total to
+/// twice that.
+pub fn auto_in_flight() -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    (nofile / 4).clamp(16, 1 << 20) as usize
 }
 
 /// What the process can afford to let consumers pin: a quarter of the machine's memory
@@ -196,6 +210,9 @@ pub(super) struct Shared {
     /// Processes that may not connect until then (they misbehaved).
     penalties: HashMap<u32, Instant>,
     pub(super) limits: Limits,
+    /// The most descriptors all consumers together may keep in flight ([`auto_in_flight`]);
+    /// each consumer's share is that over the consumers that said hello.
+    pub(super) max_in_flight: usize,
     /// Packets a consumer that connects late gets first: caps, stream-start, segment.
     pub(super) caps: Option<Vec<u8>>,
     pub(super) stream_start: Option<Vec<u8>>,
@@ -223,6 +240,7 @@ impl Shared {
             pins: Pins::default(),
             penalties: Default::default(),
             limits,
+            max_in_flight: auto_in_flight(),
             caps: None,
             stream_start: None,
             segment: None,
@@ -627,6 +645,8 @@ impl Shared {
         Some((id, why))
     }
 }
+
+mod in_flight;
 
 #[cfg(test)]
 mod tests;

@@ -45,3 +45,17 @@ pub fn refuse_descriptors(fd: BorrowedFd<'_>) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// The bytes we sent on the Unix socket `fd` that its peer has not read yet (`SIOCOUTQ`: the
+/// packets, with the descriptors they carry, still in its queue); 0 when it read everything.
+pub fn unread(fd: BorrowedFd<'_>) -> std::io::Result<usize> {
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: `fd` is a valid descriptor for the duration of the call (borrowed); SIOCOUTQ
+    // writes one `c_int` to the pointer, which points to a live one.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &raw mut bytes) };
+    if rc == 0 {
+        Ok(bytes.max(0) as usize)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

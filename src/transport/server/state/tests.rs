@@ -27,6 +27,9 @@ fn consumer(s: &mut Shared, id: u64, pid: i32) {
     consumer_of(s, id, pid, 1000 + pid as u32);
 }
 
+/// The consumers' ends of their connections, kept open (a packet queued to one is unread).
+static PEERS: Mutex<Vec<(u64, std::os::fd::OwnedFd)>> = Mutex::new(Vec::new());
+
 /// Adds consumer `id` of process `pid` run by user and group `uid`, said hello.
 fn consumer_of(s: &mut Shared, id: u64, pid: i32, uid: u32) {
     consumer_in(s, id, pid, uid, uid);
@@ -34,13 +37,14 @@ fn consumer_of(s: &mut Shared, id: u64, pid: i32, uid: u32) {
 
 /// Adds consumer `id` of process `pid` run by user `uid` in group `gid`, said hello.
 fn consumer_in(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
-    let (_ours, theirs) = rustix::net::socketpair(
+    let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
     )
     .unwrap();
+    PEERS.lock().unwrap().push((id, ours));
     let mut peer = Peer::new(id);
     peer.hello(4096, MAX_MEMORIES).unwrap();
     s.consumers.push(Consumer {
@@ -355,4 +359,58 @@ fn a_consumer_that_sends_a_descriptor_is_dropped_and_its_process_penalized() {
         .is_some()
     );
     assert_eq!(s.stats.consumers_dropped, 1);
+}
+
+/// A packet sent to consumer `cid` that it has not read: the kernel says so.
+fn unread(s: &Shared, cid: u64) {
+    let c = s.consumers.iter().find(|c| c.peer.id == cid).unwrap();
+    crate::transport::socket::send(std::os::fd::AsFd::as_fd(&*c.sock), b"unread", &[]).unwrap();
+}
+
+/// Consumer `cid` releases buffer `id` (read it, and every packet before it).
+fn release(s: &mut Shared, cid: u64, id: u64) {
+    let c = s.consumers.iter_mut().find(|c| c.peer.id == cid).unwrap();
+    let (_, blocks) = c.peer.release(id).unwrap();
+    s.pins.unpin(&blocks);
+}
+
+#[test]
+fn the_kernel_refusing_descriptors_drops_nobody() {
+    // Review of issue 27: the send that failed with ETOOMANYREFS got its consumer dropped,
+    // the good one, while connections that read nothing kept the descriptors in flight.
+    // Dropping the one that keeps the most would not help either: what is in its queue stays
+    // charged to us until it reads or closes it.
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 1 << 20;
+    s.max_in_flight = 40;
+    consumer(&mut s, 1, 10); // reads and releases everything
+    consumer(&mut s, 2, 20);
+    consumer(&mut s, 3, 30);
+    hoard(&mut s, 2, 100, 20);
+    hoard(&mut s, 3, 200, 5);
+    hold(&mut s, 1, 300, &[blk(300, 4096)]);
+    release(&mut s, 1, 300);
+    unread(&s, 2);
+    unread(&s, 3);
+    assert_eq!(s.too_many_refs(1, 301), Some((2, 20)));
+    assert_eq!(ids(&s), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_consumer_whose_releases_lag_is_not_charged_for_what_it_read() {
+    // Releases come in batches (memfdsrc gathers 8 while busy): the kernel's word that it
+    // read every packet sent before clears its count before anyone is judged by it.
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 1 << 20;
+    s.max_in_flight = 20;
+    consumer(&mut s, 1, 10); // read everything, released nothing yet
+    consumer(&mut s, 2, 20);
+    hoard(&mut s, 1, 100, 12);
+    hoard(&mut s, 2, 200, 9);
+    unread(&s, 2);
+    assert_eq!(s.too_many_refs(2, 300), Some((2, 9)));
+    assert_eq!(s.consumers[0].peer.in_flight(), 0);
+    // Its release shows consumer 2 read the first five.
+    release(&mut s, 2, 204);
+    assert_eq!(s.consumers[1].peer.in_flight(), 4);
 }
