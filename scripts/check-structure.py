@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MPL-2.0
-"""Checks the layout rules of src/ that the README's Layout section states:
+"""Checks the layout rules of src/ that docs/development.md (Layout) states:
 
 1. No import cycle between files: the graph of "file A names an item of file B" (through
    `crate::`, `super::`, `self::` or a child module's name) has no cycle. The one edge left

@@ -331,15 +331,17 @@ class Inspect(unittest.TestCase):
         self.assertRegex(proc.stdout, r"8 features:\n\s*\+-- 7 elements\n\s*\+-- 1 tracers")
 
 
-class ReadmeExamples(LaunchTestCase):
-    """Every gst-launch-1.0 line in the README's example section runs, verbatim."""
+class DocumentedExamples(LaunchTestCase):
+    """Every gst-launch-1.0 line of the README's tour and of docs/elements.md's example
+    pipelines runs, verbatim, as a shell line (with the environment variables it sets)."""
 
-    def test_readme_example_pipelines(self):
-        text = (ROOT / "README.md").read_text()
-        section = text.split("## Example pipelines", 1)[1].split("\n## ", 1)[0]
-        commands = [line.strip() for line in section.splitlines()
-                    if line.strip().startswith("gst-launch-1.0 ")]
-        self.assertGreaterEqual(len(commands), 5)
+    def commands(self, path, start, end):
+        text = (ROOT / path).read_text()
+        section = text.split(start, 1)[1].split(end, 1)[0]
+        return [line.strip() for line in section.splitlines()
+                if re.match(r"(\w+=\S+ )*gst-launch-1.0 ", line.strip())]
+
+    def run_lines(self, commands):
         for cmd in commands:
             with self.subTest(cmd=cmd):
                 env = dict(os.environ, G_DEBUG="fatal_warnings")
@@ -347,9 +349,15 @@ class ReadmeExamples(LaunchTestCase):
                                       timeout=TIMEOUT, cwd=tempfile.gettempdir())
                 self.assertEqual(proc.returncode, 0, proc.stdout[-2000:] + proc.stderr[-2000:])
 
+    def test_readme_tour(self):
+        commands = self.commands("README.md", "\n## A tour\n", "\n## Documentation\n")
+        self.assertGreaterEqual(len(commands), 6)
+        self.run_lines(commands)
 
-if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    def test_elements_example_pipelines(self):
+        commands = self.commands("docs/elements.md", "\n## Example pipelines\n", "\n## ")
+        self.assertGreaterEqual(len(commands), 5)
+        self.run_lines(commands)
 
 
 class MemfdPipelines(LaunchTestCase):
@@ -403,3 +411,7 @@ class MemfdPipelines(LaunchTestCase):
                              "memalign allocator=MemfdMemory alignment=8192 ! fakesink async=false")
         self.assertRegex(proc.stdout + proc.stderr,
                          r"Cannot allocate 100 bytes aligned to 8192 from MemfdMemory")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MPL-2.0
-"""The README's element reference agrees with what the plugin registers and what
+"""The element reference (docs/elements.md) agrees with what the plugin registers and what
 gst-inspect-1.0 prints: the same properties, types, defaults and ranges."""
 
 import os
@@ -21,15 +21,14 @@ TYPES = {"guint": "uint", "guint64": "uint64", "gchararray": "string", "gboolean
          "GstStructure": "structure"}
 
 
-def readme_tables():
-    """{element: {property: (type, default, range)}} from the README's Elements section."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Elements\n", 1)[1].split("\n## ", 1)[0]
+def reference_tables():
+    """{element: {property: (type, default, range)}} from docs/elements.md, one section per element."""
+    text = (ROOT / "docs" / "elements.md").read_text()
     tables = {}
-    for chunk in section.split("\n### ")[1:]:
+    for chunk in text.split("\n## ")[1:]:
         name = chunk.split("\n", 1)[0].strip()
         if not name.startswith("mem"):
-            continue  # prose sections such as "Across processes"
+            continue  # prose sections such as "Example pipelines"
         rows = {}
         for line in chunk.splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -46,7 +45,7 @@ def own_properties(name):
 
 
 def describe(pspec):
-    """(type, default, range) as the README writes them."""
+    """(type, default, range) as docs/elements.md writes them."""
     tname = pspec.value_type.name
     if pspec.value_type.is_a(GObject.TYPE_ENUM):
         enum_class = pspec.enum_class
@@ -64,10 +63,10 @@ def describe(pspec):
 
 class ReferenceMatchesPlugin(unittest.TestCase):
     def test_every_element_is_documented(self):
-        self.assertEqual(sorted(readme_tables()), sorted(ELEMENTS))
+        self.assertEqual(sorted(reference_tables()), sorted(ELEMENTS))
 
     def test_properties_types_defaults_and_ranges(self):
-        tables = readme_tables()
+        tables = reference_tables()
         for name in ELEMENTS:
             props = own_properties(name)
             with self.subTest(element=name):
@@ -80,7 +79,7 @@ class ReferenceMatchesPlugin(unittest.TestCase):
         for name in ELEMENTS:
             out = subprocess.run(["gst-inspect-1.0", name], env=env, capture_output=True,
                                  text=True, timeout=60).stdout
-            for prop, (kind, default, rng) in readme_tables()[name].items():
+            for prop, (kind, default, rng) in reference_tables()[name].items():
                 with self.subTest(element=name, prop=prop):
                     block = out.split(f"  {prop} ", 1)[1].split("\n  ", 3)
                     block = "\n".join(block[:3])
