@@ -314,7 +314,12 @@ fn formats_read_only_the_bytes_sent(interlaced: bool) {
     assert!(expected.len() >= 90, "only {} formats", expected.len());
     eprintln!("{} formats", expected.len());
 
-    let path = socket_path("formats");
+    // Each of the two tests (they run at once) has a socket of its own.
+    let path = socket_path(if interlaced {
+        "formats-interlaced"
+    } else {
+        "formats-progressive"
+    });
     let producer = fake_producer(path.clone(), packets);
     let pipeline = gst::parse::launch(&format!(
         "memfdsrc socket-path={} ! appsink name=out sync=false max-buffers=4",
