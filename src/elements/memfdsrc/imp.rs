@@ -12,7 +12,6 @@
 //! frees a buffer; a producer that stops reading them is an error once
 //! [`MAX_PENDING_RELEASES`] are waiting.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -27,11 +26,13 @@ use gst_base::subclass::prelude::*;
 
 use crate::elements::common::post_stats;
 use crate::transport::client::{Connection, MAX_PENDING_RELEASES, Registry, Release};
-use crate::transport::closer::{self, Fds};
+use crate::transport::closer::Fds;
 use crate::transport::socket::{self, Received};
 use crate::transport::wire::{self as proto, BufferWire, EventKind, Message};
 
 use super::check::add_video_metas;
+
+mod connect;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -134,47 +135,7 @@ impl ObjectSubclass for MemfdSrc {
     type ParentType = gst_base::PushSrc;
 }
 
-/// Why [`MemfdSrc::connect`] failed: `Greeting` when connected but the hello could not be
-/// sent (a producer that took the connection and closed it at once, as one does for a
-/// consumer of a user it penalizes): with `reconnect`, tried again after the back-off.
-enum ConnectError {
-    Failed(String),
-    Greeting(String),
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectError::Failed(e) | ConnectError::Greeting(e) => f.write_str(e),
-        }
-    }
-}
-
 impl MemfdSrc {
-    /// Connects (again): a new connection, an empty registry.
-    fn connect(&self) -> Result<(), ConnectError> {
-        let settings = self.settings.lock().unwrap().clone();
-        let Some(path) = settings.socket_path else {
-            return Err(ConnectError::Failed("memfdsrc needs socket-path".into()));
-        };
-        *self.link.lock().unwrap() = None;
-        let sock = socket::connect(
-            &PathBuf::from(&path),
-            Duration::from_millis(settings.timeout_ms as u64),
-            || self.flushing.load(Ordering::Relaxed),
-        )
-        .map_err(ConnectError::Failed)?;
-        gst::info!(CAT, imp = self, "connected to {}", path);
-        *self.link.lock().unwrap() = Some(Link {
-            conn: Connection::new(sock, settings.max_blocks).map_err(ConnectError::Greeting)?,
-            registry: Registry::new(settings.max_blocks as usize),
-            packet: vec![0; proto::MAX_MESSAGE],
-            busy: false,
-        });
-        self.stats.lock().unwrap().blocks_mapped = 0;
-        Ok(())
-    }
-
     fn path(&self) -> String {
         self.settings
             .lock()
@@ -431,25 +392,7 @@ impl BaseSrcImpl for MemfdSrc {
         self.flushing.store(false, Ordering::Relaxed);
         *self.stats.lock().unwrap() = Stats::default();
         *self.backoff.lock().unwrap() = RECONNECT_FIRST_DELAY;
-        // A producer that hangs up at once (one refusing this user for a while) is tried
-        // again until `timeout`, as one that is not there yet.
-        let timeout = Duration::from_millis(self.settings.lock().unwrap().timeout_ms as u64);
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match self.connect() {
-                Ok(()) => return Ok(()),
-                Err(ConnectError::Greeting(e)) if std::time::Instant::now() < deadline => {
-                    gst::debug!(CAT, imp = self, "the producer hung up at once: {}", e);
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => {
-                    return Err(gst::error_msg!(
-                        gst::ResourceError::OpenRead,
-                        ("Cannot connect: {}", e)
-                    ));
-                }
-            }
-        }
+        self.connect_at_start()
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
@@ -575,67 +518,5 @@ impl MemfdSrc {
         let got = got.map_err(failed)?;
         link.busy = matches!(got, Received::Packet(..));
         Ok(got)
-    }
-
-    /// The producer went away: an error, or (`reconnect`) a new connection.
-    fn reconnect(&self) -> Result<(), gst::FlowError> {
-        if !self.settings.lock().unwrap().reconnect {
-            return Err(self.fail(&format!(
-                "The producer at {} went away (connection closed)",
-                self.path()
-            )));
-        }
-        loop {
-            self.back_off()?;
-            match self.connect() {
-                Ok(()) => break,
-                Err(ConnectError::Greeting(e)) => {
-                    gst::warning!(CAT, imp = self, "the producer hung up at once: {}", e);
-                }
-                Err(e) => return Err(self.fail(&format!("Cannot reconnect: {e}"))),
-            }
-        }
-        self.stats.lock().unwrap().reconnects += 1;
-        Ok(())
-    }
-
-    /// Waits before a reconnection: a producer that accepts and hangs up at once must not
-    /// make us spin. The delay doubles up to RECONNECT_MAX_DELAY and is reset by the next
-    /// buffer.
-    fn back_off(&self) -> Result<(), gst::FlowError> {
-        let delay = {
-            let mut backoff = self.backoff.lock().unwrap();
-            let delay = *backoff;
-            *backoff = (delay * 2).min(RECONNECT_MAX_DELAY);
-            delay
-        };
-        gst::warning!(
-            CAT,
-            imp = self,
-            "producer went away: reconnecting in {} ms",
-            delay.as_millis()
-        );
-        // Nor while what producers sent waits to be closed beyond the closer's backlog (a
-        // producer whose descriptors block every closer thread): each connection could hand it
-        // more.
-        let until = std::time::Instant::now() + delay;
-        let mut said = false;
-        while std::time::Instant::now() < until || closer::saturated() {
-            if self.flushing.load(Ordering::Relaxed) {
-                return Err(gst::FlowError::Flushing);
-            }
-            if !said && closer::saturated() {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "{} descriptors producers sent wait to be closed: \
-                     not reconnecting until fewer do",
-                    closer::pending()
-                );
-                said = true;
-            }
-            std::thread::sleep(Duration::from_millis(10).min(delay));
-        }
-        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! The state's invariants: eviction at the pinned bound, misbehaviour.
 
 use super::*;
+use crate::transport::wire::BlockWire;
 use crate::transport::wire::MAX_IDS;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
