@@ -40,8 +40,10 @@ included (about 50 ms).
 """
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -236,13 +238,32 @@ def gst(pipeline, limit=None):
                             preexec_fn=pre)
 
 
+_STAGED = []
+
+
+def staged_self():
+    """A world-readable copy of this script (made once, removed at exit)."""
+    if not _STAGED:
+        d = tempfile.mkdtemp(prefix="memkit-bench-attacks-")
+        os.chmod(d, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        dst = os.path.join(d, os.path.basename(__file__))
+        shutil.copyfile(os.path.abspath(__file__), dst)
+        os.chmod(dst, 0o644)
+        _STAGED.append(dst)
+    return _STAGED[0]
+
+
 def helper(*args):
     def other():
         os.setgroups([])
         os.setgid(OTHER[1])
         os.setuid(OTHER[0])
 
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args],
+    # The checkout may be private (a CI clone in a 0700 directory): the other user runs a
+    # world-readable copy of this script.
+    me = staged_self() if OTHER else os.path.abspath(__file__)
+    return subprocess.Popen([sys.executable, me, *args], cwd=os.path.dirname(me),
                             preexec_fn=other if OTHER else None)
 
 

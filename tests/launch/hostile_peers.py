@@ -28,6 +28,8 @@ import struct
 import subprocess
 import sys
 import termios
+
+import other_user  # beside this file (and staged beside it for another user)
 import time
 
 MAGIC, VERSION = 0x44464B4D, 2
@@ -94,10 +96,12 @@ def rest_listener(path):
         # A peer is a user: run as root (the tests), the rester is another user,
         # or its penalty would be the caller's too. The socket must let it connect.
         if os.getuid() == 0:
-            os.setgid(65534)
-            os.setuid(65534)
-    p = subprocess.Popen([sys.executable, __file__, "rest", path], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True, preexec_fn=become_nobody)
+            os.setgid(other_user.UID)
+            os.setuid(other_user.UID)
+    me = other_user.script(__file__) if os.getuid() == 0 else __file__
+    p = subprocess.Popen([sys.executable, me, "rest", path], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, preexec_fn=become_nobody,
+                         cwd=os.path.dirname(me))
     if p.stdout.readline().strip() != "resting":
         raise SystemExit("the listener never rested")
     return p

@@ -26,6 +26,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostile_peers  # noqa: E402 - beside this file
+import other_user  # noqa: E402 - beside this file
 from test_memfd import (TIMEOUT, MemfdTestCase, env, finish, read, stats, wait_connected,
                         wait_for)
 
@@ -605,9 +606,12 @@ def hostile(*args, user=None):
     def become():
         os.setgid(user)
         os.setuid(user)
-    p = subprocess.Popen(["/usr/bin/python3", HOSTILE_PEERS, *map(str, args)], env=env(),
+    script = HOSTILE_PEERS if user is None else other_user.script(HOSTILE_PEERS)
+    p = subprocess.Popen(["/usr/bin/python3", script, *map(str, args)],
+                         env=env() if user is None else other_user.env(env()),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         preexec_fn=become if user is not None else None)
+                         preexec_fn=become if user is not None else None,
+                         cwd=os.path.dirname(script))
     while True:
         line = p.stdout.readline()
         if not line:
@@ -880,7 +884,7 @@ class PrivateBytes(ProducerTestCase):
         self.assertEqual(foreign, 0, f"{foreign} of {seen} buffers carried private bytes")
 
 
-OTHER_USER = 65534  # nobody: the hoarders run as a user of their own (a peer is a user)
+OTHER_USER = other_user.UID  # the hoarders run as a user of their own (a peer is a user)
 
 
 @unittest.skipUnless(os.getuid() == 0, "needs root to run the hoarders as another user")
@@ -977,8 +981,7 @@ class DescriptorsInFlight(ProducerTestCase):
         prod = self.spawn(f"-e memsrc blocksize=4096 ! identity sleep-time=2000 ! "
                           f"memfdsink socket-path={self.sock} socket-mode=438 "
                           f"min-consumers=0 name=s", preexec=as_other_user,
-                          extra_env={"GST_REGISTRY": self.path("registry.bin"),
-                                     "HOME": self.tmp.name})
+                          extra_env=other_user.env(env()))
         wait_for(self.sock)
         good = GoodConsumer(self.sock)
         good.start()
