@@ -37,7 +37,7 @@ pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 /// The most closer threads at once.
 pub const MAX_CLOSERS: usize = 8;
 /// Descriptors handed over and not closed yet past which the closer is [`saturated`].
-pub const BACKLOG: usize = 256;
+pub const BACKLOG: usize = 64;
 /// A closer thread with nothing to close for this long ends.
 const IDLE: Duration = Duration::from_secs(5);
 
@@ -250,6 +250,11 @@ fn close_with(mut work: Vec<(OwnedFd, usize)>, own_listener: bool) {
             fds.push(fd);
         }
     }
+    enqueue(fds);
+}
+
+/// Hands `fds` to the closer threads, starting one for each descriptor no idle one will take.
+fn enqueue(fds: Vec<OwnedFd>) {
     if fds.is_empty() {
         return;
     }
@@ -355,11 +360,17 @@ impl Drop for Fds {
 /// A connection to a peer, closed on a closer thread when dropped: its queue may hold
 /// descriptors the peer sent, whose close would run in the closing thread.
 #[derive(Debug)]
-pub struct Conn(Option<OwnedFd>);
+pub struct Conn(Option<OwnedFd>, std::sync::atomic::AtomicBool);
 
 impl Conn {
     pub fn new(fd: OwnedFd) -> Self {
-        Conn(Some(fd))
+        Conn(Some(fd), std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// Closes it, when dropped, as it is: what its queue holds is not received first (never
+    /// takes a descriptor of this process), all of it released by the closer thread.
+    pub fn close_unemptied(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -372,7 +383,12 @@ impl AsFd for Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(fd) = self.0.take() {
-            close(fd);
+            if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+                disarm(fd.as_fd());
+                enqueue(vec![fd]);
+            } else {
+                close(fd);
+            }
         }
     }
 }

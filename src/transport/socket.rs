@@ -270,6 +270,33 @@ pub fn recv_hinted(
     receive_now(sock, buf)
 }
 
+/// Whether the packet queued first on `sock` carries descriptors, looked at without taking it
+/// (`MSG_PEEK`): the descriptors a peek installs are copies of those still queued, so
+/// closing them here releases nothing, and those that do not fit are not installed at all.
+pub fn carries_descriptors(sock: BorrowedFd<'_>) -> bool {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    let Ok(msg) = net::recvmsg(
+        sock,
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    ) else {
+        return false;
+    };
+    let mut any = msg.flags.contains(net::ReturnFlags::CTRUNC);
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            for fd in rights {
+                any = true;
+                drop(fd); // a copy: the queued one is the last reference, not this
+            }
+        }
+    }
+    any
+}
+
 /// Receives a packet already queued on `sock`, never waiting.
 fn receive_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received, String> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];

@@ -193,17 +193,35 @@ def nested(sock, levels):
 def saturate(path, seconds, connections, per):
     """Blocks every closer thread of the producer for `seconds` (8 lingering sockets nested
     deeper than it empties Unix sockets), then hands it `per` cheap descriptors on each of
-    `connections` more, one a second (a process that attached one is refused for a second):
-    what they carry can only wait for a closer thread."""
+    `connections` consumers it accepted before, and on as many new connections, one a second
+    (a process that attached one is refused for a second): what they carry can only wait for
+    a closer thread."""
     keep = []
     blockers = []
     for _ in range(8):
         s, k = lingering_socket(seconds)
         keep.extend(k)
         blockers.append(nested(s, 5))
+    accepted = [connect(path) for _ in range(connections)]
+    for c in accepted:
+        c.send(hello_packet())
+    for c in accepted:
+        wait_landed(c)
+    time.sleep(0.3)  # their hellos read: consumers now
     conn = connect(path)
     send_with(conn, hello_packet(), blockers)
     wait_landed(conn)
+    for c in accepted:
+        pipes = [os.pipe() for _ in range(per)]
+        for r, w in pipes:
+            os.close(w)
+        try:
+            socket.send_fds(c, [hello_packet()], [r for r, _w in pipes])
+        except OSError:
+            pass
+        for r, _w in pipes:
+            os.close(r)
+    keep.extend(accepted)
     for _ in range(connections):
         time.sleep(1.1)
         pipes = [os.pipe() for _ in range(per)]

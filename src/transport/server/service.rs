@@ -28,7 +28,10 @@ struct Ready {
     write: bool,
 }
 
-/// Waits up to 50 ms for the listener (when `listen`) or a consumer's socket to be readable,
+/// How long the service thread waits for something to do before it looks again.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Waits up to [`TICK`] for the listener (when `listen`) or a consumer's socket to be readable,
 /// a stalled consumer's to have room, or `wake` to be written to: what each socket is (the
 /// listener first), or `None` when nothing is (or only `wake`, which is read here).
 fn wait_ready(
@@ -40,7 +43,7 @@ fn wait_ready(
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let tick = Timespec {
         tv_sec: 0,
-        tv_nsec: 50_000_000,
+        tv_nsec: TICK.as_nanos() as i64,
     };
     let flags = if listen {
         PollFlags::IN
@@ -183,6 +186,17 @@ pub(super) fn accept(state: &State, sock: OwnedFd) -> bool {
 /// let go after the lock: buffers it released, descriptors (to the closer).
 pub(super) fn drain(state: &State, id: u64, sock: &Conn, buf: &mut [u8]) {
     for _ in 0..DRAIN {
+        // While the closer is saturated, a message that carries descriptors (kernels that let
+        // consumers send them) is not received: its sender is dropped, what it sent leaves
+        // with its connection, inside the socket's queue, and never takes a descriptor of
+        // this process.
+        if closer::saturated() && socket::carries_descriptors(sock.as_fd()) {
+            sock.close_unemptied();
+            lock(state)
+                .misbehaved(id, "a message with descriptors (not received)")
+                .finish();
+            break;
+        }
         let got = socket::recv(sock.as_fd(), buf, Duration::ZERO);
         let mut s = lock(state);
         let gone = match &got {
