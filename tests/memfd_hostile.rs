@@ -1757,6 +1757,11 @@ fn strings_gstreamer_would_assert_on_are_refused_before_it_parses_them() {
 fn caps_a_real_producer_sends_still_pass() {
     // What gst_caps_to_string writes for real streams: plain types, a fixed fraction, a
     // bitmask, a buffer, caps features, and a segment with named flags.
+    init();
+    // The flag set's type exists once libgstvideo registered it (any video element does);
+    // the suite may run with core's elements only.
+    // SAFETY: a GType getter: no arguments, registers the type once, thread-safe.
+    let _ = unsafe { gst_video::ffi::gst_video_multiview_flagset_get_type() };
     for (i, caps) in [
         "video/x-raw(memory:SystemMemory), format=(string)NV12, width=(int)320, \
          height=(int)240, framerate=(fraction)30/1, pixel-aspect-ratio=(fraction)1/1, \
