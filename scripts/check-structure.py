@@ -24,7 +24,6 @@ UNSAFE_MODULES = {
     "src/allocator/raw",
     "src/elements/memory",
     "src/tracer/hooks",
-    "src/transport/socket/sys",
 }
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,6 +20,9 @@ mod transport {
     pub mod closer;
     pub mod parsed;
     pub mod socket;
+    /// In the plugin, `allocator::memfd::sockopt`: the socket calls rustix lacks.
+    #[path = "../allocator/memfd/memory/sockopt.rs"]
+    mod sys;
     pub mod wire;
 }
 

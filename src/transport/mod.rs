@@ -19,3 +19,6 @@ pub mod peer;
 pub mod server;
 pub mod socket;
 pub mod wire;
+
+/// The socket calls rustix lacks (in the unsafe half of `MemfdMemory`).
+use crate::allocator::memfd::sockopt as sys;

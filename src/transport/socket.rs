@@ -15,8 +15,7 @@ use rustix::net::{
 
 use super::closer::Fds;
 
-#[allow(unsafe_code)]
-mod sys;
+use super::sys;
 use super::wire::{MAX_MEMORIES, ProtoError};
 
 /// The most descriptors the kernel passes with one message (`SCM_MAX_FD`): room for all of

@@ -22,6 +22,7 @@ mod memory;
 pub mod stats;
 mod sys;
 
+pub(crate) use memory::sockopt;
 pub use memory::{
     Block, FreedBlocks, Owner, block_of, dup_fd, forget_stream, is_memfd_memory, is_sealed_memfd,
     owner_of, retire_block, share_block, subscribe_freed,

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The one socket option rustix does not have: `SO_PASSRIGHTS` (Linux 6.16).
+//! The two socket calls of the transport that rustix does not have: the option
+//! `SO_PASSRIGHTS` (Linux 6.16) and the `SIOCOUTQ` ioctl. Std and libc only: the transport's
+//! tests compile this file in as it is.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
