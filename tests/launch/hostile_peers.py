@@ -15,6 +15,12 @@ its lingering sockets, its connections) until its standard input closes.
   zeros (500 a second until its standard input closes) in blocks from `Gst.Allocator.alloc`
   on the registered MemfdMemory, beside a private pipeline of the same process writing random
   bytes (`PRIVATE`); prints `landed` once the first is pushed.
+- `stale PATH joined|unsent`: a producer, `appsrc ! memfdsink min-consumers=0` fed 100-byte
+  buffers from the allocator the sink proposes, which it never writes (a camera's hardware
+  does; 500 a second until its standard input closes), after 64 blocks of that allocator
+  were filled with 0xAB: `joined`, sent before any consumer came; `unsent`, never sent (made
+  once a line `go` has come). Prints `landed` when it waits for `go` (a line on its
+  standard input), which a consumer sends once connected.
 - `rest PATH`: keeps the producer's listener resting (see `rest_listener`).
 - `hoard PATH CONNECTIONS HOLD`: CONNECTIONS consumers, one after the other, each saying it
   maps at most HOLD blocks and releasing nothing, so that each ends up holding HOLD buffers
@@ -319,6 +325,54 @@ def appsrc(path):
     private.set_state(Gst.State.NULL)
 
 
+def stale(path, case):
+    import gi
+    gi.require_version("Gst", "1.0")
+    from gi.repository import Gst
+    Gst.init(None)
+    stream = Gst.parse_launch(f"appsrc name=a format=time caps=application/x-test ! "
+                              f"memfdsink socket-path={path} min-consumers=0")
+    src = stream.get_by_name("a")
+    stream.set_state(Gst.State.PLAYING)
+    query = Gst.Query.new_allocation(Gst.Caps.from_string("application/x-test"), True)
+    if not src.get_static_pad("src").peer_query(query) or query.get_n_allocation_params() < 1:
+        raise SystemExit("memfdsink proposed no allocator")
+    allocator = query.parse_nth_allocation_param(0)[0]
+
+    def buffer():
+        buf = Gst.Buffer.new()
+        buf.append_memory(allocator.alloc(100, None))
+        return buf
+
+    def earlier(push):
+        bufs = [buffer() for _ in range(64)]
+        for buf in bufs:
+            buf.fill(0, b"\xab" * 100)
+            if push:
+                src.emit("push-buffer", buf)
+        del bufs
+        time.sleep(0.5)  # gone through the sink, freed: kept for reuse
+
+    if case == "joined":
+        earlier(push=True)
+    print("landed", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit("no go")
+    if case == "unsent":
+        earlier(push=False)
+    os.set_blocking(sys.stdin.fileno(), False)
+    while True:
+        try:
+            if sys.stdin.buffer.read() == b"":
+                break
+        except (BlockingIOError, TypeError):
+            pass
+        if src.emit("push-buffer", buffer()) != Gst.FlowReturn.OK:
+            break
+        time.sleep(0.002)
+    stream.set_state(Gst.State.NULL)
+
+
 def main():
     attack, *args = sys.argv[1:]
     if attack == "linger":
@@ -331,6 +385,8 @@ def main():
         rest(args[0])
     elif attack == "appsrc":
         appsrc(args[0])
+    elif attack == "stale":
+        stale(*args)
     elif attack == "hoard":
         path, connections, hold = args
         hoard(path, int(connections), int(hold))

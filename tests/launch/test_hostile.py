@@ -887,6 +887,42 @@ class PrivateBytes(ProducerTestCase):
         self.assertEqual(foreign, 0, f"{foreign} of {seen} buffers carried private bytes")
 
 
+class StaleBytes(ProducerTestCase):
+    """Issue 27: a recycled block shows a consumer no byte it was not sent, inside the new
+    memory's range too: here the producer writes nothing of its frames (as a camera's DMA
+    might not), so whatever its blocks held before would show through."""
+
+    def check(self, case):
+        producer = hostile("stale", self.sock, case)
+        cons = connect(self.sock)
+        registry = {}
+        seen = foreign = 0
+        try:
+            producer.stdin.write("go\n")
+            producer.stdin.flush()
+            for _ in range(150):
+                bid, mems = next_buffer(cons, registry)
+                for fd, offset, size, block_size in mems:
+                    self.assertEqual(size, 100)
+                    if block_bytes(fd, block_size).count(0) != block_size:
+                        foreign += 1
+                release(cons, bid)
+                seen += 1
+        finally:
+            for fd, _size in registry.values():
+                os.close(fd)
+            cons.close()
+            stop_hostile(producer)
+        self.assertEqual(seen, 150)
+        self.assertEqual(foreign, 0, f"{foreign} of {seen} buffers showed earlier bytes")
+
+    def test_frames_sent_before_the_consumer_joined(self):
+        self.check("joined")
+
+    def test_frames_never_sent(self):
+        self.check("unsent")
+
+
 OTHER_USER = other_user.UID  # the hoarders run as a user of their own (a peer is a user)
 
 

@@ -24,8 +24,9 @@ mod sys;
 
 pub(crate) use memory::sockopt;
 pub use memory::{
-    Block, FreedBlocks, Owner, block_of, dup_fd, forget_stream, is_memfd_memory, is_sealed_memfd,
-    owner_of, retire_block, share_block, subscribe_freed,
+    Block, FreedBlocks, Owner, audience, block_of, dup_fd, forget_stream, is_memfd_memory,
+    is_sealed_memfd, new_audience, owner_of, retire_block, sent_to_all, share_block,
+    subscribe_freed,
 };
 
 /// The name `MemfdMemory` is registered under.

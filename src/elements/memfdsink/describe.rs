@@ -53,8 +53,10 @@ pub(super) fn describe<'a>(
     let (refs, video) = wire_metas(input);
     let mut blocks = Vec::with_capacity(sent.n_memory());
     let mut mems = Vec::with_capacity(sent.n_memory());
+    let mut before = 0;
     for mem in sent.iter_memories() {
         let b = memfd::block_of(mem, stream)?;
+        before = before.max(b.before);
         mems.push(MemWire {
             block: b.id,
             offset: mem.offset() as u64,
@@ -89,6 +91,7 @@ pub(super) fn describe<'a>(
         hold: sent.clone(),
         wire,
         blocks,
+        before,
     };
     Some((out, dropped))
 }

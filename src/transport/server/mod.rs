@@ -44,6 +44,9 @@ pub struct Outgoing<'a> {
     pub hold: gst::Buffer,
     pub wire: BufferWire,
     pub blocks: Vec<(BlockWire, BorrowedFd<'a>)>,
+    /// The newest of the blocks' [`Block::before`](memfd::Block::before): a consumer that
+    /// joined after that audience misses the buffer (0: none does).
+    pub before: u64,
 }
 
 /// A running producer: the socket it listens on and its service thread. Stopped on drop.
@@ -70,8 +73,11 @@ impl Server {
         use std::os::unix::fs::MetadataExt;
         let listener = socket::listen_at(path, mode)?;
         let meta = std::fs::symlink_metadata(path).map_err(|e| socket::path_error(path, e))?;
-        let state: State = Arc::new((Mutex::new(Shared::new(limits)), Condvar::new()));
+        let state: State = Arc::new((Mutex::new(Shared::new(limits, stream)), Condvar::new()));
         let freed = memfd::subscribe_freed(stream);
+        // What its blocks held before (a previous run of the stream) was not sent to anyone
+        // who connects now.
+        memfd::new_audience(stream);
         use rustix::event::{EventfdFlags, eventfd};
         let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map(Arc::new)
@@ -317,6 +323,7 @@ mod tests {
                     hold: hold.clone(),
                     wire,
                     blocks: vec![(block, b.fd)],
+                    before: b.before,
                 });
             }
         };
@@ -399,6 +406,7 @@ mod tests {
                 hold: hold.clone(),
                 wire,
                 blocks: vec![(block, b.fd)],
+                before: b.before,
             });
             // The good consumer reads each buffer and releases it.
             let fd = std::os::fd::AsFd::as_fd(&good);
@@ -467,6 +475,90 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         memfd::set_max_cached_bytes(max);
+        drop(server);
+    }
+
+    #[test]
+    fn a_block_reused_unzeroed_goes_only_to_consumers_that_were_sent_what_it_held() {
+        // Issue 27: a producer that does not write its whole frame (a camera-like one writes
+        // nothing) left an earlier frame inside the new memory's range, shown to a consumer
+        // that joined since (the launch test StaleBytes: 150 of 150 buffers).
+        gst::init().unwrap();
+        let stream = MemfdAllocator::for_stream();
+        let path = std::env::temp_dir().join(format!("memkit-late-{}.sock", std::process::id()));
+        let server = Server::start(&path, 0o600, limits(64), stream.stream()).unwrap();
+        let id = stream.stream();
+        let alloc = |fill: Option<u8>| {
+            let mut mem = stream.alloc_memfd(4096, None).unwrap();
+            if let Some(byte) = fill {
+                mem.get_mut().unwrap().map_writable().unwrap().fill(byte);
+            }
+            let b = memfd::block_of(&mem, id).unwrap();
+            let (block, before) = (b.id, b.before);
+            let bytes = mem.map_readable().unwrap().to_vec();
+            let mut buf = gst::Buffer::new();
+            buf.get_mut().unwrap().append_memory(mem);
+            (buf, block, before, bytes)
+        };
+        let send = |hold: &gst::Buffer| {
+            let b = memfd::block_of(hold.peek_memory(0), id).unwrap();
+            let mems = vec![super::super::wire::MemWire {
+                block: b.id,
+                offset: 0,
+                size: 4096,
+            }];
+            server.send(Outgoing {
+                hold: hold.clone(),
+                wire: BufferWire {
+                    mems,
+                    ..BufferWire::default()
+                },
+                blocks: vec![(
+                    BlockWire {
+                        id: b.id,
+                        size: b.size as u64,
+                    },
+                    b.fd,
+                )],
+                before: b.before,
+            });
+        };
+        let planned = || lock(&server.state).consumers[0].peer.planned();
+        // Written and sent while nobody listened: everyone (nobody) was sent it, so it is
+        // reused as it is.
+        let (hold, first, _, _) = alloc(Some(0xab));
+        send(&hold);
+        drop(hold);
+        let (hold, block, before, bytes) = alloc(None);
+        assert_eq!(block, first, "not the recycled block");
+        assert_ne!(before, 0);
+        assert!(
+            bytes.iter().all(|&b| b == 0xab),
+            "zeroed with no consumer to hide it from"
+        );
+        // A consumer joins: the block taken before it joined is not sent to it.
+        let sock = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
+        socket::send(
+            std::os::fd::AsFd::as_fd(&sock),
+            &Message::Hello { max_blocks: 64 }.encode(),
+            &[],
+        )
+        .unwrap();
+        wait_until(&server, "hello", |s| s.ready() == 1);
+        send(&hold);
+        assert_eq!(planned(), 0, "sent bytes from before it joined");
+        drop(hold);
+        // Reused after it joined: zeroed whole, then sent.
+        let (hold, block, before, bytes) = alloc(None);
+        assert_eq!((block, before), (first, 0));
+        assert!(
+            bytes.iter().all(|&b| b == 0),
+            "not zeroed for the new consumer"
+        );
+        send(&hold);
+        assert_eq!(planned(), 1);
+        drop(hold);
+        drop(sock);
         drop(server);
     }
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::allocator::memfd;
+
 use super::super::closer::Conn;
 use super::super::peer::{Full, Plan};
 use super::super::socket;
@@ -27,6 +29,10 @@ const TOO_MANY_REFS: i32 = rustix::io::Errno::TOOMANYREFS.raw_os_error();
 
 /// The consumers a buffer goes to: id, socket, what to send each.
 type Targets = Vec<(u64, Arc<Conn>, Plan)>;
+
+/// What [`Server::enlist`] chose: the limits, the consumers to send a buffer to, the consumers
+/// dropped, and the stream's audience if every consumer of it is among those (else 0).
+type Enlisted = (Limits, Targets, Gone, u64);
 
 impl Server {
     /// Sends `packet` (an event) to every consumer; drops the ones that fail (in `Wait` mode
@@ -71,7 +77,7 @@ impl Server {
         // What the packet has room for beside the buffer's own description and the blocks
         // it may announce (16 bytes each): retired block ids, 8 bytes each.
         let room = MAX_MESSAGE.saturating_sub(plain.len() + 16 * MAX_MEMORIES + 64) / 8;
-        let (limits, targets, gone) = self.enlist(&mut out, room.min(MAX_IDS));
+        let (limits, targets, gone, mut audience) = self.enlist(&mut out, room.min(MAX_IDS));
         gone.finish();
         let plain = wire::encode_buffer(&out.wire);
         let deadline = Instant::now() + limits.full_timeout;
@@ -79,6 +85,9 @@ impl Server {
         for (id, sock, plan) in targets {
             let sent = self.send_one(&sock, &out, &plan, &plain, limits.on_full, deadline);
             let kind = sent.as_ref().err().map(std::io::Error::kind);
+            if sent.is_err() {
+                audience = 0;
+            }
             match sent {
                 Ok(()) => {
                     sent_bytes += size;
@@ -123,6 +132,9 @@ impl Server {
                 }
             }
         }
+        // Every consumer has what the blocks hold: reused as they are, they show it no byte
+        // it was not sent (otherwise they are zeroed first).
+        memfd::sent_to_all(out.blocks.iter().map(|(b, _)| b.id), audience);
         let mut s = lock(&self.state);
         s.stats.buffers += 1;
         s.stats.bytes_sent += sent_bytes;
@@ -170,7 +182,7 @@ impl Server {
     /// consumers to send it to, and the consumers dropped. A consumer whose socket was full
     /// costs a flag test, nothing more. While the descriptors in flight would pass their
     /// bound, a consumer the buffer's new descriptors would take past its share is full.
-    fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> (Limits, Targets, Gone) {
+    fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> Enlisted {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
         let mut s = lock(&self.state);
@@ -184,6 +196,7 @@ impl Server {
         let mut targets = Vec::with_capacity(s.consumers.len());
         let mut full = Vec::new();
         let mut stalled = 0;
+        let mut late = 0;
         let (share, max_in_flight) = (s.in_flight_share(), s.max_in_flight);
         let mut in_flight: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
         let shared = &mut *s;
@@ -191,6 +204,13 @@ impl Server {
             // Stalled, or the buffer does not fit in what all may pin: it misses it.
             if c.stalled || !fits {
                 stalled += 1;
+                continue;
+            }
+            // It joined after the block was taken for reuse without zeroing: the bytes the
+            // producer did not write are from before it joined. It misses the buffer (one
+            // taken before its hello; later ones are zeroed for it).
+            if out.before != 0 && c.joined > out.before {
+                late += 1;
                 continue;
             }
             // Record first, send second: a release can never arrive before its record.
@@ -223,7 +243,13 @@ impl Server {
                 Err(why) => full.push((c.peer.id, why)),
             }
         }
-        s.stats.buffers_dropped += stalled;
+        s.stats.buffers_dropped += stalled + late;
+        // Read under the lock a consumer joins under: one that joins later is of a new one.
+        let audience = if stalled == 0 && late == 0 && full.is_empty() {
+            memfd::audience(self.stream)
+        } else {
+            0
+        };
         for (cid, why) in full {
             match on_full {
                 OnFull::Drop => {
@@ -245,6 +271,6 @@ impl Server {
                 }
             }
         }
-        (limits, targets, gone)
+        (limits, targets, gone, audience)
     }
 }

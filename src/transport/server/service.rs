@@ -234,7 +234,7 @@ mod tests {
             max_pinned_blocks: 4,
             max_pinned_bytes: 1 << 20,
         };
-        Arc::new((Mutex::new(Shared::new(limits)), Condvar::new()))
+        Arc::new((Mutex::new(Shared::new(limits, 0)), Condvar::new()))
     }
 
     /// A connected pair of sockets: ours, and the one the server holds.

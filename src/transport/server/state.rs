@@ -166,6 +166,9 @@ pub(super) struct Consumer {
     /// Its socket queue was full when a buffer was sent to it (`OnFull::Drop`): it gets no
     /// buffer, and costs no work per buffer, until the service thread sees room in it.
     pub(super) stalled: bool,
+    /// The stream's audience its hello made (MemfdMemory's `new_audience`; 0 before it):
+    /// it is not sent a block that holds bytes from before it joined.
+    pub(super) joined: u64,
 }
 
 impl Consumer {
@@ -225,6 +228,8 @@ pub(super) struct Shared {
     pub(super) next_buffer: u64,
     pub(super) running: bool,
     pub(super) flushing: bool,
+    /// The stream's id for MemfdMemory: a consumer that joins gives it a new audience.
+    stream: u64,
 }
 
 pub(super) type State = Arc<(Mutex<Shared>, Condvar)>;
@@ -234,7 +239,7 @@ pub(super) fn lock(state: &State) -> MutexGuard<'_, Shared> {
 }
 
 impl Shared {
-    pub(super) fn new(limits: Limits) -> Shared {
+    pub(super) fn new(limits: Limits, stream: u64) -> Shared {
         Shared {
             consumers: Vec::new(),
             pins: Pins::default(),
@@ -250,6 +255,7 @@ impl Shared {
             next_buffer: 0,
             running: true,
             flushing: false,
+            stream,
         }
     }
 
@@ -322,6 +328,7 @@ impl Shared {
             since: Instant::now(),
             cred,
             stalled: false,
+            joined: 0,
         });
         self.stats.consumers_connected += 1;
         gst::info!(CAT, "consumer {} connected", id);
@@ -449,6 +456,11 @@ impl Shared {
                 // Past max-consumers (counted by hellos): refused now, it said hello too late.
                 if self.ready() > self.limits.max_consumers {
                     return self.refuse(id);
+                }
+                // Blocks reused from now on are zeroed unless it was sent what they hold.
+                let joined = memfd::new_audience(self.stream);
+                if let Some(c) = self.consumers.iter_mut().find(|c| c.peer.id == id) {
+                    c.joined = joined;
                 }
             }
             Ok(other) => return self.misbehaved(id, &format!("unexpected message {other:?}")),

@@ -18,7 +18,7 @@ use crate::allocator::memfd::stats::{self as mstats, Counter as M};
 use crate::allocator::memfd::sys;
 use crate::allocator::raw::{traced, try_share};
 
-use super::blocks::claim;
+use super::blocks::{claim, take_seen};
 use super::recycle::{discard, recycle_dispose, take_recycled};
 
 thread_local! {
@@ -71,12 +71,19 @@ pub fn alloc(
         // zeroing fail to map it all the same, it is freed and a fresh block made.
         // Only the ranges that exist: a memory that fills its block (a 1 MiB frame in a
         // 1 MiB block) costs no map at all.
+        // A stream's block is zeroed whole, its new memory too, unless what it holds was sent
+        // to every consumer that may map it now: a producer that does not write its whole
+        // frame (a camera-like one writes nothing) must not show a consumer bytes it was
+        // never sent (a frame from before it joined, one it missed, one never sent).
         let mut zero = 0;
         if l.offset > 0 {
             zero |= ffi::GST_MEMORY_FLAG_ZERO_PREFIXED;
         }
         if l.offset + l.size < l.maxsize {
             zero |= ffi::GST_MEMORY_FLAG_ZERO_PADDED;
+        }
+        if stream != 0 && !take_seen(mem.as_ptr() as *mut ffi::GstMemory, stream) {
+            zero |= ZERO_WHOLE;
         }
         let zeroed = if zero != 0 {
             zero_ranges(&mem, l.offset, l.size, zero)
@@ -157,8 +164,12 @@ pub fn alloc(
     Ok(mem)
 }
 
-/// Maps a recycled block read-write and zeroes its prefix and/or its padding (to maxsize), as
-/// `which` says (nothing: the map alone, which proves the block maps read-write).
+/// Not a GStreamer flag: [`zero_ranges`] zeroes the whole block.
+const ZERO_WHOLE: ffi::GstMemoryFlags = 1 << 31;
+
+/// Maps a recycled block read-write and zeroes its prefix and/or its padding (to maxsize), or
+/// all of it ([`ZERO_WHOLE`]), as `which` says (nothing: the map alone, which proves the
+/// block maps read-write).
 fn zero_ranges(
     mem: &gst::Memory,
     offset: usize,
@@ -184,12 +195,16 @@ fn zero_ranges(
         }
         let info = info.assume_init_mut();
         let base = info.data.sub(offset);
-        if which & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
-            ptr::write_bytes(base, 0, offset);
-        }
-        if which & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
-            let end = offset + size;
-            ptr::write_bytes(base.add(end), 0, (*ptr).maxsize - end);
+        if which & ZERO_WHOLE != 0 {
+            ptr::write_bytes(base, 0, (*ptr).maxsize);
+        } else {
+            if which & ffi::GST_MEMORY_FLAG_ZERO_PREFIXED != 0 {
+                ptr::write_bytes(base, 0, offset);
+            }
+            if which & ffi::GST_MEMORY_FLAG_ZERO_PADDED != 0 {
+                let end = offset + size;
+                ptr::write_bytes(base.add(end), 0, (*ptr).maxsize - end);
+            }
         }
         ffi::gst_memory_unmap(ptr, info);
     }

@@ -25,12 +25,18 @@ pub enum Owner {
     Stream(u64),
 }
 
-/// A root block of a stream: its id (never reused in this process), its stream, and whether
-/// it was retired (is never to be recycled).
+/// A root block of a stream: its id (never reused in this process), its stream, whether it
+/// was retired (is never to be recycled), and the audience its bytes were last sent to whole.
 pub(super) struct BlockEntry {
     pub(super) id: u64,
     pub(super) owner: Owner,
     pub(super) retired: bool,
+    /// The stream's audience (see [`new_audience`]) when what the block holds was sent to
+    /// every consumer of the stream; 0: not so (not sent yet, or some consumer missed it).
+    seen: u64,
+    /// Reused without zeroing: the audience that was sent what it held before (which its new
+    /// content may not cover); 0: it holds nothing from before it was taken (new, zeroed).
+    before: u64,
 }
 
 /// The blocks of streams, keyed by the root memory's address (an entry is removed when its
@@ -39,6 +45,9 @@ pub(super) struct BlockEntry {
 pub(super) struct Registry {
     pub(super) by_root: HashMap<usize, BlockEntry>,
     by_id: HashMap<u64, usize>,
+    /// Each running stream's audience: a number never used before, new whenever a consumer
+    /// joins the stream (see [`new_audience`]).
+    audience: HashMap<u64, u64>,
 }
 
 impl Registry {
@@ -54,6 +63,7 @@ impl Registry {
 
 pub(super) static BLOCKS: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 static NEXT_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_AUDIENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn blocks() -> std::sync::MutexGuard<'static, Registry> {
     BLOCKS.lock().unwrap_or_else(|e| e.into_inner())
@@ -73,9 +83,67 @@ pub(super) fn claim(root: *mut ffi::GstMemory, stream: u64) {
             id,
             owner: Owner::Stream(stream),
             retired: false,
+            seen: 0,
+            before: 0,
         },
     );
     b.by_id.insert(id, root as usize);
+}
+
+/// Stream `stream` has a new audience: its transport started, or a consumer joined it. What
+/// its blocks held until now was not sent to everyone who may map them from now on: a block
+/// is zeroed whole before it is reused, unless what it holds is sent to every consumer of
+/// this audience first ([`sent_to_all`]). Returns the new audience's number (they grow);
+/// stream 0 (private memory) has none (0).
+pub fn new_audience(stream: u64) -> u64 {
+    if stream == 0 {
+        return 0;
+    }
+    let audience = NEXT_AUDIENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    blocks().audience.insert(stream, audience);
+    audience
+}
+
+/// Stream `stream`'s audience now (0: it has none, its transport is not running).
+pub fn audience(stream: u64) -> u64 {
+    blocks().audience.get(&stream).copied().unwrap_or(0)
+}
+
+/// What the blocks `ids` hold was sent to every consumer of `audience` (read with
+/// [`audience`] when the consumers to send it to were chosen): if no consumer joined since,
+/// the blocks are reused without zeroing.
+pub fn sent_to_all(ids: impl IntoIterator<Item = u64>, audience: u64) {
+    if audience == 0 {
+        return;
+    }
+    let mut b = blocks();
+    for id in ids {
+        if let Some(root) = b.by_id.get(&id).copied()
+            && let Some(entry) = b.by_root.get_mut(&root)
+        {
+            entry.seen = audience;
+        }
+    }
+}
+
+/// Whether the recycled block `root`, taken for reuse by stream `stream`, holds only what
+/// every consumer of the stream's audience now was sent (it need not be zeroed; a consumer
+/// that joins before it is sent does not get it: see [`Block::before`]). Its new content
+/// is not sent yet either way.
+pub(super) fn take_seen(root: *mut ffi::GstMemory, stream: u64) -> bool {
+    let mut b = blocks();
+    let now = b.audience.get(&stream).copied().unwrap_or(0);
+    b.by_root.get_mut(&(root as usize)).is_some_and(|e| {
+        let seen = now != 0 && e.seen == now;
+        e.seen = 0;
+        e.before = if seen { now } else { 0 };
+        seen
+    })
+}
+
+/// Stream `stream` stopped: it has no audience until its transport starts again.
+pub(super) fn forget_audience(stream: u64) {
+    blocks().audience.remove(&stream);
 }
 
 /// Ids of blocks of one stream freed since they were last taken, for its transport to retire
@@ -163,6 +231,11 @@ pub struct Block<'a> {
     pub size: usize,
     /// The block's descriptor, owned by the memory.
     pub fd: std::os::fd::BorrowedFd<'a>,
+    /// The block was reused without zeroing: what it held before was sent to every consumer
+    /// of this audience (numbers grow), not to a consumer that joined since, which must not
+    /// be sent the block until it holds only what that consumer may see. 0: the block holds
+    /// nothing from before (new, or zeroed when reused).
+    pub before: u64,
 }
 
 /// The `MemfdMemory` block behind `mem` (a block or a share of one), if stream `stream` may
@@ -180,8 +253,8 @@ pub fn block_of(mem: &gst::MemoryRef, stream: u64) -> Option<Block<'_>> {
         return None;
     }
     let root = root_memory(mem);
-    let id = match blocks().by_root.get(&(root as usize)) {
-        Some(b) if b.owner == Owner::Stream(stream) => b.id,
+    let (id, before) = match blocks().by_root.get(&(root as usize)) {
+        Some(b) if b.owner == Owner::Stream(stream) => (b.id, b.before),
         _ => return None,
     };
     // SAFETY: the descriptor is owned by the live memory `mem` borrows (a share uses its
@@ -189,5 +262,10 @@ pub fn block_of(mem: &gst::MemoryRef, stream: u64) -> Option<Block<'_>> {
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
     // SAFETY: the root is live while `mem` is.
     let size = unsafe { (*root).maxsize };
-    Some(Block { id, size, fd })
+    Some(Block {
+        id,
+        size,
+        fd,
+        before,
+    })
 }

@@ -16,7 +16,10 @@ pub mod sockopt;
 mod vfuncs;
 
 pub use alloc::{alloc, share_block, wrap_fd};
-pub use blocks::{Block, FreedBlocks, Owner, block_of, owner_of, subscribe_freed};
+pub use blocks::{
+    Block, FreedBlocks, Owner, audience, block_of, new_audience, owner_of, sent_to_all,
+    subscribe_freed,
+};
 pub use fd::{ALLOCATOR_TYPE_NAME, dup_fd, is_memfd_memory, is_sealed_memfd};
 pub use recycle::{
     forget_stream, max_bytes, recycled_bytes, retire_block, set_max_bytes, trim_recycled,

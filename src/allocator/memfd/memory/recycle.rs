@@ -234,6 +234,7 @@ pub fn forget_stream(stream: u64) {
     if stream == 0 {
         return;
     }
+    blocks::forget_audience(stream);
     let blocks: Vec<gst::Memory> = {
         let mut r = RECYCLED.lock().unwrap_or_else(|e| e.into_inner());
         r.active.remove(&stream);

@@ -19,7 +19,7 @@ pub(crate) fn limits() -> Limits {
 
 fn shared() -> Shared {
     gst::init().unwrap();
-    Shared::new(limits())
+    Shared::new(limits(), 0)
 }
 
 /// Adds consumer `id` of process `pid`, whose user is `1000 + pid` (one user per process),
@@ -54,6 +54,7 @@ fn consumer_in(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
         since: Instant::now(),
         cred: Some(Cred { pid, uid, gid }),
         stalled: false,
+        joined: 0,
     });
 }
 
