@@ -821,6 +821,26 @@ def block_bytes(fd, size):
         return view[:]
 
 
+def nonzero_buffers(test, cons, n):
+    """Consumes `n` buffers of 100 bytes on `cons`, mapping every block whole: how many
+    carried a byte that is not zero (the stream sends only zeros), and how many came."""
+    registry = {}
+    seen = foreign = 0
+    try:
+        for _ in range(n):
+            bid, mems = next_buffer(cons, registry)
+            for fd, _offset, size, block_size in mems:
+                test.assertEqual(size, 100)
+                if block_bytes(fd, block_size).count(0) != block_size:
+                    foreign += 1
+            release(cons, bid)
+            seen += 1
+    finally:
+        for fd, _size in registry.values():
+            os.close(fd)
+    return foreign, seen
+
+
 class PrivateBytes(ProducerTestCase):
     """Issue 27: a consumer sees nothing of the producer process but its own stream, even
     when the sink's allocator does not reach the source. Every memory here is 100 bytes of
@@ -830,26 +850,12 @@ class PrivateBytes(ProducerTestCase):
     PRIVATE = hostile_peers.PRIVATE + " "
 
     def foreign(self, path, n=150):
-        """Consumes `n` buffers at `path`, mapping every block whole: how many carried a
-        byte that is not zero (the stream sends only zeros), and how many buffers came."""
+        """Consumes `n` buffers at `path`: see `nonzero_buffers`."""
         cons = connect(path)
-        registry = {}
-        seen = 0
-        foreign = 0
         try:
-            for _ in range(n):
-                bid, mems = next_buffer(cons, registry)
-                for fd, offset, size, block_size in mems:
-                    self.assertEqual(size, 100)
-                    if block_bytes(fd, block_size).count(0) != block_size:
-                        foreign += 1
-                release(cons, bid)
-                seen += 1
+            return nonzero_buffers(self, cons, n)
         finally:
-            for fd, _size in registry.values():
-                os.close(fd)
             cons.close()
-        return foreign, seen
 
     def check(self, pipeline, path=None):
         prod = self.spawn(self.PRIVATE + pipeline)
@@ -895,22 +901,11 @@ class StaleBytes(ProducerTestCase):
     def check(self, case):
         producer = hostile("stale", self.sock, case)
         cons = connect(self.sock)
-        registry = {}
-        seen = foreign = 0
         try:
             producer.stdin.write("go\n")
             producer.stdin.flush()
-            for _ in range(150):
-                bid, mems = next_buffer(cons, registry)
-                for fd, offset, size, block_size in mems:
-                    self.assertEqual(size, 100)
-                    if block_bytes(fd, block_size).count(0) != block_size:
-                        foreign += 1
-                release(cons, bid)
-                seen += 1
+            foreign, seen = nonzero_buffers(self, cons, 150)
         finally:
-            for fd, _size in registry.values():
-                os.close(fd)
             cons.close()
             stop_hostile(producer)
         self.assertEqual(seen, 150)

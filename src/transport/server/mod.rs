@@ -281,22 +281,53 @@ mod tests {
         }
     }
 
+    /// A server of a new stream at a socket named after `name`.
+    fn serve(name: &str, limits: Limits) -> (MemfdAllocator, PathBuf, Server) {
+        gst::init().unwrap();
+        let stream = MemfdAllocator::for_stream();
+        let path = std::env::temp_dir().join(format!("memkit-{name}-{}.sock", std::process::id()));
+        let server = Server::start(&path, 0o600, limits, stream.stream()).unwrap();
+        (stream, path, server)
+    }
+
+    /// A consumer connected to `path` that said hello.
+    fn join(path: &Path, max_blocks: u32) -> OwnedFd {
+        let sock = socket::connect(path, Duration::from_secs(5), || false).unwrap();
+        let hello = Message::Hello { max_blocks }.encode();
+        socket::send(std::os::fd::AsFd::as_fd(&sock), &hello, &[]).unwrap();
+        sock
+    }
+
+    /// Sends `hold`, one memory filling one 4096-byte block of `stream`.
+    fn send_block(server: &Server, stream: &MemfdAllocator, hold: &gst::Buffer) {
+        let b = memfd::block_of(hold.peek_memory(0), stream.stream()).unwrap();
+        let mems = vec![super::super::wire::MemWire {
+            block: b.id,
+            offset: 0,
+            size: 4096,
+        }];
+        let block = BlockWire {
+            id: b.id,
+            size: b.size as u64,
+        };
+        server.send(Outgoing {
+            hold: hold.clone(),
+            wire: BufferWire {
+                mems,
+                ..BufferWire::default()
+            },
+            blocks: vec![(block, b.fd)],
+            before: b.before,
+        });
+    }
+
     #[test]
     fn a_consumer_whose_socket_is_full_costs_nothing_per_buffer_until_it_reads() {
         // Issue 27: at max-outstanding 65536 a consumer that does not read fills its socket
         // long before its bound; each buffer then cost a plan, a failed sendmsg and an undo
         // (8 of them halved a good consumer's rate).
-        gst::init().unwrap();
-        let stream = MemfdAllocator::for_stream();
-        let path = std::env::temp_dir().join(format!("memkit-full-{}.sock", std::process::id()));
-        let server = Server::start(&path, 0o600, limits(65_536), stream.stream()).unwrap();
-        let sock = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
-        socket::send(
-            std::os::fd::AsFd::as_fd(&sock),
-            &Message::Hello { max_blocks: 64 }.encode(),
-            &[],
-        )
-        .unwrap();
+        let (stream, path, server) = serve("full", limits(65_536));
+        let sock = join(&path, 64);
         wait_until(&server, "hello", |s| s.ready() == 1);
         let mem = stream.alloc_memfd(4096, None).unwrap();
         let hold = {
@@ -306,25 +337,7 @@ mod tests {
         };
         let send = |n: usize| {
             for _ in 0..n {
-                let b = memfd::block_of(hold.peek_memory(0), stream.stream()).unwrap();
-                let block = BlockWire {
-                    id: b.id,
-                    size: b.size as u64,
-                };
-                let wire = BufferWire {
-                    mems: vec![super::super::wire::MemWire {
-                        block: b.id,
-                        offset: 0,
-                        size: 4096,
-                    }],
-                    ..BufferWire::default()
-                };
-                server.send(Outgoing {
-                    hold: hold.clone(),
-                    wire,
-                    blocks: vec![(block, b.fd)],
-                    before: b.before,
-                });
+                send_block(&server, &stream, &hold);
             }
         };
         // It reads nothing: its socket fills, then it is skipped.
@@ -357,24 +370,15 @@ mod tests {
         // saw it); past its RLIMIT_NOFILE the kernel refused the next one (ETOOMANYREFS)
         // and the good consumer, whose send failed, was dropped. Now past the bound those
         // past their share get no new descriptor, and the good consumer gets every buffer.
-        gst::init().unwrap();
-        let stream = MemfdAllocator::for_stream();
-        let path = std::env::temp_dir().join(format!("memkit-refs-{}.sock", std::process::id()));
-        let server = Server::start(&path, 0o600, limits(64), stream.stream()).unwrap();
+        let (stream, path, server) = serve("refs", limits(64));
         {
             let mut s = lock(&server.state);
             s.max_in_flight = 100;
             s.limits.max_consumers = 32;
         }
-        let hello = Message::Hello { max_blocks: 512 }.encode();
-        let join = || {
-            let sock = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
-            socket::send(std::os::fd::AsFd::as_fd(&sock), &hello, &[]).unwrap();
-            sock
-        };
-        let good = join();
+        let good = join(&path, 512);
         wait_until(&server, "hello", |s| s.ready() == 1);
-        let hoarders: Vec<_> = (0..20).map(|_| join()).collect();
+        let hoarders: Vec<_> = (0..20).map(|_| join(&path, 512)).collect();
         wait_until(&server, "hellos", |s| s.ready() == 21);
         // 64 blocks in turn: every consumer is sent each block's descriptor once.
         let holds: Vec<gst::Buffer> = (0..64)
@@ -388,26 +392,7 @@ mod tests {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut got = 0;
         for i in 0..640 {
-            let hold = &holds[i % holds.len()];
-            let b = memfd::block_of(hold.peek_memory(0), stream.stream()).unwrap();
-            let wire = BufferWire {
-                mems: vec![super::super::wire::MemWire {
-                    block: b.id,
-                    offset: 0,
-                    size: 4096,
-                }],
-                ..BufferWire::default()
-            };
-            let block = BlockWire {
-                id: b.id,
-                size: b.size as u64,
-            };
-            server.send(Outgoing {
-                hold: hold.clone(),
-                wire,
-                blocks: vec![(block, b.fd)],
-                before: b.before,
-            });
+            send_block(&server, &stream, &holds[i % holds.len()]);
             // The good consumer reads each buffer and releases it.
             let fd = std::os::fd::AsFd::as_fd(&good);
             match socket::recv(fd, &mut buf, Duration::from_secs(5)) {
@@ -483,10 +468,7 @@ mod tests {
         // Issue 27: a producer that does not write its whole frame (a camera-like one writes
         // nothing) left an earlier frame inside the new memory's range, shown to a consumer
         // that joined since (the launch test StaleBytes: 150 of 150 buffers).
-        gst::init().unwrap();
-        let stream = MemfdAllocator::for_stream();
-        let path = std::env::temp_dir().join(format!("memkit-late-{}.sock", std::process::id()));
-        let server = Server::start(&path, 0o600, limits(64), stream.stream()).unwrap();
+        let (stream, path, server) = serve("late", limits(64));
         let id = stream.stream();
         let alloc = |fill: Option<u8>| {
             let mut mem = stream.alloc_memfd(4096, None).unwrap();
@@ -500,29 +482,7 @@ mod tests {
             buf.get_mut().unwrap().append_memory(mem);
             (buf, block, before, bytes)
         };
-        let send = |hold: &gst::Buffer| {
-            let b = memfd::block_of(hold.peek_memory(0), id).unwrap();
-            let mems = vec![super::super::wire::MemWire {
-                block: b.id,
-                offset: 0,
-                size: 4096,
-            }];
-            server.send(Outgoing {
-                hold: hold.clone(),
-                wire: BufferWire {
-                    mems,
-                    ..BufferWire::default()
-                },
-                blocks: vec![(
-                    BlockWire {
-                        id: b.id,
-                        size: b.size as u64,
-                    },
-                    b.fd,
-                )],
-                before: b.before,
-            });
-        };
+        let send = |hold: &gst::Buffer| send_block(&server, &stream, hold);
         let planned = || lock(&server.state).consumers[0].peer.planned();
         // Written and sent while nobody listened: everyone (nobody) was sent it, so it is
         // reused as it is.
@@ -537,13 +497,7 @@ mod tests {
             "zeroed with no consumer to hide it from"
         );
         // A consumer joins: the block taken before it joined is not sent to it.
-        let sock = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
-        socket::send(
-            std::os::fd::AsFd::as_fd(&sock),
-            &Message::Hello { max_blocks: 64 }.encode(),
-            &[],
-        )
-        .unwrap();
+        let sock = join(&path, 64);
         wait_until(&server, "hello", |s| s.ready() == 1);
         send(&hold);
         assert_eq!(planned(), 0, "sent bytes from before it joined");
