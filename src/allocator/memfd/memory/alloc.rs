@@ -83,6 +83,13 @@ pub fn alloc(
             zero |= ffi::GST_MEMORY_FLAG_ZERO_PADDED;
         }
         if stream != 0 && !take_seen(mem.as_ptr() as *mut ffi::GstMemory, stream) {
+            gst::trace!(
+                CAT,
+                obj = allocator,
+                "zeroing {:?} whole: a consumer of stream {} was not sent what it holds",
+                mem.as_ptr(),
+                stream
+            );
             zero |= ZERO_WHOLE;
         }
         let zeroed = if zero != 0 {
