@@ -324,3 +324,38 @@ fn a_purge_never_takes_more_descriptors_than_the_process_has_room_for() {
         "close_all blocked its caller for {took:?}"
     );
 }
+
+#[test]
+fn a_lingering_socket_sent_out_of_band_inside_a_unix_stream_is_disarmed_not_waited_for() {
+    // Found by the third review of issue 27: a Unix stream socket's out-of-band packet is
+    // skipped by a plain receive, which frees it in the receiving thread: the lingering socket
+    // it carried was closed there, never disarmed (memfdsrc's stop took 7.9 s for a linger
+    // of 8, the producer's service thread stalled as long).
+    let _one = serial();
+    let (fd, _keep) = lingering(20);
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd.as_fd()];
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(&a, &[IoSlice::new(b"!")], &mut control, SendFlags::OOB).unwrap();
+    drop((a, fd)); // only the out-of-band packet holds it now
+    let start = Instant::now();
+    closer::close(b);
+    let handed = start.elapsed();
+    let took = closed_within(Duration::from_secs(30));
+    assert!(
+        handed < Duration::from_secs(1),
+        "the caller waited {handed:?}"
+    );
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(2)),
+        "closed after {took:?}"
+    );
+}

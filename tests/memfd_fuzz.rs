@@ -2,8 +2,9 @@
 //! The hostile-peer fuzzer (issue 27): random sequences of valid and broken messages, over
 //! real sockets, from a hostile producer to a real `memfdsrc` and from hostile consumers to a
 //! real `memfdsink`, with random descriptors attached (sealed and unsealed memfds of many
-//! sizes, write-only reopens, pipes, Unix sockets, TCP sockets whose close lingers, `/dev/null`,
-//! directories, more than a message carries), strings nested deep or too long, hang-ups and
+//! sizes, write-only reopens, pipes, Unix sockets, TCP sockets whose close lingers, alone or
+//! out of band in a Unix stream, `/dev/null`, directories, more than a message carries),
+//! strings nested deep or too long, hang-ups and
 //! reconnections. After every sequence the trust model's statements are checked:
 //!
 //! - the good peer keeps flowing: a well-behaved consumer of the same `memfdsink` waits at most
@@ -174,6 +175,8 @@ enum Desc {
     Unix,
     /// A TCP socket whose last close blocks for [`LINGER`] s.
     Lingering,
+    /// A Unix stream socket whose out-of-band packet carries a [`Desc::Lingering`] socket.
+    OutOfBand,
     DevNull,
     Dir,
 }
@@ -181,13 +184,14 @@ enum Desc {
 const SIZES: [u64; 9] = [0, 1, 100, 4095, 4096, 4097, 65536, 1 << 20, 2 << 20];
 
 fn any_desc(rng: &mut Rng) -> Desc {
-    match rng.below(8) {
+    match rng.below(9) {
         0 | 1 => Desc::Memfd(rng.pick(&SIZES), rng.next() as u32 & 0x1f),
         2 => Desc::WriteOnly,
         3 => Desc::Pipe,
         4 => Desc::Unix,
         5 => Desc::Lingering,
-        6 => Desc::DevNull,
+        6 => Desc::OutOfBand,
+        7 => Desc::DevNull,
         _ => Desc::Dir,
     }
 }
@@ -247,6 +251,24 @@ fn make(desc: Desc, keep: &mut Keep) -> OwnedFd {
             rustix::net::sockopt::set_socket_linger(&c, Some(Duration::from_secs(LINGER))).unwrap();
             keep.push(Box::new((peer, listener)));
             c.into()
+        }
+        Desc::OutOfBand => {
+            use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+            let inner = make(Desc::Lingering, keep);
+            let (a, b) = rustix::net::socketpair(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::STREAM,
+                rustix::net::SocketFlags::CLOEXEC,
+                None,
+            )
+            .unwrap();
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [inner.as_fd()];
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            let byte = [std::io::IoSlice::new(b"!")];
+            rustix::net::sendmsg(&a, &byte, &mut control, SendFlags::OOB).unwrap();
+            b
         }
         Desc::DevNull => std::fs::File::open("/dev/null").unwrap().into(),
         Desc::Dir => std::fs::File::open("/").unwrap().into(),

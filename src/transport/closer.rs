@@ -176,6 +176,10 @@ fn purge(
     // a receive of nothing without them is the end of the queue (a socket shut for reading
     // answers 0, not EAGAIN, once it is empty).
     let _ = rustix::net::sockopt::set_socket_passcred(fd, true);
+    // A Unix stream socket's out-of-band packet is skipped by a plain receive, and freed in
+    // the receiving thread: what it carries would be closed here, never disarmed. Inline, it
+    // is received like any other, its descriptors with it.
+    let _ = rustix::net::sockopt::set_socket_oobinline(fd, true);
     let mut buf = [0u8; 64];
     // SCM_MAX_FD: room for every descriptor one packet may carry, so that none is discarded
     // (the kernel would close it here).
