@@ -270,30 +270,19 @@ pub fn recv_hinted(
 }
 
 /// Whether the packet queued first on `sock` carries descriptors, looked at without taking it
-/// (`MSG_PEEK`): the descriptors a peek installs are copies of those still queued, so
-/// closing them here releases nothing, and those that do not fit are not installed at all.
+/// (`MSG_PEEK`) and with no room for them: the kernel says it had some (`MSG_CTRUNC`) and
+/// installs none. (A copy installed and closed here would release nothing, but its close
+/// still runs the file's flush: a FUSE file's waits for its server.)
 pub fn carries_descriptors(sock: BorrowedFd<'_>) -> bool {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut control = RecvAncillaryBuffer::new(&mut []);
     let mut byte = [0u8; 1];
-    let Ok(msg) = net::recvmsg(
+    net::recvmsg(
         sock,
         &mut [IoSliceMut::new(&mut byte)],
         &mut control,
         RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-    ) else {
-        return false;
-    };
-    let mut any = msg.flags.contains(net::ReturnFlags::CTRUNC);
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = m {
-            for fd in rights {
-                any = true;
-                drop(fd); // a copy: the queued one is the last reference, not this
-            }
-        }
-    }
-    any
+    )
+    .is_ok_and(|msg| msg.flags.contains(net::ReturnFlags::CTRUNC))
 }
 
 /// Receives a packet already queued on `sock`, never waiting.
@@ -432,5 +421,52 @@ mod tests {
             err.contains("40 descriptors came with one message"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_peek_at_a_packets_descriptors_installs_none() {
+        // Third review of issue 27: the peek installed copies of what a consumer attached and
+        // closed them on the service thread. A close runs the file's flush (a FUSE file's
+        // waits for its server: the producer's service thread hung, its stop too) and drops
+        // the process's POSIX locks on the file, which is what this test sees.
+        let path = std::env::temp_dir().join(format!("memkit-peek-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .unwrap();
+        let (ours, theirs) = net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        send(theirs.as_fd(), b"plain", &[]).unwrap();
+        send(theirs.as_fd(), b"with", &[file.as_fd()]).unwrap();
+        assert!(!carries_descriptors(ours.as_fd()));
+        let mut buf = [0u8; 16];
+        assert!(matches!(
+            receive_now(ours.as_fd(), &mut buf),
+            Ok(Received::Packet(5, _))
+        ));
+        assert!(carries_descriptors(ours.as_fd()));
+        let probe = "import fcntl, sys; fcntl.lockf(open(sys.argv[1], 'r+'), \
+                     fcntl.LOCK_EX | fcntl.LOCK_NB)";
+        let taken = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", probe])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            !taken,
+            "a copy was installed and closed: our lock went with it"
+        );
+        // The packet is still there, its descriptor with it.
+        match receive_now(ours.as_fd(), &mut buf) {
+            Ok(Received::Packet(4, fds)) => assert_eq!(fds.len(), 1),
+            _ => panic!("the peeked packet is gone"),
+        }
     }
 }
