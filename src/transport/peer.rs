@@ -56,6 +56,8 @@ pub struct Peer<H> {
     in_flight: VecDeque<(u64, usize)>,
     in_flight_fds: usize,
     seq: u64,
+    /// It released a buffer once: it reads what it is sent.
+    released: bool,
 }
 
 impl<H> Peer<H> {
@@ -70,6 +72,7 @@ impl<H> Peer<H> {
             in_flight: VecDeque::new(),
             in_flight_fds: 0,
             seq: 0,
+            released: false,
         }
     }
 
@@ -85,6 +88,11 @@ impl<H> Peer<H> {
     }
 
     /// Whether it said hello (before that it is sent events, not buffers).
+    /// Whether it ever released a buffer it was sent (it reads, and gives back).
+    pub fn has_released(&self) -> bool {
+        self.released
+    }
+
     pub fn ready(&self) -> bool {
         self.max_blocks.is_some()
     }
@@ -264,6 +272,7 @@ impl<H> Peer<H> {
     /// longer in flight.
     pub fn release(&mut self, id: u64) -> Option<(H, Vec<u64>)> {
         let held = self.outstanding.remove(&id)?;
+        self.released = true;
         while let Some(&(b, n)) = self.in_flight.front() {
             if b > id {
                 break;

@@ -206,6 +206,19 @@ impl Gone {
     }
 }
 
+/// What decides whom `make_room` drops, as far as one buffer to the next can
+/// tell: what is pinned, what the buffer adds, who joined, released or waits. When it found
+/// nobody and none of this changed, it finds nobody again: while the stream waits at the
+/// bound, a buffer costs no pass over every buffer held.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct EvictKey {
+    pub(super) pinned: (usize, u64),
+    pub(super) added: (usize, u64),
+    pub(super) joined: u64,
+    pub(super) released: u64,
+    pub(super) waiting: usize,
+}
+
 pub(super) struct Shared {
     pub(super) consumers: Vec<Consumer>,
     /// What the consumers' held buffers pin, all together.
@@ -230,6 +243,9 @@ pub(super) struct Shared {
     pub(super) flushing: bool,
     /// The stream's id for MemfdMemory: a consumer that joins gives it a new audience.
     stream: u64,
+    /// At the pinned bound, nobody was found to drop, and nothing has changed since that
+    /// could change it (see `make_room`).
+    nobody_to_evict: Option<EvictKey>,
 }
 
 pub(super) type State = Arc<(Mutex<Shared>, Condvar)>;
@@ -256,6 +272,7 @@ impl Shared {
             running: true,
             flushing: false,
             stream,
+            nobody_to_evict: None,
         }
     }
 

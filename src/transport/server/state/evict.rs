@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Consumer, Gone, OnFull, PeerKey, Shared};
+use super::{Consumer, EvictKey as Key, Gone, OnFull, PeerKey, Shared};
 use crate::transport::wire::BlockWire;
 
 impl Shared {
@@ -17,7 +17,9 @@ impl Shared {
     /// and processes it opens. A peer is dropped only if it pins more than an
     /// equal share of the bound (the bound over the peers holding buffers or waiting for
     /// this one), and only for a peer within its share that waits for this buffer (said
-    /// hello, its socket has room, and so has its window). Failing that, a peer's connection
+    /// hello, its socket has room, and so has its window) and has released a buffer once
+    /// (a connection that never gives anything back gets nobody dropped). Failing that, a
+    /// peer's connection
     /// pinning the most is dropped for another of the same peer that waits and pins at most
     /// half as much.
     /// With `OnFull::Drop`, when nobody within its share waits (a lone consumer that lags,
@@ -35,7 +37,22 @@ impl Shared {
             if !over_blocks && self.pins.bytes() + bytes <= max_bytes {
                 return (gone, true);
             }
+            let key = Key {
+                pinned: (self.pins.count(), self.pins.bytes()),
+                added: (n, bytes),
+                joined: self.next_consumer,
+                released: self.stats.released,
+                waiting: self
+                    .consumers
+                    .iter()
+                    .filter(|c| c.peer.ready() && !c.stalled && c.peer.has_released())
+                    .count(),
+            };
+            if self.nobody_to_evict == Some(key) {
+                return (gone, self.pins.count() == 0);
+            }
             let Some((id, why)) = self.evictee(over_blocks, blocks) else {
+                self.nobody_to_evict = Some(key);
                 return (gone, self.pins.count() == 0);
             };
             gone.add(self.drop_consumer(id, &why));
@@ -51,6 +68,10 @@ impl Shared {
         let max_out = self.limits.max_outstanding;
         let fair = self.limits.on_full == OnFull::Drop;
         let waiting = |c: &Consumer| c.peer.ready() && !c.stalled;
+        // Only a consumer that has released a buffer once gets another dropped: one that
+        // never gives anything back (a connection that reads nothing, a new one, reconnected
+        // as often as it likes) waits for room like the rest.
+        let reads = |c: &Consumer| waiting(c) && c.peer.has_released();
         // The common case costs one pass: a lone consumer has the whole bound as its share.
         let mut present = self
             .consumers
@@ -72,7 +93,7 @@ impl Shared {
         type Conns = Vec<(u64, u64, u64, bool)>;
         let mut peers: HashMap<PeerKey, (HashSet<u64>, Conns)> = HashMap::new();
         for c in &self.consumers {
-            let wants = waiting(c) && c.peer.fits(blocks, max_out).is_ok();
+            let wants = reads(c) && c.peer.fits(blocks, max_out).is_ok();
             if c.peer.outstanding() == 0 && !wants {
                 continue;
             }

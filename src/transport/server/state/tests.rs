@@ -36,8 +36,18 @@ fn consumer_of(s: &mut Shared, id: u64, pid: i32, uid: u32) {
     consumer_in(s, id, pid, uid, uid);
 }
 
-/// Adds consumer `id` of process `pid` run by user `uid` in group `gid`, said hello.
+/// Adds consumer `id` of process `pid` run by user `uid` in group `gid`, said hello, and
+/// released a buffer once (a consumer that reads).
 fn consumer_in(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
+    fresh_consumer(s, id, pid, uid, gid);
+    let peer = &mut s.consumers.last_mut().unwrap().peer;
+    peer.plan(0, &[], gst::Buffer::new(), 1, MAX_IDS).unwrap();
+    assert!(peer.release(0).is_some());
+}
+
+/// Adds consumer `id` of process `pid` run by user `uid` in group `gid`, said hello, and
+/// never released anything.
+fn fresh_consumer(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -157,10 +167,22 @@ fn a_consumer_that_lags_beside_non_readers_misses_buffers_and_is_kept() {
         assert!(gone.held.is_empty(), "someone was dropped (user {uid})");
         assert_eq!(ids(&s).len(), 9);
         assert!(!fits, "the buffer was let past the bound");
-        // A consumer of a third user connects and waits, within its share: now the peer
-        // pinning the most, over its share, loses its connection pinning the most (the
-        // lagging consumer, either way) for it.
-        consumer_of(&mut s, 10, 300, 3000);
+        // A consumer of a third user connects and waits: it has given nothing back yet (a
+        // connection that reads nothing, or one reconnected as often as it likes, would
+        // look the same), so it waits for room like the rest. Review of issue 27:
+        // bench_attacks' non-readers got the good consumer dropped that way, reconnecting.
+        fresh_consumer(&mut s, 10, 300, 3000, 3000);
+        let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
+        assert!(
+            gone.held.is_empty() && !fits,
+            "dropped for a consumer that never released"
+        );
+        // Once it has released a buffer, it is a reader within its share that waits: now
+        // the peer pinning the most, over its share, loses its connection pinning the most
+        // (the lagging consumer, either way) for it.
+        let c = s.consumers.last_mut().unwrap();
+        c.peer.plan(0, &[], gst::Buffer::new(), 1, MAX_IDS).unwrap();
+        assert!(c.peer.release(0).is_some());
         let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
         assert!(fits && !gone.held.is_empty());
         gone.finish();
