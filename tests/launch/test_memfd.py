@@ -170,6 +170,19 @@ class TwoProcesses(MemfdTestCase):
         self.assertEqual(stats(ptext)["s"]["bytes-copied"], 0)
         self.assertEqual(stats(text)["r"]["buffers"], 60)
 
+    def test_encoded_video_with_a_size_crosses(self):
+        # Third review of issue 27: caps of encoded video with a width and height (JPEG from
+        # jpegenc) made memfdsrc check every buffer against a raw frame's layout: the first
+        # failed ("unsupported video format Encoded").
+        prod = self.spawn("memsrc num-buffers=20 blocksize=1000 ! "
+                          "image/jpeg,width=320,height=240,framerate=30/1 ! "
+                          f"memfdsink on-full=wait socket-path={self.sock} name=s")
+        cons = self.spawn(f"memfdsrc socket-path={self.sock} name=r ! fakesink")
+        rc, text = finish(cons)
+        self.assertEqual(rc, 0, text[-3000:])
+        finish(prod)
+        self.assertEqual(stats(text)["r"]["buffers"], 20)
+
     def test_other_memory_is_copied_once_into_memfd(self):
         out = self.path("out.bin")
         # memsrc would take the MemfdMemory that memfdsink proposes: ask for AlignedMemory.

@@ -227,7 +227,11 @@ impl MemfdSrc {
             ));
         }
         gst::debug!(CAT, imp = self, "caps {}", caps);
-        *self.video_info.lock().unwrap() = gst_video::VideoInfo::from_caps(&caps).ok();
+        // Raw video only: caps of encoded video with a size (image/jpeg from jpegenc) give
+        // an ENCODED VideoInfo, which has no frame layout to check buffers against.
+        *self.video_info.lock().unwrap() = gst_video::VideoInfo::from_caps(&caps)
+            .ok()
+            .filter(|info| info.format() != gst_video::VideoFormat::Encoded);
         self.obj()
             .set_caps(&caps)
             .map_err(|_| gst::FlowError::NotNegotiated)
