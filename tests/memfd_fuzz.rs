@@ -292,9 +292,10 @@ fn send(sock: &OwnedFd, packet: &[u8], fds: &[OwnedFd]) -> bool {
     proto::send_until(sock.as_fd(), packet, &borrowed, deadline, || false).is_ok()
 }
 
-/// A string for GStreamer's parsers: fine, or not fixed, garbage, nested, or long.
+/// A string for GStreamer's parsers: fine, or not fixed, garbage, nested, hostile in its
+/// values or its frame, or long.
 fn text(rng: &mut Rng, good: &str) -> String {
-    match rng.below(13) {
+    match rng.below(15) {
         0..=3 => good.to_owned(),
         4 => "video/x-raw, width=(int)[ 1, 10 ]".to_owned(),
         5 => String::from_utf8_lossy(&rng.garbage()).into_owned(),
@@ -312,7 +313,24 @@ fn text(rng: &mut Rng, good: &str) -> String {
                 _ => format!("{}, v={value}", good.trim_end_matches(';')),
             }
         }
+        12 | 13 => hostile_frame(rng, good),
         _ => format!("x/y, v=(string)\"{}\"", "a".repeat(60_000)),
+    }
+}
+
+/// The good string (caps, or a segment's structure) with a frame GStreamer warns or asserts
+/// about: text after the `;` that ends it (outside, or inside the segment's own string:
+/// "did not consume whole string"), or a name it does not take (a CRITICAL), quoted or behind
+/// a `\ ` it skips as a space. Found by the third attack review of issue 27.
+fn hostile_frame(rng: &mut Rng, good: &str) -> String {
+    let rest = good.find([',', ';']).map_or("", |k| &good[k..]);
+    match rng.below(3) {
+        0 => format!("{good}{}", rng.pick(&[";x", " ", ";", "; ", ";;"])),
+        1 => good.replacen(";\"", &format!(";{}\"", rng.pick(&["x", " ", ";"])), 1),
+        _ => {
+            let name = rng.pick(&["1bad", "\"1bad\"", "\\ 1bad", "", "video/x-raw-yuv"]);
+            format!("{name}{rest}")
+        }
     }
 }
 
@@ -812,6 +830,7 @@ fn producer_case(words: &[u64]) -> Result<(), String> {
         .join()
         .map_err(|_| "the fake producer panicked".to_string())?;
     let errors = errors(&pipeline);
+    errors.iter().for_each(|e| debug(&format!("error: {e}")));
     let took = stop(pipeline.clone()).ok_or("memfdsrc never stopped")?;
     drop((out, pipeline, running));
     drop(keep);

@@ -1844,3 +1844,81 @@ fn a_reverse_segment_without_a_stop_is_refused_not_a_critical() {
     );
     assert_eq!(reverse_segment("reverse-stop", Some(1_000_000_000)), None);
 }
+
+// ----- found by the third attack review of issue 27 ------------------------------------------
+
+/// Segment events whose parse made GStreamer warn or raise a CRITICAL (SIGTRAP under
+/// `G_DEBUG=fatal_warnings`), each made from a real segment's structure, and the words the
+/// refusal must name.
+fn hostile_segments() -> Vec<(String, &'static str)> {
+    let good = segment_text();
+    assert!(good.ends_with(";\";"), "{good}");
+    let after = "after the end of a structure";
+    let cases = vec![
+        // gst_structure_from_string(.., NULL): "did not consume whole string".
+        (format!("{good}x"), after),
+        (format!("{good} "), after),
+        // The same inside the segment's string, which its deserialiser parses so too.
+        (good.replacen(";\";", ";x\";", 1), after),
+        (good.replacen(";\";", "; \";", 1), after),
+        // gst_structure_new_empty: assertion 'gst_structure_validate_name (name)' failed.
+        (
+            good.replacen("GstEventSegment", "1bad", 1),
+            "structure name",
+        ),
+        (
+            good.replacen("GstEventSegment", "\"1bad\"", 1),
+            "structure name",
+        ),
+        (
+            good.replacen("GstEventSegment", "\\ 1bad", 1),
+            "structure name",
+        ),
+        (good.replacen("\"segment,", "\"1bad,", 1), "structure name"),
+    ];
+    for (text, _) in &cases {
+        assert_ne!(text, &good);
+    }
+    cases
+}
+
+#[test]
+fn structure_strings_gstreamer_would_warn_about_are_refused_before_it_parses_them() {
+    // Found by the third attack review of issue 27 (s1_strings.py seg_trailing,
+    // seg_inner_trailing, seg_badname): each made memfdsrc raise a warning or a CRITICAL.
+    for (i, (segment, why)) in hostile_segments().into_iter().enumerate() {
+        assert_refused(
+            consume(
+                &format!("structure-{i}"),
+                vec![
+                    caps_packet("application/octet-stream"),
+                    (Message::Event(EventKind::Segment, segment).encode(), vec![]),
+                    eos_packet(),
+                ],
+                "",
+            ),
+            why,
+        );
+    }
+    // A name behind `\ `, which GStreamer skips as a space: in caps and a meta's caps too.
+    assert_refused(
+        consume(
+            "structure-caps",
+            vec![
+                caps_packet("application/x-test; \\ 1bad"),
+                segment_packet(),
+                eos_packet(),
+            ],
+            "",
+        ),
+        "structure name",
+    );
+    assert_refused(
+        consume_registry(
+            "structure-meta",
+            vec![meta_packet("\\ 1bad", 1, u64::MAX)],
+            "",
+        ),
+        "structure name",
+    );
+}

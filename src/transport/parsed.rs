@@ -9,12 +9,15 @@
 //!   deserialize caps features"). A `(` right after a name character or a quote starts one,
 //!   inside quoted strings too (a quoted value may be caps GStreamer parses in turn); a type
 //!   (`=(int)`, `{ (int)`, `<(int)`) never follows a name.
-//! - A structure name in caps that `gst_structure_new_empty` would answer with a CRITICAL
-//!   (not a letter first, a character outside `A-Za-z0-9/-_.:+`) or a warning (0.10-style
+//! - A structure name that `gst_structure_new_empty` would answer with a CRITICAL (not a
+//!   letter first, a character outside `A-Za-z0-9/-_.:+`) or a warning (0.10-style
 //!   `video/x-raw-*`, `audio/x-raw-*`): every name of a caps string (at its start and after
-//!   each `;`), and of every quoted value GStreamer may parse as caps in turn (one typed
-//!   anything but a string: `(GstCaps)"..."`, `(GstSegment)"..."`, an unknown type), checked
-//!   the same way, level by level. A quoted name in caps is refused.
+//!   each `;`), of an event's structure, and of every quoted value GStreamer parses in turn
+//!   (`(GstCaps)"..."`, `(GstSegment)"..."`, `(structure)"..."`, `(GstTagList)"..."`),
+//!   checked the same way, level by level (a value of any other type [`bad_values`] refuses). A quoted name is refused, and so is
+//!   anything but a name where one belongs (a `\ ` GStreamer skips as a space, then a name).
+//! - Text after the `;` that ends a structure (an event's, or a segment's string inside it):
+//!   `gst_structure_from_string` with no end pointer warns "did not consume whole string".
 //! - A value GStreamer's deserialisers or setters would assert on or warn about, or one the
 //!   checks cannot classify: [`bad_values`], a whitelist (the `values` module).
 
@@ -44,12 +47,20 @@ pub fn bad_caps_features(text: &str) -> Option<String> {
 }
 
 /// Why `text`, parsed as caps when `caps` (else as a structure), would make GStreamer warn
-/// about a structure name, its own or one of a quoted value it parses in turn; `None`: it
-/// would not.
+/// about a structure name, its own or one of a quoted value it parses in turn, or, parsed as
+/// a structure, about text after the structure's end; `None`: it would not.
+///
+/// Every structure begins with its name (after ASCII spaces): a name GStreamer does not take,
+/// a quoted name, and anything else where the name belongs (no name, or a `\ ` GStreamer
+/// would skip as a space) is refused. A structure ends at its first `;` outside quoted
+/// strings, and `gst_structure_from_string` with no end pointer (gstreamer-rs'
+/// `Structure::from_str`, and the deserialiser of a `(GstSegment)` string) warns about
+/// anything after it ("did not consume whole string"), spaces included; in caps a `;` begins
+/// the next structure.
 pub fn bad_structure_names(text: &str, caps: bool) -> Option<String> {
     let b = text.as_bytes();
     let mut i = 0;
-    let mut name_next = caps;
+    let mut name_next = true;
     while i < b.len() {
         if name_next {
             while i < b.len() && b[i].is_ascii_whitespace() {
@@ -60,20 +71,29 @@ pub fn bad_structure_names(text: &str, caps: bool) -> Option<String> {
                 break;
             }
             if b[i] == b'"' {
-                return Some("a quoted structure name in caps".into());
+                return Some("a quoted structure name".into());
             }
             let start = i;
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b"_-+/:.".contains(&b[i])) {
                 i += 1;
             }
             let name = &text[start..i];
-            if !name.is_empty() && !name_ok(name) {
-                return Some(format!("a structure name GStreamer does not take ({name})"));
+            if !name_ok(name) {
+                return Some(format!(
+                    "a structure name GStreamer does not take ({})",
+                    shown(&text[start..])
+                ));
             }
             continue;
         }
         match b[i] {
             b';' if caps => name_next = true,
+            b';' if i + 1 < b.len() => {
+                return Some(format!(
+                    "text after the end of a structure ({})",
+                    shown(&text[i + 1..])
+                ));
+            }
             b'"' => {
                 // The quoted value, unescaped, and the type it was cast to.
                 let cast = text[..i].trim_end();
@@ -92,8 +112,18 @@ pub fn bad_structure_names(text: &str, caps: bool) -> Option<String> {
                     i += 1;
                 }
                 let inner = String::from_utf8_lossy(&inner);
-                let plain = typed.is_none_or(|t| matches!(t, "string" | "str" | "s"));
-                if !plain && let Some(why) = bad_structure_names(&inner, typed != Some("structure"))
+                // What GStreamer parses in turn: one structure (a segment's or a tag list's
+                // string is one, each parsed with no end pointer), or caps. Any other cast
+                // the values' whitelist refuses.
+                let nested = match typed {
+                    Some(
+                        "structure" | "GstStructure" | "GstSegment" | "taglist" | "GstTagList",
+                    ) => Some(false),
+                    Some("GstCaps") => Some(true),
+                    _ => None,
+                };
+                if let Some(caps) = nested
+                    && let Some(why) = bad_structure_names(&inner, caps)
                 {
                     return Some(why);
                 }
@@ -103,6 +133,15 @@ pub fn bad_structure_names(text: &str, caps: bool) -> Option<String> {
         i += 1;
     }
     None
+}
+
+/// The start of `text` as an error shows it: at most 40 bytes, cut at a character boundary.
+fn shown(text: &str) -> &str {
+    let end = (0..=text.len().min(40))
+        .rev()
+        .find(|&k| text.is_char_boundary(k))
+        .unwrap_or(0);
+    &text[..end]
 }
 
 /// `gst_structure_validate_name`, and no 0.10-style raw caps (a warning).
@@ -260,7 +299,6 @@ mod tests {
                 false,
             ),
             ("x, c=(GstCaps)\"a/b\\, c\\=\\(int\\)1\\; d/e\"", false),
-            ("1x, a=(int)1", false),
         ] {
             assert_eq!(bad_structure_names(ok, caps), None, "{ok}");
         }
@@ -274,8 +312,74 @@ mod tests {
             ("x, c=(GstCaps)\"a; 2\"", false),
             ("x, s=(structure)\"y\\, c\\=\\(GstCaps\\)\\\"9\\\"\"", false),
             ("GstEventSegment, segment=(GstSegment)\"3\"", false),
+            ("1x, a=(int)1", false),
         ] {
             assert!(bad_structure_names(bad, caps).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_after_a_structure_and_names_of_structures_are_found() {
+        // Found by the third attack review of issue 27 (s1_strings.py): a segment event's
+        // structure, or the segment's own string, with text after its `;`
+        // (gst_structure_from_string with no end pointer warns "did not consume whole
+        // string"), and an event's structure name GStreamer does not take (a CRITICAL in
+        // gst_structure_new_empty), checked only in caps until then; a name behind `\ `,
+        // which GStreamer skips as a space, in caps too.
+        let seg = "GstEventSegment, segment=(GstSegment)\"segment, rate=(double)1;\";";
+        for (ok, caps) in [
+            (seg, false),
+            (seg.trim_end_matches(';'), false),
+            ("E, s=(GstSegment)\"segment, rate=(double)1\";", false),
+            ("x, a=(string)\"a;b\";", false),
+            ("x, a=(int)1", false),
+            ("GstEventEOS;", false),
+            ("", false),
+            ("  x/y ;  ", true),
+            ("x/y;x", true),
+        ] {
+            assert_eq!(bad_structure_names(ok, caps), None, "{ok}");
+        }
+        for (bad, caps, why) in [
+            ("x, a=(int)1;x", false, "after the end of a structure"),
+            ("x, a=(int)1; ", false, "after the end of a structure"),
+            ("x, a=(int)1;;", false, "after the end of a structure"),
+            (
+                "x, a=(string)\"a;b\"; x",
+                false,
+                "after the end of a structure",
+            ),
+            (&format!("{seg}x"), false, "after the end of a structure"),
+            (
+                "E, s=(GstSegment)\"segment, rate=(double)1;x\";",
+                false,
+                "after the end of a structure",
+            ),
+            (
+                "E, s=(GstSegment)\"segment, rate=(double)1; \"",
+                false,
+                "after the end of a structure",
+            ),
+            ("1bad, a=(int)1;", false, "structure name"),
+            ("\"1bad\", a=(int)1;", false, "structure name"),
+            ("\"x\", a=(int)1;", false, "structure name"),
+            ("\\ 1bad, a=(int)1;", false, "structure name"),
+            ("video/x-raw-yuv, a=(int)1;", false, "structure name"),
+            (", a=(int)1;", false, "structure name"),
+            (
+                "E, s=(GstSegment)\"1bad, rate=(double)1;\";",
+                false,
+                "structure name",
+            ),
+            ("\\ 1bad", true, "structure name"),
+            ("x/y;\\ 1bad", true, "structure name"),
+            ("\u{b}1bad", true, "structure name"),
+        ] {
+            let found = bad_structure_names(bad, caps);
+            assert!(
+                found.as_ref().is_some_and(|f| f.contains(why)),
+                "{bad}: {found:?}"
+            );
         }
     }
 }
