@@ -21,7 +21,7 @@ impl Shared {
     /// (a connection that never gives anything back gets nobody dropped). Failing that, a
     /// peer's connection
     /// pinning the most is dropped for another of the same peer that waits and pins at most
-    /// half as much.
+    /// half as much, or gives buffers back where it never did.
     /// With `OnFull::Drop`, when nobody within its share waits (a lone consumer that lags,
     /// peers that all pin more than their share), nobody is dropped: the buffer is missed
     /// until releases make room. With `Disconnect` and `Wait` the peer that pins the most is
@@ -90,7 +90,9 @@ impl Shared {
         };
         // Per peer: the blocks its buffers pin (each once), and its connections holding
         // buffers or waiting for this one: what each pins, its oldest buffer, if it waits.
-        type Conns = Vec<(u64, u64, u64, bool)>;
+        // (Its id, what it pins, its oldest buffer, whether it waits, whether it ever gave a
+        // buffer back.)
+        type Conns = Vec<(u64, u64, u64, bool, bool)>;
         let mut peers: HashMap<PeerKey, (HashSet<u64>, Conns)> = HashMap::new();
         for c in &self.consumers {
             let wants = reads(c) && c.peer.fits(blocks, max_out).is_ok();
@@ -102,7 +104,9 @@ impl Shared {
             let oldest = c.peer.oldest().unwrap_or(u64::MAX);
             let entry = peers.entry(c.key()).or_default();
             entry.0.extend(held);
-            entry.1.push((c.peer.id, own, oldest, wants));
+            entry
+                .1
+                .push((c.peer.id, own, oldest, wants, c.peer.has_released()));
         }
         let (unit, bound, pinned) = if by_blocks {
             (
@@ -126,8 +130,8 @@ impl Shared {
         let top = |conns: &Conns| {
             conns
                 .iter()
-                .max_by_key(|&&(_, own, oldest, _)| (own, std::cmp::Reverse(oldest)))
-                .map(|&(id, own, _, _)| (id, own))
+                .max_by_key(|&&(_, own, oldest, ..)| (own, std::cmp::Reverse(oldest)))
+                .map(|&(id, own, ..)| (id, own))
         };
         let kept_from_share = |used: u64, conns: &Conns| used <= share && conns.iter().any(|h| h.3);
         let (used, oldest, conns) = usage
@@ -146,20 +150,25 @@ impl Shared {
             return Some((id, why));
         }
         // No peer within its share waits: within a peer, its connection pinning the most
-        // goes for another of it that waits and pins at most half as much (a consumer of a
-        // user who also hoards), never for itself (a lone consumer that lags).
+        // goes for another of it that waits and pins at most half as much, or that gives
+        // buffers back where it never did (a consumer of a user who also hoards), never for
+        // itself (a lone consumer that lags).
         let (id, own) = usage
             .iter()
             .filter_map(|(_, _, conns)| {
                 let (id, own) = top(conns)?;
-                let kept = conns.iter().any(|h| h.0 != id && h.3 && h.1 <= own / 2);
+                let hoards = conns.iter().any(|h| h.0 == id && !h.4);
+                let kept = conns
+                    .iter()
+                    .any(|h| h.0 != id && h.3 && (h.1 <= own / 2 || hoards));
                 (own > 0 && kept).then_some((id, own))
             })
             .max_by_key(|&(_, own)| own)?;
         let why = format!(
             "consumers pin {pinned} {unit} together (at most {bound}): this connection pins \
              {own} {unit}, the most of its peer (its user), while another of them \
-             that pins at most half as much waits for a buffer"
+             that pins at most half as much, or gives buffers back where this one never did, \
+             waits for a buffer"
         );
         Some((id, why))
     }
