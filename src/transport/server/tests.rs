@@ -163,6 +163,90 @@ fn consumers_that_read_nothing_keep_the_descriptors_in_flight_within_the_bound()
 }
 
 #[test]
+fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
+    // Review of issue 27 (an outside attack, 5 of 5): 16 connections say hello, read
+    // nothing, send garbage and are dropped, their ends kept open with the packets (and
+    // descriptors) queued. The sink forgot them; the kernel did not: after about four
+    // cycles every send with a descriptor failed (ETOOMANYREFS) and every consumer got
+    // nothing. Now what they keep in flight stays counted, against their user too: its
+    // new connections are refused, and the descriptors queued stay within the bound.
+    let (stream, path, server) = serve("stranded", limits(64));
+    {
+        let mut s = lock(&server.state);
+        s.max_in_flight = 64;
+        s.limits.max_consumers = 32;
+    }
+    let good = join(&path, 512);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    // The good consumer is another user (the attackers are this process's).
+    lock(&server.state).consumers[0].cred = Some(state::Cred {
+        pid: 1,
+        uid: 4242,
+        gid: 4242,
+    });
+    let mut holds = Vec::new();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut kept = Vec::new();
+    let (mut got, mut sent) = (0, 0);
+    for cycle in 0..4 {
+        let before = {
+            let s = lock(&server.state);
+            s.stats.consumers_connected + s.stats.consumers_refused
+        };
+        let attackers: Vec<_> = (0..16).map(|_| join(&path, 512)).collect();
+        wait_until(&server, "accepted or refused", |s| {
+            s.stats.consumers_connected + s.stats.consumers_refused >= before + 16
+                && s.consumers.iter().all(|c| c.peer.ready())
+        });
+        // New blocks each time: every consumer is sent a descriptor with each buffer.
+        for _ in 0..20 {
+            let mut b = gst::Buffer::new();
+            b.get_mut()
+                .unwrap()
+                .append_memory(stream.alloc_memfd(4096, None).unwrap());
+            send_block(&server, &stream, &b);
+            holds.push(b);
+            sent += 1;
+            let fd = std::os::fd::AsFd::as_fd(&good);
+            match socket::recv(fd, &mut buf, Duration::from_secs(5)) {
+                Ok(socket::Received::Packet(n, _fds)) => {
+                    let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
+                        panic!("not a buffer")
+                    };
+                    socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
+                    got += 1;
+                }
+                _ => panic!("cycle {cycle}: the good consumer got no buffer after {got}"),
+            }
+        }
+        // Each sends garbage and is dropped; its end stays open, its queue unread.
+        for a in &attackers {
+            let _ = socket::send(std::os::fd::AsFd::as_fd(a), b"garbage!", &[]);
+        }
+        wait_until(&server, "the attackers dropped", |s| s.consumers.len() == 1);
+        kept.extend(attackers);
+        std::thread::sleep(state::PENALTY + Duration::from_millis(100));
+    }
+    assert_eq!(got, sent, "the good consumer missed buffers");
+    // What the kernel holds charged to us: the descriptors queued to the attackers.
+    let mut queued = 0;
+    for a in &kept {
+        while let Ok(socket::Received::Packet(_, fds)) =
+            socket::recv(std::os::fd::AsFd::as_fd(a), &mut buf, Duration::ZERO)
+        {
+            queued += fds.len();
+        }
+    }
+    assert!(queued <= 2 * 64, "{queued} descriptors left in flight");
+    assert!(
+        lock(&server.state).stats.consumers_refused > 0,
+        "the attackers' user was never refused"
+    );
+    drop((good, kept));
+    drop(server);
+}
+
+#[test]
 fn a_sink_without_consumers_keeps_no_queue_of_freed_blocks() {
     // Issue 27: a sink waiting for its first consumer kept the id of every block of the
     // process freed meanwhile (only sending a buffer took them): 6-11 bytes each, for as
