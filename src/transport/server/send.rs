@@ -185,7 +185,8 @@ impl Server {
     /// dropped consumers included, a running total) would pass their bound, a consumer the
     /// buffer's new descriptors would take past its share is full; a consumer whose user's
     /// dropped connections keep descriptors unread misses a buffer that would take that
-    /// user's stranded and live ones past a share.
+    /// user's stranded and live ones past a share, unless nothing else of ours is unread in
+    /// its queue.
     fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> Enlisted {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
@@ -245,20 +246,21 @@ impl Server {
                     // (one with nothing in flight may always take one buffer) gets no new
                     // descriptor, unless the kernel says it read every packet sent before:
                     // its releases may lag behind what it read.
-                    // A user whose dropped consumers keep descriptors unread: its stranded
-                    // and live ones together stay within a share.
+                    // A user whose dropped consumers keep descriptors unread: while its
+                    // stranded and live ones together pass a share, its consumers get a new
+                    // one only with nothing else unread in their queues (the kernel says so).
                     let k = plan.announce.len();
                     in_flight += k;
                     let mut user = users.get_mut(&c.key());
                     if let Some(u) = user.as_deref_mut() {
                         u.1 += k;
                     }
-                    let user_over = |u: &Option<&mut (usize, usize)>| {
-                        k > 0 && u.as_ref().is_some_and(|u| u.0 + u.1 > share)
+                    let user_over = |u: &Option<&mut (usize, usize)>, mine: usize| {
+                        k > 0 && mine > k && u.as_ref().is_some_and(|u| u.0 + u.1 > share)
                     };
                     let mut own =
                         k > 0 && in_flight > max_in_flight && c.peer.in_flight() > share.max(k);
-                    let mut over = own || user_over(&user);
+                    let mut over = own || user_over(&user, c.peer.in_flight());
                     if over && socket::read_everything(c.sock.as_fd()) {
                         own = false;
                         let before = c.peer.in_flight();
@@ -268,7 +270,7 @@ impl Server {
                         if let Some(u) = user.as_deref_mut() {
                             u.1 -= read;
                         }
-                        over = user_over(&user);
+                        over = user_over(&user, c.peer.in_flight());
                     }
                     if over {
                         drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing

@@ -12,8 +12,9 @@
 //! closed): the service thread looks at most once per tick.
 //! Meanwhile its descriptors count in the total that the in-flight bound is applied to, and
 //! against its user: while the user's stranded and live descriptors in flight pass a
-//! consumer's share, or it has 16 stranded connections, its new
-//! connections are refused and its live consumers are sent no new descriptor (`in_flight`).
+//! consumer's share, or it has 16 stranded connections, its new connections are refused
+//! (`in_flight`); while they pass the share, its live consumers are sent a new descriptor
+//! only with nothing else of ours unread in their queues (`send`).
 //! At most `max-consumers` + 32 connections are kept: past that, a dropped consumer's
 //! connection is closed at once and what it keeps in flight is no longer counted (reaching
 //! it takes more than one user, each held to its own share).
