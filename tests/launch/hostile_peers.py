@@ -25,8 +25,14 @@ its lingering sockets, its connections) until its standard input closes.
 - `hoard PATH CONNECTIONS HOLD`: CONNECTIONS consumers, one after the other, each saying it
   maps at most HOLD blocks and releasing nothing, so that each ends up holding HOLD buffers
   of its own; prints `held N` as each fills, then `landed`.
+- `strand PATH CYCLES CONNECTIONS`: CYCLES times, CONNECTIONS consumers say hello and read
+  nothing for 1.5 s (the producer's descriptors pile up in their queues), then each sends
+  garbage and is dropped, its end kept open with what is queued; it waits out its user's
+  penalty (1.2 s) before the next cycle. After the last it prints `kept N unread M` (the
+  connections it keeps, and how many of them hold unread packets), then `landed`.
 """
 
+import array
 import fcntl
 import os
 import socket
@@ -284,6 +290,38 @@ def hoard(path, connections, hold):
     sys.stdin.read()
 
 
+def strand(path, cycles, connections):
+    kept = []
+    for _ in range(cycles):
+        conns = []
+        for _ in range(connections):
+            try:
+                c = connect(path)
+                c.send(hello_packet(512))
+                conns.append(c)
+            except OSError:  # refused (the producer closed it): nothing queued in it
+                pass
+        time.sleep(1.5)
+        for c in conns:
+            try:
+                c.send(b"garbage!")
+            except OSError:
+                pass
+        kept.extend(conns)
+        time.sleep(1.2)
+    unread = 0
+    for c in kept:
+        n = array.array("i", [0])
+        try:
+            fcntl.ioctl(c.fileno(), termios.FIONREAD, n)
+        except OSError:
+            continue
+        unread += n[0] > 0
+    print(f"kept {len(kept)} unread {unread}", flush=True)
+    print("landed", flush=True)
+    sys.stdin.read()
+
+
 # A private pipeline: a burst of 2000 buffers of random bytes (3000 in blocks of 4096) held in
 # a queue, then freed one by one: its blocks wait in MemfdMemory's recycling for whoever
 # allocates next.
@@ -390,6 +428,9 @@ def main():
     elif attack == "hoard":
         path, connections, hold = args
         hoard(path, int(connections), int(hold))
+    elif attack == "strand":
+        path, cycles, connections = args
+        strand(path, int(cycles), int(connections))
     else:
         raise SystemExit(f"unknown attack {attack}")
 

@@ -919,6 +919,7 @@ class StaleBytes(ProducerTestCase):
 
 
 OTHER_USER = other_user.UID  # the hoarders run as a user of their own (a peer is a user)
+STRANDER = OTHER_USER - 1  # an attacker that is neither the producer's user nor the test's
 
 
 @unittest.skipUnless(os.getuid() == 0, "needs root to run the hoarders as another user")
@@ -1000,10 +1001,8 @@ class DescriptorsInFlight(ProducerTestCase):
     queues to the producer's user, and refuses more (ETOOMANYREFS) past its RLIMIT_NOFILE;
     not a limit root has, so the producer runs as OTHER_USER."""
 
-    def test_consumers_that_read_nothing_do_not_get_a_good_one_dropped(self):
-        # Before: 20 connections that said hello and read nothing kept 64 descriptors each
-        # in flight; the good consumer's next send failed (ETOOMANYREFS) and it was dropped
-        # ("send: Too many references"), after about 50 buffers.
+    def spawn_as_other_user(self):
+        """The producer, run as OTHER_USER with RLIMIT_NOFILE 1024 (socket mode 0666)."""
         os.chmod(self.tmp.name, 0o777)
 
         def as_other_user():
@@ -1027,6 +1026,13 @@ class DescriptorsInFlight(ProducerTestCase):
                           f"min-consumers=0 name=s", preexec=as_other_user,
                           extra_env=other_user.env(env()))
         wait_for(self.sock)
+        return prod
+
+    def test_consumers_that_read_nothing_do_not_get_a_good_one_dropped(self):
+        # Before: 20 connections that said hello and read nothing kept 64 descriptors each
+        # in flight; the good consumer's next send failed (ETOOMANYREFS) and it was dropped
+        # ("send: Too many references"), after about 50 buffers.
+        prod = self.spawn_as_other_user()
         good = GoodConsumer(self.sock)
         good.start()
         try:
@@ -1042,6 +1048,38 @@ class DescriptorsInFlight(ProducerTestCase):
         self.assertEqual(rc, 0, text[-3000:])
         self.assertNotIn("Too many references", text)
         self.assertNotIn("dropping consumer 1:", text)
+
+    def test_consumers_dropped_with_descriptors_unread_do_not_starve_the_others(self):
+        # Review of issue 27 (an outside attack, 5 of 5): cycles of 16 connections that say
+        # hello, read nothing, then send garbage and are dropped, their ends kept open with
+        # the producer's descriptors queued. The sink forgot them, the kernel did not: after
+        # about four cycles every send with a descriptor failed (ETOOMANYREFS), and every
+        # consumer, connected before or new, got 0 buffers while the attacker kept them.
+        prod = self.spawn_as_other_user()
+        good = GoodConsumer(self.sock)
+        good.start()
+        attacker = None
+        try:
+            wait_buffers(good, 100)
+            attacker = hostile("strand", self.sock, 6, 16, user=STRANDER)
+            got = len(good.times)
+            wait_buffers(good, got + 500)
+            new = GoodConsumer(self.sock)
+            new.start()
+            try:
+                wait_buffers(new, 500)
+            finally:
+                new.stop()
+        finally:
+            good.stop()
+            if attacker is not None:
+                stop_hostile(attacker)
+        prod.send_signal(signal.SIGINT)
+        rc, text = finish(prod)
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertNotIn("Too many references", text)
+        # Its user was refused while its dropped connections kept too many unread.
+        self.assertGreater(stats(text)["s"]["consumers-refused"], 0)
 
 
 if __name__ == "__main__":

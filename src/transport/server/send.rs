@@ -4,6 +4,7 @@
 //! everyone. Except with `OnFull::Wait` no send waits for a consumer, and a consumer whose
 //! socket is full is not even planned for until it has room again.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use super::super::closer::Conn;
 use super::super::peer::{Full, Plan};
 use super::super::socket;
 use super::super::wire::{self, BlockWire, BufferWire, MAX_IDS, MAX_MEMORIES, MAX_MESSAGE};
-use super::state::{CAT, Gone, Limits, OnFull, lock};
+use super::state::{CAT, Gone, Limits, OnFull, PeerKey, lock};
 use super::{Outgoing, Server};
 
 /// Except with `OnFull::Wait` (which waits up to `full_timeout`), an event (caps, segment,
@@ -180,8 +181,12 @@ impl Server {
     /// retirements each), applying the full policy to the others and the bound of what all
     /// may pin (a buffer that does not fit in it goes to nobody); returns the limits, the
     /// consumers to send it to, and the consumers dropped. A consumer whose socket was full
-    /// costs a flag test, nothing more. While the descriptors in flight would pass their
-    /// bound, a consumer the buffer's new descriptors would take past its share is full.
+    /// costs a flag test, nothing more. While the descriptors in flight (those left unread by
+    /// dropped consumers included, a running total) would pass their bound, a consumer the
+    /// buffer's new descriptors would take past its share is full; a consumer whose user's
+    /// dropped connections keep descriptors unread misses a buffer that would take that
+    /// user's stranded and live ones past a share, unless nothing else of ours is unread in
+    /// its queue.
     fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> Enlisted {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
@@ -197,8 +202,26 @@ impl Server {
         let mut full = Vec::new();
         let mut stalled = 0;
         let mut late = 0;
+        let mut withheld = 0;
         let (share, max_in_flight) = (s.in_flight_share(), s.max_in_flight);
+        // What dropped consumers keep unread in their queues counts too (a running total).
         let mut in_flight: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
+        in_flight += s.stranded.total();
+        // Per user with stranded connections: those descriptors, and its live ones in flight.
+        let mut users: HashMap<PeerKey, (usize, usize)> = HashMap::new();
+        if s.stranded.len() > 0 {
+            users.extend(
+                s.stranded
+                    .by_peer()
+                    .iter()
+                    .map(|(k, &(_, fds))| (*k, (fds, 0))),
+            );
+            for c in &s.consumers {
+                if let Some(u) = users.get_mut(&c.key()) {
+                    u.1 += c.peer.in_flight();
+                }
+            }
+        }
         let shared = &mut *s;
         for c in shared.consumers.iter_mut().filter(|c| c.peer.ready()) {
             // Stalled, or the buffer does not fit in what all may pin: it misses it.
@@ -223,18 +246,45 @@ impl Server {
                     // (one with nothing in flight may always take one buffer) gets no new
                     // descriptor, unless the kernel says it read every packet sent before:
                     // its releases may lag behind what it read.
+                    // A user whose dropped consumers keep descriptors unread: while its
+                    // stranded and live ones together pass a share, its consumers get a new
+                    // one only with nothing else unread in their queues (the kernel says so).
                     let k = plan.announce.len();
                     in_flight += k;
-                    let over =
+                    let mut user = users.get_mut(&c.key());
+                    if let Some(u) = user.as_deref_mut() {
+                        u.1 += k;
+                    }
+                    let user_over = |u: &Option<&mut (usize, usize)>, mine: usize| {
+                        k > 0 && mine > k && u.as_ref().is_some_and(|u| u.0 + u.1 > share)
+                    };
+                    let mut own =
                         k > 0 && in_flight > max_in_flight && c.peer.in_flight() > share.max(k);
+                    let mut over = own || user_over(&user, c.peer.in_flight());
                     if over && socket::read_everything(c.sock.as_fd()) {
+                        own = false;
                         let before = c.peer.in_flight();
                         c.peer.read_before(id);
-                        in_flight -= before - c.peer.in_flight();
-                    } else if over {
+                        let read = before - c.peer.in_flight();
+                        in_flight -= read;
+                        if let Some(u) = user.as_deref_mut() {
+                            u.1 -= read;
+                        }
+                        over = user_over(&user, c.peer.in_flight());
+                    }
+                    if over {
                         drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing
                         in_flight -= k;
-                        full.push((c.peer.id, Full::InFlight));
+                        if let Some(u) = user {
+                            u.1 -= k;
+                        }
+                        // Over its own share it is full; held back for its user's dropped
+                        // connections only, it misses the buffer (whatever on-full says).
+                        if own {
+                            full.push((c.peer.id, Full::InFlight));
+                        } else {
+                            withheld += 1;
+                        }
                         continue;
                     }
                     shared.pins.pin(&blocks);
@@ -243,9 +293,9 @@ impl Server {
                 Err(why) => full.push((c.peer.id, why)),
             }
         }
-        s.stats.buffers_dropped += stalled + late;
+        s.stats.buffers_dropped += stalled + late + withheld;
         // Read under the lock a consumer joins under: one that joins later is of a new one.
-        let audience = if stalled == 0 && late == 0 && full.is_empty() {
+        let audience = if stalled == 0 && late == 0 && withheld == 0 && full.is_empty() {
             memfd::audience(self.stream)
         } else {
             0

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The service thread: accepts consumers, reads their hellos and releases, retires freed
-//! blocks, and wakes consumers whose socket had no room. It never waits on a peer: every
+//! blocks, wakes consumers whose socket had no room, and lets go of the connections of
+//! dropped consumers once they read what was queued to them. It never waits on a peer: every
 //! socket is read without waiting, and what a peer sent is closed by the closer.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -87,12 +88,14 @@ fn wait_ready(
 pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>, wake: Arc<OwnedFd>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut listen_pause: Option<Instant> = None;
+    let mut stranded_seen = Instant::now();
     loop {
         let (socks, gone) = {
             let mut s = lock(&state);
             if !s.running {
                 break;
             }
+
             // Taken here too, not only with the next buffer: the queue stays short while
             // the stream sends nothing.
             s.freed(&freed.take());
@@ -101,7 +104,13 @@ pub(super) fn serve(state: State, listener: OwnedFd, freed: Arc<FreedBlocks>, wa
                 .iter()
                 .map(|c| (c.peer.id, c.sock.clone(), c.stalled))
                 .collect();
-            (socks, s.expire_hellos())
+            let mut gone = s.expire_hellos();
+            // Dropped consumers whose queues held our descriptors: looked at once per tick.
+            if stranded_seen.elapsed() >= TICK {
+                stranded_seen = Instant::now();
+                gone.conns.extend(s.release_stranded());
+            }
+            (socks, gone)
         };
         gone.finish();
         // No new connection while the closer is saturated: what peers can hand it stays

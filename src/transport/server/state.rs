@@ -11,6 +11,9 @@
 //! - the descriptors sent to a consumer are counted in flight from its plan until a
 //!   release (or the kernel) shows it read them, or the send failed; while the total would
 //!   pass [`Shared::max_in_flight`], no consumer passes its share with a new one;
+//! - a consumer dropped with descriptors still unread in its queue keeps them counted, in
+//!   that total and against its user, until the kernel says they were read or purged
+//!   ([`stranded`]);
 //! - nothing a peer sent is closed here: connections and descriptors go to the closer.
 
 use std::collections::HashMap;
@@ -152,7 +155,7 @@ impl Cred {
 /// One peer for fairness: a user (every connection, process and group of theirs,
 /// [`Cred::user`]), or a connection whose credentials are unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum PeerKey {
+pub(super) enum PeerKey {
     User(u32),
     Connection(u64),
 }
@@ -172,7 +175,7 @@ pub(super) struct Consumer {
 }
 
 impl Consumer {
-    fn key(&self) -> PeerKey {
+    pub(super) fn key(&self) -> PeerKey {
         self.cred.map_or(PeerKey::Connection(self.peer.id), |c| {
             PeerKey::User(c.user())
         })
@@ -188,12 +191,15 @@ impl Consumer {
 pub(super) struct Gone {
     pub(super) blocks: Vec<u64>,
     pub(super) held: Vec<gst::Buffer>,
+    /// Connections let go (they go to the closer).
+    pub(super) conns: Vec<Arc<Conn>>,
 }
 
 impl Gone {
     pub(super) fn add(&mut self, other: Gone) {
         self.blocks.extend(other.blocks);
         self.held.extend(other.held);
+        self.conns.extend(other.conns);
     }
 
     /// Retires the blocks first (so that none is recycled when the buffers go), then lets
@@ -203,6 +209,7 @@ impl Gone {
             memfd::retire_block(*id);
         }
         drop(self.held);
+        drop(self.conns);
     }
 }
 
@@ -225,6 +232,8 @@ pub(super) struct Shared {
     pub(super) pins: Pins,
     /// Processes that may not connect until then (they misbehaved).
     penalties: HashMap<u32, Instant>,
+    /// Connections dropped with our descriptors unread in their queues ([`stranded`]).
+    pub(super) stranded: stranded::Stranded<PeerKey>,
     pub(super) limits: Limits,
     /// The most descriptors all consumers together may keep in flight ([`auto_in_flight`]);
     /// each consumer's share is that over the consumers that said hello.
@@ -260,6 +269,7 @@ impl Shared {
             consumers: Vec::new(),
             pins: Pins::default(),
             penalties: Default::default(),
+            stranded: Default::default(),
             limits,
             max_in_flight: auto_in_flight(),
             caps: None,
@@ -304,16 +314,22 @@ impl Shared {
         self.consumers.iter().filter(|c| c.peer.ready()).count()
     }
 
-    /// Why a connection from `cred` is refused now (its credentials are penalized, or
-    /// `max-consumers` said hello), counted as refused; `None`: it may join.
+    /// Why a connection from `cred` is refused now (its credentials are penalized, its
+    /// user's dropped connections keep too many of our descriptors in flight, or
+    /// `max-consumers` said hello), counted as refused; `None`: it may join. `true` with
+    /// the reason: a refusal of its user (the listener rests a moment).
     pub(super) fn refusal(&mut self, cred: Option<Cred>) -> Option<(String, bool)> {
         let now = Instant::now();
         self.penalties.retain(|_, until| *until > now);
         let penalized = cred.is_some_and(|c| self.penalties.contains_key(&c.user()));
-        if !penalized && self.ready() < self.limits.max_consumers {
+        let stranded = cred.and_then(|c| self.stranded_refusal(PeerKey::User(c.user())));
+        if !penalized && stranded.is_none() && self.ready() < self.limits.max_consumers {
             return None;
         }
         self.stats.consumers_refused += 1;
+        if let Some(why) = stranded.filter(|_| !penalized) {
+            return Some((why, true));
+        }
         let why = if penalized {
             "a connection of its user misbehaved less than a second ago".to_owned()
         } else {
@@ -361,13 +377,18 @@ impl Shared {
         };
         let c = self.consumers.remove(pos);
         self.stats.consumers_dropped += 1;
+        let stranded = match self.strand(&c) {
+            0 => String::new(),
+            n => format!("; {n} of our descriptors unread in its queue: kept until read"),
+        };
         let gone = self.leave(c.peer);
         gst::warning!(
             CAT,
-            "dropping consumer {}: {} ({} outstanding buffers released, their blocks retired)",
+            "dropping consumer {}: {} ({} outstanding buffers released, their blocks retired{})",
             id,
             why,
-            gone.held.len()
+            gone.held.len(),
+            stranded
         );
         gone
     }
@@ -421,6 +442,7 @@ impl Shared {
         let mut gone = Gone {
             blocks,
             held: Vec::with_capacity(held.len()),
+            conns: Vec::new(),
         };
         for (buffer, ids) in held {
             self.pins.unpin(&ids);
@@ -435,6 +457,7 @@ impl Shared {
         for c in std::mem::take(&mut self.consumers) {
             gone.add(self.leave(c.peer));
         }
+        gone.conns = self.stranded.take_all();
         gone
     }
 
@@ -542,6 +565,7 @@ impl Shared {
 
 mod evict;
 mod in_flight;
+mod stranded;
 
 #[cfg(test)]
 mod tests;

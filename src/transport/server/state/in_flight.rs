@@ -2,14 +2,21 @@
 //! Descriptors in flight: those sent to a consumer that it has not shown it read, waiting in
 //! its socket queue. The kernel charges them to the producer's user and refuses to send more
 //! (`ETOOMANYREFS`) past that user's `RLIMIT_NOFILE`: while they would pass their bound, a
-//! consumer past its share gets no new one. Nobody is dropped for them: a consumer dropped
-//! keeps what is in its queue, charged to us, until it reads or closes it.
+//! consumer past its share gets no new one. Nobody is dropped for them. A consumer dropped
+//! keeps what is in its queue, charged to us, until it reads or closes it: its connection is
+//! kept ([`stranded`](super::stranded)) and its descriptors counted, in the total and
+//! against its user, until the kernel says they left its queue.
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
+use crate::transport::closer::Conn;
 use crate::transport::socket;
 
-use super::{CAT, Shared};
+use super::{CAT, Consumer, MAX_PENDING, PeerKey, Shared};
+
+/// A user with this many stranded connections is refused until some are released.
+pub(crate) const STRANDED_PER_USER: usize = 16;
 
 impl Shared {
     /// A consumer's share of the descriptors all may keep in flight: the bound over the
@@ -21,11 +28,11 @@ impl Shared {
     }
 
     /// The kernel refused to send consumer `failed` a descriptor with `buffer` (`ETOOMANYREFS`:
-    /// the producer's user has too many in flight: in the queues of consumers dropped earlier,
-    /// which keep what was in them until they read or close, or in another of its
-    /// processes). Not `failed`'s doing: it misses the buffer, nobody is dropped (dropping a
-    /// consumer does not take back what is in its queue). Returns the consumer keeping the
-    /// most in flight and how many, for the log.
+    /// the producer's user has too many in flight: in the queues of consumers dropped earlier
+    /// past the bound of stranded connections, or in another of its processes). Not
+    /// `failed`'s doing: it misses the buffer, nobody is dropped (dropping a consumer does not
+    /// take back what is in its queue). Returns the consumer keeping the most in flight and
+    /// how many, for the log.
     pub(crate) fn too_many_refs(&mut self, failed: u64, buffer: u64) -> Option<(u64, usize)> {
         let mut asked = Vec::new();
         while self.ask_the_kernel(buffer, &mut asked) {}
@@ -68,5 +75,73 @@ impl Shared {
             c.peer.read_before(buffer);
         }
         true
+    }
+    /// The most stranded connections kept: `max-consumers` and the connections waiting for
+    /// their hello (the most that can be dropped at once).
+    pub(crate) fn max_stranded(&self) -> usize {
+        self.limits.max_consumers.saturating_add(MAX_PENDING)
+    }
+
+    /// Consumer `c`, being dropped, keeps its connection among the stranded if descriptors
+    /// we sent it are still unread in its queue (the kernel says so); returns how many it
+    /// keeps in flight then (0: it is closed as usual). Past
+    /// [`max_stranded`](Self::max_stranded) it is closed as usual, what it keeps in flight no
+    /// longer counted.
+    pub(super) fn strand(&mut self, c: &Consumer) -> usize {
+        let fds = c.peer.in_flight();
+        if fds == 0 || socket::read_everything(c.sock.as_fd()) {
+            return 0;
+        }
+        if self.stranded.len() >= self.max_stranded() {
+            gst::warning!(
+                CAT,
+                "consumer {} leaves {} descriptors unread in its queue, not counted: {} \
+                 dropped connections are watched already",
+                c.peer.id,
+                fds,
+                self.stranded.len()
+            );
+            return 0;
+        }
+        self.stranded.add(c.peer.id, c.sock.clone(), c.key(), fds);
+        fds
+    }
+
+    /// Releases the stranded connections whose queues hold nothing of ours any more (their
+    /// peers read them, or closed their ends): their connections are returned, to be let go
+    /// outside the lock (they go to the closer).
+    pub(crate) fn release_stranded(&mut self) -> Vec<Arc<Conn>> {
+        let read = self.stranded.take_read();
+        for (id, fds, _) in &read {
+            gst::debug!(
+                CAT,
+                "dropped consumer {}: its {} descriptors in flight were read (or its peer hung \
+                 up): its connection is closed",
+                id,
+                fds
+            );
+        }
+        read.into_iter().map(|(_, _, sock)| sock).collect()
+    }
+
+    /// Why a connection of `key` is refused for what its user's dropped connections keep
+    /// in flight; `None`: they do not stand in its way.
+    pub(super) fn stranded_refusal(&self, key: PeerKey) -> Option<String> {
+        let &(conns, fds) = self.stranded.by_peer().get(&key)?;
+        let live: usize = self
+            .consumers
+            .iter()
+            .filter(|c| c.key() == key)
+            .map(|c| c.peer.in_flight())
+            .sum();
+        let share = self.in_flight_share();
+        if fds + live <= share && conns < STRANDED_PER_USER {
+            return None;
+        }
+        Some(format!(
+            "{conns} connections of its user were dropped with {fds} of our descriptors unread \
+             in their queues ({live} more in flight to its others; a share is {share}, at most \
+             {STRANDED_PER_USER} such connections)"
+        ))
     }
 }

@@ -438,3 +438,90 @@ fn a_consumer_whose_releases_lag_is_not_charged_for_what_it_read() {
     release(&mut s, 2, 204);
     assert_eq!(s.consumers[1].peer.in_flight(), 4);
 }
+
+/// Consumer `cid` is sent a packet with `n` descriptors (of /dev/null), left unread in its
+/// queue; they are counted in flight for it, as buffer `id`'s announced blocks.
+fn sent_unread(s: &mut Shared, cid: u64, id: u64, n: u64) {
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fds: Vec<_> = (0..n).map(|_| std::os::fd::AsFd::as_fd(&null)).collect();
+    let c = s.consumers.iter().find(|c| c.peer.id == cid).unwrap();
+    crate::transport::socket::send(std::os::fd::AsFd::as_fd(&*c.sock), b"unread", &fds).unwrap();
+    let blocks: Vec<_> = (0..n).map(|b| blk(id * 100 + b, 4096)).collect();
+    hold(s, cid, id, &blocks);
+}
+
+/// Reads what is queued at consumer `cid`'s end; returns the descriptors that came.
+fn read_queue(cid: u64) -> usize {
+    let peers = PEERS.lock().unwrap();
+    let (_, ours) = peers.iter().find(|(id, _)| *id == cid).unwrap();
+    let mut buf = vec![0u8; crate::transport::wire::MAX_MESSAGE];
+    let mut n = 0;
+    while let Ok(crate::transport::socket::Received::Packet(_, fds)) =
+        crate::transport::socket::recv(std::os::fd::AsFd::as_fd(ours), &mut buf, Duration::ZERO)
+    {
+        n += fds.len();
+    }
+    n
+}
+
+#[test]
+fn a_consumer_dropped_with_descriptors_unread_stays_charged_to_its_user_until_they_are_read() {
+    // Review of issue 27: the sink forgot what a dropped consumer kept in flight; its peer,
+    // keeping its end open, kept it charged to our user in the kernel, cycle after cycle.
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 1 << 20;
+    s.max_in_flight = 20;
+    consumer(&mut s, 7001, 10); // the good one, user 1010
+    consumer(&mut s, 7002, 20); // user 1020
+    consumer(&mut s, 7003, 20);
+    sent_unread(&mut s, 7002, 1, 15);
+    sent_unread(&mut s, 7003, 2, 15);
+    s.drop_consumer(7002, "test").finish();
+    s.drop_consumer(7003, "test").finish();
+    assert_eq!((s.stranded.len(), s.stranded.total()), (2, 30));
+    let user = |uid| {
+        Some(Cred {
+            pid: 99,
+            uid,
+            gid: uid,
+        })
+    };
+    // Over its share (20 for the one consumer left): its user is refused, no other.
+    assert!(s.refusal(user(1020)).is_some_and(|(_, rest)| rest));
+    assert!(s.refusal(user(1010)).is_none());
+    assert_eq!(s.stats.consumers_refused, 1);
+    // Nothing read yet: nothing released.
+    assert!(s.release_stranded().is_empty());
+    // One of them reads its queue: released; 15 left, within the share: its user may join.
+    assert_eq!(read_queue(7002), 15);
+    assert_eq!(s.release_stranded().len(), 1);
+    assert_eq!((s.stranded.len(), s.stranded.total()), (1, 15));
+    assert!(s.refusal(user(1020)).is_none());
+    // The other hangs up: the kernel purges its queue, and it is released too.
+    PEERS.lock().unwrap().retain(|(id, _)| *id != 7003);
+    assert_eq!(s.release_stranded().len(), 1);
+    assert_eq!((s.stranded.len(), s.stranded.total()), (0, 0));
+    // A consumer dropped with nothing unread is closed at once.
+    consumer(&mut s, 7004, 40);
+    hoard(&mut s, 7004, 500, 3);
+    s.drop_consumer(7004, "test").finish();
+    assert_eq!(s.stranded.len(), 0);
+}
+
+#[test]
+fn stranded_connections_are_bounded() {
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 1 << 20;
+    s.limits.max_consumers = 2;
+    let max = s.max_stranded();
+    for id in 8001..=8000 + max as u64 + 3 {
+        consumer(&mut s, id, id as i32 + 100);
+        sent_unread(&mut s, id, id, 1);
+        s.drop_consumer(id, "test").finish();
+    }
+    assert_eq!((s.stranded.len(), s.stranded.total()), (max, max));
+    for id in 8001..=8000 + max as u64 + 3 {
+        PEERS.lock().unwrap().retain(|(i, _)| *i != id);
+    }
+    assert_eq!(s.release_stranded().len(), max);
+}

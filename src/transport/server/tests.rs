@@ -1,0 +1,345 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The server over real sockets: consumers that do not read, the in-flight bound, freed
+//! blocks, reuse of blocks.
+
+use super::*;
+use crate::allocator::memfd::MemfdAllocator;
+
+fn limits(max_outstanding: usize) -> Limits {
+    Limits {
+        max_consumers: 8,
+        max_outstanding,
+        on_full: OnFull::Drop,
+        full_timeout: Duration::from_secs(1),
+        max_pinned_blocks: 1 << 16,
+        max_pinned_bytes: 1 << 40,
+    }
+}
+
+/// Waits (up to 30 s) for `cond` on the server's state.
+fn wait_until(server: &Server, what: &str, cond: impl Fn(&Shared) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond(&lock(&server.state)) {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A server of a new stream at a socket named after `name`.
+fn serve(name: &str, limits: Limits) -> (MemfdAllocator, PathBuf, Server) {
+    gst::init().unwrap();
+    let stream = MemfdAllocator::for_stream();
+    let path = std::env::temp_dir().join(format!("memkit-{name}-{}.sock", std::process::id()));
+    let server = Server::start(&path, 0o600, limits, stream.stream()).unwrap();
+    (stream, path, server)
+}
+
+/// A consumer connected to `path` that said hello.
+fn join(path: &Path, max_blocks: u32) -> OwnedFd {
+    let sock = socket::connect(path, Duration::from_secs(5), || false).unwrap();
+    let hello = Message::Hello { max_blocks }.encode();
+    socket::send(std::os::fd::AsFd::as_fd(&sock), &hello, &[]).unwrap();
+    sock
+}
+
+/// Sends `hold`, one memory filling one 4096-byte block of `stream`.
+fn send_block(server: &Server, stream: &MemfdAllocator, hold: &gst::Buffer) {
+    let b = memfd::block_of(hold.peek_memory(0), stream.stream()).unwrap();
+    let mems = vec![super::super::wire::MemWire {
+        block: b.id,
+        offset: 0,
+        size: 4096,
+    }];
+    let block = BlockWire {
+        id: b.id,
+        size: b.size as u64,
+    };
+    server.send(Outgoing {
+        hold: hold.clone(),
+        wire: BufferWire {
+            mems,
+            ..BufferWire::default()
+        },
+        blocks: vec![(block, b.fd)],
+        before: b.before,
+    });
+}
+
+#[test]
+fn a_consumer_whose_socket_is_full_costs_nothing_per_buffer_until_it_reads() {
+    // Issue 27: at max-outstanding 65536 a consumer that does not read fills its socket
+    // long before its bound; each buffer then cost a plan, a failed sendmsg and an undo
+    // (8 of them halved a good consumer's rate).
+    let (stream, path, server) = serve("full", limits(65_536));
+    let sock = join(&path, 64);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    let mem = stream.alloc_memfd(4096, None).unwrap();
+    let hold = {
+        let mut b = gst::Buffer::new();
+        b.get_mut().unwrap().append_memory(mem);
+        b
+    };
+    let send = |n: usize| {
+        for _ in 0..n {
+            send_block(&server, &stream, &hold);
+        }
+    };
+    // It reads nothing: its socket fills, then it is skipped.
+    let planned = || lock(&server.state).consumers[0].peer.planned();
+    let mut n = 0;
+    while !lock(&server.state).consumers[0].stalled {
+        send(1);
+        n += 1;
+        assert!(n < 100_000, "its socket never filled");
+    }
+    let before = planned();
+    send(1000);
+    assert_eq!(planned(), before, "buffers were planned for a full socket");
+    // It reads again: the service thread sees room, and buffers go to it again.
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    while let Ok(socket::Received::Packet(..)) =
+        socket::recv(std::os::fd::AsFd::as_fd(&sock), &mut buf, Duration::ZERO)
+    {}
+    wait_until(&server, "room seen", |s| !s.consumers[0].stalled);
+    send(1);
+    assert_eq!(planned(), before + 1);
+    drop(sock);
+    drop(server);
+}
+
+#[test]
+fn consumers_that_read_nothing_keep_the_descriptors_in_flight_within_the_bound() {
+    // Review of issue 27: 20 connections that said hello and read nothing each kept 64 of
+    // the producer's descriptors in flight (the same 64 blocks: the pinned bound never
+    // saw it); past its RLIMIT_NOFILE the kernel refused the next one (ETOOMANYREFS)
+    // and the good consumer, whose send failed, was dropped. Now past the bound those
+    // past their share get no new descriptor, and the good consumer gets every buffer.
+    let (stream, path, server) = serve("refs", limits(64));
+    {
+        let mut s = lock(&server.state);
+        s.max_in_flight = 100;
+        s.limits.max_consumers = 32;
+    }
+    let good = join(&path, 512);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    let hoarders: Vec<_> = (0..20).map(|_| join(&path, 512)).collect();
+    wait_until(&server, "hellos", |s| s.ready() == 21);
+    // 64 blocks in turn: every consumer is sent each block's descriptor once.
+    let holds: Vec<gst::Buffer> = (0..64)
+        .map(|_| {
+            let mut b = gst::Buffer::new();
+            let mem = stream.alloc_memfd(4096, None).unwrap();
+            b.get_mut().unwrap().append_memory(mem);
+            b
+        })
+        .collect();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut got = 0;
+    for i in 0..640 {
+        send_block(&server, &stream, &holds[i % holds.len()]);
+        // The good consumer reads each buffer and releases it.
+        let fd = std::os::fd::AsFd::as_fd(&good);
+        match socket::recv(fd, &mut buf, Duration::from_secs(5)) {
+            Ok(socket::Received::Packet(n, _fds)) => {
+                let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
+                    panic!("not a buffer")
+                };
+                socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
+                got += 1;
+                wait_until(&server, "the release read", |s| {
+                    s.consumers[0].peer.outstanding() == 0
+                });
+            }
+            _ => panic!("the good consumer got no buffer after {got}"),
+        }
+        let s = lock(&server.state);
+        let total: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
+        // Past the bound only those within their share take more (21 of 4 each).
+        assert!(total <= 100 + 21 * 4, "{total} descriptors in flight");
+    }
+    assert_eq!(got, 640);
+    drop((good, hoarders));
+    drop(server);
+}
+
+#[test]
+fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
+    // Review of issue 27 (an outside attack, 5 of 5): 16 connections say hello, read
+    // nothing, send garbage and are dropped, their ends kept open with the packets (and
+    // descriptors) queued. The sink forgot them; the kernel did not: after about four
+    // cycles every send with a descriptor failed (ETOOMANYREFS) and every consumer got
+    // nothing. Now what they keep in flight stays counted, against their user too: its
+    // new connections are refused, and the descriptors queued stay within the bound.
+    let (stream, path, server) = serve("stranded", limits(64));
+    {
+        let mut s = lock(&server.state);
+        s.max_in_flight = 64;
+        s.limits.max_consumers = 32;
+    }
+    let good = join(&path, 512);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    // The good consumer is another user (the attackers are this process's).
+    lock(&server.state).consumers[0].cred = Some(state::Cred {
+        pid: 1,
+        uid: 4242,
+        gid: 4242,
+    });
+    let mut holds = Vec::new();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut kept = Vec::new();
+    let (mut got, mut sent) = (0, 0);
+    for cycle in 0..4 {
+        let before = {
+            let s = lock(&server.state);
+            s.stats.consumers_connected + s.stats.consumers_refused
+        };
+        let attackers: Vec<_> = (0..16).map(|_| join(&path, 512)).collect();
+        wait_until(&server, "accepted or refused", |s| {
+            s.stats.consumers_connected + s.stats.consumers_refused >= before + 16
+                && s.consumers.iter().all(|c| c.peer.ready())
+        });
+        // New blocks each time: every consumer is sent a descriptor with each buffer.
+        for _ in 0..20 {
+            let mut b = gst::Buffer::new();
+            b.get_mut()
+                .unwrap()
+                .append_memory(stream.alloc_memfd(4096, None).unwrap());
+            send_block(&server, &stream, &b);
+            holds.push(b);
+            sent += 1;
+            let fd = std::os::fd::AsFd::as_fd(&good);
+            match socket::recv(fd, &mut buf, Duration::from_secs(5)) {
+                Ok(socket::Received::Packet(n, _fds)) => {
+                    let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
+                        panic!("not a buffer")
+                    };
+                    socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
+                    got += 1;
+                }
+                _ => panic!("cycle {cycle}: the good consumer got no buffer after {got}"),
+            }
+        }
+        // Each sends garbage and is dropped; its end stays open, its queue unread.
+        for a in &attackers {
+            let _ = socket::send(std::os::fd::AsFd::as_fd(a), b"garbage!", &[]);
+        }
+        wait_until(&server, "the attackers dropped", |s| s.consumers.len() == 1);
+        kept.extend(attackers);
+        std::thread::sleep(state::PENALTY + Duration::from_millis(100));
+    }
+    assert_eq!(got, sent, "the good consumer missed buffers");
+    // What the kernel holds charged to us: the descriptors queued to the attackers.
+    let mut queued = 0;
+    for a in &kept {
+        while let Ok(socket::Received::Packet(_, fds)) =
+            socket::recv(std::os::fd::AsFd::as_fd(a), &mut buf, Duration::ZERO)
+        {
+            queued += fds.len();
+        }
+    }
+    assert!(queued <= 2 * 64, "{queued} descriptors left in flight");
+    assert!(
+        lock(&server.state).stats.consumers_refused > 0,
+        "the attackers' user was never refused"
+    );
+    drop((good, kept));
+    drop(server);
+}
+
+#[test]
+fn a_sink_without_consumers_keeps_no_queue_of_freed_blocks() {
+    // Issue 27: a sink waiting for its first consumer kept the id of every block of the
+    // process freed meanwhile (only sending a buffer took them): 6-11 bytes each, for as
+    // long as it waited. Now only its own stream's come, and the service thread takes
+    // them as they come.
+    gst::init().unwrap();
+    let ours = MemfdAllocator::for_stream();
+    let other = MemfdAllocator::for_stream();
+    let path = std::env::temp_dir().join(format!("memkit-idle-{}.sock", std::process::id()));
+    let limits = Limits {
+        max_consumers: 8,
+        max_outstanding: 64,
+        on_full: OnFull::Drop,
+        full_timeout: Duration::from_secs(1),
+        max_pinned_blocks: 64,
+        max_pinned_bytes: 1 << 30,
+    };
+    let server = Server::start(&path, 0o600, limits, ours.stream()).unwrap();
+    let max = memfd::max_cached_bytes();
+    memfd::set_max_cached_bytes(0); // every block freed, none kept
+    for _ in 0..1000 {
+        drop(other.alloc_memfd(100, None).unwrap());
+    }
+    assert_eq!(
+        server.freed_waiting(),
+        0,
+        "another stream's freed blocks came"
+    );
+    for _ in 0..1000 {
+        drop(ours.alloc_memfd(100, None).unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.freed_waiting() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} ids kept",
+            server.freed_waiting()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    memfd::set_max_cached_bytes(max);
+    drop(server);
+}
+
+#[test]
+fn a_block_reused_unzeroed_goes_only_to_consumers_that_were_sent_what_it_held() {
+    // Issue 27: a producer that does not write its whole frame (a camera-like one writes
+    // nothing) left an earlier frame inside the new memory's range, shown to a consumer
+    // that joined since (the launch test StaleBytes: 150 of 150 buffers).
+    let (stream, path, server) = serve("late", limits(64));
+    let id = stream.stream();
+    let alloc = |fill: Option<u8>| {
+        let mut mem = stream.alloc_memfd(4096, None).unwrap();
+        if let Some(byte) = fill {
+            mem.get_mut().unwrap().map_writable().unwrap().fill(byte);
+        }
+        let b = memfd::block_of(&mem, id).unwrap();
+        let (block, before) = (b.id, b.before);
+        let bytes = mem.map_readable().unwrap().to_vec();
+        let mut buf = gst::Buffer::new();
+        buf.get_mut().unwrap().append_memory(mem);
+        (buf, block, before, bytes)
+    };
+    let send = |hold: &gst::Buffer| send_block(&server, &stream, hold);
+    let planned = || lock(&server.state).consumers[0].peer.planned();
+    // Written and sent while nobody listened: everyone (nobody) was sent it, so it is
+    // reused as it is.
+    let (hold, first, _, _) = alloc(Some(0xab));
+    send(&hold);
+    drop(hold);
+    let (hold, block, before, bytes) = alloc(None);
+    assert_eq!(block, first, "not the recycled block");
+    assert_ne!(before, 0);
+    assert!(
+        bytes.iter().all(|&b| b == 0xab),
+        "zeroed with no consumer to hide it from"
+    );
+    // A consumer joins: the block taken before it joined is not sent to it.
+    let sock = join(&path, 64);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    send(&hold);
+    assert_eq!(planned(), 0, "sent bytes from before it joined");
+    drop(hold);
+    // Reused after it joined: zeroed whole, then sent.
+    let (hold, block, before, bytes) = alloc(None);
+    assert_eq!((block, before), (first, 0));
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "not zeroed for the new consumer"
+    );
+    send(&hold);
+    assert_eq!(planned(), 1);
+    drop(hold);
+    drop(sock);
+    drop(server);
+}
