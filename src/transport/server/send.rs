@@ -207,6 +207,12 @@ impl Server {
         // What dropped consumers keep unread in their queues counts too (a running total).
         let mut in_flight: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
         in_flight += s.stranded.total();
+        // Near the bound, what consumers that read (their sockets have room) took out of
+        // their queues is brought up to date first: a consumer that reads everything and
+        // releases nothing would otherwise count against the others.
+        if in_flight + blocks.len() > max_in_flight {
+            in_flight -= s.refresh_in_flight(id);
+        }
         // Per user with stranded connections: those descriptors, and its live ones in flight.
         let mut users: HashMap<PeerKey, (usize, usize)> = HashMap::new();
         if s.stranded.len() > 0 {

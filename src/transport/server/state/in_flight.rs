@@ -48,6 +48,26 @@ impl Shared {
         most
     }
 
+    /// Asks the kernel, for each consumer with descriptors in flight whose socket has room
+    /// (one whose socket is full has not read them: it costs nothing), whether it read every
+    /// packet before `buffer`, and brings its count up to date if so; returns how many
+    /// descriptors that took out of the count.
+    pub(crate) fn refresh_in_flight(&mut self, buffer: u64) -> usize {
+        let mut out = 0;
+        for c in self
+            .consumers
+            .iter_mut()
+            .filter(|c| !c.stalled && c.peer.in_flight() > 0)
+        {
+            if socket::read_everything(c.sock.as_fd()) {
+                let before = c.peer.in_flight();
+                c.peer.read_before(buffer);
+                out += before - c.peer.in_flight();
+            }
+        }
+        out
+    }
+
     /// The consumer keeping the most descriptors in flight, and how many.
     fn most_in_flight(&self) -> Option<(u64, usize)> {
         self.consumers
