@@ -87,12 +87,17 @@ impl<H> Peer<H> {
         Ok(())
     }
 
-    /// Whether it said hello (before that it is sent events, not buffers).
     /// Whether it ever released a buffer it was sent (it reads, and gives back).
     pub fn has_released(&self) -> bool {
         self.released
     }
 
+    /// Whether a buffer was ever planned for it.
+    pub fn was_sent(&self) -> bool {
+        self.seq > 0
+    }
+
+    /// Whether it said hello (before that it is sent events, not buffers).
     pub fn ready(&self) -> bool {
         self.max_blocks.is_some()
     }

@@ -172,6 +172,10 @@ pub(super) struct Consumer {
     /// The stream's audience its hello made (MemfdMemory's `new_audience`; 0 before it):
     /// it is not sent a block that holds bytes from before it joined.
     pub(super) joined: u64,
+    /// The stream's count of releases when it connected, and when it last released one:
+    /// which connections gave a buffer back since another joined (see `evict`).
+    pub(super) releases_at_join: u64,
+    pub(super) last_release: u64,
 }
 
 impl Consumer {
@@ -223,7 +227,8 @@ pub(super) struct EvictKey {
     pub(super) added: (usize, u64),
     pub(super) joined: u64,
     pub(super) released: u64,
-    pub(super) waiting: usize,
+    /// Connections that wait and give buffers back, and that wait and were never sent one.
+    pub(super) waiting: (usize, usize),
 }
 
 pub(super) struct Shared {
@@ -362,6 +367,8 @@ impl Shared {
             cred,
             stalled: false,
             joined: 0,
+            releases_at_join: self.stats.released,
+            last_release: 0,
         });
         self.stats.consumers_connected += 1;
         gst::info!(CAT, "consumer {} connected", id);
@@ -485,6 +492,7 @@ impl Shared {
                     };
                     self.pins.unpin(&blocks);
                     self.stats.released += 1;
+                    c.last_release = self.stats.released;
                     gone.held.push(buffer);
                 }
                 return gone;

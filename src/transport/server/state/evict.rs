@@ -7,6 +7,34 @@ use std::collections::{HashMap, HashSet};
 use super::{Consumer, EvictKey as Key, Gone, OnFull, PeerKey, Shared};
 use crate::transport::wire::BlockWire;
 
+/// A connection of a peer, as the eviction sees it.
+struct Held {
+    id: u64,
+    /// What it pins, and its oldest buffer.
+    own: u64,
+    oldest: u64,
+    /// It waits for this buffer (said hello, room in its socket and its window), and gives
+    /// buffers back or was never sent one (joined while the bound was full).
+    wants: bool,
+    /// It released a buffer once.
+    gives_back: bool,
+    /// Never sent a buffer: the stream's count of releases when it joined.
+    fresh_since: Option<u64>,
+    /// The stream's count of releases when it last released one (0: never).
+    last_release: u64,
+}
+
+impl Held {
+    /// Whether, waiting, it gets a peer whose connections last released a buffer at
+    /// `last_release` dropped: if it gives buffers back, or if it was never sent one and that
+    /// peer has released nothing since it joined (a peer that hoards). A connection that
+    /// never gives anything back (reads nothing, or reconnects as often as it likes) never
+    /// gets a peer that reads, lagging as it may, dropped.
+    fn counts_against(&self, last_release: u64) -> bool {
+        self.wants && (self.gives_back || self.fresh_since.is_some_and(|j| last_release <= j))
+    }
+}
+
 impl Shared {
     /// Makes room for a buffer in `blocks` within the bounds of what all consumers may pin;
     /// returns the consumers dropped for it, and whether the buffer fits now (when it does
@@ -45,8 +73,13 @@ impl Shared {
                 waiting: self
                     .consumers
                     .iter()
-                    .filter(|c| c.peer.ready() && !c.stalled && c.peer.has_released())
-                    .count(),
+                    .filter(|c| c.peer.ready() && !c.stalled)
+                    .fold((0, 0), |(reads, fresh), c| {
+                        (
+                            reads + usize::from(c.peer.has_released()),
+                            fresh + usize::from(!c.peer.was_sent()),
+                        )
+                    }),
             };
             if self.nobody_to_evict == Some(key) {
                 return (gone, self.pins.count() == 0);
@@ -68,10 +101,6 @@ impl Shared {
         let max_out = self.limits.max_outstanding;
         let fair = self.limits.on_full == OnFull::Drop;
         let waiting = |c: &Consumer| c.peer.ready() && !c.stalled;
-        // Only a consumer that has released a buffer once gets another dropped: one that
-        // never gives anything back (a connection that reads nothing, a new one, reconnected
-        // as often as it likes) waits for room like the rest.
-        let reads = |c: &Consumer| waiting(c) && c.peer.has_released();
         // The common case costs one pass: a lone consumer has the whole bound as its share.
         let mut present = self
             .consumers
@@ -89,24 +118,28 @@ impl Shared {
             }
         };
         // Per peer: the blocks its buffers pin (each once), and its connections holding
-        // buffers or waiting for this one: what each pins, its oldest buffer, if it waits.
-        // (Its id, what it pins, its oldest buffer, whether it waits, whether it ever gave a
-        // buffer back.)
-        type Conns = Vec<(u64, u64, u64, bool, bool)>;
+        // buffers or waiting for this one.
+        type Conns = Vec<Held>;
         let mut peers: HashMap<PeerKey, (HashSet<u64>, Conns)> = HashMap::new();
         for c in &self.consumers {
-            let wants = reads(c) && c.peer.fits(blocks, max_out).is_ok();
+            let gives_back = c.peer.has_released();
+            let fresh = !gives_back && !c.peer.was_sent();
+            let wants = waiting(c) && (gives_back || fresh) && c.peer.fits(blocks, max_out).is_ok();
             if c.peer.outstanding() == 0 && !wants {
                 continue;
             }
             let held = c.peer.held_blocks();
-            let own = measure(&held);
-            let oldest = c.peer.oldest().unwrap_or(u64::MAX);
             let entry = peers.entry(c.key()).or_default();
+            entry.1.push(Held {
+                id: c.peer.id,
+                own: measure(&held),
+                oldest: c.peer.oldest().unwrap_or(u64::MAX),
+                wants,
+                gives_back,
+                fresh_since: fresh.then_some(c.releases_at_join),
+                last_release: c.last_release,
+            });
             entry.0.extend(held);
-            entry
-                .1
-                .push((c.peer.id, own, oldest, wants, c.peer.has_released()));
         }
         let (unit, bound, pinned) = if by_blocks {
             (
@@ -122,7 +155,7 @@ impl Shared {
         let usage: Vec<(u64, u64, Conns)> = peers
             .into_values()
             .map(|(ids, conns)| {
-                let oldest = conns.iter().map(|h| h.2).min().unwrap_or(u64::MAX);
+                let oldest = conns.iter().map(|h| h.oldest).min().unwrap_or(u64::MAX);
                 (measure(&ids), oldest, conns)
             })
             .collect();
@@ -130,15 +163,20 @@ impl Shared {
         let top = |conns: &Conns| {
             conns
                 .iter()
-                .max_by_key(|&&(_, own, oldest, ..)| (own, std::cmp::Reverse(oldest)))
-                .map(|&(id, own, ..)| (id, own))
+                .max_by_key(|h| (h.own, std::cmp::Reverse(h.oldest)))
+                .map(|h| (h.id, h.own))
         };
-        let kept_from_share = |used: u64, conns: &Conns| used <= share && conns.iter().any(|h| h.3);
+        // The last release of any connection of a peer.
+        let last_release = |conns: &Conns| conns.iter().map(|h| h.last_release).max().unwrap_or(0);
+        let kept_from_share = |used: u64, conns: &Conns, against: u64| {
+            used <= share && conns.iter().any(|h| h.counts_against(against))
+        };
         let (used, oldest, conns) = usage
             .iter()
-            .filter(|p| p.2.iter().any(|h| h.1 > 0))
+            .filter(|p| p.2.iter().any(|h| h.own > 0))
             .max_by_key(|p| (p.0, std::cmp::Reverse(p.1)))?;
-        if !fair || (*used > share && usage.iter().any(|p| kept_from_share(p.0, &p.2))) {
+        let against = last_release(conns);
+        if !fair || (*used > share && usage.iter().any(|p| kept_from_share(p.0, &p.2, against))) {
             let (id, own) = top(conns)?;
             let why = format!(
                 "consumers pin {pinned} {unit} together (at most {bound}): its peer (its user \
@@ -157,10 +195,11 @@ impl Shared {
             .iter()
             .filter_map(|(_, _, conns)| {
                 let (id, own) = top(conns)?;
-                let hoards = conns.iter().any(|h| h.0 == id && !h.4);
-                let kept = conns
-                    .iter()
-                    .any(|h| h.0 != id && h.3 && (h.1 <= own / 2 || hoards));
+                let hoards = conns.iter().any(|h| h.id == id && !h.gives_back);
+                let against = last_release(conns);
+                let kept = conns.iter().any(|h| {
+                    h.id != id && h.counts_against(against) && (h.own <= own / 2 || hoards)
+                });
                 (own > 0 && kept).then_some((id, own))
             })
             .max_by_key(|&(_, own)| own)?;

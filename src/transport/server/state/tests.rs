@@ -65,6 +65,8 @@ fn fresh_consumer(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
         cred: Some(Cred { pid, uid, gid }),
         stalled: false,
         joined: 0,
+        releases_at_join: 0,
+        last_release: 0,
     });
 }
 
@@ -169,9 +171,12 @@ fn a_consumer_that_lags_beside_non_readers_misses_buffers_and_is_kept() {
         assert!(!fits, "the buffer was let past the bound");
         // A consumer of a third user connects and waits: it has given nothing back yet (a
         // connection that reads nothing, or one reconnected as often as it likes, would
-        // look the same), so it waits for room like the rest. Review of issue 27:
-        // bench_attacks' non-readers got the good consumer dropped that way, reconnecting.
+        // look the same), and the lagging consumer has released buffers since it came, so
+        // it waits for room like the rest. Review of issue 27: bench_attacks' non-readers
+        // got the good consumer dropped that way, reconnecting.
         fresh_consumer(&mut s, 10, 300, 3000, 3000);
+        s.consumers.last_mut().unwrap().releases_at_join = 5;
+        s.consumers[0].last_release = 6;
         let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
         assert!(
             gone.held.is_empty() && !fits,
@@ -188,6 +193,39 @@ fn a_consumer_that_lags_beside_non_readers_misses_buffers_and_is_kept() {
         gone.finish();
         assert!(ids(&s).contains(&10) && !ids(&s).contains(&1));
     }
+}
+
+#[test]
+fn a_consumer_that_joins_at_the_bound_gets_a_hoarder_dropped() {
+    // Fourth review of issue 27: one user's 8 connections held 64 buffers each and released
+    // nothing; a consumer of another user that joined then was never sent a buffer, so it
+    // never released one, and counted as waiting for nothing: 0 buffers in 30 s. A connection
+    // never sent a buffer counts against a peer that released nothing since it joined.
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 512;
+    s.limits.max_pinned_bytes = 1 << 30;
+    for r in 1..=8 {
+        fresh_consumer(&mut s, r, 100, 1000, 1000);
+        hoard(&mut s, r, 10_000 * r, 64);
+    }
+    fresh_consumer(&mut s, 9, 200, 2000, 2000);
+    let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
+    assert!(fits && !gone.held.is_empty(), "the hoarder was kept");
+    gone.finish();
+    assert!(ids(&s).contains(&9) && ids(&s).len() == 8);
+    // A hoarder that released a buffer after the newcomer joined reads: it is kept.
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 128;
+    s.limits.max_pinned_bytes = 1 << 30;
+    consumer_of(&mut s, 1, 100, 1000);
+    hoard(&mut s, 1, 1, 128);
+    fresh_consumer(&mut s, 2, 200, 2000, 2000);
+    s.consumers[0].last_release = 1;
+    let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
+    assert!(
+        gone.held.is_empty() && !fits,
+        "a consumer that reads was dropped"
+    );
 }
 
 /// `n` buffers of one block each (ids from `first`) for consumer `cid`.
