@@ -369,8 +369,10 @@ def stale(path, case):
     from gi.repository import Gst
     Gst.init(None)
     stream = Gst.parse_launch(f"appsrc name=a format=time caps=application/x-test ! "
-                              f"memfdsink socket-path={path} min-consumers=0")
+                              f"memfdsink name=s socket-path={path} min-consumers=0 "
+                              f"enable-last-sample=false")
     src = stream.get_by_name("a")
+    sink = stream.get_by_name("s")
     stream.set_state(Gst.State.PLAYING)
     query = Gst.Query.new_allocation(Gst.Caps.from_string("application/x-test"), True)
     if not src.get_static_pad("src").peer_query(query) or query.get_n_allocation_params() < 1:
@@ -389,7 +391,12 @@ def stale(path, case):
             if push:
                 src.emit("push-buffer", buf)
         del bufs
-        time.sleep(0.5)  # gone through the sink, freed: kept for reuse
+        # Gone through the sink (it keeps none), freed: kept for reuse.
+        deadline = time.monotonic() + 30
+        while push and sink.get_property("stats").get_value("buffers") < 64:
+            if time.monotonic() > deadline:
+                raise SystemExit("the sink never took the earlier buffers")
+            time.sleep(0.01)
 
     if case == "joined":
         earlier(push=True)
