@@ -24,6 +24,11 @@ use super::{Outgoing, Server};
 /// read, is dropped.
 const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A consumer past its share of the descriptors in flight that has not read them is full
+/// without being asked again (no plan, no system call per buffer) until it releases a
+/// buffer, or for this long: then the kernel is asked whether it read them.
+pub(super) const UNREAD_RECHECK: Duration = Duration::from_millis(10);
+
 /// `sendmsg`'s error when the descriptors attached would pass what the kernel lets the
 /// sending user keep in flight.
 const TOO_MANY_REFS: i32 = rustix::io::Errno::TOOMANYREFS.raw_os_error();
@@ -210,8 +215,9 @@ impl Server {
         // Near the bound, what consumers that read (their sockets have room) took out of
         // their queues is brought up to date first: a consumer that reads everything and
         // releases nothing would otherwise count against the others.
+        let now = Instant::now();
         if in_flight + blocks.len() > max_in_flight {
-            in_flight -= s.refresh_in_flight(id);
+            in_flight -= s.refresh_in_flight(id, now);
         }
         // Per user with stranded connections: those descriptors, and its live ones in flight.
         let mut users: HashMap<PeerKey, (usize, usize)> = HashMap::new();
@@ -240,6 +246,11 @@ impl Server {
             // taken before its hello; later ones are zeroed for it).
             if out.before != 0 && c.joined > out.before {
                 late += 1;
+                continue;
+            }
+            // Past its share in flight, unread when the kernel was last asked: full.
+            if c.unread_until.is_some_and(|t| now < t) {
+                full.push((c.peer.id, Full::InFlight));
                 continue;
             }
             // Record first, send second: a release can never arrive before its record.
@@ -278,6 +289,7 @@ impl Server {
                         }
                         over = user_over(&user, c.peer.in_flight());
                     }
+                    c.unread_until = own.then(|| now + UNREAD_RECHECK);
                     if over {
                         drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing
                         in_flight -= k;

@@ -169,6 +169,10 @@ pub(super) struct Consumer {
     /// Its socket queue was full when a buffer was sent to it (`OnFull::Drop`): it gets no
     /// buffer, and costs no work per buffer, until the service thread sees room in it.
     pub(super) stalled: bool,
+    /// It was past its share of the descriptors in flight and had not read them (the kernel
+    /// said so): it is full, and costs no work per buffer, until it releases a buffer or
+    /// this time comes (then the kernel is asked again).
+    pub(super) unread_until: Option<Instant>,
     /// The stream's audience its hello made (MemfdMemory's `new_audience`; 0 before it):
     /// it is not sent a block that holds bytes from before it joined.
     pub(super) joined: u64,
@@ -366,6 +370,7 @@ impl Shared {
             since: Instant::now(),
             cred,
             stalled: false,
+            unread_until: None,
             joined: 0,
             releases_at_join: self.stats.released,
             last_release: 0,
@@ -493,6 +498,7 @@ impl Shared {
                     self.pins.unpin(&blocks);
                     self.stats.released += 1;
                     c.last_release = self.stats.released;
+                    c.unread_until = None;
                     gone.held.push(buffer);
                 }
                 return gone;

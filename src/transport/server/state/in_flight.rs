@@ -9,6 +9,7 @@
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::transport::closer::Conn;
 use crate::transport::socket;
@@ -49,16 +50,15 @@ impl Shared {
     }
 
     /// Asks the kernel, for each consumer with descriptors in flight whose socket has room
-    /// (one whose socket is full has not read them: it costs nothing), whether it read every
+    /// (one whose socket is full has not read them, nor one found unread less than
+    /// `UNREAD_RECHECK` before `now`: they cost nothing), whether it read every
     /// packet before `buffer`, and brings its count up to date if so; returns how many
     /// descriptors that took out of the count.
-    pub(crate) fn refresh_in_flight(&mut self, buffer: u64) -> usize {
+    pub(crate) fn refresh_in_flight(&mut self, buffer: u64, now: Instant) -> usize {
         let mut out = 0;
-        for c in self
-            .consumers
-            .iter_mut()
-            .filter(|c| !c.stalled && c.peer.in_flight() > 0)
-        {
+        for c in self.consumers.iter_mut().filter(|c| {
+            !c.stalled && c.peer.in_flight() > 0 && c.unread_until.is_none_or(|t| now >= t)
+        }) {
             if socket::read_everything(c.sock.as_fd()) {
                 let before = c.peer.in_flight();
                 c.peer.read_before(buffer);

@@ -64,6 +64,7 @@ fn fresh_consumer(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
         since: Instant::now(),
         cred: Some(Cred { pid, uid, gid }),
         stalled: false,
+        unread_until: None,
         joined: 0,
         releases_at_join: 0,
         last_release: 0,
