@@ -42,6 +42,29 @@ fn join(path: &Path, max_blocks: u32) -> OwnedFd {
     sock
 }
 
+/// Reads every packet queued in `sock`: the id of the last buffer, if any.
+fn read_all(sock: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> Option<u64> {
+    let mut last = None;
+    while let Ok(socket::Received::Packet(n, _fds)) = socket::recv(sock, buf, Duration::ZERO) {
+        if let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) {
+            last = Some(w.id);
+        }
+    }
+    last
+}
+
+/// `n` buffers, each one memory filling a 4096-byte block of its own of `stream`.
+fn buffers(stream: &MemfdAllocator, n: usize) -> Vec<gst::Buffer> {
+    (0..n)
+        .map(|_| {
+            let mut b = gst::Buffer::new();
+            let mem = stream.alloc_memfd(4096, None).unwrap();
+            b.get_mut().unwrap().append_memory(mem);
+            b
+        })
+        .collect()
+}
+
 /// Sends `hold`, one memory filling one 4096-byte block of `stream`.
 fn send_block(server: &Server, stream: &MemfdAllocator, hold: &gst::Buffer) {
     let b = memfd::block_of(hold.peek_memory(0), stream.stream()).unwrap();
@@ -73,12 +96,7 @@ fn a_consumer_whose_socket_is_full_costs_nothing_per_buffer_until_it_reads() {
     let (stream, path, server) = serve("full", limits(65_536));
     let sock = join(&path, 64);
     wait_until(&server, "hello", |s| s.ready() == 1);
-    let mem = stream.alloc_memfd(4096, None).unwrap();
-    let hold = {
-        let mut b = gst::Buffer::new();
-        b.get_mut().unwrap().append_memory(mem);
-        b
-    };
+    let hold = buffers(&stream, 1).remove(0);
     let send = |n: usize| {
         for _ in 0..n {
             send_block(&server, &stream, &hold);
@@ -97,9 +115,7 @@ fn a_consumer_whose_socket_is_full_costs_nothing_per_buffer_until_it_reads() {
     assert_eq!(planned(), before, "buffers were planned for a full socket");
     // It reads again: the service thread sees room, and buffers go to it again.
     let mut buf = vec![0u8; MAX_MESSAGE];
-    while let Ok(socket::Received::Packet(..)) =
-        socket::recv(std::os::fd::AsFd::as_fd(&sock), &mut buf, Duration::ZERO)
-    {}
+    read_all(std::os::fd::AsFd::as_fd(&sock), &mut buf);
     wait_until(&server, "room seen", |s| !s.consumers[0].stalled);
     send(1);
     assert_eq!(planned(), before + 1);
@@ -120,14 +136,7 @@ fn a_consumer_past_its_share_in_flight_costs_nothing_per_buffer_until_it_reads()
     wait_until(&server, "hello", |s| s.ready() == 1);
     // 128 blocks: each buffer announces a new one (a descriptor in flight) until all are
     // mapped.
-    let holds: Vec<gst::Buffer> = (0..128)
-        .map(|_| {
-            let mut b = gst::Buffer::new();
-            let mem = stream.alloc_memfd(4096, None).unwrap();
-            b.get_mut().unwrap().append_memory(mem);
-            b
-        })
-        .collect();
+    let holds = buffers(&stream, 128);
     let planned = || lock(&server.state).consumers[0].peer.planned();
     let unread = || lock(&server.state).consumers[0].unread_until.is_some();
     let mut next = holds.iter().cycle();
@@ -151,12 +160,7 @@ fn a_consumer_past_its_share_in_flight_costs_nothing_per_buffer_until_it_reads()
     // It reads what it was sent and releases nothing: the kernel says so at the next look.
     let fd = std::os::fd::AsFd::as_fd(&sock);
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut last = 0;
-    while let Ok(socket::Received::Packet(n, _fds)) = socket::recv(fd, &mut buf, Duration::ZERO) {
-        if let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) {
-            last = w.id;
-        }
-    }
+    read_all(fd, &mut buf);
     let deadline = Instant::now() + Duration::from_secs(30);
     let got = lock(&server.state).consumers[0].peer.outstanding();
     while lock(&server.state).consumers[0].peer.outstanding() == got {
@@ -174,11 +178,7 @@ fn a_consumer_past_its_share_in_flight_costs_nothing_per_buffer_until_it_reads()
         sent += 1;
         assert!(sent < 64, "never full again");
     }
-    while let Ok(socket::Received::Packet(n, _fds)) = socket::recv(fd, &mut buf, Duration::ZERO) {
-        if let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) {
-            last = w.id;
-        }
-    }
+    let last = read_all(fd, &mut buf).expect("a buffer");
     socket::send(fd, &Message::Release(vec![last]).encode(), &[]).unwrap();
     wait_until(&server, "the release read", |s| {
         s.consumers[0].unread_until.is_none()
@@ -208,14 +208,7 @@ fn consumers_that_read_nothing_keep_the_descriptors_in_flight_within_the_bound()
     let hoarders: Vec<_> = (0..20).map(|_| join(&path, 512)).collect();
     wait_until(&server, "hellos", |s| s.ready() == 21);
     // 64 blocks in turn: every consumer is sent each block's descriptor once.
-    let holds: Vec<gst::Buffer> = (0..64)
-        .map(|_| {
-            let mut b = gst::Buffer::new();
-            let mem = stream.alloc_memfd(4096, None).unwrap();
-            b.get_mut().unwrap().append_memory(mem);
-            b
-        })
-        .collect();
+    let holds = buffers(&stream, 64);
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut got = 0;
     for i in 0..640 {
@@ -292,10 +285,7 @@ fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
         });
         // New blocks each time: every consumer is sent a descriptor with each buffer.
         for _ in 0..20 {
-            let mut b = gst::Buffer::new();
-            b.get_mut()
-                .unwrap()
-                .append_memory(stream.alloc_memfd(4096, None).unwrap());
+            let b = buffers(&stream, 1).remove(0);
             send_block(&server, &stream, &b);
             holds.push(b);
             sent += 1;
