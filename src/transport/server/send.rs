@@ -24,9 +24,9 @@ use super::{Outgoing, Server};
 /// read, is dropped.
 const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A consumer past its share of the descriptors in flight that has not read them is full
-/// without being asked again (no plan, no system call per buffer) until it releases a
-/// buffer, or for this long: then the kernel is asked whether it read them.
+/// A consumer past its share of the descriptors in flight (or its user's) that has not read
+/// them misses buffers without being asked again (no plan, no system call per buffer) until
+/// it releases a buffer, or for this long: then the kernel is asked whether it read them.
 pub(super) const UNREAD_RECHECK: Duration = Duration::from_millis(10);
 
 /// `sendmsg`'s error when the descriptors attached would pass what the kernel lets the
@@ -248,9 +248,16 @@ impl Server {
                 late += 1;
                 continue;
             }
-            // Past its share in flight, unread when the kernel was last asked: full.
-            if c.unread_until.is_some_and(|t| now < t) {
-                full.push((c.peer.id, Full::InFlight));
+            // Past its share in flight (or its user's), unread when the kernel was last
+            // asked: full (or withheld) again, without a look.
+            if let Some((until, own)) = c.unread_until
+                && now < until
+            {
+                if own {
+                    full.push((c.peer.id, Full::InFlight));
+                } else {
+                    withheld += 1;
+                }
                 continue;
             }
             // Record first, send second: a release can never arrive before its record.
@@ -278,7 +285,8 @@ impl Server {
                     let mut own =
                         k > 0 && in_flight > max_in_flight && c.peer.in_flight() > share.max(k);
                     let mut over = own || user_over(&user, c.peer.in_flight());
-                    if over && socket::read_everything(c.sock.as_fd()) {
+                    let read_all = over && socket::read_everything(c.sock.as_fd());
+                    if read_all {
                         own = false;
                         let before = c.peer.in_flight();
                         c.peer.read_before(id);
@@ -289,7 +297,7 @@ impl Server {
                         }
                         over = user_over(&user, c.peer.in_flight());
                     }
-                    c.unread_until = own.then(|| now + UNREAD_RECHECK);
+                    c.unread_until = (over && !read_all).then_some((now + UNREAD_RECHECK, own));
                     if over {
                         drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing
                         in_flight -= k;

@@ -169,10 +169,10 @@ pub(super) struct Consumer {
     /// Its socket queue was full when a buffer was sent to it (`OnFull::Drop`): it gets no
     /// buffer, and costs no work per buffer, until the service thread sees room in it.
     pub(super) stalled: bool,
-    /// It was past its share of the descriptors in flight and had not read them (the kernel
-    /// said so): it is full, and costs no work per buffer, until it releases a buffer or
-    /// this time comes (then the kernel is asked again).
-    pub(super) unread_until: Option<Instant>,
+    /// It was past its share of the descriptors in flight (`true`: full), or its user's
+    /// (withheld), and had not read them (the kernel said so): it misses buffers at no cost
+    /// per buffer until it releases one or this time comes (then the kernel is asked again).
+    pub(super) unread_until: Option<(Instant, bool)>,
     /// The stream's audience its hello made (MemfdMemory's `new_audience`; 0 before it):
     /// it is not sent a block that holds bytes from before it joined.
     pub(super) joined: u64,

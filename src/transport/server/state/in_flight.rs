@@ -57,7 +57,7 @@ impl Shared {
     pub(crate) fn refresh_in_flight(&mut self, buffer: u64, now: Instant) -> usize {
         let mut out = 0;
         for c in self.consumers.iter_mut().filter(|c| {
-            !c.stalled && c.peer.in_flight() > 0 && c.unread_until.is_none_or(|t| now >= t)
+            !c.stalled && c.peer.in_flight() > 0 && c.unread_until.is_none_or(|(t, _)| now >= t)
         }) {
             if socket::read_everything(c.sock.as_fd()) {
                 let before = c.peer.in_flight();
