@@ -37,8 +37,10 @@ unsafe extern "C" fn mem_map(
             gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
             return ptr::null_mut();
         }
-        // A block a stream sent as it is, through itself or a share: never written again
-        // (a consumer maps it) until it goes back through `alloc`.
+        // A block a stream sent as it is: never written again (a consumer maps it) until it
+        // goes back through `alloc`. In a buffer its extra lock already refuses a write map;
+        // this refuses one of a memory the producer kept after the buffer went (a share is
+        // read-only anyway: core makes it so).
         if flags & ffi::GST_MAP_WRITE != 0 && !OWN_MAP.get() {
             let parent = (*mem).parent;
             if is_frozen(if parent.is_null() { mem } else { parent }) {
