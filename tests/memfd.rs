@@ -396,3 +396,79 @@ fn a_stream_sends_only_the_blocks_its_own_allocator_made() {
         assert!(block_of(&private, 0).is_none());
     }
 }
+
+/// Issue 27 (fourth review): a `GstBufferPool` on a stream's allocator keeps its buffers'
+/// memories and hands them out again without MemfdMemory's allocation or free, where blocks
+/// are zeroed for a new audience and retired. A block the stream sent as it is (`freeze`, what
+/// `memfdsink` does) is read-only from then on, and the pool discards its buffer instead of
+/// reusing it, so the block goes back through MemfdMemory.
+#[test]
+fn a_block_a_stream_sent_goes_back_through_the_allocator_even_from_a_buffer_pool() {
+    use gstmemkit::allocator::memfd::{
+        MemfdAllocator, block_of, freeze, new_audience, retire_block,
+    };
+    init();
+    let ours = MemfdAllocator::for_stream();
+    let stream = ours.stream();
+    new_audience(stream);
+    let pool = gst::BufferPool::new();
+    let mut config = pool.config();
+    config.set_params(None, 100, 0, 0);
+    config.set_allocator(Some(ours.upcast_ref::<gst::Allocator>()), None);
+    pool.set_config(config).unwrap();
+    pool.set_active(true).unwrap();
+    let inode = |b: &gst::BufferRef| {
+        rustix::fs::fstat(dup_fd(b.peek_memory(0)).unwrap())
+            .unwrap()
+            .st_ino
+    };
+
+    let mut buf = pool.acquire_buffer(None).unwrap();
+    buf.get_mut().unwrap().map_writable().unwrap().fill(0xab);
+    // A descriptor of the block kept open: no other file can take its inode number.
+    let kept_open = dup_fd(buf.peek_memory(0)).unwrap();
+    let sent = rustix::fs::fstat(&kept_open).unwrap().st_ino;
+    assert!(freeze(buf.peek_memory(0), stream), "a block of the stream");
+    assert!(!freeze(buf.peek_memory(0), 0), "not private memory's");
+    // Not writable for the pool (it discards the buffer), read-only for the producer.
+    assert!(!buf.is_all_memory_writable());
+    assert!(buf.peek_memory(0).map_readable().is_ok());
+    let mut held = buf.memory(0).unwrap();
+    drop(buf);
+    // A producer that kept the memory itself (the pool let the buffer go): writable for
+    // GStreamer, but MemfdMemory refuses to map it for writing.
+    assert!(held.get_mut().unwrap().map_writable().is_err());
+    // A consumer joins: it was not sent what the block holds.
+    new_audience(stream);
+    drop(held);
+    let buf = pool.acquire_buffer(None).unwrap();
+    assert_eq!(
+        inode(&buf),
+        sent,
+        "the block came back through the allocator"
+    );
+    let map = buf.map_readable().unwrap();
+    assert!(
+        map.iter().all(|&b| b == 0),
+        "zeroed: its frame was not sent to the consumer that joined"
+    );
+    drop(map);
+
+    // Retired (a consumer it was sent to left): freed when the pool lets it go, never reused.
+    assert!(freeze(buf.peek_memory(0), stream));
+    retire_block(block_of(buf.peek_memory(0), stream).unwrap().id);
+    drop(buf);
+    let buf = pool.acquire_buffer(None).unwrap();
+    assert_ne!(
+        inode(&buf),
+        sent,
+        "a retired block is never handed out again"
+    );
+    // Not sent: the pool keeps it as it is.
+    let kept = inode(&buf);
+    assert!(buf.is_all_memory_writable());
+    drop(buf);
+    assert_eq!(inode(&pool.acquire_buffer(None).unwrap()), kept);
+    pool.set_active(false).unwrap();
+    drop(kept_open);
+}

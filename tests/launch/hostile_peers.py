@@ -15,12 +15,15 @@ its lingering sockets, its connections) until its standard input closes.
   zeros (500 a second until its standard input closes) in blocks from `Gst.Allocator.alloc`
   on the registered MemfdMemory, beside a private pipeline of the same process writing random
   bytes (`PRIVATE`); prints `landed` once the first is pushed.
-- `stale PATH joined|unsent`: a producer, `appsrc ! memfdsink min-consumers=0` fed 100-byte
-  buffers from the allocator the sink proposes, which it never writes (a camera's hardware
-  does; 500 a second until its standard input closes), after 64 blocks of that allocator
-  were filled with 0xAB: `joined`, sent before any consumer came; `unsent`, never sent (made
-  once a line `go` has come). Prints `landed` when it waits for `go` (a line on its
-  standard input), which a consumer sends once connected.
+- `stale PATH joined|unsent [alloc|pool]`: a producer, `appsrc ! memfdsink min-consumers=0`
+  fed 100-byte buffers from the allocator the sink proposes, which it never writes (a
+  camera's hardware does; 500 a second until its standard input closes), after 64 blocks of
+  that allocator were filled with 0xAB: `joined`, sent before any consumer came; `unsent`,
+  never sent (made once a line `go` has come). `alloc` (the default) takes each buffer's
+  memory from the allocator; `pool`, every buffer from one `GstBufferPool` set up on that
+  allocator (as `GstBaseSrc` producers do), which reuses its buffers' memories without the
+  allocator. Prints `landed` when it waits for `go` (a line on its standard input), which a
+  consumer sends once connected.
 - `rest PATH`: keeps the producer's listener resting (see `rest_listener`).
 - `hoard PATH CONNECTIONS HOLD`: CONNECTIONS consumers, one after the other, each saying it
   maps at most HOLD blocks and releasing nothing, so that each ends up holding HOLD buffers
@@ -363,7 +366,7 @@ def appsrc(path):
     private.set_state(Gst.State.NULL)
 
 
-def stale(path, case):
+def stale(path, case, how="alloc"):
     import gi
     gi.require_version("Gst", "1.0")
     from gi.repository import Gst
@@ -378,8 +381,22 @@ def stale(path, case):
     if not src.get_static_pad("src").peer_query(query) or query.get_n_allocation_params() < 1:
         raise SystemExit("memfdsink proposed no allocator")
     allocator = query.parse_nth_allocation_param(0)[0]
+    pool = None
+    if how == "pool":
+        caps = Gst.Caps.from_string("application/x-test")
+        pool = Gst.BufferPool.new()
+        config = pool.get_config()
+        Gst.BufferPool.config_set_params(config, caps, 100, 0, 0)
+        Gst.BufferPool.config_set_allocator(config, allocator, None)
+        if not pool.set_config(config) or not pool.set_active(True):
+            raise SystemExit("cannot set the buffer pool up")
 
     def buffer():
+        if pool is not None:
+            ret, buf = pool.acquire_buffer(None)
+            if ret != Gst.FlowReturn.OK:
+                raise SystemExit(f"the pool gave no buffer: {ret}")
+            return buf
         buf = Gst.Buffer.new()
         buf.append_memory(allocator.alloc(100, None))
         return buf
@@ -416,6 +433,8 @@ def stale(path, case):
             break
         time.sleep(0.002)
     stream.set_state(Gst.State.NULL)
+    if pool is not None:
+        pool.set_active(False)
 
 
 def main():

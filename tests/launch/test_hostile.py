@@ -211,6 +211,49 @@ class HostileConsumers(ProducerTestCase):
             os.close(fd)
         self.assertGreaterEqual(stats(ptext)["s"]["blocks-retired"], 5)
 
+    def test_a_consumer_that_leaves_sees_no_later_frames_in_a_buffer_pools_blocks(self):
+        # videotestsrc (a GstBaseSrc) puts its frames in a GstBufferPool set up on the
+        # allocator memfdsink proposes: the pool reuses its memories without MemfdMemory's
+        # allocation or free, where blocks are retired. Before, all 30 blocks the leaver kept
+        # showed later frames (the ball moves every frame).
+        prod = self.spawn("videotestsrc pattern=ball ! "
+                          "video/x-raw,format=GRAY8,width=64,height=64,framerate=60/1 ! "
+                          f"memfdsink socket-path={self.sock} min-consumers=0 name=s")
+        wait_for(self.sock)
+        leaver = connect(self.sock)
+        registry = {}
+        kept = {}
+        for _ in range(30):  # held, not released: nothing can reuse them while it is here
+            _bid, mems = next_buffer(leaver, registry)
+            for fd, _offset, _size, block_size in mems:
+                if fd not in kept:
+                    kept[fd] = (os.dup(fd), block_size)
+        snapshots = {fd: block_bytes(dup, size) for fd, (dup, size) in kept.items()}
+        for fd, _size in registry.values():
+            os.close(fd)
+        leaver.close()  # hangs up, keeping a descriptor of every block it was sent
+        # 120 more frames (2 s) through a consumer that joins after: the pool has cycled its
+        # few buffers many times over by then.
+        later = connect(self.sock)
+        registry = {}
+        try:
+            for _ in range(120):
+                bid, _mems = next_buffer(later, registry)
+                release(later, bid)
+        finally:
+            for fd, _size in registry.values():
+                os.close(fd)
+            later.close()
+        changed = sum(block_bytes(dup, size) != snapshots[fd] for fd, (dup, size) in kept.items())
+        for dup, _size in kept.values():
+            os.close(dup)
+        prod.send_signal(signal.SIGINT)
+        rc, text = finish(prod)
+        self.assertEqual(rc, 0, text[-3000:])
+        self.assertGreater(len(kept), 0)
+        self.assertEqual(changed, 0,
+                         f"{changed} of {len(kept)} blocks the leaver kept show later frames")
+
     def test_a_consumer_whose_hello_cannot_hold_a_buffer_is_dropped(self):
         prod = self.producer(f"blocksize=4096 num-buffers=30 ! identity sleep-time=20000 ! "
                              f"memfdsink socket-path={self.sock} on-full=wait name=s")
@@ -898,8 +941,8 @@ class StaleBytes(ProducerTestCase):
     memory's range too: here the producer writes nothing of its frames (as a camera's DMA
     might not), so whatever its blocks held before would show through."""
 
-    def check(self, case):
-        producer = hostile("stale", self.sock, case)
+    def check(self, case, how="alloc"):
+        producer = hostile("stale", self.sock, case, how)
         cons = connect(self.sock)
         try:
             producer.stdin.write("go\n")
@@ -916,6 +959,11 @@ class StaleBytes(ProducerTestCase):
 
     def test_frames_never_sent(self):
         self.check("unsent")
+
+    def test_frames_sent_before_the_consumer_joined_through_a_buffer_pool(self):
+        # A GstBufferPool reuses its buffers' memories without MemfdMemory's allocation:
+        # before, 150 of 150 buffers showed the 0xAB frames sent before the consumer joined.
+        self.check("joined", "pool")
 
 
 OTHER_USER = other_user.UID  # the hoarders run as a user of their own (a peer is a user)

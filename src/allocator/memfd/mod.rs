@@ -24,7 +24,7 @@ mod sys;
 
 pub(crate) use memory::sockopt;
 pub use memory::{
-    Block, FreedBlocks, Owner, audience, block_of, dup_fd, forget_stream, is_memfd_memory,
+    Block, FreedBlocks, Owner, audience, block_of, dup_fd, forget_stream, freeze, is_memfd_memory,
     is_sealed_memfd, new_audience, owner_of, retire_block, sent_to_all, share_block,
     subscribe_freed,
 };

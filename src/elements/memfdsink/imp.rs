@@ -204,6 +204,8 @@ impl MemfdSink {
     }
 
     /// `buffer` as sent: memories that are not blocks of this stream copied once into one.
+    /// A block sent as it is is frozen first (`memfd::freeze`): never written again until it
+    /// goes back through MemfdMemory, even when a buffer pool holds it.
     fn sendable(&self, buffer: &gst::Buffer) -> Result<gst::Buffer, gst::FlowError> {
         let n = buffer.n_memory();
         if n > wire::MAX_MEMORIES {
@@ -217,10 +219,9 @@ impl MemfdSink {
             )));
         }
         let stream = self.stream();
-        if buffer
-            .iter_memories()
-            .all(|m| memfd::block_of(m, stream).is_some())
-        {
+        let as_is =
+            |m: &gst::MemoryRef| memfd::block_of(m, stream).is_some() && memfd::freeze(m, stream);
+        if buffer.iter_memories().all(as_is) {
             return Ok(buffer.clone());
         }
         let mut out = gst::Buffer::new();
@@ -236,7 +237,7 @@ impl MemfdSink {
             })?;
             // References (`MemoryRef::to_owned` would copy the memory: a private copy).
             for mem in (0..n).filter_map(|i| buffer.memory(i)) {
-                if memfd::block_of(&mem, stream).is_some() {
+                if as_is(&mem) {
                     o.append_memory(mem);
                     continue;
                 }

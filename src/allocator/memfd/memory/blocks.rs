@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
 use gst::ffi;
+use gst::glib;
 
 use crate::allocator::raw::root_memory;
 
@@ -37,6 +38,9 @@ pub(super) struct BlockEntry {
     /// Reused without zeroing: the audience that was sent what it held before (which its new
     /// content may not cover); 0: it holds nothing from before it was taken (new, zeroed).
     before: u64,
+    /// Sent as it is since it was taken (see [`freeze`]): read-only for the producer, and held
+    /// by one more exclusive lock, until its last reference goes.
+    pub(super) frozen: bool,
 }
 
 /// The blocks of streams, keyed by the root memory's address (an entry is removed when its
@@ -85,6 +89,7 @@ pub(super) fn claim(root: *mut ffi::GstMemory, stream: u64) {
             retired: false,
             seen: 0,
             before: 0,
+            frozen: false,
         },
     );
     b.by_id.insert(id, root as usize);
@@ -268,4 +273,64 @@ pub fn block_of(mem: &gst::MemoryRef, stream: u64) -> Option<Block<'_>> {
         fd,
         before,
     })
+}
+
+/// Stream `stream` sends `mem` (a block of its own, see [`block_of`]) as it is: the block is
+/// frozen until its last reference goes (to MemfdMemory's free, where it is recycled, zeroed
+/// on reuse when an audience did not see what it holds, or retired). Frozen, it maps for
+/// reading only (a write map fails, `gst_buffer_map` for writing gets a copy), and one more
+/// exclusive lock makes it not writable for `gst_memory_is_writable`: a `GstBufferPool` whose
+/// buffer holds it discards that buffer when it comes back instead of handing the memory out
+/// again. So a frame is never written into a block a consumer was sent, however the block is
+/// kept, and a pool's blocks go through the zeroing and the retirement too. Returns false
+/// (nothing frozen) when `mem` is not such a block or cannot be locked (it is mapped for
+/// writing now): then it is not to be sent as it is.
+pub fn freeze(mem: &gst::MemoryRef, stream: u64) -> bool {
+    if stream == 0 || !is_memfd_memory(mem) {
+        return false;
+    }
+    let root = root_memory(mem);
+    let mut b = blocks();
+    match b.by_root.get_mut(&(root as usize)) {
+        Some(e) if e.owner == Owner::Stream(stream) => {
+            if !e.frozen {
+                // SAFETY: the root is live while `mem` is; it is lockable (every block is,
+                // gst_memory_init makes it so and recycling keeps the flag). The lock is
+                // released once, by `thaw`, when its last reference goes.
+                e.frozen = unsafe {
+                    ffi::gst_mini_object_lock(
+                        root as *mut ffi::GstMiniObject,
+                        ffi::GST_LOCK_FLAG_EXCLUSIVE,
+                    ) != glib::ffi::GFALSE
+                };
+            }
+            e.frozen
+        }
+        _ => false,
+    }
+}
+
+/// Called from `dispose` for a root (refcount 0), with the registry: a frozen block is thawed
+/// (its extra lock released), before it is recycled or freed.
+pub(super) fn thaw(b: &mut Registry, root: *mut ffi::GstMemory) {
+    if let Some(e) = b.by_root.get_mut(&(root as usize))
+        && e.frozen
+    {
+        e.frozen = false;
+        // SAFETY: the root is live (being disposed), and holds the lock `freeze` took.
+        unsafe {
+            ffi::gst_mini_object_unlock(
+                root as *mut ffi::GstMiniObject,
+                ffi::GST_LOCK_FLAG_EXCLUSIVE,
+            )
+        };
+    }
+}
+
+/// Whether the block whose root is `root` is frozen (see [`freeze`]).
+pub(super) fn is_frozen(root: *mut ffi::GstMemory) -> bool {
+    blocks()
+        .by_root
+        .get(&(root as usize))
+        .is_some_and(|e| e.frozen)
 }

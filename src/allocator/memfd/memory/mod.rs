@@ -17,7 +17,7 @@ mod vfuncs;
 
 pub use alloc::{alloc, share_block, wrap_fd};
 pub use blocks::{
-    Block, FreedBlocks, Owner, audience, block_of, new_audience, owner_of, sent_to_all,
+    Block, FreedBlocks, Owner, audience, block_of, freeze, new_audience, owner_of, sent_to_all,
     subscribe_freed,
 };
 pub use fd::{ALLOCATOR_TYPE_NAME, dup_fd, is_memfd_memory, is_sealed_memfd};

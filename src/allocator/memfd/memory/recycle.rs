@@ -169,6 +169,11 @@ pub(super) unsafe extern "C" fn recycle_dispose(
     // sets this hook on roots only), with no share or map left.
     unsafe {
         let maxsize = (*mem).maxsize;
+        // Lock order: BLOCKS, then RECYCLED (as `retire_block`), so that a block retired
+        // by id is either seen retired here or found in the cache there.
+        let mut blocks = blocks::BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        // A block sent as it is (frozen) gets its extra lock back first.
+        blocks::thaw(&mut blocks, mem);
         // With a tracer active, blocks are freed by core like any memory (which fires the
         // memory-free hooks) and every allocation is a fresh one (memory-init).
         if traced() {
@@ -186,9 +191,6 @@ pub(super) unsafe extern "C" fn recycle_dispose(
             return glib::ffi::GTRUE;
         }
         let max = max_bytes();
-        // Lock order: BLOCKS, then RECYCLED (as `retire_block`), so that a block retired
-        // by id is either seen retired here or found in the cache there.
-        let blocks = blocks::BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
         let stream = match blocks.by_root.get(&(mem as usize)) {
             Some(b) if b.retired => return glib::ffi::GTRUE,
             None => 0,

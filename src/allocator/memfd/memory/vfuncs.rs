@@ -16,6 +16,7 @@ use crate::allocator::raw::{LOCK_MASK, is_span, lockstate, resolve_request};
 use crate::attribution;
 
 use super::alloc::{OWN_MAP, alloc};
+use super::blocks::is_frozen;
 
 type ShareFn = unsafe extern "C" fn(*mut ffi::GstMemory, isize, isize) -> *mut ffi::GstMemory;
 type MapFn =
@@ -35,6 +36,17 @@ unsafe extern "C" fn mem_map(
         if (*mem).mini_object.flags & ffi::GST_MEMORY_FLAG_NOT_MAPPABLE != 0 {
             gst::debug!(CAT, "refusing to map NOT_MAPPABLE memory {:p}", mem);
             return ptr::null_mut();
+        }
+        // A block a stream sent as it is: never written again (a consumer maps it) until it
+        // goes back through `alloc`. In a buffer its extra lock already refuses a write map;
+        // this refuses one of a memory the producer kept after the buffer went (a share is
+        // read-only anyway: core makes it so).
+        if flags & ffi::GST_MAP_WRITE != 0 && !OWN_MAP.get() {
+            let parent = (*mem).parent;
+            if is_frozen(if parent.is_null() { mem } else { parent }) {
+                gst::debug!(CAT, "refusing to map {:p} for writing: it was sent", mem);
+                return ptr::null_mut();
+            }
         }
         match FD_MAP.get() {
             Some(map) => {
