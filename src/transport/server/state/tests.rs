@@ -508,7 +508,7 @@ fn a_consumer_dropped_with_descriptors_unread_stays_charged_to_its_user_until_th
     // keeping its end open, kept it charged to our user in the kernel, cycle after cycle.
     let mut s = shared();
     s.limits.max_pinned_blocks = 1 << 20;
-    s.max_in_flight = 20;
+    s.max_in_flight = 40;
     consumer(&mut s, 7001, 10); // the good one, user 1010
     consumer(&mut s, 7002, 20); // user 1020
     consumer(&mut s, 7003, 20);
@@ -524,13 +524,15 @@ fn a_consumer_dropped_with_descriptors_unread_stays_charged_to_its_user_until_th
             gid: uid,
         })
     };
-    // Over its share (20 for the one consumer left): its user is refused, no other.
+    // Over its share (what the 30 stranded leave of 40, for the one consumer left): its
+    // user is refused, no other.
     assert!(s.refusal(user(1020)).is_some_and(|(_, rest)| rest));
     assert!(s.refusal(user(1010)).is_none());
     assert_eq!(s.stats.consumers_refused, 1);
     // Nothing read yet: nothing released.
     assert!(s.release_stranded().is_empty());
-    // One of them reads its queue: released; 15 left, within the share: its user may join.
+    // One of them reads its queue: released; 15 left, within the share (25 now): its user
+    // may join.
     assert_eq!(read_queue(7002), 15);
     assert_eq!(s.release_stranded().len(), 1);
     assert_eq!((s.stranded.len(), s.stranded.total()), (1, 15));
@@ -547,19 +549,95 @@ fn a_consumer_dropped_with_descriptors_unread_stays_charged_to_its_user_until_th
 }
 
 #[test]
-fn stranded_connections_are_bounded() {
+fn every_stranded_connection_stays_counted_and_while_they_keep_the_bound_nobody_joins() {
+    // Fourth review of issue 27: past max-consumers + 32 stranded connections (6 users of
+    // 31 connections), a dropped one was closed and what it kept in flight no longer
+    // counted; the kernel's limit was reached and the stream stopped for everyone.
     let mut s = shared();
     s.limits.max_pinned_blocks = 1 << 20;
     s.limits.max_consumers = 2;
-    let max = s.max_stranded();
-    for id in 8001..=8000 + max as u64 + 3 {
-        consumer(&mut s, id, id as i32 + 100);
+    s.max_in_flight = 40;
+    let user = |uid| {
+        Some(Cred {
+            pid: 99,
+            uid,
+            gid: uid,
+        })
+    };
+    let strand = |s: &mut Shared, ids: std::ops::RangeInclusive<u64>| {
+        for id in ids {
+            consumer(s, id, id as i32 + 100); // a user each
+            sent_unread(s, id, id, 1);
+            s.drop_consumer(id, "test").finish();
+        }
+    };
+    // 50 users, one connection each with a descriptor unread: past the old bound (34).
+    strand(&mut s, 8001..=8050);
+    assert_eq!((s.stranded.len(), s.stranded.total()), (50, 50));
+    assert!(s.refusal(user(99)).is_none(), "refused below half again the bound");
+    // 10 more: they keep half again the bound (60); nobody new joins, not even with a
+    // hello.
+    strand(&mut s, 8051..=8060);
+    assert_eq!((s.stranded.len(), s.stranded.total()), (60, 60));
+    assert!(s.refusal(user(99)).is_some_and(|(_, rest)| rest));
+    assert!(s.refusal(None).is_some());
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    s.admit(Conn::new(theirs), user(99)).finish(); // connected before: says hello now
+    let id = s.consumers[0].peer.id;
+    let refused = s.stats.consumers_refused;
+    s.handle(id, &Message::Hello { max_blocks: 64 }.encode(), 0)
+        .finish();
+    assert!(ids(&s).is_empty(), "a hello was accepted");
+    assert_eq!(s.stats.consumers_refused, refused + 1);
+    drop(ours);
+    // Ten hang up: the kernel purges their queues, they are released (in turn, at most
+    // POLL looked at each time), and there is room again.
+    for id in 8001..=8010 {
+        PEERS.lock().unwrap().retain(|(i, _)| *i != id);
+    }
+    let mut released = 0;
+    for _ in 0..60usize.div_ceil(stranded::POLL) {
+        released += s.release_stranded().len();
+    }
+    assert_eq!((released, s.stranded.total()), (10, 50));
+    assert!(s.refusal(user(99)).is_none());
+    for id in 8011..=8060 {
+        PEERS.lock().unwrap().retain(|(i, _)| *i != id);
+    }
+    for _ in 0..50usize.div_ceil(stranded::POLL) {
+        released += s.release_stranded().len();
+    }
+    assert_eq!((released, s.stranded.len()), (60, 0));
+}
+
+#[test]
+fn a_look_at_the_stranded_connections_costs_a_bounded_number_of_ioctls_and_takes_turns() {
+    // None is forgotten now, so a look at them is bounded instead: POLL at most, in turn.
+    let mut s = shared();
+    s.limits.max_pinned_blocks = 1 << 20;
+    s.max_in_flight = 1 << 16;
+    let n = stranded::POLL as u64 + 10;
+    for id in 10_001..=10_000 + n {
+        consumer(&mut s, id, id as i32);
         sent_unread(&mut s, id, id, 1);
         s.drop_consumer(id, "test").finish();
     }
-    assert_eq!((s.stranded.len(), s.stranded.total()), (max, max));
-    for id in 8001..=8000 + max as u64 + 3 {
+    // The first ten keep their queues unread, the others hang up.
+    for id in 10_011..=10_000 + n {
         PEERS.lock().unwrap().retain(|(i, _)| *i != id);
     }
-    assert_eq!(s.release_stranded().len(), max);
+    let poll = stranded::POLL;
+    assert_eq!(s.release_stranded().len(), poll - 10, "more than POLL looked at");
+    assert_eq!(s.release_stranded().len(), 10, "the rest not looked at next");
+    assert_eq!(s.stranded.len(), 10);
+    for id in 10_001..=10_010 {
+        PEERS.lock().unwrap().retain(|(i, _)| *i != id);
+    }
+    assert_eq!(s.release_stranded().len(), 10);
 }
