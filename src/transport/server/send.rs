@@ -270,8 +270,7 @@ impl Server {
                     let capped = |in_flight: usize| k > 0 && in_flight > max_total;
                     let mut own =
                         k > 0 && in_flight > max_in_flight && c.peer.in_flight() > share.max(k);
-                    let mut over =
-                        own || user_over(&user, c.peer.in_flight()) || capped(in_flight);
+                    let mut over = own || user_over(&user, c.peer.in_flight()) || capped(in_flight);
                     if over && socket::read_everything(c.sock.as_fd()) {
                         own = false;
                         let before = c.peer.in_flight();

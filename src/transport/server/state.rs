@@ -10,7 +10,8 @@
 //!   retired ([`Gone`]), let go outside the lock;
 //! - the descriptors sent to a consumer are counted in flight from its plan until a
 //!   release (or the kernel) shows it read them, or the send failed; while the total would
-//!   pass [`Shared::max_in_flight`], no consumer passes its share with a new one;
+//!   pass [`Shared::max_in_flight`], no consumer passes its share with a new one, and
+//!   nothing takes the total past twice that;
 //! - a consumer dropped with descriptors still unread in its queue keeps them counted, in
 //!   that total and against its user, until the kernel says they were read or purged
 //!   ([`stranded`]);

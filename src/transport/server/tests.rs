@@ -241,7 +241,10 @@ fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
     assert!(queued <= 2 * 64, "{queued} descriptors left in flight");
     // Their connections, live and dropped, share one share (64 over 17 consumers): those
     // that never released a buffer take none past it, cycle after cycle.
-    assert!(queued <= 64 / 17, "{queued} descriptors left to the attackers' user");
+    assert!(
+        queued <= 64 / 17,
+        "{queued} descriptors left to the attackers' user"
+    );
     drop((good, kept));
     drop(server);
 }
@@ -350,7 +353,11 @@ fn as_user(server: &Server, uid: u32) {
     let me = rustix::process::getuid().as_raw();
     for c in lock(&server.state).consumers.iter_mut() {
         if c.cred.is_none_or(|c| c.uid == me) {
-            c.cred = Some(state::Cred { pid: 1, uid, gid: uid });
+            c.cred = Some(state::Cred {
+                pid: 1,
+                uid,
+                gid: uid,
+            });
         }
     }
 }
@@ -373,8 +380,7 @@ fn send_new_block(
     let mut got = 0;
     for r in readers {
         let fd = std::os::fd::AsFd::as_fd(*r);
-        if let Ok(socket::Received::Packet(n, _fds)) = socket::recv(fd, &mut buf, Duration::ZERO)
-        {
+        if let Ok(socket::Received::Packet(n, _fds)) = socket::recv(fd, &mut buf, Duration::ZERO) {
             let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
                 panic!("not a buffer")
             };
@@ -445,7 +451,10 @@ fn many_users_stranding_connections_keep_the_descriptors_in_flight_within_the_bo
         sent += 1;
     }
     assert_eq!(got, sent, "the earlier consumer missed buffers");
-    assert!(new_got >= 10, "the new consumer got {new_got} buffers of 20");
+    assert!(
+        new_got >= 10,
+        "the new consumer got {new_got} buffers of 20"
+    );
     // What the kernel holds charged to us: the descriptors queued to the attackers.
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut queued = 0;
