@@ -185,8 +185,9 @@ impl Server {
     /// dropped consumers included, a running total) would pass their bound, a consumer the
     /// buffer's new descriptors would take past its share is full; a consumer misses a
     /// buffer that would take its user's stranded and live ones past a share, unless it
-    /// released a buffer once and nothing else of ours is unread in its queue, and one that
-    /// would take the total past twice the bound.
+    /// released a buffer once and stays within its own share (with nothing else of ours
+    /// unread in its queue if its user has stranded ones), and one that would take the
+    /// total past twice the bound.
     fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> Enlisted {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
@@ -208,17 +209,18 @@ impl Server {
         // What dropped consumers keep unread in their queues counts too (a running total).
         let mut in_flight: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
         in_flight += s.stranded.total();
-        // Near the bound, what consumers that read (their sockets have room) took out of
-        // their queues is brought up to date first: a consumer that reads everything and
-        // releases nothing would otherwise count against the others.
-        if in_flight + blocks.len() > max_in_flight {
-            in_flight -= s.refresh_in_flight(id);
-        }
         // Per user: its stranded descriptors, and its live ones in flight. Only when one
         // could pass a share with this buffer (each user's total is within the total).
         let mut users: HashMap<PeerKey, (usize, usize)> = HashMap::new();
-        let ready = s.consumers.len();
-        if in_flight + blocks.len().saturating_mul(ready) > share {
+        let per_user = in_flight + blocks.len().saturating_mul(s.consumers.len()) > share;
+        // Near the bound, or a share, what consumers that read (their sockets have room)
+        // took out of their queues is brought up to date first: a consumer that reads
+        // everything and releases nothing would otherwise count against the others, and
+        // against its user's other consumers.
+        if per_user || in_flight + blocks.len() > max_in_flight {
+            in_flight -= s.refresh_in_flight(id);
+        }
+        if per_user {
             for c in &s.consumers {
                 let key = c.key();
                 let stranded = |k: &PeerKey| s.stranded.by_peer().get(k).map_or(0, |p| p.1);
@@ -249,11 +251,13 @@ impl Server {
                     // (one with nothing in flight may always take one buffer) gets no new
                     // descriptor, unless the kernel says it read every packet sent before:
                     // its releases may lag behind what it read.
-                    // A user's consumers, live and dropped, together past a share: they get
-                    // a new one only with nothing else unread in their queues (the kernel
-                    // says so), and only those that released a buffer once (or the user's
-                    // first: a user with nothing in flight may always take one buffer);
-                    // connections that never read cannot take one each.
+                    // A user's consumers, live and dropped, together past a share: those
+                    // that never released a buffer get no new one (unless the user has
+                    // nothing else in flight: it may always take one buffer), so connections
+                    // that never read cannot take one each; the others only within their
+                    // own share, and if the user has dropped connections with descriptors
+                    // unread, only with nothing else unread in their queues (the kernel
+                    // says so).
                     // Nobody takes all in flight past twice the bound.
                     let k = plan.announce.len();
                     in_flight += k;
@@ -263,9 +267,11 @@ impl Server {
                     }
                     let reads = c.last_release > 0;
                     let user_over = |u: &Option<&mut (usize, usize)>, mine: usize| {
-                        k > 0
-                            && (mine > k || !reads)
-                            && u.as_ref().is_some_and(|u| u.0 + u.1 > share.max(k))
+                        u.as_ref().is_some_and(|u| {
+                            k > 0
+                                && u.0 + u.1 > share.max(k)
+                                && (!reads || mine > share.max(k) || (u.0 > 0 && mine > k))
+                        })
                     };
                     let capped = |in_flight: usize| k > 0 && in_flight > max_total;
                     let mut own =
