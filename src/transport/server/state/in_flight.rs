@@ -9,10 +9,9 @@
 //!
 //! What holds, whatever consumers do: all in flight, live and stranded, never pass
 //! [`Shared::max_total_in_flight`] (twice the bound, half of `RLIMIT_NOFILE`: the kernel
-//! never refuses a send for what this sink keeps in flight); a user's consumers together
-//! pass a share only by one buffer for each that has released one and read everything
-//! else; while stranded connections keep half again the bound, no new connection is
-//! accepted.
+//! never refuses a send for what this sink keeps in flight); past a share, a user's
+//! connections that never released a buffer take no new one (`send`); while stranded
+//! connections keep half again the bound, no new connection is accepted.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
