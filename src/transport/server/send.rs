@@ -188,10 +188,11 @@ impl Server {
     /// consumers to send it to, and the consumers dropped. A consumer whose socket was full
     /// costs a flag test, nothing more. While the descriptors in flight (those left unread by
     /// dropped consumers included, a running total) would pass their bound, a consumer the
-    /// buffer's new descriptors would take past its share is full; a consumer whose user's
-    /// dropped connections keep descriptors unread misses a buffer that would take that
-    /// user's stranded and live ones past a share, unless nothing else of ours is unread in
-    /// its queue.
+    /// buffer's new descriptors would take past its share is full; a consumer misses a
+    /// buffer that would take its user's stranded and live ones past a share, unless it
+    /// released a buffer once and stays within its own share (with nothing else of ours
+    /// unread in its queue if its user has stranded ones), and one that would take the
+    /// total past twice the bound.
     fn enlist(&self, out: &mut Outgoing<'_>, max_retire: usize) -> Enlisted {
         let freed = self.freed.take();
         let blocks: Vec<BlockWire> = out.blocks.iter().map(|(b, _)| *b).collect();
@@ -209,29 +210,27 @@ impl Server {
         let mut late = 0;
         let mut withheld = 0;
         let (share, max_in_flight) = (s.in_flight_share(), s.max_in_flight);
+        let max_total = s.max_total_in_flight();
         // What dropped consumers keep unread in their queues counts too (a running total).
         let mut in_flight: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
         in_flight += s.stranded.total();
-        // Near the bound, what consumers that read (their sockets have room) took out of
-        // their queues is brought up to date first: a consumer that reads everything and
-        // releases nothing would otherwise count against the others.
+        // Per user: its stranded descriptors, and its live ones in flight. Only when one
+        // could pass a share with this buffer (each user's total is within the total).
+        let mut users: HashMap<PeerKey, (usize, usize)> = HashMap::new();
+        let per_user = in_flight + blocks.len().saturating_mul(s.consumers.len()) > share;
+        // Near the bound, or a share, what consumers that read (their sockets have room)
+        // took out of their queues is brought up to date first: a consumer that reads
+        // everything and releases nothing would otherwise count against the others, and
+        // against its user's other consumers.
         let now = Instant::now();
-        if in_flight + blocks.len() > max_in_flight {
+        if per_user || in_flight + blocks.len() > max_in_flight {
             in_flight -= s.refresh_in_flight(id, now);
         }
-        // Per user with stranded connections: those descriptors, and its live ones in flight.
-        let mut users: HashMap<PeerKey, (usize, usize)> = HashMap::new();
-        if s.stranded.len() > 0 {
-            users.extend(
-                s.stranded
-                    .by_peer()
-                    .iter()
-                    .map(|(k, &(_, fds))| (*k, (fds, 0))),
-            );
+        if per_user {
             for c in &s.consumers {
-                if let Some(u) = users.get_mut(&c.key()) {
-                    u.1 += c.peer.in_flight();
-                }
+                let key = c.key();
+                let stranded = |k: &PeerKey| s.stranded.by_peer().get(k).map_or(0, |p| p.1);
+                users.entry(key).or_insert_with(|| (stranded(&key), 0)).1 += c.peer.in_flight();
             }
         }
         let shared = &mut *s;
@@ -270,21 +269,32 @@ impl Server {
                     // (one with nothing in flight may always take one buffer) gets no new
                     // descriptor, unless the kernel says it read every packet sent before:
                     // its releases may lag behind what it read.
-                    // A user whose dropped consumers keep descriptors unread: while its
-                    // stranded and live ones together pass a share, its consumers get a new
-                    // one only with nothing else unread in their queues (the kernel says so).
+                    // A user's consumers, live and dropped, together past a share: those
+                    // that never released a buffer get no new one (unless the user has
+                    // nothing else in flight: it may always take one buffer), so connections
+                    // that never read cannot take one each; the others only within their
+                    // own share, and if the user has dropped connections with descriptors
+                    // unread, only with nothing else unread in their queues (the kernel
+                    // says so).
+                    // Nobody takes all in flight past twice the bound.
                     let k = plan.announce.len();
                     in_flight += k;
                     let mut user = users.get_mut(&c.key());
                     if let Some(u) = user.as_deref_mut() {
                         u.1 += k;
                     }
+                    let reads = c.last_release > 0;
                     let user_over = |u: &Option<&mut (usize, usize)>, mine: usize| {
-                        k > 0 && mine > k && u.as_ref().is_some_and(|u| u.0 + u.1 > share)
+                        u.as_ref().is_some_and(|u| {
+                            k > 0
+                                && u.0 + u.1 > share.max(k)
+                                && (!reads || mine > share.max(k) || (u.0 > 0 && mine > k))
+                        })
                     };
+                    let capped = |in_flight: usize| k > 0 && in_flight > max_total;
                     let mut own =
                         k > 0 && in_flight > max_in_flight && c.peer.in_flight() > share.max(k);
-                    let mut over = own || user_over(&user, c.peer.in_flight());
+                    let mut over = own || user_over(&user, c.peer.in_flight()) || capped(in_flight);
                     let read_all = over && socket::read_everything(c.sock.as_fd());
                     if read_all {
                         own = false;
@@ -295,7 +305,7 @@ impl Server {
                         if let Some(u) = user.as_deref_mut() {
                             u.1 -= read;
                         }
-                        over = user_over(&user, c.peer.in_flight());
+                        over = user_over(&user, c.peer.in_flight()) || capped(in_flight);
                     }
                     c.unread_until = (over && !read_all).then_some((now + UNREAD_RECHECK, own));
                     if over {
@@ -304,8 +314,8 @@ impl Server {
                         if let Some(u) = user {
                             u.1 -= k;
                         }
-                        // Over its own share it is full; held back for its user's dropped
-                        // connections only, it misses the buffer (whatever on-full says).
+                        // Over its own share it is full; held back for its user's share or
+                        // the total's hard bound, it misses the buffer (whatever on-full says).
                         if own {
                             full.push((c.peer.id, Full::InFlight));
                         } else {

@@ -10,7 +10,8 @@
 //!   retired ([`Gone`]), let go outside the lock;
 //! - the descriptors sent to a consumer are counted in flight from its plan until a
 //!   release (or the kernel) shows it read them, or the send failed; while the total would
-//!   pass [`Shared::max_in_flight`], no consumer passes its share with a new one;
+//!   pass [`Shared::max_in_flight`], no consumer passes its share with a new one, and
+//!   nothing takes the total past twice that;
 //! - a consumer dropped with descriptors still unread in its queue keeps them counted, in
 //!   that total and against its user, until the kernel says they were read or purged
 //!   ([`stranded`]);
@@ -324,14 +325,15 @@ impl Shared {
     }
 
     /// Why a connection from `cred` is refused now (its credentials are penalized, its
-    /// user's dropped connections keep too many of our descriptors in flight, or
-    /// `max-consumers` said hello), counted as refused; `None`: it may join. `true` with
-    /// the reason: a refusal of its user (the listener rests a moment).
+    /// user's dropped connections keep too many of our descriptors in flight, or all
+    /// dropped connections keep half again the bound, or `max-consumers` said hello), counted
+    /// as refused; `None`: it may join. `true` with the reason: a refusal of its user, or of
+    /// everyone (the listener rests a moment).
     pub(super) fn refusal(&mut self, cred: Option<Cred>) -> Option<(String, bool)> {
         let now = Instant::now();
         self.penalties.retain(|_, until| *until > now);
         let penalized = cred.is_some_and(|c| self.penalties.contains_key(&c.user()));
-        let stranded = cred.and_then(|c| self.stranded_refusal(PeerKey::User(c.user())));
+        let stranded = self.stranded_refusal(cred.map(|c| PeerKey::User(c.user())));
         if !penalized && stranded.is_none() && self.ready() < self.limits.max_consumers {
             return None;
         }
@@ -405,8 +407,8 @@ impl Shared {
         gone
     }
 
-    /// Refuses consumer `id`, which said hello when `max-consumers` had said theirs.
-    fn refuse(&mut self, id: u64) -> Gone {
+    /// Refuses consumer `id`, which said hello when it may not join (`why`).
+    fn refuse(&mut self, id: u64, why: &str) -> Gone {
         let Some(pos) = self.consumers.iter().position(|c| c.peer.id == id) else {
             return Gone::default();
         };
@@ -414,11 +416,7 @@ impl Shared {
         // Accepted, then refused: counted in both (connected - dropped stays who is here).
         self.stats.consumers_refused += 1;
         self.stats.consumers_dropped += 1;
-        gst::warning!(
-            CAT,
-            "refusing consumer {}: max-consumers said hello first",
-            id
-        );
+        gst::warning!(CAT, "refusing consumer {}: {}", id, why);
         self.leave(c.peer)
     }
 
@@ -509,7 +507,12 @@ impl Shared {
                 }
                 // Past max-consumers (counted by hellos): refused now, it said hello too late.
                 if self.ready() > self.limits.max_consumers {
-                    return self.refuse(id);
+                    return self.refuse(id, "max-consumers said hello first");
+                }
+                // Dropped connections keep too many in flight: it could only add to them.
+                if self.stranded_full() {
+                    let why = self.stranded_full_why();
+                    return self.refuse(id, &why);
                 }
                 // Blocks reused from now on are zeroed unless it was sent what they hold.
                 let joined = memfd::new_audience(self.stream);

@@ -6,6 +6,12 @@
 //! keeps what is in its queue, charged to us, until it reads or closes it: its connection is
 //! kept ([`stranded`](super::stranded)) and its descriptors counted, in the total and
 //! against its user, until the kernel says they left its queue.
+//!
+//! What holds, whatever consumers do: all in flight, live and stranded, never pass
+//! [`Shared::max_total_in_flight`] (twice the bound, half of `RLIMIT_NOFILE`: the kernel
+//! never refuses a send for what this sink keeps in flight); past a share, a user's
+//! connections that never released a buffer take no new one (`send`); while stranded
+//! connections keep half again the bound, no new connection is accepted.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -14,23 +20,42 @@ use std::time::Instant;
 use crate::transport::closer::Conn;
 use crate::transport::socket;
 
-use super::{CAT, Consumer, MAX_PENDING, PeerKey, Shared};
+use super::{CAT, Consumer, PeerKey, Shared};
 
 /// A user with this many stranded connections is refused until some are released.
 pub(crate) const STRANDED_PER_USER: usize = 16;
 
 impl Shared {
-    /// A consumer's share of the descriptors all may keep in flight: the bound over the
-    /// consumers that said hello. While all in flight would pass the bound, a buffer that
-    /// would take a consumer past it is not sent to it (it is full:
-    /// [`Full::InFlight`](crate::transport::peer::Full::InFlight)).
+    /// A consumer's share of the descriptors all may keep in flight: what of the bound the
+    /// stranded connections leave, over the consumers that said hello. While all in flight
+    /// would pass the bound, a buffer that would take a consumer past it is not sent to it
+    /// (it is full: [`Full::InFlight`](crate::transport::peer::Full::InFlight)); a user's
+    /// consumers, live and stranded, keep one share together. So each user that strands
+    /// connections takes at most its share of what the others left.
     pub(crate) fn in_flight_share(&self) -> usize {
-        self.max_in_flight / self.ready().max(1)
+        self.max_in_flight.saturating_sub(self.stranded.total()) / self.ready().max(1)
+    }
+
+    /// The most descriptors all consumers, live and stranded, ever keep in flight: twice the
+    /// bound (half the descriptor limit the kernel holds them to). A buffer that would take
+    /// the total past it is not sent to a consumer, whoever it is.
+    pub(crate) fn max_total_in_flight(&self) -> usize {
+        self.max_in_flight.saturating_mul(2)
+    }
+
+    /// The stranded connections keep half again the in-flight bound (3/8 of the descriptor
+    /// limit): no new connection (nor hello) is accepted until the kernel says some were
+    /// read. Past the bound they leave no share: each user may keep one buffer's worth in
+    /// flight, so getting here takes about half the bound's worth of users, each keeping a
+    /// queue unread; and the consumers that read keep a quarter of the bound to take
+    /// buffers from, below [`max_total_in_flight`](Self::max_total_in_flight).
+    pub(crate) fn stranded_full(&self) -> bool {
+        self.stranded.total() >= self.max_in_flight.saturating_add(self.max_in_flight / 2)
     }
 
     /// The kernel refused to send consumer `failed` a descriptor with `buffer` (`ETOOMANYREFS`:
-    /// the producer's user has too many in flight: in the queues of consumers dropped earlier
-    /// past the bound of stranded connections, or in another of its processes). Not
+    /// the producer's user has too many in flight, in another of its processes, or another
+    /// sink of this one). Not
     /// `failed`'s doing: it misses the buffer, nobody is dropped (dropping a consumer does not
     /// take back what is in its queue). Returns the consumer keeping the most in flight and
     /// how many, for the log.
@@ -96,31 +121,14 @@ impl Shared {
         }
         true
     }
-    /// The most stranded connections kept: `max-consumers` and the connections waiting for
-    /// their hello (the most that can be dropped at once).
-    pub(crate) fn max_stranded(&self) -> usize {
-        self.limits.max_consumers.saturating_add(MAX_PENDING)
-    }
-
     /// Consumer `c`, being dropped, keeps its connection among the stranded if descriptors
     /// we sent it are still unread in its queue (the kernel says so); returns how many it
-    /// keeps in flight then (0: it is closed as usual). Past
-    /// [`max_stranded`](Self::max_stranded) it is closed as usual, what it keeps in flight no
-    /// longer counted.
+    /// keeps in flight then (0: it is closed as usual). None is forgotten: each keeps one of
+    /// our descriptors at least, all of which stay within
+    /// [`max_total_in_flight`](Self::max_total_in_flight).
     pub(super) fn strand(&mut self, c: &Consumer) -> usize {
         let fds = c.peer.in_flight();
         if fds == 0 || socket::read_everything(c.sock.as_fd()) {
-            return 0;
-        }
-        if self.stranded.len() >= self.max_stranded() {
-            gst::warning!(
-                CAT,
-                "consumer {} leaves {} descriptors unread in its queue, not counted: {} \
-                 dropped connections are watched already",
-                c.peer.id,
-                fds,
-                self.stranded.len()
-            );
             return 0;
         }
         self.stranded.add(c.peer.id, c.sock.clone(), c.key(), fds);
@@ -144,14 +152,18 @@ impl Shared {
         read.into_iter().map(|(_, _, sock)| sock).collect()
     }
 
-    /// Why a connection of `key` is refused for what its user's dropped connections keep
-    /// in flight; `None`: they do not stand in its way.
-    pub(super) fn stranded_refusal(&self, key: PeerKey) -> Option<String> {
-        let &(conns, fds) = self.stranded.by_peer().get(&key)?;
+    /// Why a connection of `key` (`None`: its credentials are unknown) is refused for what
+    /// dropped connections keep in flight, its user's or everyone's; `None`: they do not
+    /// stand in its way.
+    pub(super) fn stranded_refusal(&self, key: Option<PeerKey>) -> Option<String> {
+        if self.stranded_full() {
+            return Some(self.stranded_full_why());
+        }
+        let &(conns, fds) = self.stranded.by_peer().get(&key?)?;
         let live: usize = self
             .consumers
             .iter()
-            .filter(|c| c.key() == key)
+            .filter(|c| Some(c.key()) == key)
             .map(|c| c.peer.in_flight())
             .sum();
         let share = self.in_flight_share();
@@ -163,5 +175,17 @@ impl Shared {
              in their queues ({live} more in flight to its others; a share is {share}, at most \
              {STRANDED_PER_USER} such connections)"
         ))
+    }
+
+    /// Why nobody new is accepted while [`stranded_full`](Self::stranded_full).
+    pub(super) fn stranded_full_why(&self) -> String {
+        format!(
+            "{} connections were dropped with {} of our descriptors unread in their queues \
+             (the bound of descriptors in flight is {}; new consumers wait from half again \
+             that): no new consumer until some are read",
+            self.stranded.len(),
+            self.stranded.total(),
+            self.max_in_flight
+        )
     }
 }

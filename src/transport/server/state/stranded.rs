@@ -15,9 +15,11 @@
 //! consumer's share, or it has 16 stranded connections, its new connections are refused
 //! (`in_flight`); while they pass the share, its live consumers are sent a new descriptor
 //! only with nothing else of ours unread in their queues (`send`).
-//! At most `max-consumers` + 32 connections are kept: past that, a dropped consumer's
-//! connection is closed at once and what it keeps in flight is no longer counted (reaching
-//! it takes more than one user, each held to its own share).
+//! None is ever forgotten: each keeps at least one of our descriptors, and all descriptors
+//! in flight stay within their hard bound (`in_flight`), so that bounds how many there are;
+//! while they keep half again the in-flight bound, no new connection is accepted
+//! (`in_flight`).
+//! A look at them costs at most [`POLL`] `ioctl`s, however many there are.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -26,6 +28,10 @@ use std::sync::Arc;
 
 use crate::transport::closer::Conn;
 use crate::transport::socket;
+
+/// The most stranded connections looked at in one call of [`Stranded::take_read`] (the
+/// service thread's tick): in turn, so each is looked at within `len / POLL` ticks.
+pub(crate) const POLL: usize = 128;
 
 struct Entry<K> {
     id: u64,
@@ -42,6 +48,8 @@ pub(crate) struct Stranded<K> {
     total: usize,
     /// Per peer (user): its stranded connections and their descriptors in flight.
     by_peer: HashMap<K, (usize, usize)>,
+    /// Where the next look begins.
+    cursor: usize,
 }
 
 impl<K> Default for Stranded<K> {
@@ -50,6 +58,7 @@ impl<K> Default for Stranded<K> {
             list: Vec::new(),
             total: 0,
             by_peer: HashMap::new(),
+            cursor: 0,
         }
     }
 }
@@ -82,17 +91,24 @@ impl<K: Copy + Eq + Hash> Stranded<K> {
     }
 
     /// Takes out the connections whose queues hold nothing of ours any more (their peers
-    /// read them, or closed their ends): id, descriptors it had in flight, connection. One
-    /// `ioctl` per stranded connection.
+    /// read them, or closed their ends): id, descriptors it had in flight, connection. Looks
+    /// at [`POLL`] of them at most (one `ioctl` each), in turn.
     pub(crate) fn take_read(&mut self) -> Vec<(u64, usize, Arc<Conn>)> {
         let mut read = Vec::new();
-        let mut i = 0;
-        while i < self.list.len() {
+        for _ in 0..POLL.min(self.list.len()) {
+            if self.list.is_empty() {
+                break;
+            }
+            if self.cursor >= self.list.len() {
+                self.cursor = 0;
+            }
+            let i = self.cursor;
             if socket::read_everything(self.list[i].sock.as_fd()) {
+                // The last one takes its place: looked at next.
                 let e = self.remove(i);
                 read.push((e.id, e.fds, e.sock));
             } else {
-                i += 1;
+                self.cursor += 1;
             }
         }
         read
