@@ -24,9 +24,10 @@ use super::{Outgoing, Server};
 /// read, is dropped.
 const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A consumer past its share of the descriptors in flight (or its user's) that has not read
-/// them misses buffers without being asked again (no plan, no system call per buffer) until
-/// it releases a buffer, or for this long: then the kernel is asked whether it read them.
+/// A consumer refused this long for descriptors in flight (its share, its user's, the total)
+/// that it has not read, releasing nothing, misses buffers without being asked again (no
+/// plan, no system call per buffer) until it releases a buffer, or for this long: then the
+/// kernel is asked whether it read them.
 pub(super) const UNREAD_RECHECK: Duration = Duration::from_millis(10);
 
 /// `sendmsg`'s error when the descriptors attached would pass what the kernel lets the
@@ -307,7 +308,14 @@ impl Server {
                         }
                         over = user_over(&user, c.peer.in_flight()) || capped(in_flight);
                     }
-                    c.unread_until = (over && !read_all).then_some((now + UNREAD_RECHECK, own));
+                    // Refused, unread, and no release for `UNREAD_RECHECK`: not a reader
+                    // lagging, one that does not read. It is not looked at for as long.
+                    c.unread_since = (over && !read_all).then(|| c.unread_since.unwrap_or(now));
+                    c.unread_until = c
+                        .unread_since
+                        .filter(|&t| now.duration_since(t) >= UNREAD_RECHECK)
+                        .map(|_| (now + UNREAD_RECHECK, own));
+                    c.looked = Some(now);
                     if over {
                         drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing
                         in_flight -= k;

@@ -170,10 +170,16 @@ pub(super) struct Consumer {
     /// Its socket queue was full when a buffer was sent to it (`OnFull::Drop`): it gets no
     /// buffer, and costs no work per buffer, until the service thread sees room in it.
     pub(super) stalled: bool,
-    /// It was past its share of the descriptors in flight (`true`: full), or its user's
-    /// (withheld), and had not read them (the kernel said so): it misses buffers at no cost
-    /// per buffer until it releases one or this time comes (then the kernel is asked again).
+    /// Since when it is refused for descriptors in flight (its share, its user's or the
+    /// total) that the kernel says it has not read, releasing none: a reader releases
+    /// within `UNREAD_RECHECK` (a release clears it).
+    pub(super) unread_since: Option<Instant>,
+    /// Refused so for `UNREAD_RECHECK` already, it misses buffers (`true`: full, or
+    /// withheld) at no cost per buffer until it releases one or this time comes (then the
+    /// kernel is asked again).
     pub(super) unread_until: Option<(Instant, bool)>,
+    /// When the kernel was last asked about it while deferred (see `refresh_in_flight`).
+    pub(super) looked: Option<Instant>,
     /// The stream's audience its hello made (MemfdMemory's `new_audience`; 0 before it):
     /// it is not sent a block that holds bytes from before it joined.
     pub(super) joined: u64,
@@ -372,7 +378,9 @@ impl Shared {
             since: Instant::now(),
             cred,
             stalled: false,
+            unread_since: None,
             unread_until: None,
+            looked: None,
             joined: 0,
             releases_at_join: self.stats.released,
             last_release: 0,
@@ -496,6 +504,7 @@ impl Shared {
                     self.pins.unpin(&blocks);
                     self.stats.released += 1;
                     c.last_release = self.stats.released;
+                    c.unread_since = None;
                     c.unread_until = None;
                     gone.held.push(buffer);
                 }

@@ -15,12 +15,17 @@
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::transport::closer::Conn;
 use crate::transport::socket;
 
 use super::{CAT, Consumer, PeerKey, Shared};
+
+/// How often the refresh near the bound asks the kernel about a consumer deferred as unread
+/// (it does not read, or reads and releases nothing: its count, which weighs on the others
+/// and on its user's, stays this fresh at a cost that does not grow with the buffer rate).
+pub(crate) const UNREAD_REFRESH: Duration = Duration::from_millis(1);
 
 /// A user with this many stranded connections is refused until some are released.
 pub(crate) const STRANDED_PER_USER: usize = 16;
@@ -75,19 +80,28 @@ impl Shared {
     }
 
     /// Asks the kernel, for each consumer with descriptors in flight whose socket has room
-    /// (one whose socket is full has not read them, nor one found unread less than
-    /// `UNREAD_RECHECK` before `now`: they cost nothing), whether it read every
-    /// packet before `buffer`, and brings its count up to date if so; returns how many
-    /// descriptors that took out of the count.
+    /// (one whose socket is full has not read them: it costs nothing; one deferred as unread
+    /// is asked at most every [`UNREAD_REFRESH`]), whether it read every packet before
+    /// `buffer`, and brings its count up to date if so (a deferred one that did is deferred
+    /// no more); returns how many descriptors that took out of the count.
     pub(crate) fn refresh_in_flight(&mut self, buffer: u64, now: Instant) -> usize {
         let mut out = 0;
         for c in self.consumers.iter_mut().filter(|c| {
-            !c.stalled && c.peer.in_flight() > 0 && c.unread_until.is_none_or(|(t, _)| now >= t)
+            !c.stalled
+                && c.peer.in_flight() > 0
+                && (c.unread_until.is_none()
+                    || c.looked
+                        .is_none_or(|t| now.duration_since(t) >= UNREAD_REFRESH))
         }) {
+            if c.unread_until.is_some() {
+                c.looked = Some(now);
+            }
             if socket::read_everything(c.sock.as_fd()) {
                 let before = c.peer.in_flight();
                 c.peer.read_before(buffer);
                 out += before - c.peer.in_flight();
+                c.unread_since = None;
+                c.unread_until = None;
             }
         }
         out
