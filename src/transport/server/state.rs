@@ -238,7 +238,8 @@ pub(super) struct EvictKey {
     pub(super) added: (usize, u64),
     pub(super) joined: u64,
     pub(super) released: u64,
-    /// Connections that wait and give buffers back, and that wait and were never sent one.
+    /// Connections that wait and give buffers back, and that wait and were never sent one
+    /// (for `FRESH_WAIT` at least).
     pub(super) waiting: (usize, usize),
 }
 

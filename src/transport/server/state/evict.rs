@@ -3,9 +3,15 @@
 //! consumers may pin, or whether the buffer is missed instead.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use super::{Consumer, EvictKey as Key, Gone, OnFull, PeerKey, Shared};
 use crate::transport::wire::BlockWire;
+
+/// A connection never sent a buffer gets a hoarding peer dropped only once it has waited
+/// this long: a peer that reads, lagging, releases within it (its releases may be read a
+/// moment after the newcomer's hello; connections that churn never wait as long).
+pub(crate) const FRESH_WAIT: Duration = Duration::from_millis(100);
 
 /// A connection of a peer, as the eviction sees it.
 struct Held {
@@ -26,8 +32,9 @@ struct Held {
 
 impl Held {
     /// Whether, waiting, it gets a peer whose connections last released a buffer at
-    /// `last_release` dropped: if it gives buffers back, or if it was never sent one and that
-    /// peer has released nothing since it joined (a peer that hoards). A connection that
+    /// `last_release` dropped: if it gives buffers back, or if it was never sent one (and
+    /// waited [`FRESH_WAIT`]) and that peer has released nothing since it joined (a peer
+    /// that hoards). A connection that
     /// never gives anything back (reads nothing, or reconnects as often as it likes) never
     /// gets a peer that reads, lagging as it may, dropped.
     fn counts_against(&self, last_release: u64) -> bool {
@@ -58,6 +65,7 @@ impl Shared {
     /// the buffer goes out whatever its size.
     pub(in crate::transport::server) fn make_room(&mut self, blocks: &[BlockWire]) -> (Gone, bool) {
         let mut gone = Gone::default();
+        let now = Instant::now();
         loop {
             let (n, bytes) = self.pins.added(blocks);
             let (max_n, max_bytes) = (self.limits.max_pinned_blocks, self.limits.max_pinned_bytes);
@@ -77,14 +85,14 @@ impl Shared {
                     .fold((0, 0), |(reads, fresh), c| {
                         (
                             reads + usize::from(c.peer.has_released()),
-                            fresh + usize::from(!c.peer.was_sent()),
+                            fresh + usize::from(fresh_for(c, now)),
                         )
                     }),
             };
             if self.nobody_to_evict == Some(key) {
                 return (gone, self.pins.count() == 0);
             }
-            let Some((id, why)) = self.evictee(over_blocks, blocks) else {
+            let Some((id, why)) = self.evictee(over_blocks, blocks, now) else {
                 self.nobody_to_evict = Some(key);
                 return (gone, self.pins.count() == 0);
             };
@@ -97,7 +105,12 @@ impl Shared {
     /// in `blocks`: no peer within its share of the bound, and no connection pinning at
     /// most half what the connection of its peer pinning the most pins. `by_blocks`: the
     /// bound passed is the blocks', else the bytes'.
-    fn evictee(&self, by_blocks: bool, blocks: &[BlockWire]) -> Option<(u64, String)> {
+    fn evictee(
+        &self,
+        by_blocks: bool,
+        blocks: &[BlockWire],
+        now: Instant,
+    ) -> Option<(u64, String)> {
         let max_out = self.limits.max_outstanding;
         let fair = self.limits.on_full == OnFull::Drop;
         let waiting = |c: &Consumer| c.peer.ready() && !c.stalled;
@@ -123,7 +136,7 @@ impl Shared {
         let mut peers: HashMap<PeerKey, (HashSet<u64>, Conns)> = HashMap::new();
         for c in &self.consumers {
             let gives_back = c.peer.has_released();
-            let fresh = !gives_back && !c.peer.was_sent();
+            let fresh = !gives_back && fresh_for(c, now);
             let wants = waiting(c) && (gives_back || fresh) && c.peer.fits(blocks, max_out).is_ok();
             if c.peer.outstanding() == 0 && !wants {
                 continue;
@@ -211,4 +224,9 @@ impl Shared {
         );
         Some((id, why))
     }
+}
+
+/// Whether `c` was never sent a buffer and has waited [`FRESH_WAIT`] since it connected.
+fn fresh_for(c: &Consumer, now: Instant) -> bool {
+    !c.peer.was_sent() && now.saturating_duration_since(c.since) >= FRESH_WAIT
 }

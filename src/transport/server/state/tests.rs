@@ -179,6 +179,7 @@ fn a_consumer_that_lags_beside_non_readers_misses_buffers_and_is_kept() {
         // it waits for room like the rest. Review of issue 27: bench_attacks' non-readers
         // got the good consumer dropped that way, reconnecting.
         fresh_consumer(&mut s, 10, 300, 3000, 3000);
+        waited(&mut s);
         s.consumers.last_mut().unwrap().releases_at_join = 5;
         s.consumers[0].last_release = 6;
         let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
@@ -213,6 +214,15 @@ fn a_consumer_that_joins_at_the_bound_gets_a_hoarder_dropped() {
         hoard(&mut s, r, 10_000 * r, 64);
     }
     fresh_consumer(&mut s, 9, 200, 2000, 2000);
+    // Just connected, it does not count yet: a lagging reader's releases may be read a
+    // moment after its hello (review of issue 27: churning connections got a consumer 3 ms
+    // behind dropped).
+    let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
+    assert!(
+        gone.held.is_empty() && !fits,
+        "dropped for a newcomer at once"
+    );
+    waited(&mut s);
     let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
     assert!(fits && !gone.held.is_empty(), "the hoarder was kept");
     gone.finish();
@@ -224,12 +234,19 @@ fn a_consumer_that_joins_at_the_bound_gets_a_hoarder_dropped() {
     consumer_of(&mut s, 1, 100, 1000);
     hoard(&mut s, 1, 1, 128);
     fresh_consumer(&mut s, 2, 200, 2000, 2000);
+    waited(&mut s);
     s.consumers[0].last_release = 1;
     let (gone, fits) = s.make_room(&[blk(1_000_000, 4096)]);
     assert!(
         gone.held.is_empty() && !fits,
         "a consumer that reads was dropped"
     );
+}
+
+/// The consumer added last connected `FRESH_WAIT` ago and more.
+fn waited(s: &mut Shared) {
+    let c = s.consumers.last_mut().unwrap();
+    c.since = Instant::now() - 2 * evict::FRESH_WAIT;
 }
 
 /// `n` buffers of one block each (ids from `first`) for consumer `cid`.
