@@ -42,6 +42,19 @@ fn join(path: &Path, max_blocks: u32) -> OwnedFd {
     sock
 }
 
+/// `n` connections to `path` that said hello, or tried to: one refused at once (its user
+/// keeps too much in flight) may find its socket closed before its hello.
+fn join_or_refused(path: &Path, n: usize) -> Vec<OwnedFd> {
+    (0..n)
+        .map(|_| {
+            let sock = socket::connect(path, Duration::from_secs(5), || false).unwrap();
+            let hello = Message::Hello { max_blocks: 512 }.encode();
+            let _ = socket::send(std::os::fd::AsFd::as_fd(&sock), &hello, &[]);
+            sock
+        })
+        .collect()
+}
+
 /// Reads every packet queued in `sock`: the id of the last buffer, if any.
 fn read_all(sock: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> Option<u64> {
     let mut last = None;
@@ -269,16 +282,7 @@ fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
             let s = lock(&server.state);
             s.stats.consumers_connected + s.stats.consumers_refused
         };
-        // Refused at once (its user keeps too much in flight), one may find its socket
-        // closed before its hello.
-        let attackers: Vec<_> = (0..16)
-            .map(|_| {
-                let sock = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
-                let hello = Message::Hello { max_blocks: 512 }.encode();
-                let _ = socket::send(std::os::fd::AsFd::as_fd(&sock), &hello, &[]);
-                sock
-            })
-            .collect();
+        let attackers = join_or_refused(&path, 16);
         wait_until(&server, "accepted or refused", |s| {
             s.stats.consumers_connected + s.stats.consumers_refused >= before + 16
                 && s.consumers.iter().all(|c| c.peer.ready())
@@ -496,15 +500,7 @@ fn many_users_stranding_connections_keep_the_descriptors_in_flight_within_the_bo
             let s = lock(&server.state);
             s.stats.consumers_connected + s.stats.consumers_refused
         };
-        // Refused ones are closed at once: their hello may find the connection gone.
-        let attackers: Vec<_> = (0..7)
-            .map(|_| {
-                let sock = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
-                let hello = Message::Hello { max_blocks: 512 }.encode();
-                let _ = socket::send(std::os::fd::AsFd::as_fd(&sock), &hello, &[]);
-                sock
-            })
-            .collect();
+        let attackers = join_or_refused(&path, 7);
         wait_until(&server, "accepted or refused", |s| {
             s.stats.consumers_connected + s.stats.consumers_refused >= before + 7
                 && s.consumers.iter().all(|c| c.peer.ready())

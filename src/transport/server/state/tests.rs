@@ -46,16 +46,21 @@ fn consumer_in(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
     assert!(peer.release(0).is_some());
 }
 
-/// Adds consumer `id` of process `pid` run by user `uid` in group `gid`, said hello, and
-/// never released anything.
-fn fresh_consumer(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
-    let (ours, theirs) = rustix::net::socketpair(
+/// Two connected sockets: ours (the consumer's end) and theirs (the sink's).
+fn seqpacket_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Adds consumer `id` of process `pid` run by user `uid` in group `gid`, said hello, and
+/// never released anything.
+fn fresh_consumer(s: &mut Shared, id: u64, pid: i32, uid: u32, gid: u32) {
+    let (ours, theirs) = seqpacket_pair();
     PEERS.lock().unwrap().push((id, ours));
     let mut peer = Peer::new(id);
     peer.hello(4096, MAX_MEMORIES).unwrap();

@@ -165,13 +165,7 @@ fn every_stranded_connection_stays_counted_and_while_they_keep_the_bound_nobody_
     assert_eq!((s.stranded.len(), s.stranded.total()), (60, 60));
     assert!(s.refusal(user(99)).is_some_and(|(_, rest)| rest));
     assert!(s.refusal(None).is_some());
-    let (ours, theirs) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .unwrap();
+    let (ours, theirs) = seqpacket_pair();
     s.admit(Conn::new(theirs), user(99)).finish(); // connected before: says hello now
     let id = s.consumers[0].peer.id;
     let refused = s.stats.consumers_refused;
