@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The server over real sockets, per user: a user's consumers share what may be in flight,
+//! and its dropped connections stay charged to it.
+
+use super::*;
+
+/// Gives the consumers accepted as this process's user (all but those already given one)
+/// the user `uid`: the tests connect as one user, and play several.
+fn as_user(server: &Server, uid: u32) {
+    let me = rustix::process::getuid().as_raw();
+    for c in lock(&server.state).consumers.iter_mut() {
+        if c.cred.is_none_or(|c| c.uid == me) {
+            c.cred = Some(state::Cred {
+                pid: 1,
+                uid,
+                gid: uid,
+            });
+        }
+    }
+}
+
+/// A buffer in a new block of `stream` (a descriptor for every consumer), sent; `readers`
+/// each read it and release it. Returns how many of them got it.
+fn send_new_block(
+    server: &Server,
+    stream: &MemfdAllocator,
+    holds: &mut Vec<gst::Buffer>,
+    readers: &[&OwnedFd],
+) -> usize {
+    let mut b = gst::Buffer::new();
+    b.get_mut()
+        .unwrap()
+        .append_memory(stream.alloc_memfd(4096, None).unwrap());
+    send_block(server, stream, &b);
+    holds.push(b);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut got = 0;
+    for r in readers {
+        let fd = std::os::fd::AsFd::as_fd(*r);
+        if let Ok(socket::Received::Packet(n, _fds)) = socket::recv(fd, &mut buf, Duration::ZERO) {
+            let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
+                panic!("not a buffer")
+            };
+            socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
+            got += 1;
+        }
+    }
+    got
+}
+
+#[test]
+fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
+    // Review of issue 27 (an outside attack, 5 of 5): 16 connections say hello, read
+    // nothing, send garbage and are dropped, their ends kept open with the packets (and
+    // descriptors) queued. The sink forgot them; the kernel did not: after about four
+    // cycles every send with a descriptor failed (ETOOMANYREFS) and every consumer got
+    // nothing. Now what they keep in flight stays counted, against their user too: its
+    // connections, live and dropped, share one share, and the descriptors queued stay
+    // within it.
+    let (stream, path, server) = serve("stranded", limits(64));
+    {
+        let mut s = lock(&server.state);
+        s.max_in_flight = 64;
+        s.limits.max_consumers = 32;
+    }
+    let good = join(&path, 512);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    // The good consumer is another user (the attackers are this process's).
+    lock(&server.state).consumers[0].cred = Some(state::Cred {
+        pid: 1,
+        uid: 4242,
+        gid: 4242,
+    });
+    let mut holds = Vec::new();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut kept = Vec::new();
+    let (mut got, mut sent) = (0, 0);
+    for cycle in 0..4 {
+        let before = {
+            let s = lock(&server.state);
+            s.stats.consumers_connected + s.stats.consumers_refused
+        };
+        let attackers = join_or_refused(&path, 16);
+        wait_until(&server, "accepted or refused", |s| {
+            s.stats.consumers_connected + s.stats.consumers_refused >= before + 16
+                && s.consumers.iter().all(|c| c.peer.ready())
+        });
+        // New blocks each time: every consumer is sent a descriptor with each buffer.
+        for _ in 0..20 {
+            let b = buffers(&stream, 1).remove(0);
+            send_block(&server, &stream, &b);
+            holds.push(b);
+            sent += 1;
+            let fd = std::os::fd::AsFd::as_fd(&good);
+            match socket::recv(fd, &mut buf, Duration::from_secs(5)) {
+                Ok(socket::Received::Packet(n, _fds)) => {
+                    let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
+                        panic!("not a buffer")
+                    };
+                    socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
+                    got += 1;
+                }
+                _ => panic!("cycle {cycle}: the good consumer got no buffer after {got}"),
+            }
+        }
+        // Each sends garbage and is dropped; its end stays open, its queue unread.
+        for a in &attackers {
+            let _ = socket::send(std::os::fd::AsFd::as_fd(a), b"garbage!", &[]);
+        }
+        wait_until(&server, "the attackers dropped", |s| s.consumers.len() == 1);
+        kept.extend(attackers);
+        std::thread::sleep(state::PENALTY + Duration::from_millis(100));
+    }
+    assert_eq!(got, sent, "the good consumer missed buffers");
+    // What the kernel holds charged to us: the descriptors queued to the attackers.
+    let mut queued = 0;
+    for a in &kept {
+        while let Ok(socket::Received::Packet(_, fds)) =
+            socket::recv(std::os::fd::AsFd::as_fd(a), &mut buf, Duration::ZERO)
+        {
+            queued += fds.len();
+        }
+    }
+    assert!(queued <= 2 * 64, "{queued} descriptors left in flight");
+    // Their connections, live and dropped, share one share (64 over 17 consumers): those
+    // that never released a buffer take none past it, cycle after cycle.
+    assert!(
+        queued <= 64 / 17,
+        "{queued} descriptors left to the attackers' user"
+    );
+    drop((good, kept));
+    drop(server);
+}
+
+#[test]
+fn many_users_stranding_connections_keep_the_descriptors_in_flight_within_the_bound() {
+    // Fourth review of issue 27: 6 users (31 connections each: hello, read nothing, send
+    // garbage, keep their ends open) filled the list of stranded connections (max-consumers
+    // + 32); those dropped past it were no longer counted, the kernel's limit was reached,
+    // and every send with a descriptor failed: a new consumer got nothing, the earlier one
+    // went to 0/s. Here 10 users of 7 connections each (70, past the old bound of 40).
+    let (stream, path, server) = serve("strand-users", limits(64));
+    {
+        let mut s = lock(&server.state);
+        s.max_in_flight = 64;
+        s.limits.max_consumers = 8;
+    }
+    let good = join(&path, 512);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    as_user(&server, 4242);
+    let mut holds = Vec::new();
+    let mut kept = Vec::new();
+    let (mut got, mut sent) = (0, 0);
+    for user in 0..10 {
+        let before = {
+            let s = lock(&server.state);
+            s.stats.consumers_connected + s.stats.consumers_refused
+        };
+        let attackers = join_or_refused(&path, 7);
+        wait_until(&server, "accepted or refused", |s| {
+            s.stats.consumers_connected + s.stats.consumers_refused >= before + 7
+                && s.consumers.iter().all(|c| c.peer.ready())
+        });
+        as_user(&server, 5000 + user);
+        for _ in 0..20 {
+            got += send_new_block(&server, &stream, &mut holds, &[&good]);
+            sent += 1;
+        }
+        for a in &attackers {
+            let _ = socket::send(std::os::fd::AsFd::as_fd(a), b"garbage!", &[]);
+        }
+        wait_until(&server, "the attackers dropped", |s| s.consumers.len() == 1);
+        kept.extend(attackers);
+    }
+    // A consumer of another user joins: it gets buffers, and so does the earlier one.
+    let new = join(&path, 512);
+    wait_until(&server, "the new consumer's hello", |s| s.ready() == 2);
+    as_user(&server, 4343);
+    let mut new_got = 0;
+    for _ in 0..20 {
+        let n = send_new_block(&server, &stream, &mut holds, &[&good, &new]);
+        got += n.min(1);
+        new_got += n.saturating_sub(1);
+        sent += 1;
+    }
+    assert_eq!(got, sent, "the earlier consumer missed buffers");
+    assert!(
+        new_got >= 10,
+        "the new consumer got {new_got} buffers of 20"
+    );
+    // What the kernel holds charged to us: the descriptors queued to the attackers.
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut queued = 0;
+    for a in &kept {
+        while let Ok(socket::Received::Packet(_, fds)) =
+            socket::recv(std::os::fd::AsFd::as_fd(a), &mut buf, Duration::ZERO)
+        {
+            queued += fds.len();
+        }
+    }
+    assert!(queued <= 2 * 64, "{queued} descriptors left in flight");
+    drop((good, new, kept));
+    drop(server);
+}
