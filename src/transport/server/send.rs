@@ -4,7 +4,6 @@
 //! everyone. Except with `OnFull::Wait` no send waits for a consumer, and a consumer whose
 //! socket is full is not even planned for until it has room again.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,7 +15,7 @@ use super::super::closer::Conn;
 use super::super::peer::{Full, Plan};
 use super::super::socket;
 use super::super::wire::{self, BlockWire, BufferWire, MAX_IDS, MAX_MEMORIES, MAX_MESSAGE};
-use super::state::{CAT, Gone, Limits, OnFull, PeerKey, lock};
+use super::state::{CAT, Gone, Limits, OnFull, Shared, lock};
 use super::{Outgoing, Server};
 
 /// Except with `OnFull::Wait` (which waits up to `full_timeout`), an event (caps, segment,
@@ -215,9 +214,9 @@ impl Server {
         // What dropped consumers keep unread in their queues counts too (a running total).
         let mut in_flight: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
         in_flight += s.stranded.total();
-        // Per user: its stranded descriptors, and its live ones in flight. Only when one
-        // could pass a share with this buffer (each user's total is within the total).
-        let mut users: HashMap<PeerKey, (usize, usize)> = HashMap::new();
+        // Whether a user's consumers, live and stranded, could pass a share with this buffer
+        // (each user's total is within the total). What a user keeps in flight is then
+        // counted only for a consumer the buffer takes new descriptors to.
         let per_user = in_flight + blocks.len().saturating_mul(s.consumers.len()) > share;
         // Near the bound, or a share, what consumers that read (their sockets have room)
         // took out of their queues is brought up to date first: a consumer that reads
@@ -227,15 +226,12 @@ impl Server {
         if per_user || in_flight + blocks.len() > max_in_flight {
             in_flight -= s.refresh_in_flight(id, now);
         }
-        if per_user {
-            for c in &s.consumers {
-                let key = c.key();
-                let stranded = |k: &PeerKey| s.stranded.by_peer().get(k).map_or(0, |p| p.1);
-                users.entry(key).or_insert_with(|| (stranded(&key), 0)).1 += c.peer.in_flight();
-            }
-        }
         let shared = &mut *s;
-        for c in shared.consumers.iter_mut().filter(|c| c.peer.ready()) {
+        for i in 0..shared.consumers.len() {
+            let c = &mut shared.consumers[i];
+            if !c.peer.ready() {
+                continue;
+            }
             // Stalled, or the buffer does not fit in what all may pin: it misses it.
             if c.stalled || !fits {
                 stalled += 1;
@@ -261,81 +257,76 @@ impl Server {
                 continue;
             }
             // Record first, send second: a release can never arrive before its record.
-            match c
+            let plan = match c
                 .peer
                 .plan(id, &blocks, out.hold.clone(), max_out, max_retire)
             {
-                Ok(plan) => {
-                    // While all in flight would pass the bound, a consumer past its share
-                    // (one with nothing in flight may always take one buffer) gets no new
-                    // descriptor, unless the kernel says it read every packet sent before:
-                    // its releases may lag behind what it read.
-                    // A user's consumers, live and dropped, together past a share: those
-                    // that never released a buffer get no new one (unless the user has
-                    // nothing else in flight: it may always take one buffer), so connections
-                    // that never read cannot take one each; the others only within their
-                    // own share, and if the user has dropped connections with descriptors
-                    // unread, only with nothing else unread in their queues (the kernel
-                    // says so).
-                    // Nobody takes all in flight past twice the bound.
-                    let k = plan.announce.len();
-                    in_flight += k;
-                    let mut user = users.get_mut(&c.key());
-                    if let Some(u) = user.as_deref_mut() {
-                        u.1 += k;
-                    }
-                    let reads = c.last_release > 0;
-                    let user_over = |u: &Option<&mut (usize, usize)>, mine: usize| {
-                        u.as_ref().is_some_and(|u| {
-                            k > 0
-                                && u.0 + u.1 > share.max(k)
-                                && (!reads || mine > share.max(k) || (u.0 > 0 && mine > k))
-                        })
-                    };
-                    let capped = |in_flight: usize| k > 0 && in_flight > max_total;
-                    let mut own =
-                        k > 0 && in_flight > max_in_flight && c.peer.in_flight() > share.max(k);
-                    let mut over = own || user_over(&user, c.peer.in_flight()) || capped(in_flight);
-                    let read_all = over && socket::read_everything(c.sock.as_fd());
-                    if read_all {
-                        own = false;
-                        let before = c.peer.in_flight();
-                        c.peer.read_before(id);
-                        let read = before - c.peer.in_flight();
-                        in_flight -= read;
-                        if let Some(u) = user.as_deref_mut() {
-                            u.1 -= read;
-                        }
-                        over = user_over(&user, c.peer.in_flight()) || capped(in_flight);
-                    }
-                    // Refused, unread, and no release for `UNREAD_RECHECK`: not a reader
-                    // lagging, one that does not read. It is not looked at for as long.
-                    c.unread_since = (over && !read_all).then(|| c.unread_since.unwrap_or(now));
-                    c.unread_until = c
-                        .unread_since
-                        .filter(|&t| now.duration_since(t) >= UNREAD_RECHECK)
-                        .map(|_| (now + UNREAD_RECHECK, own));
-                    c.looked = Some(now);
-                    if over {
-                        drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing
-                        in_flight -= k;
-                        if let Some(u) = user {
-                            u.1 -= k;
-                        }
-                        // Over its own share it is full; held back for its user's share or
-                        // the total's hard bound, it misses the buffer (whatever on-full says).
-                        if own {
-                            full.push((c.peer.id, Full::InFlight));
-                        } else {
-                            withheld += 1;
-                        }
-                        continue;
-                    }
-                    shared.pins.pin(&blocks);
-                    targets.push((c.peer.id, c.sock.clone(), plan));
+                Ok(plan) => plan,
+                Err(why) => {
+                    full.push((c.peer.id, why));
+                    continue;
                 }
-                Err(why) => full.push((c.peer.id, why)),
+            };
+            // While all in flight would pass the bound, a consumer past its share (one with
+            // nothing in flight may always take one buffer) gets no new descriptor, unless
+            // the kernel says it read every packet sent before: its releases may lag behind
+            // what it read.
+            // A user's consumers, live and dropped, together past a share: those that never
+            // released a buffer get no new one (unless the user has nothing else in flight:
+            // it may always take one buffer), so connections that never read cannot take
+            // one each; the others only within their own share, and if the user has dropped
+            // connections with descriptors unread, only with nothing else unread in their
+            // queues (the kernel says so).
+            // Nobody takes all in flight past twice the bound.
+            let k = plan.announce.len();
+            in_flight += k;
+            let (key, reads) = (c.key(), c.last_release > 0);
+            // Its user's (stranded, live) in flight, this plan included.
+            let user = |shared: &Shared| (per_user && k > 0).then(|| shared.user_in_flight(key));
+            let user_over = |user: Option<(usize, usize)>, mine: usize| {
+                user.is_some_and(|(stranded, live)| {
+                    k > 0
+                        && stranded + live > share.max(k)
+                        && (!reads || mine > share.max(k) || (stranded > 0 && mine > k))
+                })
+            };
+            let capped = |in_flight: usize| k > 0 && in_flight > max_total;
+            let mine = c.peer.in_flight();
+            let mut own = k > 0 && in_flight > max_in_flight && mine > share.max(k);
+            let mut over = own || capped(in_flight) || user_over(user(shared), mine);
+            let c = &mut shared.consumers[i];
+            let read_all = over && socket::read_everything(c.sock.as_fd());
+            if read_all {
+                own = false;
+                let before = c.peer.in_flight();
+                c.peer.read_before(id);
+                let mine = c.peer.in_flight();
+                in_flight -= before - mine;
+                over = capped(in_flight) || user_over(user(shared), mine);
             }
+            let c = &mut shared.consumers[i];
+            // Refused, unread, and no release for `UNREAD_RECHECK`: not a reader lagging,
+            // one that does not read. It is not looked at for as long.
+            c.unread_since = (over && !read_all).then(|| c.unread_since.unwrap_or(now));
+            c.unread_until = c
+                .unread_since
+                .filter(|&t| now.duration_since(t) >= UNREAD_RECHECK)
+                .map(|_| (now + UNREAD_RECHECK, own));
+            c.looked = Some(now);
+            if over {
+                drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing
+                in_flight -= k;
+                // Over its own share it is full; held back for its user's share or the
+                // total's hard bound, it misses the buffer (whatever on-full says).
+                if own {
+                    full.push((c.peer.id, Full::InFlight));
+                } else {
+                    withheld += 1;
+                }
+                continue;
+            }
+            shared.pins.pin(&blocks);
+            targets.push((c.peer.id, c.sock.clone(), plan));
         }
         s.stats.buffers_dropped += stalled + late + withheld;
         // Read under the lock a consumer joins under: one that joins later is of a new one.

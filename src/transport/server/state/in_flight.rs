@@ -107,6 +107,18 @@ impl Shared {
         out
     }
 
+    /// What user `key` keeps in flight: in its stranded connections, and in its live ones.
+    pub(crate) fn user_in_flight(&self, key: PeerKey) -> (usize, usize) {
+        let stranded = self.stranded.by_peer().get(&key).map_or(0, |p| p.1);
+        let live = self
+            .consumers
+            .iter()
+            .filter(|c| c.key() == key)
+            .map(|c| c.peer.in_flight())
+            .sum();
+        (stranded, live)
+    }
+
     /// The consumer keeping the most descriptors in flight, and how many.
     fn most_in_flight(&self) -> Option<(u64, usize)> {
         self.consumers
@@ -173,13 +185,8 @@ impl Shared {
         if self.stranded_full() {
             return Some(self.stranded_full_why());
         }
-        let &(conns, fds) = self.stranded.by_peer().get(&key?)?;
-        let live: usize = self
-            .consumers
-            .iter()
-            .filter(|c| Some(c.key()) == key)
-            .map(|c| c.peer.in_flight())
-            .sum();
+        let &(conns, _) = self.stranded.by_peer().get(&key?)?;
+        let (fds, live) = self.user_in_flight(key?);
         let share = self.in_flight_share();
         if fds + live <= share && conns < STRANDED_PER_USER {
             return None;
