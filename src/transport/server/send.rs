@@ -26,7 +26,8 @@ const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// A consumer refused this long for descriptors in flight (its share, its user's, the total)
 /// that it has not read, releasing nothing, misses buffers without being asked again (no
 /// plan, no system call per buffer) until it releases a buffer, or for this long: then the
-/// kernel is asked whether it read them.
+/// kernel is asked whether it read them. So does one refused this long for its user's share
+/// that never released a buffer, whether it reads or not: only a release changes that.
 pub(super) const UNREAD_RECHECK: Duration = Duration::from_millis(10);
 
 /// `sendmsg`'s error when the descriptors attached would pass what the kernel lets the
@@ -305,9 +306,11 @@ impl Server {
                 over = capped(in_flight) || user_over(user(shared), mine);
             }
             let c = &mut shared.consumers[i];
-            // Refused, unread, and no release for `UNREAD_RECHECK`: not a reader lagging,
-            // one that does not read. It is not looked at for as long.
-            c.unread_since = (over && !read_all).then(|| c.unread_since.unwrap_or(now));
+            // Refused, unread (or never released one), and no release for `UNREAD_RECHECK`:
+            // not a reader lagging, one that does not read (or release). It is not looked
+            // at for as long.
+            let idle = over && (!read_all || !reads);
+            c.unread_since = idle.then(|| c.unread_since.unwrap_or(now));
             c.unread_until = c
                 .unread_since
                 .filter(|&t| now.duration_since(t) >= UNREAD_RECHECK)

@@ -95,8 +95,9 @@ pub(super) struct Consumer {
     /// buffer, and costs no work per buffer, until the service thread sees room in it.
     pub(super) stalled: bool,
     /// Since when it is refused for descriptors in flight (its share, its user's or the
-    /// total) that the kernel says it has not read, releasing none: a reader releases
-    /// within `UNREAD_RECHECK` (a release clears it).
+    /// total) that the kernel says it has not read, or for its user's share having never
+    /// released a buffer, releasing none: a reader releases within `UNREAD_RECHECK` (a
+    /// release clears it).
     pub(super) unread_since: Option<Instant>,
     /// Refused so for `UNREAD_RECHECK` already, it misses buffers (`true`: full, or
     /// withheld) at no cost per buffer until it releases one or this time comes (then the

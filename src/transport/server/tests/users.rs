@@ -49,6 +49,62 @@ fn send_new_block(
 }
 
 #[test]
+fn a_consumer_that_reads_and_never_releases_past_its_users_share_costs_nothing_per_buffer() {
+    // Fifth review of issue 27, connection churn: connections that read and never release,
+    // beside their user's non-readers, were refused for their user's share at every buffer
+    // (a plan, an ioctl, a count of the user's and an undo each), never deferred: the
+    // kernel said they read everything. Now one refused for `UNREAD_RECHECK` without a
+    // release is not looked at either, until it releases.
+    let (stream, path, server) = serve("no-release", limits(65_536));
+    lock(&server.state).max_in_flight = 8;
+    let idle = join(&path, 512);
+    let sock = join(&path, 512);
+    wait_until(&server, "hellos", |s| s.ready() == 2);
+    let holds = buffers(&stream, 128);
+    let mut next = holds.iter().cycle();
+    let fd = std::os::fd::AsFd::as_fd(&sock);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let planned = || lock(&server.state).consumers[1].peer.planned();
+    let deferred = || lock(&server.state).consumers[1].unread_until.is_some();
+    // It reads everything, the other connection of its user nothing, and it releases
+    // nothing: past its user's share, it is refused, then deferred.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while !deferred() {
+        assert!(Instant::now() < deadline, "never deferred");
+        send_block(&server, &stream, next.next().unwrap());
+        last = read_all(fd, &mut buf).or(last);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = planned();
+    let start = Instant::now();
+    for _ in 0..200 {
+        send_block(&server, &stream, next.next().unwrap());
+    }
+    let looks = (start.elapsed().as_millis() / send::UNREAD_RECHECK.as_millis()) as u64 + 1;
+    assert!(
+        planned() - before <= looks,
+        "planned {} of 200 buffers for a consumer past its user's share",
+        planned() - before
+    );
+    // It releases: the next buffer goes to it at once.
+    let last = read_all(fd, &mut buf).or(last).expect("a buffer");
+    socket::send(fd, &Message::Release(vec![last]).encode(), &[]).unwrap();
+    wait_until(&server, "the release read", |s| {
+        s.consumers[1].unread_until.is_none()
+    });
+    let got = lock(&server.state).consumers[1].peer.outstanding();
+    send_block(&server, &stream, next.next().unwrap());
+    assert_eq!(
+        lock(&server.state).consumers[1].peer.outstanding(),
+        got + 1,
+        "a consumer that released missed the next buffer"
+    );
+    drop((idle, sock));
+    drop(server);
+}
+
+#[test]
 fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
     // Review of issue 27 (an outside attack, 5 of 5): 16 connections say hello, read
     // nothing, send garbage and are dropped, their ends kept open with the packets (and
