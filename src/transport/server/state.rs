@@ -176,6 +176,8 @@ pub(super) struct Shared {
     penalties: HashMap<u32, Instant>,
     /// Connections dropped with our descriptors unread in their queues ([`stranded`]).
     pub(super) stranded: stranded::Stranded<PeerKey>,
+    /// The blocks retired when each user's connections left ([`departures`]).
+    departures: departures::Departures<u32>,
     pub(super) limits: Limits,
     /// The most descriptors all consumers together may keep in flight ([`auto_in_flight`]);
     /// each consumer's share is that over the consumers that said hello.
@@ -212,6 +214,7 @@ impl Shared {
             pins: Pins::default(),
             penalties: Default::default(),
             stranded: Default::default(),
+            departures: Default::default(),
             limits,
             max_in_flight: auto_in_flight(),
             caps: None,
@@ -258,15 +261,22 @@ impl Shared {
 
     /// Why a connection from `cred` is refused now (its credentials are penalized, its
     /// user's dropped connections keep too many of our descriptors in flight, or all
-    /// dropped connections keep half again the bound, or `max-consumers` said hello), counted
-    /// as refused; `None`: it may join. `true` with the reason: a refusal of its user, or of
-    /// everyone (the listener rests a moment).
+    /// dropped connections keep half again the bound, its user's connections that left had
+    /// more blocks retired than the pinned bound lately ([`departures`]), or `max-consumers`
+    /// said hello), counted as refused; `None`: it may join. `true` with the reason: a
+    /// refusal of its user, or of everyone (the listener rests a moment).
     pub(super) fn refusal(&mut self, cred: Option<Cred>) -> Option<(String, bool)> {
         let now = Instant::now();
         self.penalties.retain(|_, until| *until > now);
         let penalized = cred.is_some_and(|c| self.penalties.contains_key(&c.user()));
         let stranded = self.stranded_refusal(cred.map(|c| PeerKey::User(c.user())));
-        if !penalized && stranded.is_none() && self.ready() < self.limits.max_consumers {
+        let bound = self.limits.max_pinned_blocks;
+        let left = cred.and_then(|c| self.departures.over(&c.user(), bound, now));
+        if !penalized
+            && stranded.is_none()
+            && left.is_none()
+            && self.ready() < self.limits.max_consumers
+        {
             return None;
         }
         self.stats.consumers_refused += 1;
@@ -275,10 +285,16 @@ impl Shared {
         }
         let why = if penalized {
             "a connection of its user misbehaved less than a second ago".to_owned()
+        } else if let Some(retired) = left {
+            format!(
+                "its user's connections that left had {retired} blocks retired lately (past \
+                 max-pinned-blocks, {bound}; {} drain a second)",
+                (bound as f64 * departures::DRAIN_PER_S).ceil()
+            )
         } else {
             format!("{} connected (max-consumers)", self.ready())
         };
-        Some((why, penalized))
+        Some((why, penalized || left.is_some()))
     }
 
     /// A new connection on `sock` joins (to say hello within [`HELLO_TIMEOUT`]); past
@@ -330,6 +346,12 @@ impl Shared {
             n => format!("; {n} of our descriptors unread in its queue: kept until read"),
         };
         let gone = self.leave(c.peer);
+        if let Some(cred) = c.cred {
+            let bound = self.limits.max_pinned_blocks;
+            let now = Instant::now();
+            self.departures
+                .charge(cred.user(), gone.blocks.len(), bound, now);
+        }
         gst::warning!(
             CAT,
             "dropping consumer {}: {} ({} outstanding buffers released, their blocks retired{})",
@@ -515,6 +537,7 @@ impl Shared {
     }
 }
 
+mod departures;
 mod evict;
 mod in_flight;
 mod limits;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The server over real sockets, per user: a user's consumers share what may be in flight,
-//! and its dropped connections stay charged to it.
+//! its dropped connections stay charged to it, and so do the blocks retired when its
+//! connections leave.
 
 use super::*;
 
@@ -101,6 +102,57 @@ fn a_consumer_that_reads_and_never_releases_past_its_users_share_costs_nothing_p
         "a consumer that released missed the next buffer"
     );
     drop((idle, sock));
+    drop(server);
+}
+
+#[test]
+fn a_user_whose_connections_leave_with_many_blocks_is_refused_until_the_charge_drains() {
+    // Fifth review of issue 27, connection churn: connections that say hello, read a few
+    // buffers and hang up, in a loop (about 700 a second), had every block they were sent
+    // retired, and the producer made new ones for everyone: 17,000 a second, the good
+    // consumer at 0.65 of its rate under the same load. Now the blocks retired when a
+    // user's connections leave are charged to it: past the pinned bound, its next
+    // connection is refused, until the charge drains (the bound a second).
+    let mut l = limits(64);
+    l.max_pinned_blocks = 16;
+    let (stream, path, server) = serve("departures", l);
+    let mut holds = Vec::new();
+    let refused = || lock(&server.state).stats.consumers_refused;
+    // Each connection is sent 10 new blocks, and hangs up.
+    let visit = || {
+        let sock = join(&path, 512);
+        wait_until(&server, "hello", |s| s.ready() == 1);
+        let mut holds = Vec::new();
+        for _ in 0..10 {
+            send_new_block(&server, &stream, &mut holds, &[]);
+        }
+        drop(sock);
+        wait_until(&server, "the hang-up", |s| s.consumers.is_empty());
+        holds
+    };
+    holds.extend(visit());
+    holds.extend(visit());
+    // 20 retired, past 16: refused at once, its socket closed.
+    let sock = socket::connect(&path, Duration::from_secs(5), || false).unwrap();
+    wait_until(&server, "refused", |s| s.stats.consumers_refused == 1);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    assert!(
+        matches!(
+            socket::recv(
+                std::os::fd::AsFd::as_fd(&sock),
+                &mut buf,
+                Duration::from_secs(5)
+            ),
+            Ok(socket::Received::Closed)
+        ),
+        "a refused connection was not closed"
+    );
+    assert_eq!(lock(&server.state).stats.blocks_retired, 20);
+    // The charge drains (16 a second): accepted again.
+    std::thread::sleep(Duration::from_millis(500));
+    holds.extend(visit());
+    assert_eq!(refused(), 1);
+    drop((sock, holds));
     drop(server);
 }
 
