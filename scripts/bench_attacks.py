@@ -16,7 +16,12 @@ in a process of its own, started before the good consumer and stopped after it:
   (SO_LINGER {1, 10}, a full send queue towards a peer that reads nothing), closing their own
   copy so that the producer's close is the last, reconnecting whenever dropped (issue 27);
 - non-readers: 8 connections that say hello and never read, against a producer whose
-  max-outstanding is 65536 (their sockets fill long before that bound; issue 27).
+  max-outstanding is 65536 (their sockets fill long before that bound; issue 27);
+- churn: 27 non-readers, and 4 threads that connect, say hello, read 20 buffers (or wait
+  0.5 s for one), release nothing and hang up, again and again, against a producer with
+  max-outstanding=65536 max-consumers=64 (the fifth review of issue 27);
+- leavers: those 4 threads alone, against max-outstanding=65536 (every block a consumer
+  was sent is retired when it leaves, and the producer makes new ones for everyone).
 
 Attackers and burners run as another user (`nobody`, when the script runs as root), and the
 socket is open to them: memfdsink counts a user and group as one peer, for the fair share and
@@ -55,9 +60,13 @@ import threading
 import time
 
 MAGIC, VERSION, KIND_RELEASE, KIND_HELLO = 0x44464B4D, 2, 4, 5
-ATTACKS = ["hoarders", "release-flood", "silent", "linger", "non-readers"]
+ATTACKS = ["hoarders", "release-flood", "silent", "linger", "non-readers", "churn", "leavers"]
 # Producer properties an attack needs (the same for its runs alone and under load).
-PRODUCER = {"non-readers": "max-outstanding=65536"}
+PRODUCER = {
+    "non-readers": "max-outstanding=65536",
+    "churn": "max-outstanding=65536 max-consumers=64",
+    "leavers": "max-outstanding=65536",
+}
 LINGER = 10
 # Whom the attackers and burners run as: another user and group than the good consumer's.
 OTHER = (65534, 65534) if os.geteuid() == 0 else None
@@ -122,6 +131,47 @@ def hoarder(path, stop):
             pass
 
 
+def non_readers(path, stop, n):
+    """`n` connections that said hello and read nothing, reconnected when dropped."""
+    conns = []
+    while not stop.is_set():
+        conns = [c for c in conns if c.fileno() >= 0]
+        while len(conns) < n and not stop.is_set():
+            try:
+                conns.append(hello(path))
+            except OSError:
+                break
+        time.sleep(0.05)
+        for c in list(conns):
+            try:
+                if c.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    c.close()
+                    conns.remove(c)
+            except BlockingIOError:
+                pass
+            except OSError:
+                c.close()
+                conns.remove(c)
+
+
+def churner(path, stop):
+    """Connects, says hello, reads 20 buffers (or waits 0.5 s for one), releases nothing and
+    hangs up, again and again."""
+    for s in connections(path, stop):
+        s.settimeout(0.5)
+        for _ in range(20):
+            if stop.is_set():
+                break
+            try:
+                msg, fds, _f, _a = socket.recv_fds(s, 65536, 16)
+            except OSError:
+                break
+            for fd in fds:
+                os.close(fd)
+            if not msg:
+                break
+
+
 def attack(kind, path):
     """Runs attack `kind` against the producer at `path` until SIGTERM."""
     stop = threading.Event()
@@ -167,25 +217,15 @@ def attack(kind, path):
                 pass
             s.close()
     elif kind == "non-readers":
-        conns = []
-        while not stop.is_set():
-            conns = [c for c in conns if c.fileno() >= 0]
-            while len(conns) < 8 and not stop.is_set():
-                try:
-                    conns.append(hello(path))
-                except OSError:
-                    break
-            time.sleep(0.05)
-            for c in list(conns):
-                try:
-                    if c.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                        c.close()
-                        conns.remove(c)
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    c.close()
-                    conns.remove(c)
+        non_readers(path, stop, 8)
+    elif kind in ("churn", "leavers"):
+        churners = [threading.Thread(target=churner, args=(path, stop)) for _ in range(4)]
+        for t in churners:
+            t.start()
+        if kind == "churn":
+            non_readers(path, stop, 27)
+        for t in churners:
+            t.join()
     elif kind == "silent":
         conns = []
         while not stop.is_set():
