@@ -351,8 +351,10 @@ impl ObjectImpl for MemfdSink {
                     .blurb(
                         "Blocks (one descriptor each) all consumers together may keep alive \
                          with buffers they hold; past it a consumer of a peer pinning more \
-                         than its share is dropped, or the buffer is missed (0: half of the \
-                         process's descriptor limit)",
+                         than its share is dropped, or the buffer is missed; a user whose \
+                         connections that left had more blocks retired (draining at this \
+                         many a second) is refused (0: half of the process's descriptor \
+                         limit)",
                     )
                     .maximum(1 << 20)
                     .default_value(DEFAULT_MAX_PINNED_BLOCKS)
