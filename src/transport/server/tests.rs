@@ -36,6 +36,24 @@ fn serve(name: &str, limits: Limits) -> (MemfdAllocator, PathBuf, Server) {
     (stream, path, server)
 }
 
+/// A server like [`serve`]'s at `max-outstanding` 64, with `max_in_flight` descriptors in
+/// flight and `max_consumers`, and its first consumer, which said hello.
+fn serve_one(
+    name: &str,
+    max_in_flight: usize,
+    max_consumers: usize,
+) -> (MemfdAllocator, PathBuf, Server, OwnedFd) {
+    let (stream, path, server) = serve(name, limits(64));
+    {
+        let mut s = lock(&server.state);
+        s.max_in_flight = max_in_flight;
+        s.limits.max_consumers = max_consumers;
+    }
+    let good = join(&path, 512);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    (stream, path, server, good)
+}
+
 /// A consumer connected to `path` that said hello.
 fn join(path: &Path, max_blocks: u32) -> OwnedFd {
     let sock = socket::connect(path, Duration::from_secs(5), || false).unwrap();
@@ -55,6 +73,20 @@ fn join_or_refused(path: &Path, n: usize) -> Vec<OwnedFd> {
             sock
         })
         .collect()
+}
+
+/// Receives one buffer on `sock` (waiting up to 5 s) and releases it; `false`: none came.
+fn take_one(sock: &OwnedFd, buf: &mut [u8]) -> bool {
+    let fd = std::os::fd::AsFd::as_fd(sock);
+    let Ok(socket::Received::Packet(n, _fds)) = socket::recv(fd, buf, Duration::from_secs(5))
+    else {
+        return false;
+    };
+    let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
+        panic!("not a buffer")
+    };
+    socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
+    true
 }
 
 /// Reads every packet queued in `sock`: the id of the last buffer, if any.
@@ -78,6 +110,44 @@ fn buffers(stream: &MemfdAllocator, n: usize) -> Vec<gst::Buffer> {
             b
         })
         .collect()
+}
+
+/// Sends 200 of `next`: consumer `i` (deferred, `what`) is planned at most once per
+/// `UNREAD_RECHECK`.
+fn looked_at_no_more<'a>(
+    server: &Server,
+    stream: &MemfdAllocator,
+    next: &mut impl Iterator<Item = &'a gst::Buffer>,
+    i: usize,
+    what: &str,
+) {
+    let planned = || lock(&server.state).consumers[i].peer.planned();
+    let before = planned();
+    let start = Instant::now();
+    for _ in 0..200 {
+        send_block(server, stream, next.next().unwrap());
+    }
+    let looks = (start.elapsed().as_millis() / send::UNREAD_RECHECK.as_millis()) as u64 + 1;
+    assert!(
+        planned() - before <= looks,
+        "planned {} of 200 buffers for {what}",
+        planned() - before
+    );
+}
+
+/// `n` connections to `path` that said hello (or were refused), once the server has seen
+/// each of them one way or the other.
+fn join_seen(server: &Server, path: &Path, n: usize) -> Vec<OwnedFd> {
+    let before = {
+        let s = lock(&server.state);
+        s.stats.consumers_connected + s.stats.consumers_refused
+    };
+    let socks = join_or_refused(path, n);
+    wait_until(server, "accepted or refused", |s| {
+        s.stats.consumers_connected + s.stats.consumers_refused >= before + n as u64
+            && s.consumers.iter().all(|c| c.peer.ready())
+    });
+    socks
 }
 
 /// Sends `hold`, one memory filling one 4096-byte block of `stream`.
@@ -165,16 +235,12 @@ fn a_consumer_past_its_share_in_flight_costs_nothing_per_buffer_until_it_reads()
         }
     };
     until_unread(&mut next);
-    let before = planned();
-    let start = Instant::now();
-    for _ in 0..200 {
-        send_block(&server, &stream, next.next().unwrap());
-    }
-    let looks = (start.elapsed().as_millis() / send::UNREAD_RECHECK.as_millis()) as u64 + 1;
-    assert!(
-        planned() - before <= looks,
-        "planned {} of 200 buffers for a consumer that read nothing",
-        planned() - before
+    looked_at_no_more(
+        &server,
+        &stream,
+        &mut next,
+        0,
+        "a consumer that read nothing",
     );
     // It reads what it was sent and releases nothing: the kernel says so at the next look.
     let fd = std::os::fd::AsFd::as_fd(&sock);
@@ -211,14 +277,7 @@ fn consumers_that_read_nothing_keep_the_descriptors_in_flight_within_the_bound()
     // saw it); past its RLIMIT_NOFILE the kernel refused the next one (ETOOMANYREFS)
     // and the good consumer, whose send failed, was dropped. Now past the bound those
     // past their share get no new descriptor, and the good consumer gets every buffer.
-    let (stream, path, server) = serve("refs", limits(64));
-    {
-        let mut s = lock(&server.state);
-        s.max_in_flight = 100;
-        s.limits.max_consumers = 32;
-    }
-    let good = join(&path, 512);
-    wait_until(&server, "hello", |s| s.ready() == 1);
+    let (stream, path, server, good) = serve_one("refs", 100, 32);
     let hoarders: Vec<_> = (0..20).map(|_| join(&path, 512)).collect();
     wait_until(&server, "hellos", |s| s.ready() == 21);
     // 64 blocks in turn: every consumer is sent each block's descriptor once.
@@ -228,20 +287,14 @@ fn consumers_that_read_nothing_keep_the_descriptors_in_flight_within_the_bound()
     for i in 0..640 {
         send_block(&server, &stream, &holds[i % holds.len()]);
         // The good consumer reads each buffer and releases it.
-        let fd = std::os::fd::AsFd::as_fd(&good);
-        match socket::recv(fd, &mut buf, Duration::from_secs(5)) {
-            Ok(socket::Received::Packet(n, _fds)) => {
-                let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
-                    panic!("not a buffer")
-                };
-                socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
-                got += 1;
-                wait_until(&server, "the release read", |s| {
-                    s.consumers[0].peer.outstanding() == 0
-                });
-            }
-            _ => panic!("the good consumer got no buffer after {got}"),
-        }
+        assert!(
+            take_one(&good, &mut buf),
+            "the good consumer got no buffer after {got}"
+        );
+        got += 1;
+        wait_until(&server, "the release read", |s| {
+            s.consumers[0].peer.outstanding() == 0
+        });
         let s = lock(&server.state);
         let total: usize = s.consumers.iter().map(|c| c.peer.in_flight()).sum();
         // Past the bound only those within their share take more (21 of 4 each).

@@ -49,6 +49,20 @@ fn send_new_block(
     got
 }
 
+/// The descriptors queued to `socks` (read and closed).
+fn queued_descriptors(socks: &[OwnedFd]) -> usize {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut queued = 0;
+    for a in socks {
+        while let Ok(socket::Received::Packet(_, fds)) =
+            socket::recv(std::os::fd::AsFd::as_fd(a), &mut buf, Duration::ZERO)
+        {
+            queued += fds.len();
+        }
+    }
+    queued
+}
+
 #[test]
 fn a_consumer_that_reads_and_never_releases_past_its_users_share_costs_nothing_per_buffer() {
     // Fifth review of issue 27, connection churn: connections that read and never release,
@@ -65,7 +79,6 @@ fn a_consumer_that_reads_and_never_releases_past_its_users_share_costs_nothing_p
     let mut next = holds.iter().cycle();
     let fd = std::os::fd::AsFd::as_fd(&sock);
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let planned = || lock(&server.state).consumers[1].peer.planned();
     let deferred = || lock(&server.state).consumers[1].unread_until.is_some();
     // It reads everything, the other connection of its user nothing, and it releases
     // nothing: past its user's share, it is refused, then deferred.
@@ -77,16 +90,12 @@ fn a_consumer_that_reads_and_never_releases_past_its_users_share_costs_nothing_p
         last = read_all(fd, &mut buf).or(last);
         std::thread::sleep(Duration::from_millis(1));
     }
-    let before = planned();
-    let start = Instant::now();
-    for _ in 0..200 {
-        send_block(&server, &stream, next.next().unwrap());
-    }
-    let looks = (start.elapsed().as_millis() / send::UNREAD_RECHECK.as_millis()) as u64 + 1;
-    assert!(
-        planned() - before <= looks,
-        "planned {} of 200 buffers for a consumer past its user's share",
-        planned() - before
+    looked_at_no_more(
+        &server,
+        &stream,
+        &mut next,
+        1,
+        "a consumer past its user's share",
     );
     // It releases: the next buffer goes to it at once.
     let last = read_all(fd, &mut buf).or(last).expect("a buffer");
@@ -165,14 +174,7 @@ fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
     // nothing. Now what they keep in flight stays counted, against their user too: its
     // connections, live and dropped, share one share, and the descriptors queued stay
     // within it.
-    let (stream, path, server) = serve("stranded", limits(64));
-    {
-        let mut s = lock(&server.state);
-        s.max_in_flight = 64;
-        s.limits.max_consumers = 32;
-    }
-    let good = join(&path, 512);
-    wait_until(&server, "hello", |s| s.ready() == 1);
+    let (stream, path, server, good) = serve_one("stranded", 64, 32);
     // The good consumer is another user (the attackers are this process's).
     lock(&server.state).consumers[0].cred = Some(state::Cred {
         pid: 1,
@@ -184,32 +186,18 @@ fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
     let mut kept = Vec::new();
     let (mut got, mut sent) = (0, 0);
     for cycle in 0..4 {
-        let before = {
-            let s = lock(&server.state);
-            s.stats.consumers_connected + s.stats.consumers_refused
-        };
-        let attackers = join_or_refused(&path, 16);
-        wait_until(&server, "accepted or refused", |s| {
-            s.stats.consumers_connected + s.stats.consumers_refused >= before + 16
-                && s.consumers.iter().all(|c| c.peer.ready())
-        });
+        let attackers = join_seen(&server, &path, 16);
         // New blocks each time: every consumer is sent a descriptor with each buffer.
         for _ in 0..20 {
             let b = buffers(&stream, 1).remove(0);
             send_block(&server, &stream, &b);
             holds.push(b);
             sent += 1;
-            let fd = std::os::fd::AsFd::as_fd(&good);
-            match socket::recv(fd, &mut buf, Duration::from_secs(5)) {
-                Ok(socket::Received::Packet(n, _fds)) => {
-                    let Ok(Message::Buffer(w)) = Message::decode(&buf[..n]) else {
-                        panic!("not a buffer")
-                    };
-                    socket::send(fd, &Message::Release(vec![w.id]).encode(), &[]).unwrap();
-                    got += 1;
-                }
-                _ => panic!("cycle {cycle}: the good consumer got no buffer after {got}"),
-            }
+            assert!(
+                take_one(&good, &mut buf),
+                "cycle {cycle}: the good consumer got no buffer after {got}"
+            );
+            got += 1;
         }
         // Each sends garbage and is dropped; its end stays open, its queue unread.
         for a in &attackers {
@@ -221,14 +209,7 @@ fn consumers_dropped_with_descriptors_in_flight_stay_charged_to_their_user() {
     }
     assert_eq!(got, sent, "the good consumer missed buffers");
     // What the kernel holds charged to us: the descriptors queued to the attackers.
-    let mut queued = 0;
-    for a in &kept {
-        while let Ok(socket::Received::Packet(_, fds)) =
-            socket::recv(std::os::fd::AsFd::as_fd(a), &mut buf, Duration::ZERO)
-        {
-            queued += fds.len();
-        }
-    }
+    let queued = queued_descriptors(&kept);
     assert!(queued <= 2 * 64, "{queued} descriptors left in flight");
     // Their connections, live and dropped, share one share (64 over 17 consumers): those
     // that never released a buffer take none past it, cycle after cycle.
@@ -247,28 +228,13 @@ fn many_users_stranding_connections_keep_the_descriptors_in_flight_within_the_bo
     // + 32); those dropped past it were no longer counted, the kernel's limit was reached,
     // and every send with a descriptor failed: a new consumer got nothing, the earlier one
     // went to 0/s. Here 10 users of 7 connections each (70, past the old bound of 40).
-    let (stream, path, server) = serve("strand-users", limits(64));
-    {
-        let mut s = lock(&server.state);
-        s.max_in_flight = 64;
-        s.limits.max_consumers = 8;
-    }
-    let good = join(&path, 512);
-    wait_until(&server, "hello", |s| s.ready() == 1);
+    let (stream, path, server, good) = serve_one("strand-users", 64, 8);
     as_user(&server, 4242);
     let mut holds = Vec::new();
     let mut kept = Vec::new();
     let (mut got, mut sent) = (0, 0);
     for user in 0..10 {
-        let before = {
-            let s = lock(&server.state);
-            s.stats.consumers_connected + s.stats.consumers_refused
-        };
-        let attackers = join_or_refused(&path, 7);
-        wait_until(&server, "accepted or refused", |s| {
-            s.stats.consumers_connected + s.stats.consumers_refused >= before + 7
-                && s.consumers.iter().all(|c| c.peer.ready())
-        });
+        let attackers = join_seen(&server, &path, 7);
         as_user(&server, 5000 + user);
         for _ in 0..20 {
             got += send_new_block(&server, &stream, &mut holds, &[&good]);
@@ -297,15 +263,7 @@ fn many_users_stranding_connections_keep_the_descriptors_in_flight_within_the_bo
         "the new consumer got {new_got} buffers of 20"
     );
     // What the kernel holds charged to us: the descriptors queued to the attackers.
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut queued = 0;
-    for a in &kept {
-        while let Ok(socket::Received::Packet(_, fds)) =
-            socket::recv(std::os::fd::AsFd::as_fd(a), &mut buf, Duration::ZERO)
-        {
-            queued += fds.len();
-        }
-    }
+    let queued = queued_descriptors(&kept);
     assert!(queued <= 2 * 64, "{queued} descriptors left in flight");
     drop((good, new, kept));
     drop(server);
