@@ -131,6 +131,20 @@ def hoarder(path, stop):
             pass
 
 
+def prune(conns):
+    """Closes and forgets the connections in `conns` whose peer hung up."""
+    for c in list(conns):
+        try:
+            if c.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                c.close()
+                conns.remove(c)
+        except BlockingIOError:
+            pass
+        except OSError:
+            c.close()
+            conns.remove(c)
+
+
 def non_readers(path, stop, n):
     """`n` connections that said hello and read nothing, reconnected when dropped."""
     conns = []
@@ -142,16 +156,7 @@ def non_readers(path, stop, n):
             except OSError:
                 break
         time.sleep(0.05)
-        for c in list(conns):
-            try:
-                if c.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                    c.close()
-                    conns.remove(c)
-            except BlockingIOError:
-                pass
-            except OSError:
-                c.close()
-                conns.remove(c)
+        prune(conns)
 
 
 def churner(path, stop):
@@ -239,16 +244,7 @@ def attack(kind, path):
                 except OSError:
                     break
             time.sleep(0.05)
-            for c in list(conns):
-                try:
-                    if c.recv(1, socket.MSG_PEEK) == b"":
-                        c.close()
-                        conns.remove(c)
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    c.close()
-                    conns.remove(c)
+            prune(conns)
 
 
 def burn(share):
