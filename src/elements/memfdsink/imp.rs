@@ -352,9 +352,8 @@ impl ObjectImpl for MemfdSink {
                         "Blocks (one descriptor each) all consumers together may keep alive \
                          with buffers they hold; past it a consumer of a peer pinning more \
                          than its share is dropped, or the buffer is missed; a user whose \
-                         connections that left had more blocks retired (draining at this \
-                         many a second) is refused (0: half of the process's descriptor \
-                         limit)",
+                         departed connections had more blocks retired (draining at this many \
+                         a second) is refused (0: half of the descriptor limit)",
                     )
                     .maximum(1 << 20)
                     .default_value(DEFAULT_MAX_PINNED_BLOCKS)
