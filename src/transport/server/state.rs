@@ -7,7 +7,8 @@
 //! - every buffer a consumer holds is pinned once in [`Pins`] and unpinned exactly when it
 //!   is released or the consumer leaves;
 //! - a consumer that leaves gives back what it held and has every block it was ever sent
-//!   retired ([`Gone`]), let go outside the lock;
+//!   retired ([`Gone`]), let go outside the lock; those blocks are charged to its user, whose
+//!   new connections are refused while the charge passes the pinned bound ([`departures`]);
 //! - the descriptors sent to a consumer are counted in flight from its plan until a
 //!   release (or the kernel) shows it read them, or the send failed; while the total would
 //!   pass [`Shared::max_in_flight`], no consumer passes its share with a new one, and
