@@ -351,7 +351,7 @@ impl Shared {
             let bound = self.limits.max_pinned_blocks;
             let now = Instant::now();
             self.departures
-                .charge(cred.user(), gone.blocks.len(), bound, now);
+                .charge(cred.user(), &gone.blocks, bound, now);
         }
         gst::warning!(
             CAT,
@@ -509,6 +509,7 @@ impl Shared {
         for c in &mut self.consumers {
             c.peer.freed(ids);
         }
+        self.departures.freed(ids);
     }
 
     /// Buffer `buffer` was not sent to consumer `id` after all (its socket was full, or the
