@@ -27,7 +27,8 @@ const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// that it has not read, releasing nothing, misses buffers without being asked again (no
 /// plan, no system call per buffer) until it releases a buffer, or for this long: then the
 /// kernel is asked whether it read them. So does one refused this long for its user's share
-/// that never released a buffer, whether it reads or not: only a release changes that.
+/// that never released a buffer, whether it reads or not, and one full this long for its
+/// `max-outstanding` window or its blocks: only a release changes that.
 pub(super) const UNREAD_RECHECK: Duration = Duration::from_millis(10);
 
 /// `sendmsg`'s error when the descriptors attached would pass what the kernel lets the
@@ -246,14 +247,13 @@ impl Server {
                 continue;
             }
             // Past its share in flight (or its user's), unread when the kernel was last
-            // asked: full (or withheld) again, without a look.
-            if let Some((until, own)) = c.unread_until
+            // asked, or full and releasing nothing: full (or withheld) again, without a look.
+            if let Some((until, why)) = c.unread_until
                 && now < until
             {
-                if own {
-                    full.push((c.peer.id, Full::InFlight));
-                } else {
-                    withheld += 1;
+                match why {
+                    Some(why) => full.push((c.peer.id, why)),
+                    None => withheld += 1,
                 }
                 continue;
             }
@@ -264,6 +264,15 @@ impl Server {
             {
                 Ok(plan) => plan,
                 Err(why) => {
+                    // Full for its window or its blocks: only a release changes that. Full
+                    // for `UNREAD_RECHECK`, releasing nothing, it is not looked at for as
+                    // long (a consumer that keeps every block it may map and never
+                    // releases cost a plan per buffer).
+                    let since = *c.unread_since.get_or_insert(now);
+                    if now.duration_since(since) >= UNREAD_RECHECK {
+                        c.unread_until = Some((now + UNREAD_RECHECK, Some(why)));
+                    }
+                    c.looked = Some(now);
                     full.push((c.peer.id, why));
                     continue;
                 }
@@ -314,7 +323,7 @@ impl Server {
             c.unread_until = c
                 .unread_since
                 .filter(|&t| now.duration_since(t) >= UNREAD_RECHECK)
-                .map(|_| (now + UNREAD_RECHECK, own));
+                .map(|_| (now + UNREAD_RECHECK, own.then_some(Full::InFlight)));
             c.looked = Some(now);
             if over {
                 drop(c.peer.unsend(id, plan)); // a clone of `out.hold`: frees nothing

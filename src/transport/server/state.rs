@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::allocator::memfd;
 
 use super::super::closer::Conn;
-use super::super::peer::{Peer, Pins, Plan};
+use super::super::peer::{Full, Peer, Pins, Plan};
 use super::super::wire::{MAX_MEMORIES, Message};
 
 pub use limits::{Limits, OnFull, Stats, auto_in_flight, auto_pinned_blocks, auto_pinned_bytes};
@@ -97,13 +97,13 @@ pub(super) struct Consumer {
     pub(super) stalled: bool,
     /// Since when it is refused for descriptors in flight (its share, its user's or the
     /// total) that the kernel says it has not read, or for its user's share having never
-    /// released a buffer, releasing none: a reader releases within `UNREAD_RECHECK` (a
-    /// release clears it).
+    /// released a buffer, or for its `max-outstanding` window or its blocks, releasing none:
+    /// a reader releases within `UNREAD_RECHECK` (a release clears it).
     pub(super) unread_since: Option<Instant>,
-    /// Refused so for `UNREAD_RECHECK` already, it misses buffers (`true`: full, or
-    /// withheld) at no cost per buffer until it releases one or this time comes (then the
-    /// kernel is asked again).
-    pub(super) unread_until: Option<(Instant, bool)>,
+    /// Refused so for `UNREAD_RECHECK` already, it misses buffers (full for that reason, or
+    /// `None`: withheld) at no cost per buffer until it releases one or this time comes
+    /// (then the kernel is asked again).
+    pub(super) unread_until: Option<(Instant, Option<Full>)>,
     /// When the kernel was last asked about it while deferred (see `refresh_in_flight`).
     pub(super) looked: Option<Instant>,
     /// The stream's audience its hello made (MemfdMemory's `new_audience`; 0 before it):

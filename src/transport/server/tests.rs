@@ -271,6 +271,47 @@ fn a_consumer_past_its_share_in_flight_costs_nothing_per_buffer_until_it_reads()
 }
 
 #[test]
+fn a_consumer_full_of_blocks_costs_nothing_per_buffer_until_it_releases() {
+    // Review of issue 27 (F2): connections whose hello allows 16 blocks, that read
+    // everything and release nothing, were planned (and refused: every block they may map
+    // is in use) at every buffer; 4 of them took a good consumer to 0.40 of its rate under
+    // the same load. Now one full for `UNREAD_RECHECK`, releasing nothing, is not looked
+    // at either, until it releases.
+    let (stream, path, server) = serve("full-blocks", limits(65_536));
+    let sock = join(&path, super::super::wire::MAX_MEMORIES as u32);
+    wait_until(&server, "hello", |s| s.ready() == 1);
+    let holds = buffers(&stream, 128);
+    let mut next = holds.iter().cycle();
+    let fd = std::os::fd::AsFd::as_fd(&sock);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let deferred = || lock(&server.state).consumers[0].unread_until.is_some();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while !deferred() {
+        assert!(Instant::now() < deadline, "never deferred");
+        send_block(&server, &stream, next.next().unwrap());
+        last = read_all(fd, &mut buf).or(last);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    looked_at_no_more(&server, &stream, &mut next, 0, "a consumer full of blocks");
+    // It releases: the next buffer goes to it at once.
+    let last = read_all(fd, &mut buf).or(last).expect("a buffer");
+    socket::send(fd, &Message::Release(vec![last]).encode(), &[]).unwrap();
+    wait_until(&server, "the release read", |s| {
+        s.consumers[0].unread_until.is_none()
+    });
+    let got = lock(&server.state).consumers[0].peer.outstanding();
+    send_block(&server, &stream, next.next().unwrap());
+    assert_eq!(
+        lock(&server.state).consumers[0].peer.outstanding(),
+        got + 1,
+        "a consumer that released missed the next buffer"
+    );
+    drop(sock);
+    drop(server);
+}
+
+#[test]
 fn consumers_that_read_nothing_keep_the_descriptors_in_flight_within_the_bound() {
     // Review of issue 27: 20 connections that said hello and read nothing each kept 64 of
     // the producer's descriptors in flight (the same 64 blocks: the pinned bound never
