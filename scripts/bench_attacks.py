@@ -21,7 +21,10 @@ in a process of its own, started before the good consumer and stopped after it:
   0.5 s for one), release nothing and hang up, again and again, against a producer with
   max-outstanding=65536 max-consumers=64 (the fifth review of issue 27);
 - leavers: those 4 threads alone, against max-outstanding=65536 (every block a consumer
-  was sent is retired when it leaves, and the producer makes new ones for everyone).
+  was sent is retired when it leaves, and the producer makes new ones for everyone);
+- full-of-blocks: 4 connections whose hello allows 16 blocks, that read everything and never
+  release (every block they may map is soon in use), against max-outstanding=65536 (a
+  review of issue 27).
 
 Attackers and burners run as another user (`nobody`, when the script runs as root), and the
 socket is open to them: memfdsink counts a user and group as one peer, for the fair share and
@@ -60,22 +63,24 @@ import threading
 import time
 
 MAGIC, VERSION, KIND_RELEASE, KIND_HELLO = 0x44464B4D, 2, 4, 5
-ATTACKS = ["hoarders", "release-flood", "silent", "linger", "non-readers", "churn", "leavers"]
+ATTACKS = ["hoarders", "release-flood", "silent", "linger", "non-readers", "churn", "leavers",
+           "full-of-blocks"]
 # Producer properties an attack needs (the same for its runs alone and under load).
 PRODUCER = {
     "non-readers": "max-outstanding=65536",
     "churn": "max-outstanding=65536 max-consumers=64",
     "leavers": "max-outstanding=65536",
+    "full-of-blocks": "max-outstanding=65536",
 }
 LINGER = 10
 # Whom the attackers and burners run as: another user and group than the good consumer's.
 OTHER = (65534, 65534) if os.geteuid() == 0 else None
 
 
-def hello(path):
+def hello(path, max_blocks=512):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.connect(path)
-    s.send(struct.pack("<IBBI", MAGIC, VERSION, KIND_HELLO, 512))
+    s.send(struct.pack("<IBBI", MAGIC, VERSION, KIND_HELLO, max_blocks))
     return s
 
 
@@ -223,6 +228,20 @@ def attack(kind, path):
             s.close()
     elif kind == "non-readers":
         non_readers(path, stop, 8)
+    elif kind == "full-of-blocks":
+        # Each may map 16 blocks (the least a hello may say); it reads everything and keeps
+        # every buffer: after 16 buffers every block it may map is in use.
+        conns = [hello(path, 16) for _ in range(4)]
+        for c in conns:
+            c.setblocking(False)
+        while not stop.is_set():
+            for c in conns:
+                while not stop.is_set() and drain(c):
+                    try:
+                        c.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                    except OSError:
+                        break
+            time.sleep(0.05)
     elif kind in ("churn", "leavers"):
         churners = [threading.Thread(target=churner, args=(path, stop)) for _ in range(4)]
         for t in churners:
