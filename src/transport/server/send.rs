@@ -27,8 +27,8 @@ const EVENT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// that it has not read, releasing nothing, misses buffers without being asked again (no
 /// plan, no system call per buffer) until it releases a buffer, or for this long: then the
 /// kernel is asked whether it read them. So does one refused this long for its user's share
-/// that never released a buffer, whether it reads or not, and one full this long for its
-/// `max-outstanding` window or its blocks: only a release changes that.
+/// that never released a buffer, whether it reads or not (only a release changes that), and
+/// at once one full for its `max-outstanding` window or its blocks.
 pub(super) const UNREAD_RECHECK: Duration = Duration::from_millis(10);
 
 /// `sendmsg`'s error when the descriptors attached would pass what the kernel lets the
@@ -264,14 +264,11 @@ impl Server {
             {
                 Ok(plan) => plan,
                 Err(why) => {
-                    // Full for its window or its blocks: only a release changes that. Full
-                    // for `UNREAD_RECHECK`, releasing nothing, it is not looked at for as
-                    // long (a consumer that keeps every block it may map and never
-                    // releases cost a plan per buffer).
-                    let since = *c.unread_since.get_or_insert(now);
-                    if now.duration_since(since) >= UNREAD_RECHECK {
-                        c.unread_until = Some((now + UNREAD_RECHECK, Some(why)));
-                    }
+                    // Full for its window or its blocks: only a release changes that (or
+                    // new limits). It is not looked at until it releases one, or for
+                    // `UNREAD_RECHECK` (a consumer keeping every block it may map cost a
+                    // plan per buffer, and releasing one buffer every 5 ms kept it so).
+                    c.unread_until = Some((now + UNREAD_RECHECK, Some(why)));
                     c.looked = Some(now);
                     full.push((c.peer.id, why));
                     continue;

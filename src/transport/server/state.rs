@@ -97,12 +97,13 @@ pub(super) struct Consumer {
     pub(super) stalled: bool,
     /// Since when it is refused for descriptors in flight (its share, its user's or the
     /// total) that the kernel says it has not read, or for its user's share having never
-    /// released a buffer, or for its `max-outstanding` window or its blocks, releasing none:
-    /// a reader releases within `UNREAD_RECHECK` (a release clears it).
+    /// released a buffer, releasing none: a reader releases within `UNREAD_RECHECK` (a
+    /// release clears it).
     pub(super) unread_since: Option<Instant>,
-    /// Refused so for `UNREAD_RECHECK` already, it misses buffers (full for that reason, or
-    /// `None`: withheld) at no cost per buffer until it releases one or this time comes
-    /// (then the kernel is asked again).
+    /// Refused so for `UNREAD_RECHECK` already (or full for its `max-outstanding` window
+    /// or its blocks, at once), it misses buffers (full for that reason, or `None`:
+    /// withheld) at no cost per buffer until it releases one or this time comes (then it
+    /// is looked at, and the kernel asked, again).
     pub(super) unread_until: Option<(Instant, Option<Full>)>,
     /// When the kernel was last asked about it while deferred (see `refresh_in_flight`).
     pub(super) looked: Option<Instant>,
